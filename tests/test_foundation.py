@@ -1,0 +1,45 @@
+"""The package imports, its errors behave, and the sans-IO core never pulls in zmq."""
+
+import subprocess
+import sys
+
+import pytest
+
+from zmix import crypto
+from zmix.errors import DropReason, InvalidPacket, LocalMisuse
+
+CORE_MODULES = ["zmix.crypto", "zmix.errors"]
+
+
+def test_invalid_packet_text_does_not_reveal_the_reason() -> None:
+    for reason in DropReason:
+        err = InvalidPacket(reason)
+        assert str(err) == "invalid packet"
+        assert err.reason is reason
+
+
+def test_core_modules_do_not_import_zmq() -> None:
+    code = "import sys\n" + "".join(f"import {m}\n" for m in CORE_MODULES)
+    code += "assert 'zmq' not in sys.modules, 'a core module imported zmq'\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_crypto_rejects_wrong_lengths() -> None:
+    with pytest.raises(LocalMisuse):
+        crypto.x25519(bytes(31), crypto.BASE_POINT)
+    with pytest.raises(LocalMisuse):
+        crypto.xor(b"ab", b"a")
+
+
+def test_seal_round_trips_and_rejects_tampering() -> None:
+    pk, sk = crypto.x25519_keypair()
+    ct = crypto.seal(pk, b"hello")
+    assert len(ct) == 5 + crypto.SEAL_OVERHEAD
+    assert crypto.unseal(pk, sk, ct) == b"hello"
+    with pytest.raises(ValueError):
+        crypto.unseal(pk, sk, ct[:-1] + bytes([ct[-1] ^ 1]))
+
+
+def test_x25519_rejects_a_small_order_point() -> None:
+    with pytest.raises(ValueError):
+        crypto.x25519(crypto.clamp(bytes(range(32))), bytes(32))

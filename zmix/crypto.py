@@ -1,0 +1,135 @@
+"""Named, fixed-size cryptographic operations: the only module that imports pysodium.
+
+Every function checks the lengths of its arguments and raises :class:`LocalMisuse` on a wrong one,
+so a slicing bug elsewhere fails loudly instead of producing weak keys. BLAKE2b comes from
+``hashlib`` (the same primitive as libsodium's ``crypto_generichash``, and about twice as fast
+through CPython's C binding as through ctypes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from zmix.errors import LocalMisuse, ZmixError
+
+
+class LibsodiumMissing(ZmixError):
+    """libsodium could not be loaded."""
+
+
+try:
+    import pysodium as _na
+except (OSError, ValueError, AttributeError, ImportError) as _exc:  # pragma: no cover
+    raise LibsodiumMissing(
+        "zmix needs the libsodium shared library: install it with "
+        "'apt-get install libsodium23' (Debian/Ubuntu), 'dnf install libsodium' (Fedora) "
+        f"or 'brew install libsodium' (macOS), then try again ({_exc})"
+    ) from None
+
+X25519_BYTES = 32  # group element and scalar length, bytes
+CHACHA20_KEY_BYTES = 32
+CHACHA20_NONCE_BYTES = 8  # original ChaCha20 (64-bit nonce), as in sphinxmixcrypto
+BLAKE2B_MAX_KEY_BYTES = 64
+BLAKE2B_MAX_DIGEST_BYTES = 64
+SEAL_OVERHEAD = 48  # crypto_box_seal: ephemeral public key (32) + Poly1305 tag (16)
+
+_ZERO_NONCE = bytes(CHACHA20_NONCE_BYTES)
+BASE_POINT = b"\x09" + bytes(31)
+
+
+def _check(name: str, value: bytes, size: int) -> None:
+    if len(value) != size:
+        raise LocalMisuse(f"{name} must be {size} bytes, got {len(value)}")
+
+
+def random_bytes(n: int) -> bytes:
+    """Return ``n`` bytes from the operating system's CSPRNG (libsodium ``randombytes``)."""
+    if n < 0:
+        raise LocalMisuse("random_bytes: n must be >= 0")
+    return bytes(_na.randombytes(n)) if n else b""
+
+
+def clamp(scalar: bytes) -> bytes:
+    """Return the X25519-clamped form of a 32-byte scalar."""
+    _check("scalar", scalar, X25519_BYTES)
+    b = bytearray(scalar)
+    b[0] &= 248
+    b[31] &= 127
+    b[31] |= 64
+    return bytes(b)
+
+
+def x25519(scalar: bytes, point: bytes) -> bytes:
+    """Return X25519(scalar, point); libsodium clamps the scalar.
+
+    Raises :class:`ValueError` if the result is the all-zero point (``point`` has small order);
+    callers that handle peer input turn that into their own error.
+    """
+    _check("scalar", scalar, X25519_BYTES)
+    _check("point", point, X25519_BYTES)
+    return bytes(_na.crypto_scalarmult_curve25519(scalar, point))
+
+
+def x25519_base(scalar: bytes) -> bytes:
+    """Return the public key X25519(scalar, 9) for a 32-byte private scalar."""
+    _check("scalar", scalar, X25519_BYTES)
+    return bytes(_na.crypto_scalarmult_curve25519_base(scalar))
+
+
+def x25519_keypair() -> tuple[bytes, bytes]:
+    """Return a fresh ``(public_key, private_key)`` pair; the private key is stored clamped."""
+    sk = clamp(random_bytes(X25519_BYTES))
+    return x25519_base(sk), sk
+
+
+def chacha20_stream(key: bytes, length: int) -> bytes:
+    """Return ``length`` bytes of ChaCha20 keystream (64-bit zero nonce, counter 0)."""
+    _check("key", key, CHACHA20_KEY_BYTES)
+    return bytes(_na.crypto_stream_chacha20_xor(bytes(length), _ZERO_NONCE, key))
+
+
+def chacha20_xor(key: bytes, data: bytes) -> bytes:
+    """Return ``data`` XORed with the ChaCha20 keystream of ``key`` (zero nonce)."""
+    _check("key", key, CHACHA20_KEY_BYTES)
+    return bytes(_na.crypto_stream_chacha20_xor(data, _ZERO_NONCE, key))
+
+
+def blake2b(data: bytes, *, size: int, key: bytes = b"") -> bytes:
+    """Return the ``size``-byte BLAKE2b digest of ``data``, keyed with ``key`` if given."""
+    if not 1 <= size <= BLAKE2B_MAX_DIGEST_BYTES:
+        raise LocalMisuse(f"blake2b: size must be 1..64, got {size}")
+    if len(key) > BLAKE2B_MAX_KEY_BYTES:
+        raise LocalMisuse(f"blake2b: key must be at most 64 bytes, got {len(key)}")
+    return hashlib.blake2b(data, digest_size=size, key=key).digest()
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    """Return the bytewise XOR of two equal-length byte strings."""
+    if len(a) != len(b):
+        raise LocalMisuse(f"xor: lengths differ ({len(a)} != {len(b)})")
+    n = len(a)
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+def equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in constant time."""
+    return hmac.compare_digest(a, b)
+
+
+def seal(recipient_public_key: bytes, message: bytes) -> bytes:
+    """Encrypt ``message`` anonymously to an X25519 public key (libsodium ``crypto_box_seal``).
+
+    The result is ``len(message) + SEAL_OVERHEAD`` bytes.
+    """
+    _check("public key", recipient_public_key, X25519_BYTES)
+    return bytes(_na.crypto_box_seal(message, recipient_public_key))
+
+
+def unseal(public_key: bytes, private_key: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt a :func:`seal` ciphertext; raises :class:`ValueError` if it does not authenticate."""
+    _check("public key", public_key, X25519_BYTES)
+    _check("private key", private_key, X25519_BYTES)
+    if len(ciphertext) < SEAL_OVERHEAD:
+        raise ValueError("ciphertext too short")
+    return bytes(_na.crypto_box_seal_open(ciphertext, public_key, private_key))
