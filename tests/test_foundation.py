@@ -43,3 +43,14 @@ def test_seal_round_trips_and_rejects_tampering() -> None:
 def test_x25519_rejects_a_small_order_point() -> None:
     with pytest.raises(ValueError):
         crypto.x25519(crypto.clamp(bytes(range(32))), bytes(32))
+
+
+def test_box_authenticates_the_sender() -> None:
+    alice_pk, alice_sk = crypto.x25519_keypair()
+    bob_pk, bob_sk = crypto.x25519_keypair()
+    mallory_pk, _ = crypto.x25519_keypair()
+    ct = crypto.box(bob_pk, alice_sk, b"hi bob")
+    assert len(ct) == 6 + crypto.BOX_OVERHEAD
+    assert crypto.unbox(alice_pk, bob_sk, ct) == b"hi bob"
+    with pytest.raises(ValueError):
+        crypto.unbox(mallory_pk, bob_sk, ct)

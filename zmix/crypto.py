@@ -33,6 +33,8 @@ CHACHA20_NONCE_BYTES = 8  # original ChaCha20 (64-bit nonce), as in sphinxmixcry
 BLAKE2B_MAX_KEY_BYTES = 64
 BLAKE2B_MAX_DIGEST_BYTES = 64
 SEAL_OVERHEAD = 48  # crypto_box_seal: ephemeral public key (32) + Poly1305 tag (16)
+BOX_NONCE_BYTES = 24
+BOX_OVERHEAD = 40  # crypto_box: random nonce (24) + Poly1305 tag (16)
 
 _ZERO_NONCE = bytes(CHACHA20_NONCE_BYTES)
 BASE_POINT = b"\x09" + bytes(31)
@@ -133,3 +135,26 @@ def unseal(public_key: bytes, private_key: bytes, ciphertext: bytes) -> bytes:
     if len(ciphertext) < SEAL_OVERHEAD:
         raise ValueError("ciphertext too short")
     return bytes(_na.crypto_box_seal_open(ciphertext, public_key, private_key))
+
+
+def box(recipient_public_key: bytes, sender_private_key: bytes, message: bytes) -> bytes:
+    """Encrypt and authenticate ``message`` from a sender's static key to a recipient's.
+
+    Returns ``nonce || ciphertext`` (libsodium ``crypto_box`` with a random 24-byte nonce),
+    ``len(message) + BOX_OVERHEAD`` bytes. Only the holder of either private key can read it, and
+    the recipient learns that the holder of the sender's key wrote it.
+    """
+    _check("public key", recipient_public_key, X25519_BYTES)
+    _check("private key", sender_private_key, X25519_BYTES)
+    nonce = random_bytes(BOX_NONCE_BYTES)
+    return nonce + bytes(_na.crypto_box(message, nonce, recipient_public_key, sender_private_key))
+
+
+def unbox(sender_public_key: bytes, recipient_private_key: bytes, data: bytes) -> bytes:
+    """Decrypt a :func:`box` result; raises :class:`ValueError` if it does not authenticate."""
+    _check("public key", sender_public_key, X25519_BYTES)
+    _check("private key", recipient_private_key, X25519_BYTES)
+    if len(data) < BOX_OVERHEAD:
+        raise ValueError("ciphertext too short")
+    nonce, ciphertext = data[:BOX_NONCE_BYTES], data[BOX_NONCE_BYTES:]
+    return bytes(_na.crypto_box_open(ciphertext, nonce, sender_public_key, recipient_private_key))
