@@ -1,0 +1,37 @@
+"""The Sphinx packet format: one construction, profiles ``v1`` (the wire) and ``smc0`` (tests).
+
+See docs/sphinx.md for the byte layout and docs/architecture.md for how nodes and clients use it.
+"""
+
+from zmix.sphinx.packet import (
+    MAX_DELAY_US,
+    FinalDelivery,
+    ForwardHop,
+    Hop,
+    Surb,
+    SurbKeys,
+    SurbReply,
+    answer_surb,
+    create_forward_packet,
+    create_surb,
+    open_surb_reply,
+    process_packet,
+)
+from zmix.sphinx.params import Profile, SphinxParams
+
+__all__ = [
+    "MAX_DELAY_US",
+    "FinalDelivery",
+    "ForwardHop",
+    "Hop",
+    "Profile",
+    "SphinxParams",
+    "Surb",
+    "SurbKeys",
+    "SurbReply",
+    "answer_surb",
+    "create_forward_packet",
+    "create_surb",
+    "open_surb_reply",
+    "process_packet",
+]

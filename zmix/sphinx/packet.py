@@ -1,0 +1,275 @@
+"""The Sphinx construction, written once for both profiles: create, process, SURBs.
+
+Notation follows the Sphinx paper: a route of v hops (v <= r), the sender's ephemeral scalar x, at
+hop i the group element alpha_i, the shared secret s_i and the blinding factor b_i; beta is the
+encrypted routing information, gamma its MAC, delta the LIONESS-encrypted payload. docs/sphinx.md
+gives the v1 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zmix import crypto
+from zmix.errors import DropReason, InvalidPacket, LocalMisuse
+from zmix.sphinx import lioness
+from zmix.sphinx.params import ALPHA_BYTES, GAMMA_BYTES, ID_BYTES, KEY_BYTES, Profile, SphinxParams
+from zmix.sphinx.profiles import (
+    CMD_DELIVER,
+    CMD_FORWARD,
+    CMD_SURB_REPLY,
+    V1_VERSION,
+    ProfileImpl,
+    RandomBytes,
+    Routing,
+    implementation,
+)
+
+MAX_DELAY_US = 2**32 - 1  # a delay travels as a u32 of microseconds (about 71 minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One hop of a route: the node's id, its Sphinx public key, how long it holds the packet."""
+
+    node_id: bytes
+    public_key: bytes
+    delay_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardHop:
+    """Send ``packet`` to ``next_hop`` after ``delay_us``."""
+
+    next_hop: bytes
+    delay_us: int
+    packet: bytes
+    replay_tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FinalDelivery:
+    """This node is the last hop: deliver ``message`` to ``recipient`` after ``delay_us``."""
+
+    recipient: bytes
+    delay_us: int
+    message: bytes
+    replay_tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SurbReply:
+    """A reply through a SURB: hand ``payload`` (still encrypted) to ``recipient``."""
+
+    recipient: bytes
+    surb_id: bytes
+    delay_us: int
+    payload: bytes
+    replay_tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Surb:
+    """A single-use reply block: what a replier needs to send a packet back to its creator."""
+
+    first_hop: bytes
+    header: bytes
+    ktilde: bytes
+
+    def to_bytes(self) -> bytes:
+        """Return ``first_hop || header || ktilde`` (``params.surb_length`` bytes)."""
+        return self.first_hop + self.header + self.ktilde
+
+    @classmethod
+    def from_bytes(cls, params: SphinxParams, data: bytes) -> Surb:
+        """Parse a SURB; raises InvalidPacket if the length or the version is wrong."""
+        if len(data) != params.surb_length:
+            raise InvalidPacket(DropReason.WRONG_SIZE)
+        header = data[ID_BYTES:ID_BYTES + params.header_length]
+        if params.profile is Profile.V1 and header[0] != V1_VERSION:
+            raise InvalidPacket(DropReason.BAD_VERSION)
+        return cls(data[:ID_BYTES], header, data[ID_BYTES + params.header_length:])
+
+
+@dataclass(frozen=True, slots=True)
+class SurbKeys:
+    """What the creator of a SURB keeps to read the reply: ktilde and the hops' secrets."""
+
+    ktilde: bytes
+    secrets: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        """Return ``count (1) || ktilde || secrets``."""
+        return bytes([len(self.secrets)]) + self.ktilde + b"".join(self.secrets)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SurbKeys:
+        """Parse stored SURB keys; raises InvalidPacket if malformed."""
+        if not data or len(data) != 1 + KEY_BYTES * (1 + data[0]):
+            raise InvalidPacket(DropReason.WRONG_SIZE)
+        secrets = tuple(data[1 + KEY_BYTES * (i + 1):1 + KEY_BYTES * (i + 2)]
+                        for i in range(data[0]))
+        return cls(data[1:1 + KEY_BYTES], secrets)
+
+
+# ---------------------------------------------------------------------------- creating headers
+
+
+def _check_route(params: SphinxParams, route: Sequence[Hop]) -> None:
+    if not 1 <= len(route) <= params.max_hops:
+        raise LocalMisuse(f"a route has 1..{params.max_hops} hops, got {len(route)}")
+    for hop in route:
+        if len(hop.node_id) != ID_BYTES:
+            raise LocalMisuse(f"node ids are {ID_BYTES} bytes, got {len(hop.node_id)}")
+        if not 0 <= hop.delay_us <= MAX_DELAY_US:
+            raise LocalMisuse(f"a hop delay must be 0..{MAX_DELAY_US} us, got {hop.delay_us}")
+
+
+def _secrets(impl: ProfileImpl, route: Sequence[Hop], x: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Return (alphas, shared secrets) along ``route`` for the sender's scalar ``x``."""
+    alpha = crypto.x25519_base(x)
+    blinds: list[bytes] = []
+    alphas, secrets = [], []
+    for hop in route:
+        s = crypto.x25519(x, hop.public_key)
+        for b in blinds:
+            s = crypto.x25519(b, s)
+        alphas.append(alpha)
+        secrets.append(s)
+        b_i = impl.blinding(alpha, s)
+        blinds.append(b_i)
+        alpha = crypto.x25519(b_i, alpha)
+    return alphas, secrets
+
+
+def _filler(params: SphinxParams, impl: ProfileImpl, secrets: Sequence[bytes]) -> bytes:
+    c, total = params.slot_length, params.stream_length
+    phi = b""
+    for i in range(1, len(secrets)):
+        stream = crypto.chacha20_stream(impl.stream_key(secrets[i - 1]), total)
+        phi = crypto.xor(phi + bytes(c), stream[total - i * c:])
+    return phi
+
+
+def _header(params: SphinxParams, route: Sequence[Hop], final: Routing,
+            random_bytes: RandomBytes) -> tuple[bytes, list[bytes]]:
+    """Return (header, shared secrets) for ``route`` ending with the routing command ``final``."""
+    impl = implementation(params)
+    _check_route(params, route)
+    x = crypto.clamp(random_bytes(32))
+    region = impl.final_region(params, len(route), final, random_bytes)
+    alphas, secrets = _secrets(impl, route, x)
+    v, c, beta_len = len(route), params.slot_length, params.beta_length
+    last_stream = crypto.chacha20_stream(impl.stream_key(secrets[-1]), params.stream_length)
+    beta = crypto.xor(region, last_stream[:len(region)]) + _filler(params, impl, secrets)
+    prefix = _version(params)
+    gamma = impl.mac(impl.mac_key(secrets[-1]), prefix + alphas[-1] + beta)
+    for i in range(v - 2, -1, -1):
+        slot = impl.forward_slot(route[i + 1].node_id, route[i].delay_us, gamma)
+        stream = crypto.chacha20_stream(impl.stream_key(secrets[i]), beta_len)
+        beta = crypto.xor(slot + beta[:beta_len - c], stream)
+        gamma = impl.mac(impl.mac_key(secrets[i]), prefix + alphas[i] + beta)
+    return prefix + alphas[0] + beta + gamma, secrets
+
+
+def _version(params: SphinxParams) -> bytes:
+    return bytes([V1_VERSION]) if params.profile is Profile.V1 else b""
+
+
+def _encrypt_payload(impl: ProfileImpl, secrets: Sequence[bytes], body: bytes) -> bytes:
+    for s in reversed(secrets):
+        body = lioness.encrypt(impl.payload_key(s), body)
+    return body
+
+
+def create_forward_packet(params: SphinxParams, route: Sequence[Hop], recipient: bytes,
+                          message: bytes, random_bytes: RandomBytes = crypto.random_bytes) -> bytes:
+    """Return a packet that ``route[-1]`` delivers to ``recipient``; send it to ``route[0]``.
+
+    Raises LocalMisuse if the route or the message does not fit the geometry.
+    """
+    if len(message) > params.max_message_length:
+        raise LocalMisuse(f"a message holds at most {params.max_message_length} bytes, "
+                          f"got {len(message)}")
+    if params.profile is Profile.V1 and len(recipient) != ID_BYTES:
+        raise LocalMisuse(f"a recipient id is {ID_BYTES} bytes")
+    impl = implementation(params)
+    final = Routing(CMD_DELIVER, recipient, route[-1].delay_us if route else 0, b"")
+    header, secrets = _header(params, route, final, random_bytes)
+    return header + _encrypt_payload(impl, secrets, impl.forward_body(params, recipient, message))
+
+
+def create_surb(params: SphinxParams, route: Sequence[Hop], recipient: bytes, surb_id: bytes,
+                random_bytes: RandomBytes = crypto.random_bytes) -> tuple[Surb, SurbKeys]:
+    """Return a SURB whose replies ``route[-1]`` hands to ``recipient`` tagged with ``surb_id``,
+    and the keys its creator keeps to read them."""
+    if len(surb_id) != ID_BYTES:
+        raise LocalMisuse(f"a SURB id is {ID_BYTES} bytes")
+    final = Routing(CMD_SURB_REPLY, recipient, route[-1].delay_us if route else 0, surb_id)
+    header, secrets = _header(params, route, final, random_bytes)
+    ktilde = random_bytes(KEY_BYTES)
+    return Surb(route[0].node_id, header, ktilde), SurbKeys(ktilde, tuple(secrets))
+
+
+def answer_surb(params: SphinxParams, surb: Surb, message: bytes) -> tuple[bytes, bytes]:
+    """Return ``(first hop id, packet)`` carrying ``message`` back through ``surb``."""
+    if len(message) > params.max_reply_length:
+        raise LocalMisuse(f"a reply holds at most {params.max_reply_length} bytes, "
+                          f"got {len(message)}")
+    impl = implementation(params)
+    body = impl.reply_body(params, message)
+    return surb.first_hop, surb.header + lioness.encrypt(impl.payload_key(surb.ktilde), body)
+
+
+def open_surb_reply(params: SphinxParams, keys: SurbKeys, payload: bytes) -> bytes:
+    """Return the reply message in a SurbReply payload; raises InvalidPacket if it was altered."""
+    if len(payload) != params.payload_length:
+        raise InvalidPacket(DropReason.WRONG_SIZE)
+    impl = implementation(params)
+    for s in reversed(keys.secrets):
+        payload = lioness.encrypt(impl.payload_key(s), payload)
+    body = lioness.decrypt(impl.payload_key(keys.ktilde), payload)
+    return impl.open_reply(params, body)
+
+
+# ---------------------------------------------------------------------------- processing
+
+
+def process_packet(params: SphinxParams, private_key: bytes, packet: bytes,
+                   ) -> ForwardHop | FinalDelivery | SurbReply:
+    """Strip one layer with this node's ``private_key``; return what to do with the packet.
+
+    Order: size, version, shared secret, replay tag, MAC (constant time), then decryption.
+    Raises InvalidPacket (one opaque error; the reason is in ``.reason``) and nothing else.
+    """
+    if len(packet) != params.packet_length:
+        raise InvalidPacket(DropReason.WRONG_SIZE)
+    impl = implementation(params)
+    start = 0
+    if params.profile is Profile.V1:
+        if packet[0] != V1_VERSION:
+            raise InvalidPacket(DropReason.BAD_VERSION)
+        start = 1
+    beta_end = start + ALPHA_BYTES + params.beta_length
+    alpha = packet[start:start + ALPHA_BYTES]
+    try:
+        s = crypto.x25519(private_key, alpha)
+    except ValueError:
+        raise InvalidPacket(DropReason.BAD_POINT) from None
+    tag = impl.replay_tag(s)
+    gamma = packet[beta_end:beta_end + GAMMA_BYTES]
+    if not crypto.equal(impl.mac(impl.mac_key(s), packet[:beta_end]), gamma):
+        raise InvalidPacket(DropReason.BAD_MAC)
+    stream = crypto.chacha20_stream(impl.stream_key(s), params.stream_length)
+    b = crypto.xor(packet[start + ALPHA_BYTES:beta_end] + bytes(params.slot_length), stream)
+    routing = impl.parse(params, b)
+    payload = lioness.decrypt(impl.payload_key(s), packet[beta_end + GAMMA_BYTES:])
+    if routing.command == CMD_FORWARD:
+        next_alpha = crypto.x25519(impl.blinding(alpha, s), alpha)
+        header = packet[:start] + next_alpha + b[params.slot_length:] + routing.extra
+        return ForwardHop(routing.node_id, routing.delay_us, header + payload, tag)
+    if routing.command == CMD_SURB_REPLY:
+        return SurbReply(routing.node_id, routing.extra, routing.delay_us, payload, tag)
+    recipient, message = impl.open_final(params, routing, payload)
+    return FinalDelivery(recipient, routing.delay_us, message, tag)

@@ -1,0 +1,237 @@
+"""What differs between the two Sphinx profiles: key derivation, routing commands, payload bodies.
+
+The construction itself (blinding chain, filler, nested MACs, LIONESS layers, SURBs) lives once in
+:mod:`zmix.sphinx.packet`; it asks a :class:`Profile` object for the parts below.
+
+``v1`` derives every per-hop key from the shared secret with keyed BLAKE2b and its own versioned
+label, so no two purposes share key material (smc0's payload key is its header keystream).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zmix import crypto
+from zmix.errors import DropReason, InvalidPacket
+from zmix.sphinx.lioness import KEY_BYTES as LIONESS_KEY_BYTES
+from zmix.sphinx.params import (
+    GAMMA_BYTES,
+    ID_BYTES,
+    SMC0_K,
+    TAG_BYTES,
+    V1_LENGTH_BYTES,
+    V1_SLOT_BYTES,
+    Profile,
+    SphinxParams,
+)
+
+RandomBytes = Callable[[int], bytes]
+
+V1_VERSION = 0x01
+
+# v1 routing commands (first byte of a slot)
+CMD_FORWARD = 0x01
+CMD_DELIVER = 0x02
+CMD_SURB_REPLY = 0x03
+
+# v1 key-derivation labels: BLAKE2b(key = shared secret, data = label [|| alpha])
+LABEL_STREAM = b"zmix-v1 header stream"
+LABEL_MAC = b"zmix-v1 header mac"
+LABEL_PAYLOAD = b"zmix-v1 payload"
+LABEL_BLIND = b"zmix-v1 blinding"
+LABEL_TAG = b"zmix-v1 replay tag"
+
+_V1_SLOT = struct.Struct(">B16sI16s3x")  # command, id, delay_us, gamma or SURB id
+_ZERO_TAG = bytes(TAG_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """One hop's decoded routing command."""
+
+    command: int  # CMD_FORWARD, CMD_DELIVER or CMD_SURB_REPLY
+    node_id: bytes  # next hop (forward) or recipient (deliver, reply)
+    delay_us: int
+    extra: bytes  # next gamma (forward) or SURB id (reply); empty otherwise
+
+
+class V1:
+    """The zmix wire profile (docs/sphinx.md)."""
+
+    profile = Profile.V1
+
+    @staticmethod
+    def stream_key(s: bytes) -> bytes:
+        return crypto.blake2b(LABEL_STREAM, size=32, key=s)
+
+    @staticmethod
+    def mac_key(s: bytes) -> bytes:
+        return crypto.blake2b(LABEL_MAC, size=32, key=s)
+
+    @staticmethod
+    def payload_key(s: bytes) -> bytes:
+        return crypto.chacha20_stream(crypto.blake2b(LABEL_PAYLOAD, size=32, key=s),
+                                      LIONESS_KEY_BYTES)
+
+    @staticmethod
+    def blinding(alpha: bytes, s: bytes) -> bytes:
+        return crypto.clamp(crypto.blake2b(LABEL_BLIND + alpha, size=32, key=s))
+
+    @staticmethod
+    def replay_tag(s: bytes) -> bytes:
+        return crypto.blake2b(LABEL_TAG, size=32, key=s)
+
+    @staticmethod
+    def mac(key: bytes, header_without_gamma: bytes) -> bytes:
+        return crypto.blake2b(header_without_gamma, size=GAMMA_BYTES, key=key)
+
+    @staticmethod
+    def forward_slot(next_id: bytes, delay_us: int, gamma: bytes) -> bytes:
+        return _V1_SLOT.pack(CMD_FORWARD, next_id, delay_us, gamma)
+
+    @staticmethod
+    def final_region(params: SphinxParams, hops: int, routing: Routing,
+                     random_bytes: RandomBytes) -> bytes:
+        """The last hop's command followed by random bytes up to the end of its beta window."""
+        slot = _V1_SLOT.pack(routing.command, routing.node_id, routing.delay_us,
+                             routing.extra or bytes(ID_BYTES))
+        return slot + random_bytes(params.beta_length - hops * params.slot_length)
+
+    @staticmethod
+    def parse(params: SphinxParams, b: bytes) -> Routing:
+        command, node_id, delay_us, extra = _V1_SLOT.unpack_from(b)
+        if command not in (CMD_FORWARD, CMD_DELIVER, CMD_SURB_REPLY):
+            raise InvalidPacket(DropReason.BAD_COMMAND)
+        if b[V1_SLOT_BYTES - 3:V1_SLOT_BYTES] != b"\0\0\0":
+            raise InvalidPacket(DropReason.BAD_COMMAND)
+        return Routing(command, node_id, delay_us, extra if command != CMD_DELIVER else b"")
+
+    @staticmethod
+    def forward_body(params: SphinxParams, recipient: bytes, message: bytes) -> bytes:
+        return V1.reply_body(params, message)
+
+    @staticmethod
+    def open_final(params: SphinxParams, routing: Routing, body: bytes) -> tuple[bytes, bytes]:
+        return routing.node_id, V1.open_reply(params, body)
+
+    @staticmethod
+    def reply_body(params: SphinxParams, message: bytes) -> bytes:
+        head = _ZERO_TAG + len(message).to_bytes(V1_LENGTH_BYTES, "big")
+        return head + message + bytes(params.payload_length - len(head) - len(message))
+
+    @staticmethod
+    def open_reply(params: SphinxParams, body: bytes) -> bytes:
+        if not crypto.equal(body[:TAG_BYTES], _ZERO_TAG):
+            raise InvalidPacket(DropReason.BAD_TAG)
+        start = TAG_BYTES + V1_LENGTH_BYTES
+        length = int.from_bytes(body[TAG_BYTES:start], "big")
+        if length > params.max_reply_length:
+            raise InvalidPacket(DropReason.BAD_TAG)
+        return body[start:start + length]
+
+
+def _h(data: bytes, size: int = 32) -> bytes:
+    return crypto.blake2b(data, size=size)
+
+
+class SMC0:
+    """sphinxmixcrypto's construction, byte for byte (shared/vectors/README.md). Tests only."""
+
+    profile = Profile.SMC0
+
+    @staticmethod
+    def stream_key(s: bytes) -> bytes:
+        return _h(b"\x22" + s)
+
+    @staticmethod
+    def mac_key(s: bytes) -> bytes:
+        return _h(b"\x33" + s, 16)
+
+    @staticmethod
+    def payload_key(s: bytes) -> bytes:
+        return crypto.chacha20_stream(SMC0.stream_key(s), LIONESS_KEY_BYTES)
+
+    @staticmethod
+    def blinding(alpha: bytes, s: bytes) -> bytes:
+        return crypto.clamp(_h(b"\x11" + alpha + s))
+
+    @staticmethod
+    def replay_tag(s: bytes) -> bytes:
+        return _h(b"\x55" + s)
+
+    @staticmethod
+    def mac(key: bytes, header_without_gamma: bytes) -> bytes:
+        # smc0 MACs beta only: the header passed in is alpha || beta.
+        return crypto.blake2b(header_without_gamma[32:], size=GAMMA_BYTES, key=key)
+
+    @staticmethod
+    def forward_slot(next_id: bytes, delay_us: int, gamma: bytes) -> bytes:
+        return next_id + gamma
+
+    @staticmethod
+    def final_region(params: SphinxParams, hops: int, routing: Routing,
+                     random_bytes: RandomBytes) -> bytes:
+        if routing.command == CMD_DELIVER:
+            dest, id16 = b"\x00", bytes(ID_BYTES)
+        else:
+            dest, id16 = routing.node_id, routing.extra
+        region = params.beta_length - (hops - 1) * params.slot_length
+        pad = random_bytes(region - ID_BYTES - len(dest))
+        return dest + id16 + pad
+
+    @staticmethod
+    def parse(params: SphinxParams, b: bytes) -> Routing:
+        first = b[0]
+        if first == 0xFF:
+            return Routing(CMD_FORWARD, b[:ID_BYTES], 0, b[ID_BYTES:2 * SMC0_K])
+        if first == 0x00:
+            return Routing(CMD_DELIVER, b"", 0, b"")
+        if first <= 127:
+            dest = b[:1 + first]  # the length-prefixed client id, as the vectors carry it
+            return Routing(CMD_SURB_REPLY, dest, 0, b[1 + first:1 + first + ID_BYTES])
+        raise InvalidPacket(DropReason.BAD_COMMAND)
+
+    @staticmethod
+    def forward_body(params: SphinxParams, recipient: bytes, message: bytes) -> bytes:
+        return _add_padding(_ZERO_TAG + bytes([len(recipient)]) + recipient + message,
+                            params.payload_length)
+
+    @staticmethod
+    def open_final(params: SphinxParams, routing: Routing, body: bytes) -> tuple[bytes, bytes]:
+        if not crypto.equal(body[:TAG_BYTES], _ZERO_TAG):
+            raise InvalidPacket(DropReason.BAD_TAG)
+        length = body[TAG_BYTES]
+        dest = body[TAG_BYTES + 1:TAG_BYTES + 1 + length]
+        return dest, _remove_padding(body[TAG_BYTES + 1 + length:])
+
+    @staticmethod
+    def reply_body(params: SphinxParams, message: bytes) -> bytes:
+        return _add_padding(_ZERO_TAG + message, params.payload_length)
+
+    @staticmethod
+    def open_reply(params: SphinxParams, body: bytes) -> bytes:
+        if not crypto.equal(body[:TAG_BYTES], _ZERO_TAG):
+            raise InvalidPacket(DropReason.BAD_TAG)
+        return _remove_padding(body[TAG_BYTES:])
+
+
+def _add_padding(src: bytes, size: int) -> bytes:
+    off = size - len(src)
+    return src + bytes(off - 2) + off.to_bytes(2, "little")
+
+
+def _remove_padding(data: bytes) -> bytes:
+    off = int.from_bytes(data[-2:], "little")
+    if not 2 <= off <= len(data):
+        raise InvalidPacket(DropReason.BAD_TAG)
+    return data[:len(data) - off]
+
+
+ProfileImpl = type[V1] | type[SMC0]
+
+
+def implementation(params: SphinxParams) -> ProfileImpl:
+    """Return the profile object of ``params``."""
+    return V1 if params.profile is Profile.V1 else SMC0
