@@ -1,0 +1,170 @@
+"""Key files in the state directory: one public and one private JSON file per node and client.
+
+Every node and client has two X25519 key pairs: ``public_key`` (Sphinx on nodes, end-to-end
+``crypto_box`` on clients) and ``curve_public`` (the ZeroMQ CURVE key of its links); keeping them
+apart means a link key compromise does not open packets and the other way round.
+
+```
+STATE/public/NAME.json    {"name", "role", "id", "public_key", "curve_public"}        (hex)
+STATE/private/NAME.json   the same plus "private_key" and "curve_private"; mode 0600, dir 0700
+```
+Files are written atomically (temporary file, fsync, rename) and never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from zmix import crypto
+from zmix.errors import ConfigError
+from zmix.topology import Topology, entity_id, load_topology
+
+
+@dataclass(frozen=True, slots=True)
+class PublicIdentity:
+    """What everybody may know about a node or client."""
+
+    name: str
+    id: bytes
+    public_key: bytes
+    curve_public: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateIdentity:
+    """A node's or client's own keys."""
+
+    name: str
+    id: bytes
+    public_key: bytes
+    private_key: bytes
+    curve_public: bytes
+    curve_private: bytes
+
+    def public(self) -> PublicIdentity:
+        """Return the public half."""
+        return PublicIdentity(self.name, self.id, self.public_key, self.curve_public)
+
+
+def _write_new(path: Path, data: dict[str, str], mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _generate(network: str, name: str, role: str) -> tuple[dict[str, str], dict[str, str]]:
+    pk, sk = crypto.x25519_keypair()
+    cpk, csk = crypto.x25519_keypair()
+    public = {"name": name, "role": role, "id": entity_id(network, name).hex(),
+              "public_key": pk.hex(), "curve_public": cpk.hex()}
+    return public, {**public, "private_key": sk.hex(), "curve_private": csk.hex()}
+
+
+def ensure_keys(state_dir: Path, topology: Topology) -> list[str]:
+    """Generate the keys every node and client of ``topology`` is missing; return their names.
+
+    Copies the topology file to ``state_dir/topology.yaml`` if there is none. Raises ConfigError
+    if the state directory holds another network's topology.
+    """
+    public_dir, private_dir = state_dir / "public", state_dir / "private"
+    public_dir.mkdir(parents=True, exist_ok=True)
+    private_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private_dir, 0o700)
+    _check_or_copy_topology(state_dir, topology)
+    members = [(n.name, n.role.value) for n in topology.nodes()]
+    members += [(c.name, "client") for c in topology.clients]
+    generated = []
+    for name, role in members:
+        if (private_dir / f"{name}.json").exists():
+            continue
+        public, private = _generate(topology.network, name, role)
+        _write_new(private_dir / f"{name}.json", private, 0o600)
+        _write_new(public_dir / f"{name}.json", public, 0o644)
+        generated.append(name)
+    return generated
+
+
+def _check_or_copy_topology(state_dir: Path, topology: Topology) -> None:
+    copy = state_dir / "topology.yaml"
+    if not copy.exists():
+        tmp = copy.with_name(".topology.yaml.tmp")
+        shutil.copyfile(topology.path, tmp)
+        os.replace(tmp, copy)
+        return
+    if Path(topology.path).resolve() == copy.resolve():
+        return
+    existing = load_topology(copy)
+    if existing.network != topology.network:
+        raise ConfigError(topology.path, "network", f"the state directory {state_dir} belongs to "
+                          f"network {existing.network!r}, not {topology.network!r}; use --state")
+
+
+def _read(path: Path, name: str) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "(file)", f"no key file for {name!r}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), "(file)", f"unreadable key file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "(file)", "a key file must hold a JSON object")
+    return data
+
+
+def _hex(path: Path, data: dict[str, str], key: str, size: int) -> bytes:
+    try:
+        value = bytes.fromhex(data[key])
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError(str(path), key, "missing or not hexadecimal") from None
+    if len(value) != size:
+        raise ConfigError(str(path), key, f"must be {size} bytes, got {len(value)}")
+    return value
+
+
+def load_private(state_dir: Path, name: str) -> PrivateIdentity:
+    """Return ``name``'s own keys; ConfigError if missing, malformed or readable by others."""
+    path = state_dir / "private" / f"{name}.json"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(str(path), "(file)", f"no private key file for {name!r}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(str(path), "(file)", f"readable by other users (mode "
+                          f"{stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+    data = _read(path, name)
+    identity = PrivateIdentity(name, _hex(path, data, "id", 16), _hex(path, data, "public_key", 32),
+                               _hex(path, data, "private_key", 32),
+                               _hex(path, data, "curve_public", 32),
+                               _hex(path, data, "curve_private", 32))
+    if crypto.x25519_base(identity.private_key) != identity.public_key:
+        raise ConfigError(str(path), "private_key", "does not match public_key")
+    if crypto.x25519_base(identity.curve_private) != identity.curve_public:
+        raise ConfigError(str(path), "curve_private", "does not match curve_public")
+    return identity
+
+
+def load_directory(state_dir: Path, topology: Topology) -> dict[str, PublicIdentity]:
+    """Return the public keys of every node and client; ConfigError if one is missing or wrong."""
+    names = [n.name for n in topology.nodes()] + [c.name for c in topology.clients]
+    directory = {}
+    for name in names:
+        path = state_dir / "public" / f"{name}.json"
+        data = _read(path, name)
+        ident = PublicIdentity(name, _hex(path, data, "id", 16), _hex(path, data, "public_key", 32),
+                               _hex(path, data, "curve_public", 32))
+        if ident.id != entity_id(topology.network, name):
+            raise ConfigError(str(path), "id", f"is not the id of {name!r} in network "
+                              f"{topology.network!r}")
+        directory[name] = ident
+    return directory
