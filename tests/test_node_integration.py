@@ -1,0 +1,238 @@
+"""Real node processes on loopback: forwarding, delays, garbage, dead workers, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+
+from zmix import crypto, wire
+from zmix.bench.common import free_ports, make_network
+from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.launcher import Launcher
+from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
+from zmix.topology import Topology
+
+
+@dataclass
+class Chain:
+    """mix-a -> mix-b as real processes; the test plays provider-1 at both ends."""
+
+    topology: Topology
+    state: Path
+    launcher: Launcher
+    directory: dict[str, PublicIdentity]
+    provider: PrivateIdentity
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    inbox: zmq.Socket[bytes]
+    outbox: zmq.Socket[bytes]
+
+    def packet(self, message: bytes, delays: tuple[float, float] = (0.0, 0.0)) -> bytes:
+        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
+        route = [Hop(h.id, self.directory[h.name].public_key, int(d * 1e6))
+                 for h, d in zip(hops, (*delays, 0.0), strict=True)]
+        return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
+
+    def send(self, packet: bytes) -> None:
+        self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
+
+    def receive(self, count: int, timeout: float = 20.0) -> list[tuple[float, bytes]]:
+        """Return ``(arrival time, message)`` for ``count`` packets arriving at provider-1."""
+        got: list[tuple[float, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            if not self.inbox.poll(100):
+                continue
+            _, data = self.inbox.recv_multipart()
+            frame = wire.decode(data, params=self.topology.sphinx, slots=8)
+            if isinstance(frame, wire.Packet):
+                result = process_packet(self.topology.sphinx, self.provider.private_key,
+                                        frame.packet)
+                assert isinstance(result, FinalDelivery)
+                got.append((time.monotonic(), result.message))
+        return got
+
+    def stats(self, name: str) -> dict[str, float]:
+        values = metrics.statistics(self.state, name)
+        assert values is not None, f"{name} does not answer on its control socket"
+        return values
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
+        loopix={"mix_loop_rate": 0.0}, workers=2)
+    nodes = [topology.node("mix-a"), topology.node("mix-b")]
+    launcher = Launcher(state, nodes, verbosity=1)
+    launcher.start()
+    directory = load_directory(state, topology)
+    provider = load_private(state, "provider-1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
+    auth = links.start_authenticator(ctx, gate, topology.network)
+    spec = topology.node("provider-1")
+    inbox = links.bind_router(ctx, spec.endpoint, provider.curve_public, provider.curve_private,
+                              topology.network)
+    outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
+                                  directory["mix-a"].curve_public, provider.curve_public,
+                                  provider.curve_private, provider.id)
+    try:
+        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
+    finally:
+        inbox.close()
+        outbox.close()
+        auth.stop()
+        ctx.term()
+        launcher.stop()
+
+
+def test_packets_cross_a_chain_of_nodes_in_delay_order_not_send_order(chain: Chain) -> None:
+    # Packet i waits 0.05 * (5 - i) s at mix-a: sent first, it arrives last.
+    sent_at = {}
+    for i in range(6):
+        message = f"packet {i}".encode()
+        packet = chain.packet(message, delays=(0.05 * (5 - i), 0.01))
+        sent_at[message] = time.monotonic()
+        chain.send(packet)
+    got = chain.receive(6)
+    assert sorted(m for _, m in got) == sorted(sent_at)
+    order = [m for _, m in got]
+    assert order != sorted(sent_at, key=sent_at.__getitem__)  # mixed, not FIFO
+    for arrival, message in got:
+        i = int(message.split()[1])
+        assert arrival - sent_at[message] >= 0.05 * (5 - i) + 0.01 - 0.005
+    assert _wait_stats(chain, "mix-a", lambda s: s["forwarded"] >= 6)["forwarded"] == 6
+
+
+def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Chain) -> None:
+    params = chain.topology.sphinx
+    good = chain.packet(b"good")
+    chain.send(good)
+    chain.send(good)  # a replay
+    chain.outbox.send(b"\x01\x01" + good[:-1])  # a truncated packet
+    chain.outbox.send(b"\x01\x01" + crypto.random_bytes(params.packet_length))  # right size, junk
+    chain.outbox.send(crypto.random_bytes(100))  # not a frame at all
+    chain.outbox.send(b"\x09\x01" + good)  # an unknown wire version
+    _intruder_sends(chain)
+    chain.send(chain.packet(b"after the garbage"))
+    got = sorted(m for _, m in chain.receive(2))
+    assert got == [b"after the garbage", b"good"]
+    assert chain.receive(1, timeout=0.5) == []  # the replay was not forwarded
+    stats = _wait_stats(chain, "mix-a", lambda s: s["dropped_replay"] >= 1
+                        and s["auth_denied"] >= 1 and s["dropped_bad_mac"] >= 1)
+    assert stats["dropped_wrong_size"] >= 1
+    assert stats["dropped_bad_frame"] + stats["dropped_bad_version"] >= 2
+
+
+def _intruder_sends(chain: Chain) -> None:
+    """A peer with a CURVE key that is not in the topology connects and sends a packet."""
+    public, private = crypto.x25519_keypair()
+    sock = links.connect_dealer(chain.ctx, chain.topology.node("mix-a").endpoint,
+                                chain.directory["mix-a"].curve_public, public, private,
+                                b"\x00" * 16)
+    sock.send(wire.encode(wire.Packet(chain.packet(b"intruder")), params=chain.topology.sphinx,
+                          slots=8), zmq.NOBLOCK)
+    time.sleep(0.3)  # let the handshake be refused
+    sock.close(linger=0)
+
+
+def _wait_stats(chain: Chain, name: str, ok: object, timeout: float = 5.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = chain.stats(name)
+        if ok(stats) or time.monotonic() > deadline:  # type: ignore[operator]
+            return stats
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def test_a_killed_worker_is_replaced_and_the_node_keeps_forwarding(chain: Chain) -> None:
+    node_pid = chain.launcher.pids()["mix-a"]
+    workers = _children(node_pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    stats = _wait_stats(chain, "mix-a", lambda s: s["worker_restarts"] >= 1)
+    assert stats["worker_restarts"] >= 1
+    for i in range(20):
+        chain.send(chain.packet(f"m{i}".encode()))
+    assert len(chain.receive(20)) == 20
+    assert len(_children(node_pid)) == 2
+
+
+def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) -> None:
+    for i in range(5):
+        chain.send(chain.packet(f"before {i}".encode()))
+    assert len(chain.receive(5)) == 5
+    chain.launcher.children["mix-b"].proc.kill()
+    chain.launcher.children["mix-b"].proc.wait()
+    chain.launcher.watch(time.monotonic())  # notices the death, schedules the restart
+    chain.launcher.watch(time.monotonic() + 10)  # restarts it
+    deadline = time.monotonic() + 20
+    while metrics.query(chain.state, "mix-b", "ping", 0.2) != "pong":
+        assert time.monotonic() < deadline, "mix-b did not come back"
+    for i in range(5):
+        chain.send(chain.packet(f"after {i}".encode()))
+    got = {m for _, m in chain.receive(5)}
+    assert got >= {f"after {i}".encode() for i in range(5)}
+    assert chain.stats("mix-a")["pid"] == chain.launcher.pids()["mix-a"]  # mix-a never restarted
+
+
+def test_sigterm_stops_a_node_and_its_workers(chain: Chain) -> None:
+    child = chain.launcher.children["mix-a"]
+    workers = _children(child.proc.pid)
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(10) == 0
+    time.sleep(0.2)
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_node_serves_prometheus_metrics(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    topology, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",),
+                                   loopix={"mix_loop_rate": 0.0},
+                                   node_options={"mix-a": {"metrics_port": port}})
+    launcher = Launcher(state, [topology.node("mix-a")])
+    launcher.start()
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        launcher.stop()
+    assert b'zmix_received_total{node="mix-a"}' in body
+    assert b"zmix_queue_depth" in body
+
+
+def test_ports_in_use_are_reported_by_the_launcher(tmp_path: Path) -> None:
+    topology, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", topology.node("mix-a").port))
+    busy.listen()
+    try:
+        from zmix.runtime.launcher import LaunchError
+
+        with pytest.raises(LaunchError, match="mix-a"):
+            Launcher(state, [topology.node("mix-a")]).start()
+    finally:
+        busy.close()

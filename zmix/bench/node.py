@@ -1,0 +1,253 @@
+"""``zmix-bench node``: one mixnode process and its worker pool under load.
+
+The benchmark builds a two-layer network on loopback, runs the layer-0 mixnode as a real
+``zmix-node`` process, and plays its neighbours itself: a load generator with the provider's CURVE
+key sends pre-built packets (route: the node, then a layer-1 node, zero delays, so creation cost is
+not measured), and a sink with the layer-1 node's keys counts what the node forwards. It reports,
+from one run:
+
+- forwarded packets/s at saturation (the generator sends as fast as the node takes them);
+- loss below saturation (the generator paces at a fraction of that rate; must be zero);
+- CPU seconds per forwarded packet, node process plus workers (from the node's own accounting),
+  and its ratio to the Sphinx per-hop time measured in this process during the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as stats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zmix import wire
+from zmix.bench.common import make_network
+from zmix.keys import load_directory, load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.launcher import node_command
+from zmix.sphinx import Hop, create_forward_packet, process_packet
+from zmix.topology import Topology
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``zmix-bench node``."""
+    parser = argparse.ArgumentParser(prog="zmix-bench node", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--packets", type=int, default=30_000,
+                        help="packets sent in the saturation phase (default 30000)")
+    parser.add_argument("--paced-fraction", type=float, default=0.5,
+                        help="rate of the loss phase as a fraction of saturation (default 0.5)")
+    parser.add_argument("--paced-seconds", type=float, default=3.0,
+                        help="length of the loss phase (default 3 s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes of the node (default: the machine's cores)")
+    parser.add_argument("--payload", type=int, default=2048, help="Sphinx payload bytes")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser
+
+
+class _Sink:
+    """The layer-1 node's ROUTER: counts packets that arrive, in a thread."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], topology: Topology,
+                 state: Path) -> None:
+        spec = topology.layers[1][0]
+        me = load_private(state, spec.name)
+        directory = load_directory(state, topology)
+        sender = topology.layers[0][0]
+        self.gate = links.KeyGate({directory[sender.name].curve_public: sender.id})
+        self.auth = links.start_authenticator(ctx, self.gate, topology.network)
+        self.sock = links.bind_router(ctx, spec.endpoint, me.curve_public, me.curve_private,
+                                      topology.network)
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            while True:
+                try:
+                    _, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if frame[1:2] == b"\x01":  # a PACKET frame (heartbeats do not count)
+                    now = time.perf_counter()
+                    if self.count == 0:
+                        self.first = now
+                    self.count += 1
+                    self.last = now
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.count >= count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close(linger=0)
+        self.auth.stop()
+
+
+def _build_packets(topology: Topology, state: Path, count: int) -> list[bytes]:
+    directory = load_directory(state, topology)
+    node, nxt = topology.layers[0][0], topology.layers[1][0]
+    route = [Hop(node.id, directory[node.name].public_key, 0),
+             Hop(nxt.id, directory[nxt.name].public_key, 0)]
+    message = b"zmix-bench node"
+    return [create_forward_packet(topology.sphinx, route, nxt.id, message) for _ in range(count)]
+
+
+def _node_cpu(state: Path, name: str) -> tuple[float, float, float]:
+    """Return (node CPU seconds, workers' CPU seconds, packets forwarded) of the running node."""
+    time.sleep(1.2)  # workers report their CPU time every 0.5 s
+    values = metrics.statistics(state, name) or {}
+    return (float(values.get("cpu_seconds_node", 0)), float(values.get("cpu_seconds_workers", 0)),
+            float(values.get("forwarded", 0)))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark; return its figures."""
+    with tempfile.TemporaryDirectory(prefix="zmix-bench-node-") as tmp:
+        topology, state = make_network(
+            Path(tmp), layers=(("mix-0",), ("mix-1",)), providers=("provider-0",),
+            loopix={"mix_loop_rate": 0.0}, sphinx={"payload_length": args.payload, "max_hops": 5},
+            workers=args.workers, network="zmix-bench")
+        paced_n = int(args.paced_seconds * 4_000)  # enough for 4,000 packets/s paced
+        total = args.packets + paced_n
+        t0 = time.perf_counter()
+        packets = _build_packets(topology, state, total)
+        build_seconds = time.perf_counter() - t0
+        node = topology.layers[0][0]
+        proc = subprocess.Popen(node_command(state, node.name, 0), stdin=subprocess.DEVNULL)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sink = _Sink(ctx, topology, state)
+        try:
+            return _measure(args, topology, state, packets, ctx, sink, proc, build_seconds)
+        finally:
+            sink.close()
+            proc.terminate()
+            proc.wait(10)
+            ctx.term()
+
+
+def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets: list[bytes],
+             ctx: zmq.Context[zmq.Socket[bytes]], sink: _Sink, proc: subprocess.Popen[bytes],
+             build_seconds: float) -> dict[str, Any]:
+    node = topology.layers[0][0]
+    deadline = time.monotonic() + 30
+    while metrics.query(state, node.name, "ping", 0.2) != "pong":
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the node under test did not start")
+        time.sleep(0.05)
+    provider = topology.providers[0]
+    me = load_private(state, provider.name)
+    directory = load_directory(state, topology)
+    gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
+                               me.curve_public, me.curve_private, provider.id)
+    gen.sndhwm = 1_000
+    frames = [wire.encode(wire.Packet(p), params=topology.sphinx, slots=1) for p in packets]
+    # Warm-up: the link and the workers are up before anything is timed.
+    gen.send(frames[0])
+    if not sink.wait_for(1, 30):
+        raise RuntimeError("the node forwarded nothing")
+    node0, workers0, fwd0 = _node_cpu(state, node.name)
+    saturated = frames[1:args.packets]
+    base = sink.count
+    t0 = time.perf_counter()
+    for frame in saturated:
+        gen.send(frame)  # blocks at the high-water mark: the node sets the pace
+    sink.wait_for(base + len(saturated), 60)
+    got = sink.count - base
+    elapsed = sink.last - t0
+    node1, workers1, fwd1 = _node_cpu(state, node.name)
+    rate = got / elapsed if elapsed > 0 else 0.0
+    forwarded = max(1.0, fwd1 - fwd0)
+    node_per_packet = (node1 - node0) / forwarded
+    workers_per_packet = (workers1 - workers0) / forwarded
+    cpu_per_packet = node_per_packet + workers_per_packet
+    paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
+    per_hop = _sphinx_per_hop(topology, state, packets[:2_000])
+    gen.close(linger=0)
+    return {
+        "workers": args.workers, "payload_bytes": args.payload,
+        "packet_bytes": topology.sphinx.packet_length,
+        "saturation_sent": len(saturated), "saturation_forwarded": got,
+        "forwarded_per_second": rate,
+        "paced_rate": paced["rate"], "paced_sent": paced["sent"], "paced_lost": paced["lost"],
+        "cpu_seconds_per_packet": cpu_per_packet,
+        "cpu_seconds_per_packet_node_loop": node_per_packet,
+        "cpu_seconds_per_packet_workers": workers_per_packet,
+        "sphinx_per_hop_seconds": per_hop,
+        "cpu_over_sphinx_ratio": cpu_per_packet / per_hop,
+        "packet_build_seconds": build_seconds,
+        "loopix_reference_per_second": 570,
+    }
+
+
+def _paced_phase(args: argparse.Namespace, frames: list[bytes], gen: zmq.Socket[bytes],
+                 sink: _Sink, saturation: float) -> dict[str, float]:
+    rate = max(1.0, saturation * args.paced_fraction)
+    count = min(len(frames), int(rate * args.paced_seconds))
+    base = sink.count
+    start = time.perf_counter()
+    for i in range(count):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        gen.send(frames[i])
+    sink.wait_for(base + count, 30)
+    return {"rate": rate, "sent": count, "lost": max(0, count - (sink.count - base))}
+
+
+def _sphinx_per_hop(topology: Topology, state: Path, packets: list[bytes]) -> float:
+    key = load_private(state, topology.layers[0][0].name).private_key
+    samples = []
+    for chunk in range(5):
+        batch = packets[chunk * len(packets) // 5:(chunk + 1) * len(packets) // 5]
+        t0 = time.perf_counter()
+        for packet in batch:
+            process_packet(topology.sphinx, key, packet)
+        samples.append((time.perf_counter() - t0) / max(1, len(batch)))
+    return stats.median(samples)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``zmix-bench node``; print the figures; return 0."""
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"zmix-bench node: 1 mixnode, {result['workers']} workers, "
+          f"{result['payload_bytes']}-byte payloads ({result['packet_bytes']}-byte packets)")
+    print(f"  forwarded at saturation   {result['forwarded_per_second']:10.0f} packets/s "
+          f"({result['saturation_forwarded']}/{result['saturation_sent']}); "
+          f"x{result['forwarded_per_second'] / 570:.1f} the Loopix reference (570/s)")
+    print(f"  loss below saturation     {int(result['paced_lost']):10d} of {result['paced_sent']} "
+          f"at {result['paced_rate']:.0f} packets/s")
+    print(f"  CPU per forwarded packet  {result['cpu_seconds_per_packet'] * 1e6:10.1f} us "
+          f"(node loop {result['cpu_seconds_per_packet_node_loop'] * 1e6:.1f} us + workers "
+          f"{result['cpu_seconds_per_packet_workers'] * 1e6:.1f} us)")
+    print(f"  Sphinx per-hop time       {result['sphinx_per_hop_seconds'] * 1e6:10.1f} us")
+    print(f"  ratio CPU / Sphinx        {result['cpu_over_sphinx_ratio']:10.2f}  (target <= 1.3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,215 @@
+"""The sans-IO core of a node: what to do with a processed Sphinx packet, and its own loops.
+
+The runtime hands :class:`NodeCore` each result of ``process_packet`` (computed by a worker) with
+the time the packet arrived; the core checks the replay tag and the delay bound, decides where the
+packet goes, and returns :class:`Scheduled` entries that the runtime keeps in its delay queue until
+they are due. The same core runs mixnodes and providers: on a provider, final deliveries and SURB
+replies go to the :class:`~zmix.provider.ProviderCore`.
+
+Mix loops (Loopix's lambda_M) are ordinary forward packets that come back to the node that sent
+them; counting how many return tells an operator whether the network drops packets.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from zmix import crypto
+from zmix.errors import DropReason
+from zmix.keys import PublicIdentity
+from zmix.provider import ProviderCore
+from zmix.replay import ReplayCache
+from zmix.sphinx import FinalDelivery, ForwardHop, Hop, SurbReply, create_forward_packet
+from zmix.topology import NodeSpec, Role, Topology
+
+Result = ForwardHop | FinalDelivery | SurbReply
+
+_LOOP_MARKER = b"zmix-mix-loop-v1"
+_MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A packet to send to ``next_hop`` at absolute time ``due``."""
+
+    due: float
+    next_hop: bytes
+    packet: bytes
+
+
+class NodeCore:
+    """Routing policy, replay protection and mix loops of one node.
+
+    ``directory`` maps every node name to its public identity (the loop routes need the Sphinx
+    keys); ``provider`` is given on providers only.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        me: NodeSpec,
+        directory: Mapping[str, PublicIdentity],
+        rng: random.Random,
+        now: float,
+        *,
+        provider: ProviderCore | None = None,
+        random_bytes: Callable[[int], bytes] = crypto.random_bytes,
+    ) -> None:
+        if (me.role is Role.PROVIDER) != (provider is not None):
+            raise ValueError("a provider node needs a ProviderCore, a mixnode must not have one")
+        self._topology = topology
+        self._me = me
+        self._directory = directory
+        self._rng = rng
+        self._random_bytes = random_bytes
+        self._provider = provider
+        self._node_ids = frozenset(node.id for node in topology.nodes())
+        self._max_delay_us = int(topology.loopix.max_delay * 1_000_000)
+        self._replay = ReplayCache(topology.runtime.replay_capacity)
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._next_loop = self._draw_next_loop(now)
+        # loop id -> (time sent, hops); bounded: loops lost in the network must not pile up.
+        self._loops_out: collections.OrderedDict[bytes, tuple[float, int]] = (
+            collections.OrderedDict())
+        self._loop_latency: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
+
+    # ------------------------------------------------------------------ processed packets
+
+    def on_result(self, arrival: float, result: Result) -> list[Scheduled]:
+        """Return what to schedule for one processed packet that arrived at ``arrival``.
+
+        A replayed packet, a delay above ``loopix.max_delay`` or an unknown next hop is dropped and
+        counted; the returned list is then empty.
+        """
+        if self._replay.seen_or_add(result.replay_tag):
+            return self._drop(DropReason.REPLAY)
+        if result.delay_us > self._max_delay_us:
+            return self._drop(DropReason.DELAY_TOO_LONG)
+        due = arrival + result.delay_us / 1_000_000
+        if isinstance(result, ForwardHop):
+            return self._forward(due, result)
+        if isinstance(result, FinalDelivery):
+            return self._final(due, result)
+        return self._surb_reply(due, result)
+
+    def on_invalid(self, reason: DropReason) -> None:
+        """Count a packet that a worker rejected, or a frame that did not parse."""
+        self._drop(reason)
+
+    def _forward(self, due: float, result: ForwardHop) -> list[Scheduled]:
+        if result.next_hop not in self._node_ids or result.next_hop == self._me.id:
+            return self._drop(DropReason.UNKNOWN_NEXT_HOP)
+        self._counts["forwarded"] += 1
+        return [Scheduled(due, result.next_hop, result.packet)]
+
+    def _final(self, due: float, result: FinalDelivery) -> list[Scheduled]:
+        if result.recipient == self._me.id and result.message.startswith(_LOOP_MARKER):
+            self._loop_returned(due, result.message[len(_LOOP_MARKER):])
+            return []
+        if self._provider is None:
+            return self._drop(DropReason.UNEXPECTED_DELIVERY)
+        self._counts["delivered"] += 1
+        # The message is stored at once (durably, before any ack), but the ack leaves only after
+        # this hop's delay, like any packet: sending it on arrival would let a watcher of the
+        # provider's links match the ack to the packet it acknowledges.
+        return [Scheduled(due + s.delay, s.next_hop, s.packet) for s in
+                self._provider.on_final(due, result)]
+
+    def _surb_reply(self, due: float, result: SurbReply) -> list[Scheduled]:
+        if self._provider is None:
+            return self._drop(DropReason.UNEXPECTED_DELIVERY)
+        self._counts["replies"] += 1
+        return [Scheduled(due, s.next_hop, s.packet) for s in
+                self._provider.on_surb_reply(due, result)]
+
+    def _drop(self, reason: DropReason) -> list[Scheduled]:
+        self._drops[reason.value] += 1
+        return []
+
+    # ------------------------------------------------------------------ mix loops
+
+    def next_loop_due(self) -> float | None:
+        """Return when the next mix loop is due, or None if mix loops are disabled."""
+        return self._next_loop
+
+    def poll_loops(self, now: float) -> list[Scheduled]:
+        """Return the mix loop packets due by ``now`` (sent at once; their hops add the delays)."""
+        out: list[Scheduled] = []
+        while self._next_loop is not None and self._next_loop <= now:
+            out.append(self._make_loop(now))
+            self._next_loop = self._draw_next_loop(self._next_loop)
+        return out
+
+    def _draw_next_loop(self, after: float) -> float | None:
+        rate = self._topology.loopix.mix_loop_rate
+        return after + self._rng.expovariate(rate) if rate > 0 else None
+
+    def _make_loop(self, now: float) -> Scheduled:
+        route = [self._hop(node) for node in self.loop_route()]
+        loop_id = self._random_bytes(16)
+        packet = create_forward_packet(
+            self._topology.sphinx, route, self._me.id, _LOOP_MARKER + loop_id, self._random_bytes
+        )
+        self._counts["loops_sent"] += 1
+        self._loops_out[loop_id] = (now, len(route))
+        if len(self._loops_out) > _MAX_LOOPS_OUT:
+            self._loops_out.popitem(last=False)
+        return Scheduled(now, route[0].node_id, packet)
+
+    def _loop_returned(self, now: float, loop_id: bytes) -> None:
+        sent = self._loops_out.pop(loop_id, None)
+        if sent is None:  # not ours, or forgotten: a forged loop marker must not count
+            self._drop(DropReason.UNEXPECTED_DELIVERY)
+            return
+        self._counts["loops_returned"] += 1
+        self._loop_latency.append((now - sent[0], sent[1]))
+
+    def loop_latency(self) -> tuple[float, float] | None:
+        """Return (median round trip, median per hop) of the last 1,000 mix loops, in seconds."""
+        if not self._loop_latency:
+            return None
+        trips = sorted(t for t, _ in self._loop_latency)
+        per_hop = sorted(t / hops for t, hops in self._loop_latency)
+        return trips[len(trips) // 2], per_hop[len(per_hop) // 2]
+
+    def loop_route(self) -> list[NodeSpec]:
+        """Return a Loopix mix-loop route that starts after this node and ends at it.
+
+        A mixnode of layer i goes through the layers after it, a random provider, then the layers
+        up to its own (ending with itself); a provider goes through every layer and back to itself.
+        """
+        layers = self._topology.layers
+        pick = self._rng.choice
+        if self._me.layer is None:
+            return [pick(layer) for layer in layers] + [self._me]
+        i = self._me.layer
+        after = [pick(layer) for layer in layers[i + 1:]]
+        before = [pick(layer) for layer in layers[:i]]
+        return [*after, pick(self._topology.providers), *before, self._me]
+
+    def _hop(self, node: NodeSpec) -> Hop:
+        mean = self._topology.loopix.mean_delay
+        delay = self._rng.expovariate(1 / mean) if mean > 0 else 0.0
+        delay = min(delay, self._topology.loopix.max_delay)
+        return Hop(node.id, self._directory[node.name].public_key, int(delay * 1_000_000))
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self) -> dict[str, int]:
+        """Return counters: forwarded, delivered, replies, loops sent/returned, drops by reason."""
+        stats = {name: self._counts[name] for name in
+                 ("forwarded", "delivered", "replies", "loops_sent", "loops_returned")}
+        for reason in DropReason:
+            stats[f"dropped_{reason.value}"] = self._drops[reason.value]
+        stats.update({f"replay_{k}": v for k, v in self._replay.statistics().items()})
+        latency = self.loop_latency()
+        if latency is not None:
+            stats["loop_rtt_us_median"] = int(latency[0] * 1e6)
+            stats["loop_per_hop_us_median"] = int(latency[1] * 1e6)
+        if self._provider is not None:
+            stats.update({f"provider_{k}": v for k, v in self._provider.statistics().items()})
+        return stats

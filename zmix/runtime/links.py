@@ -1,0 +1,171 @@
+"""ZeroMQ plumbing of a node: CURVE on every link, ZAP admission, outbound DEALERs.
+
+Every link is encrypted and authenticated with CURVE. A node's ROUTER is a CURVE server whose ZAP
+handler admits only the long-term keys it was told about (the topology's nodes and, on a provider,
+its registered clients); every refusal is counted. Outbound, a node keeps one DEALER per next hop,
+created on first use, with libzmq's reconnect backoff and ZMTP heartbeats, and with this node's id
+as its routing identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+LOG = logging.getLogger(__name__)
+
+RECONNECT_MS = 100  # first reconnect attempt after a link drops
+RECONNECT_MAX_MS = 5_000  # backoff ceiling
+HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
+HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
+LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
+
+
+def user_id(curve_public: bytes) -> str:
+    """Return the ZAP User-Id that libzmq attaches to frames from ``curve_public``."""
+    return z85.encode(curve_public).decode("ascii")
+
+
+class KeyGate:
+    """The set of CURVE keys a ZAP handler admits, changeable while the node runs.
+
+    The ZAP handler runs in its own thread; the set is replaced as a whole under a lock, so the
+    handler always sees a consistent set.
+    """
+
+    def __init__(self, keys: dict[bytes, bytes]) -> None:
+        self._lock = threading.Lock()
+        self._by_user: dict[str, bytes] = {user_id(k): v for k, v in keys.items()}
+        self.denied = 0
+        self.allowed = 0
+
+    def add(self, curve_public: bytes, entity: bytes) -> None:
+        """Admit ``curve_public`` from now on, as the peer ``entity``."""
+        with self._lock:
+            self._by_user = {**self._by_user, user_id(curve_public): entity}
+
+    def entity(self, uid: str) -> bytes | None:
+        """Return the id of the peer whose User-Id is ``uid``, or None."""
+        return self._by_user.get(uid)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP credentials callback: ``key`` is the z85 form of the client's CURVE key."""
+        ok = key.decode("ascii") in self._by_user
+        with self._lock:
+            if ok:
+                self.allowed += 1
+            else:
+                self.denied += 1
+        if not ok:
+            LOG.info("refused a CURVE key not in the topology")
+        return ok
+
+
+def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,
+                        domain: str) -> ThreadAuthenticator:
+    """Start the ZAP handler thread of ``ctx`` admitting the keys of ``gate`` on ``domain``.
+
+    The domain is the network's name, set on every ROUTER of the network (``bind_router``).
+    """
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmix.zap"))
+    auth.start()
+    auth.configure_curve_callback(domain=domain, credentials_provider=gate)
+    return auth
+
+
+def bind_router(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve_public: bytes, curve_private: bytes,
+    domain: str,
+) -> zmq.Socket[bytes]:
+    """Return the node's inbound ROUTER, a CURVE server bound on ``endpoint``."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.curve_server = True
+    sock.curve_publickey = z85.encode(curve_public)
+    sock.curve_secretkey = z85.encode(curve_private)
+    sock.zap_domain = domain.encode()
+    sock.router_handover = True  # a restarted peer takes its identity back at once
+    sock.rcvhwm = LINK_HWM
+    sock.sndhwm = LINK_HWM
+    sock.heartbeat_ivl = HEARTBEAT_MS
+    sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
+    sock.bind(endpoint)
+    return sock
+
+
+def connect_dealer(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, server_public: bytes,
+    curve_public: bytes, curve_private: bytes, identity: bytes,
+) -> zmq.Socket[bytes]:
+    """Return a DEALER connected over CURVE to the ROUTER at ``endpoint``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.routing_id = identity
+    sock.curve_serverkey = z85.encode(server_public)
+    sock.curve_publickey = z85.encode(curve_public)
+    sock.curve_secretkey = z85.encode(curve_private)
+    sock.reconnect_ivl = RECONNECT_MS
+    sock.reconnect_ivl_max = RECONNECT_MAX_MS
+    sock.heartbeat_ivl = HEARTBEAT_MS
+    sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
+    sock.sndhwm = LINK_HWM
+    sock.rcvhwm = LINK_HWM
+    sock.connect(endpoint)
+    return sock
+
+
+class Links:
+    """One DEALER per next hop, created on first use.
+
+    ``resolve(node_id)`` returns ``(endpoint, server_curve_public)`` for a node, or None if the id
+    is not a node this one may send to.
+    """
+
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], identity: bytes, curve_public: bytes,
+        curve_private: bytes, resolve: Callable[[bytes], tuple[str, bytes] | None],
+    ) -> None:
+        self._ctx = ctx
+        self._identity = identity
+        self._keys = (curve_public, curve_private)
+        self._resolve = resolve
+        self._sockets: dict[bytes, zmq.Socket[bytes]] = {}
+        self.last_sent: dict[bytes, float] = {}
+
+    def socket(self, node_id: bytes) -> zmq.Socket[bytes] | None:
+        """Return the DEALER to ``node_id``, connecting it now if needed; None if unknown."""
+        sock = self._sockets.get(node_id)
+        if sock is None:
+            target = self._resolve(node_id)
+            if target is None:
+                return None
+            sock = connect_dealer(self._ctx, target[0], target[1], *self._keys, self._identity)
+            self._sockets[node_id] = sock
+        return sock
+
+    def send(self, node_id: bytes, frame: bytes, now: float) -> bool:
+        """Queue ``frame`` for ``node_id``; return False if the link is unknown or full."""
+        sock = self.socket(node_id)
+        if sock is None:
+            return False
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.last_sent[node_id] = now
+        return True
+
+    def peers(self) -> list[bytes]:
+        """Return the ids of the nodes this node has links to."""
+        return list(self._sockets)
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close every link (``linger_ms`` lets queued frames leave first)."""
+        for sock in self._sockets.values():
+            sock.close(linger=linger_ms)
+        self._sockets.clear()

@@ -1,0 +1,113 @@
+"""A node's statistics seen from outside: a control socket and a Prometheus endpoint.
+
+The node loop refreshes one snapshot (a flat ``dict[str, float]``) a few times a second; the
+control socket (a REP socket on a local ipc path, named in ``STATE/nodes/NAME/control``) answers
+``ping`` and ``stats`` (JSON), and, when the topology gives the node a ``metrics_port``, the
+prometheus_client HTTP server serves the same snapshot in the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import zmq
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+# Snapshot keys that are levels rather than running totals.
+GAUGES = frozenset({
+    "queue_depth", "queue_high_water", "in_flight", "workers", "worker_utilisation",
+    "peers_alive", "uptime_seconds", "mailbox_items", "loop_rtt_us_median",
+    "loop_per_hop_us_median", "pid",
+})
+
+
+class Snapshot:
+    """The latest statistics of the node, shared with the metrics thread."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+
+    def update(self, values: dict[str, float]) -> None:
+        """Replace the snapshot."""
+        with self._lock:
+            self._values = dict(values)
+
+    def values(self) -> dict[str, float]:
+        """Return a copy of the snapshot."""
+        with self._lock:
+            return dict(self._values)
+
+
+class _Collector:
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        for key, value in sorted(self._snapshot.values().items()):
+            name = f"zmix_{key}"
+            family: Metric
+            if key in GAUGES:
+                family = GaugeMetricFamily(name, f"zmix node {key}", labels=["node"])
+            else:
+                family = CounterMetricFamily(name, f"zmix node {key}", labels=["node"])
+            family.add_metric([self._snapshot.node], value)
+            yield family
+
+
+def serve_prometheus(snapshot: Snapshot, host: str, port: int) -> None:
+    """Serve ``snapshot`` as Prometheus text on ``http://host:port/metrics`` (daemon thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(snapshot))
+    start_http_server(port, addr=host, registry=registry)
+
+
+def control_path(state_dir: Path, name: str) -> Path:
+    """Return the file that names the node's control endpoint."""
+    return state_dir / "nodes" / name / "control"
+
+
+def answer_control(sock: zmq.Socket[bytes], snapshot: Snapshot) -> None:
+    """Answer one request waiting on the control REP socket."""
+    request = sock.recv()
+    if request == b"stats":
+        sock.send(json.dumps(snapshot.values(), sort_keys=True).encode())
+    elif request == b"ping":
+        sock.send(b"pong")
+    else:
+        sock.send(b'{"error": "unknown request; use ping or stats"}')
+
+
+def query(state_dir: Path, name: str, request: str = "stats", timeout: float = 2.0) -> str | None:
+    """Ask a running node; return its answer, or None if it did not answer in ``timeout``."""
+    try:
+        endpoint = control_path(state_dir, name).read_text().strip()
+    except OSError:
+        return None
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        sock.send(request.encode())
+        if sock.poll(int(timeout * 1000)):
+            answer: bytes = sock.recv()
+            return answer.decode()
+        return None
+    finally:
+        sock.close()
+
+
+def statistics(state_dir: Path, name: str, timeout: float = 2.0) -> dict[str, float] | None:
+    """Return a running node's statistics, or None if it does not answer."""
+    text = query(state_dir, name, "stats", timeout)
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,397 @@
+"""The node process: one ROUTER in, one DEALER per next hop out, a worker pool, a delay heap.
+
+``NodeProcess(state_dir, name).run()`` is what ``zmix-node`` runs. The loop, in one thread:
+
+1. read frames from the ROUTER (while fewer than ``MAX_IN_FLIGHT`` packets are with the workers,
+   so an overloaded node pushes back on its upstream links instead of growing without bound);
+2. PUSH each packet to the workers; PULL their results and hand them to the :class:`NodeCore`,
+   which checks replay tags and delays and returns what to schedule;
+3. keep scheduled packets in the :class:`DelayQueue` (absolute due times) and send each on its
+   next hop's DEALER when it is due; the poll timeout follows the next due time;
+4. on a provider, answer its clients' fetch and ack frames from the mailbox;
+5. send the node's own mix loops, heartbeats on idle links, replace dead workers, refresh the
+   statistics served on the control socket and the Prometheus endpoint.
+
+SIGTERM and SIGINT stop the loop; queued packets are then sent at once or dropped (and counted)
+as the topology's ``node.drain_on_shutdown`` says, sockets close with linger 0 and workers are
+reaped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from zmix import wire
+from zmix.errors import DropReason, WireError
+from zmix.keys import load_directory, load_private
+from zmix.mailbox import Mailbox
+from zmix.mixnode import NodeCore, Scheduled
+from zmix.provider import ProviderCore
+from zmix.runtime import links, metrics
+from zmix.runtime.workers import WorkerPool, WorkerStats, decode_result, encode_job
+from zmix.scheduler import DelayQueue
+from zmix.topology import ClientSpec, NodeSpec, Role, Topology, load_topology
+
+LOG = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 4_096  # packets handed to workers and not yet back
+BATCH = 512  # frames read from one socket before looking at the others
+POLL_CAP_MS = 100  # the loop wakes at least this often (signals, timers)
+HOUSEKEEPING_INTERVAL = 0.25  # seconds between statistics refreshes and worker checks
+HEARTBEAT_INTERVAL = 1.0  # an outbound link idle this long gets a HEARTBEAT frame
+PEER_ALIVE = 5.0  # a peer heard from within this many seconds counts as alive
+EXPIRE_INTERVAL = 60.0  # seconds between mailbox expiry runs on a provider
+
+
+class NodeProcess:
+    """Everything one node process owns. Build it, call :meth:`run`, it returns on a signal."""
+
+    def __init__(self, state_dir: Path, name: str, *, workers: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.topology: Topology = load_topology(state_dir / "topology.yaml")
+        self.spec: NodeSpec = self.topology.node(name)
+        self.identity = load_private(state_dir, name)
+        self.directory = load_directory(state_dir, self.topology)
+        self.worker_count = workers or self.spec.workers
+        self.node_dir = state_dir / "nodes" / name
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        self.rng = random.SystemRandom()
+        self.started = time.monotonic()
+        self._stop_signal: int | None = None
+        self._counts = {"received": 0, "sent": 0, "heartbeats_received": 0, "relayed": 0,
+                        "client_frames": 0, "link_send_failed": 0, "worker_restarts": 0}
+        self._frame_drops = {r.value: 0 for r in DropReason}
+        self._last_seen: dict[bytes, float] = {}
+        self._util_prev: dict[int, tuple[float, float]] = {}
+        self._utilisation = 0.0
+        self._in_flight = 0
+        self._slots = self.topology.mailbox.fetch_slots
+        self.mailbox: Mailbox | None = None
+        self.provider: ProviderCore | None = None
+        self.queue: DelayQueue[Scheduled] = DelayQueue(self.topology.runtime.queue_limit)
+        self.snapshot = metrics.Snapshot(name)
+
+    # ------------------------------------------------------------------ set-up and tear-down
+
+    def _admitted_keys(self) -> dict[bytes, bytes]:
+        keys = {self.directory[n.name].curve_public: n.id for n in self.topology.nodes()
+                if n.name != self.spec.name}
+        if self.spec.role is Role.PROVIDER:
+            for client in self.topology.clients_of(self.spec.name):
+                keys[self.directory[client.name].curve_public] = client.id
+        return keys
+
+    def _resolve(self, node_id: bytes) -> tuple[str, bytes] | None:
+        spec = self.topology.by_id(node_id)
+        if not isinstance(spec, NodeSpec) or spec.id == self.spec.id:
+            return None
+        return spec.endpoint, self.directory[spec.name].curve_public
+
+    def _make_core(self, now: float) -> NodeCore:
+        if self.spec.role is Role.PROVIDER:
+            self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
+                                   quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
+            clients = {c.id for c in self.topology.clients_of(self.spec.name)}
+            self.provider = ProviderCore(self.topology.sphinx, self.spec.id, clients,
+                                         self.mailbox, self.topology.mailbox)
+        return NodeCore(self.topology, self.spec, self.directory, self.rng, now,
+                        provider=self.provider)
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self._stop_signal = signum
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self) -> int:
+        """Run the node until SIGTERM/SIGINT; return the process exit status (0)."""
+        self._install_signals()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
+        gate = links.KeyGate(self._admitted_keys())
+        auth = links.start_authenticator(ctx, gate, self.topology.network)
+        pool: WorkerPool | None = None
+        sockets: list[zmq.Socket[bytes]] = []
+        out: links.Links | None = None
+        try:
+            router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
+                                       self.identity.curve_private, self.topology.network)
+            work, results, control = (ctx.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.REP))
+            sockets = [router, work, results, control]
+            for sock in (work, results, control):
+                sock.linger = 0
+            work.sndhwm = MAX_IN_FLIGHT * 2
+            work.bind(f"ipc://{ipc_dir}/work")
+            results.bind(f"ipc://{ipc_dir}/results")
+            control.bind(f"ipc://{ipc_dir}/control")
+            _write_atomically(metrics.control_path(self.state_dir, self.spec.name),
+                              f"ipc://{ipc_dir}/control\n")
+            pool = WorkerPool(self.state_dir, self.spec.name, self.worker_count,
+                              f"ipc://{ipc_dir}/work", f"ipc://{ipc_dir}/results")
+            pool.start()
+            out = links.Links(ctx, self.spec.id, self.identity.curve_public,
+                              self.identity.curve_private, self._resolve)
+            if self.spec.metrics_port is not None:
+                metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
+            core = self._make_core(time.monotonic())
+            LOG.info("node %s listening on %s with %d workers", self.spec.name,
+                     self.spec.endpoint, self.worker_count)
+            _Loop(self, core, gate, pool, out, router, work, results, control).run()
+        finally:
+            self._shutdown(out, pool, sockets, auth, ctx, ipc_dir)
+        LOG.info("node %s stopped (signal %s)", self.spec.name, self._stop_signal)
+        return 0
+
+    def _shutdown(self, out: links.Links | None, pool: WorkerPool | None,
+                  sockets: list[zmq.Socket[bytes]], auth: object,
+                  ctx: zmq.Context[zmq.Socket[bytes]], ipc_dir: Path) -> None:
+        if out is not None:
+            out.close(linger_ms=1_000 if self.topology.runtime.drain_on_shutdown else 0)
+        if pool is not None:
+            pool.stop()
+        for sock in sockets:
+            sock.close(linger=0)
+        auth.stop()  # type: ignore[attr-defined]
+        ctx.term()
+        if self.mailbox is not None:
+            self.mailbox.close()
+        metrics.control_path(self.state_dir, self.spec.name).unlink(missing_ok=True)
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop signal arrived."""
+        return self._stop_signal is not None
+
+
+class _Loop:
+    """The node loop proper; split from :class:`NodeProcess` to keep the set-up readable."""
+
+    def __init__(self, node: NodeProcess, core: NodeCore, gate: links.KeyGate, pool: WorkerPool,
+                 out: links.Links, router: zmq.Socket[bytes], work: zmq.Socket[bytes],
+                 results: zmq.Socket[bytes], control: zmq.Socket[bytes]) -> None:
+        self.n = node
+        self.core = core
+        self.gate = gate
+        self.pool = pool
+        self.out = out
+        self.router, self.work, self.results, self.control = router, work, results, control
+        self.params = node.topology.sphinx
+        self.next_housekeeping = 0.0
+        self.next_heartbeat = 0.0
+        self.next_expire = 0.0
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.results, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        while not self.n.stopping:
+            now = time.monotonic()
+            ready = dict(poller.poll(self._timeout_ms(now)))
+            if self.results in ready:
+                self._read_results()
+            if self.router in ready and self.n._in_flight < MAX_IN_FLIGHT:
+                self._read_router()
+            if self.control in ready:
+                metrics.answer_control(self.control, self.n.snapshot)
+            now = time.monotonic()
+            self._send_due(now)
+            self._timers(now)
+        self._drain_on_stop()
+
+    def _timeout_ms(self, now: float) -> int:
+        timeout = self.n.queue.timeout_ms(now, POLL_CAP_MS)
+        loop_due = self.core.next_loop_due()
+        if loop_due is not None:
+            timeout = min(timeout, max(0, int((loop_due - now) * 1000) + 1))
+        if self.n._in_flight >= MAX_IN_FLIGHT:
+            timeout = min(timeout, 5)  # the router is not polled: come back for it soon
+        return timeout
+
+    # ------------------------------------------------------------------ inbound
+
+    def _read_router(self) -> None:
+        for _ in range(BATCH):
+            try:
+                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._on_frame(parts)
+            if self.n._in_flight >= MAX_IN_FLIGHT:
+                return
+
+    def _on_frame(self, parts: list[zmq.Frame]) -> None:
+        now = time.monotonic()
+        if len(parts) != 2:
+            self._drop_frame(DropReason.BAD_FRAME)
+            return
+        peer = self.gate.entity(str(parts[1].get("User-Id")))
+        if peer is None:  # cannot happen past ZAP, unless a key was withdrawn
+            self._drop_frame(DropReason.UNKNOWN_PEER)
+            return
+        self.n._last_seen[peer] = now
+        try:
+            frame = wire.decode(parts[1].bytes, params=self.params, slots=self.n._slots)
+        except WireError as exc:
+            self._drop_frame(exc.reason)
+            return
+        if isinstance(frame, wire.Packet):
+            self.n._counts["received"] += 1
+            self.work.send(encode_job(now, frame.packet))
+            self.n._in_flight += 1
+        elif isinstance(frame, wire.Heartbeat):
+            self.n._counts["heartbeats_received"] += 1
+        else:
+            self._on_client_frame(now, parts[0].bytes, peer, frame)
+
+    def _on_client_frame(self, now: float, route: bytes, peer: bytes, frame: wire.Frame) -> None:
+        provider = self.n.provider
+        spec = self.n.topology.by_id(peer)
+        if provider is None or not isinstance(spec, ClientSpec):
+            self._drop_frame(DropReason.BAD_FRAME)
+            return
+        self.n._counts["client_frames"] += 1
+        reply: wire.Frame
+        if isinstance(frame, wire.Fetch):
+            reply = provider.on_fetch(now, peer, frame)
+        elif isinstance(frame, wire.FetchAck):
+            reply = provider.on_fetch_ack(now, peer, frame)
+        elif isinstance(frame, wire.Relay):
+            self._relay(now, frame)
+            return
+        else:
+            self._drop_frame(DropReason.BAD_FRAME)
+            return
+        data = wire.encode(reply, params=self.params, slots=self.n._slots)
+        self.router.send_multipart([route, data], zmq.NOBLOCK)
+
+    def _relay(self, now: float, frame: wire.Relay) -> None:
+        """Pass a client's SURB answer to the SURB's first hop (the client cannot reach it)."""
+        if not self.n.queue.push(now, Scheduled(now, frame.first_hop, frame.packet)):
+            self._drop_frame(DropReason.QUEUE_FULL)
+            return
+        self.n._counts["relayed"] += 1
+
+    def _drop_frame(self, reason: DropReason) -> None:
+        self.n._frame_drops[reason.value] += 1
+
+    def _read_results(self) -> None:
+        for _ in range(BATCH):
+            try:
+                frame = self.results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            arrival, value = decode_result(frame)
+            if isinstance(value, WorkerStats):
+                self.pool.record(value)
+                continue
+            self.n._in_flight = max(0, self.n._in_flight - 1)
+            if isinstance(value, DropReason):
+                self.core.on_invalid(value)
+                continue
+            for item in self.core.on_result(arrival, value):
+                if not self.n.queue.push(item.due, item):
+                    self.core.on_invalid(DropReason.QUEUE_FULL)
+
+    # ------------------------------------------------------------------ outbound and timers
+
+    def _send_due(self, now: float) -> None:
+        for item in self.n.queue.pop_due(now):
+            self._send(item, now)
+
+    def _send(self, item: Scheduled, now: float) -> None:
+        frame = wire.encode(wire.Packet(item.packet), params=self.params, slots=self.n._slots)
+        if self.out.send(item.next_hop, frame, now):
+            self.n._counts["sent"] += 1
+        else:
+            self.n._counts["link_send_failed"] += 1
+
+    def _timers(self, now: float) -> None:
+        for item in self.core.poll_loops(now):
+            self._send(item, now)
+        if now >= self.next_heartbeat:
+            self._heartbeats(now)
+            self.next_heartbeat = now + HEARTBEAT_INTERVAL
+        if now >= self.next_housekeeping:
+            self.n._counts["worker_restarts"] += self.pool.check()
+            self.n.snapshot.update(self.statistics(now))
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if self.n.mailbox is not None and now >= self.next_expire:
+            self.n.mailbox.expire(now)
+            self.next_expire = now + EXPIRE_INTERVAL
+
+    def _heartbeats(self, now: float) -> None:
+        beat = wire.encode(wire.Heartbeat(), params=self.params, slots=self.n._slots)
+        for peer in self.out.peers():
+            if now - self.out.last_sent.get(peer, 0.0) >= HEARTBEAT_INTERVAL:
+                self.out.send(peer, beat, now)
+
+    def _drain_on_stop(self) -> None:
+        pending = self.n.queue.drain()
+        if self.n.topology.runtime.drain_on_shutdown:
+            now = time.monotonic()
+            for item in pending:
+                self._send(item, now)
+        else:
+            self.n._frame_drops[DropReason.SHUTDOWN.value] += len(pending)
+        if pending:
+            LOG.info("shutdown: %d queued packets %s", len(pending),
+                     "sent" if self.n.topology.runtime.drain_on_shutdown else "dropped")
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self, now: float) -> dict[str, float]:
+        """Return every counter and level of this node as one flat mapping."""
+        stats: dict[str, float] = dict(self.n._counts)
+        stats.update(self.core.statistics())
+        for reason, count in self.n._frame_drops.items():
+            stats[f"dropped_{reason}"] = stats.get(f"dropped_{reason}", 0) + count
+        stats["dropped_total"] = sum(v for k, v in stats.items()
+                                     if k.startswith("dropped_") and k != "dropped_total")
+        queue = self.n.queue.statistics()
+        stats["queue_depth"] = queue["depth"]
+        stats["queue_high_water"] = queue["high_water"]
+        stats["in_flight"] = self.n._in_flight
+        stats["workers"] = len(self.pool.pids())
+        stats["worker_utilisation"] = self._worker_utilisation(now)
+        stats["worker_processed"] = self.pool.processed()
+        stats["cpu_seconds_workers"] = self.pool.cpu_seconds()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
+        stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
+        stats["auth_denied"] = self.gate.denied
+        stats["uptime_seconds"] = now - self.n.started
+        stats["pid"] = os.getpid()
+        if self.n.mailbox is not None:
+            stats.update({f"mailbox_{k}": v for k, v in self.n.mailbox.statistics().items()})
+        return stats
+
+    def _worker_utilisation(self, now: float) -> float:
+        busy = 0.0
+        for index, report in self.pool.stats.items():
+            prev = self.n._util_prev.get(index)
+            if prev is not None and now > prev[0] and report.cpu_seconds >= prev[1]:
+                busy += (report.cpu_seconds - prev[1]) / (now - prev[0])
+            self.n._util_prev[index] = (now, report.cpu_seconds)
+        workers = max(1, len(self.pool.stats))
+        self.n._utilisation = min(1.0, busy / workers)
+        return self.n._utilisation
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

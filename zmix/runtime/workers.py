@@ -1,0 +1,241 @@
+"""The Sphinx worker pool: processes that run ``process_packet`` for the node loop.
+
+The node loop PUSHes packets to the workers and PULLs their results back (zguide's ventilator and
+sink). Workers hold the node's private key and do only crypto; they keep no state, so a worker that
+dies is simply started again. Messages on these two local sockets are single binary frames:
+
+    job     = arrival (f64 little-endian) || packet
+    result  = kind (1 byte) || arrival (f64) || fields...
+        b"F" forward:  delay_us u64 | next_hop 16 | tag_len u8 | tag | packet
+        b"D" deliver:  delay_us u64 | recipient 16 | tag_len u8 | tag | message
+        b"R" reply:    delay_us u64 | recipient 16 | surb_id 16 | tag_len u8 | tag | payload
+        b"X" invalid:  reason (utf-8, a DropReason value)
+        b"S" stats:    (arrival field = 0) index u32 | cpu_seconds f64 | processed u64 | pid u32
+
+The packets never leave the machine on these sockets (ipc in a private temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from zmix.errors import DropReason, InvalidPacket
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, process_packet
+
+Result = ForwardHop | FinalDelivery | SurbReply
+
+_ARRIVAL = struct.Struct("<d")
+_HEAD = struct.Struct("<cdQ16s")  # kind, arrival, delay_us, recipient-or-next-hop
+_STATS = struct.Struct("<cdIdQI")
+STATS_INTERVAL = 0.5  # seconds between a worker's utilisation reports
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """A worker's cumulative CPU time and packet count, as last reported."""
+
+    index: int
+    cpu_seconds: float
+    processed: int
+    pid: int
+
+
+def encode_job(arrival: float, packet: bytes) -> bytes:
+    """Return the job frame for one packet that arrived at ``arrival``."""
+    return _ARRIVAL.pack(arrival) + packet
+
+
+def decode_job(frame: bytes) -> tuple[float, bytes]:
+    """Return ``(arrival, packet)`` from a job frame."""
+    return _ARRIVAL.unpack_from(frame)[0], frame[_ARRIVAL.size:]
+
+
+def encode_result(arrival: float, result: Result) -> bytes:
+    """Return the result frame for a processed packet."""
+    tag = bytes([len(result.replay_tag)]) + result.replay_tag
+    if isinstance(result, ForwardHop):
+        return _HEAD.pack(b"F", arrival, result.delay_us, result.next_hop) + tag + result.packet
+    if isinstance(result, FinalDelivery):
+        return _HEAD.pack(b"D", arrival, result.delay_us, result.recipient) + tag + result.message
+    head = _HEAD.pack(b"R", arrival, result.delay_us, result.recipient) + result.surb_id
+    return head + tag + result.payload
+
+
+def encode_invalid(arrival: float, reason: DropReason) -> bytes:
+    """Return the result frame for a packet the worker rejected."""
+    return b"X" + _ARRIVAL.pack(arrival) + reason.value.encode()
+
+
+def encode_stats(stats: WorkerStats) -> bytes:
+    """Return a worker's statistics frame."""
+    return _STATS.pack(b"S", 0.0, stats.index, stats.cpu_seconds, stats.processed, stats.pid)
+
+
+def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStats]:
+    """Return ``(arrival, value)`` from a result frame written by :func:`encode_result` & co."""
+    kind = frame[:1]
+    if kind == b"S":
+        _, _, index, cpu, processed, pid = _STATS.unpack(frame)
+        return 0.0, WorkerStats(index, cpu, processed, pid)
+    if kind == b"X":
+        return _ARRIVAL.unpack_from(frame, 1)[0], DropReason(frame[9:].decode())
+    _, arrival, delay_us, who = _HEAD.unpack_from(frame)
+    offset = _HEAD.size
+    surb_id = b""
+    if kind == b"R":
+        surb_id, offset = frame[offset:offset + 16], offset + 16
+    tag_len = frame[offset]
+    tag = frame[offset + 1:offset + 1 + tag_len]
+    body = frame[offset + 1 + tag_len:]
+    if kind == b"F":
+        return arrival, ForwardHop(who, delay_us, body, tag)
+    if kind == b"D":
+        return arrival, FinalDelivery(who, delay_us, body, tag)
+    return arrival, SurbReply(who, surb_id, delay_us, body, tag)
+
+
+# ---------------------------------------------------------------------------- the worker process
+
+
+def run_worker(
+    params: SphinxParams, private_key: bytes, work: str, results: str, index: int
+) -> None:
+    """Process jobs from ``work`` and push results to ``results`` until the parent goes away."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    for sock in (pull, push):
+        sock.linger = 0
+    pull.connect(work)
+    push.connect(results)
+    parent = os.getppid()
+    processed = 0
+    next_report = 0.0
+    try:
+        while os.getppid() == parent:
+            if pull.poll(200):
+                for _ in range(256):
+                    try:
+                        frame = pull.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    push.send(_process(params, private_key, frame))
+                    processed += 1
+            now = time.monotonic()
+            if now >= next_report:
+                stats = WorkerStats(index, time.process_time(), processed, os.getpid())
+                push.send(encode_stats(stats))
+                next_report = now + STATS_INTERVAL
+    finally:
+        pull.close()
+        push.close()
+        ctx.term()
+
+
+def _process(params: SphinxParams, private_key: bytes, frame: bytes) -> bytes:
+    arrival, packet = decode_job(frame)
+    try:
+        return encode_result(arrival, process_packet(params, private_key, packet))
+    except InvalidPacket as exc:
+        return encode_invalid(arrival, exc.reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m zmix.runtime.workers`` (started by the node, not by users)."""
+    from zmix.keys import load_private
+    from zmix.topology import load_topology
+
+    parser = argparse.ArgumentParser(prog="zmix-worker")
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--index", type=int, default=0)
+    args = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group; the node decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    topology = load_topology(args.state / "topology.yaml")
+    identity = load_private(args.state, args.name)
+    run_worker(topology.sphinx, identity.private_key, args.work, args.results, args.index)
+    return 0
+
+
+class WorkerPool:
+    """Starts ``count`` worker processes for node ``name`` and replaces any that die."""
+
+    def __init__(self, state_dir: Path, name: str, count: int, work: str, results: str) -> None:
+        self._argv = [sys.executable, "-m", "zmix.runtime.workers", "--state", str(state_dir),
+                      "--name", name, "--work", work, "--results", results]
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.restarts = 0
+        self.stats: dict[int, WorkerStats] = {}
+        self._history: dict[int, WorkerStats] = {}
+
+    def start(self) -> None:
+        """Start every worker that is not running."""
+        for index, proc in enumerate(self._procs):
+            if proc is None:
+                self._procs[index] = self._spawn(index)
+
+    def check(self) -> int:
+        """Replace workers that exited; return how many were replaced."""
+        replaced = 0
+        for index, proc in enumerate(self._procs):
+            if proc is not None and proc.poll() is not None:
+                self._procs[index] = self._spawn(index)
+                replaced += 1
+        self.restarts += replaced
+        return replaced
+
+    def pids(self) -> list[int]:
+        """Return the process ids of the running workers."""
+        return [proc.pid for proc in self._procs if proc is not None]
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time the workers last reported, summed (dead workers included)."""
+        return sum(s.cpu_seconds for s in self._history.values()) + sum(
+            s.cpu_seconds for s in self.stats.values())
+
+    def processed(self) -> int:
+        """Return how many packets the workers report having processed."""
+        return sum(s.processed for s in self._history.values()) + sum(
+            s.processed for s in self.stats.values())
+
+    def record(self, stats: WorkerStats) -> None:
+        """Keep a worker's latest report; a new pid at an index means the old worker died."""
+        old = self.stats.get(stats.index)
+        if old is not None and old.pid != stats.pid:
+            self._history[old.pid] = old
+        self.stats[stats.index] = stats
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Terminate every worker and wait for it (killing it after ``timeout`` seconds)."""
+        procs = [p for p in self._procs if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs = [None] * len(self._procs)
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*self._argv, "--index", str(index)], stdin=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
