@@ -35,6 +35,8 @@ class Geometry(Protocol):
     def max_message_length(self) -> int: ...
     @property
     def max_reply_length(self) -> int: ...
+    @property
+    def payload_length(self) -> int: ...
 
 
 class FrameType(enum.IntEnum):
@@ -154,8 +156,9 @@ _SLOT_HEAD = struct.Struct(">QB16sI")  # item_id, kind, surb_id, payload length
 
 
 def slot_length(params: Geometry) -> int:
-    """Return the bytes one fetch-answer slot takes."""
-    return _SLOT_HEAD.size + max(params.max_message_length, params.max_reply_length)
+    """Return the bytes one fetch-answer slot takes: a header and room for a whole payload
+    (a SURB reply is stored as the still-encrypted Sphinx payload)."""
+    return _SLOT_HEAD.size + max(params.max_message_length, params.payload_length)
 
 
 def fetch_reply_length(params: Geometry, slots: int) -> int:
@@ -242,8 +245,7 @@ def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:
     if len(body) > MAX_CONTROL_BODY:
         raise WireError(DropReason.WRONG_SIZE)
     try:
-        fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True,
-                                 max_buffer_size=MAX_CONTROL_BODY)
+        fields = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
         frame: Frame = _CONTROL[kind](fields)
         return frame
     except WireError:

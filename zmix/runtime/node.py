@@ -70,7 +70,8 @@ class NodeProcess:
         self.started = time.monotonic()
         self._stop_signal: int | None = None
         self._counts = {"received": 0, "sent": 0, "heartbeats_received": 0, "relayed": 0,
-                        "client_frames": 0, "link_send_failed": 0, "worker_restarts": 0}
+                        "client_frames": 0, "link_send_failed": 0, "worker_restarts": 0,
+                        "internal_errors": 0}
         self._frame_drops = {r.value: 0 for r in DropReason}
         self._last_seen: dict[bytes, float] = {}
         self._util_prev: dict[int, tuple[float, float]] = {}
@@ -228,7 +229,11 @@ class _Loop:
                 parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._on_frame(parts)
+            try:
+                self._on_frame(parts)
+            except Exception:  # a bug must cost one frame, not the node
+                LOG.exception("error while handling a frame; dropped")
+                self.n._counts["internal_errors"] += 1
             if self.n._in_flight >= MAX_IN_FLIGHT:
                 return
 
@@ -301,7 +306,13 @@ class _Loop:
             if isinstance(value, DropReason):
                 self.core.on_invalid(value)
                 continue
-            for item in self.core.on_result(arrival, value):
+            try:
+                scheduled = self.core.on_result(arrival, value)
+            except Exception:  # a bug must cost one packet, not the node
+                LOG.exception("error while handling a processed packet; dropped")
+                self.n._counts["internal_errors"] += 1
+                continue
+            for item in scheduled:
                 if not self.n.queue.push(item.due, item):
                     self.core.on_invalid(DropReason.QUEUE_FULL)
 

@@ -1,0 +1,192 @@
+"""End to end with real processes: zmix-up runs the network, zmix-send and zmix-recv use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmix.bench.common import make_network
+from zmix.runtime import metrics
+
+CLIENTS = {"alice": "provider-1", "bob": "provider-2", "carol": "provider-1"}
+
+
+@dataclass
+class Network:
+    topology_path: Path
+    state: Path
+    up: subprocess.Popen[str]
+    output: list[str]
+
+    def cli(self, command: str, *args: str, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        module = {"send": "zmix.cli.send", "recv": "zmix.cli.recv"}[command]
+        return subprocess.run([sys.executable, "-m", module, "--state", str(self.state), *args],
+                              capture_output=True, text=True, timeout=timeout, input=stdin,
+                              check=False)
+
+    def recv_json(self, name: str, *args: str) -> list[dict[str, Any]]:
+        done = self.cli("recv", "--as", name, "--json", *args)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def start_up(topology_path: Path, state: Path, *extra: str) -> tuple[subprocess.Popen[str],
+                                                                         list[str]]:
+    """Run zmix-up and return once it printed its ready line."""
+    up = subprocess.Popen(
+        [sys.executable, "-m", "zmix.cli.up", str(topology_path), "--state", str(state), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert up.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    for line in up.stdout:
+        lines.append(line)
+        if "ready" in line or time.monotonic() > deadline:
+            break
+    assert any("ready" in line for line in lines), "".join(lines)
+    return up, lines
+
+
+def stop_up(up: subprocess.Popen[str]) -> int:
+    up.send_signal(signal.SIGTERM)
+    try:
+        return up.wait(30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    make_network(tmp_path, clients=CLIENTS,
+                 loopix={"payload_rate": 50.0, "mean_delay": 0.002, "fetch_interval": 0.05})
+    up, lines = start_up(tmp_path / "topology.yaml", tmp_path / "state")
+    try:
+        yield Network(tmp_path / "topology.yaml", tmp_path / "state", up, lines)
+    finally:
+        stop_up(up)
+
+
+def test_a_text_reaches_a_recipient_who_was_offline(network: Network) -> None:
+    sent = network.cli("send", "--from", "alice", "--to", "bob", "hello bob")
+    assert sent.returncode == 0, sent.stderr
+    got = network.recv_json("bob", "--wait", "20")
+    assert [(m["from"], m["text"]) for m in got] == [("alice", "hello bob")]
+    assert network.recv_json("bob") == []  # delivered once, acknowledged, gone
+
+
+def test_a_message_from_stdin_and_a_plain_listing(network: Network) -> None:
+    sent = network.cli("send", "--from", "carol", "--to", "bob", stdin="through a pipe\n")
+    assert sent.returncode == 0, sent.stderr
+    done = network.cli("recv", "--as", "bob", "--wait", "20")
+    assert done.returncode == 0
+    assert "from carol: through a pipe" in done.stdout
+
+
+def test_an_anonymous_message_can_be_answered_without_knowing_the_sender(network: Network) -> None:
+    sent = network.cli("send", "--from", "alice", "--to", "bob", "--anonymous",
+                       "--reply-blocks", "1", "who am I")
+    assert sent.returncode == 0, sent.stderr
+    [message] = network.recv_json("bob", "--wait", "20")
+    assert message["from"] is None and message["text"] == "who am I"
+    replied = network.cli("send", "--from", "bob", "--reply", message["reply_handle"],
+                          "an answer to nobody in particular")
+    assert replied.returncode == 0, replied.stderr
+    [answer] = network.recv_json("alice", "--wait", "20")
+    assert answer["text"] == "an answer to nobody in particular"
+    assert answer["from"] is None
+
+
+@pytest.mark.slow
+def test_a_multi_mebibyte_file_arrives_intact(network: Network, tmp_path: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 12345)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    sent = network.cli("send", "--from", "alice", "--to", "bob", "--file", str(path),
+                       timeout=600)
+    assert sent.returncode == 0, sent.stderr
+    out = tmp_path / "downloads"
+    out.mkdir()
+    [message] = network.recv_json("bob", "--wait", "60", "--out", str(out))
+    assert Path(message["file"]) == out / "blob.bin"
+    assert (out / "blob.bin").read_bytes() == data
+
+
+def test_a_message_survives_a_mixnode_killed_mid_transfer(network: Network) -> None:
+    data = os.urandom(120_000)  # enough fragments to be in flight when the node dies
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "zmix.cli.send", "--state", str(network.state), "--from", "alice",
+         "--to", "bob", "--timeout", "240"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert sender.stdin is not None
+    sender.stdin.write(data)
+    sender.stdin.close()
+    time.sleep(1.0)
+    pid = int((metrics.statistics(network.state, "mix-b1") or {})["pid"])
+    os.kill(pid, signal.SIGKILL)  # zmix-up starts it again after a pause
+    assert sender.wait(300) == 0, sender.stderr.read() if sender.stderr else ""
+    got = network.recv_json("bob", "--wait", "30")
+    assert len(got) == 1 and got[0]["bytes"] == len(data)
+
+
+def test_zmix_up_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    make_network(tmp_path, clients=CLIENTS)
+    up, _ = start_up(tmp_path / "topology.yaml", tmp_path / "state")
+    nodes = [n.name for n in _topology_nodes(tmp_path)]
+    pids = [int((metrics.statistics(tmp_path / "state", n) or {})["pid"]) for n in nodes]
+    pids += _descendants_of(pids)  # the workers
+    assert len(pids) == 2 * len(nodes)
+    assert stop_up(up) == 0
+    time.sleep(0.5)
+    survivors = [p for p in pids if _alive(p)]
+    assert survivors == []
+
+
+def test_a_bad_topology_starts_nothing_and_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    make_network(tmp_path, clients=CLIENTS)
+    bad.write_text((tmp_path / "topology.yaml").read_text().replace(
+        "mean_delay: 0.001", "mean_delay: -1"))
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.up", str(bad), "--state",
+                           str(tmp_path / "other")], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "loopix.mean_delay" in done.stderr
+    assert not (tmp_path / "other" / "nodes").exists()
+
+
+def _topology_nodes(directory: Path) -> list[Any]:
+    from zmix.topology import load_topology
+
+    return list(load_topology(directory / "state" / "topology.yaml").nodes())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _descendants_of(pids: list[int]) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in pids:
+                found.append(int(entry))
+    return found

@@ -1,0 +1,210 @@
+"""The I/O shell of a Loopix client: one CURVE DEALER to its provider, driving a ClientCore.
+
+While a client is online (``zmix-send`` or ``zmix-recv`` runs) it sends the core's packets at the
+times the core chooses (its Poisson streams of real, loop and drop packets) and fetches its mailbox
+every ``loopix.fetch_interval``. Every fetched item is handed to the core, which stores what it
+must keep (fragments, acks, finished messages) in the client's SQLite file before the runtime
+acknowledges the batch to the provider; the provider deletes only acknowledged items, so a crash
+between the two loses nothing and at worst fetches a batch twice (the core drops duplicates).
+
+Only one process may act as a given client at a time (a lock file next to its store), since the
+provider knows a client by its CURVE key and answers one connection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import zmq
+
+from zmix import wire
+from zmix.client import ClientCore, Outgoing, ReceivedMessage
+from zmix.clientstore import ClientStore
+from zmix.errors import ConfigError, WireError
+from zmix.keys import load_directory, load_private
+from zmix.runtime import links
+from zmix.topology import ClientSpec, Topology, load_topology
+
+LOG = logging.getLogger(__name__)
+
+FETCH_RETRY = 2.0  # seconds before a fetch that got no answer is sent again
+POLL_CAP = 0.1  # seconds: the loop wakes at least this often
+
+
+class ClientBusy(Exception):
+    """Another process is already acting as this client."""
+
+
+class ClientRuntime:
+    """Client ``name`` of the network in ``state_dir``, online while inside ``with``."""
+
+    def __init__(self, state_dir: Path, name: str, *, rng: random.Random | None = None) -> None:
+        self.state_dir = state_dir
+        self.topology: Topology = load_topology(state_dir / "topology.yaml")
+        try:
+            self.spec: ClientSpec = self.topology.client(name)
+        except KeyError:
+            raise ConfigError(str(state_dir / "topology.yaml"), "clients",
+                              f"no client named {name!r}") from None
+        self.identity = load_private(state_dir, name)
+        self.directory = load_directory(state_dir, self.topology)
+        self.provider = self.topology.node(self.spec.provider)
+        self.client_dir = state_dir / "clients" / name
+        self.client_dir.mkdir(parents=True, exist_ok=True)
+        self._rng = rng or random.SystemRandom()
+        self._lock: IO[str] | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self.store: ClientStore | None = None
+        self._core: ClientCore | None = None
+        self._request_id = int.from_bytes(os.urandom(4), "big")
+        self._fetch_sent: float | None = None
+        self._next_fetch = 0.0
+        self.fetches = 0
+        self._more = False
+        self.online_since = 0.0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def __enter__(self) -> ClientRuntime:
+        self._take_lock()
+        self.store = ClientStore(self.client_dir / "client.sqlite")
+        now = time.monotonic()
+        self.online_since = now
+        self._core = ClientCore(self.topology, self.identity, self.directory, self.store,
+                                self._rng, now)
+        self._ctx = zmq.Context()
+        self._sock = links.connect_dealer(
+            self._ctx, self.provider.endpoint, self.directory[self.provider.name].curve_public,
+            self.identity.curve_public, self.identity.curve_private, self.spec.id)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=500)  # let the last packets and the last ack leave
+        if self._ctx is not None:
+            self._ctx.term()
+        if self.store is not None:
+            self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    def _take_lock(self) -> None:
+        lock = open(self.client_dir / "lock", "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ClientBusy(f"client {self.spec.name} is in use by another zmix process") from None
+        self._lock = lock
+
+    @property
+    def core(self) -> ClientCore:
+        """The sans-IO client core (only while online)."""
+        if self._core is None:
+            raise RuntimeError("the client is not online; use it inside 'with'")
+        return self._core
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Run the client until ``done()`` is true (return True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if done():
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self.step(min(deadline, now + POLL_CAP))
+
+    def step(self, until: float) -> list[ReceivedMessage]:
+        """Send what is due, fetch if it is time, wait for an answer until ``until`` at most."""
+        sock = self._socket()
+        now = time.monotonic()
+        for out in self.core.poll(now):
+            self._send(out)
+        self._maybe_fetch(now)
+        wake = min(until, self.core.next_wakeup(), self._next_fetch)
+        received: list[ReceivedMessage] = []
+        if sock.poll(max(0, int((wake - time.monotonic()) * 1000))):
+            while True:
+                try:
+                    data = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                received.extend(self._on_frame(data))
+        return received
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            raise RuntimeError("the client is not online; use it inside 'with'")
+        return self._sock
+
+    def _send(self, out: Outgoing) -> None:
+        frame: wire.Frame
+        if out.first_hop == self.provider.id:
+            frame = wire.Packet(out.packet)
+        else:
+            frame = wire.Relay(out.first_hop, out.packet)
+        data = wire.encode(frame, params=self.topology.sphinx, slots=self._slots)
+        try:
+            self._socket().send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            LOG.warning("the link to %s is full; a packet was not sent", self.provider.name)
+
+    @property
+    def _slots(self) -> int:
+        return self.topology.mailbox.fetch_slots
+
+    def _maybe_fetch(self, now: float) -> None:
+        waiting = self._fetch_sent is not None and now - self._fetch_sent < FETCH_RETRY
+        if now < self._next_fetch or waiting:
+            return
+        self._request_id = (self._request_id + 1) % 2**64
+        frame = wire.Fetch(self._request_id)
+        self._socket().send(wire.encode(frame, params=self.topology.sphinx, slots=self._slots))
+        self._fetch_sent = now
+        self._next_fetch = now + self.topology.loopix.fetch_interval
+
+    @property
+    def fetch_pending(self) -> bool:
+        """True while a fetch awaits its answer or the last answer said more mail is waiting."""
+        return self._fetch_sent is not None or self._more
+
+    def fetch_now(self) -> None:
+        """Fetch at the next step instead of waiting for the fetch interval."""
+        self._next_fetch = 0.0
+        self._fetch_sent = None
+
+    def _on_frame(self, data: bytes) -> list[ReceivedMessage]:
+        try:
+            frame = wire.decode(data, params=self.topology.sphinx, slots=self._slots)
+        except WireError:
+            LOG.warning("dropped a frame from %s that does not parse", self.provider.name)
+            return []
+        if isinstance(frame, wire.FetchReply) and frame.request_id == self._request_id:
+            return self._on_fetch_reply(frame)
+        if isinstance(frame, wire.Error):
+            LOG.warning("provider %s refused a request: %s", self.provider.name, frame.text)
+        return []
+
+    def _on_fetch_reply(self, reply: wire.FetchReply) -> list[ReceivedMessage]:
+        now = time.monotonic()
+        self.fetches += 1
+        self._fetch_sent = None
+        received = self.core.on_fetched(now, reply.items)
+        if reply.items:
+            ack = wire.FetchAck(reply.request_id, tuple(item.item_id for item in reply.items))
+            self._socket().send(wire.encode(ack, params=self.topology.sphinx, slots=self._slots))
+        self._more = reply.remaining > 0
+        if self._more:
+            self._next_fetch = now  # more mail waits: fetch again at once
+        return received
