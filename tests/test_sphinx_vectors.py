@@ -1,0 +1,142 @@
+"""The smc0 profile reproduces every third-party vector; v1 reproduces our published vectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmix import crypto
+from zmix.sphinx import (
+    FinalDelivery,
+    ForwardHop,
+    Hop,
+    Profile,
+    SphinxParams,
+    Surb,
+    SurbKeys,
+    SurbReply,
+    answer_surb,
+    create_forward_packet,
+    create_surb,
+    lioness,
+    open_surb_reply,
+    process_packet,
+)
+from zmix.sphinx.profiles import SMC0
+from zmix.sphinx.vectors import SeededRandom, generate
+
+VECTORS = Path(__file__).parent / "vectors"
+SMC = json.loads((VECTORS / "sphinxmixcrypto.json").read_text())
+SMC0_PARAMS = SphinxParams(max_hops=5, payload_length=1024, profile=Profile.SMC0)
+
+
+def h(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+def test_the_smc0_geometry_matches_the_vectors() -> None:
+    assert SMC0_PARAMS.packet_length == 1248
+    assert SMC0_PARAMS.beta_length == 176
+
+
+def test_x25519_base_with_clamping_matches() -> None:
+    v = SMC["primitives"]["x25519_base"]
+    assert crypto.x25519_base(crypto.clamp(h(v["scalar_before_clamp"]))) == h(v["want"])
+
+
+def test_the_smc0_key_derivations_match() -> None:
+    p = SMC["primitives"]
+    assert SMC0.blinding(h(p["blinding_factor"]["alpha"]), h(p["blinding_factor"]["s"])) == h(
+        p["blinding_factor"]["want"])
+    assert SMC0.stream_key(h(p["stream_key"]["s"])) == h(p["stream_key"]["want"])
+    assert SMC0.payload_key(h(p["payload_key"]["s"])) == h(p["payload_key"]["want"])
+    key = SMC0.mac_key(h(p["mac"]["s"]))
+    assert key == h(p["mac"]["want_key"])
+    # SMC0.mac covers beta only: it skips the 32-byte alpha in front of what it is given.
+    assert SMC0.mac(key, bytes(32) + h(p["mac"]["data"])) == h(p["mac"]["want_mac"])
+
+
+def test_lioness_matches_the_shared_vector_both_ways() -> None:
+    v = SMC["lioness"]
+    assert lioness.encrypt(h(v["key"]), h(v["plaintext"])) == h(v["ciphertext"])
+    assert lioness.decrypt(h(v["key"]), h(v["ciphertext"])) == h(v["plaintext"])
+
+
+def _walk_to(check: bytes, first: bytes, packet: bytes) -> tuple[bytes, object]:
+    keys = {h(n["id"]): h(n["private_key"]) for n in SMC["nodes"]}
+    hop, seen = first, None
+    while True:
+        if hop == check:
+            seen = packet
+        result = process_packet(SMC0_PARAMS, keys[hop], packet)
+        if not isinstance(result, ForwardHop):
+            assert seen is not None
+            return seen, result
+        hop, packet = result.next_hop, result.packet
+
+
+def _route(ids: list[str]) -> list[Hop]:
+    keys = {n["id"]: h(n["public_key"]) for n in SMC["nodes"]}
+    return [Hop(h(i), keys[i]) for i in ids]
+
+
+def _split(packet: bytes) -> dict[str, str]:
+    return {"alpha": packet[:32].hex(), "beta": packet[32:208].hex(),
+            "gamma": packet[208:224].hex(), "delta": packet[224:].hex()}
+
+
+def test_the_smc0_forward_packet_matches_at_the_check_hop_and_delivers() -> None:
+    v = SMC["forward"]
+    message = v["message_utf8"].encode()
+    packet = create_forward_packet(SMC0_PARAMS, _route(v["route"]), h(v["destination"]), message,
+                                   SeededRandom(h(SMC["rng_seed"])))
+    seen, result = _walk_to(h(v["check_at_hop"]), h(v["route"][0]), packet)
+    assert _split(seen) == v["packet_arriving_at_check_hop"]
+    assert isinstance(result, FinalDelivery)
+    assert result.message == message and result.recipient == h(v["destination"])
+
+
+def test_the_smc0_surb_reply_matches_at_the_check_hop_and_decrypts() -> None:
+    v = SMC["surb"]
+    surb, keys = create_surb(SMC0_PARAMS, _route(v["route"]), h(v["client_id"]),
+                             h(v["message_id"]), SeededRandom(h(SMC["rng_seed"])))
+    first, packet = answer_surb(SMC0_PARAMS, surb, h(v["reply_message_hex"]))
+    seen, result = _walk_to(h(v["check_at_hop"]), first, packet)
+    assert _split(seen) == v["packet_arriving_at_check_hop"]
+    assert isinstance(result, SurbReply)
+    assert result.recipient == h(v["client_id"]) and result.surb_id == h(v["message_id"])
+    assert open_surb_reply(SMC0_PARAMS, keys, result.payload) == h(v["reply_message_hex"])
+
+
+V1 = json.loads((VECTORS / "zmix_v1.json").read_text())
+V1_PARAMS = SphinxParams()
+
+
+def test_the_v1_vectors_are_what_the_generator_produces() -> None:
+    assert generate() == V1
+
+
+@pytest.mark.parametrize("case", ["forward_5", "forward_3", "surb"])
+def test_every_v1_vector_hop_processes_to_the_published_next_packet(case: str) -> None:
+    keys = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}
+    hops: list[dict[str, Any]] = V1[case]["hops"]
+    for current, following in zip(hops, [*hops[1:], None], strict=True):
+        result = process_packet(V1_PARAMS, keys[current["node"]], h(current["packet"]))
+        assert result.replay_tag.hex() == current["replay_tag"]
+        assert result.delay_us == current["delay_us"]
+        if following is None:
+            assert type(result).__name__ == current["result"]
+        else:
+            assert isinstance(result, ForwardHop)
+            assert result.packet.hex() == following["packet"]
+            assert result.next_hop.hex() == following["node"]
+
+
+def test_the_v1_surb_vector_opens_to_its_reply() -> None:
+    v = V1["surb"]
+    assert Surb.from_bytes(V1_PARAMS, h(v["surb"])).to_bytes() == h(v["surb"])
+    keys = SurbKeys.from_bytes(h(v["keys"]))
+    assert open_surb_reply(V1_PARAMS, keys, h(v["hops"][-1]["payload"])) == h(v["reply"])
