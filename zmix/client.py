@@ -298,8 +298,10 @@ class ClientCore:
             if tries >= MAX_ATTEMPTS:
                 self._fail(message_id)
                 continue
-            self._in_flight[key] = (float("inf"), tries)  # waiting in the queue again
-            self._queue.appendleft(key)
+            # Back of the queue: under heavy loss, retransmissions must not starve fragments
+            # that were never sent at all.
+            self._in_flight[key] = (float("inf"), tries)
+            self._queue.append(key)
 
     def _fail(self, message_id: bytes) -> None:
         self._store.mark_failed(message_id)
