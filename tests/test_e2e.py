@@ -190,3 +190,14 @@ def _descendants_of(pids: list[int]) -> list[int]:
             if ppid in pids:
                 found.append(int(entry))
     return found
+
+
+def test_the_readme_demo_sends_messages_and_shuts_down(tmp_path: Path) -> None:
+    topology = Path(__file__).parent.parent / "topologies" / "local.yaml"
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.up", str(topology), "--demo",
+                           "--state", str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ready" in done.stdout
+    assert "from alice: hello bob, this is alice speaking through the mixnet" in done.stdout
+    assert "zmix-up: stopped" in done.stdout
