@@ -6,12 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-from zmix.keys import PublicIdentity, load_directory, load_private
-from zmix.topology import Topology
 
 from zmix.bench.common import make_network
+from zmix.keys import PublicIdentity, load_directory, load_private
 from zmix.mixnode import NodeCore, Scheduled
 from zmix.sphinx import FinalDelivery, ForwardHop, Hop, create_forward_packet, process_packet
+from zmix.topology import Topology
 
 
 @pytest.fixture(scope="module")
