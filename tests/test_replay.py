@@ -1,59 +1,120 @@
-"""The replay cache: replays caught, memory bounded, false positives as documented."""
+"""The replay cache: replays caught, epochs kept apart, memory bounded, false positives as
+documented."""
 
 from __future__ import annotations
 
-import os
+import random
 
-from zmix.replay import BloomFilter, ReplayCache, false_positive_rate
+import pytest
+
+from zmix.errors import LocalMisuse
+from zmix.replay import BITS_PER_TAG, HASHES, BloomFilter, ReplayCache, false_positive_rate
+
+
+def tags(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(32) for _ in range(n)]
 
 
 def test_a_replayed_tag_is_detected_and_a_fresh_one_is_not() -> None:
     cache = ReplayCache(capacity=10_000)
-    tags = [os.urandom(32) for _ in range(1000)]
-    assert not any(cache.seen_or_add(t) for t in tags)
-    assert all(cache.seen_or_add(t) for t in tags)
-    assert cache.statistics()["replays"] == 1000
-
-
-def test_memory_stays_bounded_past_capacity() -> None:
-    cache = ReplayCache(capacity=1_000)
-    size = cache.statistics()["bytes"]
-    for _ in range(5_000):
-        cache.seen_or_add(os.urandom(32))
+    batch = tags(1000, 1)
+    assert not any(cache.seen_or_add(t) for t in batch)
+    assert all(cache.seen_or_add(t) for t in batch)
     stats = cache.statistics()
-    assert stats["bytes"] <= 2 * size
-    assert stats["rollovers"] >= 4
+    assert stats["replays"] == 1000 and stats["checked"] == 2000 and stats["tags"] == 1000
+
+
+def test_memory_stays_bounded_however_many_tags_and_epochs_arrive() -> None:
+    cache = ReplayCache(capacity=1_000, epochs=2)
+    one_filter = cache.statistics()["bytes"]
+    bound = 2 * 2 * one_filter  # epochs * (current + previous)
+    for epoch in range(6):
+        for i, tag in enumerate(tags(3_500, epoch)):
+            cache.seen_or_add(tag, epoch)
+            if i % 250 == 0:
+                assert cache.statistics()["bytes"] <= bound
+        stats = cache.statistics()
+        assert stats["bytes"] <= bound and stats["epochs"] <= 2
+    assert cache.statistics()["rollovers"] >= 6 * 3
 
 
 def test_a_tag_from_before_a_rollover_is_still_a_replay() -> None:
     cache = ReplayCache(capacity=1_000)
-    first = os.urandom(32)
+    first = tags(1, 99)[0]
     cache.seen_or_add(first)
-    for _ in range(1_000):
-        cache.seen_or_add(os.urandom(32))
+    for tag in tags(1_000, 2):
+        cache.seen_or_add(tag)
+    assert cache.statistics()["rollovers"] == 1
     assert cache.seen_or_add(first)
 
 
-def test_a_new_key_epoch_forgets_old_tags() -> None:
+def test_a_tag_is_forgotten_after_two_capacities_of_later_tags_as_documented() -> None:
     cache = ReplayCache(capacity=1_000)
-    tag = os.urandom(32)
-    cache.seen_or_add(tag, epoch=1)
-    assert not cache.seen_or_add(tag, epoch=2)
+    first = tags(1, 99)[0]
+    cache.seen_or_add(first)
+    for tag in tags(2_000, 3):
+        cache.seen_or_add(tag)
+    assert cache.statistics()["rollovers"] == 2
+    assert not cache.seen_or_add(first)
 
 
-def test_the_false_positive_rate_is_near_the_documented_one() -> None:
-    # A deliberately small filter (8 bits per item, 5 hashes) so that false positives show up.
-    n = 20_000
-    bloom = BloomFilter(n, bits_per_item=8, hashes=5)
-    for _ in range(n):
-        bloom.add(os.urandom(16))
-    trials = 100_000
-    hits = sum(os.urandom(16) in bloom for _ in range(trials))
-    expected = false_positive_rate(bloom.bits, 5, n)
-    assert expected / 2 < hits / trials < expected * 2
+def test_interleaved_epochs_keep_their_own_tags() -> None:
+    cache = ReplayCache(capacity=1_000)
+    a, b = tags(2, 4)
+    assert not cache.seen_or_add(a, epoch=1)
+    assert not cache.seen_or_add(b, epoch=2)
+    assert not cache.seen_or_add(a, epoch=2)  # the same tag under another key is not a replay
+    assert cache.seen_or_add(a, epoch=1)  # epoch 2 did not wipe epoch 1
+    assert cache.seen_or_add(b, epoch=2)
 
 
-def test_the_default_filter_matches_its_documentation() -> None:
+def test_rotating_forgets_older_epochs_and_refuses_their_tags() -> None:
+    cache = ReplayCache(capacity=1_000)
+    old, new = tags(2, 5)
+    cache.seen_or_add(old, epoch=1)
+    cache.seen_or_add(new, epoch=2)
+    cache.rotate(2)
+    assert cache.statistics()["epochs"] == 1
+    assert cache.seen_or_add(new, epoch=2)
+    assert cache.seen_or_add(tags(1, 6)[0], epoch=1)  # fresh, but its epoch is gone
+    assert cache.statistics()["stale_epoch"] == 1
+
+
+def test_a_newer_epoch_pushes_out_the_oldest_beyond_the_limit() -> None:
+    cache = ReplayCache(capacity=1_000, epochs=2)
+    tag = tags(1, 7)[0]
+    for epoch in (1, 2, 3):
+        cache.seen_or_add(tag, epoch)
+    assert cache.statistics()["epochs"] == 2
+    assert cache.seen_or_add(tag, epoch=3)
+    assert cache.seen_or_add(tags(1, 8)[0], epoch=1)  # epoch 1 was pushed out: stale
+    assert cache.statistics()["stale_epoch"] == 1
+
+
+def test_the_measured_false_positive_rate_is_within_twice_the_formula() -> None:
+    # A deliberately small filter (8 bits per tag, 5 hashes, p about 2.2%) so that false
+    # positives show up in 100,000 probes; the hashing is the same as at the default geometry.
+    n = 200_000
+    bloom = BloomFilter(n, bits_per_item=8, hashes=5, key=bytes(32))
+    for tag in tags(n, 10):
+        bloom.add(tag)
+    probes = tags(100_000, 11)
+    hits = sum(tag in bloom for tag in probes)
+    expected = false_positive_rate(bloom.bits, 5, bloom.count)
+    assert expected / 2 < hits / len(probes) < expected * 2
+
+
+def test_the_default_geometry_matches_its_documentation() -> None:
     bloom = BloomFilter(1_000_000)
+    assert (bloom.bits, bloom.hashes) == (BITS_PER_TAG * 1_000_000, HASHES)
     assert bloom.size_bytes == 7_250_000
-    assert false_positive_rate(bloom.bits, bloom.hashes, 1_000_000) < 3e-7
+    assert 2.4e-7 < false_positive_rate(bloom.bits, bloom.hashes, 1_000_000) < 2.5e-7
+    assert ReplayCache().statistics()["bytes"] == 7_250_000  # one epoch, no rollover yet
+
+
+def test_a_filter_too_large_for_32_bit_positions_is_refused() -> None:
+    with pytest.raises(LocalMisuse):
+        BloomFilter(2**32 // BITS_PER_TAG + 1)
+    with pytest.raises(LocalMisuse):
+        ReplayCache(epochs=0)
