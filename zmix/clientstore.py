@@ -1,10 +1,13 @@
 """What a client must not lose across restarts, in one SQLite file (WAL, synchronous=FULL).
 
 Outgoing messages and the ack state of their fragments (so a restarted client resends what was
-never acknowledged), the keys of the SURBs it handed out (to read acks and anonymous replies),
-fragments received but not yet reassembled, finished messages until they are shown, reply blocks
-received from anonymous senders, the ids of messages already delivered (to drop late duplicates)
-and its loops in flight.
+never acknowledged), reply packets not yet sent, the keys of the SURBs it handed out (to read
+acks and anonymous replies), fragments received but not yet reassembled, finished messages until
+they are shown, reply blocks received from anonymous senders, the ids of messages already
+delivered (to drop late duplicates) and its loops in flight. docs/client.md lists the tables.
+
+Times are the caller's ``now`` (the runtime's monotonic clock); :meth:`ClientStore.rebase` pulls
+times from before a clock reset (a reboot) back to the present so that expiry still works.
 """
 
 from __future__ import annotations
@@ -14,26 +17,44 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zmix.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outgoing (message_id BLOB PRIMARY KEY, recipient TEXT NOT NULL,
     fragments INTEGER NOT NULL, failed INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS fragments (message_id BLOB NOT NULL, idx INTEGER NOT NULL,
     body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, idx));
+CREATE TABLE IF NOT EXISTS replies (message_id BLOB PRIMARY KEY, first_hop BLOB NOT NULL,
+    packet BLOB NOT NULL, sent INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS surbs (surb_id BLOB PRIMARY KEY, kind INTEGER NOT NULL,
     keys BLOB NOT NULL, message_id BLOB NOT NULL, idx INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS incoming (message_id BLOB NOT NULL, idx INTEGER NOT NULL,
     data BLOB NOT NULL, PRIMARY KEY (message_id, idx));
 CREATE TABLE IF NOT EXISTS incoming_meta (message_id BLOB PRIMARY KEY, count INTEGER NOT NULL,
-    total INTEGER NOT NULL, sender TEXT, filename TEXT, reply_surbs BLOB NOT NULL);
+    total INTEGER NOT NULL, sender TEXT, filename TEXT, reply_surbs BLOB NOT NULL,
+    first_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (message_id BLOB PRIMARY KEY, sender TEXT, filename TEXT,
-    data BLOB NOT NULL, received_at REAL NOT NULL, reply_handle BLOB,
-    delivered INTEGER NOT NULL DEFAULT 0);
+    data BLOB NOT NULL, received_at REAL NOT NULL, reply_handle BLOB);
 CREATE TABLE IF NOT EXISTS reply_blocks (handle BLOB NOT NULL, surb BLOB NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS completed (message_id BLOB PRIMARY KEY);
+    used INTEGER NOT NULL DEFAULT 0, received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS completed (message_id BLOB PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS loops (loop_id BLOB PRIMARY KEY, sent REAL NOT NULL);
 """
+
+# for rebase(): every table's time column
+_REBASE = (
+    "UPDATE outgoing SET created=?1 WHERE created>?1",
+    "UPDATE replies SET created=?1 WHERE created>?1",
+    "UPDATE surbs SET created=?1 WHERE created>?1",
+    "UPDATE incoming_meta SET first_seen=?1 WHERE first_seen>?1",
+    "UPDATE inbox SET received_at=?1 WHERE received_at>?1",
+    "UPDATE reply_blocks SET received=?1 WHERE received>?1",
+    "UPDATE completed SET at=?1 WHERE at>?1",
+    "UPDATE loops SET sent=?1 WHERE sent>?1",
+)
 
 SURB_ACK = 1  # answers say "fragment stored"
 SURB_REPLY = 2  # answers are anonymous replies to a message we sent
@@ -50,6 +71,17 @@ class StoredSurb:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingMeta:
+    """What the fragments of an incoming message received so far say about the whole."""
+
+    count: int
+    total: int
+    sender: str | None
+    filename: str | None
+    reply_surbs: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class InboxEntry:
     """A finished incoming message."""
 
@@ -62,14 +94,24 @@ class InboxEntry:
 
 
 class ClientStore:
-    """The client's SQLite file (``":memory:"`` for tests)."""
+    """The client's SQLite file (``":memory:"`` for tests).
+
+    Raises ConfigError if the file was written by an incompatible version of zmix.
+    """
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        if str(path) != ":memory:":
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            self._db.close()
+            raise ConfigError(self.path, "user_version",
+                              f"client store schema {version}, this zmix reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
 
     def __enter__(self) -> ClientStore:
@@ -88,6 +130,35 @@ class ClientStore:
         """Close the database."""
         self._db.close()
 
+    def rebase(self, now: float) -> None:
+        """Pull every stored time later than ``now`` back to ``now`` (the clock was reset)."""
+        with self:
+            for sql in _REBASE:
+                self._db.execute(sql, (now,))
+
+    def expire(self, short_before: float, long_before: float) -> int:
+        """Forget what can no longer be answered; return the number of rows removed.
+
+        ``short_before``: ack SURB keys and loops sent before it (their answers are long overdue).
+        ``long_before``: reply SURB keys, received reply blocks, partial incoming messages and the
+        ids of completed messages (kept to drop late duplicates) older than it.
+        """
+        statements = [
+            ("DELETE FROM surbs WHERE kind=? AND created<?", (SURB_ACK, short_before)),
+            ("DELETE FROM loops WHERE sent<?", (short_before,)),
+            ("DELETE FROM surbs WHERE kind=? AND created<?", (SURB_REPLY, long_before)),
+            ("DELETE FROM reply_blocks WHERE received<?", (long_before,)),
+            ("DELETE FROM incoming WHERE message_id IN (SELECT message_id FROM incoming_meta "
+             "WHERE first_seen<?)", (long_before,)),
+            ("DELETE FROM incoming_meta WHERE first_seen<?", (long_before,)),
+            ("DELETE FROM completed WHERE at<?", (long_before,)),
+        ]
+        removed = 0
+        with self:
+            for sql, args in statements:
+                removed += self._db.execute(sql, args).rowcount
+        return removed
+
     # ------------------------------------------------------------------ outgoing
 
     def add_outgoing(self, message_id: bytes, recipient: str, bodies: list[bytes],
@@ -100,19 +171,22 @@ class ClientStore:
                                  [(message_id, i, b) for i, b in enumerate(bodies)])
 
     def recipient_of(self, message_id: bytes) -> str:
-        """Return the recipient of outgoing message ``message_id``."""
+        """Return the recipient of outgoing message ``message_id``; KeyError if unknown."""
         row = self._db.execute("SELECT recipient FROM outgoing WHERE message_id=?",
                                (message_id,)).fetchone()
+        if row is None:
+            raise KeyError(message_id)
         return str(row[0])
 
     def fragment_body(self, message_id: bytes, index: int) -> bytes | None:
-        """Return a fragment's body, or None."""
-        row = self._db.execute("SELECT body FROM fragments WHERE message_id=? AND idx=?",
-                               (message_id, index)).fetchone()
-        return row[0] if row else None
+        """Return an unacknowledged fragment's body, or None (acked, failed or unknown)."""
+        row = self._db.execute("SELECT body FROM fragments WHERE message_id=? AND idx=? AND "
+                               "acked=0", (message_id, index)).fetchone()
+        return bytes(row[0]) if row and row[0] else None
 
     def pending_fragments(self) -> list[tuple[bytes, int, int]]:
-        """Return (message id, index, attempts) of unacknowledged fragments of live messages."""
+        """Return (message id, index, attempts) of unacknowledged fragments of live messages,
+        oldest message first."""
         return self._db.execute(
             "SELECT f.message_id, f.idx, f.attempts FROM fragments f JOIN outgoing o "
             "USING (message_id) WHERE f.acked=0 AND o.failed=0 ORDER BY o.created, f.idx"
@@ -123,7 +197,10 @@ class ClientStore:
         rows = self._db.execute(
             "SELECT o.message_id, o.fragments, COALESCE(SUM(f.acked), 0), o.failed "
             "FROM outgoing o LEFT JOIN fragments f USING (message_id) GROUP BY o.message_id")
-        return {r[0]: (r[1], r[2], bool(r[3])) for r in rows}
+        progress = {r[0]: (r[1], r[2], bool(r[3])) for r in rows}
+        for message_id, sent in self._db.execute("SELECT message_id, sent FROM replies"):
+            progress[message_id] = (1, sent, False)
+        return progress
 
     def record_attempt(self, message_id: bytes, index: int, attempts: int) -> None:
         """Persist how often a fragment was sent."""
@@ -131,15 +208,32 @@ class ClientStore:
                          (attempts, message_id, index))
 
     def mark_acked(self, message_id: bytes, index: int) -> bool:
-        """Mark a fragment acknowledged; return False if it already was (a duplicate ack)."""
+        """Mark a fragment acknowledged and drop its body; False if it already was acked."""
         cursor = self._db.execute(
             "UPDATE fragments SET acked=1, body=x'' WHERE message_id=? AND idx=? AND acked=0",
             (message_id, index))
         return cursor.rowcount == 1
 
     def mark_failed(self, message_id: bytes) -> None:
-        """Give up on a message."""
-        self._db.execute("UPDATE outgoing SET failed=1 WHERE message_id=?", (message_id,))
+        """Give up on a message and drop the bodies of its unacknowledged fragments."""
+        with self:
+            self._db.execute("UPDATE outgoing SET failed=1 WHERE message_id=?", (message_id,))
+            self._db.execute("UPDATE fragments SET body=x'' WHERE message_id=?", (message_id,))
+
+    def add_reply(self, message_id: bytes, first_hop: bytes, packet: bytes, now: float) -> None:
+        """Remember a reply packet until it is sent."""
+        self._db.execute("INSERT INTO replies VALUES (?,?,?,0,?)",
+                         (message_id, first_hop, packet, now))
+
+    def pending_replies(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Return (message id, first hop, packet) of reply packets not yet sent, oldest first."""
+        return self._db.execute("SELECT message_id, first_hop, packet FROM replies WHERE sent=0 "
+                                "ORDER BY rowid").fetchall()
+
+    def reply_sent(self, message_id: bytes) -> None:
+        """Mark a reply packet sent (a reply has no ack: once out, it is done)."""
+        self._db.execute("UPDATE replies SET sent=1, packet=x'' WHERE message_id=?",
+                         (message_id,))
 
     # ------------------------------------------------------------------ SURBs and loops
 
@@ -155,7 +249,11 @@ class ClientStore:
         if row is None:
             return None
         self._db.execute("DELETE FROM surbs WHERE surb_id=?", (surb_id,))
-        return StoredSurb(row[0], row[1], row[2], row[3])
+        return StoredSurb(row[0], bytes(row[1]), bytes(row[2]), row[3])
+
+    def surb_count(self) -> int:
+        """Return how many SURB keys are kept."""
+        return int(self._db.execute("SELECT COUNT(*) FROM surbs").fetchone()[0])
 
     def add_loop(self, loop_id: bytes, now: float) -> None:
         """Remember a loop in flight."""
@@ -169,11 +267,6 @@ class ClientStore:
         self._db.execute("DELETE FROM loops WHERE loop_id=?", (loop_id,))
         return float(row[0])
 
-    def forget_old(self, before: float) -> None:
-        """Drop SURB keys and loops older than ``before`` (their answers will not come)."""
-        self._db.execute("DELETE FROM surbs WHERE created<? AND kind=?", (before, SURB_ACK))
-        self._db.execute("DELETE FROM loops WHERE sent<?", (before,))
-
     # ------------------------------------------------------------------ incoming
 
     def is_completed(self, message_id: bytes) -> bool:
@@ -181,20 +274,30 @@ class ClientStore:
         return self._db.execute("SELECT 1 FROM completed WHERE message_id=?",
                                 (message_id,)).fetchone() is not None
 
+    def meta(self, message_id: bytes) -> IncomingMeta | None:
+        """Return what is known about incoming message ``message_id``, or None."""
+        row = self._db.execute("SELECT count, total, sender, filename, reply_surbs FROM "
+                               "incoming_meta WHERE message_id=?", (message_id,)).fetchone()
+        return None if row is None else IncomingMeta(row[0], row[1], row[2], row[3],
+                                                     bytes(row[4]))
+
+    def start_incoming(self, message_id: bytes, meta: IncomingMeta, now: float) -> None:
+        """Record the first fragment's view of a new incoming message."""
+        self._db.execute("INSERT INTO incoming_meta VALUES (?,?,?,?,?,?,?)",
+                         (message_id, meta.count, meta.total, meta.sender, meta.filename,
+                          meta.reply_surbs, now))
+
+    def set_first_fragment_meta(self, message_id: bytes, filename: str | None,
+                                reply_surbs: bytes) -> None:
+        """Record what only fragment 0 carries: the file name and the reply SURBs."""
+        self._db.execute("UPDATE incoming_meta SET filename=?, reply_surbs=? WHERE message_id=?",
+                         (filename, reply_surbs, message_id))
+
     def add_fragment(self, message_id: bytes, index: int, data: bytes) -> bool:
         """Store an incoming fragment; return False if it was already there."""
         cursor = self._db.execute("INSERT OR IGNORE INTO incoming VALUES (?,?,?)",
                                   (message_id, index, data))
         return cursor.rowcount == 1
-
-    def set_meta(self, message_id: bytes, count: int, total: int, sender: str | None,
-                 filename: str | None, reply_surbs: bytes) -> None:
-        """Store what fragment 0 (or any fragment) says about the whole message."""
-        self._db.execute(
-            "INSERT INTO incoming_meta VALUES (?,?,?,?,?,?) ON CONFLICT(message_id) DO UPDATE "
-            "SET filename=COALESCE(excluded.filename, filename), reply_surbs=CASE WHEN "
-            "length(excluded.reply_surbs)>0 THEN excluded.reply_surbs ELSE reply_surbs END",
-            (message_id, count, total, sender, filename, reply_surbs))
 
     def fragment_count(self, message_id: bytes) -> int:
         """Return how many fragments of ``message_id`` are stored."""
@@ -202,34 +305,39 @@ class ClientStore:
                                (message_id,)).fetchone()
         return int(row[0])
 
-    def meta(self, message_id: bytes) -> tuple[int, int, str | None, str | None, bytes] | None:
-        """Return (count, total, sender, filename, reply SURBs) of an incoming message."""
-        row = self._db.execute("SELECT count, total, sender, filename, reply_surbs FROM "
-                               "incoming_meta WHERE message_id=?", (message_id,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
-
     def assemble(self, message_id: bytes) -> bytes:
-        """Return the stored fragments of ``message_id`` joined in order."""
+        """Return the stored fragments of ``message_id`` joined in index order."""
         rows = self._db.execute("SELECT data FROM incoming WHERE message_id=? ORDER BY idx",
                                 (message_id,))
         return b"".join(r[0] for r in rows)
 
     def complete(self, entry: InboxEntry, reply_surbs: Iterable[bytes]) -> None:
         """Move a reassembled message into the inbox and drop its fragments."""
-        self._db.execute("INSERT INTO inbox VALUES (?,?,?,?,?,?,0)",
-                         (entry.message_id, entry.sender, entry.filename, entry.data,
-                          entry.received_at, entry.reply_handle))
-        self._db.executemany("INSERT INTO reply_blocks (handle, surb) VALUES (?,?)",
-                             [(entry.message_id, s) for s in reply_surbs])
-        self._db.execute("INSERT OR IGNORE INTO completed VALUES (?)", (entry.message_id,))
-        self._db.execute("DELETE FROM incoming WHERE message_id=?", (entry.message_id,))
-        self._db.execute("DELETE FROM incoming_meta WHERE message_id=?", (entry.message_id,))
+        mid = entry.message_id
+        with self:
+            self._db.execute("INSERT INTO inbox VALUES (?,?,?,?,?,?)",
+                             (mid, entry.sender, entry.filename, entry.data, entry.received_at,
+                              entry.reply_handle))
+            self._db.executemany("INSERT INTO reply_blocks (handle, surb, received) "
+                                 "VALUES (?,?,?)",
+                                 [(mid, s, entry.received_at) for s in reply_surbs])
+            self._db.execute("INSERT OR IGNORE INTO completed VALUES (?,?)",
+                             (mid, entry.received_at))
+            self._db.execute("DELETE FROM incoming WHERE message_id=?", (mid,))
+            self._db.execute("DELETE FROM incoming_meta WHERE message_id=?", (mid,))
+
+    def discard_incoming(self, message_id: bytes) -> None:
+        """Drop a partial incoming message whose fragments do not add up."""
+        with self:
+            self._db.execute("DELETE FROM incoming WHERE message_id=?", (message_id,))
+            self._db.execute("DELETE FROM incoming_meta WHERE message_id=?", (message_id,))
 
     def inbox(self) -> list[InboxEntry]:
         """Return finished messages not yet marked delivered, oldest first."""
         rows = self._db.execute("SELECT message_id, sender, filename, data, received_at, "
-                                "reply_handle FROM inbox WHERE delivered=0 ORDER BY rowid")
-        return [InboxEntry(*r) for r in rows]
+                                "reply_handle FROM inbox ORDER BY rowid")
+        return [InboxEntry(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4],
+                           None if r[5] is None else bytes(r[5])) for r in rows]
 
     def mark_delivered(self, message_id: bytes) -> None:
         """Drop a shown message's data from the inbox (its id stays, to drop duplicates)."""
@@ -241,5 +349,5 @@ class ClientStore:
                                "LIMIT 1", (handle,)).fetchone()
         if row is None:
             return None
-        self._db.execute("UPDATE reply_blocks SET used=1 WHERE rowid=?", (row[0],))
+        self._db.execute("UPDATE reply_blocks SET used=1, surb=x'' WHERE rowid=?", (row[0],))
         return bytes(row[1])
