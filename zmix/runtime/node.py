@@ -146,6 +146,9 @@ class NodeProcess:
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             core = self._make_core(time.monotonic())
+            if self.spec.role is Role.PROVIDER and self.topology.mailbox.open_registration:
+                LOG.warning("mailbox.open_registration is set but not implemented yet: only the "
+                            "clients declared in the topology are admitted")
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
                      self.spec.endpoint, self.worker_count)
             _Loop(self, core, gate, pool, out, router, work, results, control).run()
