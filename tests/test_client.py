@@ -1,7 +1,13 @@
-"""The Loopix client core over the in-memory network: streams, fragments, acks, retries."""
+"""The Loopix client core over the in-memory network: streams, routes, fragments, acks, retries.
+
+``SimNet`` (tests/simnet.py) plays the mixnodes and the providers: it runs every packet through
+``process_packet`` with the nodes' private keys, hop by hop, and the providers' sans-IO cores over
+real SQLite mailboxes. The clock is whatever the test says.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -10,17 +16,24 @@ import pytest
 from simnet import SimNet
 
 from zmix.bench.common import make_network
+from zmix.client import MAX_ATTEMPTS, ClientCore, Outgoing, PoissonStreams, Stream
 from zmix.clientstore import ClientStore
 from zmix.errors import LocalMisuse
-from zmix.sphinx import ForwardHop, process_packet
+from zmix.fragment import encode_fragment, seal_signed
+from zmix.keys import load_private
+from zmix.sphinx import FinalDelivery, ForwardHop, process_packet
+from zmix.wire import ItemKind, MailboxItem
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2", "carol": "provider-1"}
+QUIET = {"loop_rate": 0.0, "drop_rate": 0.0}  # only the payload stream runs
 
 
-def make_net(directory: Path, **loopix: float) -> SimNet:
+def make_net(directory: Path, *, sphinx: dict[str, int] | None = None, quiet: bool = False,
+             **loopix: float) -> SimNet:
+    """A network of three layers of two mixnodes, two providers, three clients."""
     rates = {"payload_rate": 20.0, "loop_rate": 2.0, "drop_rate": 2.0, "mean_delay": 0.01,
-             "fetch_interval": 0.1, **loopix}
-    topology, state = make_network(directory, clients=CLIENTS, loopix=rates)
+             "fetch_interval": 0.1, **(QUIET if quiet else {}), **loopix}
+    topology, state = make_network(directory, clients=CLIENTS, loopix=rates, sphinx=sphinx)
     return SimNet(topology, state)
 
 
@@ -29,103 +42,336 @@ def net(tmp_path: Path) -> SimNet:
     return make_net(tmp_path)
 
 
-def test_the_streams_are_poisson_at_their_configured_rates(tmp_path: Path) -> None:
-    net = make_net(tmp_path, payload_rate=10.0, loop_rate=5.0, drop_rate=3.0)
-    alice = net.client("alice", seed=1)
-    count = sum(len(alice.poll(t * 0.5)) for t in range(1, 201))  # 100 s on a fake clock
+def walk(net: SimNet, out: Outgoing) -> tuple[list[bytes], FinalDelivery]:
+    """Return the node ids a packet visits and what its last hop delivers."""
+    hops, hop, packet = [], out.first_hop, out.packet
+    while True:
+        hops.append(hop)
+        result = process_packet(net.topology.sphinx, net.keys[hop], packet)
+        if isinstance(result, FinalDelivery):
+            return hops, result
+        assert isinstance(result, ForwardHop)
+        assert result.delay_us <= net.topology.loopix.max_delay * 1_000_000
+        hop, packet = result.next_hop, result.packet
+
+
+def first_item(message_id: bytes, index: int, count: int, total: int, data: bytes,
+               sender_key: bytes, sender_id: bytes, recipient_key: bytes) -> MailboxItem:
+    fragment = encode_fragment(message_id, index, count, total, data,
+                               b"\x00\x00" if index == 0 else None)
+    sealed = seal_signed(recipient_key, sender_id, sender_key, fragment)
+    return MailboxItem(1, ItemKind.MESSAGE, bytes(16), sealed)
+
+
+# ---------------------------------------------------------------------------- streams
+
+
+def test_each_poisson_stream_keeps_its_rate_within_five_percent_over_ten_thousand_events() -> None:
+    rates = {Stream.PAYLOAD: 10.0, Stream.LOOP: 4.0, Stream.DROP: 2.5}
+    streams = PoissonStreams(rates, random.Random(1), 0.0)
+    events: list[Stream] = []
+    for step in range(1, 4001):  # 4000 s of fake time, polled every second
+        events += streams.due(float(step))
+    for stream, rate in rates.items():
+        assert events.count(stream) == pytest.approx(rate * 4000, rel=0.05)
+    assert len(events) > 10_000
+
+
+def test_the_gaps_between_events_are_exponential() -> None:
+    streams = PoissonStreams({Stream.LOOP: 1.0}, random.Random(2), 0.0, stall_reset=1e9)
+    times: list[float] = []
+    while len(times) < 10_000:
+        t = streams.next_due()
+        assert streams.due(t) == [Stream.LOOP]
+        times.append(t)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert sum(gaps) / len(gaps) == pytest.approx(1.0, rel=0.05)
+    assert sum(g < 1.0 for g in gaps) / len(gaps) == pytest.approx(0.632, abs=0.02)  # 1 - 1/e
+
+
+def test_a_stalled_stream_sends_one_packet_instead_of_its_backlog() -> None:
+    streams = PoissonStreams({Stream.PAYLOAD: 10.0}, random.Random(3), 0.0)
+    assert len(streams.due(100.0)) == 1
+    assert streams.next_due() > 100.0
+
+
+def test_a_stream_with_rate_zero_never_fires() -> None:
+    streams = PoissonStreams({Stream.DROP: 0.0}, random.Random(4), 0.0)
+    assert streams.due(1e6) == [] and streams.next_due() == float("inf")
+
+
+def test_the_client_sends_its_three_streams_at_the_configured_rates(tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=12.0, loop_rate=5.0, drop_rate=3.0)
+    alice = net.client("alice", seed=5)
+    sent = [o for t in range(1, 201) for o in alice.poll(t * 0.5)]  # 100 s of fake time
     stats = alice.statistics()
-    assert stats["loops_sent"] == pytest.approx(500, rel=0.2)
-    assert stats["drops_sent"] == pytest.approx(100 * 10 + 300, rel=0.12)
-    assert count == stats["drops_sent"] + stats["loops_sent"]
+    assert stats["loops_sent"] == pytest.approx(500, rel=0.1)
+    assert stats["drops_sent"] == pytest.approx(1200 + 300, rel=0.1)  # payload + drop streams
+    assert len(sent) == stats["drops_sent"] + stats["loops_sent"] and stats["real_sent"] == 0
+    assert alice.next_wakeup() > 100.0
 
 
-def test_every_packet_has_the_network_size_and_enters_at_the_own_provider(net: SimNet) -> None:
-    alice = net.client("alice", seed=2)
+# ---------------------------------------------------------------------------- routes
+
+
+def test_every_packet_has_the_network_size_and_takes_a_stratified_route(net: SimNet) -> None:
+    alice = net.client("alice", seed=6)
     alice.submit(0.0, "bob", b"hi")
-    out = alice.poll(3.0)
-    provider = net.topology.node("provider-1").id
-    assert out and all(o.first_hop == provider for o in out)
-    assert {len(o.packet) for o in out} == {net.topology.sphinx.packet_length}
-    layers = [{n.id for n in layer} for layer in net.topology.layers]
-    for o in out[:10]:
-        result = process_packet(net.topology.sphinx, net.keys[provider], o.packet)
-        assert isinstance(result, ForwardHop) and result.next_hop in layers[0]
+    out = alice.poll(2.0)
+    topo = net.topology
+    own, providers = topo.node("provider-1").id, {p.id for p in topo.providers}
+    ids = {c.name: c.id for c in topo.clients}
+    kinds = {"real": 0, "loop": 0, "drop": 0}
+    for o in out:
+        assert len(o.packet) == topo.sphinx.packet_length and o.first_hop == own
+        hops, final = walk(net, o)
+        assert hops[0] == own and hops[-1] in providers
+        assert all(hop in {n.id for n in layer} for hop, layer in zip(hops[1:-1], topo.layers,
+                                                                       strict=True))
+        assert len(hops) == len(topo.layers) + 2
+        if final.recipient == ids["bob"]:
+            kinds["real"] += 1
+            assert hops[-1] == topo.node("provider-2").id
+        elif final.recipient == ids["alice"]:
+            kinds["loop"] += 1
+            assert hops[-1] == own
+        else:
+            kinds["drop"] += 1
+            assert final.recipient == hops[-1]  # a drop is addressed to its last provider
+    stats = alice.statistics()
+    assert kinds == {"real": stats["real_sent"], "loop": stats["loops_sent"],
+                     "drop": stats["drops_sent"]}
+    assert kinds["real"] == 1 and kinds["loop"] and kinds["drop"]
 
 
-def test_a_message_arrives_once_with_its_sender(net: SimNet) -> None:
-    alice, bob = net.client("alice", 3), net.client("bob", 4)
-    message_id = alice.submit(0.0, "bob", b"hello bob")
+def test_with_nothing_queued_the_payload_stream_sends_drops(tmp_path: Path) -> None:
+    net = make_net(tmp_path, quiet=True)
+    alice = net.client("alice", seed=7)
+    out = [o for step in range(1, 51) for o in alice.poll(step * 0.1)]
+    assert len(out) == alice.statistics()["drops_sent"] > 50
+    assert alice.statistics()["real_sent"] == 0
+    final = walk(net, out[0])[1]
+    assert final.recipient in {p.id for p in net.topology.providers}
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def test_a_message_arrives_once_with_its_sender_and_is_acknowledged(net: SimNet) -> None:
+    alice, bob = net.client("alice", 8), net.client("bob", 9)
+    message_id = alice.submit(0.0, "bob", b"hello bob", filename="note.txt")
+    assert alice.progress(message_id).acked == 0
     got = net.run({"alice": alice, "bob": bob}, 0.0, 2.0)
-    assert [(name, m.sender, m.data) for name, m in got] == [("bob", "alice", b"hello bob")]
-    progress = alice.progress(message_id)
-    assert progress.acked == progress.fragments == 1
-    assert alice.statistics()["loops_returned"] > 0
+    assert [(name, m.sender, m.data, m.filename) for name, m in got] == [
+        ("bob", "alice", b"hello bob", "note.txt")]
+    assert alice.progress(message_id) == type(alice.progress(message_id))(1, 1, False)
+    assert alice.statistics()["acks_received"] == 1
+    assert [m.data for m in bob.inbox()] == [b"hello bob"]
+    bob.mark_delivered(message_id)
+    assert bob.inbox() == []
 
 
-def test_a_large_message_is_split_and_reassembled_in_any_order(net: SimNet) -> None:
-    alice, bob = net.client("alice", 5), net.client("bob", 6)
+def test_loops_come_back_and_are_counted(net: SimNet) -> None:
+    alice = net.client("alice", 10)
+    net.run({"alice": alice}, 0.0, 5.0)
+    stats = alice.statistics()
+    assert stats["loops_sent"] > 3 and stats["loops_returned"] == stats["loops_sent"]
+    net.lost = {n.id for n in net.topology.layers[2]}
+    net.run({"alice": alice}, 5.0, 10.0)
+    stats = alice.statistics()
+    assert stats["loops_returned"] < stats["loops_sent"]
+
+
+def test_a_three_mebibyte_message_is_reassembled_from_shuffled_duplicated_fragments(
+        tmp_path: Path) -> None:
+    # 16 KiB packets keep this test fast; the 2 KiB geometry is split the same way (test_fragment)
+    net = make_net(tmp_path, sphinx={"payload_length": 16384, "max_hops": 5}, payload_rate=1000.0,
+                   quiet=True)
+    alice, bob = net.client("alice", 11), net.client("bob", 12)
     data = os.urandom(3 * 1024 * 1024)
     message_id = alice.submit(0.0, "bob", data, filename="big.bin")
-    out = [o for t in range(1, 301) for o in alice.poll(t * 0.5)]  # 150 s at lambda_P = 20
     fragments = alice.progress(message_id).fragments
-    # No acks came back during those 150 s, so some fragments were sent more than once.
-    assert fragments > 1000 and alice.statistics()["real_sent"] > fragments
-    random.Random(7).shuffle(out)
-    net.send(alice, out + out[:50], 0.0)  # shuffled, with duplicates
-    got = net.fetch(bob, "bob", 0.0)
-    assert [(m.data == data, m.filename) for m in got] == [(True, "big.bin")]
-    assert bob.statistics()["duplicates_dropped"] >= 1
+    out = alice.poll(1.0)  # about 1000 packets: every fragment once, drops after them
+    assert fragments > 150 and alice.statistics()["real_sent"] == fragments
+    assert alice.statistics()["drops_sent"] == len(out) - fragments
+    duplicates = out[:3]  # only the payload stream runs: the fragments went out first
+    random.Random(13).shuffle(out)
+    net.send(alice, out + duplicates, 1.0)
+    got = net.fetch(bob, "bob", 1.0)
+    assert [(m.data == data, m.filename, m.sender) for m in got] == [(True, "big.bin", "alice")]
+    assert bob.statistics()["duplicates_dropped"] == 3
+    assert bob.statistics()["messages_received"] == 1
+    net.fetch(alice, "alice", 1.0)
+    assert alice.progress(message_id).acked == fragments  # duplicates were acked, not counted
 
 
-def test_an_anonymous_message_can_be_answered_through_its_reply_block(net: SimNet) -> None:
-    alice, bob = net.client("alice", 8), net.client("bob", 9)
-    alice.submit(0.0, "bob", b"guess who", anonymous=True, reply_blocks=1)
+def test_an_anonymous_message_has_no_sender(net: SimNet) -> None:
+    alice, bob = net.client("alice", 14), net.client("bob", 15)
+    alice.submit(0.0, "bob", b"guess who", anonymous=True)
+    [(_, message)] = net.run({"alice": alice, "bob": bob}, 0.0, 2.0)
+    assert (message.sender, message.data, message.reply_handle) == (None, b"guess who", None)
+
+
+def test_an_anonymous_message_can_be_answered_through_its_reply_blocks(net: SimNet) -> None:
+    alice, bob = net.client("alice", 16), net.client("bob", 17)
+    alice.submit(0.0, "bob", b"guess who", anonymous=True, reply_blocks=2)
     [(_, message)] = net.run({"alice": alice, "bob": bob}, 0.0, 2.0)
     assert message.sender is None and message.reply_handle is not None
-    bob.reply(2.0, message.reply_handle, b"no idea")
+    first = bob.reply(2.0, message.reply_handle, b"no idea")
+    bob.reply(2.0, message.reply_handle, b"still none")
     got = net.run({"alice": alice, "bob": bob}, 2.0, 4.0)
-    assert [(n, m.sender, m.data) for n, m in got] == [("alice", None, b"no idea")]
-    with pytest.raises(LocalMisuse):
-        bob.reply(4.0, message.reply_handle, b"the block is used up")
+    assert sorted((n, m.sender, m.data) for n, m in got) == [
+        ("alice", None, b"no idea"), ("alice", None, b"still none")]
+    assert bob.progress(first).acked == 1 and bob.statistics()["replies_sent"] == 2
+    with pytest.raises(LocalMisuse, match="no unused reply block"):
+        bob.reply(4.0, message.reply_handle, b"the blocks are used up")
 
 
-def test_a_lost_fragment_is_sent_again_and_delivered_once(net: SimNet) -> None:
-    alice, bob = net.client("alice", 10), net.client("bob", 11)
+def test_a_reply_packet_starts_at_the_first_layer_not_at_a_provider(net: SimNet) -> None:
+    alice, bob = net.client("alice", 18), net.client("bob", 19)
+    alice.submit(0.0, "bob", b"?", reply_blocks=1)
+    [(_, message)] = net.run({"alice": alice, "bob": bob}, 0.0, 2.0)
+    assert message.reply_handle is not None
+    bob.reply(2.0, message.reply_handle, b"!")
+    [reply] = [o for o in bob.poll(4.0) if o.first_hop != net.topology.node("provider-2").id]
+    assert reply.first_hop in {n.id for n in net.topology.layers[0]}
+
+
+def test_an_oversized_reply_and_an_unknown_recipient_are_local_misuse(net: SimNet) -> None:
+    alice = net.client("alice", 20)
+    with pytest.raises(LocalMisuse, match="no client named"):
+        alice.submit(0.0, "mallory", b"x")
+    with pytest.raises(LocalMisuse, match="a reply holds at most"):
+        alice.reply(0.0, b"\x00" * 16, bytes(net.topology.sphinx.max_reply_length))
+    with pytest.raises(LocalMisuse, match="reply_blocks"):
+        alice.submit(0.0, "bob", b"x", reply_blocks=9)
+
+
+# ---------------------------------------------------------------------------- acks and retries
+
+
+def test_an_unacknowledged_fragment_is_resent_after_its_timeout_and_delivered_once(
+        tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=50.0, quiet=True)
+    alice, bob = net.client("alice", 21), net.client("bob", 22)
     message_id = alice.submit(0.0, "bob", b"persist")
-    net.lost = {n.id for n in net.topology.layers[1]}  # the whole middle layer is down
-    assert net.run({"alice": alice, "bob": bob}, 0.0, 1.0) == []
-    net.lost = set()
-    got = net.run({"alice": alice, "bob": bob}, 1.0, 30.0)
-    assert [m.data for _, m in got] == [b"persist"]
-    assert alice.statistics()["retransmissions"] >= 1
+    first = [o for o in alice.poll(0.5) if walk(net, o)[1].recipient == bob_id(net)]
+    assert len(first) == 1  # sent once; its ack never arrives: nobody forwarded it
+    # the ack timeout: 4 x (5 forward + 4 ack hops) x mean_delay + 2 fetch intervals + 1 s
+    deadline = 0.5 + 4 * 9 * 0.01 + 2 * 0.1 + 1.0
+    alice.poll(deadline - 0.01)
+    assert alice.statistics()["retransmissions"] == 0
+    again = [o for o in alice.poll(deadline + 0.5) if walk(net, o)[1].recipient == bob_id(net)]
+    assert len(again) == 1 and alice.statistics()["retransmissions"] == 1
+    net.send(alice, first + again, deadline + 0.5)
+    got = net.fetch(bob, "bob", deadline + 0.5)
+    assert [m.data for m in got] == [b"persist"]
+    assert bob.statistics()["duplicates_dropped"] == 1
+    net.fetch(alice, "alice", deadline + 0.5)
     assert alice.progress(message_id).acked == 1
+    assert alice.statistics()["acks_received"] == 2  # both copies were stored and acknowledged
+    assert alice.statistics()["duplicate_acks"] == 1
+
+
+def bob_id(net: SimNet) -> bytes:
+    return net.topology.client("bob").id
 
 
 def test_a_message_fails_when_every_retry_is_lost(tmp_path: Path) -> None:
-    net = make_net(tmp_path, payload_rate=0.5, loop_rate=0.0, drop_rate=0.0)
-    alice = net.client("alice", 12)
+    net = make_net(tmp_path, payload_rate=2.0, quiet=True)
+    alice = net.client("alice", 23)
     message_id = alice.submit(0.0, "bob", b"doomed")
     net.lost = {n.id for n in net.topology.layers[0]}
-    net.run({"alice": alice}, 0.0, 2000.0, step=1.0)
+    net.run({"alice": alice}, 0.0, 2000.0, step=5.0)
     assert alice.progress(message_id).failed
+    stats = alice.statistics()
+    assert stats["real_sent"] == MAX_ATTEMPTS and stats["messages_failed"] == 1
+    assert stats["in_flight"] == 0
 
 
-def test_a_restarted_client_resumes_unacknowledged_fragments(net: SimNet,
-                                                             tmp_path: Path) -> None:
+def test_fragments_that_disagree_with_their_message_are_dropped(net: SimNet) -> None:
+    bob = net.client("bob", 24)
+    alice_key = load_private(net.state, "alice").private_key
+    carol_key = load_private(net.state, "carol").private_key
+    ids = {c.name: c.id for c in net.topology.clients}
+    bob_pk = load_private(net.state, "bob").public_key
+    message_id = os.urandom(16)
+    items = [first_item(message_id, 0, 2, 8, b"abcd", alice_key, ids["alice"], bob_pk),
+             first_item(message_id, 1, 2, 8, b"EFGH", carol_key, ids["carol"], bob_pk),
+             first_item(message_id, 1, 3, 8, b"EFGH", alice_key, ids["alice"], bob_pk),
+             first_item(message_id, 1, 2, 8, b"efgh", alice_key, ids["alice"], bob_pk)]
+    got = bob.on_fetched(1.0, items)
+    assert [(m.sender, m.data) for m in got] == [("alice", b"abcdefgh")]
+    assert bob.statistics()["inconsistent_fragments"] == 2
+
+
+def test_garbage_items_are_counted_not_raised(net: SimNet) -> None:
+    bob = net.client("bob", 25)
+    items = [MailboxItem(1, ItemKind.MESSAGE, bytes(16), os.urandom(300)),
+             MailboxItem(2, ItemKind.REPLY, os.urandom(16), os.urandom(100))]
+    assert bob.on_fetched(0.0, items) == []
+    assert bob.statistics()["undecryptable"] == 1 and bob.statistics()["unknown_surb"] == 1
+
+
+# ---------------------------------------------------------------------------- restarts
+
+
+def test_a_restarted_sender_resumes_its_retransmissions(net: SimNet, tmp_path: Path) -> None:
     path = tmp_path / "alice.sqlite"
-    alice = net.client("alice", 13, ClientStore(path))
+    alice = net.client("alice", 26, ClientStore(path))
     message_id = alice.submit(0.0, "bob", b"survives a restart")
-    del alice  # crashed before anything was sent
-    alice = net.client("alice", 14, ClientStore(path))
-    bob = net.client("bob", 15)
-    got = net.run({"alice": alice, "bob": bob}, 0.0, 3.0)
+    net.lost = {n.id for n in net.topology.layers[1]}
+    net.run({"alice": alice}, 0.0, 1.0)
+    assert alice.statistics()["real_sent"] == 1
+    net.lost = set()
+    alice = net.client("alice", 27, ClientStore(path), now=1.0)  # the process was killed
+    assert alice.progress(message_id) == type(alice.progress(message_id))(1, 0, False)
+    bob = net.client("bob", 28)
+    got = net.run({"alice": alice, "bob": bob}, 1.0, 3.0)
     assert [m.data for _, m in got] == [b"survives a restart"]
     assert alice.progress(message_id).acked == 1
+    assert alice.statistics()["retransmissions"] == 1  # the attempt count survived
 
 
-def test_unknown_recipients_and_oversized_replies_are_local_misuse(net: SimNet) -> None:
-    alice = net.client("alice", 16)
-    with pytest.raises(LocalMisuse):
-        alice.submit(0.0, "mallory", b"x")
-    with pytest.raises(LocalMisuse):
-        alice.reply(0.0, b"\x00" * 16, bytes(net.topology.sphinx.max_reply_length))
+def test_a_restarted_recipient_keeps_a_partial_message(tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=100.0, quiet=True)
+    alice = net.client("alice", 29)
+    data = os.urandom(10_000)
+    alice.submit(0.0, "bob", data)
+    out = alice.poll(1.0)
+    assert len(out) > 3
+    path = tmp_path / "bob.sqlite"
+    bob = net.client("bob", 30, ClientStore(path))
+    net.send(alice, out[:2], 1.0)
+    assert net.fetch(bob, "bob", 1.0) == []
+    bob = net.client("bob", 31, ClientStore(path), now=2.0)
+    net.send(alice, out[2:], 2.0)
+    assert [m.data for m in net.fetch(bob, "bob", 2.0)] == [data]
+
+
+def test_a_reply_written_before_a_restart_is_still_sent(net: SimNet, tmp_path: Path) -> None:
+    alice = net.client("alice", 32)
+    path = tmp_path / "bob.sqlite"
+    bob = net.client("bob", 33, ClientStore(path))
+    alice.submit(0.0, "bob", b"?", anonymous=True, reply_blocks=1)
+    [(_, message)] = net.run({"alice": alice, "bob": bob}, 0.0, 2.0)
+    assert message.reply_handle is not None
+    bob.reply(2.0, message.reply_handle, b"answer")  # queued, then the process dies
+    bob = net.client("bob", 34, ClientStore(path), now=2.0)
+    assert bob.inbox()[0].reply_handle == message.reply_handle
+    got = net.run({"alice": alice, "bob": bob}, 2.0, 4.0)
+    assert [(n, m.data) for n, m in got] == [("alice", b"answer")]
+
+
+def test_stale_ack_keys_and_lost_loops_are_forgotten(tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=1.0, loop_rate=1.0, drop_rate=0.0)
+    store = ClientStore(":memory:")
+    alice: ClientCore = net.client("alice", 35, store)
+    alice.submit(0.0, "bob", b"x")
+    net.lost = {n.id for n in net.topology.layers[0]}
+    net.run({"alice": alice}, 0.0, 10.0, step=1.0)
+    early_loops = alice.statistics()["loops_sent"]
+    assert store.surb_count() >= 1 and early_loops > 0
+    net.run({"alice": alice}, 10.0, 10.0 + 3 * 86_400, step=3600.0)
+    assert store.surb_count() == 0  # the message failed long ago; its ack keys are useless
+    assert alice.statistics()["expired"] >= early_loops + 1
