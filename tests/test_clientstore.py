@@ -1,0 +1,134 @@
+"""The client's SQLite store: what survives a restart, single use, expiry, transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from zmix.clientstore import (
+    SURB_ACK,
+    SURB_REPLY,
+    ClientStore,
+    InboxEntry,
+    IncomingMeta,
+    StoredSurb,
+)
+from zmix.errors import ConfigError
+
+M1, M2 = b"\x01" * 16, b"\x02" * 16
+
+
+def test_a_file_store_uses_wal_and_full_synchronous_commits(tmp_path: Path) -> None:
+    store = ClientStore(tmp_path / "c.sqlite")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_outgoing_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    store = ClientStore(path)
+    store.add_outgoing(M1, "bob", [b"f0", b"f1", b"f2"], 1.0)
+    store.record_attempt(M1, 1, 3)
+    assert store.mark_acked(M1, 0)
+    store.add_surb(b"s" * 16, StoredSurb(SURB_ACK, b"keys", M1, 2), 1.0)
+    store.add_loop(b"L" * 16, 1.0)
+    store.close()
+    store = ClientStore(path)
+    assert store.pending_fragments() == [(M1, 1, 3), (M1, 2, 0)]
+    assert store.outgoing_progress() == {M1: (3, 1, False)}
+    assert store.recipient_of(M1) == "bob"
+    assert store.fragment_body(M1, 0) is None and store.fragment_body(M1, 2) == b"f2"
+    assert store.take_surb(b"s" * 16) == StoredSurb(SURB_ACK, b"keys", M1, 2)
+    assert store.take_loop(b"L" * 16) == 1.0
+
+
+def test_a_second_ack_of_a_fragment_is_reported_as_a_duplicate() -> None:
+    store = ClientStore(":memory:")
+    store.add_outgoing(M1, "bob", [b"f0"], 0.0)
+    assert store.mark_acked(M1, 0) and not store.mark_acked(M1, 0)
+
+
+def test_a_failed_message_leaves_the_pending_list_and_drops_its_bodies() -> None:
+    store = ClientStore(":memory:")
+    store.add_outgoing(M1, "bob", [b"f0", b"f1"], 0.0)
+    store.add_outgoing(M2, "bob", [b"g0"], 1.0)
+    store.mark_failed(M1)
+    assert store.pending_fragments() == [(M2, 0, 0)]
+    assert store.fragment_body(M1, 0) is None
+    assert store.outgoing_progress()[M1] == (2, 0, True)
+
+
+def test_surbs_loops_and_reply_blocks_are_single_use() -> None:
+    store = ClientStore(":memory:")
+    store.add_surb(b"s" * 16, StoredSurb(SURB_REPLY, b"k", M1, 0), 0.0)
+    store.add_loop(b"L" * 16, 0.0)
+    entry = InboxEntry(M1, None, None, b"data", 0.0, M1)
+    store.complete(entry, [b"surb-1", b"surb-2"])
+    assert store.take_surb(b"s" * 16) is not None and store.take_surb(b"s" * 16) is None
+    assert store.take_loop(b"L" * 16) == 0.0 and store.take_loop(b"L" * 16) is None
+    assert {store.take_reply_block(M1), store.take_reply_block(M1)} == {b"surb-1", b"surb-2"}
+    assert store.take_reply_block(M1) is None
+
+
+def test_a_completed_message_moves_from_reassembly_to_the_inbox() -> None:
+    store = ClientStore(":memory:")
+    store.start_incoming(M1, IncomingMeta(2, 6, "alice", None, b""), 0.0)
+    assert store.add_fragment(M1, 1, b"def") and not store.add_fragment(M1, 1, b"def")
+    store.add_fragment(M1, 0, b"abc")
+    store.set_first_fragment_meta(M1, "f.txt", b"")
+    assert store.meta(M1) == IncomingMeta(2, 6, "alice", "f.txt", b"")
+    assert store.fragment_count(M1) == 2 and store.assemble(M1) == b"abcdef"
+    store.complete(InboxEntry(M1, "alice", "f.txt", b"abcdef", 1.0, None), [])
+    assert store.is_completed(M1) and store.meta(M1) is None and store.fragment_count(M1) == 0
+    assert [e.data for e in store.inbox()] == [b"abcdef"]
+    store.mark_delivered(M1)
+    assert store.inbox() == [] and store.is_completed(M1)
+
+
+def test_a_reply_stays_pending_until_sent() -> None:
+    store = ClientStore(":memory:")
+    store.add_reply(M1, b"h" * 16, b"packet", 0.0)
+    assert store.pending_replies() == [(M1, b"h" * 16, b"packet")]
+    assert store.outgoing_progress()[M1] == (1, 0, False)
+    store.reply_sent(M1)
+    assert store.pending_replies() == [] and store.outgoing_progress()[M1] == (1, 1, False)
+
+
+def test_expiry_forgets_short_lived_and_long_lived_state_separately() -> None:
+    store = ClientStore(":memory:")
+    store.add_surb(b"a" * 16, StoredSurb(SURB_ACK, b"k", M1, 0), 10.0)
+    store.add_surb(b"r" * 16, StoredSurb(SURB_REPLY, b"k", M1, 0), 10.0)
+    store.add_loop(b"L" * 16, 10.0)
+    store.start_incoming(M2, IncomingMeta(3, 9, None, None, b""), 10.0)
+    store.add_fragment(M2, 0, b"abc")
+    assert store.expire(short_before=11.0, long_before=5.0) == 2  # the ack SURB and the loop
+    assert store.surb_count() == 1 and store.fragment_count(M2) == 1
+    assert store.expire(short_before=11.0, long_before=11.0) == 3
+    assert store.surb_count() == 0 and store.meta(M2) is None and store.fragment_count(M2) == 0
+
+
+def test_rebase_pulls_times_from_before_a_clock_reset_back_to_now() -> None:
+    store = ClientStore(":memory:")
+    store.add_loop(b"L" * 16, 5000.0)  # written before a reboot reset the monotonic clock
+    store.rebase(20.0)
+    assert store.expire(short_before=19.0, long_before=0.0) == 0
+    assert store.take_loop(b"L" * 16) == 20.0
+
+
+def test_a_failed_transaction_changes_nothing() -> None:
+    store = ClientStore(":memory:")
+    with pytest.raises(RuntimeError), store:
+        store.add_loop(b"L" * 16, 0.0)
+        raise RuntimeError("crash in the middle")
+    assert store.take_loop(b"L" * 16) is None
+
+
+def test_a_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(ConfigError, match="schema 99"):
+        ClientStore(path)
