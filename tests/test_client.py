@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from simnet import SimNet
 
 from zmix.bench.common import make_network
@@ -375,3 +377,17 @@ def test_stale_ack_keys_and_lost_loops_are_forgotten(tmp_path: Path) -> None:
     net.run({"alice": alice}, 10.0, 10.0 + 3 * 86_400, step=3600.0)
     assert store.surb_count() == 0  # the message failed long ago; its ack keys are useless
     assert alice.statistics()["expired"] >= early_loops + 1
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(list(ItemKind)), st.binary(min_size=16, max_size=16),
+                          st.binary(max_size=2200)), max_size=4))
+def test_any_fetched_items_are_taken_in_without_an_exception(
+        net: SimNet, items: list[tuple[ItemKind, bytes, bytes]]) -> None:
+    bob = net.client("bob", 36)
+    fetched = [MailboxItem(i, kind, surb_id, payload)
+               for i, (kind, surb_id, payload) in enumerate(items)]
+    assert bob.on_fetched(0.0, fetched) == []
+    stats = bob.statistics()
+    assert stats["undecryptable"] + stats["unknown_surb"] == len(items)
