@@ -16,6 +16,7 @@ from an exponential distribution, so a watcher cannot tell real from cover traff
 from __future__ import annotations
 
 import enum
+import heapq
 import math
 import random
 from collections import Counter, deque
@@ -169,6 +170,8 @@ class ClientCore:
         self._counts: Counter[str] = Counter()
         self._queue: deque[tuple[bytes, int] | _QueuedReply] = deque()
         self._in_flight: dict[tuple[bytes, int], tuple[float, int]] = {}  # -> (deadline, tries)
+        # ack deadlines in order; an entry whose fragment was acked or re-sent meanwhile is stale
+        self._deadlines: list[tuple[float, tuple[bytes, int]]] = []
         self._progress: dict[bytes, list[int]] = {}  # message id -> [fragments, acked, failed]
         self._recipients: dict[bytes, str] = {}
         rates = {Stream.PAYLOAD: self._loopix.payload_rate, Stream.LOOP: self._loopix.loop_rate,
@@ -261,8 +264,17 @@ class ClientCore:
 
     def next_wakeup(self) -> float:
         """Return the absolute time at which :meth:`poll` next has something to do."""
-        deadlines = (deadline for deadline, _ in self._in_flight.values())
-        return min(self._streams.next_due(), min(deadlines, default=math.inf))
+        self._drop_stale_deadlines()
+        deadline = self._deadlines[0][0] if self._deadlines else math.inf
+        return min(self._streams.next_due(), deadline)
+
+    def _drop_stale_deadlines(self) -> None:
+        while self._deadlines:
+            deadline, key = self._deadlines[0]
+            entry = self._in_flight.get(key)
+            if entry is not None and entry[0] == deadline:
+                return
+            heapq.heappop(self._deadlines)
 
     def poll(self, now: float) -> list[Outgoing]:
         """Return the packets due by ``now``, in order, to hand to the own provider.
@@ -320,7 +332,9 @@ class ClientCore:
         route = self._route(self._topo.node(recipient.provider))
         packet = create_forward_packet(self._params, route, recipient.id, envelope)
         tries = self._in_flight.get((message_id, index), (0.0, 0))[1] + 1
-        self._in_flight[(message_id, index)] = (now + self._timeout(tries), tries)
+        deadline = now + self._timeout(tries)
+        self._in_flight[(message_id, index)] = (deadline, tries)
+        heapq.heappush(self._deadlines, (deadline, (message_id, index)))
         self._store.record_attempt(message_id, index, tries)
         self._counts["real_sent"] += 1
         self._counts["retransmissions"] += tries > 1
@@ -379,9 +393,12 @@ class ClientCore:
         return min(self._base_timeout * 2.0 ** (tries - 1), self._backoff_cap)
 
     def _retransmit(self, now: float) -> None:
-        for key, (deadline, tries) in list(self._in_flight.items()):
-            if deadline > now:
-                continue
+        while True:
+            self._drop_stale_deadlines()
+            if not self._deadlines or self._deadlines[0][0] > now:
+                return
+            _, key = heapq.heappop(self._deadlines)
+            tries = self._in_flight[key][1]
             if tries >= MAX_ATTEMPTS:
                 self._fail(key[0])
                 continue
