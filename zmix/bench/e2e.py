@@ -68,7 +68,8 @@ def _phase(args: argparse.Namespace, mean_delay: float, with_file: bool) -> dict
         launcher = Launcher(state, list(topology.nodes()), verbosity=0)
         launcher.start()
         try:
-            with ClientRuntime(state, "alice") as alice, ClientRuntime(state, "bob") as bob:
+            bob_runtime = ClientRuntime(state, "bob", drain=True)
+            with ClientRuntime(state, "alice") as alice, bob_runtime as bob:
                 latencies = _messages(alice, bob, args.messages)
                 goodput = _file(alice, bob, args.file_kib * 1024) if with_file else None
             loops = [metrics.statistics(state, n.name) or {}

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} is not a directory")
     configure_logging(args.verbose)
     try:
-        runtime = ClientRuntime(args.state, args.name)
+        runtime = ClientRuntime(args.state, args.name, drain=True)
     except ConfigError as exc:
         return fail(str(exc), 2)
     try:

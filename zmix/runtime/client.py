@@ -45,7 +45,13 @@ class ClientBusy(Exception):
 class ClientRuntime:
     """Client ``name`` of the network in ``state_dir``, online while inside ``with``."""
 
-    def __init__(self, state_dir: Path, name: str, *, rng: random.Random | None = None) -> None:
+    def __init__(self, state_dir: Path, name: str, *, rng: random.Random | None = None,
+                 drain: bool = False) -> None:
+        """``drain``: fetch again at once while the provider says more mail waits (zmix-recv).
+
+        Otherwise fetches keep to ``loopix.fetch_interval``: fetching early whenever more than
+        ``fetch_slots`` items wait would tell a watcher of the link how much mail there was.
+        """
         self.state_dir = state_dir
         self.topology: Topology = load_topology(state_dir / "topology.yaml")
         try:
@@ -69,6 +75,7 @@ class ClientRuntime:
         self._next_fetch = 0.0
         self.fetches = 0
         self._more = False
+        self._drain = drain
         self.online_since = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -204,7 +211,7 @@ class ClientRuntime:
         if reply.items:
             ack = wire.FetchAck(reply.request_id, tuple(item.item_id for item in reply.items))
             self._socket().send(wire.encode(ack, params=self.topology.sphinx, slots=self._slots))
-        self._more = reply.remaining > 0
+        self._more = reply.remaining > 0 and self._drain
         if self._more:
             self._next_fetch = now  # more mail waits: fetch again at once
         return received
