@@ -51,16 +51,21 @@ def encode_envelope(params: SphinxParams, envelope: Envelope) -> bytes:
 
 
 def decode_envelope(params: SphinxParams, data: bytes) -> Envelope:
-    """Parse an envelope; raises InvalidPacket(BAD_COMMAND) if it is malformed."""
-    if len(data) < _HEAD + _LENGTH or data[0] != ENVELOPE_VERSION or data[1] & ~FLAG_ACK:
+    """Parse an envelope; raises InvalidPacket(BAD_COMMAND) if it is malformed.
+
+    Exactly the envelopes :func:`encode_envelope` produces are accepted (no trailing bytes, no
+    unknown flag, nothing longer than ``params.max_message_length``).
+    """
+    if not _HEAD + _LENGTH <= len(data) <= params.max_message_length:
         raise InvalidPacket(DropReason.BAD_COMMAND)
-    offset = _HEAD
-    surb = None
-    if data[1] & FLAG_ACK:
-        surb = data[offset:offset + params.surb_length]
-        offset += params.surb_length
+    if data[0] != ENVELOPE_VERSION or data[1] & ~FLAG_ACK:
+        raise InvalidPacket(DropReason.BAD_COMMAND)
+    surb_length = params.surb_length if data[1] & FLAG_ACK else 0
+    offset = _HEAD + surb_length
+    if len(data) < offset + _LENGTH:
+        raise InvalidPacket(DropReason.BAD_COMMAND)
     length = int.from_bytes(data[offset:offset + _LENGTH], "big")
     body = data[offset + _LENGTH:]
-    if len(body) != length or (surb is not None and len(surb) != params.surb_length):
+    if len(body) != length:
         raise InvalidPacket(DropReason.BAD_COMMAND)
-    return Envelope(surb, body)
+    return Envelope(data[_HEAD:offset] if surb_length else None, body)
