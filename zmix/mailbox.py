@@ -5,129 +5,284 @@ returns only after the item is committed, so an acknowledgement sent after it ne
 message a crash could lose. Fetching never deletes; the client's FETCH_ACK does, so a fetch answer
 lost on the way loses nothing and the next fetch returns the same items. Each client has a quota
 (a full mailbox refuses new items, it never drops old ones) and items expire after a TTL.
+
+Item ids come from ``AUTOINCREMENT``, so an id is never handed out twice, even after the newest
+items were deleted: a client's late acknowledgement can never delete a newer item by mistake.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from zmix.errors import ConfigError, LocalMisuse, ZmixError
 from zmix.wire import ItemKind, MailboxItem
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after deletes
-    client BLOB NOT NULL,
-    kind INTEGER NOT NULL,
-    surb_id BLOB NOT NULL,
-    payload BLOB NOT NULL,
-    stored_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS items_by_client ON items (client, id);
-CREATE TABLE IF NOT EXISTS clients (id BLOB PRIMARY KEY, registered_at REAL NOT NULL);
-"""
+SCHEMA_VERSION = 2
+ID_BYTES = 16  # client ids and SURB ids
+_MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer; a larger id cannot name an item
+_ACK_CHUNK = 500  # ids per statement, well under SQLite's host-parameter limit
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        surb_id BLOB NOT NULL,
+        payload BLOB NOT NULL,
+        stored_at REAL NOT NULL)""",
+    "CREATE INDEX items_by_client ON items (client, id)",
+    "CREATE INDEX items_by_age ON items (stored_at)",
+    "CREATE TABLE clients (id BLOB PRIMARY KEY)",
+)
+# Version 1 kept a registration time per client and had no index for expiry.
+_FROM_V1 = (
+    "CREATE TABLE clients_v2 (id BLOB PRIMARY KEY)",
+    "INSERT INTO clients_v2 SELECT id FROM clients",
+    "DROP TABLE clients",
+    "ALTER TABLE clients_v2 RENAME TO clients",
+    "CREATE INDEX IF NOT EXISTS items_by_age ON items (stored_at)",
+)
+
+NewItem = tuple[bytes, ItemKind, bytes, bytes]
+"""``(client, kind, surb_id, payload)``: one item for :meth:`Mailbox.store_many`."""
+
+_COUNTERS = ("stored", "refused_full", "fetched", "acked", "expired", "foreign_ack_ignored",
+             "ack_unknown")
+
+
+class StorageError(ZmixError):
+    """SQLite could not commit (disk full, I/O error): nothing of the operation was kept."""
 
 
 class Mailbox:
-    """The mailboxes of one provider's clients."""
+    """The mailboxes of one provider's clients, in one SQLite file."""
 
     def __init__(self, path: Path, *, quota: int, ttl: float) -> None:
+        """Open (or create) the database at ``path``.
+
+        Raises ConfigError if the file has a schema this version cannot read, LocalMisuse on a
+        quota below 1 or a TTL that is not positive.
+        """
+        if quota < 1 or not ttl > 0:
+            raise LocalMisuse(f"mailbox quota must be >= 1 and ttl > 0, got {quota}, {ttl}")
         self.path = path
         self.quota = quota
         self.ttl = ttl
+        # isolation_level=None: this class issues BEGIN/COMMIT itself, so a store is on disk when
+        # it returns and not whenever the sqlite3 module decides to commit.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: mailbox schema {row[0]}, this zmix reads "
-                               f"{SCHEMA_VERSION}")
+        try:
+            self._open_schema()
+        except BaseException:
+            self._db.close()
+            raise
         self._counts: Counter[str] = Counter()
-        self._sizes: dict[bytes, int] = dict(self._db.execute(
-            "SELECT client, COUNT(*) FROM items GROUP BY client").fetchall())
+        self._sizes: dict[bytes, int] = {
+            bytes(client): int(n) for client, n in
+            self._db.execute("SELECT client, COUNT(*) FROM items GROUP BY client")}
+
+    def _open_schema(self) -> None:
+        with self._transaction():
+            has_meta = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            if not has_meta:
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                return
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            version = row[0] if row else None
+            if version == 1:
+                for statement in _FROM_V1:
+                    self._db.execute(statement)
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(str(self.path), "meta.schema",
+                                  f"mailbox schema {version}, this zmix reads 1..{SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Run the block in one write transaction; StorageError if SQLite cannot commit it."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StorageError(f"{self.path}: {exc}") from exc
+            raise
 
     def store(self, client: bytes, kind: ItemKind, surb_id: bytes, payload: bytes,
               now: float) -> int | None:
-        """Commit one item to ``client``'s mailbox; return its id, or None if the box is full."""
-        if self._sizes.get(client, 0) >= self.quota:
-            self._counts["refused_full"] += 1
-            return None
+        """Commit one item to ``client``'s mailbox and return its id; None if the box is full.
+
+        Raises StorageError if the commit failed (nothing was stored), LocalMisuse on an id that
+        is not 16 bytes.
+        """
+        return self.store_many([(client, kind, surb_id, payload)], now)[0]
+
+    def store_many(self, items: Sequence[NewItem], now: float) -> list[int | None]:
+        """Commit several items in one transaction (one disk sync) and return their ids in order.
+
+        An item whose client's mailbox is full gets None; the others are stored. Raises
+        StorageError if the commit failed (none was stored), LocalMisuse on a malformed item.
+        """
+        for client, kind, surb_id, _ in items:
+            _check_item(client, kind, surb_id)
+        wanted = Counter(item[0] for item in items)
+        if any(self.count(c) + n > self.quota for c, n in wanted.items()):
+            self.expire(now)  # expired items still on disk must not hold a mailbox full
+        ids: list[int | None] = []
+        added: Counter[bytes] = Counter()
+        with self._transaction():
+            for client, kind, surb_id, payload in items:
+                if self.count(client) + added[client] >= self.quota:
+                    ids.append(None)
+                    continue
+                ids.append(self._insert(client, kind, surb_id, payload, now))
+                added[client] += 1
+        for client, n in added.items():  # only after the commit succeeded
+            self._adjust(client, n)
+        self._counts["stored"] += sum(added.values())
+        self._counts["refused_full"] += len(ids) - sum(added.values())
+        return ids
+
+    def _insert(self, client: bytes, kind: ItemKind, surb_id: bytes, payload: bytes,
+                now: float) -> int:
         cursor = self._db.execute(
             "INSERT INTO items (client, kind, surb_id, payload, stored_at) VALUES (?,?,?,?,?)",
             (client, int(kind), surb_id, payload, now))
-        self._sizes[client] = self._sizes.get(client, 0) + 1
-        self._counts["stored"] += 1
-        item_id = cursor.lastrowid
-        assert item_id is not None
-        return item_id
+        if cursor.lastrowid is None:  # pragma: no cover - an INSERT always sets it
+            raise StorageError(f"{self.path}: no row id after INSERT")
+        return cursor.lastrowid
 
     def fetch(self, client: bytes, limit: int, now: float) -> tuple[list[MailboxItem], int]:
-        """Return up to ``limit`` of ``client``'s oldest unexpired items and how many remain."""
+        """Return up to ``limit`` of ``client``'s oldest unexpired items and how many follow them.
+
+        Nothing is deleted: the same items come back until they are acknowledged. LocalMisuse if
+        ``limit`` is negative.
+        """
+        if limit < 0:
+            raise LocalMisuse(f"fetch limit must be >= 0, got {limit}")
+        cutoff = now - self.ttl
         rows = self._db.execute(
             "SELECT id, kind, surb_id, payload FROM items WHERE client=? AND stored_at>=? "
-            "ORDER BY id LIMIT ?", (client, now - self.ttl, limit)).fetchall()
+            "ORDER BY id LIMIT ?", (client, cutoff, limit)).fetchall()
         items = [MailboxItem(r[0], ItemKind(r[1]), r[2], r[3]) for r in rows]
+        last = items[-1].item_id if items else 0
+        (remaining,) = self._db.execute(
+            "SELECT COUNT(*) FROM items WHERE client=? AND stored_at>=? AND id>?",
+            (client, cutoff, last)).fetchone()
         self._counts["fetched"] += len(items)
-        remaining = max(0, self._sizes.get(client, 0) - len(items))
         return items, remaining
 
     def ack(self, client: bytes, item_ids: Sequence[int]) -> int:
-        """Delete ``client``'s items among ``item_ids``; return how many were deleted.
+        """Delete ``client``'s items among ``item_ids`` and return how many were deleted.
 
-        Ids of other clients' items are ignored (and counted).
+        Ids of other clients' items are left alone and counted (``foreign_ack_ignored``); ids of
+        no item (already deleted or expired: a repeated ack) are counted as ``ack_unknown``.
+        Raises StorageError if the deletion could not be committed (nothing was deleted).
         """
-        if not item_ids:
-            return 0
-        marks = ",".join("?" * len(item_ids))
-        cursor = self._db.execute(f"DELETE FROM items WHERE client=? AND id IN ({marks})",  # noqa: S608 - only placeholders
-                                  (client, *item_ids))
-        deleted = cursor.rowcount
-        self._sizes[client] = max(0, self._sizes.get(client, 0) - deleted)
+        unique = set(item_ids)
+        valid = sorted(i for i in unique if 0 < i <= _MAX_ROW_ID)
+        deleted = foreign = 0
+        if valid:
+            with self._transaction():
+                for start in range(0, len(valid), _ACK_CHUNK):
+                    chunk = valid[start:start + _ACK_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    (others,) = self._db.execute(
+                        f"SELECT COUNT(*) FROM items WHERE client!=? AND id IN ({marks})",  # noqa: S608 - placeholders only
+                        (client, *chunk)).fetchone()
+                    cursor = self._db.execute(
+                        f"DELETE FROM items WHERE client=? AND id IN ({marks})",  # noqa: S608 - placeholders only
+                        (client, *chunk))
+                    foreign += others
+                    deleted += cursor.rowcount
+        self._adjust(client, -deleted)
         self._counts["acked"] += deleted
-        self._counts["foreign_ack_ignored"] += len(set(item_ids)) - deleted
+        self._counts["foreign_ack_ignored"] += foreign
+        self._counts["ack_unknown"] += len(unique) - deleted - foreign
         return deleted
 
     def expire(self, now: float) -> int:
-        """Delete every item older than the TTL; return how many."""
+        """Delete every item stored more than ``ttl`` seconds before ``now``; return how many.
+
+        Raises StorageError if the deletion could not be committed.
+        """
         cutoff = now - self.ttl
-        victims = self._db.execute("SELECT client, COUNT(*) FROM items WHERE stored_at<? "
-                                   "GROUP BY client", (cutoff,)).fetchall()
-        if not victims:
+        # The cheap indexed probe keeps the common case (nothing to expire) free of a write.
+        if self._db.execute("SELECT 1 FROM items WHERE stored_at<? LIMIT 1",
+                            (cutoff,)).fetchone() is None:
             return 0
-        self._db.execute("DELETE FROM items WHERE stored_at<?", (cutoff,))
-        total = 0
-        for client, count in victims:
-            self._sizes[client] = max(0, self._sizes.get(client, 0) - count)
-            total += count
+        with self._transaction():
+            victims = self._db.execute("SELECT client, COUNT(*) FROM items WHERE stored_at<? "
+                                       "GROUP BY client", (cutoff,)).fetchall()
+            self._db.execute("DELETE FROM items WHERE stored_at<?", (cutoff,))
+        for client, n in victims:
+            self._adjust(client, -n)
+        total = sum(int(n) for _, n in victims)
         self._counts["expired"] += total
         return total
 
+    def _adjust(self, client: bytes, delta: int) -> None:
+        size = self.count(client) + delta
+        if size > 0:
+            self._sizes[client] = size
+        else:  # forget empty mailboxes so the cache does not grow with every client ever seen
+            self._sizes.pop(client, None)
+
     def count(self, client: bytes) -> int:
-        """Return how many items ``client``'s mailbox holds."""
+        """Return how many items ``client``'s mailbox holds (expired ones until expire() runs)."""
         return self._sizes.get(client, 0)
 
-    def register(self, client: bytes, now: float) -> None:
-        """Remember a client admitted at run time (open registration)."""
-        self._db.execute("INSERT OR IGNORE INTO clients VALUES (?, ?)", (client, now))
+    def register(self, client: bytes) -> None:
+        """Remember a client admitted at run time (open registration); StorageError on failure."""
+        _check_id("client id", client)
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO clients VALUES (?)", (client,))
 
     def registered(self) -> list[bytes]:
         """Return the clients admitted at run time."""
         return [row[0] for row in self._db.execute("SELECT id FROM clients")]
 
+    def durability(self) -> dict[str, str]:
+        """Return the settings in force: ``journal_mode`` (wal) and ``synchronous`` (FULL)."""
+        (journal,) = self._db.execute("PRAGMA journal_mode").fetchone()
+        (level,) = self._db.execute("PRAGMA synchronous").fetchone()
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return {"journal_mode": str(journal), "synchronous": names.get(level, str(level))}
+
     def statistics(self) -> dict[str, int]:
-        """Return stored, refused_full, fetched, acked, expired, foreign_ack_ignored, items."""
-        stats = {k: self._counts[k] for k in ("stored", "refused_full", "fetched", "acked",
-                                               "expired", "foreign_ack_ignored")}
+        """Return the counters since opening and ``items``, the number of items held now.
+
+        Counters: stored, refused_full, fetched, acked, expired, foreign_ack_ignored, ack_unknown.
+        """
+        stats = {name: self._counts[name] for name in _COUNTERS}
         stats["items"] = sum(self._sizes.values())
         return stats
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (every store was already committed)."""
         self._db.close()
+
+
+def _check_id(name: str, value: bytes) -> None:
+    if len(value) != ID_BYTES:
+        raise LocalMisuse(f"a {name} is {ID_BYTES} bytes, got {len(value)}")
+
+
+def _check_item(client: bytes, kind: ItemKind, surb_id: bytes) -> None:
+    _check_id("client id", client)
+    _check_id("SURB id", surb_id)
+    if not isinstance(kind, ItemKind):
+        raise LocalMisuse(f"kind must be an ItemKind, got {kind!r}")
