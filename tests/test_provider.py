@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,13 @@ from zmix import crypto
 from zmix.bench.common import make_network
 from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
 from zmix.keys import load_directory
+from zmix.mailbox import Mailbox, NewItem, StorageError
+from zmix.provider import ProviderCore
 from zmix.sphinx import (
     FinalDelivery,
     ForwardHop,
     Hop,
+    SurbKeys,
     SurbReply,
     create_forward_packet,
     create_surb,
@@ -24,91 +28,210 @@ from zmix.sphinx import (
 from zmix.wire import Fetch, FetchAck, ItemKind
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
+SURB_ID = b"\x42" * 16
 
 
 @pytest.fixture
 def net(tmp_path: Path) -> SimNet:
-    topology, state = make_network(tmp_path, clients=CLIENTS, mailbox={"quota": 3})
+    topology, state = make_network(tmp_path, clients=CLIENTS,
+                                   mailbox={"quota": 3, "ttl": 100.0, "fetch_slots": 2})
     return SimNet(topology, state)
 
 
+def provider_of(net: SimNet, name: str) -> ProviderCore:
+    return net.providers[net.topology.node(name).id]
+
+
 def final_for(net: SimNet, recipient: bytes, message: bytes) -> FinalDelivery:
+    """Return what provider-2 gets from a packet that was sent along a full forward route."""
     topo = net.topology
     keys = load_directory(net.state, topo)
-    p2 = topo.node("provider-2")
-    packet = create_forward_packet(topo.sphinx, [Hop(p2.id, keys["provider-2"].public_key)],
-                                   recipient, message)
-    result = process_packet(topo.sphinx, net.keys[p2.id], packet)
-    assert isinstance(result, FinalDelivery)
-    return result
-
-
-def ack_surb(net: SimNet) -> tuple[bytes, object]:
-    topo = net.topology
-    keys = load_directory(net.state, topo)
-    route = [Hop(n.id, keys[n.name].public_key) for n in (topo.layers[0][0], topo.layers[1][0],
-                                                           topo.layers[2][0],
-                                                           topo.node("provider-1"))]
-    surb, surb_keys = create_surb(topo.sphinx, route, topo.client("alice").id, b"\x42" * 16)
-    return surb.to_bytes(), surb_keys
-
-
-def test_a_stored_message_is_acknowledged_through_its_surb(net: SimNet) -> None:
-    topo = net.topology
-    bob, provider = topo.client("bob"), net.providers[topo.node("provider-2").id]
-    surb, surb_keys = ack_surb(net)
-    message = encode_envelope(topo.sphinx, Envelope(surb, b"for bob"))
-    [send] = provider.on_final(0.0, final_for(net, bob.id, message))
-    assert provider.on_fetch(0.0, bob.id, Fetch(7)).items[0].payload == b"for bob"
-    hop, packet = send.next_hop, send.packet
+    route = [Hop(n.id, keys[n.name].public_key, 0) for n in (
+        topo.node("provider-1"), topo.layers[0][1], topo.layers[1][0], topo.layers[2][1],
+        topo.node("provider-2"))]
+    hop, packet = route[0].node_id, create_forward_packet(topo.sphinx, route, recipient, message)
     while True:
         result = process_packet(topo.sphinx, net.keys[hop], packet)
         if not isinstance(result, ForwardHop):
             break
         hop, packet = result.next_hop, result.packet
+    assert isinstance(result, FinalDelivery) and hop == topo.node("provider-2").id
+    return result
+
+
+def ack_surb(net: SimNet) -> tuple[bytes, SurbKeys]:
+    """Return an ack SURB for alice (route: the three layers, then her provider) and its keys."""
+    topo = net.topology
+    keys = load_directory(net.state, topo)
+    route = [Hop(n.id, keys[n.name].public_key, 0) for n in (
+        topo.layers[0][0], topo.layers[1][0], topo.layers[2][0], topo.node("provider-1"))]
+    surb, surb_keys = create_surb(topo.sphinx, route, topo.client("alice").id, SURB_ID)
+    return surb.to_bytes(), surb_keys
+
+
+def message(net: SimNet, body: bytes, surb: bytes | None = None) -> bytes:
+    return encode_envelope(net.topology.sphinx, Envelope(surb, body))
+
+
+def follow(net: SimNet, hop: bytes, packet: bytes) -> tuple[bytes, FinalDelivery | SurbReply]:
+    while True:
+        result = process_packet(net.topology.sphinx, net.keys[hop], packet)
+        if not isinstance(result, ForwardHop):
+            return hop, result
+        hop, packet = result.next_hop, result.packet
+
+
+def test_a_stored_message_is_acknowledged_through_its_surb(net: SimNet) -> None:
+    topo = net.topology
+    alice, bob = topo.client("alice"), topo.client("bob")
+    surb, surb_keys = ack_surb(net)
+    [send] = provider_of(net, "provider-2").on_final(0.0, final_for(
+        net, bob.id, message(net, b"for bob", surb)))
+    assert send.delay == 0.0 and send.next_hop == topo.layers[0][0].id
+    [item] = provider_of(net, "provider-2").on_fetch(0.0, bob.id, Fetch(7)).items
+    assert item.kind is ItemKind.MESSAGE and item.payload == b"for bob"
+    hop, result = follow(net, send.next_hop, send.packet)
     assert isinstance(result, SurbReply) and hop == topo.node("provider-1").id
-    assert open_surb_reply(topo.sphinx, surb_keys, result.payload) == ACK_PAYLOAD  # type: ignore[arg-type]
+    assert result.recipient == alice.id and result.surb_id == SURB_ID
+    assert open_surb_reply(topo.sphinx, surb_keys, result.payload) == ACK_PAYLOAD
+    assert provider_of(net, "provider-1").on_surb_reply(0.0, result) == []
+    [ack] = provider_of(net, "provider-1").on_fetch(0.0, alice.id, Fetch(8)).items
+    assert ack.kind is ItemKind.REPLY and ack.surb_id == SURB_ID
+    assert open_surb_reply(topo.sphinx, surb_keys, ack.payload) == ACK_PAYLOAD
+
+
+def test_a_message_without_an_ack_surb_is_stored_and_answered_by_nothing(net: SimNet) -> None:
+    bob = net.topology.client("bob")
+    provider = provider_of(net, "provider-2")
+    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"quiet"))) == []
+    assert provider.statistics()["messages_stored"] == 1
+    assert provider.statistics()["acks_sent"] == 0
 
 
 def test_a_drop_packet_is_discarded_and_counted(net: SimNet) -> None:
-    topo = net.topology
-    p2 = topo.node("provider-2")
-    provider = net.providers[p2.id]
+    p2 = net.topology.node("provider-2")
+    provider = provider_of(net, "provider-2")
     assert provider.on_final(0.0, final_for(net, p2.id, crypto.random_bytes(100))) == []
     assert provider.statistics()["drops_received"] == 1
     assert provider.statistics()["messages_stored"] == 0
 
 
-def test_a_full_mailbox_sends_no_ack_so_the_sender_retries(net: SimNet) -> None:
-    topo = net.topology
-    bob, provider = topo.client("bob"), net.providers[topo.node("provider-2").id]
-    for i in range(3):
-        provider.on_final(0.0, final_for(net, bob.id, encode_envelope(
-            topo.sphinx, Envelope(None, b"%d" % i))))
+def test_a_delivery_for_someone_else_is_an_unexpected_delivery(net: SimNet) -> None:
+    provider = provider_of(net, "provider-2")
+    alice = net.topology.client("alice").id  # provider-1's client, not provider-2's
     surb, _ = ack_surb(net)
-    full = encode_envelope(topo.sphinx, Envelope(surb, b"no room"))
-    assert provider.on_final(0.0, final_for(net, bob.id, full)) == []
+    assert provider.on_final(0.0, final_for(net, alice, message(net, b"x", surb))) == []
+    assert provider.on_surb_reply(0.0, SurbReply(alice, SURB_ID, 0, b"p", b"t")) == []
+    stats = provider.statistics()
+    assert stats["unexpected_delivery"] == 2 and stats["acks_sent"] == 0
+
+
+def test_a_malformed_envelope_is_counted_and_neither_stored_nor_acknowledged(
+        net: SimNet) -> None:
+    bob = net.topology.client("bob")
+    provider = provider_of(net, "provider-2")
+    assert provider.on_final(0.0, final_for(net, bob.id, b"\x01\x07garbage")) == []
+    assert provider.statistics()["bad_envelope"] == 1
+    assert provider.on_fetch(0.0, bob.id, Fetch(1)).items == ()
+
+
+def test_an_unusable_ack_surb_keeps_the_message_and_is_counted(net: SimNet) -> None:
+    bob = net.topology.client("bob")
+    provider = provider_of(net, "provider-2")
+    bogus = bytes(net.topology.sphinx.surb_length)
+    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"kept", bogus))) == []
+    assert provider.statistics()["bad_ack_surb"] == 1
+    assert provider.on_fetch(0.0, bob.id, Fetch(1)).items[0].payload == b"kept"
+
+
+def test_a_full_mailbox_sends_no_ack_so_the_sender_retries(net: SimNet) -> None:
+    bob = net.topology.client("bob")
+    provider = provider_of(net, "provider-2")
+    for i in range(3):
+        provider.on_final(0.0, final_for(net, bob.id, message(net, b"%d" % i)))
+    surb, _ = ack_surb(net)
+    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"no room", surb))) == []
     assert provider.statistics()["refused_full"] == 1
+    assert provider.statistics()["acks_sent"] == 0
+
+
+class FailingMailbox(Mailbox):
+    """A mailbox whose disk is full."""
+
+    def store_many(self, items: Sequence[NewItem], now: float) -> list[int | None]:
+        raise StorageError("disk full")
+
+
+def test_a_message_that_could_not_be_committed_is_not_acknowledged(
+        net: SimNet, tmp_path: Path) -> None:
+    topo = net.topology
+    bob = topo.client("bob")
+    box = FailingMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
+    provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
+    surb, _ = ack_surb(net)
+    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"lost", surb))) == []
+    assert provider.statistics()["store_failed"] == 1
+    assert provider.statistics()["acks_sent"] == 0
 
 
 def test_a_client_can_fetch_and_ack_only_its_own_mailbox(net: SimNet) -> None:
     topo = net.topology
-    bob, provider = topo.client("bob"), net.providers[topo.node("provider-2").id]
-    provider.on_final(0.0, final_for(net, bob.id, encode_envelope(topo.sphinx,
-                                                                 Envelope(None, b"secret"))))
+    bob, provider = topo.client("bob"), provider_of(net, "provider-2")
+    provider.on_final(0.0, final_for(net, bob.id, message(net, b"secret")))
     alice = topo.client("alice").id
     assert provider.on_fetch(0.0, alice, Fetch(1)).items == ()
     [item] = provider.on_fetch(0.0, bob.id, Fetch(2)).items
     assert provider.on_fetch_ack(0.0, alice, FetchAck(3, (item.item_id,))).deleted == 0
     assert provider.statistics()["fetch_refused"] == 2
     assert provider.on_fetch_ack(0.0, bob.id, FetchAck(4, (item.item_id,))).deleted == 1
+    assert provider.on_fetch(0.0, bob.id, Fetch(5)).items == ()
+
+
+def test_a_fetch_answers_at_most_fetch_slots_items_and_says_how_many_remain(net: SimNet) -> None:
+    bob, provider = net.topology.client("bob"), provider_of(net, "provider-2")
+    for body in (b"1", b"2", b"3"):
+        provider.on_final(0.0, final_for(net, bob.id, message(net, body)))
+    reply = provider.on_fetch(0.0, bob.id, Fetch(9))
+    assert reply.request_id == 9 and [i.payload for i in reply.items] == [b"1", b"2"]
+    assert reply.remaining == 1
+    assert provider.on_fetch(0.0, bob.id, Fetch(10)).items == reply.items  # not yet acked
+    acked = provider.on_fetch_ack(0.0, bob.id, FetchAck(11, tuple(i.item_id for i in reply.items)))
+    assert acked.request_id == 11 and acked.deleted == 2
+    assert [i.payload for i in provider.on_fetch(0.0, bob.id, Fetch(12)).items] == [b"3"]
+
+
+def test_a_fetch_deletes_expired_items_first(net: SimNet) -> None:
+    bob, provider = net.topology.client("bob"), provider_of(net, "provider-2")
+    provider.on_final(0.0, final_for(net, bob.id, message(net, b"old")))
+    provider.on_final(60.0, final_for(net, bob.id, message(net, b"new")))
+    reply = provider.on_fetch(130.0, bob.id, Fetch(1))
+    assert [i.payload for i in reply.items] == [b"new"] and reply.remaining == 0
+    # Deleted, not only hidden: even a fetch with an earlier clock no longer sees it.
+    assert [i.payload for i in provider.on_fetch(0.0, bob.id, Fetch(2)).items] == [b"new"]
 
 
 def test_a_surb_reply_for_a_client_is_stored_as_a_reply_item(net: SimNet) -> None:
-    topo = net.topology
-    alice = topo.client("alice")
-    provider = net.providers[topo.node("provider-1").id]
-    reply = SurbReply(alice.id, b"\x07" * 16, 0, bytes(topo.sphinx.payload_length), b"t")
+    alice = net.topology.client("alice")
+    provider = provider_of(net, "provider-1")
+    reply = SurbReply(alice.id, b"\x07" * 16, 0, bytes(net.topology.sphinx.payload_length), b"t")
     provider.on_surb_reply(0.0, reply)
     [item] = provider.on_fetch(0.0, alice.id, Fetch(1)).items
     assert item.kind is ItemKind.REPLY and item.surb_id == b"\x07" * 16
+    assert provider.statistics()["replies_stored"] == 1
+
+
+def test_a_registered_client_gets_mail_and_stays_registered_after_a_restart(
+        net: SimNet, tmp_path: Path) -> None:
+    topo = net.topology
+    path = tmp_path / "p2.sqlite"
+    newcomer = b"\x99" * 16
+    p2 = topo.node("provider-2")
+    box = Mailbox(path, quota=3, ttl=100.0)
+    provider = ProviderCore(topo.sphinx, p2.id, set(), box, topo.mailbox)
+    assert provider.on_fetch(0.0, newcomer, Fetch(1)).items == ()
+    provider.register(newcomer)
+    provider.on_final(0.0, final_for(net, newcomer, message(net, b"welcome")))
+    box.close()
+    again = ProviderCore(topo.sphinx, p2.id, set(), Mailbox(path, quota=3, ttl=100.0),
+                         topo.mailbox)
+    assert [i.payload for i in again.on_fetch(0.0, newcomer, Fetch(2)).items] == [b"welcome"]
