@@ -268,10 +268,16 @@ class MailboxModel(RuleBasedStateMachine):
     def expire(self) -> None:
         assert self.box.expire(self.now) == self.expire_model()
 
+    @rule()
+    def reopen(self) -> None:
+        self.box.close()
+        self.box = Mailbox(self.dir / "m.sqlite", quota=4, ttl=10.0)
+
     @invariant()
     def counts_match(self) -> None:
         for client in (ALICE, BOB):
             assert self.box.count(client) == len(self.held(client))
+        assert self.box.statistics()["items"] == len(self.model)
 
 
 MailboxModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
