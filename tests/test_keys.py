@@ -305,9 +305,6 @@ def test_ensure_keys_accepts_the_state_directorys_own_copy(state: Path) -> None:
     assert ensure_keys(state, load_topology(state / "topology.yaml")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="zmix/keys.py ensure_keys skips a member whose private file "
-                   "exists, so a public file lost (e.g. a crash between the two writes) is never "
-                   "written again and load_directory fails")
 def test_ensure_keys_restores_a_missing_public_file(state: Path, topology: Topology) -> None:
     (state / "public" / "a1.json").unlink()
     ensure_keys(state, topology)

@@ -74,7 +74,9 @@ def _generate(network: str, name: str, role: str) -> tuple[dict[str, str], dict[
 def ensure_keys(state_dir: Path, topology: Topology) -> list[str]:
     """Generate the keys every node and client of ``topology`` is missing; return their names.
 
-    Copies the topology file to ``state_dir/topology.yaml`` if there is none. Raises ConfigError
+    A public file lost while its private file survived (a crash between the two writes, a
+    careless ``rm``) is written again from the private file, which keeps the identity. Copies
+    the topology file to ``state_dir/topology.yaml`` if there is none. Raises ConfigError
     if the state directory holds another network's topology.
     """
     public_dir, private_dir = state_dir / "public", state_dir / "private"
@@ -87,12 +89,24 @@ def ensure_keys(state_dir: Path, topology: Topology) -> list[str]:
     generated = []
     for name, role in members:
         if (private_dir / f"{name}.json").exists():
+            if not (public_dir / f"{name}.json").exists():
+                _restore_public(state_dir, topology.network, name, role)
             continue
         public, private = _generate(topology.network, name, role)
         _write_new(private_dir / f"{name}.json", private, 0o600)
         _write_new(public_dir / f"{name}.json", public, 0o644)
         generated.append(name)
     return generated
+
+
+def _restore_public(state_dir: Path, network: str, name: str, role: str) -> None:
+    own = load_private(state_dir, name)
+    if own.id != entity_id(network, name):
+        raise ConfigError(str(state_dir / "private" / f"{name}.json"), "id",
+                          f"is not the id of {name!r} in network {network!r}")
+    public = {"name": name, "role": role, "id": own.id.hex(), "public_key": own.public_key.hex(),
+              "curve_public": own.curve_public.hex()}
+    _write_new(state_dir / "public" / f"{name}.json", public, 0o644)
 
 
 def _check_or_copy_topology(state_dir: Path, topology: Topology) -> None:

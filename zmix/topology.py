@@ -23,7 +23,7 @@ from zmix import crypto
 from zmix.errors import ConfigError
 from zmix.sphinx import SphinxParams
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 T = TypeVar("T")
 
 
@@ -181,6 +181,13 @@ class _Reader:
     def sub(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
 
+    def section(self, name: str) -> _Reader:
+        """Read the mapping under ``name``; absent or null is an empty section, any other
+        non-mapping (even an empty list or ``false``) is an error."""
+        self.used.add(name)
+        value = self.data.get(name)
+        return _Reader(self.path, self.sub(name), {} if value is None else value)
+
     def get(self, name: str, conv: Callable[[str, object], T], default: T | None = None,
             required: bool = False) -> T:
         self.used.add(name)
@@ -223,8 +230,7 @@ def parse_topology(data: object, path: str) -> Topology:
     loopix = _loopix(path, top)
     mailbox = _mailbox(path, top)
     node = _node_params(path, top)
-    defaults = _Reader(path, "defaults", top.data.get("defaults") or {})
-    top.used.add("defaults")
+    defaults = top.section("defaults")
     host = defaults.get("host", _host, "127.0.0.1")
     base_port = defaults.get("base_port", _int_range(1, 65535), 31000)
     workers = defaults.get("workers", _int_range(1, 256), os.cpu_count() or 1)
@@ -256,8 +262,7 @@ def parse_topology(data: object, path: str) -> Topology:
 
 
 def _sphinx(path: str, top: _Reader) -> SphinxParams:
-    r = _Reader(path, "sphinx", top.data.get("sphinx") or {})
-    top.used.add("sphinx")
+    r = top.section("sphinx")
     params = SphinxParams(max_hops=r.get("max_hops", _int_range(3, 16), 5),
                           payload_length=r.get("payload_length", _int_range(512, 1 << 20), 2048))
     r.finish()
@@ -265,8 +270,7 @@ def _sphinx(path: str, top: _Reader) -> SphinxParams:
 
 
 def _loopix(path: str, top: _Reader) -> LoopixParams:
-    r = _Reader(path, "loopix", top.data.get("loopix") or {})
-    top.used.add("loopix")
+    r = top.section("loopix")
     d = LoopixParams()
     params = LoopixParams(
         mean_delay=r.get("mean_delay", _number(0.0), d.mean_delay),
@@ -285,8 +289,7 @@ def _loopix(path: str, top: _Reader) -> LoopixParams:
 
 
 def _mailbox(path: str, top: _Reader) -> MailboxParams:
-    r = _Reader(path, "mailbox", top.data.get("mailbox") or {})
-    top.used.add("mailbox")
+    r = top.section("mailbox")
     d = MailboxParams()
     params = MailboxParams(
         quota=r.get("quota", _int_range(1, 10**9), d.quota),
@@ -299,8 +302,7 @@ def _mailbox(path: str, top: _Reader) -> MailboxParams:
 
 
 def _node_params(path: str, top: _Reader) -> NodeParams:
-    r = _Reader(path, "node", top.data.get("node") or {})
-    top.used.add("node")
+    r = top.section("node")
     d = NodeParams()
     params = NodeParams(
         queue_limit=r.get("queue_limit", _int_range(1, 10**8), d.queue_limit),
@@ -374,7 +376,7 @@ def _unique(path: str, items: list[tuple[str, str]], what: str) -> None:
 
 
 def _name(key: str, value: object) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-', "
                           f"got {value!r}")
     return value
@@ -411,7 +413,11 @@ def _number(low: float, positive: bool = False) -> Callable[[str, object], float
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or value != value or value in (float("inf"), float("-inf")):
             raise ConfigError("", key, f"must be a number, got {value!r}")
-        number = float(value)  # type: ignore[arg-type]
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except OverflowError:
+            raise ConfigError("", key, f"must be a number within float range, got an integer "
+                              f"of {len(str(value))} digits") from None
         if positive and number <= low:
             raise ConfigError("", key, f"must be a number > {low:g}, got {value!r}")
         if number < low:
