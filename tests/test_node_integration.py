@@ -181,6 +181,38 @@ def test_a_killed_worker_is_replaced_and_the_node_keeps_forwarding(chain: Chain)
     assert len(_children(node_pid)) == 2
 
 
+def _worker(node_pid: int, index: int) -> int:
+    for pid in _children(node_pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[argv.index(b"--index") + 1] == str(index).encode():
+            return pid
+    raise AssertionError(f"no worker {index} under {node_pid}")
+
+
+def test_packets_held_by_a_dead_worker_are_written_off_not_waited_for(chain: Chain) -> None:
+    for i in range(4):  # both workers connected and answering
+        chain.send(chain.packet(f"warm {i}".encode()))
+    assert len(chain.receive(4)) == 4
+    _wait_stats(chain, "mix-a", lambda s: s["worker_processed"] >= 4)
+    node_pid = chain.launcher.pids()["mix-a"]
+    stuck = _worker(node_pid, 0)
+    os.kill(stuck, signal.SIGSTOP)  # worker 0 takes packets and never answers
+    try:
+        for i in range(10):
+            chain.send(chain.packet(f"m{i}".encode()))
+            time.sleep(0.02)
+        held = 10 - len(chain.receive(10, timeout=3))
+        assert held >= 1
+        assert _wait_stats(chain, "mix-a", lambda s: s["in_flight"] == held)["in_flight"] == held
+    finally:
+        os.kill(stuck, signal.SIGKILL)
+    stats = _wait_stats(chain, "mix-a", lambda s: s["worker_restarts"] >= 1)
+    assert stats["dropped_worker_lost"] == held and stats["in_flight"] == 0
+    for i in range(10):
+        chain.send(chain.packet(f"after {i}".encode()))
+    assert len(chain.receive(10)) == 10
+
+
 def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) -> None:
     for i in range(5):
         chain.send(chain.packet(f"before {i}".encode()))

@@ -46,6 +46,7 @@ class DropReason(enum.Enum):
     UNKNOWN_PEER = "unknown_peer"
     MAILBOX_FULL = "mailbox_full"
     SHUTDOWN = "shutdown"
+    WORKER_LOST = "worker_lost"
 
 
 class RemoteError(ZmixError):

@@ -4,7 +4,8 @@
 
 1. read frames from the ROUTER (while fewer than ``MAX_IN_FLIGHT`` packets are with the workers,
    so an overloaded node pushes back on its upstream links instead of growing without bound);
-2. PUSH each packet to the workers; PULL their results and hand them to the :class:`NodeCore`,
+2. PUSH the packets to the workers, in batches of what one read brought (at most ``JOB_BATCH``
+   per message, spread over the workers); PULL their results and hand them to the :class:`NodeCore`,
    which checks replay tags and delays and returns what to schedule;
 3. keep scheduled packets in the :class:`DelayQueue` (absolute due times) and send each on its
    next hop's DEALER when it is due; the poll timeout follows the next due time;
@@ -39,7 +40,7 @@ from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore, Scheduled
 from zmix.provider import ProviderCore
 from zmix.runtime import links, metrics
-from zmix.runtime.workers import WorkerPool, WorkerStats, decode_result, encode_job
+from zmix.runtime.workers import WorkerPool, WorkerStats, decode_result, encode_jobs, split_results
 from zmix.scheduler import DelayQueue
 from zmix.topology import ClientSpec, NodeSpec, Role, Topology, load_topology
 
@@ -47,6 +48,7 @@ LOG = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 4_096  # packets handed to workers and not yet back
 BATCH = 512  # frames read from one socket before looking at the others
+JOB_BATCH = 32  # packets in one message to a worker, at most
 POLL_CAP_MS = 100  # the loop wakes at least this often (signals, timers)
 HOUSEKEEPING_INTERVAL = 0.25  # seconds between statistics refreshes and worker checks
 HEARTBEAT_INTERVAL = 1.0  # an outbound link idle this long gets a HEARTBEAT frame
@@ -128,18 +130,20 @@ class NodeProcess:
         try:
             router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
                                        self.identity.curve_private, self.topology.network)
-            work, results, control = (ctx.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.REP))
-            sockets = [router, work, results, control]
-            for sock in (work, results, control):
+            work = [ctx.socket(zmq.PUSH) for _ in range(self.worker_count)]
+            results, control = ctx.socket(zmq.PULL), ctx.socket(zmq.REP)
+            sockets = [router, *work, results, control]
+            for sock in (*work, results, control):
                 sock.linger = 0
-            work.sndhwm = MAX_IN_FLIGHT * 2
-            work.bind(f"ipc://{ipc_dir}/work")
+            for index, sock in enumerate(work):
+                sock.sndhwm = MAX_IN_FLIGHT
+                sock.bind(f"ipc://{ipc_dir}/work-{index}")
             results.bind(f"ipc://{ipc_dir}/results")
             control.bind(f"ipc://{ipc_dir}/control")
             _write_atomically(metrics.control_path(self.state_dir, self.spec.name),
                               f"ipc://{ipc_dir}/control\n")
             pool = WorkerPool(self.state_dir, self.spec.name, self.worker_count,
-                              f"ipc://{ipc_dir}/work", f"ipc://{ipc_dir}/results")
+                              f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
             out = links.Links(ctx, self.spec.id, self.identity.curve_public,
                               self.identity.curve_private, self._resolve)
@@ -183,7 +187,7 @@ class _Loop:
     """The node loop proper; split from :class:`NodeProcess` to keep the set-up readable."""
 
     def __init__(self, node: NodeProcess, core: NodeCore, gate: links.KeyGate, pool: WorkerPool,
-                 out: links.Links, router: zmq.Socket[bytes], work: zmq.Socket[bytes],
+                 out: links.Links, router: zmq.Socket[bytes], work: list[zmq.Socket[bytes]],
                  results: zmq.Socket[bytes], control: zmq.Socket[bytes]) -> None:
         self.n = node
         self.core = core
@@ -195,14 +199,20 @@ class _Loop:
         self.next_housekeeping = 0.0
         self.next_heartbeat = 0.0
         self.next_expire = 0.0
+        self.jobs: list[tuple[float, bytes]] = []  # packets read, not yet pushed to the workers
+        self.outstanding = [0] * len(work)  # packets each worker holds
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.results, zmq.POLLIN)
-        poller.register(self.control, zmq.POLLIN)
+        # While MAX_IN_FLIGHT packets are with the workers the ROUTER is not read, so it must not
+        # be polled either: a readable socket that is never read makes every poll return at once.
+        reading, busy = zmq.Poller(), zmq.Poller()
+        for poller in (reading, busy):
+            poller.register(self.results, zmq.POLLIN)
+            poller.register(self.control, zmq.POLLIN)
+        reading.register(self.router, zmq.POLLIN)
         while not self.n.stopping:
             now = time.monotonic()
+            poller = reading if self.n._in_flight < MAX_IN_FLIGHT else busy
             ready = dict(poller.poll(self._timeout_ms(now)))
             if self.results in ready:
                 self._read_results()
@@ -210,6 +220,8 @@ class _Loop:
                 self._read_router()
             if self.control in ready:
                 metrics.answer_control(self.control, self.n.snapshot)
+            if self.jobs:  # left over when no worker could take them
+                self._push_jobs()
             now = time.monotonic()
             self._send_due(now)
             self._timers(now)
@@ -217,28 +229,56 @@ class _Loop:
 
     def _timeout_ms(self, now: float) -> int:
         timeout = self.n.queue.timeout_ms(now, POLL_CAP_MS)
+        if self.jobs:
+            timeout = min(timeout, 10)  # packets wait for a worker: try again soon
         loop_due = self.core.next_loop_due()
         if loop_due is not None:
             timeout = min(timeout, max(0, int((loop_due - now) * 1000) + 1))
-        if self.n._in_flight >= MAX_IN_FLIGHT:
-            timeout = min(timeout, 5)  # the router is not polled: come back for it soon
         return timeout
 
     # ------------------------------------------------------------------ inbound
 
     def _read_router(self) -> None:
-        for _ in range(BATCH):
+        try:
+            for _ in range(BATCH):
+                try:
+                    parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                try:
+                    self._on_frame(parts)
+                except Exception:  # a bug must cost one frame, not the node
+                    LOG.exception("error while handling a frame; dropped")
+                    self.n._counts["internal_errors"] += 1
+                if self.n._in_flight >= MAX_IN_FLIGHT:
+                    return
+        finally:
+            self._push_jobs()
+
+    def _push_jobs(self) -> None:
+        """Hand the packets read to the workers: one message per worker while that keeps a
+        message within ``JOB_BATCH`` packets, so every worker gets a share of a burst; each
+        message goes to the worker holding the fewest packets. Packets no worker can take now
+        (all gone or full) wait for the next turn of the loop."""
+        jobs = self.jobs
+        if not jobs:
+            return
+        size = min(JOB_BATCH, -(-len(jobs) // len(self.work)))
+        start = 0
+        while start < len(jobs) and self._send_jobs(jobs[start:start + size]):
+            start += size
+        self.jobs = jobs[start:]
+
+    def _send_jobs(self, chunk: list[tuple[float, bytes]]) -> bool:
+        message = encode_jobs(chunk)
+        for index in sorted(range(len(self.work)), key=self.outstanding.__getitem__):
             try:
-                parts = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                self._on_frame(parts)
-            except Exception:  # a bug must cost one frame, not the node
-                LOG.exception("error while handling a frame; dropped")
-                self.n._counts["internal_errors"] += 1
-            if self.n._in_flight >= MAX_IN_FLIGHT:
-                return
+                self.work[index].send(message, zmq.NOBLOCK)
+            except zmq.Again:  # that worker is gone (no peer) or full
+                continue
+            self.outstanding[index] += len(chunk)
+            return True
+        return False
 
     def _on_frame(self, parts: list[zmq.Frame]) -> None:
         now = time.monotonic()
@@ -257,7 +297,7 @@ class _Loop:
             return
         if isinstance(frame, wire.Packet):
             self.n._counts["received"] += 1
-            self.work.send(encode_job(now, frame.packet))
+            self.jobs.append((now, frame.packet))
             self.n._in_flight += 1
         elif isinstance(frame, wire.Heartbeat):
             self.n._counts["heartbeats_received"] += 1
@@ -298,26 +338,36 @@ class _Loop:
     def _read_results(self) -> None:
         for _ in range(BATCH):
             try:
-                frame = self.results.recv(zmq.NOBLOCK)
+                message = self.results.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            arrival, value = decode_result(frame)
-            if isinstance(value, WorkerStats):
-                self.pool.record(value)
-                continue
-            self.n._in_flight = max(0, self.n._in_flight - 1)
-            if isinstance(value, DropReason):
-                self.core.on_invalid(value)
-                continue
-            try:
-                scheduled = self.core.on_result(arrival, value)
-            except Exception:  # a bug must cost one packet, not the node
-                LOG.exception("error while handling a processed packet; dropped")
-                self.n._counts["internal_errors"] += 1
-                continue
-            for item in scheduled:
-                if not self.n.queue.push(item.due, item):
-                    self.core.on_invalid(DropReason.QUEUE_FULL)
+            index, pid, frames = split_results(message)
+            packets = sum([self._on_result(frame) for frame in frames])
+            # A dead worker's packets were written off when it was replaced (worker_lost);
+            # results it sent before dying are still used but no longer counted as held.
+            if packets and index < len(self.outstanding) and pid == self.pool.pid(index):
+                self.outstanding[index] = max(0, self.outstanding[index] - packets)
+                self.n._in_flight = max(0, self.n._in_flight - packets)
+
+    def _on_result(self, frame: bytes) -> bool:
+        """Handle one result; return True if it was a packet's (not a worker's statistics)."""
+        arrival, value = decode_result(frame)
+        if isinstance(value, WorkerStats):
+            self.pool.record(value)
+            return False
+        if isinstance(value, DropReason):
+            self.core.on_invalid(value)
+            return True
+        try:
+            scheduled = self.core.on_result(arrival, value)
+        except Exception:  # a bug must cost one packet, not the node
+            LOG.exception("error while handling a processed packet; dropped")
+            self.n._counts["internal_errors"] += 1
+            return True
+        for item in scheduled:
+            if not self.n.queue.push(item.due, item):
+                self.core.on_invalid(DropReason.QUEUE_FULL)
+        return True
 
     # ------------------------------------------------------------------ outbound and timers
 
@@ -339,12 +389,21 @@ class _Loop:
             self._heartbeats(now)
             self.next_heartbeat = now + HEARTBEAT_INTERVAL
         if now >= self.next_housekeeping:
-            self.n._counts["worker_restarts"] += self.pool.check()
+            for index in self.pool.check():
+                self._worker_replaced(index)
             self.n.snapshot.update(self.statistics(now))
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
         if self.n.mailbox is not None and now >= self.next_expire:
             self.n.mailbox.expire(now)
             self.next_expire = now + EXPIRE_INTERVAL
+
+    def _worker_replaced(self, index: int) -> None:
+        lost, self.outstanding[index] = self.outstanding[index], 0
+        self.n._in_flight = max(0, self.n._in_flight - lost)
+        self.n._frame_drops[DropReason.WORKER_LOST.value] += lost
+        self.n._counts["worker_restarts"] += 1
+        if lost:
+            LOG.warning("worker %d died holding %d packets; they are lost", index, lost)
 
     def _heartbeats(self, now: float) -> None:
         beat = wire.encode(wire.Heartbeat(), params=self.params, slots=self.n._slots)

@@ -1,11 +1,21 @@
 """The Sphinx worker pool: processes that run ``process_packet`` for the node loop.
 
 The node loop PUSHes packets to the workers and PULLs their results back (zguide's ventilator and
-sink). Workers hold the node's private key and do only crypto; they keep no state, so a worker that
-dies is simply started again. Messages on these two local sockets are single binary frames:
+sink). Each worker has its own PUSH socket in the node (``work-INDEX``), so the node knows how many
+packets each worker holds: it gives a batch to the least loaded worker, and when a worker dies it
+knows how many packets were lost with it. Workers hold the node's private key and do only crypto;
+they keep no state, so a worker that dies is simply started again.
 
-    job     = arrival (f64 little-endian) || packet
-    result  = kind (1 byte) || arrival (f64) || fields...
+Messages on these local sockets are single binary frames, and each carries a batch: under load the
+node loop hands over every packet it read in one go, so the per-message cost of ZeroMQ (a wake-up
+of the I/O thread, a poll, a system call) is paid once per batch instead of once per packet. A
+quiet node sends batches of one, and waits for nothing.
+
+    job message     = job*                                     (as many as fit the batch)
+    job             = arrival (f64 little-endian) || packet    (8 + packet_length bytes)
+    result message  = index u32-le || pid u32-le || (length u32-le || result)*
+                                                (the worker's index and pid; one result per job)
+    result          = kind (1 byte) || arrival (f64) || fields...
         b"F" forward:  delay_us u64 | next_hop 16 | tag_len u8 | tag | packet
         b"D" deliver:  delay_us u64 | recipient 16 | tag_len u8 | tag | message
         b"R" reply:    delay_us u64 | recipient 16 | surb_id 16 | tag_len u8 | tag | payload
@@ -35,6 +45,8 @@ from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, proc
 Result = ForwardHop | FinalDelivery | SurbReply
 
 _ARRIVAL = struct.Struct("<d")
+_LENGTH = struct.Struct("<I")
+_FROM = struct.Struct("<II")  # worker index, worker pid
 _HEAD = struct.Struct("<cdQ16s")  # kind, arrival, delay_us, recipient-or-next-hop
 _STATS = struct.Struct("<cdIdQI")
 STATS_INTERVAL = 0.5  # seconds between a worker's utilisation reports
@@ -50,14 +62,47 @@ class WorkerStats:
     pid: int
 
 
-def encode_job(arrival: float, packet: bytes) -> bytes:
-    """Return the job frame for one packet that arrived at ``arrival``."""
-    return _ARRIVAL.pack(arrival) + packet
+def encode_jobs(jobs: list[tuple[float, bytes]]) -> bytes:
+    """Return the job message for packets given as ``(arrival, packet)``, all of one length."""
+    pack = _ARRIVAL.pack
+    return b"".join(pack(arrival) + packet for arrival, packet in jobs)
 
 
-def decode_job(frame: bytes) -> tuple[float, bytes]:
-    """Return ``(arrival, packet)`` from a job frame."""
-    return _ARRIVAL.unpack_from(frame)[0], frame[_ARRIVAL.size:]
+def decode_jobs(message: bytes, packet_length: int) -> list[tuple[float, bytes]]:
+    """Return the ``(arrival, packet)`` pairs of a job message; ValueError if the message is not
+    a whole number of jobs."""
+    size = _ARRIVAL.size + packet_length
+    if not message or len(message) % size:
+        raise ValueError(f"a job message is a multiple of {size} bytes, got {len(message)}")
+    unpack = _ARRIVAL.unpack_from
+    return [(unpack(message, at)[0], message[at + 8:at + size])
+            for at in range(0, len(message), size)]
+
+
+def join_results(index: int, pid: int, results: list[bytes]) -> bytes:
+    """Return the message in which worker ``index`` (process ``pid``) sends ``results`` (each
+    from :func:`encode_result` & co.)."""
+    pack = _LENGTH.pack
+    return _FROM.pack(index, pid) + b"".join(pack(len(result)) + result for result in results)
+
+
+def split_results(message: bytes) -> tuple[int, int, list[bytes]]:
+    """Return ``(index, pid, results)`` from a result message; ValueError if it is cut short."""
+    if len(message) < _FROM.size:
+        raise ValueError("a result message starts with the worker's index and pid")
+    index, pid = _FROM.unpack_from(message)
+    results, at, end = [], _FROM.size, len(message)
+    unpack = _LENGTH.unpack_from
+    while at < end:
+        if end - at < _LENGTH.size:
+            raise ValueError("a result message ends inside a length field")
+        (size,) = unpack(message, at)
+        at += _LENGTH.size
+        if size > end - at:
+            raise ValueError("a result runs past the end of its message")
+        results.append(message[at:at + size])
+        at += size
+    return index, pid, results
 
 
 def encode_result(arrival: float, result: Result) -> bytes:
@@ -118,7 +163,7 @@ def run_worker(
         sock.linger = 0
     pull.connect(work)
     push.connect(results)
-    parent = os.getppid()
+    parent, pid = os.getppid(), os.getpid()
     processed = 0
     next_report = 0.0
     try:
@@ -129,12 +174,14 @@ def run_worker(
                         frame = pull.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    push.send(_process(params, private_key, frame))
-                    processed += 1
+                    jobs = decode_jobs(frame, params.packet_length)
+                    push.send(join_results(index, pid, [_process(params, private_key, a, packet)
+                                                        for a, packet in jobs]))
+                    processed += len(jobs)
             now = time.monotonic()
             if now >= next_report:
-                stats = WorkerStats(index, time.process_time(), processed, os.getpid())
-                push.send(encode_stats(stats))
+                stats = WorkerStats(index, time.process_time(), processed, pid)
+                push.send(join_results(index, pid, [encode_stats(stats)]))
                 next_report = now + STATS_INTERVAL
     finally:
         pull.close()
@@ -142,8 +189,7 @@ def run_worker(
         ctx.term()
 
 
-def _process(params: SphinxParams, private_key: bytes, frame: bytes) -> bytes:
-    arrival, packet = decode_job(frame)
+def _process(params: SphinxParams, private_key: bytes, arrival: float, packet: bytes) -> bytes:
     try:
         return encode_result(arrival, process_packet(params, private_key, packet))
     except InvalidPacket as exc:
@@ -158,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zmix-worker")
     parser.add_argument("--state", required=True, type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--work", required=True)
+    parser.add_argument("--work", required=True, help="this worker's job socket")
     parser.add_argument("--results", required=True)
     parser.add_argument("--index", type=int, default=0)
     args = parser.parse_args(argv)
@@ -171,11 +217,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class WorkerPool:
-    """Starts ``count`` worker processes for node ``name`` and replaces any that die."""
+    """Starts ``count`` worker processes for node ``name`` and replaces any that die.
+
+    ``work`` is the address of the job sockets with ``{}`` for the worker's index.
+    """
 
     def __init__(self, state_dir: Path, name: str, count: int, work: str, results: str) -> None:
         self._argv = [sys.executable, "-m", "zmix.runtime.workers", "--state", str(state_dir),
-                      "--name", name, "--work", work, "--results", results]
+                      "--name", name, "--results", results]
+        self._work = work
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.restarts = 0
         self.stats: dict[int, WorkerStats] = {}
@@ -187,15 +237,20 @@ class WorkerPool:
             if proc is None:
                 self._procs[index] = self._spawn(index)
 
-    def check(self) -> int:
-        """Replace workers that exited; return how many were replaced."""
-        replaced = 0
+    def check(self) -> list[int]:
+        """Replace workers that exited; return the indexes of those replaced."""
+        replaced = []
         for index, proc in enumerate(self._procs):
             if proc is not None and proc.poll() is not None:
                 self._procs[index] = self._spawn(index)
-                replaced += 1
-        self.restarts += replaced
+                replaced.append(index)
+        self.restarts += len(replaced)
         return replaced
+
+    def pid(self, index: int) -> int | None:
+        """Return the process id of the worker at ``index`` now, or None."""
+        proc = self._procs[index]
+        return None if proc is None else proc.pid
 
     def pids(self) -> list[int]:
         """Return the process ids of the running workers."""
@@ -234,7 +289,8 @@ class WorkerPool:
         self._procs = [None] * len(self._procs)
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*self._argv, "--index", str(index)], stdin=subprocess.DEVNULL)
+        return subprocess.Popen([*self._argv, "--work", self._work.format(index),
+                                 "--index", str(index)], stdin=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
