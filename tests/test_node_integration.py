@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -241,6 +243,35 @@ def test_sigterm_stops_a_node_and_its_workers(chain: Chain) -> None:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_of_a_node_killed_with_sigkill_exit_on_their_own(chain: Chain) -> None:
+    child = chain.launcher.children["mix-a"]
+    workers = _children(child.proc.pid)
+    assert len(workers) == 2
+    child.proc.kill()
+    child.proc.wait()
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their node"
+        time.sleep(0.1)
+
+
+def test_a_worker_whose_node_is_already_gone_exits(chain: Chain, tmp_path: Path) -> None:
+    # The node's pid is passed down: a worker started just before its node died must not take
+    # its new parent for the node. Here the "node" is a pid that is not this worker's parent.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zmix.runtime.workers", "--state", str(chain.state), "--name",
+         "mix-a", "--work", f"ipc://{tmp_path}/w", "--results", f"ipc://{tmp_path}/r",
+         "--parent", str(chain.launcher.pids()["mix-a"])])
+    assert proc.wait(10) == 0
+
+
 def test_a_node_serves_prometheus_metrics(tmp_path: Path) -> None:
     port = free_ports(1)[0]
     topology, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",),
@@ -261,10 +292,14 @@ def test_ports_in_use_are_reported_by_the_launcher(tmp_path: Path) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", topology.node("mix-a").port))
     busy.listen()
+    launcher = Launcher(state, [topology.node("mix-a")])
     try:
         from zmix.runtime.launcher import LaunchError
 
-        with pytest.raises(LaunchError, match="mix-a"):
-            Launcher(state, [topology.node("mix-a")]).start()
+        # The node must exit with the error, not hang in its shutdown (an unclosed socket once
+        # kept Context.term() waiting) until the launcher gives up on it.
+        with pytest.raises(LaunchError, match="mix-a exited with status"):
+            launcher.start()
     finally:
         busy.close()
+        launcher.stop()

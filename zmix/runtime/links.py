@@ -94,7 +94,11 @@ def bind_router(
     sock.sndhwm = LINK_HWM
     sock.heartbeat_ivl = HEARTBEAT_MS
     sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
-    sock.bind(endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close()  # an open socket would keep Context.term() waiting forever
+        raise
     return sock
 
 

@@ -171,7 +171,7 @@ class NodeProcess:
         for sock in sockets:
             sock.close(linger=0)
         auth.stop()  # type: ignore[attr-defined]
-        ctx.term()
+        ctx.destroy(linger=0)  # closes any socket a failed start left open, then terminates
         if self.mailbox is not None:
             self.mailbox.close()
         metrics.control_path(self.state_dir, self.spec.name).unlink(missing_ok=True)

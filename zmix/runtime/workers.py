@@ -153,17 +153,23 @@ def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStat
 
 
 def run_worker(
-    params: SphinxParams, private_key: bytes, work: str, results: str, index: int
+    params: SphinxParams, private_key: bytes, work: str, results: str, index: int,
+    parent: int | None = None,
 ) -> None:
-    """Process jobs from ``work`` and push results to ``results`` until the parent goes away."""
+    """Process jobs from ``work`` and push results to ``results`` until the node process
+    ``parent`` (default: the parent now) goes away."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     push = ctx.socket(zmq.PUSH)
     for sock in (pull, push):
         sock.linger = 0
+    # A send to a node that died would wait for it forever; time out and look at the parent.
+    push.sndtimeo = 1_000
     pull.connect(work)
     push.connect(results)
-    parent, pid = os.getppid(), os.getpid()
+    pid = os.getpid()
+    if parent is None:
+        parent = os.getppid()
     processed = 0
     next_report = 0.0
     try:
@@ -175,18 +181,29 @@ def run_worker(
                     except zmq.Again:
                         break
                     jobs = decode_jobs(frame, params.packet_length)
-                    push.send(join_results(index, pid, [_process(params, private_key, a, packet)
-                                                        for a, packet in jobs]))
+                    _send(push, join_results(index, pid, [
+                        _process(params, private_key, a, packet) for a, packet in jobs]), parent)
                     processed += len(jobs)
             now = time.monotonic()
             if now >= next_report:
                 stats = WorkerStats(index, time.process_time(), processed, pid)
-                push.send(join_results(index, pid, [encode_stats(stats)]))
+                _send(push, join_results(index, pid, [encode_stats(stats)]), parent)
                 next_report = now + STATS_INTERVAL
     finally:
         pull.close()
         push.close()
         ctx.term()
+
+
+def _send(push: zmq.Socket[bytes], message: bytes, parent: int) -> None:
+    """Send ``message`` to the node, waiting as long as the node process lives."""
+    while True:
+        try:
+            push.send(message)
+            return
+        except zmq.Again:
+            if os.getppid() != parent:
+                return  # the node is gone; the worker's loop ends next
 
 
 def _process(params: SphinxParams, private_key: bytes, arrival: float, packet: bytes) -> bytes:
@@ -207,12 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", required=True, help="this worker's job socket")
     parser.add_argument("--results", required=True)
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--parent", type=int, default=None,
+                        help="the node's pid: the worker exits when its parent is another")
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the node decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     topology = load_topology(args.state / "topology.yaml")
     identity = load_private(args.state, args.name)
-    run_worker(topology.sphinx, identity.private_key, args.work, args.results, args.index)
+    run_worker(topology.sphinx, identity.private_key, args.work, args.results, args.index,
+               args.parent)
     return 0
 
 
@@ -289,8 +309,11 @@ class WorkerPool:
         self._procs = [None] * len(self._procs)
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        # The node's pid goes along: a worker started just before the node dies would otherwise
+        # take its new parent (init) for the node and run on, orphaned.
         return subprocess.Popen([*self._argv, "--work", self._work.format(index),
-                                 "--index", str(index)], stdin=subprocess.DEVNULL)
+                                 "--index", str(index), "--parent", str(os.getpid())],
+                                stdin=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
