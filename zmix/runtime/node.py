@@ -49,6 +49,7 @@ LOG = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 4_096  # packets handed to workers and not yet back
 BATCH = 512  # frames read from one socket before looking at the others
 JOB_BATCH = 32  # packets in one message to a worker, at most
+WORKER_QUEUE = 64  # packets given to one worker and not yet answered, at most
 POLL_CAP_MS = 100  # the loop wakes at least this often (signals, timers)
 HOUSEKEEPING_INTERVAL = 0.25  # seconds between statistics refreshes and worker checks
 HEARTBEAT_INTERVAL = 1.0  # an outbound link idle this long gets a HEARTBEAT frame
@@ -256,22 +257,27 @@ class _Loop:
             self._push_jobs()
 
     def _push_jobs(self) -> None:
-        """Hand the packets read to the workers: one message per worker while that keeps a
-        message within ``JOB_BATCH`` packets, so every worker gets a share of a burst; each
-        message goes to the worker holding the fewest packets. Packets no worker can take now
-        (all gone or full) wait for the next turn of the loop."""
-        jobs = self.jobs
-        if not jobs:
-            return
-        size = min(JOB_BATCH, -(-len(jobs) // len(self.work)))
-        start = 0
-        while start < len(jobs) and self._send_jobs(jobs[start:start + size]):
-            start += size
-        self.jobs = jobs[start:]
+        """Hand the packets read to the workers, each batch to the worker holding the fewest.
 
-    def _send_jobs(self, chunk: list[tuple[float, bytes]]) -> bool:
+        A worker is given at most ``WORKER_QUEUE`` packets at a time; the rest wait here until
+        one answers, which costs them nothing (they would have waited in the worker's queue).
+        A quiet node sends batches of one; under load a read brings several packets and they
+        go in batches of up to ``JOB_BATCH``, paying ZeroMQ's per-message costs once."""
+        jobs, start, workers = self.jobs, 0, len(self.work)
+        while start < len(jobs):
+            index = min(range(workers), key=self.outstanding.__getitem__)
+            room = WORKER_QUEUE - self.outstanding[index]
+            if room <= 0:
+                break
+            size = min(room, JOB_BATCH, -(-(len(jobs) - start) // workers))
+            if not self._send_jobs(index, jobs[start:start + size]):
+                break
+            start += size
+        self.jobs = jobs[start:] if start else jobs
+
+    def _send_jobs(self, first: int, chunk: list[tuple[float, bytes]]) -> bool:
         message = encode_jobs(chunk)
-        for index in sorted(range(len(self.work)), key=self.outstanding.__getitem__):
+        for index in (first, *(i for i in range(len(self.work)) if i != first)):
             try:
                 self.work[index].send(message, zmq.NOBLOCK)
             except zmq.Again:  # that worker is gone (no peer) or full

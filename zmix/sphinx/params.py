@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zmix.errors import LocalMisuse
 
@@ -38,6 +38,17 @@ class SphinxParams:
     max_hops: int = 5
     payload_length: int = 2048
     profile: Profile = Profile.V1
+    # Derived once here, not on every use: the node loop and the workers read these per packet.
+    slot_length: int = field(init=False, repr=False, compare=False)
+    """Bytes one hop's routing command takes in beta (c)."""
+    beta_length: int = field(init=False, repr=False, compare=False)
+    """Bytes of the encrypted routing information."""
+    stream_length: int = field(init=False, repr=False, compare=False)
+    """Bytes of header keystream a hop uses: beta plus the slot it shifts in."""
+    header_length: int = field(init=False, repr=False, compare=False)
+    """Bytes of the header: [version] alpha beta gamma."""
+    packet_length: int = field(init=False, repr=False, compare=False)
+    """Bytes of every packet on the wire."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_hops <= 32:
@@ -46,34 +57,14 @@ class SphinxParams:
             raise LocalMisuse(f"payload_length must be 64..1048576, got {self.payload_length}")
         if self.profile is Profile.SMC0 and self.payload_length > 65535:
             raise LocalMisuse("smc0 payloads are at most 65535 bytes")
-
-    @property
-    def slot_length(self) -> int:
-        """Bytes one hop's routing command takes in beta (c)."""
-        return V1_SLOT_BYTES if self.profile is Profile.V1 else 2 * SMC0_K
-
-    @property
-    def beta_length(self) -> int:
-        """Bytes of the encrypted routing information."""
-        if self.profile is Profile.V1:
-            return self.max_hops * V1_SLOT_BYTES
-        return (2 * self.max_hops + 1) * SMC0_K
-
-    @property
-    def stream_length(self) -> int:
-        """Bytes of header keystream a hop uses: beta plus the slot it shifts in."""
-        return self.beta_length + self.slot_length
-
-    @property
-    def header_length(self) -> int:
-        """Bytes of the header: [version] alpha beta gamma."""
-        version = 1 if self.profile is Profile.V1 else 0
-        return version + ALPHA_BYTES + self.beta_length + GAMMA_BYTES
-
-    @property
-    def packet_length(self) -> int:
-        """Bytes of every packet on the wire."""
-        return self.header_length + self.payload_length
+        v1 = self.profile is Profile.V1
+        slot = V1_SLOT_BYTES if v1 else 2 * SMC0_K
+        beta = self.max_hops * V1_SLOT_BYTES if v1 else (2 * self.max_hops + 1) * SMC0_K
+        header = (1 if v1 else 0) + ALPHA_BYTES + beta + GAMMA_BYTES
+        for name, value in (("slot_length", slot), ("beta_length", beta),
+                            ("stream_length", beta + slot), ("header_length", header),
+                            ("packet_length", header + self.payload_length)):
+            object.__setattr__(self, name, value)
 
     @property
     def max_message_length(self) -> int:
