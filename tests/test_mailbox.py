@@ -15,10 +15,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from zmix.bench import mailbox as bench
 from zmix.errors import ConfigError, LocalMisuse
-from zmix.mailbox import Mailbox, StorageError
+from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.wire import ItemKind
 
 ALICE, BOB = b"a" * 16, b"b" * 16
+
+
+def reg(client: bytes, name: str = "", key: int = 1) -> Registration:
+    return Registration(client, name or client[:1].decode(), bytes([key]) * 32, b"p" * 32)
 NO_SURB = bytes(16)
 
 
@@ -160,13 +164,14 @@ def test_items_survive_a_reopen_and_ids_are_never_reused(tmp_path: Path) -> None
     ids = fill(box, ALICE, 3)
     box.ack(ALICE, ids)  # the newest ids are deleted: a plain rowid would hand them out again
     kept = box.store(ALICE, ItemKind.REPLY, b"s" * 16, b"reply", 0.0)
-    box.register(BOB)
+    box.register(reg(BOB), 0.0)
     box.close()
     box = Mailbox(path, quota=10, ttl=100.0)
     [item], _ = box.fetch(ALICE, 10, 0.0)
     assert item.item_id == kept and kept is not None and kept > max(ids)
     assert item.kind is ItemKind.REPLY and item.surb_id == b"s" * 16
     assert box.count(ALICE) == 1 and box.registered() == [BOB]
+    assert box.registrations() == [reg(BOB)] and box.registration_of("b") == reg(BOB)
     box.ack(ALICE, [kept])
     box.close()
     box = Mailbox(path, quota=10, ttl=100.0)
@@ -193,8 +198,44 @@ def test_a_version_1_file_is_migrated_and_keeps_its_items_and_clients(tmp_path: 
     box = Mailbox(path, quota=10, ttl=100.0)
     assert [(i.item_id, i.payload) for i in box.fetch(ALICE, 10, 0.0)[0]] == [(7, b"hi")]
     assert box.registered() == [BOB]
-    box.register(ALICE)
-    assert sorted(box.registered()) == [ALICE, BOB]
+    assert box.registrations() == []  # a version 1 row has no keys: mail, but no link
+    box.register(reg(ALICE), 0.0)
+    assert sorted(box.registered()) == [ALICE, BOB] and box.registrations() == [reg(ALICE)]
+
+
+def test_a_version_2_file_is_migrated_and_keeps_its_clients(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema', 2);
+        CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, client BLOB NOT NULL,
+            kind INTEGER NOT NULL, surb_id BLOB NOT NULL, payload BLOB NOT NULL,
+            stored_at REAL NOT NULL);
+        CREATE TABLE clients (id BLOB PRIMARY KEY);
+    """)
+    db.execute("INSERT INTO clients VALUES (?)", (BOB,))
+    db.commit()
+    db.close()
+    box = Mailbox(path, quota=10, ttl=100.0)
+    assert box.registered() == [BOB] and box.registrations() == []
+    box.register(reg(ALICE), 5.0)
+    box.close()
+    assert Mailbox(path, quota=10, ttl=100.0).registrations() == [reg(ALICE)]
+
+
+def test_registering_again_changes_nothing_and_names_and_keys_are_one_client_s(
+        tmp_path: Path) -> None:
+    box = Mailbox(tmp_path / "m.sqlite", quota=10, ttl=100.0)
+    box.register(reg(ALICE, "alice", key=1), 0.0)
+    box.register(reg(ALICE, "alice", key=1), 9.0)
+    assert box.registrations() == [reg(ALICE, "alice", key=1)]
+    with pytest.raises(LocalMisuse):  # the name of another client
+        box.register(reg(BOB, "alice", key=2), 0.0)
+    with pytest.raises(LocalMisuse):  # the link key of another client
+        box.register(reg(BOB, "bob", key=1), 0.0)
+    assert box.registration_by_key(bytes([1]) * 32) == reg(ALICE, "alice", key=1)
+    assert box.registration_of("bob") is None and box.registered() == [ALICE]
 
 
 def test_a_file_from_a_newer_zmix_is_refused_with_a_config_error(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from zmix import crypto
 from zmix.bench.common import make_network
 from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
 from zmix.keys import load_directory
-from zmix.mailbox import Mailbox, NewItem, StorageError
+from zmix.mailbox import Mailbox, NewItem, Registration, StorageError
 from zmix.provider import ProviderCore
 from zmix.sphinx import (
     FinalDelivery,
@@ -25,7 +26,8 @@ from zmix.sphinx import (
     open_surb_reply,
     process_packet,
 )
-from zmix.wire import Fetch, FetchAck, ItemKind
+from zmix.topology import entity_id
+from zmix.wire import Error, Fetch, FetchAck, ItemKind, Register, Registered
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 SURB_ID = b"\x42" * 16
@@ -220,18 +222,83 @@ def test_a_surb_reply_for_a_client_is_stored_as_a_reply_item(net: SimNet) -> Non
     assert provider.statistics()["replies_stored"] == 1
 
 
+def _open_provider(net: SimNet, path: Path, **policy: object) -> ProviderCore:
+    topo = net.topology
+    params = dataclasses.replace(topo.mailbox, **{"open_registration": True, **policy})
+    names = [n.name for n in topo.nodes()] + [c.name for c in topo.clients]
+    return ProviderCore(topo.sphinx, topo.node("provider-2").id, set(),
+                        Mailbox(path, quota=3, ttl=100.0), params, network=topo.network,
+                        reserved=names)
+
+
+CAROL_LINK, CAROL_KEY = b"\x0c" * 32, b"\x0d" * 32
+
+
 def test_a_registered_client_gets_mail_and_stays_registered_after_a_restart(
         net: SimNet, tmp_path: Path) -> None:
-    topo = net.topology
     path = tmp_path / "p2.sqlite"
-    newcomer = b"\x99" * 16
-    p2 = topo.node("provider-2")
-    box = Mailbox(path, quota=3, ttl=100.0)
-    provider = ProviderCore(topo.sphinx, p2.id, set(), box, topo.mailbox)
-    assert provider.on_fetch(0.0, newcomer, Fetch(1)).items == ()
-    provider.register(newcomer)
-    provider.on_final(0.0, final_for(net, newcomer, message(net, b"welcome")))
-    box.close()
-    again = ProviderCore(topo.sphinx, p2.id, set(), Mailbox(path, quota=3, ttl=100.0),
-                         topo.mailbox)
-    assert [i.payload for i in again.on_fetch(0.0, newcomer, Fetch(2)).items] == [b"welcome"]
+    provider = _open_provider(net, path)
+    carol = entity_id(net.topology.network, "carol")
+    assert provider.on_fetch(0.0, carol, Fetch(1)).items == ()
+    answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
+                                                                      "carol"))
+    assert answer == Registered("carol") and admitted is not None and admitted.id == carol
+    provider.on_final(0.0, final_for(net, carol, message(net, b"welcome")))
+    again = _open_provider(net, path)
+    assert [i.payload for i in again.on_fetch(0.0, carol, Fetch(2)).items] == [b"welcome"]
+    assert again.registrations() == [Registration(carol, "carol", CAROL_LINK, CAROL_KEY)]
+    # the answer was lost: the same request is answered the same way, nothing is added
+    assert again.on_register(1.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))[0] == (
+        Registered("carol"))
+    assert len(again.registrations()) == 1 and again.statistics()["registered"] == 0
+
+
+@pytest.mark.parametrize(("link", "frame", "code"), [
+    (CAROL_LINK, Register(b"\x0e" * 32, CAROL_KEY, "carol"), "bad_request"),  # not its link key
+    (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol\n"), "bad_request"),
+    (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, ""), "bad_request"),
+    (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "alice"), "name_taken"),  # a topology client
+    (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "mix-a1"), "name_taken"),  # a node
+    (b"\x0e" * 32, Register(b"\x0e" * 32, CAROL_KEY, "dave"), "name_taken"),  # dave is taken
+    (b"\x0f" * 32, Register(b"\x0f" * 32, CAROL_KEY, "dave"), "name_taken"),
+    (b"\x10" * 32, Register(b"\x10" * 32, b"\x11" * 32, "dave"), "name_taken"),
+    (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "erin"), "key_taken"),  # carol's key, new name
+])
+def test_registration_refusals_are_answered_with_a_code_and_counted(
+        net: SimNet, tmp_path: Path, link: bytes, frame: Register, code: str) -> None:
+    provider = _open_provider(net, tmp_path / "p2.sqlite")
+    provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))
+    provider.on_register(0.0, b"\x0e" * 32, Register(b"\x0e" * 32, b"\x12" * 32, "dave"))
+    answer, admitted = provider.on_register(0.0, link, frame)
+    assert isinstance(answer, Error) and answer.code == code and admitted is None
+    assert provider.statistics()["registration_refused"] == 1
+    assert len(provider.registrations()) == 2
+
+
+def test_a_closed_or_full_provider_admits_nobody(net: SimNet, tmp_path: Path) -> None:
+    closed = _open_provider(net, tmp_path / "a.sqlite", open_registration=False)
+    assert closed.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))[0] == (
+        Error("closed", "this provider does not admit new clients"))
+    full = _open_provider(net, tmp_path / "b.sqlite", registration_limit=1)
+    assert isinstance(full.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
+                                                                 "carol"))[0], Registered)
+    answer, _ = full.on_register(0.0, b"\x0e" * 32, Register(b"\x0e" * 32, CAROL_KEY, "dave"))
+    assert isinstance(answer, Error) and answer.code == "full"
+    assert [r.name for r in full.registrations()] == ["carol"]
+
+
+def test_a_registration_that_cannot_be_stored_is_not_admitted(net: SimNet, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    provider = _open_provider(net, tmp_path / "p2.sqlite")
+
+    def fail(*_: object) -> None:
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(Mailbox, "register", fail)
+    answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
+                                                                      "carol"))
+    assert answer == Error("unavailable", "try again later") and admitted is None
+    carol = entity_id(net.topology.network, "carol")
+    assert provider.on_fetch(0.0, carol, Fetch(1)).items == ()
+    assert provider.statistics()["fetch_refused"] == 1

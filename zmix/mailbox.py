@@ -6,6 +6,9 @@ message a crash could lose. Fetching never deletes; the client's FETCH_ACK does,
 lost on the way loses nothing and the next fetch returns the same items. Each client has a quota
 (a full mailbox refuses new items, it never drops old ones) and items expire after a TTL.
 
+The same file remembers the clients a provider admitted at run time (open registration, see
+docs/protocol.md) with their keys, so they are admitted again after a restart.
+
 Item ids come from ``AUTOINCREMENT``, so an id is never handed out twice, even after the newest
 items were deleted: a client's late acknowledgement can never delete a newer item by mistake.
 """
@@ -16,12 +19,13 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from zmix.errors import ConfigError, LocalMisuse, ZmixError
 from zmix.wire import ItemKind, MailboxItem
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ID_BYTES = 16  # client ids and SURB ids
 _MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer; a larger id cannot name an item
 _ACK_CHUNK = 500  # ids per statement, well under SQLite's host-parameter limit
@@ -35,7 +39,12 @@ _SCHEMA = (
         surb_id BLOB NOT NULL,
         payload BLOB NOT NULL,
         stored_at REAL NOT NULL)""",
-    "CREATE TABLE clients (id BLOB PRIMARY KEY)",
+    """CREATE TABLE clients (
+        id BLOB PRIMARY KEY,
+        name TEXT,
+        curve_public BLOB,
+        public_key BLOB,
+        registered_at REAL)""",
 )
 # Ensured at every open, so a file keeps up with the queries of this version.
 _INDEXES = (
@@ -45,6 +54,9 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS items_by_age ON items (stored_at)",
     # one client's expired items: fetch's remaining count without reading the whole mailbox
     "CREATE INDEX IF NOT EXISTS items_by_client_age ON items (client, stored_at)",
+    # one name, one key per registered client
+    "CREATE UNIQUE INDEX IF NOT EXISTS clients_by_name ON clients (name)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS clients_by_key ON clients (curve_public)",
 )
 # Version 1 kept a registration time per client and had no index for expiry.
 _FROM_V1 = (
@@ -53,12 +65,30 @@ _FROM_V1 = (
     "DROP TABLE clients",
     "ALTER TABLE clients_v2 RENAME TO clients",
 )
+# Version 2 kept only the ids of registered clients; version 3 keeps their names and keys too
+# (rows from version 2 keep NULLs there: such a client gets its mail but no link key).
+_FROM_V2 = (
+    "ALTER TABLE clients ADD COLUMN name TEXT",
+    "ALTER TABLE clients ADD COLUMN curve_public BLOB",
+    "ALTER TABLE clients ADD COLUMN public_key BLOB",
+    "ALTER TABLE clients ADD COLUMN registered_at REAL",
+)
 
 NewItem = tuple[bytes, ItemKind, bytes, bytes]
 """``(client, kind, surb_id, payload)``: one item for :meth:`Mailbox.store_many`."""
 
 _COUNTERS = ("stored", "refused_full", "fetched", "acked", "expired", "foreign_ack_ignored",
              "ack_unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A client a provider admitted at run time: its id, name and public keys."""
+
+    id: bytes
+    name: str
+    curve_public: bytes
+    public_key: bytes
 
 
 class StorageError(ZmixError):
@@ -110,8 +140,8 @@ class Mailbox:
     def _upgrade(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         version = row[0] if row else None
-        if version == 1:
-            for statement in _FROM_V1:
+        if version in (1, 2):
+            for statement in (_FROM_V1 if version == 1 else ()) + _FROM_V2:
                 self._db.execute(statement)
             self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
@@ -260,15 +290,46 @@ class Mailbox:
         """Return how many items ``client``'s mailbox holds (expired ones until expire() runs)."""
         return self._sizes.get(client, 0)
 
-    def register(self, client: bytes) -> None:
-        """Remember a client admitted at run time (open registration); StorageError on failure."""
-        _check_id("client id", client)
+    def register(self, client: Registration, now: float) -> None:
+        """Remember a client admitted at run time (open registration); registering the same
+        client again changes nothing. StorageError on failure, LocalMisuse if its name or link
+        key already belongs to another registered client (check :meth:`registration_of` and
+        :meth:`registration_by_key` first)."""
+        _check_id("client id", client.id)
+        for key in (client.curve_public, client.public_key):
+            if len(key) != 32:
+                raise LocalMisuse("registration keys are 32 bytes")
         with self._transaction():
-            self._db.execute("INSERT OR IGNORE INTO clients VALUES (?)", (client,))
+            try:
+                self._db.execute(
+                    "INSERT INTO clients VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (client.id, client.name, client.curve_public, client.public_key, now))
+            except sqlite3.IntegrityError:
+                raise LocalMisuse("that name or key belongs to another registered client") from None
 
     def registered(self) -> list[bytes]:
-        """Return the clients admitted at run time."""
-        return [row[0] for row in self._db.execute("SELECT id FROM clients")]
+        """Return the ids of the clients admitted at run time."""
+        return [bytes(row[0]) for row in self._db.execute("SELECT id FROM clients")]
+
+    def registrations(self) -> list[Registration]:
+        """Return the clients admitted at run time whose keys are known, oldest first."""
+        return [Registration(bytes(i), n, bytes(c), bytes(p)) for i, n, c, p in self._db.execute(
+            "SELECT id, name, curve_public, public_key FROM clients WHERE curve_public IS NOT NULL"
+            " ORDER BY registered_at, id")]
+
+    def registration_of(self, name: str) -> Registration | None:
+        """Return the registration of ``name``, or None."""
+        row = self._db.execute("SELECT id, name, curve_public, public_key FROM clients "
+                               "WHERE name = ?", (name,)).fetchone()
+        return None if row is None else Registration(bytes(row[0]), row[1], bytes(row[2]),
+                                                     bytes(row[3]))
+
+    def registration_by_key(self, curve_public: bytes) -> Registration | None:
+        """Return the registration whose link key is ``curve_public``, or None."""
+        row = self._db.execute("SELECT id, name, curve_public, public_key FROM clients "
+                               "WHERE curve_public = ?", (curve_public,)).fetchone()
+        return None if row is None else Registration(bytes(row[0]), row[1], bytes(row[2]),
+                                                     bytes(row[3]))
 
     def durability(self) -> dict[str, str]:
         """Return the settings in force: ``journal_mode`` (wal) and ``synchronous`` (FULL)."""

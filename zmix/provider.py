@@ -12,19 +12,23 @@ acknowledgements and anonymous replies come back as SurbReplies. Both are stored
 A client that is not one of this provider's gets nothing from a fetch: an empty FetchReply (the
 runtime pads it to the same size as any other), not an error frame, so a probe cannot tell an
 unknown client from an empty mailbox.
+
+With ``mailbox.open_registration`` a provider also admits clients that the topology does not
+declare (:meth:`ProviderCore.on_register`); they are kept in the mailbox file with their keys.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from zmix.envelope import ACK_PAYLOAD, decode_envelope
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
-from zmix.mailbox import Mailbox, StorageError
+from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.sphinx import FinalDelivery, SphinxParams, Surb, SurbReply, answer_surb
-from zmix.topology import MailboxParams
-from zmix.wire import Fetch, FetchAck, FetchAcked, FetchReply, ItemKind
+from zmix.topology import MailboxParams, entity_id, valid_name
+from zmix.wire import Error, Fetch, FetchAck, FetchAcked, FetchReply, ItemKind, Register, Registered
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +43,25 @@ class Send:
 UNEXPECTED = DropReason.UNEXPECTED_DELIVERY.value
 _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "store_failed",
              "messages_stored", "replies_stored", "acks_sent", "bad_ack_surb", "fetches",
-             "fetch_refused")
+             "fetch_refused", "registered", "registration_refused")
 
 
 class ProviderCore:
     """Mailbox logic of one provider; the mailbox is its only state besides counters."""
 
     def __init__(self, params: SphinxParams, provider_id: bytes, clients: set[bytes],
-                 mailbox: Mailbox, mailbox_params: MailboxParams) -> None:
+                 mailbox: Mailbox, mailbox_params: MailboxParams, *, network: str = "",
+                 reserved: Collection[str] = ()) -> None:
+        """``clients`` are the ids of the clients the topology gives this provider; ``network``
+        and ``reserved`` (every name of the topology) are what open registration needs."""
         self._params = params
         self._id = provider_id
         self._clients = set(clients) | set(mailbox.registered())
         self._mailbox = mailbox
         self._slots = mailbox_params.fetch_slots
+        self._policy = mailbox_params
+        self._network = network
+        self._reserved = frozenset(reserved)
         self._counts: Counter[str] = Counter()
 
     def on_final(self, now: float, result: FinalDelivery) -> list[Send]:
@@ -149,14 +159,59 @@ class ProviderCore:
             deleted = 0
         return FetchAcked(frame.request_id, deleted)
 
-    def register(self, client_id: bytes) -> None:
-        """Admit a client at run time (open registration); it is remembered in the mailbox file.
+    def registrations(self) -> list[Registration]:
+        """Return the clients admitted at run time, with their keys (for the link gate)."""
+        return self._mailbox.registrations()
 
-        Raises StorageError if that could not be committed (the client is then not admitted),
-        LocalMisuse on an id that is not 16 bytes.
+    def on_register(self, now: float, link_key: bytes, frame: Register
+                    ) -> tuple[Registered | Error, Registration | None]:
+        """Admit a client that the topology does not declare, if the policy allows it.
+
+        ``link_key`` is the CURVE key its link authenticated; the frame must name that key.
+        Returns the answer for the client and, when it is admitted, its registration (the
+        runtime then lets its key through the link gate). Asking again with the same name and
+        keys is answered REGISTERED again, so a client whose answer was lost can simply retry.
+        The refusal codes are in docs/protocol.md; each refusal is counted.
         """
-        self._mailbox.register(client_id)
-        self._clients.add(client_id)
+        refusal = self._check_registration(link_key, frame)
+        if refusal is not None:
+            self._counts["registration_refused"] += 1
+            return refusal, None
+        existing = self._mailbox.registration_of(frame.name)
+        if existing is not None:  # the same client again (_check_registration saw to that)
+            return Registered(frame.name), existing
+        client = Registration(entity_id(self._network, frame.name), frame.name, link_key,
+                              frame.public_key)
+        try:
+            self._mailbox.register(client, now)
+        except StorageError:
+            self._counts["store_failed"] += 1
+            return Error("unavailable", "try again later"), None
+        except LocalMisuse:  # another client took the name or key meanwhile
+            self._counts["registration_refused"] += 1
+            return Error("name_taken", "that name is taken"), None
+        self._clients.add(client.id)
+        self._counts["registered"] += 1
+        return Registered(frame.name), client
+
+    def _check_registration(self, link_key: bytes, frame: Register) -> Error | None:
+        if not self._policy.open_registration:
+            return Error("closed", "this provider does not admit new clients")
+        if frame.curve_public != link_key:
+            return Error("bad_request", "the key must be the one of this link")
+        if not valid_name(frame.name):
+            return Error("bad_request", "a name is 1-64 letters, digits, '_', '.' or '-'")
+        by_name = self._mailbox.registration_of(frame.name)
+        if frame.name in self._reserved or (by_name is not None and (
+                by_name.curve_public, by_name.public_key) != (link_key, frame.public_key)):
+            return Error("name_taken", "that name is taken")
+        by_key = self._mailbox.registration_by_key(link_key)
+        if by_key is not None and by_key.name != frame.name:
+            return Error("key_taken", "this key is registered under another name")
+        if by_name is None and len(self._mailbox.registered()) >= (
+                self._policy.registration_limit):
+            return Error("full", "this provider admits no more clients")
+        return None
 
     def statistics(self) -> dict[str, int]:
         """Return the provider's counters (the mailbox keeps its own, see Mailbox.statistics).

@@ -27,6 +27,11 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 T = TypeVar("T")
 
 
+def valid_name(name: object) -> bool:
+    """Return True if ``name`` may name a node or client: 1-64 letters, digits, '_', '.', '-'."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
 def entity_id(network: str, name: str) -> bytes:
     """Return the 16-byte id of node or client ``name`` in ``network``."""
     return crypto.blake2b(network.encode() + b"\0" + name.encode(), size=16, key=b"zmix-id-v1")
@@ -88,6 +93,7 @@ class MailboxParams:
     ttl: float = 7 * 24 * 3600.0  # seconds
     open_registration: bool = False
     fetch_slots: int = 8  # items per (constant-size) fetch answer
+    registration_limit: int = 1_000  # clients one provider admits at run time, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +302,8 @@ def _mailbox(path: str, top: _Reader) -> MailboxParams:
         ttl=r.get("ttl", _number(0.0, positive=True), d.ttl),
         open_registration=r.get("open_registration", _bool, d.open_registration),
         fetch_slots=r.get("fetch_slots", _int_range(1, 64), d.fetch_slots),
+        registration_limit=r.get("registration_limit", _int_range(0, 10**7),
+                                 d.registration_limit),
     )
     r.finish()
     return params
@@ -376,7 +384,7 @@ def _unique(path: str, items: list[tuple[str, str]], what: str) -> None:
 
 
 def _name(key: str, value: object) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
+    if not isinstance(value, str) or not valid_name(value):
         raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-', "
                           f"got {value!r}")
     return value
