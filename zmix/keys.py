@@ -99,6 +99,19 @@ def ensure_keys(state_dir: Path, topology: Topology) -> list[str]:
     return generated
 
 
+def create_private(state_dir: Path, network: str, name: str, role: str) -> PrivateIdentity:
+    """Generate and write the keys of a member that no topology declares (a client registering
+    at run time); only the private file is written. Raises FileExistsError if it exists."""
+    private_dir = state_dir / "private"
+    private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = private_dir / f"{name}.json"
+    if path.exists():
+        raise FileExistsError(path)
+    _, private = _generate(network, name, role)
+    _write_new(path, private, 0o600)
+    return load_private(state_dir, name)
+
+
 def _restore_public(state_dir: Path, network: str, name: str, role: str) -> None:
     own = load_private(state_dir, name)
     if own.id != entity_id(network, name):

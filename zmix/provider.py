@@ -159,6 +159,11 @@ class ProviderCore:
             deleted = 0
         return FetchAcked(frame.request_id, deleted)
 
+    def serves(self, client_id: bytes) -> bool:
+        """Return True if ``client_id`` is one of this provider's clients (declared or
+        registered)."""
+        return client_id in self._clients
+
     def registrations(self) -> list[Registration]:
         """Return the clients admitted at run time, with their keys (for the link gate)."""
         return self._mailbox.registrations()

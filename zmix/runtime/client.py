@@ -24,13 +24,14 @@ from typing import IO
 
 import zmq
 
-from zmix import wire
+from zmix import crypto, wire
 from zmix.client import ClientCore, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
+from zmix.contacts import contact_path, load_contacts, with_contacts
 from zmix.errors import ConfigError, WireError
 from zmix.keys import load_directory, load_private
 from zmix.runtime import links
-from zmix.topology import ClientSpec, Topology, load_topology
+from zmix.topology import ClientSpec, load_topology
 
 LOG = logging.getLogger(__name__)
 
@@ -53,14 +54,17 @@ class ClientRuntime:
         ``fetch_slots`` items wait would tell a watcher of the link how much mail there was.
         """
         self.state_dir = state_dir
-        self.topology: Topology = load_topology(state_dir / "topology.yaml")
+        declared = load_topology(state_dir / "topology.yaml")
+        # Clients registered at run time are known by their contact files (zmix/contacts.py).
+        self.topology, self.directory = with_contacts(
+            declared, load_directory(state_dir, declared), load_contacts(state_dir, declared))
         try:
             self.spec: ClientSpec = self.topology.client(name)
         except KeyError:
             raise ConfigError(str(state_dir / "topology.yaml"), "clients",
-                              f"no client named {name!r}") from None
+                              f"no client named {name!r} (nor a contact "
+                              f"{contact_path(state_dir, name)} from zmix-register)") from None
         self.identity = load_private(state_dir, name)
-        self.directory = load_directory(state_dir, self.topology)
         self.provider = self.topology.node(self.spec.provider)
         self.client_dir = state_dir / "clients" / name
         self.client_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +94,7 @@ class ClientRuntime:
         self._ctx = zmq.Context()
         self._sock = links.connect_dealer(
             self._ctx, self.provider.endpoint, self.directory[self.provider.name].curve_public,
-            self.identity.curve_public, self.identity.curve_private, self.spec.id)
+            self.identity.curve_public, self.identity.curve_private, crypto.random_bytes(16))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,6 +31,11 @@ def user_id(curve_public: bytes) -> str:
     return z85.encode(curve_public).decode("ascii")
 
 
+def curve_key(uid: str) -> bytes:
+    """Return the CURVE key whose ZAP User-Id is ``uid`` (the inverse of :func:`user_id`)."""
+    return z85.decode(uid)
+
+
 class KeyGate:
     """The set of CURVE keys a ZAP handler admits, changeable while the node runs.
 
@@ -38,11 +43,16 @@ class KeyGate:
     handler always sees a consistent set.
     """
 
-    def __init__(self, keys: dict[bytes, bytes]) -> None:
+    def __init__(self, keys: dict[bytes, bytes], *, open_door: bool = False) -> None:
+        """``keys`` maps each admitted CURVE key to its peer's id. With ``open_door`` (a provider
+        with open registration) any key passes the handshake; frames from a key not in the gate
+        are then only looked at if they ask to register (see the node loop)."""
         self._lock = threading.Lock()
         self._by_user: dict[str, bytes] = {user_id(k): v for k, v in keys.items()}
+        self.open_door = open_door
         self.denied = 0
         self.allowed = 0
+        self.unregistered = 0  # handshakes of unknown keys let in by the open door
 
     def add(self, curve_public: bytes, entity: bytes) -> None:
         """Admit ``curve_public`` from now on, as the peer ``entity``."""
@@ -55,15 +65,17 @@ class KeyGate:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP credentials callback: ``key`` is the z85 form of the client's CURVE key."""
-        ok = key.decode("ascii") in self._by_user
+        known = key.decode("ascii") in self._by_user
         with self._lock:
-            if ok:
+            if known:
                 self.allowed += 1
+            elif self.open_door:
+                self.unregistered += 1
             else:
                 self.denied += 1
-        if not ok:
+        if not known and not self.open_door:
             LOG.info("refused a CURVE key not in the topology")
-        return ok
+        return known or self.open_door
 
 
 def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,

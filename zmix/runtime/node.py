@@ -20,6 +20,7 @@ reaped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ from zmix.provider import ProviderCore
 from zmix.runtime import links, metrics
 from zmix.runtime.workers import WorkerPool, WorkerStats, decode_result, encode_jobs, split_results
 from zmix.scheduler import DelayQueue
-from zmix.topology import ClientSpec, NodeSpec, Role, Topology, load_topology
+from zmix.topology import NodeSpec, Role, Topology, load_topology
 
 LOG = logging.getLogger(__name__)
 
@@ -107,8 +108,11 @@ class NodeProcess:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
                                    quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
             clients = {c.id for c in self.topology.clients_of(self.spec.name)}
+            names = [n.name for n in self.topology.nodes()] + [c.name for c in
+                                                               self.topology.clients]
             self.provider = ProviderCore(self.topology.sphinx, self.spec.id, clients,
-                                         self.mailbox, self.topology.mailbox)
+                                         self.mailbox, self.topology.mailbox,
+                                         network=self.topology.network, reserved=names)
         return NodeCore(self.topology, self.spec, self.directory, self.rng, now,
                         provider=self.provider)
 
@@ -121,9 +125,15 @@ class NodeProcess:
     def run(self) -> int:
         """Run the node until SIGTERM/SIGINT; return the process exit status (0)."""
         self._install_signals()
+        core = self._make_core(time.monotonic())  # a provider's registered clients come with it
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
-        gate = links.KeyGate(self._admitted_keys())
+        is_provider = self.spec.role is Role.PROVIDER
+        gate = links.KeyGate(self._admitted_keys(), open_door=is_provider and
+                             self.topology.mailbox.open_registration)
+        if self.provider is not None:
+            for client in self.provider.registrations():
+                gate.add(client.curve_public, client.id)
         auth = links.start_authenticator(ctx, gate, self.topology.network)
         pool: WorkerPool | None = None
         sockets: list[zmq.Socket[bytes]] = []
@@ -150,10 +160,6 @@ class NodeProcess:
                               self.identity.curve_private, self._resolve)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
-            core = self._make_core(time.monotonic())
-            if self.spec.role is Role.PROVIDER and self.topology.mailbox.open_registration:
-                LOG.warning("mailbox.open_registration is set but not implemented yet: only the "
-                            "clients declared in the topology are admitted")
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
                      self.spec.endpoint, self.worker_count)
             _Loop(self, core, gate, pool, out, router, work, results, control).run()
@@ -291,9 +297,10 @@ class _Loop:
         if len(parts) != 2:
             self._drop_frame(DropReason.BAD_FRAME)
             return
-        peer = self.gate.entity(str(parts[1].get("User-Id")))
-        if peer is None:  # cannot happen past ZAP, unless a key was withdrawn
-            self._drop_frame(DropReason.UNKNOWN_PEER)
+        uid = str(parts[1].get("User-Id"))
+        peer = self.gate.entity(uid)
+        if peer is None:  # past ZAP only through a provider's open door, or a withdrawn key
+            self._on_stranger(now, parts, uid)
             return
         self.n._last_seen[peer] = now
         try:
@@ -308,16 +315,39 @@ class _Loop:
         elif isinstance(frame, wire.Heartbeat):
             self.n._counts["heartbeats_received"] += 1
         else:
-            self._on_client_frame(now, parts[0].bytes, peer, frame)
+            self._on_client_frame(now, parts[0].bytes, peer, frame, uid)
 
-    def _on_client_frame(self, now: float, route: bytes, peer: bytes, frame: wire.Frame) -> None:
+    def _on_stranger(self, now: float, parts: list[zmq.Frame], uid: str) -> None:
+        """A frame from a key the gate does not know: only a REGISTER is looked at."""
+        frame: wire.Frame | None = None
+        if self.gate.open_door:
+            with contextlib.suppress(WireError):
+                frame = wire.decode(parts[1].bytes, params=self.params, slots=self.n._slots)
+        if self.n.provider is None or not isinstance(frame, wire.Register):
+            self._drop_frame(DropReason.UNKNOWN_PEER)
+            return
+        self._register(now, parts[0].bytes, links.curve_key(uid), frame)
+
+    def _register(self, now: float, route: bytes, link_key: bytes, frame: wire.Register) -> None:
+        assert self.n.provider is not None
+        reply, admitted = self.n.provider.on_register(now, link_key, frame)
+        if admitted is not None:
+            self.gate.add(admitted.curve_public, admitted.id)
+            LOG.info("registered client %s", admitted.name)
+        data = wire.encode(reply, params=self.params, slots=self.n._slots)
+        self.router.send_multipart([route, data], zmq.NOBLOCK)
+
+    def _on_client_frame(self, now: float, route: bytes, peer: bytes, frame: wire.Frame,
+                         uid: str) -> None:
         provider = self.n.provider
-        spec = self.n.topology.by_id(peer)
-        if provider is None or not isinstance(spec, ClientSpec):
+        if provider is None or not provider.serves(peer):
             self._drop_frame(DropReason.BAD_FRAME)
             return
         self.n._counts["client_frames"] += 1
         reply: wire.Frame
+        if isinstance(frame, wire.Register):
+            self._register(now, route, links.curve_key(uid), frame)
+            return
         if isinstance(frame, wire.Fetch):
             reply = provider.on_fetch(now, peer, frame)
         elif isinstance(frame, wire.FetchAck):
@@ -451,6 +481,7 @@ class _Loop:
         stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
         stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
         stats["auth_denied"] = self.gate.denied
+        stats["auth_unregistered"] = self.gate.unregistered
         stats["uptime_seconds"] = now - self.n.started
         stats["pid"] = os.getpid()
         if self.n.mailbox is not None:

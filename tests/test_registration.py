@@ -1,0 +1,138 @@
+"""Open registration with real processes: a client that no topology declares joins the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from test_e2e import start_up, stop_up
+
+from zmix import wire
+from zmix.bench.common import make_network
+from zmix.keys import load_directory
+from zmix.runtime import links, metrics
+from zmix.topology import Topology
+
+CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
+
+
+def cli(state: Path, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", f"zmix.cli.{module}", "--state", str(state),
+                           *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def recv_json(state: Path, name: str, *args: str) -> list[dict[str, Any]]:
+    done = cli(state, "recv", "--as", name, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def open_network(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a",), ("mix-b",)), clients=CLIENTS,
+        loopix={"payload_rate": 50.0, "mean_delay": 0.002, "fetch_interval": 0.05},
+        mailbox={"open_registration": True, "registration_limit": 5})
+    up, _ = start_up(tmp_path / "topology.yaml", state)
+    try:
+        yield topology, state
+    finally:
+        stop_up(up)
+
+
+def test_a_registered_client_mails_and_is_mailed_and_survives_a_provider_restart(
+        open_network: tuple[Topology, Path]) -> None:
+    _, state = open_network
+    done = cli(state, "register", "--name", "dave", "--provider", "provider-2")
+    assert done.returncode == 0, done.stderr
+    assert "registered dave with provider-2" in done.stdout
+    assert json.loads((state / "contacts" / "dave.json").read_text())["provider"] == "provider-2"
+
+    sent = cli(state, "send", "--from", "alice", "--to", "dave", "welcome, dave")
+    assert sent.returncode == 0, sent.stderr
+    assert [(m["from"], m["text"]) for m in recv_json(state, "dave", "--wait", "20")] == [
+        ("alice", "welcome, dave")]
+    sent = cli(state, "send", "--from", "dave", "--to", "bob", "signed by a newcomer")
+    assert sent.returncode == 0, sent.stderr
+    assert [(m["from"], m["text"]) for m in recv_json(state, "bob", "--wait", "20")] == [
+        ("dave", "signed by a newcomer")]
+
+    # Asking again (say the first answer was lost) is answered the same way.
+    again = cli(state, "register", "--name", "dave", "--provider", "provider-2")
+    assert again.returncode == 0, again.stderr
+
+    # The provider keeps the registration on disk: killed and restarted by zmix-up, it still
+    # admits dave's key and keeps dave's mail.
+    stats = metrics.statistics(state, "provider-2")
+    assert stats is not None
+    old_pid = stats["pid"]
+    os.kill(int(old_pid), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        stats = metrics.statistics(state, "provider-2", timeout=0.3)
+        if stats is not None and stats["pid"] != old_pid:
+            break
+        assert time.monotonic() < deadline, "provider-2 did not come back"
+        time.sleep(0.2)
+    sent = cli(state, "send", "--from", "alice", "--to", "dave", "after the restart")
+    assert sent.returncode == 0, sent.stderr
+    assert [m["text"] for m in recv_json(state, "dave", "--wait", "20")] == ["after the restart"]
+
+
+def test_a_taken_name_is_refused_by_the_provider(open_network: tuple[Topology, Path],
+                                                 tmp_path: Path) -> None:
+    _, state = open_network
+    assert cli(state, "register", "--name", "erin", "--provider", "provider-1").returncode == 0
+    # Another state directory of the same network, with other keys, wants the same name.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(state / "topology.yaml", other / "topology.yaml")
+    shutil.copytree(state / "public", other / "public")
+    done = cli(other, "register", "--name", "erin", "--provider", "provider-1")
+    assert done.returncode == 1 and "name_taken" in done.stderr
+    # A member of the topology is refused before anything is sent.
+    done = cli(state, "register", "--name", "alice", "--provider", "provider-1")
+    assert done.returncode == 2 and "already a member" in done.stderr
+
+
+def test_an_unregistered_key_gets_through_the_handshake_but_nothing_else(
+        open_network: tuple[Topology, Path]) -> None:
+    topology, state = open_network
+    provider = topology.node("provider-1")
+    server_key = load_directory(state, topology)["provider-1"].curve_public
+    public, secret = zmq.curve_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = links.connect_dealer(ctx, provider.endpoint, server_key,
+                                zmq.utils.z85.decode(public), zmq.utils.z85.decode(secret),
+                                b"\x01" * 16)
+    try:
+        before = metrics.statistics(state, "provider-1")
+        assert before is not None
+        geometry = {"params": topology.sphinx, "slots": topology.mailbox.fetch_slots}
+        for _ in range(3):
+            sock.send(wire.encode(wire.Fetch(7), **geometry))
+        assert not sock.poll(1500), "a stranger's FETCH was answered"
+        after = metrics.statistics(state, "provider-1")
+        assert after is not None
+        assert after["dropped_unknown_peer"] - before["dropped_unknown_peer"] == 3
+        assert after["auth_unregistered"] >= 1
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def test_register_refuses_when_the_network_is_closed(tmp_path: Path) -> None:
+    _, state = make_network(tmp_path, layers=(("mix-a",),), clients=CLIENTS)
+    done = cli(state, "register", "--name", "dave", "--provider", "provider-1")
+    assert done.returncode == 2 and "mailbox.open_registration" in done.stderr
+    assert not (state / "private" / "dave.json").exists()

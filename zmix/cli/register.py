@@ -1,0 +1,156 @@
+"""``zmix-register``: join a network as a new client, through a provider with open registration.
+
+The command makes the client's keys (or reuses them, so a registration that got no answer can
+simply be run again), asks the provider to admit the client (REGISTER, docs/protocol.md) over a
+CURVE link authenticated with the new link key, and on REGISTERED writes the client's contact to
+``STATE/contacts/NAME.json``. From then on ``zmix-send`` and ``zmix-recv`` work for the client as
+for any other; other state directories reach it once they hold a copy of its contact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from zmix import crypto, wire
+from zmix.cli.common import configure_logging, fail, positive_float
+from zmix.contacts import Contact, contact_path, write_contact
+from zmix.errors import ConfigError, WireError
+from zmix.keys import PrivateIdentity, create_private, load_directory, load_private
+from zmix.runtime import links
+from zmix.topology import Role, Topology, entity_id, load_topology, valid_name
+
+RESEND = 1.0  # seconds between REGISTER attempts while no answer came
+
+EXAMPLES = """\
+examples:
+  zmix-register --state zmix-local --name carol --provider provider-1
+  zmix-send --state zmix-local --as carol --to alice "hello from a newcomer"
+  cp zmix-local/contacts/carol.json OTHER-STATE/contacts/    # let other state dirs reach carol
+
+The provider must have open registration (mailbox.open_registration in the topology). Running
+the command again for a client already registered answers the same and changes nothing.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of zmix-register."""
+    parser = argparse.ArgumentParser(
+        prog="zmix-register", description="Register a new client with a zmix provider.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", required=True, type=Path, help="the network's state directory")
+    parser.add_argument("--name", required=True, help="the new client's name")
+    parser.add_argument("--provider", required=True, help="the provider to keep its mail")
+    parser.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",
+                        help="give up after SECONDS without an answer (default 20)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run zmix-register; return its exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        topology = load_topology(args.state / "topology.yaml")
+        _check(topology, args)
+        identity = _identity(args.state, topology, args.name)
+        directory = load_directory(args.state, topology)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    provider = topology.node(args.provider)
+    answer = _ask(topology, identity, provider.endpoint,
+                  directory[provider.name].curve_public, args.timeout)
+    if answer is None:
+        return fail(f"no answer from {provider.name} at {provider.endpoint} within "
+                    f"{args.timeout:g} s; is it running? (run this again: it is safe)")
+    if isinstance(answer, wire.Error):
+        return fail(f"{provider.name} refused to register {args.name!r}: {answer.code} "
+                    f"({answer.text})")
+    contact = Contact(args.name, identity.id, identity.public_key, identity.curve_public,
+                      provider.name)
+    path = write_contact(args.state, contact)
+    print(f"registered {args.name} with {provider.name}; contact: {path}")
+    json.dump({"name": contact.name, "provider": contact.provider, "id": contact.id.hex(),
+               "public_key": contact.public_key.hex()}, sys.stdout)
+    print()
+    return 0
+
+
+def _check(topology: Topology, args: argparse.Namespace) -> None:
+    where = str(args.state / "topology.yaml")
+    try:
+        provider = topology.node(args.provider)
+    except KeyError:
+        raise ConfigError(where, "providers", f"no provider named {args.provider!r}") from None
+    if provider.role is not Role.PROVIDER:
+        raise ConfigError(where, "providers", f"{args.provider!r} is a mixnode, not a provider")
+    if not topology.mailbox.open_registration:
+        raise ConfigError(where, "mailbox.open_registration", "is off: the providers of this "
+                          "network admit only the clients the topology declares")
+    if not valid_name(args.name):
+        raise ConfigError("--name", "name", "must be 1-64 letters, digits, '_', '.' or '-'")
+    names = {n.name for n in topology.nodes()} | {c.name for c in topology.clients}
+    if args.name in names:
+        raise ConfigError(where, "clients", f"{args.name!r} is already a member of the network")
+    existing = contact_path(args.state, args.name)
+    if existing.exists():
+        try:
+            known = json.loads(existing.read_text()).get("provider")
+        except (OSError, ValueError, AttributeError):
+            raise ConfigError(str(existing), "(file)", "unreadable contact") from None
+        if known != args.provider:
+            raise ConfigError(str(existing), "provider", f"{args.name!r} is registered with "
+                              f"{known!r}, not {args.provider!r}")
+
+
+def _identity(state_dir: Path, topology: Topology, name: str) -> PrivateIdentity:
+    if (state_dir / "private" / f"{name}.json").exists():
+        identity = load_private(state_dir, name)
+        if identity.id != entity_id(topology.network, name):
+            raise ConfigError(str(state_dir / "private" / f"{name}.json"), "id",
+                              f"is not the id of {name!r} in network {topology.network!r}")
+        return identity
+    return create_private(state_dir, topology.network, name, "client")
+
+
+def _ask(topology: Topology, me: PrivateIdentity, endpoint: str, server_key: bytes,
+         timeout: float) -> wire.Registered | wire.Error | None:
+    """Send REGISTER until the provider answers or ``timeout`` passes; return the answer."""
+    request = wire.encode(wire.Register(me.curve_public, me.public_key, me.name),
+                          params=topology.sphinx, slots=topology.mailbox.fetch_slots)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = links.connect_dealer(ctx, endpoint, server_key, me.curve_public, me.curve_private,
+                                crypto.random_bytes(16))
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(zmq.Again):  # not connected yet: try again after a pause
+                sock.send(request, zmq.NOBLOCK)
+            wait_until = min(deadline, time.monotonic() + RESEND)
+            while (left := wait_until - time.monotonic()) > 0:
+                if not sock.poll(int(left * 1000) + 1):
+                    break
+                try:
+                    frame = wire.decode(sock.recv(), params=topology.sphinx,
+                                        slots=topology.mailbox.fetch_slots)
+                except WireError:
+                    continue
+                if isinstance(frame, wire.Registered) and frame.name == me.name:
+                    return frame
+                if isinstance(frame, wire.Error):
+                    return frame
+        return None
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Contacts: clients that the topology does not declare, admitted by a provider at run time.
+
+A client registered with ``zmix-register`` (open registration, docs/protocol.md) is in no
+topology file, so other clients learn of it from its *contact*: its public identity plus the
+provider that keeps its mail, one JSON file per client in ``STATE/contacts/NAME.json``::
+
+    {"name", "role": "client", "id", "public_key", "curve_public", "provider"}      (keys in hex)
+
+``zmix-register`` writes the file in its own state directory; copy it into another state
+directory's ``contacts/`` to let that directory's clients write to it (and check the messages it
+signs). A contact holds nothing secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from zmix.errors import ConfigError
+from zmix.keys import PublicIdentity
+from zmix.topology import ClientSpec, Topology, entity_id, valid_name
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A registered client: who it is, its public keys and its provider."""
+
+    name: str
+    id: bytes
+    public_key: bytes
+    curve_public: bytes
+    provider: str
+
+    def spec(self) -> ClientSpec:
+        """Return the contact as a client of the topology."""
+        return ClientSpec(self.name, self.id, self.provider)
+
+    def identity(self) -> PublicIdentity:
+        """Return the contact's public identity."""
+        return PublicIdentity(self.name, self.id, self.public_key, self.curve_public)
+
+
+def contact_path(state_dir: Path, name: str) -> Path:
+    """Return where the contact of client ``name`` is kept."""
+    return state_dir / "contacts" / f"{name}.json"
+
+
+def write_contact(state_dir: Path, contact: Contact) -> Path:
+    """Write ``contact`` atomically (temporary file, fsync, rename); return its path."""
+    path = contact_path(state_dir, contact.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"name": contact.name, "role": "client", "id": contact.id.hex(),
+            "public_key": contact.public_key.hex(), "curve_public": contact.curve_public.hex(),
+            "provider": contact.provider}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_contacts(state_dir: Path, topology: Topology) -> list[Contact]:
+    """Return every contact in ``state_dir/contacts``, sorted by name.
+
+    Raises ConfigError naming the file, the key and the problem for a contact that is not valid
+    JSON, lacks a field, names a client of the topology, has another network's id or a provider
+    that is not one of the topology's.
+    """
+    folder = state_dir / "contacts"
+    if not folder.is_dir():
+        return []
+    reserved = {n.name for n in topology.nodes()} | {c.name for c in topology.clients}
+    providers = {p.name for p in topology.providers}
+    contacts = []
+    for path in sorted(folder.glob("*.json")):
+        contact = _read(path, topology.network)
+        if contact.name in reserved:
+            raise ConfigError(str(path), "name", f"{contact.name!r} is already a member of the "
+                              "topology")
+        if contact.provider not in providers:
+            raise ConfigError(str(path), "provider", f"{contact.provider!r} is not a provider of "
+                              f"network {topology.network!r}")
+        contacts.append(contact)
+    return contacts
+
+
+def with_contacts(topology: Topology, directory: dict[str, PublicIdentity],
+                  contacts: list[Contact]) -> tuple[Topology, dict[str, PublicIdentity]]:
+    """Return the topology and key directory extended by ``contacts``, as a client sees them."""
+    extended = dataclasses.replace(
+        topology, clients=topology.clients + tuple(c.spec() for c in contacts))
+    return extended, {**directory, **{c.name: c.identity() for c in contacts}}
+
+
+def _read(path: Path, network: str) -> Contact:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), "(file)", f"unreadable contact: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "(file)", "a contact must be a JSON object")
+    name, provider = data.get("name"), data.get("provider")
+    if not isinstance(name, str) or not valid_name(name) or path.name != f"{name}.json":
+        raise ConfigError(str(path), "name", f"must be a valid client name matching the file "
+                          f"name, got {name!r}")
+    if data.get("role") != "client":
+        raise ConfigError(str(path), "role", f"must be 'client', got {data.get('role')!r}")
+    if not isinstance(provider, str):
+        raise ConfigError(str(path), "provider", "missing or not a name")
+    ident = _hex(path, data, "id", 16)
+    if ident != entity_id(network, name):
+        raise ConfigError(str(path), "id", f"is not the id of {name!r} in network {network!r}")
+    return Contact(name, ident, _hex(path, data, "public_key", 32),
+                   _hex(path, data, "curve_public", 32), provider)
+
+
+def _hex(path: Path, data: dict[str, object], key: str, size: int) -> bytes:
+    value = data.get(key)
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None or len(raw) != size:
+        raise ConfigError(str(path), key, f"must be {size} bytes in hexadecimal")
+    return raw
