@@ -24,6 +24,7 @@ RECONNECT_MAX_MS = 5_000  # backoff ceiling
 HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
 HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
+INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
 
 
 def user_id(curve_public: bytes) -> str:
@@ -102,7 +103,7 @@ def bind_router(
     sock.curve_secretkey = z85.encode(curve_private)
     sock.zap_domain = domain.encode()
     sock.router_handover = True  # a restarted peer takes its identity back at once
-    sock.rcvhwm = LINK_HWM
+    sock.rcvhwm = INBOUND_HWM
     sock.sndhwm = LINK_HWM
     sock.heartbeat_ivl = HEARTBEAT_MS
     sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
