@@ -220,8 +220,9 @@ def test_a_version_2_file_is_migrated_and_keeps_its_clients(tmp_path: Path) -> N
     box = Mailbox(path, quota=10, ttl=100.0)
     assert box.registered() == [BOB] and box.registrations() == []
     box.register(reg(ALICE), 5.0)
+    box.register(reg(BOB, key=2), 6.0)  # the row without keys gets them
     box.close()
-    assert Mailbox(path, quota=10, ttl=100.0).registrations() == [reg(ALICE)]
+    assert Mailbox(path, quota=10, ttl=100.0).registrations() == [reg(ALICE), reg(BOB, key=2)]
 
 
 def test_registering_again_changes_nothing_and_names_and_keys_are_one_client_s(

@@ -301,8 +301,12 @@ class Mailbox:
                 raise LocalMisuse("registration keys are 32 bytes")
         with self._transaction():
             try:
+                # A row without keys (from a version 2 file) gets them; a row with keys stays.
                 self._db.execute(
-                    "INSERT INTO clients VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO clients VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "name = excluded.name, curve_public = excluded.curve_public, "
+                    "public_key = excluded.public_key, registered_at = excluded.registered_at "
+                    "WHERE clients.curve_public IS NULL",
                     (client.id, client.name, client.curve_public, client.public_key, now))
             except sqlite3.IntegrityError:
                 raise LocalMisuse("that name or key belongs to another registered client") from None
