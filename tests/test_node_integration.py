@@ -21,6 +21,7 @@ from zmix.bench.common import free_ports, make_network
 from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
+from zmix.runtime.node import MAX_IN_FLIGHT
 from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
 from zmix.topology import Topology
 
@@ -213,6 +214,31 @@ def test_packets_held_by_a_dead_worker_are_written_off_not_waited_for(chain: Cha
     for i in range(10):
         chain.send(chain.packet(f"after {i}".encode()))
     assert len(chain.receive(10)) == 10
+
+
+def test_a_node_whose_workers_are_stuck_stops_reading_and_does_not_spin(chain: Chain) -> None:
+    node_pid = chain.launcher.pids()["mix-a"]
+    stuck = _children(node_pid)
+    packet = chain.packet(b"again and again")  # processing would drop the copies as replays
+    for pid in stuck:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(MAX_IN_FLIGHT + 500):
+            chain.send(packet)
+        full = _wait_stats(chain, "mix-a", lambda s: s["in_flight"] >= MAX_IN_FLIGHT)
+        assert full["in_flight"] == MAX_IN_FLIGHT  # the node stopped reading at its bound
+        time.sleep(1.0)
+        later = chain.stats("mix-a")
+        # The ROUTER is not polled while it is not read: the loop wakes for its timers (every
+        # 10 ms while packets wait for a worker), not for every poll of a readable socket.
+        assert later["loop_wakeups"] - full["loop_wakeups"] < 1_000
+        assert later["received"] == full["received"]
+    finally:
+        for pid in stuck:
+            os.kill(pid, signal.SIGCONT)
+    assert _wait_stats(chain, "mix-a", lambda s: s["in_flight"] == 0,
+                       timeout=20)["in_flight"] == 0
+    assert chain.stats("mix-a")["dropped_replay"] >= MAX_IN_FLIGHT
 
 
 def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) -> None:

@@ -75,7 +75,7 @@ class NodeProcess:
         self._stop_signal: int | None = None
         self._counts = {"received": 0, "sent": 0, "heartbeats_received": 0, "relayed": 0,
                         "client_frames": 0, "link_send_failed": 0, "worker_restarts": 0,
-                        "internal_errors": 0}
+                        "internal_errors": 0, "loop_wakeups": 0}
         self._frame_drops = {r.value: 0 for r in DropReason}
         self._last_seen: dict[bytes, float] = {}
         self._util_prev: dict[int, tuple[float, float]] = {}
@@ -221,6 +221,7 @@ class _Loop:
             now = time.monotonic()
             poller = reading if self.n._in_flight < MAX_IN_FLIGHT else busy
             ready = dict(poller.poll(self._timeout_ms(now)))
+            self.n._counts["loop_wakeups"] += 1
             if self.results in ready:
                 self._read_results()
             if self.router in ready and self.n._in_flight < MAX_IN_FLIGHT:
