@@ -228,10 +228,11 @@ def _open_provider(net: SimNet, path: Path, **policy: object) -> ProviderCore:
     names = [n.name for n in topo.nodes()] + [c.name for c in topo.clients]
     return ProviderCore(topo.sphinx, topo.node("provider-2").id, set(),
                         Mailbox(path, quota=3, ttl=100.0), params, network=topo.network,
-                        reserved=names)
+                        reserved=names, reserved_keys=[ALICE_LINK])
 
 
 CAROL_LINK, CAROL_KEY = b"\x0c" * 32, b"\x0d" * 32
+ALICE_LINK = b"\x0a" * 32  # stands for the link key of a member of the topology
 
 
 def test_a_registered_client_gets_mail_and_stays_registered_after_a_restart(
@@ -263,6 +264,7 @@ def test_a_registered_client_gets_mail_and_stays_registered_after_a_restart(
     (b"\x0f" * 32, Register(b"\x0f" * 32, CAROL_KEY, "dave"), "name_taken"),
     (b"\x10" * 32, Register(b"\x10" * 32, b"\x11" * 32, "dave"), "name_taken"),
     (CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "erin"), "key_taken"),  # carol's key, new name
+    (ALICE_LINK, Register(ALICE_LINK, CAROL_KEY, "erin"), "key_taken"),  # a member's key
 ])
 def test_registration_refusals_are_answered_with_a_code_and_counted(
         net: SimNet, tmp_path: Path, link: bytes, frame: Register, code: str) -> None:

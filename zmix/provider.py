@@ -51,9 +51,10 @@ class ProviderCore:
 
     def __init__(self, params: SphinxParams, provider_id: bytes, clients: set[bytes],
                  mailbox: Mailbox, mailbox_params: MailboxParams, *, network: str = "",
-                 reserved: Collection[str] = ()) -> None:
-        """``clients`` are the ids of the clients the topology gives this provider; ``network``
-        and ``reserved`` (every name of the topology) are what open registration needs."""
+                 reserved: Collection[str] = (), reserved_keys: Collection[bytes] = ()) -> None:
+        """``clients`` are the ids of the clients the topology gives this provider; ``network``,
+        ``reserved`` (every name of the topology) and ``reserved_keys`` (every CURVE key of its
+        members) are what open registration needs."""
         self._params = params
         self._id = provider_id
         self._clients = set(clients) | set(mailbox.registered())
@@ -62,6 +63,7 @@ class ProviderCore:
         self._policy = mailbox_params
         self._network = network
         self._reserved = frozenset(reserved)
+        self._reserved_keys = frozenset(reserved_keys)
         self._counts: Counter[str] = Counter()
 
     def on_final(self, now: float, result: FinalDelivery) -> list[Send]:
@@ -211,7 +213,7 @@ class ProviderCore:
                 by_name.curve_public, by_name.public_key) != (link_key, frame.public_key)):
             return Error("name_taken", "that name is taken")
         by_key = self._mailbox.registration_by_key(link_key)
-        if by_key is not None and by_key.name != frame.name:
+        if link_key in self._reserved_keys or (by_key is not None and by_key.name != frame.name):
             return Error("key_taken", "this key is registered under another name")
         if by_name is None and len(self._mailbox.registered()) >= (
                 self._policy.registration_limit):

@@ -110,9 +110,10 @@ class NodeProcess:
             clients = {c.id for c in self.topology.clients_of(self.spec.name)}
             names = [n.name for n in self.topology.nodes()] + [c.name for c in
                                                                self.topology.clients]
-            self.provider = ProviderCore(self.topology.sphinx, self.spec.id, clients,
-                                         self.mailbox, self.topology.mailbox,
-                                         network=self.topology.network, reserved=names)
+            self.provider = ProviderCore(
+                self.topology.sphinx, self.spec.id, clients, self.mailbox, self.topology.mailbox,
+                network=self.topology.network, reserved=names,
+                reserved_keys=[self.directory[name].curve_public for name in names])
         return NodeCore(self.topology, self.spec, self.directory, self.rng, now,
                         provider=self.provider)
 
