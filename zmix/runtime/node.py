@@ -267,17 +267,17 @@ class _Loop:
     def _push_jobs(self) -> None:
         """Hand the packets read to the workers, each batch to the worker holding the fewest.
 
-        A worker is given at most ``WORKER_QUEUE`` packets at a time; the rest wait here until
-        one answers, which costs them nothing (they would have waited in the worker's queue).
-        A quiet node sends batches of one; under load a read brings several packets and they
-        go in batches of up to ``JOB_BATCH``, paying ZeroMQ's per-message costs once."""
+        A quiet node sends batches of one, at once. Under load packets wait here until a whole
+        batch (``JOB_BATCH``, or an even share of what waits) fits within the ``WORKER_QUEUE``
+        packets a worker may hold: the worker is still busy with the batch before, so waiting
+        costs nothing, and the batches stay large. A batch of 32 costs a worker about 5 us of
+        messaging per packet, a batch of one about 35 us (measured; docs/operations.md)."""
         jobs, start, workers = self.jobs, 0, len(self.work)
         while start < len(jobs):
             index = min(range(workers), key=self.outstanding.__getitem__)
-            room = WORKER_QUEUE - self.outstanding[index]
-            if room <= 0:
+            size = min(JOB_BATCH, -(-(len(jobs) - start) // workers))
+            if WORKER_QUEUE - self.outstanding[index] < size:
                 break
-            size = min(room, JOB_BATCH, -(-(len(jobs) - start) // workers))
             if not self._send_jobs(index, jobs[start:start + size]):
                 break
             start += size
