@@ -245,8 +245,10 @@ def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) 
     for i in range(5):
         chain.send(chain.packet(f"before {i}".encode()))
     assert len(chain.receive(5)) == 5
+    old_sockets = Path((chain.state / "nodes" / "mix-b" / "ipc-dir").read_text().strip())
     chain.launcher.children["mix-b"].proc.kill()
     chain.launcher.children["mix-b"].proc.wait()
+    assert old_sockets.is_dir()  # SIGKILL leaves it behind ...
     chain.launcher.watch(time.monotonic())  # notices the death, schedules the restart
     chain.launcher.watch(time.monotonic() + 10)  # restarts it
     deadline = time.monotonic() + 20
@@ -257,13 +259,17 @@ def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) 
     got = {m for _, m in chain.receive(5)}
     assert got >= {f"after {i}".encode() for i in range(5)}
     assert chain.stats("mix-a")["pid"] == chain.launcher.pids()["mix-a"]  # mix-a never restarted
+    assert not old_sockets.exists()  # ... and the next run of the node removes it
 
 
 def test_sigterm_stops_a_node_and_its_workers(chain: Chain) -> None:
     child = chain.launcher.children["mix-a"]
     workers = _children(child.proc.pid)
+    record = chain.state / "nodes" / "mix-a" / "ipc-dir"
+    sockets = Path(record.read_text().strip())
     child.proc.send_signal(signal.SIGTERM)
     assert child.proc.wait(10) == 0
+    assert not sockets.exists() and not record.exists()
     time.sleep(0.2)
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

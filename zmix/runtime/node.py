@@ -56,6 +56,7 @@ HOUSEKEEPING_INTERVAL = 0.25  # seconds between statistics refreshes and worker 
 HEARTBEAT_INTERVAL = 1.0  # an outbound link idle this long gets a HEARTBEAT frame
 PEER_ALIVE = 5.0  # a peer heard from within this many seconds counts as alive
 EXPIRE_INTERVAL = 60.0  # seconds between mailbox expiry runs on a provider
+IPC_RECORD = "ipc-dir"  # in the node's directory: where this run's local sockets are
 
 
 class NodeProcess:
@@ -142,6 +143,9 @@ class NodeProcess:
         try:
             router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
                                        self.identity.curve_private, self.topology.network)
+            # The port is ours, so no other run of this node is alive: the socket directory that
+            # a killed run left behind can go.
+            _replace_ipc_record(self.node_dir / IPC_RECORD, ipc_dir)
             work = [ctx.socket(zmq.PUSH) for _ in range(self.worker_count)]
             results, control = ctx.socket(zmq.PULL), ctx.socket(zmq.REP)
             sockets = [router, *work, results, control]
@@ -184,6 +188,9 @@ class NodeProcess:
             self.mailbox.close()
         metrics.control_path(self.state_dir, self.spec.name).unlink(missing_ok=True)
         shutil.rmtree(ipc_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            if (self.node_dir / IPC_RECORD).read_text().strip() == str(ipc_dir):
+                (self.node_dir / IPC_RECORD).unlink()
 
     @property
     def stopping(self) -> bool:
@@ -500,6 +507,19 @@ class _Loop:
         workers = max(1, len(self.pool.stats))
         self.n._utilisation = min(1.0, busy / workers)
         return self.n._utilisation
+
+
+def _replace_ipc_record(record: Path, current: Path) -> None:
+    """Remove the socket directory named in ``record`` (a run killed before it could clean up)
+    and name ``current`` there instead."""
+    try:
+        old = Path(record.read_text().strip())
+    except OSError:
+        old = None
+    if old is not None and old != current and old.parent == current.parent and (
+            old.name.startswith("zmix-")):
+        shutil.rmtree(old, ignore_errors=True)
+    _write_atomically(record, f"{current}\n")
 
 
 def _write_atomically(path: Path, text: str) -> None:
