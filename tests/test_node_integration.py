@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -335,3 +336,18 @@ def test_ports_in_use_are_reported_by_the_launcher(tmp_path: Path) -> None:
     finally:
         busy.close()
         launcher.stop()
+
+
+def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from zmix.bench import node as bench
+
+    assert bench.main(["--packets", "300", "--paced-seconds", "0.5", "--workers", "1",
+                       "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["saturation_forwarded"] == figures["saturation_sent"] == 299
+    assert figures["paced_sent"] > 0 and figures["workers"] == 1
+    # Every forwarded packet went through process_packet in a worker, so the node's CPU per
+    # packet cannot be below the Sphinx time (if it is, the accounting lost someone's CPU).
+    assert figures["cpu_seconds_per_packet_workers"] > 0
+    assert figures["cpu_over_sphinx_ratio"] > 1.0

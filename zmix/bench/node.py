@@ -9,7 +9,8 @@ from one run:
 - forwarded packets/s at saturation (the generator sends as fast as the node takes them);
 - loss below saturation (the generator paces at a fraction of that rate; must be zero);
 - CPU seconds per forwarded packet, node process plus workers (from the node's own accounting),
-  and its ratio to the Sphinx per-hop time measured in this process during the same run.
+  and its ratio to the Sphinx per-hop time measured in this process during the same run (CPU
+  time of ``process_packet``, sampled before and after the load).
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     gen.send(frames[0])
     if not sink.wait_for(1, 30):
         raise RuntimeError("the node forwarded nothing")
+    # The Sphinx time is sampled before and after the load, so both ends of the run count.
+    sphinx_samples = _sphinx_samples(topology, state, packets[:1_000])
     node0, workers0, fwd0 = _node_cpu(state, node.name)
     saturated = frames[1:args.packets]
     base = sink.count
@@ -181,7 +184,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     workers_per_packet = (workers1 - workers0) / forwarded
     cpu_per_packet = node_per_packet + workers_per_packet
     paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
-    per_hop = _sphinx_per_hop(topology, state, packets[:2_000])
+    per_hop = stats.median(sphinx_samples + _sphinx_samples(topology, state, packets[:1_000]))
     gen.close(linger=0)
     return {
         "workers": args.workers, "payload_bytes": args.payload,
@@ -215,16 +218,21 @@ def _paced_phase(args: argparse.Namespace, frames: list[bytes], gen: zmq.Socket[
     return {"rate": rate, "sent": count, "lost": max(0, count - (sink.count - base))}
 
 
-def _sphinx_per_hop(topology: Topology, state: Path, packets: list[bytes]) -> float:
+def _sphinx_samples(topology: Topology, state: Path, packets: list[bytes]) -> list[float]:
+    """Return the CPU time of ``process_packet`` per packet over 5 chunks of ``packets``.
+
+    CPU time of this thread, like the node's figures it is compared with: wall time would also
+    count whatever else the shared machine runs meanwhile.
+    """
     key = load_private(state, topology.layers[0][0].name).private_key
     samples = []
     for chunk in range(5):
         batch = packets[chunk * len(packets) // 5:(chunk + 1) * len(packets) // 5]
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for packet in batch:
             process_packet(topology.sphinx, key, packet)
-        samples.append((time.perf_counter() - t0) / max(1, len(batch)))
-    return stats.median(samples)
+        samples.append((time.thread_time() - t0) / max(1, len(batch)))
+    return samples
 
 
 def main(argv: list[str]) -> int:
