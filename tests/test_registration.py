@@ -18,7 +18,7 @@ import zmq
 from test_e2e import start_up, stop_up
 
 from zmix import wire
-from zmix.bench.common import make_network
+from zmix.bench.common import free_ports, make_network
 from zmix.keys import load_directory
 from zmix.runtime import links, metrics
 from zmix.topology import Topology
@@ -136,3 +136,45 @@ def test_register_refuses_when_the_network_is_closed(tmp_path: Path) -> None:
     done = cli(state, "register", "--name", "dave", "--provider", "provider-1")
     assert done.returncode == 2 and "mailbox.open_registration" in done.stderr
     assert not (state / "private" / "dave.json").exists()
+
+
+def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
+    # Through an open door any key completes the handshake. Node ids are public, so a node's
+    # links must not be known by them: they carry random routing identities, and the ROUTER
+    # hands no identity over to a newcomer claiming it.
+    from zmq.utils import z85
+
+    server, node, stranger = ([z85.decode(k) for k in zmq.curve_keypair()] for _ in range(3))
+    node_id = b"N" * 16
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = links.KeyGate({node[0]: node_id}, open_door=True)
+    auth = links.start_authenticator(ctx, gate, "net")
+    port = free_ports(1)[0]
+    router = links.bind_router(ctx, f"tcp://127.0.0.1:{port}", *server, "net")
+    out = links.Links(ctx, *node, lambda _: (f"tcp://127.0.0.1:{port}", server[0]))
+    intruder: zmq.Socket[bytes] | None = None
+    try:
+        def delivered(count: int) -> int:
+            """Send ``count`` frames on the node's link; return how many arrived from it."""
+            for i in range(count):
+                assert out.send(b"peer", f"frame {i}".encode(), time.monotonic())
+            got, deadline = 0, time.monotonic() + 3
+            while got < count and time.monotonic() < deadline:
+                if router.poll(100):
+                    frames = router.recv_multipart(copy=False)
+                    got += str(frames[1].get("User-Id")) == links.user_id(node[0])
+            return got
+
+        assert delivered(5) == 5  # the node's link is up; now the intruder comes
+        intruder = links.connect_dealer(ctx, f"tcp://127.0.0.1:{port}", server[0], *stranger,
+                                        node_id)
+        intruder.send(b"hello")
+        time.sleep(0.3)
+        assert delivered(20) == 20
+    finally:
+        if intruder is not None:
+            intruder.close(linger=0)
+        router.close(linger=0)
+        out.close()
+        auth.stop()
+        ctx.term()

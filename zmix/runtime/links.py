@@ -3,8 +3,8 @@
 Every link is encrypted and authenticated with CURVE. A node's ROUTER is a CURVE server whose ZAP
 handler admits only the long-term keys it was told about (the topology's nodes and, on a provider,
 its registered clients); every refusal is counted. Outbound, a node keeps one DEALER per next hop,
-created on first use, with libzmq's reconnect backoff and ZMTP heartbeats, and with this node's id
-as its routing identity.
+created on first use, with libzmq's reconnect backoff and ZMTP heartbeats, and with a random
+routing identity (ids are public; the receiver knows its peer by the CURVE key, never by that).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Callable
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from zmix import crypto
 
 LOG = logging.getLogger(__name__)
 
@@ -102,7 +104,9 @@ def bind_router(
     sock.curve_publickey = z85.encode(curve_public)
     sock.curve_secretkey = z85.encode(curve_private)
     sock.zap_domain = domain.encode()
-    sock.router_handover = True  # a restarted peer takes its identity back at once
+    # No ROUTER_HANDOVER: every connection brings a random routing identity (connect_dealer's
+    # callers), so there is nothing to hand over, and a peer claiming another's identity must
+    # not take its connection away.
     sock.rcvhwm = INBOUND_HWM
     sock.sndhwm = LINK_HWM
     sock.heartbeat_ivl = HEARTBEAT_MS
@@ -144,11 +148,10 @@ class Links:
     """
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], identity: bytes, curve_public: bytes,
-        curve_private: bytes, resolve: Callable[[bytes], tuple[str, bytes] | None],
+        self, ctx: zmq.Context[zmq.Socket[bytes]], curve_public: bytes, curve_private: bytes,
+        resolve: Callable[[bytes], tuple[str, bytes] | None],
     ) -> None:
         self._ctx = ctx
-        self._identity = identity
         self._keys = (curve_public, curve_private)
         self._resolve = resolve
         self._sockets: dict[bytes, zmq.Socket[bytes]] = {}
@@ -161,7 +164,10 @@ class Links:
             target = self._resolve(node_id)
             if target is None:
                 return None
-            sock = connect_dealer(self._ctx, target[0], target[1], *self._keys, self._identity)
+            # A random routing identity, not the node's id: ids are public, and a peer that
+            # claimed this node's id could otherwise have its frames routed to itself.
+            sock = connect_dealer(self._ctx, target[0], target[1], *self._keys,
+                                  crypto.random_bytes(16))
             self._sockets[node_id] = sock
         return sock
 

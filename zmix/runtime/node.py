@@ -161,8 +161,8 @@ class NodeProcess:
             pool = WorkerPool(self.state_dir, self.spec.name, self.worker_count,
                               f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
-            out = links.Links(ctx, self.spec.id, self.identity.curve_public,
-                              self.identity.curve_private, self._resolve)
+            out = links.Links(ctx, self.identity.curve_public, self.identity.curve_private,
+                              self._resolve)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
