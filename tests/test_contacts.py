@@ -78,3 +78,38 @@ def test_an_unreadable_contact_is_a_config_error(net: tuple[Topology, Path], tex
     with pytest.raises(ConfigError) as info:
         load_contacts(state, topology)
     assert info.value.key == "(file)"
+
+
+def test_a_bad_contact_is_skipped_with_a_warning_and_stops_no_other_client(
+        net: tuple[Topology, Path], caplog: pytest.LogCaptureFixture) -> None:
+    from zmix.runtime.client import ClientRuntime
+
+    topology, state = net
+    (state / "contacts").mkdir()
+    (state / "contacts" / "junk.json").write_text("{}")
+    problems: list[ConfigError] = []
+    assert load_contacts(state, topology, problems) == []
+    assert [p.path for p in problems] == [str(state / "contacts" / "junk.json")]
+    with caplog.at_level("WARNING"):
+        runtime = ClientRuntime(state, "alice")
+    assert runtime.spec.name == "alice" and "junk.json" in caplog.text
+
+
+def test_a_client_whose_own_contact_is_broken_or_foreign_does_not_start(
+        net: tuple[Topology, Path]) -> None:
+    from zmix.keys import create_private
+    from zmix.runtime.client import ClientRuntime
+
+    topology, state = net
+    mine = create_private(state, topology.network, "dave", "client")
+    path = write_contact(state, Contact("dave", mine.id, mine.public_key, mine.curve_public,
+                                        "provider-2"))
+    assert ClientRuntime(state, "dave").spec.provider == "provider-2"
+    write_contact(state, dave(topology))  # someone else's keys under dave's name
+    with pytest.raises(ConfigError) as info:
+        ClientRuntime(state, "dave")
+    assert (info.value.path, info.value.key) == (str(path), "public_key")
+    path.write_text("{}")
+    with pytest.raises(ConfigError) as info:
+        ClientRuntime(state, "dave")
+    assert info.value.path == str(path)

@@ -304,3 +304,50 @@ def test_a_registration_that_cannot_be_stored_is_not_admitted(net: SimNet, tmp_p
     carol = entity_id(net.topology.network, "carol")
     assert provider.on_fetch(0.0, carol, Fetch(1)).items == ()
     assert provider.statistics()["fetch_refused"] == 1
+
+
+def test_a_full_provider_tells_a_stranger_nothing_about_its_names(net: SimNet,
+                                                                  tmp_path: Path) -> None:
+    provider = _open_provider(net, tmp_path / "p2.sqlite", registration_limit=1)
+    provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))
+    other = b"\x0e" * 32
+    for name in ("carol", "nobody"):  # a taken name and a free one get the same answer
+        answer, _ = provider.on_register(0.0, other, Register(other, b"\x12" * 32, name))
+        assert isinstance(answer, Error) and answer.code == "full"
+    assert provider.on_register(1.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))[0] == (
+        Registered("carol"))  # carol herself is still answered
+
+
+def test_a_registration_whose_name_the_topology_took_since_is_void(net: SimNet,
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "p2.sqlite"
+    provider = _open_provider(net, path)
+    provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))
+    carol = entity_id(net.topology.network, "carol")
+    provider.on_final(0.0, final_for(net, carol, message(net, b"for the registered carol")))
+    # The operator adds a client "carol" to the topology (at another provider): the old
+    # registration's key must not share the new member's id.
+    topo = net.topology
+    names = [n.name for n in topo.nodes()] + [c.name for c in topo.clients] + ["carol"]
+    params = dataclasses.replace(topo.mailbox, open_registration=True)
+    after = ProviderCore(topo.sphinx, topo.node("provider-2").id, set(),
+                         Mailbox(path, quota=3, ttl=100.0), params, network=topo.network,
+                         reserved=names)
+    assert after.registrations() == [] and [r.name for r in after.shadowed] == ["carol"]
+    assert not after.serves(carol)
+    assert after.on_fetch(0.0, carol, Fetch(1)).items == ()
+
+
+def test_a_mailbox_that_cannot_be_read_answers_unavailable(net: SimNet, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    provider = _open_provider(net, tmp_path / "p2.sqlite")
+
+    def fail(*_: object) -> None:
+        raise StorageError("disk I/O error")
+
+    monkeypatch.setattr(Mailbox, "registration_of", fail)
+    answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
+                                                                      "carol"))
+    assert answer == Error("unavailable", "try again later") and admitted is None
+    assert provider.statistics()["store_failed"] == 1

@@ -178,3 +178,16 @@ def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
         out.close()
         auth.stop()
         ctx.term()
+
+
+def test_register_refuses_a_name_known_here_only_as_a_contact(tmp_path: Path) -> None:
+    topology, state = make_network(tmp_path, layers=(("mix-a",),), clients=CLIENTS,
+                                   mailbox={"open_registration": True})
+    from zmix.contacts import Contact, write_contact
+    from zmix.topology import entity_id
+
+    write_contact(state, Contact("dave", entity_id(topology.network, "dave"), b"\x01" * 32,
+                                 b"\x02" * 32, "provider-1"))
+    done = cli(state, "register", "--name", "dave", "--provider", "provider-1")
+    assert done.returncode == 2 and "without its private keys" in done.stderr
+    assert not (state / "private" / "dave.json").exists()

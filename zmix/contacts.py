@@ -65,12 +65,14 @@ def write_contact(state_dir: Path, contact: Contact) -> Path:
     return path
 
 
-def load_contacts(state_dir: Path, topology: Topology) -> list[Contact]:
+def load_contacts(state_dir: Path, topology: Topology,
+                  problems: list[ConfigError] | None = None) -> list[Contact]:
     """Return every contact in ``state_dir/contacts``, sorted by name.
 
-    Raises ConfigError naming the file, the key and the problem for a contact that is not valid
-    JSON, lacks a field, names a client of the topology, has another network's id or a provider
-    that is not one of the topology's.
+    A contact that is not valid JSON, lacks a field, names a member of the topology, has another
+    network's id or a provider that is not one of the topology's is a ConfigError naming the
+    file, the key and the problem: raised, or with ``problems`` given, appended there and the
+    contact skipped (one bad file must not stop every client of a state directory).
     """
     folder = state_dir / "contacts"
     if not folder.is_dir():
@@ -79,13 +81,19 @@ def load_contacts(state_dir: Path, topology: Topology) -> list[Contact]:
     providers = {p.name for p in topology.providers}
     contacts = []
     for path in sorted(folder.glob("*.json")):
-        contact = _read(path, topology.network)
-        if contact.name in reserved:
-            raise ConfigError(str(path), "name", f"{contact.name!r} is already a member of the "
-                              "topology")
-        if contact.provider not in providers:
-            raise ConfigError(str(path), "provider", f"{contact.provider!r} is not a provider of "
-                              f"network {topology.network!r}")
+        try:
+            contact = _read(path, topology.network)
+            if contact.name in reserved:
+                raise ConfigError(str(path), "name", f"{contact.name!r} is already a member of "
+                                  "the topology")
+            if contact.provider not in providers:
+                raise ConfigError(str(path), "provider", f"{contact.provider!r} is not a "
+                                  f"provider of network {topology.network!r}")
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
+            continue
         contacts.append(contact)
     return contacts
 

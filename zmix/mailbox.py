@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zmix.errors import ConfigError, LocalMisuse, ZmixError
 from zmix.wire import ItemKind, MailboxItem
@@ -65,8 +66,9 @@ _FROM_V1 = (
     "DROP TABLE clients",
     "ALTER TABLE clients_v2 RENAME TO clients",
 )
-# Version 2 kept only the ids of registered clients; version 3 keeps their names and keys too
-# (rows from version 2 keep NULLs there: such a client gets its mail but no link key).
+# Version 2 kept only the ids of registered clients; version 3 keeps their names and keys too.
+# Rows from version 2 keep NULLs there: the runtime of that version never registered anyone (only
+# its tests did), and a keyless row is never handed to a newcomer of the same name.
 _FROM_V2 = (
     "ALTER TABLE clients ADD COLUMN name TEXT",
     "ALTER TABLE clients ADD COLUMN curve_public BLOB",
@@ -291,49 +293,56 @@ class Mailbox:
         return self._sizes.get(client, 0)
 
     def register(self, client: Registration, now: float) -> None:
-        """Remember a client admitted at run time (open registration); registering the same
-        client again changes nothing. StorageError on failure, LocalMisuse if its name or link
-        key already belongs to another registered client (check :meth:`registration_of` and
-        :meth:`registration_by_key` first)."""
+        """Remember a client admitted at run time (open registration). StorageError on failure,
+        LocalMisuse if its id, name or link key is already in the table (the caller answers a
+        repeated registration itself, see ProviderCore.on_register)."""
         _check_id("client id", client.id)
         for key in (client.curve_public, client.public_key):
             if len(key) != 32:
                 raise LocalMisuse("registration keys are 32 bytes")
         with self._transaction():
             try:
-                # A row without keys (from a version 2 file) gets them; a row with keys stays.
-                self._db.execute(
-                    "INSERT INTO clients VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                    "name = excluded.name, curve_public = excluded.curve_public, "
-                    "public_key = excluded.public_key, registered_at = excluded.registered_at "
-                    "WHERE clients.curve_public IS NULL",
-                    (client.id, client.name, client.curve_public, client.public_key, now))
+                self._db.execute("INSERT INTO clients VALUES (?, ?, ?, ?, ?)", (
+                    client.id, client.name, client.curve_public, client.public_key, now))
             except sqlite3.IntegrityError:
-                raise LocalMisuse("that name or key belongs to another registered client") from None
+                raise LocalMisuse("that id, name or key is registered already") from None
 
     def registered(self) -> list[bytes]:
-        """Return the ids of the clients admitted at run time."""
-        return [bytes(row[0]) for row in self._db.execute("SELECT id FROM clients")]
+        """Return the ids of the clients admitted at run time (rows of version 2 files, which
+        have no keys, included)."""
+        return [bytes(row[0]) for row in self._read("SELECT id FROM clients")]
+
+    def registration_count(self) -> int:
+        """Return how many clients were admitted at run time with their keys."""
+        [(count,)] = self._read("SELECT COUNT(*) FROM clients WHERE curve_public IS NOT NULL")
+        return int(count)
 
     def registrations(self) -> list[Registration]:
         """Return the clients admitted at run time whose keys are known, oldest first."""
-        return [Registration(bytes(i), n, bytes(c), bytes(p)) for i, n, c, p in self._db.execute(
+        return [Registration(bytes(i), n, bytes(c), bytes(p)) for i, n, c, p in self._read(
             "SELECT id, name, curve_public, public_key FROM clients WHERE curve_public IS NOT NULL"
             " ORDER BY registered_at, id")]
 
     def registration_of(self, name: str) -> Registration | None:
         """Return the registration of ``name``, or None."""
-        row = self._db.execute("SELECT id, name, curve_public, public_key FROM clients "
-                               "WHERE name = ?", (name,)).fetchone()
-        return None if row is None else Registration(bytes(row[0]), row[1], bytes(row[2]),
-                                                     bytes(row[3]))
+        rows = self._read("SELECT id, name, curve_public, public_key FROM clients "
+                          "WHERE name = ? AND curve_public IS NOT NULL", (name,))
+        return Registration(bytes(rows[0][0]), rows[0][1], bytes(rows[0][2]),
+                            bytes(rows[0][3])) if rows else None
 
     def registration_by_key(self, curve_public: bytes) -> Registration | None:
         """Return the registration whose link key is ``curve_public``, or None."""
-        row = self._db.execute("SELECT id, name, curve_public, public_key FROM clients "
-                               "WHERE curve_public = ?", (curve_public,)).fetchone()
-        return None if row is None else Registration(bytes(row[0]), row[1], bytes(row[2]),
-                                                     bytes(row[3]))
+        rows = self._read("SELECT id, name, curve_public, public_key FROM clients "
+                          "WHERE curve_public = ?", (curve_public,))
+        return Registration(bytes(rows[0][0]), rows[0][1], bytes(rows[0][2]),
+                            bytes(rows[0][3])) if rows else None
+
+    def _read(self, query: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query; StorageError if SQLite fails (a disk error, a locked file)."""
+        try:
+            return self._db.execute(query, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the mailbox: {exc}") from None
 
     def durability(self) -> dict[str, str]:
         """Return the settings in force: ``journal_mode`` (wal) and ``synchronous`` (FULL)."""

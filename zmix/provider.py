@@ -57,13 +57,19 @@ class ProviderCore:
         members) are what open registration needs."""
         self._params = params
         self._id = provider_id
-        self._clients = set(clients) | set(mailbox.registered())
         self._mailbox = mailbox
         self._slots = mailbox_params.fetch_slots
         self._policy = mailbox_params
         self._network = network
         self._reserved = frozenset(reserved)
         self._reserved_keys = frozenset(reserved_keys)
+        # A registration whose name or key the topology has since given to a member is void:
+        # its key would share the member's id.
+        kept = mailbox.registrations()
+        self.shadowed = [r for r in kept if r.name in self._reserved
+                         or r.curve_public in self._reserved_keys]
+        self._registered = [r for r in kept if r not in self.shadowed]
+        self._clients = set(clients) | {r.id for r in self._registered}
         self._counts: Counter[str] = Counter()
 
     def on_final(self, now: float, result: FinalDelivery) -> list[Send]:
@@ -167,8 +173,9 @@ class ProviderCore:
         return client_id in self._clients
 
     def registrations(self) -> list[Registration]:
-        """Return the clients admitted at run time, with their keys (for the link gate)."""
-        return self._mailbox.registrations()
+        """Return the clients admitted at run time, with their keys (for the link gate); not
+        those in :attr:`shadowed`, whose names or keys now belong to members of the topology."""
+        return list(self._registered)
 
     def on_register(self, now: float, link_key: bytes, frame: Register
                     ) -> tuple[Registered | Error, Registration | None]:
@@ -180,50 +187,54 @@ class ProviderCore:
         keys is answered REGISTERED again, so a client whose answer was lost can simply retry.
         The refusal codes are in docs/protocol.md; each refusal is counted.
         """
-        refusal = self._check_registration(link_key, frame)
-        if refusal is not None:
+        try:
+            answer, client = self._register(now, link_key, frame)
+        except StorageError:
+            self._counts["store_failed"] += 1
+            return Error("unavailable", "try again later"), None
+        if isinstance(answer, Error):
             self._counts["registration_refused"] += 1
-            return refusal, None
+        return answer, client
+
+    def _register(self, now: float, link_key: bytes, frame: Register
+                  ) -> tuple[Registered | Error, Registration | None]:
+        if not self._policy.open_registration:
+            return Error("closed", "this provider does not admit new clients"), None
+        if frame.curve_public != link_key:
+            return Error("bad_request", "the key must be the one of this link"), None
+        if not valid_name(frame.name):
+            return Error("bad_request", "a name is 1-64 letters, digits, '_', '.' or '-'"), None
+        if frame.name in self._reserved:
+            return Error("name_taken", "that name is taken"), None
+        if link_key in self._reserved_keys:
+            return Error("key_taken", "this key belongs to a member of the network"), None
         existing = self._mailbox.registration_of(frame.name)
-        if existing is not None:  # the same client again (_check_registration saw to that)
-            return Registered(frame.name), existing
+        if existing is not None and (existing.curve_public, existing.public_key) == (
+                link_key, frame.public_key):
+            return Registered(frame.name), existing  # the same client again
+        # A full provider says so before anything else: a stranger learns no more names.
+        if self._mailbox.registration_count() >= self._policy.registration_limit:
+            return Error("full", "this provider admits no more clients"), None
+        if existing is not None:
+            return Error("name_taken", "that name is taken"), None
+        if self._mailbox.registration_by_key(link_key) is not None:
+            return Error("key_taken", "this key is registered under another name"), None
         client = Registration(entity_id(self._network, frame.name), frame.name, link_key,
                               frame.public_key)
         try:
             self._mailbox.register(client, now)
-        except StorageError:
-            self._counts["store_failed"] += 1
-            return Error("unavailable", "try again later"), None
-        except LocalMisuse:  # another client took the name or key meanwhile
-            self._counts["registration_refused"] += 1
+        except LocalMisuse:  # the id is taken by a row without keys (a version 2 file)
             return Error("name_taken", "that name is taken"), None
+        self._registered.append(client)
         self._clients.add(client.id)
         self._counts["registered"] += 1
         return Registered(frame.name), client
-
-    def _check_registration(self, link_key: bytes, frame: Register) -> Error | None:
-        if not self._policy.open_registration:
-            return Error("closed", "this provider does not admit new clients")
-        if frame.curve_public != link_key:
-            return Error("bad_request", "the key must be the one of this link")
-        if not valid_name(frame.name):
-            return Error("bad_request", "a name is 1-64 letters, digits, '_', '.' or '-'")
-        by_name = self._mailbox.registration_of(frame.name)
-        if frame.name in self._reserved or (by_name is not None and (
-                by_name.curve_public, by_name.public_key) != (link_key, frame.public_key)):
-            return Error("name_taken", "that name is taken")
-        by_key = self._mailbox.registration_by_key(link_key)
-        if link_key in self._reserved_keys or (by_key is not None and by_key.name != frame.name):
-            return Error("key_taken", "this key is registered under another name")
-        if by_name is None and len(self._mailbox.registered()) >= (
-                self._policy.registration_limit):
-            return Error("full", "this provider admits no more clients")
-        return None
 
     def statistics(self) -> dict[str, int]:
         """Return the provider's counters (the mailbox keeps its own, see Mailbox.statistics).
 
         drops_received, unexpected_delivery, bad_envelope, refused_full, store_failed,
-        messages_stored, replies_stored, acks_sent, bad_ack_surb, fetches, fetch_refused.
+        messages_stored, replies_stored, acks_sent, bad_ack_surb, fetches, fetch_refused,
+        registered, registration_refused.
         """
         return {name: self._counts[name] for name in _COUNTERS}

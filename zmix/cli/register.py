@@ -111,6 +111,11 @@ def _check(topology: Topology, args: argparse.Namespace) -> None:
 
 
 def _identity(state_dir: Path, topology: Topology, name: str) -> PrivateIdentity:
+    if not (state_dir / "private" / f"{name}.json").exists() and contact_path(
+            state_dir, name).exists():
+        raise ConfigError(str(contact_path(state_dir, name)), "(file)",
+                          f"{name!r} is a contact here, without its private keys (copied from "
+                          "elsewhere?); register another name, or run this where its keys are")
     if (state_dir / "private" / f"{name}.json").exists():
         identity = load_private(state_dir, name)
         if identity.id != entity_id(topology.network, name):

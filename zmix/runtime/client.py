@@ -56,8 +56,14 @@ class ClientRuntime:
         self.state_dir = state_dir
         declared = load_topology(state_dir / "topology.yaml")
         # Clients registered at run time are known by their contact files (zmix/contacts.py).
+        problems: list[ConfigError] = []
+        contacts = load_contacts(state_dir, declared, problems)
+        for problem in problems:
+            if problem.path == str(contact_path(state_dir, name)):
+                raise problem  # this client's own contact: nothing works without it
+            LOG.warning("contact skipped: %s", problem)
         self.topology, self.directory = with_contacts(
-            declared, load_directory(state_dir, declared), load_contacts(state_dir, declared))
+            declared, load_directory(state_dir, declared), contacts)
         try:
             self.spec: ClientSpec = self.topology.client(name)
         except KeyError:
@@ -65,6 +71,11 @@ class ClientRuntime:
                               f"no client named {name!r} (nor a contact "
                               f"{contact_path(state_dir, name)} from zmix-register)") from None
         self.identity = load_private(state_dir, name)
+        if self.directory[name] != self.identity.public():
+            mine = contact_path(state_dir, name)
+            raise ConfigError(str(mine if mine.exists() else state_dir / "public"
+                                  / f"{name}.json"), "public_key",
+                              f"does not match the keys in private/{name}.json")
         self.provider = self.topology.node(self.spec.provider)
         self.client_dir = state_dir / "clients" / name
         self.client_dir.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,9 @@ class NodeProcess:
         if self.provider is not None:
             for client in self.provider.registrations():
                 gate.add(client.curve_public, client.id)
+            for client in self.provider.shadowed:
+                LOG.warning("registered client %s is void: the topology now gives its name or "
+                            "key to a member", client.name)
         auth = links.start_authenticator(ctx, gate, self.topology.network)
         pool: WorkerPool | None = None
         sockets: list[zmq.Socket[bytes]] = []
