@@ -191,3 +191,22 @@ def test_register_refuses_a_name_known_here_only_as_a_contact(tmp_path: Path) ->
     done = cli(state, "register", "--name", "dave", "--provider", "provider-1")
     assert done.returncode == 2 and "without its private keys" in done.stderr
     assert not (state / "private" / "dave.json").exists()
+
+
+def test_the_open_door_admits_unknown_keys_at_a_bounded_rate() -> None:
+    now = [100.0]
+    member = b"\x01" * 32
+    gate = links.KeyGate({member: b"m" * 16}, open_door=True, clock=lambda: now[0])
+
+    def knock(key: bytes) -> bool:
+        return gate.callback("net", links.user_id(key).encode())
+
+    strangers = [bytes([2, i]) + bytes(30) for i in range(links.DOOR_BURST + 5)]
+    assert [knock(k) for k in strangers] == [True] * links.DOOR_BURST + [False] * 5
+    assert knock(member)  # members are never throttled
+    now[0] += 2.0 / links.DOOR_RATE  # two more tokens
+    assert [knock(k) for k in strangers[:3]] == [True, True, False]
+    assert (gate.unregistered, gate.throttled, gate.allowed) == (links.DOOR_BURST + 2, 6, 1)
+    closed = links.KeyGate({member: b"m" * 16})
+    assert not closed.callback("net", links.user_id(strangers[0]).encode())
+    assert closed.denied == 1

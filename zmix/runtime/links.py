@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import zmq
@@ -27,6 +28,8 @@ HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
 HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
 INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
+DOOR_BURST = 20  # handshakes of unknown keys an open door admits at once ...
+DOOR_RATE = 1.0  # ... and per second after that (a registration needs one)
 
 
 def user_id(curve_public: bytes) -> str:
@@ -46,16 +49,22 @@ class KeyGate:
     handler always sees a consistent set.
     """
 
-    def __init__(self, keys: dict[bytes, bytes], *, open_door: bool = False) -> None:
+    def __init__(self, keys: dict[bytes, bytes], *, open_door: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``keys`` maps each admitted CURVE key to its peer's id. With ``open_door`` (a provider
-        with open registration) any key passes the handshake; frames from a key not in the gate
-        are then only looked at if they ask to register (see the node loop)."""
+        with open registration) other keys pass the handshake too, at most ``DOOR_BURST`` at
+        once and ``DOOR_RATE`` a second after that; frames from a key not in the gate are then
+        only looked at if they ask to register (see the node loop)."""
         self._lock = threading.Lock()
         self._by_user: dict[str, bytes] = {user_id(k): v for k, v in keys.items()}
         self.open_door = open_door
+        self._clock = clock
+        self._tokens = float(DOOR_BURST)
+        self._refilled = clock()
         self.denied = 0
         self.allowed = 0
         self.unregistered = 0  # handshakes of unknown keys let in by the open door
+        self.throttled = 0  # handshakes of unknown keys refused: the door's rate was used up
 
     def add(self, curve_public: bytes, entity: bytes) -> None:
         """Admit ``curve_public`` from now on, as the peer ``entity``."""
@@ -68,17 +77,24 @@ class KeyGate:
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP credentials callback: ``key`` is the z85 form of the client's CURVE key."""
-        known = key.decode("ascii") in self._by_user
         with self._lock:
-            if known:
+            if key.decode("ascii") in self._by_user:
                 self.allowed += 1
-            elif self.open_door:
-                self.unregistered += 1
-            else:
+                return True
+            if not self.open_door:
                 self.denied += 1
-        if not known and not self.open_door:
-            LOG.info("refused a CURVE key not in the topology")
-        return known or self.open_door
+                LOG.info("refused a CURVE key not in the topology")
+                return False
+            now = self._clock()
+            self._tokens = min(float(DOOR_BURST),
+                               self._tokens + (now - self._refilled) * DOOR_RATE)
+            self._refilled = now
+            if self._tokens < 1.0:
+                self.throttled += 1
+                return False
+            self._tokens -= 1.0
+            self.unregistered += 1
+            return True
 
 
 def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,

@@ -494,6 +494,7 @@ class _Loop:
         stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
         stats["auth_denied"] = self.gate.denied
         stats["auth_unregistered"] = self.gate.unregistered
+        stats["auth_throttled"] = self.gate.throttled
         stats["uptime_seconds"] = now - self.n.started
         stats["pid"] = os.getpid()
         if self.n.mailbox is not None:
