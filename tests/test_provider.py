@@ -289,23 +289,6 @@ def test_a_closed_or_full_provider_admits_nobody(net: SimNet, tmp_path: Path) ->
     assert [r.name for r in full.registrations()] == ["carol"]
 
 
-def test_a_registration_that_cannot_be_stored_is_not_admitted(net: SimNet, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
-    provider = _open_provider(net, tmp_path / "p2.sqlite")
-
-    def fail(*_: object) -> None:
-        raise StorageError("disk full")
-
-    monkeypatch.setattr(Mailbox, "register", fail)
-    answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
-                                                                      "carol"))
-    assert answer == Error("unavailable", "try again later") and admitted is None
-    carol = entity_id(net.topology.network, "carol")
-    assert provider.on_fetch(0.0, carol, Fetch(1)).items == ()
-    assert provider.statistics()["fetch_refused"] == 1
-
-
 def test_a_full_provider_tells_a_stranger_nothing_about_its_names(net: SimNet,
                                                                   tmp_path: Path) -> None:
     provider = _open_provider(net, tmp_path / "p2.sqlite", registration_limit=1)
@@ -338,16 +321,19 @@ def test_a_registration_whose_name_the_topology_took_since_is_void(net: SimNet,
     assert after.on_fetch(0.0, carol, Fetch(1)).items == ()
 
 
-def test_a_mailbox_that_cannot_be_read_answers_unavailable(net: SimNet, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+@pytest.mark.parametrize("failing", ["register", "registration_of"])  # a write, a read
+def test_a_registration_the_mailbox_cannot_handle_is_answered_unavailable(
+        net: SimNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     provider = _open_provider(net, tmp_path / "p2.sqlite")
 
     def fail(*_: object) -> None:
         raise StorageError("disk I/O error")
 
-    monkeypatch.setattr(Mailbox, "registration_of", fail)
+    monkeypatch.setattr(Mailbox, failing, fail)
     answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
                                                                       "carol"))
     assert answer == Error("unavailable", "try again later") and admitted is None
     assert provider.statistics()["store_failed"] == 1
+    carol = entity_id(net.topology.network, "carol")
+    assert provider.on_fetch(0.0, carol, Fetch(1)).items == ()  # not admitted
+    assert provider.statistics()["fetch_refused"] == 1

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zmix.errors import ConfigError
-from zmix.keys import PublicIdentity
-from zmix.topology import ClientSpec, Topology, entity_id, valid_name
+from zmix.keys import PublicIdentity, check_id, hex_field, read_json_object
+from zmix.topology import ClientSpec, Topology, valid_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +77,12 @@ def load_contacts(state_dir: Path, topology: Topology,
     folder = state_dir / "contacts"
     if not folder.is_dir():
         return []
-    reserved = {n.name for n in topology.nodes()} | {c.name for c in topology.clients}
+    reserved = set(topology.names())
     providers = {p.name for p in topology.providers}
     contacts = []
     for path in sorted(folder.glob("*.json")):
         try:
-            contact = _read(path, topology.network)
+            contact = read_contact(path, topology.network)
             if contact.name in reserved:
                 raise ConfigError(str(path), "name", f"{contact.name!r} is already a member of "
                                   "the topology")
@@ -106,13 +106,10 @@ def with_contacts(topology: Topology, directory: dict[str, PublicIdentity],
     return extended, {**directory, **{c.name: c.identity() for c in contacts}}
 
 
-def _read(path: Path, network: str) -> Contact:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(path), "(file)", f"unreadable contact: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "(file)", "a contact must be a JSON object")
+def read_contact(path: Path, network: str) -> Contact:
+    """Return the contact in ``path``; ConfigError naming the file, key and problem if it is
+    unreadable, lacks a field or has another network's id."""
+    data = read_json_object(path, "contact")
     name, provider = data.get("name"), data.get("provider")
     if not isinstance(name, str) or not valid_name(name) or path.name != f"{name}.json":
         raise ConfigError(str(path), "name", f"must be a valid client name matching the file "
@@ -121,19 +118,7 @@ def _read(path: Path, network: str) -> Contact:
         raise ConfigError(str(path), "role", f"must be 'client', got {data.get('role')!r}")
     if not isinstance(provider, str):
         raise ConfigError(str(path), "provider", "missing or not a name")
-    ident = _hex(path, data, "id", 16)
-    if ident != entity_id(network, name):
-        raise ConfigError(str(path), "id", f"is not the id of {name!r} in network {network!r}")
-    return Contact(name, ident, _hex(path, data, "public_key", 32),
-                   _hex(path, data, "curve_public", 32), provider)
-
-
-def _hex(path: Path, data: dict[str, object], key: str, size: int) -> bytes:
-    value = data.get(key)
-    try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else None
-    except ValueError:
-        raw = None
-    if raw is None or len(raw) != size:
-        raise ConfigError(str(path), key, f"must be {size} bytes in hexadecimal")
-    return raw
+    ident = hex_field(path, data, "id", 16)
+    check_id(path, name, network, ident)
+    return Contact(name, ident, hex_field(path, data, "public_key", 32),
+                   hex_field(path, data, "curve_public", 32), provider)

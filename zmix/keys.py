@@ -19,6 +19,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zmix import crypto
 from zmix.errors import ConfigError
@@ -114,9 +115,7 @@ def create_private(state_dir: Path, network: str, name: str, role: str) -> Priva
 
 def _restore_public(state_dir: Path, network: str, name: str, role: str) -> None:
     own = load_private(state_dir, name)
-    if own.id != entity_id(network, name):
-        raise ConfigError(str(state_dir / "private" / f"{name}.json"), "id",
-                          f"is not the id of {name!r} in network {network!r}")
+    check_id(state_dir / "private" / f"{name}.json", name, network, own.id)
     public = {"name": name, "role": role, "id": own.id.hex(), "public_key": own.public_key.hex(),
               "curve_public": own.curve_public.hex()}
     _write_new(state_dir / "public" / f"{name}.json", public, 0o644)
@@ -137,19 +136,22 @@ def _check_or_copy_topology(state_dir: Path, topology: Topology) -> None:
                           f"network {existing.network!r}, not {topology.network!r}; use --state")
 
 
-def _read(path: Path, name: str) -> dict[str, str]:
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Return the JSON object in ``path`` (a ``what``, for the messages); ConfigError if the
+    file is missing, unreadable or holds something else."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(str(path), "(file)", f"no key file for {name!r}") from None
+        raise ConfigError(str(path), "(file)", f"no {what}") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(str(path), "(file)", f"unreadable key file: {exc}") from None
+        raise ConfigError(str(path), "(file)", f"unreadable {what}: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "(file)", "a key file must hold a JSON object")
+        raise ConfigError(str(path), "(file)", f"a {what} must hold a JSON object")
     return data
 
 
-def _hex(path: Path, data: dict[str, str], key: str, size: int) -> bytes:
+def hex_field(path: Path, data: dict[str, Any], key: str, size: int) -> bytes:
+    """Return field ``key`` of ``data`` (read from ``path``), ``size`` bytes in hexadecimal."""
     try:
         value = bytes.fromhex(data[key])
     except (KeyError, ValueError, TypeError):
@@ -157,6 +159,12 @@ def _hex(path: Path, data: dict[str, str], key: str, size: int) -> bytes:
     if len(value) != size:
         raise ConfigError(str(path), key, f"must be {size} bytes, got {len(value)}")
     return value
+
+
+def check_id(path: Path, name: str, network: str, ident: bytes) -> None:
+    """Raise ConfigError (naming ``path``) unless ``ident`` is the id of ``name`` in ``network``."""
+    if ident != entity_id(network, name):
+        raise ConfigError(str(path), "id", f"is not the id of {name!r} in network {network!r}")
 
 
 def load_private(state_dir: Path, name: str) -> PrivateIdentity:
@@ -169,11 +177,12 @@ def load_private(state_dir: Path, name: str) -> PrivateIdentity:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(str(path), "(file)", f"readable by other users (mode "
                           f"{stat.S_IMODE(mode):o}); run: chmod 600 {path}")
-    data = _read(path, name)
-    identity = PrivateIdentity(name, _hex(path, data, "id", 16), _hex(path, data, "public_key", 32),
-                               _hex(path, data, "private_key", 32),
-                               _hex(path, data, "curve_public", 32),
-                               _hex(path, data, "curve_private", 32))
+    data = read_json_object(path, f"key file for {name!r}")
+    identity = PrivateIdentity(name, hex_field(path, data, "id", 16),
+                               hex_field(path, data, "public_key", 32),
+                               hex_field(path, data, "private_key", 32),
+                               hex_field(path, data, "curve_public", 32),
+                               hex_field(path, data, "curve_private", 32))
     if crypto.x25519_base(identity.private_key) != identity.public_key:
         raise ConfigError(str(path), "private_key", "does not match public_key")
     if crypto.x25519_base(identity.curve_private) != identity.curve_public:
@@ -183,15 +192,13 @@ def load_private(state_dir: Path, name: str) -> PrivateIdentity:
 
 def load_directory(state_dir: Path, topology: Topology) -> dict[str, PublicIdentity]:
     """Return the public keys of every node and client; ConfigError if one is missing or wrong."""
-    names = [n.name for n in topology.nodes()] + [c.name for c in topology.clients]
     directory = {}
-    for name in names:
+    for name in topology.names():
         path = state_dir / "public" / f"{name}.json"
-        data = _read(path, name)
-        ident = PublicIdentity(name, _hex(path, data, "id", 16), _hex(path, data, "public_key", 32),
-                               _hex(path, data, "curve_public", 32))
-        if ident.id != entity_id(topology.network, name):
-            raise ConfigError(str(path), "id", f"is not the id of {name!r} in network "
-                              f"{topology.network!r}")
+        data = read_json_object(path, f"key file for {name!r}")
+        ident = PublicIdentity(name, hex_field(path, data, "id", 16),
+                               hex_field(path, data, "public_key", 32),
+                               hex_field(path, data, "curve_public", 32))
+        check_id(path, name, topology.network, ident.id)
         directory[name] = ident
     return directory

@@ -319,23 +319,23 @@ class Mailbox:
 
     def registrations(self) -> list[Registration]:
         """Return the clients admitted at run time whose keys are known, oldest first."""
-        return [Registration(bytes(i), n, bytes(c), bytes(p)) for i, n, c, p in self._read(
+        return _registrations(self._read(
             "SELECT id, name, curve_public, public_key FROM clients WHERE curve_public IS NOT NULL"
-            " ORDER BY registered_at, id")]
+            " ORDER BY registered_at, id"))
 
     def registration_of(self, name: str) -> Registration | None:
         """Return the registration of ``name``, or None."""
-        rows = self._read("SELECT id, name, curve_public, public_key FROM clients "
-                          "WHERE name = ? AND curve_public IS NOT NULL", (name,))
-        return Registration(bytes(rows[0][0]), rows[0][1], bytes(rows[0][2]),
-                            bytes(rows[0][3])) if rows else None
+        found = _registrations(self._read(
+            "SELECT id, name, curve_public, public_key FROM clients "
+            "WHERE name = ? AND curve_public IS NOT NULL", (name,)))
+        return found[0] if found else None
 
     def registration_by_key(self, curve_public: bytes) -> Registration | None:
         """Return the registration whose link key is ``curve_public``, or None."""
-        rows = self._read("SELECT id, name, curve_public, public_key FROM clients "
-                          "WHERE curve_public = ?", (curve_public,))
-        return Registration(bytes(rows[0][0]), rows[0][1], bytes(rows[0][2]),
-                            bytes(rows[0][3])) if rows else None
+        found = _registrations(self._read(
+            "SELECT id, name, curve_public, public_key FROM clients WHERE curve_public = ?",
+            (curve_public,)))
+        return found[0] if found else None
 
     def _read(self, query: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query; StorageError if SQLite fails (a disk error, a locked file)."""
@@ -363,6 +363,11 @@ class Mailbox:
     def close(self) -> None:
         """Close the database (every store was already committed)."""
         self._db.close()
+
+
+def _registrations(rows: list[tuple[Any, ...]]) -> list[Registration]:
+    """Return the registrations in rows of (id, name, curve_public, public_key)."""
+    return [Registration(bytes(i), n, bytes(c), bytes(p)) for i, n, c, p in rows]
 
 
 def _check_id(name: str, value: bytes) -> None:

@@ -123,6 +123,10 @@ class Topology:
         """Return every node: providers first, then mixnodes layer by layer."""
         return self.providers + tuple(n for layer in self.layers for n in layer)
 
+    def names(self) -> tuple[str, ...]:
+        """Return the name of every member: the nodes (as :meth:`nodes`), then the clients."""
+        return tuple(n.name for n in self.nodes()) + tuple(c.name for c in self.clients)
+
     def node(self, name: str) -> NodeSpec:
         """Return node ``name``; KeyError if there is none."""
         for node in self.nodes():

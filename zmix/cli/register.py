@@ -20,11 +20,11 @@ import zmq
 
 from zmix import crypto, wire
 from zmix.cli.common import configure_logging, fail, positive_float
-from zmix.contacts import Contact, contact_path, write_contact
+from zmix.contacts import Contact, contact_path, read_contact, write_contact
 from zmix.errors import ConfigError, WireError
-from zmix.keys import PrivateIdentity, create_private, load_directory, load_private
+from zmix.keys import PrivateIdentity, check_id, create_private, load_directory, load_private
 from zmix.runtime import links
-from zmix.topology import Role, Topology, entity_id, load_topology, valid_name
+from zmix.topology import Role, Topology, load_topology, valid_name
 
 RESEND = 1.0  # seconds between REGISTER attempts while no answer came
 
@@ -96,32 +96,26 @@ def _check(topology: Topology, args: argparse.Namespace) -> None:
                           "network admit only the clients the topology declares")
     if not valid_name(args.name):
         raise ConfigError("--name", "name", "must be 1-64 letters, digits, '_', '.' or '-'")
-    names = {n.name for n in topology.nodes()} | {c.name for c in topology.clients}
-    if args.name in names:
+    if args.name in topology.names():
         raise ConfigError(where, "clients", f"{args.name!r} is already a member of the network")
     existing = contact_path(args.state, args.name)
     if existing.exists():
-        try:
-            known = json.loads(existing.read_text()).get("provider")
-        except (OSError, ValueError, AttributeError):
-            raise ConfigError(str(existing), "(file)", "unreadable contact") from None
+        known = read_contact(existing, topology.network).provider
         if known != args.provider:
             raise ConfigError(str(existing), "provider", f"{args.name!r} is registered with "
                               f"{known!r}, not {args.provider!r}")
 
 
 def _identity(state_dir: Path, topology: Topology, name: str) -> PrivateIdentity:
-    if not (state_dir / "private" / f"{name}.json").exists() and contact_path(
-            state_dir, name).exists():
-        raise ConfigError(str(contact_path(state_dir, name)), "(file)",
+    private, contact = state_dir / "private" / f"{name}.json", contact_path(state_dir, name)
+    if private.exists():
+        identity = load_private(state_dir, name)
+        check_id(private, name, topology.network, identity.id)
+        return identity
+    if contact.exists():
+        raise ConfigError(str(contact), "(file)",
                           f"{name!r} is a contact here, without its private keys (copied from "
                           "elsewhere?); register another name, or run this where its keys are")
-    if (state_dir / "private" / f"{name}.json").exists():
-        identity = load_private(state_dir, name)
-        if identity.id != entity_id(topology.network, name):
-            raise ConfigError(str(state_dir / "private" / f"{name}.json"), "id",
-                              f"is not the id of {name!r} in network {topology.network!r}")
-        return identity
     return create_private(state_dir, topology.network, name, "client")
 
 

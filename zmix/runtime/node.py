@@ -109,8 +109,7 @@ class NodeProcess:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
                                    quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
             clients = {c.id for c in self.topology.clients_of(self.spec.name)}
-            names = [n.name for n in self.topology.nodes()] + [c.name for c in
-                                                               self.topology.clients]
+            names = self.topology.names()
             self.provider = ProviderCore(
                 self.topology.sphinx, self.spec.id, clients, self.mailbox, self.topology.mailbox,
                 network=self.topology.network, reserved=names,
