@@ -3,12 +3,21 @@ documented."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from zmix.errors import LocalMisuse
-from zmix.replay import BITS_PER_TAG, HASHES, BloomFilter, ReplayCache, false_positive_rate
+from zmix.replay import (
+    BITS_PER_TAG,
+    BLOCK_BITS,
+    HASHES,
+    MAX_BLOCKS,
+    BloomFilter,
+    ReplayCache,
+    false_positive_rate,
+)
 
 
 def tags(n: int, seed: int) -> list[bytes]:
@@ -93,7 +102,7 @@ def test_a_newer_epoch_pushes_out_the_oldest_beyond_the_limit() -> None:
 
 
 def test_the_measured_false_positive_rate_is_within_twice_the_formula() -> None:
-    # A deliberately small filter (8 bits per tag, 5 hashes, p about 2.2%) so that false
+    # A deliberately small filter (8 bits per tag, 5 hashes, p about 2.3%) so that false
     # positives show up in 100,000 probes; the hashing is the same as at the default geometry.
     n = 200_000
     bloom = BloomFilter(n, bits_per_item=8, hashes=5, key=bytes(32))
@@ -108,13 +117,31 @@ def test_the_measured_false_positive_rate_is_within_twice_the_formula() -> None:
 def test_the_default_geometry_matches_its_documentation() -> None:
     bloom = BloomFilter(1_000_000)
     assert (bloom.bits, bloom.hashes) == (BITS_PER_TAG * 1_000_000, HASHES)
-    assert bloom.size_bytes == 7_250_000
-    assert 2.4e-7 < false_positive_rate(bloom.bits, bloom.hashes, 1_000_000) < 2.5e-7
-    assert ReplayCache().statistics()["bytes"] == 7_250_000  # one epoch, no rollover yet
+    assert bloom.size_bytes == 8_000_000
+    assert 2.8e-7 < false_positive_rate(bloom.bits, bloom.hashes, 1_000_000) < 2.9e-7
+    assert ReplayCache().statistics()["bytes"] == 8_000_000  # one epoch, no rollover yet
 
 
-def test_a_filter_too_large_for_32_bit_positions_is_refused() -> None:
+def test_the_blocked_formula_is_near_the_classic_one_for_evenly_filled_blocks() -> None:
+    # With blocks of the whole filter's size there is one block: the classic formula.
+    bits, k, n = 4096, 4, 300
+    classic = (1 - math.exp(-k * n / bits)) ** k
+    assert false_positive_rate(bits, k, n, block_bits=bits) == pytest.approx(classic, rel=0.02)
+    # Blocks of 512 bits fill unevenly: worse than classic, but within the same order.
+    classic = (1 - math.exp(-8 / 64)) ** 8
+    assert classic < false_positive_rate(64 * 10**6, 8, 10**6) < 10 * classic
+
+
+def test_every_bit_of_a_tag_lies_in_one_block() -> None:
+    bloom = BloomFilter(1_000, key=bytes(32))
+    for tag in tags(200, 12):
+        offset, mask = bloom.locate(tag)
+        assert offset % (BLOCK_BITS // 8) == 0 and 0 <= offset < bloom.size_bytes
+        assert 0 < mask < 2**BLOCK_BITS and bin(mask).count("1") <= HASHES
+
+
+def test_a_filter_too_large_for_32_bit_block_numbers_is_refused() -> None:
     with pytest.raises(LocalMisuse):
-        BloomFilter(2**32 // BITS_PER_TAG + 1)
+        BloomFilter(MAX_BLOCKS * BLOCK_BITS // BITS_PER_TAG + 1)
     with pytest.raises(LocalMisuse):
         ReplayCache(epochs=0)
