@@ -85,26 +85,47 @@ class NodeCore:
         A replayed packet, a delay above ``loopix.max_delay`` or an unknown next hop is dropped and
         counted; the returned list is then empty.
         """
-        if self._replay.seen_or_add(result.replay_tag):
-            return self._drop(DropReason.REPLAY)
-        if result.delay_us > self._max_delay_us:
-            return self._drop(DropReason.DELAY_TOO_LONG)
-        due = arrival + result.delay_us / 1_000_000
         if isinstance(result, ForwardHop):
-            return self._forward(due, result)
+            due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag)
+            return [] if due is None else [Scheduled(due, result.next_hop, result.packet)]
+        if not self._admit(result.replay_tag, result.delay_us):
+            return []
+        due = arrival + result.delay_us / 1_000_000
         if isinstance(result, FinalDelivery):
             return self._final(due, result)
         return self._surb_reply(due, result)
+
+    def on_forward(self, arrival: float, next_hop: bytes, delay_us: int,
+                   replay_tag: bytes) -> float | None:
+        """Return when a forward hop that arrived at ``arrival`` is due on ``next_hop``, or None
+        if it is dropped (and counted): a replay, a delay above ``loopix.max_delay``, or a next
+        hop that is not another node of the topology.
+
+        :meth:`on_result` of a :class:`ForwardHop`, for the node loop's hot path: the loop keeps
+        the packet, and most packets are due at once, so no :class:`Scheduled` is built for them.
+        """
+        if not self._admit(replay_tag, delay_us):
+            return None
+        if next_hop not in self._node_ids or next_hop == self._me.id:
+            self._drop(DropReason.UNKNOWN_NEXT_HOP)
+            return None
+        self._counts["forwarded"] += 1
+        return arrival + delay_us / 1_000_000
 
     def on_invalid(self, reason: DropReason) -> None:
         """Count a packet that a worker rejected, or a frame that did not parse."""
         self._drop(reason)
 
-    def _forward(self, due: float, result: ForwardHop) -> list[Scheduled]:
-        if result.next_hop not in self._node_ids or result.next_hop == self._me.id:
-            return self._drop(DropReason.UNKNOWN_NEXT_HOP)
-        self._counts["forwarded"] += 1
-        return [Scheduled(due, result.next_hop, result.packet)]
+    def _admit(self, replay_tag: bytes, delay_us: int) -> bool:
+        """Return True for a packet seen for the first time with a delay within the bound;
+        count the drop otherwise."""
+        if self._replay.seen_or_add(replay_tag):
+            self._drop(DropReason.REPLAY)
+            return False
+        if delay_us > self._max_delay_us:
+            self._drop(DropReason.DELAY_TOO_LONG)
+            return False
+        return True
 
     def _final(self, due: float, result: FinalDelivery) -> list[Scheduled]:
         if result.recipient == self._me.id and result.message.startswith(_LOOP_MARKER):

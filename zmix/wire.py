@@ -194,9 +194,7 @@ def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
     (a packet of the wrong length, too many ack ids, an over-long name ...).
     """
     if isinstance(frame, Packet):
-        if len(frame.packet) != params.packet_length:
-            raise LocalMisuse(f"a packet is {params.packet_length} bytes, got {len(frame.packet)}")
-        return _PACKET_HEAD + frame.packet
+        return encode_packet(frame.packet, params=params)
     if isinstance(frame, Heartbeat):
         return _HEARTBEAT
     if isinstance(frame, Relay):
@@ -211,6 +209,15 @@ def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
     except (ValueError, TypeError, OverflowError) as exc:
         raise LocalMisuse(f"cannot encode {type(frame).__name__}: {exc}") from None
     return bytes([WIRE_VERSION, kind]) + packed
+
+
+def encode_packet(packet: bytes, *, params: Geometry) -> bytes:
+    """Return the PACKET frame of ``packet``: ``encode(Packet(packet))`` for the node loop's hot
+    path, which has a packet and no frame object. Raises :class:`LocalMisuse` for a packet of
+    the wrong length."""
+    if len(packet) != params.packet_length:
+        raise LocalMisuse(f"a packet is {params.packet_length} bytes, got {len(packet)}")
+    return _PACKET_HEAD + packet
 
 
 def _need(condition: bool, problem: str) -> None:
@@ -280,6 +287,16 @@ def _encode_fetch_reply(frame: FetchReply, params: Geometry, slots: int) -> byte
 
 
 # ---------------------------------------------------------------------------- decoding
+
+
+def packet_of(data: bytes, *, params: Geometry) -> bytes | None:
+    """Return the Sphinx packet if ``data`` is a well-formed PACKET frame, else None (then
+    :func:`decode` says what it is, or why it is refused). The node loop's hot path: it looks
+    at the two head bytes and the length, exactly as :func:`decode` does, and builds no frame
+    object."""
+    if len(data) == 2 + params.packet_length and data[:2] == _PACKET_HEAD:
+        return data[2:]
+    return None
 
 
 def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:

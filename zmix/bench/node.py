@@ -113,12 +113,13 @@ def _build_packets(topology: Topology, state: Path, count: int) -> list[bytes]:
     return [create_forward_packet(topology.sphinx, route, nxt.id, message) for _ in range(count)]
 
 
-def _node_cpu(state: Path, name: str) -> tuple[float, float, float]:
-    """Return (node CPU seconds, workers' CPU seconds, packets forwarded) of the running node."""
+def _node_cpu(state: Path, name: str) -> tuple[float, float, float, float]:
+    """Return (node CPU seconds, workers' CPU seconds, packets forwarded, loop wake-ups) of the
+    running node."""
     time.sleep(1.2)  # workers report their CPU time every 0.5 s
     values = metrics.statistics(state, name) or {}
     return (float(values.get("cpu_seconds_node", 0)), float(values.get("cpu_seconds_workers", 0)),
-            float(values.get("forwarded", 0)))
+            float(values.get("forwarded", 0)), float(values.get("loop_wakeups", 0)))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         raise RuntimeError("the node forwarded nothing")
     # The Sphinx time is sampled before and after the load, so both ends of the run count.
     sphinx_samples = _sphinx_samples(topology, state, packets[:1_000])
-    node0, workers0, fwd0 = _node_cpu(state, node.name)
+    node0, workers0, fwd0, wake0 = _node_cpu(state, node.name)
     saturated = frames[1:args.packets]
     base = sink.count
     t0 = time.perf_counter()
@@ -177,7 +178,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     sink.wait_for(base + len(saturated), 60)
     got = sink.count - base
     elapsed = sink.last - t0
-    node1, workers1, fwd1 = _node_cpu(state, node.name)
+    node1, workers1, fwd1, wake1 = _node_cpu(state, node.name)
     rate = got / elapsed if elapsed > 0 else 0.0
     forwarded = max(1.0, fwd1 - fwd0)
     node_per_packet = (node1 - node0) / forwarded
@@ -195,6 +196,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "cpu_seconds_per_packet": cpu_per_packet,
         "cpu_seconds_per_packet_node_loop": node_per_packet,
         "cpu_seconds_per_packet_workers": workers_per_packet,
+        "loop_wakeups_per_packet": (wake1 - wake0) / forwarded,
         "sphinx_per_hop_seconds": per_hop,
         "cpu_over_sphinx_ratio": cpu_per_packet / per_hop,
         "packet_build_seconds": build_seconds,
@@ -252,6 +254,7 @@ def main(argv: list[str]) -> int:
     print(f"  CPU per forwarded packet  {result['cpu_seconds_per_packet'] * 1e6:10.1f} us "
           f"(node loop {result['cpu_seconds_per_packet_node_loop'] * 1e6:.1f} us + workers "
           f"{result['cpu_seconds_per_packet_workers'] * 1e6:.1f} us)")
+    print(f"  node loop turns per packet {result['loop_wakeups_per_packet']:9.2f}")
     print(f"  Sphinx per-hop time       {result['sphinx_per_hop_seconds'] * 1e6:10.1f} us")
     print(f"  ratio CPU / Sphinx        {result['cpu_over_sphinx_ratio']:10.2f}  (target <= 1.3)")
     return 0
