@@ -127,6 +127,10 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     chain.outbox.send(b"\x01\x01" + crypto.random_bytes(params.packet_length))  # right size, junk
     chain.outbox.send(crypto.random_bytes(100))  # not a frame at all
     chain.outbox.send(b"\x09\x01" + good)  # an unknown wire version
+    # A good packet with parts after it, twice: a frame is one part, so both are refused whole.
+    framed = wire.encode(wire.Packet(chain.packet(b"multipart")), params=params, slots=8)
+    chain.outbox.send_multipart([framed, b"tail"])
+    chain.outbox.send_multipart([framed, b"", b"tail"])
     _intruder_sends(chain)
     chain.send(chain.packet(b"after the garbage"))
     got = sorted(m for _, m in chain.receive(2))
@@ -135,7 +139,8 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     stats = _wait_stats(chain, "mix-a", lambda s: s["dropped_replay"] >= 1
                         and s["auth_denied"] >= 1 and s["dropped_bad_mac"] >= 1)
     assert stats["dropped_wrong_size"] >= 1
-    assert stats["dropped_bad_frame"] + stats["dropped_bad_version"] >= 2
+    assert stats["dropped_bad_frame"] + stats["dropped_bad_version"] >= 4
+    assert stats["dropped_bad_frame"] >= 2  # the multipart messages (the rest: one at most)
 
 
 def _intruder_sends(chain: Chain) -> None:
