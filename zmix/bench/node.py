@@ -10,7 +10,7 @@ from one run:
 - loss below saturation (the generator paces at a fraction of that rate; must be zero);
 - CPU seconds per forwarded packet, node process plus workers (from the node's own accounting),
   and its ratio to the Sphinx per-hop time measured in this process during the same run (CPU
-  time of ``process_packet``, sampled before and after the load).
+  time of ``process_packet``, sampled just before and just after the saturation phase).
 """
 
 from __future__ import annotations
@@ -76,20 +76,27 @@ class _Sink:
         self._thread.start()
 
     def _run(self) -> None:
+        # As little work per packet as counting allows: this thread shares the machine's cores
+        # with the node under test. Two recv calls, not recv_multipart (which costs a
+        # getsockopt per part), and one clock reading per drained batch, not per packet.
+        recv = self.sock.recv
         while not self._stop.is_set():
             if not self.sock.poll(50):
                 continue
+            got = 0
             while True:
                 try:
-                    _, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+                    recv(zmq.NOBLOCK)  # the routing id; the node sends one-part messages
                 except zmq.Again:
                     break
-                if frame[1:2] == b"\x01":  # a PACKET frame (heartbeats do not count)
-                    now = time.perf_counter()
-                    if self.count == 0:
-                        self.first = now
-                    self.count += 1
-                    self.last = now
+                if recv(zmq.NOBLOCK)[1:2] == b"\x01":  # a PACKET frame (heartbeats do not count)
+                    got += 1
+            if got:
+                now = time.perf_counter()
+                if self.count == 0:
+                    self.first = now
+                self.count += got
+                self.last = now
 
     def wait_for(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -167,9 +174,10 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     gen.send(frames[0])
     if not sink.wait_for(1, 30):
         raise RuntimeError("the node forwarded nothing")
-    # The Sphinx time is sampled before and after the load, so both ends of the run count.
-    sphinx_samples = _sphinx_samples(topology, state, packets[:1_000])
     node0, workers0, fwd0, wake0 = _node_cpu(state, node.name)
+    # The Sphinx time is sampled just before and just after the load: the machine is shared, its
+    # speed drifts, and the samples should see the speed the workers saw.
+    sphinx_samples = _sphinx_samples(topology, state, packets[:1_000])
     saturated = frames[1:args.packets]
     base = sink.count
     t0 = time.perf_counter()
@@ -178,6 +186,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     sink.wait_for(base + len(saturated), 60)
     got = sink.count - base
     elapsed = sink.last - t0
+    sphinx_samples += _sphinx_samples(topology, state, packets[:1_000])
     node1, workers1, fwd1, wake1 = _node_cpu(state, node.name)
     rate = got / elapsed if elapsed > 0 else 0.0
     forwarded = max(1.0, fwd1 - fwd0)
@@ -185,7 +194,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     workers_per_packet = (workers1 - workers0) / forwarded
     cpu_per_packet = node_per_packet + workers_per_packet
     paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
-    per_hop = stats.median(sphinx_samples + _sphinx_samples(topology, state, packets[:1_000]))
+    per_hop = stats.median(sphinx_samples)
     gen.close(linger=0)
     return {
         "workers": args.workers, "payload_bytes": args.payload,
