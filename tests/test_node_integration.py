@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto, wire
 from zmix.bench.common import free_ports, make_network
@@ -85,11 +86,12 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
     gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
     auth = links.start_authenticator(ctx, gate, topology.network)
     spec = topology.node("provider-1")
+    limit = wire.node_frame_limit(topology.sphinx)
     inbox = links.bind_router(ctx, spec.endpoint, provider.curve_public, provider.curve_private,
-                              topology.network)
+                              topology.network, max_frame=limit)
     outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
                                   directory["mix-a"].curve_public, provider.curve_public,
-                                  provider.curve_private, provider.id)
+                                  provider.curve_private, provider.id, max_frame=limit)
     try:
         yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
     finally:
@@ -143,12 +145,49 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     assert stats["dropped_bad_frame"] >= 2  # the multipart messages (the rest: one at most)
 
 
+def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
+        chain: Chain) -> None:
+    limit = wire.node_frame_limit(chain.topology.sphinx)
+    sock = links.connect_dealer(chain.ctx, chain.topology.node("mix-a").endpoint,
+                                chain.directory["mix-a"].curve_public, chain.provider.curve_public,
+                                chain.provider.curve_private, crypto.random_bytes(16),
+                                max_frame=limit)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    try:
+        assert _next_event(monitor) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        before = chain.stats("mix-a")
+        # A control frame of the longest body allowed is read (and refused: it is no msgpack).
+        sock.send(b"\x01\x10" + bytes(limit - 2))
+        read = _wait_stats(chain, "mix-a",
+                           lambda s: s["dropped_bad_frame"] > before["dropped_bad_frame"])
+        assert read["dropped_bad_frame"] == before["dropped_bad_frame"] + 1
+        assert _next_event(monitor, timeout=0.5) is None  # still connected
+        sock.send(b"\x01\x10" + bytes(limit - 1))  # one byte longer than the limit
+        assert _next_event(monitor) == zmq.EVENT_DISCONNECTED
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+    chain.send(chain.packet(b"still flowing"))
+    assert [m for _, m in chain.receive(1)] == [b"still flowing"]
+    after = chain.stats("mix-a")  # the long frame was never read, so never counted
+    assert after["dropped_wrong_size"] == before["dropped_wrong_size"]
+    assert after["dropped_bad_frame"] == read["dropped_bad_frame"]
+
+
+def _next_event(monitor: zmq.Socket[bytes], timeout: float = 5.0) -> int | None:
+    if not monitor.poll(int(timeout * 1000)):
+        return None
+    return int(recv_monitor_message(monitor)["event"])
+
+
 def _intruder_sends(chain: Chain) -> None:
     """A peer with a CURVE key that is not in the topology connects and sends a packet."""
     public, private = crypto.x25519_keypair()
     sock = links.connect_dealer(chain.ctx, chain.topology.node("mix-a").endpoint,
                                 chain.directory["mix-a"].curve_public, public, private,
-                                b"\x00" * 16)
+                                b"\x00" * 16,
+                                max_frame=wire.node_frame_limit(chain.topology.sphinx))
     sock.send(wire.encode(wire.Packet(chain.packet(b"intruder")), params=chain.topology.sphinx,
                           slots=8), zmq.NOBLOCK)
     time.sleep(0.3)  # let the handshake be refused

@@ -114,7 +114,8 @@ def test_an_unregistered_key_gets_through_the_handshake_but_nothing_else(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = links.connect_dealer(ctx, provider.endpoint, server_key,
                                 zmq.utils.z85.decode(public), zmq.utils.z85.decode(secret),
-                                b"\x01" * 16)
+                                b"\x01" * 16, max_frame=wire.client_frame_limit(
+                                    topology.sphinx, topology.mailbox.fetch_slots))
     try:
         before = metrics.statistics(state, "provider-1")
         assert before is not None
@@ -150,8 +151,10 @@ def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
     gate = links.KeyGate({node[0]: node_id}, open_door=True)
     auth = links.start_authenticator(ctx, gate, "net")
     port = free_ports(1)[0]
-    router = links.bind_router(ctx, f"tcp://127.0.0.1:{port}", *server, "net")
-    out = links.Links(ctx, *node, lambda _: (f"tcp://127.0.0.1:{port}", server[0]))
+    limit = 64 * 1024
+    router = links.bind_router(ctx, f"tcp://127.0.0.1:{port}", *server, "net", max_frame=limit)
+    out = links.Links(ctx, *node, lambda _: (f"tcp://127.0.0.1:{port}", server[0]),
+                      max_frame=limit)
     intruder: zmq.Socket[bytes] | None = None
     try:
         def delivered(count: int) -> int:
@@ -167,7 +170,7 @@ def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
 
         assert delivered(5) == 5  # the node's link is up; now the intruder comes
         intruder = links.connect_dealer(ctx, f"tcp://127.0.0.1:{port}", server[0], *stranger,
-                                        node_id)
+                                        node_id, max_frame=limit)
         intruder.send(b"hello")
         time.sleep(0.3)
         assert delivered(20) == 20

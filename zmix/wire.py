@@ -179,6 +179,19 @@ def slot_length(params: Geometry) -> int:
     return _SLOT_HEAD.size + largest
 
 
+def node_frame_limit(params: Geometry) -> int:
+    """Return the length of the longest frame a node accepts (a RELAY, or a control frame of
+    the largest body): libzmq drops a connection that announces a longer one before reading it,
+    so no peer can make a node buffer more."""
+    return 2 + max(ID_BYTES + params.packet_length, MAX_CONTROL_BODY)
+
+
+def client_frame_limit(params: Geometry, slots: int) -> int:
+    """Return the length of the longest frame a client accepts from its provider (a fetch
+    answer, or a control frame of the largest body)."""
+    return max(fetch_reply_length(params, slots), 2 + MAX_CONTROL_BODY)
+
+
 def fetch_reply_length(params: Geometry, slots: int) -> int:
     """Return the exact length of every FETCH_REPLY frame for this geometry and slot count."""
     return 2 + _REPLY_HEAD.size + slots * slot_length(params)

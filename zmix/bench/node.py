@@ -67,7 +67,8 @@ class _Sink:
         self.gate = links.KeyGate({directory[sender.name].curve_public: sender.id})
         self.auth = links.start_authenticator(ctx, self.gate, topology.network)
         self.sock = links.bind_router(ctx, spec.endpoint, me.curve_public, me.curve_private,
-                                      topology.network)
+                                      topology.network,
+                                      max_frame=wire.node_frame_limit(topology.sphinx))
         self.count = 0
         self.first = 0.0
         self.last = 0.0
@@ -167,7 +168,8 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     me = load_private(state, provider.name)
     directory = load_directory(state, topology)
     gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
-                               me.curve_public, me.curve_private, provider.id)
+                               me.curve_public, me.curve_private, provider.id,
+                               max_frame=wire.node_frame_limit(topology.sphinx))
     gen.sndhwm = 1_000
     frames = [wire.encode(wire.Packet(p), params=topology.sphinx, slots=1) for p in packets]
     # Warm-up: the link and the workers are up before anything is timed.

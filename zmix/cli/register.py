@@ -126,7 +126,9 @@ def _ask(topology: Topology, me: PrivateIdentity, endpoint: str, server_key: byt
                           params=topology.sphinx, slots=topology.mailbox.fetch_slots)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = links.connect_dealer(ctx, endpoint, server_key, me.curve_public, me.curve_private,
-                                crypto.random_bytes(16))
+                                crypto.random_bytes(16),
+                                max_frame=wire.client_frame_limit(
+                                    topology.sphinx, topology.mailbox.fetch_slots))
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -105,7 +105,9 @@ class ClientRuntime:
         self._ctx = zmq.Context()
         self._sock = links.connect_dealer(
             self._ctx, self.provider.endpoint, self.directory[self.provider.name].curve_public,
-            self.identity.curve_public, self.identity.curve_private, crypto.random_bytes(16))
+            self.identity.curve_public, self.identity.curve_private, crypto.random_bytes(16),
+            max_frame=wire.client_frame_limit(self.topology.sphinx,
+                                              self.topology.mailbox.fetch_slots))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,6 +28,10 @@ HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
 HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
 INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
+NODE_LINK_RCVHWM = 16  # a node never reads its outbound links: nothing legitimate comes back
+# What CURVE adds to a frame on the wire, where libzmq checks its size limit: the MESSAGE
+# command's name (8 bytes), its nonce (8), a flags byte and the Poly1305 tag (16).
+CURVE_FRAME_OVERHEAD = 33
 DOOR_BURST = 20  # handshakes of unknown keys an open door admits at once ...
 DOOR_RATE = 1.0  # ... and per second after that (a registration needs one)
 
@@ -111,11 +115,16 @@ def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,
 
 def bind_router(
     ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve_public: bytes, curve_private: bytes,
-    domain: str,
+    domain: str, *, max_frame: int,
 ) -> zmq.Socket[bytes]:
-    """Return the node's inbound ROUTER, a CURVE server bound on ``endpoint``."""
+    """Return the node's inbound ROUTER, a CURVE server bound on ``endpoint``.
+
+    A peer that sends a message part longer than ``max_frame`` bytes is disconnected by libzmq
+    before the part is read (``wire.node_frame_limit``): the inbound queue holds at most
+    ``INBOUND_HWM`` frames per link, and this bounds their size too."""
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
+    sock.maxmsgsize = max_frame + CURVE_FRAME_OVERHEAD
     sock.curve_server = True
     sock.curve_publickey = z85.encode(curve_public)
     sock.curve_secretkey = z85.encode(curve_private)
@@ -137,11 +146,15 @@ def bind_router(
 
 def connect_dealer(
     ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, server_public: bytes,
-    curve_public: bytes, curve_private: bytes, identity: bytes,
+    curve_public: bytes, curve_private: bytes, identity: bytes, *, max_frame: int,
+    rcvhwm: int = LINK_HWM,
 ) -> zmq.Socket[bytes]:
-    """Return a DEALER connected over CURVE to the ROUTER at ``endpoint``."""
+    """Return a DEALER connected over CURVE to the ROUTER at ``endpoint``; a message part
+    longer than ``max_frame`` bytes from that ROUTER drops the connection, and at most
+    ``rcvhwm`` messages from it wait to be read."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    sock.maxmsgsize = max_frame + CURVE_FRAME_OVERHEAD
     sock.routing_id = identity
     sock.curve_serverkey = z85.encode(server_public)
     sock.curve_publickey = z85.encode(curve_public)
@@ -151,7 +164,7 @@ def connect_dealer(
     sock.heartbeat_ivl = HEARTBEAT_MS
     sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
     sock.sndhwm = LINK_HWM
-    sock.rcvhwm = LINK_HWM
+    sock.rcvhwm = rcvhwm
     sock.connect(endpoint)
     return sock
 
@@ -160,14 +173,17 @@ class Links:
     """One DEALER per next hop, created on first use.
 
     ``resolve(node_id)`` returns ``(endpoint, server_curve_public)`` for a node, or None if the id
-    is not a node this one may send to.
+    is not a node this one may send to. Nodes send nothing back on these links, so what a
+    misbehaving peer sends is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM`` parts)
+    and never read.
     """
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], curve_public: bytes, curve_private: bytes,
-        resolve: Callable[[bytes], tuple[str, bytes] | None],
+        resolve: Callable[[bytes], tuple[str, bytes] | None], *, max_frame: int,
     ) -> None:
         self._ctx = ctx
+        self._max_frame = max_frame
         self._keys = (curve_public, curve_private)
         self._resolve = resolve
         self._sockets: dict[bytes, zmq.Socket[bytes]] = {}
@@ -183,7 +199,8 @@ class Links:
             # A random routing identity, not the node's id: ids are public, and a peer that
             # claimed this node's id could otherwise have its frames routed to itself.
             sock = connect_dealer(self._ctx, target[0], target[1], *self._keys,
-                                  crypto.random_bytes(16))
+                                  crypto.random_bytes(16), max_frame=self._max_frame,
+                                  rcvhwm=NODE_LINK_RCVHWM)
             self._sockets[node_id] = sock
         return sock
 

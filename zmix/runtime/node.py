@@ -151,8 +151,10 @@ class NodeProcess:
         sockets: list[zmq.Socket[bytes]] = []
         out: links.Links | None = None
         try:
+            max_frame = wire.node_frame_limit(self.topology.sphinx)
             router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
-                                       self.identity.curve_private, self.topology.network)
+                                       self.identity.curve_private, self.topology.network,
+                                       max_frame=max_frame)
             # The port is ours, so no other run of this node is alive: the socket directory that
             # a killed run left behind can go.
             _replace_ipc_record(self.node_dir / IPC_RECORD, ipc_dir)
@@ -172,7 +174,7 @@ class NodeProcess:
                               f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
             out = links.Links(ctx, self.identity.curve_public, self.identity.curve_private,
-                              self._resolve)
+                              self._resolve, max_frame=max_frame)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
