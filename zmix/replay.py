@@ -50,6 +50,7 @@ MAX_BLOCKS = 2**32
 _BLOCK_BYTES = BLOCK_BITS // 8
 _BIT = tuple(1 << i for i in range(BLOCK_BITS))  # a bit of a block, as an int mask
 _HASH_KEY_BYTES = 32
+_PAGE = 4096  # bytes in a memory page (a smaller step than the real page size is as good)
 
 
 def false_positive_rate(bits: int, hashes: int, items: int, block_bits: int = BLOCK_BITS) -> float:
@@ -91,6 +92,9 @@ class BloomFilter:
         self._hasher = hashlib.blake2b(digest_size=8 + 2 * hashes, key=self.key)
         self._unpack = struct.Struct(f"<Q{hashes}H").unpack
         self._array = bytearray(blocks * _BLOCK_BYTES)
+        # The zeroed memory is only mapped when first written; write a byte of every page now,
+        # so the filter's memory is held from the start and the first packets pay no page faults.
+        self._array[::_PAGE] = bytes(len(range(0, len(self._array), _PAGE)))
 
     def locate(self, item: bytes) -> tuple[int, int]:
         """Return where ``item`` lives in this filter: its block's byte offset and its bits in
