@@ -163,6 +163,43 @@ def test_arbitrary_bytes_decode_to_a_frame_or_wire_error(
     assert roundtrip(frame, params, slots) == frame  # whatever decodes is a valid frame
 
 
+@settings(max_examples=1500, deadline=None)
+@given(hostile_frames())
+def test_the_fast_packet_check_agrees_with_decode_on_any_bytes(
+    case: tuple[tuple[SphinxParams, int], bytes],
+) -> None:
+    (params, slots), data = case
+    try:
+        frame: wire.Frame | None = wire.decode(data, params=params, slots=slots)
+    except WireError:
+        frame = None
+    expected = frame.packet if isinstance(frame, wire.Packet) else None
+    assert wire.packet_of(data, params=params) == expected
+    if expected is not None:
+        assert wire.encode_packet(expected, params=params) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(GEOMETRIES).flatmap(lambda g: st.tuples(st.just(g), frames(*g))))
+def test_every_valid_frame_fits_the_size_limit_of_its_receiver(
+        case: tuple[tuple[SphinxParams, int], wire.Frame]) -> None:
+    (params, slots), frame = case
+    data = wire.encode(frame, params=params, slots=slots)
+    to_client = isinstance(frame, (wire.FetchReply, wire.FetchAcked, wire.Registered,
+                                   wire.Error))
+    limit = (wire.client_frame_limit(params, slots) if to_client
+             else wire.node_frame_limit(params))
+    assert len(data) <= limit
+
+
+def test_the_size_limits_are_those_of_the_longest_frames() -> None:
+    assert wire.node_frame_limit(P) == 2 + wire.MAX_CONTROL_BODY  # 16 KiB beats a RELAY here
+    big = SphinxParams(payload_length=32 * 1024)
+    relay = wire.encode(wire.Relay(bytes(16), bytes(big.packet_length)), params=big, slots=1)
+    assert wire.node_frame_limit(big) == len(relay)
+    assert wire.client_frame_limit(P, SLOTS) == wire.fetch_reply_length(P, SLOTS)
+
+
 def test_a_packet_of_the_wrong_size_is_a_wrong_size_error() -> None:
     for size in (0, P.packet_length - 1, P.packet_length + 1):
         with pytest.raises(WireError) as err:

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from zmix.errors import DropReason
 from zmix.runtime.workers import (
     WorkerStats,
+    decode_forward,
     decode_jobs,
     decode_result,
     encode_invalid,
     encode_jobs,
     encode_result,
     encode_stats,
+    is_forward,
     join_results,
     split_results,
 )
@@ -68,6 +70,17 @@ def test_each_kind_of_result_decodes_to_what_was_encoded() -> None:
     decoded = [decode_result(r) for r in results]
     assert decoded == [(2.5, v) for v in values] + [
         (3.5, DropReason.BAD_MAC), (0.0, WorkerStats(1, 0.25, 10, 1234))]
+
+
+def test_a_forward_result_reads_the_same_by_the_fast_path() -> None:
+    hop = ForwardHop(os.urandom(16), 7, os.urandom(100), os.urandom(32))
+    frame = encode_result(2.5, hop)
+    assert is_forward(frame)
+    assert decode_forward(frame) == (2.5, hop.next_hop, 7, hop.replay_tag, hop.packet)
+    others = [encode_result(1.0, FinalDelivery(bytes(16), 0, b"m", bytes(32))),
+              encode_invalid(1.0, DropReason.BAD_MAC),
+              encode_stats(WorkerStats(0, 0.0, 0, 1))]
+    assert not any(is_forward(other) for other in others)
 
 
 @pytest.mark.parametrize("body", [b"\x05", b"\x05\0\0\0abcd", b"\x01\0\0\0a\xff\xff\xff\xff"])

@@ -464,9 +464,9 @@ class _Loop:
         Sent one at a time, between the results, each packet found the link's I/O thread idle
         and woke it (a system call on each side, and a TCP write of one packet); sent together,
         one wake-up and one write carry several packets."""
-        for next_hop, packet in self.outbox:
+        outbox, self.outbox = self.outbox, []
+        for next_hop, packet in outbox:
             self._send(next_hop, packet, now)
-        self.outbox.clear()
 
     def _send_due(self, now: float) -> None:
         for item in self.n.queue.pop_due(now):
