@@ -395,3 +395,6 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
     # packet cannot be below the Sphinx time (if it is, the accounting lost someone's CPU).
     assert figures["cpu_seconds_per_packet_workers"] > 0
     assert figures["cpu_over_sphinx_ratio"] > 1.0
+    # The workers' own Sphinx time is part of their CPU time, never more.
+    assert 0 < figures["sphinx_in_workers_seconds"] < figures["cpu_seconds_per_packet_workers"]
+    assert figures["cpu_over_sphinx_in_workers_ratio"] > 1.0

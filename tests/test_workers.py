@@ -64,12 +64,12 @@ def test_each_kind_of_result_decodes_to_what_was_encoded() -> None:
               SurbReply(who, os.urandom(16), 9, body, tag)]
     message = join_results(1, 1234, [encode_result(2.5, v) for v in values]
                            + [encode_invalid(3.5, DropReason.BAD_MAC),
-                              encode_stats(WorkerStats(1, 0.25, 10, 1234))])
+                              encode_stats(WorkerStats(1, 0.25, 10, 1234, 0.125))])
     index, pid, results = split_results(message)
     assert (index, pid) == (1, 1234)
     decoded = [decode_result(r) for r in results]
     assert decoded == [(2.5, v) for v in values] + [
-        (3.5, DropReason.BAD_MAC), (0.0, WorkerStats(1, 0.25, 10, 1234))]
+        (3.5, DropReason.BAD_MAC), (0.0, WorkerStats(1, 0.25, 10, 1234, 0.125))]
 
 
 def test_a_forward_result_reads_the_same_by_the_fast_path() -> None:
@@ -79,7 +79,7 @@ def test_a_forward_result_reads_the_same_by_the_fast_path() -> None:
     assert decode_forward(frame) == (2.5, hop.next_hop, 7, hop.replay_tag, hop.packet)
     others = [encode_result(1.0, FinalDelivery(bytes(16), 0, b"m", bytes(32))),
               encode_invalid(1.0, DropReason.BAD_MAC),
-              encode_stats(WorkerStats(0, 0.0, 0, 1))]
+              encode_stats(WorkerStats(0, 0.0, 0, 1, 0.0))]
     assert not any(is_forward(other) for other in others)
 
 

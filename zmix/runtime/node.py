@@ -537,6 +537,7 @@ class _Loop:
         stats["worker_utilisation"] = self._worker_utilisation(now)
         stats["worker_processed"] = self.pool.processed()
         stats["cpu_seconds_workers"] = self.pool.cpu_seconds()
+        stats["cpu_seconds_workers_sphinx"] = self.pool.sphinx_seconds()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
         stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
