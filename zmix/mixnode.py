@@ -88,9 +88,9 @@ class NodeCore:
         if isinstance(result, ForwardHop):
             due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag)
             return [] if due is None else [Scheduled(due, result.next_hop, result.packet)]
-        if not self._admit(result.replay_tag, result.delay_us):
+        due = self._admit(arrival, result.replay_tag, result.delay_us)
+        if due is None:
             return []
-        due = arrival + result.delay_us / 1_000_000
         if isinstance(result, FinalDelivery):
             return self._final(due, result)
         return self._surb_reply(due, result)
@@ -104,28 +104,29 @@ class NodeCore:
         :meth:`on_result` of a :class:`ForwardHop`, for the node loop's hot path: the loop keeps
         the packet, and most packets are due at once, so no :class:`Scheduled` is built for them.
         """
-        if not self._admit(replay_tag, delay_us):
+        due = self._admit(arrival, replay_tag, delay_us)
+        if due is None:
             return None
         if next_hop not in self._node_ids or next_hop == self._me.id:
             self._drop(DropReason.UNKNOWN_NEXT_HOP)
             return None
         self._counts["forwarded"] += 1
-        return arrival + delay_us / 1_000_000
+        return due
 
     def on_invalid(self, reason: DropReason) -> None:
         """Count a packet that a worker rejected, or a frame that did not parse."""
         self._drop(reason)
 
-    def _admit(self, replay_tag: bytes, delay_us: int) -> bool:
-        """Return True for a packet seen for the first time with a delay within the bound;
-        count the drop otherwise."""
+    def _admit(self, arrival: float, replay_tag: bytes, delay_us: int) -> float | None:
+        """Return the due time of a packet seen for the first time with a delay within the
+        bound; count the drop and return None otherwise."""
         if self._replay.seen_or_add(replay_tag):
             self._drop(DropReason.REPLAY)
-            return False
+            return None
         if delay_us > self._max_delay_us:
             self._drop(DropReason.DELAY_TOO_LONG)
-            return False
-        return True
+            return None
+        return arrival + delay_us / 1_000_000
 
     def _final(self, due: float, result: FinalDelivery) -> list[Scheduled]:
         if result.recipient == self._me.id and result.message.startswith(_LOOP_MARKER):

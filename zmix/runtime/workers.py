@@ -146,8 +146,14 @@ def decode_forward(frame: bytes) -> tuple[float, bytes, int, bytes, bytes]:
     frame: :func:`decode_result` without building a :class:`ForwardHop`, for the node loop's hot
     path (nearly every result is one)."""
     _, arrival, delay_us, next_hop = _HEAD.unpack_from(frame)
-    tag_end = _HEAD.size + 1 + frame[_HEAD.size]
-    return arrival, next_hop, delay_us, frame[_HEAD.size + 1:tag_end], frame[tag_end:]
+    tag, packet = _tag_and_body(frame, _HEAD.size)
+    return arrival, next_hop, delay_us, tag, packet
+
+
+def _tag_and_body(frame: bytes, offset: int) -> tuple[bytes, bytes]:
+    """Return the length-prefixed replay tag at ``offset`` and the body after it."""
+    tag_end = offset + 1 + frame[offset]
+    return frame[offset + 1:tag_end], frame[tag_end:]
 
 
 def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStats]:
@@ -163,9 +169,7 @@ def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStat
     surb_id = b""
     if kind == b"R":
         surb_id, offset = frame[offset:offset + 16], offset + 16
-    tag_len = frame[offset]
-    tag = frame[offset + 1:offset + 1 + tag_len]
-    body = frame[offset + 1 + tag_len:]
+    tag, body = _tag_and_body(frame, offset)
     if kind == b"F":
         return arrival, ForwardHop(who, delay_us, body, tag)
     if kind == b"D":
@@ -303,20 +307,21 @@ class WorkerPool:
         """Return the process ids of the running workers."""
         return [proc.pid for proc in self._procs if proc is not None]
 
+    def _reports(self) -> list[WorkerStats]:
+        """Return the last report of every worker, dead ones included."""
+        return [*self._history.values(), *self.stats.values()]
+
     def cpu_seconds(self) -> float:
         """Return the CPU time the workers last reported, summed (dead workers included)."""
-        return sum(s.cpu_seconds for s in self._history.values()) + sum(
-            s.cpu_seconds for s in self.stats.values())
+        return sum(s.cpu_seconds for s in self._reports())
 
     def sphinx_seconds(self) -> float:
         """Return the CPU time the workers last reported spending in ``process_packet``."""
-        return sum(s.sphinx_seconds for s in self._history.values()) + sum(
-            s.sphinx_seconds for s in self.stats.values())
+        return sum(s.sphinx_seconds for s in self._reports())
 
     def processed(self) -> int:
         """Return how many packets the workers report having processed."""
-        return sum(s.processed for s in self._history.values()) + sum(
-            s.processed for s in self.stats.values())
+        return sum(s.processed for s in self._reports())
 
     def record(self, stats: WorkerStats) -> None:
         """Keep a worker's latest report; a new pid at an index means the old worker died."""
