@@ -522,7 +522,9 @@ class _Loop:
     # ------------------------------------------------------------------ statistics
 
     def statistics(self, now: float) -> dict[str, float]:
-        """Return every counter and level of this node as one flat mapping."""
+        """Return every counter and level of this node as one flat mapping; each name, its
+        kind and its meaning are declared in :mod:`zmix.stats_schema` (tests/test_metrics.py
+        checks that a running node reports exactly those)."""
         stats: dict[str, float] = dict(self.n._counts)
         stats.update(self.core.statistics())
         for reason, count in self.n._frame_drops.items():
