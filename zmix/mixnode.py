@@ -225,8 +225,10 @@ class NodeCore:
         """Return counters: forwarded, delivered, replies, loops sent/returned, drops by reason."""
         stats = {name: self._counts[name] for name in
                  ("forwarded", "delivered", "replies", "loops_sent", "loops_returned")}
+        # A provider refuses some deliveries itself (a full mailbox, a stranger's message).
+        refused = self._provider.drops() if self._provider is not None else {}
         for reason in DropReason:
-            stats[f"dropped_{reason.value}"] = self._drops[reason.value]
+            stats[f"dropped_{reason.value}"] = self._drops[reason.value] + refused.get(reason, 0)
         stats.update({f"replay_{k}": v for k, v in self._replay.statistics().items()})
         latency = self.loop_latency()
         if latency is not None:

@@ -230,6 +230,15 @@ class ProviderCore:
         self._counts["registered"] += 1
         return Registered(frame.name), client
 
+    def drops(self) -> dict[DropReason, int]:
+        """Return the deliveries (messages and SURB replies) this core refused, as drops of the
+        node by reason: a full mailbox (``mailbox_full``), a recipient that is not one of this
+        provider's clients (``unexpected_delivery``). These are the events ``refused_full`` and
+        ``unexpected_delivery`` of :meth:`statistics` count; the node adds them to its
+        ``dropped_<reason>`` statistics, so that ``dropped_total`` holds every packet lost."""
+        return {DropReason.MAILBOX_FULL: self._counts["refused_full"],
+                DropReason.UNEXPECTED_DELIVERY: self._counts[UNEXPECTED]}
+
     def statistics(self) -> dict[str, int]:
         """Return the provider's counters (the mailbox keeps its own, see Mailbox.statistics).
 

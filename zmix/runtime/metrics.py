@@ -3,7 +3,8 @@
 The node loop refreshes one snapshot (a flat ``dict[str, float]``) a few times a second; the
 control socket (a REP socket on a local ipc path, named in ``STATE/nodes/NAME/control``) answers
 ``ping`` and ``stats`` (JSON), and, when the topology gives the node a ``metrics_port``, the
-prometheus_client HTTP server serves the same snapshot in the Prometheus text format.
+prometheus_client HTTP server serves the same snapshot in the Prometheus text format, each
+statistic typed and described as :mod:`zmix.stats_schema` declares it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ from pathlib import Path
 
 import zmq
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.metrics_core import Metric
 
-# Snapshot keys that are levels rather than running totals.
-GAUGES = frozenset({
-    "queue_depth", "queue_high_water", "in_flight", "workers", "worker_utilisation",
-    "peers_alive", "uptime_seconds", "mailbox_items", "loop_rtt_us_median",
-    "loop_per_hop_us_median", "pid",
-})
+from zmix.stats_schema import BY_NAME, Kind
+
+UNDECLARED_HELP = "not declared in zmix.stats_schema (a bug: its kind is unknown)"
 
 
 class Snapshot:
@@ -45,26 +43,38 @@ class Snapshot:
             return dict(self._values)
 
 
-class _Collector:
+class Collector:
+    """A prometheus_client collector of one node's snapshot."""
+
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        """Yield one metric family per statistic, labelled with the node's name."""
         for key, value in sorted(self._snapshot.values().items()):
-            name = f"zmix_{key}"
-            family: Metric
-            if key in GAUGES:
-                family = GaugeMetricFamily(name, f"zmix node {key}", labels=["node"])
-            else:
-                family = CounterMetricFamily(name, f"zmix node {key}", labels=["node"])
+            family = _family(key)
             family.add_metric([self._snapshot.node], value)
             yield family
+
+
+def _family(key: str) -> CounterMetricFamily | GaugeMetricFamily | UnknownMetricFamily:
+    """Return an empty metric family for statistic ``key``, typed as the schema says.
+
+    A statistic missing from the schema is still exported, untyped, rather than hidden or
+    exported as a counter it may not be (tests keep the schema and the node in step)."""
+    name = f"zmix_{key}"
+    statistic = BY_NAME.get(key)
+    if statistic is None:
+        return UnknownMetricFamily(name, UNDECLARED_HELP, labels=["node"])
+    if statistic.kind is Kind.GAUGE:
+        return GaugeMetricFamily(name, statistic.help, labels=["node"])
+    return CounterMetricFamily(name, statistic.help, labels=["node"])
 
 
 def serve_prometheus(snapshot: Snapshot, host: str, port: int) -> None:
     """Serve ``snapshot`` as Prometheus text on ``http://host:port/metrics`` (daemon thread)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snapshot))
+    registry.register(Collector(snapshot))
     start_http_server(port, addr=host, registry=registry)
 
 

@@ -305,7 +305,7 @@ class _Loop:
         batch (``JOB_BATCH``, or an even share of what waits) fits within the ``WORKER_QUEUE``
         packets a worker may hold: the worker is still busy with the batch before, so waiting
         costs nothing, and the batches stay large. A batch of 32 costs a worker about 5 us of
-        messaging per packet, a batch of one about 35 us (measured; docs/operations.md)."""
+        messaging per packet, a batch of one about 35 us (measured; docs/performance.md)."""
         jobs, start, workers = self.jobs, 0, len(self.work)
         while start < len(jobs):
             index = min(range(workers), key=self.outstanding.__getitem__)
@@ -522,7 +522,9 @@ class _Loop:
     # ------------------------------------------------------------------ statistics
 
     def statistics(self, now: float) -> dict[str, float]:
-        """Return every counter and level of this node as one flat mapping."""
+        """Return every counter and level of this node as one flat mapping; each name, its
+        kind and its meaning are declared in :mod:`zmix.stats_schema` (tests/test_metrics.py
+        checks that a running node reports exactly those)."""
         stats: dict[str, float] = dict(self.n._counts)
         stats.update(self.core.statistics())
         for reason, count in self.n._frame_drops.items():

@@ -1,0 +1,239 @@
+"""A node's statistics: one schema (zmix.stats_schema) for the node, Prometheus and the docs."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from zmix import wire
+from zmix.bench.common import free_ports, make_network
+from zmix.envelope import Envelope, encode_envelope
+from zmix.keys import load_directory, load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.launcher import Launcher
+from zmix.sphinx import Hop, answer_surb, create_forward_packet, create_surb
+from zmix.stats_schema import (
+    BY_NAME,
+    STATISTICS,
+    TABLE_HEADER,
+    Kind,
+    Reported,
+    expected_names,
+    table_row,
+)
+from zmix.topology import Topology
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+NODES = ("mix-a", "provider-1")
+
+
+def parse(text: str) -> dict[str, tuple[str, str, dict[str, str], float]]:
+    """Return, per sample name of a Prometheus text page, (type, HELP, labels, value)."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert sample.name not in samples, f"{sample.name} is exported twice"
+            samples[sample.name] = (family.type, family.documentation, sample.labels,
+                                    sample.value)
+    return samples
+
+
+def check_export(samples: dict[str, tuple[str, str, dict[str, str], float]],
+                 values: dict[str, float], node: str) -> None:
+    """Assert that ``samples`` are ``values``, each typed and described as the schema says."""
+    wanted = {BY_NAME[key].prometheus_name: key for key in values}
+    assert set(samples) == set(wanted), (
+        f"exported but not in the snapshot: {sorted(set(samples) - set(wanted))}; "
+        f"in the snapshot but not exported: {sorted(set(wanted) - set(samples))}")
+    for sample_name, (kind, doc, labels, value) in samples.items():
+        statistic = BY_NAME[wanted[sample_name]]
+        assert kind == statistic.kind.value, f"{sample_name} is a {kind}, not a {statistic.kind}"
+        assert doc == statistic.help and doc, f"{sample_name} has the HELP {doc!r}"
+        assert labels == {"node": node}
+        assert value == values[statistic.name], f"{sample_name}: {value} != {values}"
+
+
+# ---------------------------------------------------------------------- the schema itself
+
+
+def test_every_statistic_is_declared_once_with_a_kind_a_help_text_and_its_own_prometheus_name(
+        ) -> None:
+    names = [s.name for s in STATISTICS]
+    assert len(names) == len(set(names)), "a statistic is declared twice"
+    exported = [s.prometheus_name for s in STATISTICS]
+    assert len(exported) == len(set(exported)), "two statistics share a Prometheus name"
+    for statistic in STATISTICS:
+        assert statistic.help and statistic.help == statistic.help.strip(), statistic.name
+        # The help text is both a Prometheus HELP line and a markdown table cell.
+        assert not set(statistic.help) & set("|`\n\\"), statistic.name
+    assert BY_NAME["replay_tags"].kind is Kind.GAUGE  # levels, not running totals
+    assert BY_NAME["dropped_mailbox_full"].kind is Kind.COUNTER
+
+
+def test_counters_are_exported_with_total_suffix_once() -> None:
+    assert BY_NAME["sent"].prometheus_name == "zmix_sent_total"
+    assert BY_NAME["dropped_total"].prometheus_name == "zmix_dropped_total"
+    assert BY_NAME["queue_depth"].prometheus_name == "zmix_queue_depth"
+
+
+def test_the_operations_doc_lists_every_statistic_with_the_schemas_kind_and_meaning() -> None:
+    lines = DOCS.read_text().splitlines()
+    assert TABLE_HEADER[0] in lines, f"docs/operations.md has no table {TABLE_HEADER[0]}"
+    start = lines.index(TABLE_HEADER[0])
+    assert lines[start + 1] == TABLE_HEADER[1]
+    rows: dict[str, str] = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        name = line.split("|")[1].strip().strip("`")
+        assert name not in rows, f"docs/operations.md lists {name} twice"
+        rows[name] = line
+    missing = sorted(set(BY_NAME) - set(rows))
+    extra = sorted(set(rows) - set(BY_NAME))
+    assert not missing and not extra, (
+        f"docs/operations.md's statistics table lacks {missing} and has {extra}, which "
+        "zmix/stats_schema.py does not declare (python -m zmix.stats_schema prints the table)")
+    for name, line in rows.items():
+        assert line == table_row(BY_NAME[name]), (
+            f"docs/operations.md's row of {name} differs from zmix/stats_schema.py:\n{line}\n"
+            f"{table_row(BY_NAME[name])}")
+
+
+# ---------------------------------------------------------------------- the exporter alone
+
+
+def test_the_prometheus_export_types_and_describes_each_statistic_as_the_schema_says() -> None:
+    snapshot = metrics.Snapshot("mix-x")
+    values = {s.name: float(index) + 0.5 for index, s in enumerate(STATISTICS)}
+    snapshot.update(values)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.Collector(snapshot))
+    check_export(parse(generate_latest(registry).decode()), values, "mix-x")
+
+
+def test_a_statistic_missing_from_the_schema_is_exported_untyped_not_as_a_counter() -> None:
+    snapshot = metrics.Snapshot("mix-x")
+    snapshot.update({"received": 3, "not_declared_anywhere": 7})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.Collector(snapshot))
+    samples = parse(generate_latest(registry).decode())
+    assert samples["zmix_received_total"][:2] == ("counter", BY_NAME["received"].help)
+    assert samples["zmix_not_declared_anywhere"] == (
+        "unknown", metrics.UNDECLARED_HELP, {"node": "mix-x"}, 7.0)
+
+
+# ---------------------------------------------------------------------- running nodes
+
+
+@dataclass
+class Net:
+    topology: Topology
+    state: Path
+    ports: dict[str, int]
+
+    def stats(self, name: str) -> dict[str, float]:
+        values = metrics.statistics(self.state, name)
+        assert values is not None, f"{name} does not answer on its control socket"
+        return values
+
+    def wait(self, name: str, done: Callable[[dict[str, float]], bool],
+             what: str, timeout: float = 20.0) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while True:
+            values = self.stats(name)
+            if done(values):
+                return values
+            assert time.monotonic() < deadline, f"{name}: no {what} in {timeout} s: {values}"
+            time.sleep(0.05)
+
+    def prometheus(self, name: str) -> str:
+        url = f"http://127.0.0.1:{self.ports[name]}/metrics"
+        body: bytes = urllib.request.urlopen(url, timeout=5).read()
+        return body.decode()
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    """mix-a and provider-1 (alice's, with room for one item) as processes, with metrics ports
+    and frequent mix loops (so the loop medians are reported soon)."""
+    ports = dict(zip(NODES, free_ports(len(NODES)), strict=True))
+    topology, state = make_network(
+        tmp_path_factory.mktemp("stats"), layers=(("mix-a",),), providers=("provider-1",),
+        clients={"alice": "provider-1"}, loopix={"mix_loop_rate": 20.0},
+        mailbox={"quota": 1}, node_options={n: {"metrics_port": p} for n, p in ports.items()})
+    launcher = Launcher(state, [topology.node(n) for n in NODES])
+    launcher.start()
+    try:
+        yield Net(topology, state, ports)
+    finally:
+        launcher.stop()
+
+
+def test_a_running_node_reports_exactly_the_statistics_of_the_schema(net: Net) -> None:
+    for name in NODES:
+        values = net.wait(name, lambda v: "loop_rtt_us_median" in v, "mix loop back")
+        wanted = expected_names(provider=name.startswith("provider"), loop_returned=True)
+        missing, extra = sorted(wanted - set(values)), sorted(set(values) - wanted)
+        assert not missing and not extra, (
+            f"{name} reports {extra}, not in zmix/stats_schema.py; the schema has {missing}, "
+            f"which {name} does not report")
+    assert not any(s.reported is Reported.PROVIDERS for s in STATISTICS
+                   if s.name in net.stats("mix-a"))
+
+
+def test_the_prometheus_page_of_a_running_node_is_its_control_socket_answer(net: Net) -> None:
+    for name in NODES:
+        net.wait(name, lambda v: v.get("replay_tags", 0) > 0, "replay tags")
+        deadline = time.monotonic() + 10
+        while True:
+            # The snapshot is refreshed four times a second (uptime_seconds always moves): two
+            # equal control answers around the page mean the page shows that same snapshot.
+            before, page, after = net.stats(name), net.prometheus(name), net.stats(name)
+            if before == after:
+                break
+            assert time.monotonic() < deadline, "the snapshot never held still for one request"
+        check_export(parse(page), before, name)
+
+
+def test_deliveries_refused_for_a_full_mailbox_or_a_stranger_count_as_drops_by_reason(
+        net: Net) -> None:
+    """Plays alice, the provider's client: two messages and a SURB reply for her one slot,
+    and a message for someone who is not the provider's client."""
+    params, provider = net.topology.sphinx, net.topology.node("provider-1")
+    alice = load_private(net.state, "alice")
+    public = load_directory(net.state, net.topology)["provider-1"]
+    route = [Hop(provider.id, public.public_key, 0)]
+    packets = [create_forward_packet(params, route, alice.id, encode_envelope(
+        params, Envelope(None, b"message %d" % i))) for i in range(2)]
+    surb, _ = create_surb(params, route, alice.id, b"\x42" * 16)
+    packets.append(answer_surb(params, surb, b"a reply")[1])
+    packets.append(create_forward_packet(params, route, b"\x09" * 16, encode_envelope(
+        params, Envelope(None, b"for a stranger"))))
+    before = net.stats("provider-1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = links.connect_dealer(ctx, provider.endpoint, public.curve_public, alice.curve_public,
+                                alice.curve_private, b"\x07" * 16,
+                                max_frame=wire.client_frame_limit(params, 8))
+    try:
+        for packet in packets:
+            sock.send(wire.encode(wire.Packet(packet), params=params, slots=8))
+        after = net.wait("provider-1", lambda v: v["replies"] + v["delivered"] >= 4 +
+                         before["replies"] + before["delivered"], "deliveries")
+    finally:
+        sock.close()
+        ctx.term()
+    assert after["provider_messages_stored"] - before["provider_messages_stored"] == 1
+    assert after["mailbox_items"] == 1  # the first message took the one slot
+    assert after["provider_refused_full"] - before["provider_refused_full"] == 2
+    assert after["dropped_mailbox_full"] - before["dropped_mailbox_full"] == 2
+    assert after["provider_unexpected_delivery"] - before["provider_unexpected_delivery"] == 1
+    assert after["dropped_unexpected_delivery"] - before["dropped_unexpected_delivery"] == 1
+    assert after["dropped_total"] - before["dropped_total"] >= 3

@@ -1,0 +1,204 @@
+"""Every statistic a node reports, declared once: its name, its kind and what it means.
+
+A node's statistics are one flat mapping of names to numbers (``NodeProcess``'s ``statistics()``,
+served on the control socket). This table is what that mapping is made of: the Prometheus export
+takes each statistic's type and HELP line from here, docs/operations.md's table is this table
+(``python -m zmix.stats_schema`` prints it), and tests check that a running node reports exactly
+these names, no more and no fewer.
+
+A new statistic is one more line in :data:`STATISTICS` (and the row it prints in the docs).
+Help texts are plain text (no ``|``, no backticks), because they are Prometheus HELP lines and
+markdown table cells at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """What a number is: a running total since the node started, or a level now."""
+
+    COUNTER = "counter"  # only grows while the node runs; starts at 0 with the process
+    GAUGE = "gauge"  # goes up and down: a size, a count of things now, a median, an id
+
+
+class Reported(enum.Enum):
+    """Which nodes report a statistic, and from when."""
+
+    ALWAYS = "every node"
+    PROVIDERS = "providers"
+    AFTER_LOOP = "every node, once a mix loop returned"  # a median of nothing is not 0
+
+
+@dataclass(frozen=True, slots=True)
+class Statistic:
+    """One statistic: its name in the snapshot, its kind, its meaning and who reports it."""
+
+    name: str
+    kind: Kind
+    help: str
+    reported: Reported = Reported.ALWAYS
+
+    @property
+    def prometheus_name(self) -> str:
+        """Return the name of its Prometheus sample: ``zmix_<name>``, and counters end in
+        ``_total`` (``dropped_total`` already does, so it is ``zmix_dropped_total``)."""
+        name = f"zmix_{self.name}"
+        if self.kind is Kind.COUNTER and not name.endswith("_total"):
+            name += "_total"
+        return name
+
+
+C, G = Kind.COUNTER, Kind.GAUGE
+P, L = Reported.PROVIDERS, Reported.AFTER_LOOP
+
+STATISTICS: tuple[Statistic, ...] = (
+    # ---------------------------------------------------------------- traffic
+    Statistic("received", C, "packet frames received"),
+    Statistic("forwarded", C, "packets scheduled to a next hop"),
+    Statistic("sent", C, "packet frames sent on outbound links (forwarded packets, "
+              "acknowledgements, loops, relays; heartbeats not counted)"),
+    Statistic("heartbeats_received", C, "HEARTBEAT frames received from peers"),
+    Statistic("delivered", C, "final deliveries handed to the mailbox logic (providers only; "
+              "the node's own returning loops are not counted here)"),
+    Statistic("replies", C, "SURB replies handed to the mailbox logic (providers only)"),
+    Statistic("client_frames", C, "frames other than packets and heartbeats from this "
+              "provider's clients: fetches, fetch acknowledgements, relays, registrations (any "
+              "other kind is also dropped as bad_frame)"),
+    Statistic("relayed", C, "answers through a reply block (RELAY frames) that clients of this "
+              "provider handed over, passed on to the reply block's first hop"),
+    Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
+    Statistic("loops_returned", C, "the node's own mix loops that came back"),
+    Statistic("link_send_failed", C, "frames not sent because a link's queue was full"),
+    # ---------------------------------------------------------------- drops by reason
+    Statistic("dropped_wrong_size", C, "packets or frames of the wrong length"),
+    Statistic("dropped_bad_version", C, "packets or frames of an unknown version"),
+    Statistic("dropped_bad_point", C, "packets whose group element is not a valid public key"),
+    Statistic("dropped_bad_mac", C, "packets whose header MAC does not verify"),
+    Statistic("dropped_bad_tag", C, "packets whose payload tag does not check at the end of "
+              "their route"),
+    Statistic("dropped_bad_command", C, "packets whose routing command does not parse"),
+    Statistic("dropped_replay", C, "packets whose replay tag was seen before"),
+    Statistic("dropped_queue_full", C, "packets refused because the delay queue was full"),
+    Statistic("dropped_unknown_next_hop", C, "packets whose next hop is not another node of "
+              "the topology"),
+    Statistic("dropped_delay_too_long", C, "packets whose delay exceeds loopix.max_delay"),
+    Statistic("dropped_bad_frame", C, "link frames that do not parse or are not allowed here"),
+    Statistic("dropped_unexpected_delivery", C, "final deliveries and SURB replies for a "
+              "recipient this node does not serve (a mixnode serves none; a provider, its "
+              "clients)"),
+    Statistic("dropped_unknown_peer", C, "frames from a link whose key is not (or no longer) "
+              "admitted, other than registrations"),
+    Statistic("dropped_mailbox_full", C, "messages and SURB replies refused because the "
+              "recipient's mailbox holds mailbox.quota items (providers)"),
+    Statistic("dropped_shutdown", C, "packets still in the delay queue when the node stopped "
+              "without node.drain_on_shutdown"),
+    Statistic("dropped_worker_lost", C, "packets held by a worker that died"),
+    Statistic("dropped_total", C, "the sum of every dropped_ statistic above"),
+    # ---------------------------------------------------------------- links and errors
+    Statistic("auth_denied", C, "CURVE handshakes refused (keys not in the topology)"),
+    Statistic("auth_unregistered", C, "(providers with open registration) handshakes of "
+              "unknown keys let in to register; their other frames count as dropped_unknown_peer"),
+    Statistic("auth_throttled", C, "(providers with open registration) handshakes of unknown "
+              "keys refused because more than 20 came at once or more than 1 a second after that"),
+    Statistic("internal_errors", C, "unexpected errors the node loop caught and survived, the "
+              "frame or packet being handled dropped (a bug: the traceback is in node.log)"),
+    Statistic("peers_alive", G, "peers heard from (any frame) in the last 5 s"),
+    # ---------------------------------------------------------------- the node loop
+    Statistic("queue_depth", G, "packets in the delay queue now"),
+    Statistic("queue_high_water", G, "the most packets the delay queue held at once"),
+    Statistic("in_flight", G, "packets with the workers, or read and waiting for one"),
+    Statistic("loop_wakeups", C, "turns of the node loop; under load one turn handles several "
+              "packets, idle it wakes at least every 100 ms"),
+    Statistic("workers", G, "worker processes running"),
+    Statistic("worker_restarts", C, "workers that died and were started again"),
+    Statistic("worker_utilisation", G, "the workers' CPU share (0 to 1) over the last refresh"),
+    Statistic("worker_processed", C, "packets the workers processed"),
+    Statistic("cpu_seconds_workers", C, "CPU seconds used by the workers (dead ones included)"),
+    Statistic("cpu_seconds_workers_sphinx", C, "the part of cpu_seconds_workers spent in "
+              "process_packet; the rest is the workers' messaging and upkeep"),
+    Statistic("cpu_seconds_node", C, "CPU seconds used by the node process (all its threads)"),
+    Statistic("uptime_seconds", G, "seconds since the node process started"),
+    Statistic("pid", G, "the node process's id"),
+    # ---------------------------------------------------------------- replay cache
+    Statistic("replay_checked", C, "replay tags checked"),
+    Statistic("replay_replays", C, "replay tags found already seen"),
+    Statistic("replay_stale_epoch", C, "tags refused because their key epoch is no longer kept"),
+    Statistic("replay_rollovers", C, "times an epoch's filter filled up and a new one took over"),
+    Statistic("replay_tags", G, "replay tags held now, over the live epochs"),
+    Statistic("replay_epochs", G, "key epochs whose tags are held now"),
+    Statistic("replay_bytes", G, "memory held by the replay filters, in bytes"),
+    # ---------------------------------------------------------------- mix loop latency
+    Statistic("loop_rtt_us_median", G, "round trip of the node's own mix loops in microseconds, "
+              "median over the last 1,000 loops", L),
+    Statistic("loop_per_hop_us_median", G, "the same round trip divided by the loop's hops, "
+              "median over the last 1,000 loops", L),
+    # ---------------------------------------------------------------- provider core
+    Statistic("provider_drops_received", C, "drop cover packets addressed to this provider, "
+              "discarded", P),
+    Statistic("provider_unexpected_delivery", C, "final deliveries and SURB replies for a "
+              "recipient that is not one of this provider's clients (also in "
+              "dropped_unexpected_delivery)", P),
+    Statistic("provider_bad_envelope", C, "deliveries whose payload is not a zmix envelope", P),
+    Statistic("provider_messages_stored", C, "messages stored in a mailbox", P),
+    Statistic("provider_replies_stored", C, "SURB replies stored in a mailbox", P),
+    Statistic("provider_refused_full", C, "messages and SURB replies refused because the "
+              "recipient's mailbox is full, never an old one dropped (also in "
+              "dropped_mailbox_full)", P),
+    Statistic("provider_store_failed", C, "storage errors (the disk); no acknowledgement leaves "
+              "for a message that was not stored", P),
+    Statistic("provider_acks_sent", C, "delivery acknowledgements sent, each after its message "
+              "was on disk", P),
+    Statistic("provider_bad_ack_surb", C, "acknowledgement SURBs that could not be used", P),
+    Statistic("provider_registered", C, "clients admitted at run time", P),
+    Statistic("provider_registration_refused", C, "REGISTER frames refused (docs/protocol.md "
+              "lists the codes)", P),
+    Statistic("provider_fetches", C, "FETCH frames answered", P),
+    Statistic("provider_fetch_refused", C, "FETCH and FETCH_ACK frames refused (not this "
+              "provider's client)", P),
+    # ---------------------------------------------------------------- mailbox store
+    Statistic("mailbox_stored", C, "items written to the mailbox store", P),
+    Statistic("mailbox_fetched", C, "items handed out to fetches", P),
+    Statistic("mailbox_acked", C, "items deleted on their client's acknowledgement", P),
+    Statistic("mailbox_expired", C, "items deleted unfetched after mailbox.ttl", P),
+    Statistic("mailbox_refused_full", C, "items refused over mailbox.quota", P),
+    Statistic("mailbox_foreign_ack_ignored", C, "acknowledged item ids that belong to another "
+              "client, ignored", P),
+    Statistic("mailbox_ack_unknown", C, "acknowledged item ids already gone (a repeated "
+              "acknowledgement)", P),
+    Statistic("mailbox_items", G, "items held in the mailbox store now", P),
+)
+
+BY_NAME: dict[str, Statistic] = {s.name: s for s in STATISTICS}
+
+
+def expected_names(*, provider: bool, loop_returned: bool) -> frozenset[str]:
+    """Return the names a node reports: a provider's or a mixnode's, before or after one of
+    its mix loops came back."""
+    wanted = {Reported.ALWAYS}
+    if provider:
+        wanted.add(Reported.PROVIDERS)
+    if loop_returned:
+        wanted.add(Reported.AFTER_LOOP)
+    return frozenset(s.name for s in STATISTICS if s.reported in wanted)
+
+
+TABLE_HEADER = ("| name | kind | reported by | meaning |", "|---|---|---|---|")
+
+
+def table_row(statistic: Statistic) -> str:
+    """Return the statistic's row of the table in docs/operations.md."""
+    s = statistic
+    return f"| `{s.name}` | {s.kind.value} | {s.reported.value} | {s.help} |"
+
+
+def markdown_table(statistics: Iterable[Statistic] = STATISTICS) -> str:
+    """Return the table of docs/operations.md's "Statistics" section, one row per statistic."""
+    return "\n".join([*TABLE_HEADER, *(table_row(s) for s in statistics)]) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
