@@ -22,9 +22,12 @@ from zmix.sphinx import (
     answer_surb,
     create_forward_packet,
     create_surb,
+    lioness,
     open_surb_reply,
     process_packet,
 )
+from zmix.sphinx import packet as packet_module
+from zmix.sphinx.profiles import CMD_DELIVER, V1, Routing
 
 KEYS = [crypto.x25519_keypair() for _ in range(8)]
 RECIPIENT = b"\xaa" * 16
@@ -379,3 +382,146 @@ def test_a_packet_whose_alpha_has_small_order_is_an_invalid_packet(point: bytes)
     with pytest.raises(InvalidPacket) as err:
         process_packet(params, KEYS[0][1], packet[:1] + point + packet[33:])
     assert err.value.reason is DropReason.BAD_POINT
+
+
+# ---------------------------------------------------------------------------- the exit's checks
+
+
+def crafted(params: SphinxParams, hops: int, final: Routing, body: bytes) -> bytes:
+    """A packet built by the real construction with a final slot and a body of our choosing."""
+    checked = packet_module._check_route(params, route(hops))
+    header, secrets = packet_module._header(params, checked, final, crypto.random_bytes)
+    return header + packet_module._encrypt_payload(V1, secrets, body)
+
+
+def body(params: SphinxParams, message: bytes, length: int | None = None,
+         padding: bytes | None = None) -> bytes:
+    """``zero tag || u32 length || message || padding``, the padding zeros unless given."""
+    head = bytes(16) + (len(message) if length is None else length).to_bytes(4, "big") + message
+    return head + (padding if padding is not None else bytes(params.payload_length - len(head)))
+
+
+def test_a_deliver_command_whose_16_byte_zero_field_is_not_zero_is_refused() -> None:
+    params = SphinxParams()
+    good = crafted(params, 2, Routing(CMD_DELIVER, RECIPIENT, 7, b""), body(params, b"m"))
+    _, final = walk(params, route(2)[0].node_id, good)
+    assert isinstance(final, FinalDelivery) and final.message == b"m" and final.delay_us == 7
+    for field in (b"\x01" + bytes(15), bytes(15) + b"\x80", b"\xff" * 16):
+        bad = crafted(params, 2, Routing(CMD_DELIVER, RECIPIENT, 7, field), body(params, b"m"))
+        with pytest.raises(InvalidPacket) as err:
+            walk(params, route(2)[0].node_id, bad)
+        assert err.value.reason is DropReason.BAD_COMMAND
+
+
+def test_the_exit_refuses_a_body_with_a_bad_length_or_a_non_zero_byte_after_the_message() -> None:
+    params = SphinxParams(payload_length=512)
+    room = params.max_message_length  # P - 20
+    full = bytes(range(256)) * 2
+    for message in (b"", b"m", full[:room]):  # positive controls, up to the longest message
+        _, final = walk(params, route(1)[0].node_id,
+                        crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b""),
+                                body(params, message)))
+        assert isinstance(final, FinalDelivery) and final.message == message
+    pad = params.payload_length - 21
+    bad_bodies = [
+        body(params, b"m", padding=b"\x01" + bytes(pad - 1)),  # right after the message
+        body(params, b"m", padding=bytes(pad - 1) + b"\x01"),  # the last byte
+        body(params, b"m", length=room + 1),  # longer than a payload can hold
+        body(params, b"m", length=2**32 - 1),
+        b"\x01" + body(params, b"m")[1:],  # the tag
+    ]
+    for bad in bad_bodies:
+        assert len(bad) == params.payload_length
+        packet = crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b""), bad)
+        with pytest.raises(InvalidPacket) as err:
+            process_packet(params, KEYS[0][1], packet)
+        assert err.value.reason is DropReason.BAD_TAG
+
+
+def test_a_surb_reply_with_a_non_zero_byte_after_the_message_does_not_open() -> None:
+    params = SphinxParams(payload_length=512)
+    surb, keys = create_surb(params, route(2), RECIPIENT, b"\x55" * 16)
+    pi = V1.payload_key(surb.ktilde)
+    for reply_body, expected in ((body(params, b"r"), b"r"),
+                                 (body(params, b"r", padding=bytes(490) + b"\x01"), None)):
+        packet = surb.header + lioness.encrypt(pi, reply_body)
+        _, final = walk(params, surb.first_hop, packet)
+        assert isinstance(final, SurbReply)
+        if expected is not None:
+            assert open_surb_reply(params, keys, final.payload) == expected
+            continue
+        with pytest.raises(InvalidPacket) as err:
+            open_surb_reply(params, keys, final.payload)
+        assert err.value.reason is DropReason.BAD_TAG
+
+
+@pytest.mark.parametrize(("max_hops", "payload_length"),
+                         [(1, 64), (32, 64), (1, 1 << 20), (5, 2048)])
+def test_geometry_at_the_edges_of_the_allowed_ranges_carries_packets(max_hops: int,
+                                                                     payload_length: int) -> None:
+    params = SphinxParams(max_hops=max_hops, payload_length=payload_length)
+    assert params.max_message_length == payload_length - 20
+    keys = [crypto.x25519_keypair() for _ in range(max_hops)]
+    hops = [Hop(i.to_bytes(16, "big"), pk, i) for i, (pk, _) in enumerate(keys)]
+    by_id = {h.node_id: sk for h, (_, sk) in zip(hops, keys, strict=True)}
+    message = crypto.random_bytes(params.max_message_length)
+    packet, hop = create_forward_packet(params, hops, RECIPIENT, message), hops[0].node_id
+    while isinstance(result := process_packet(params, by_id[hop], packet), ForwardHop):
+        assert len(result.packet) == params.packet_length
+        hop, packet = result.next_hop, result.packet
+    assert isinstance(result, FinalDelivery) and result.message == message
+
+
+def test_geometry_outside_the_allowed_ranges_is_refused() -> None:
+    for kwargs in ({"max_hops": 0}, {"max_hops": 33}, {"max_hops": -1}, {"max_hops": 5.0},
+                   {"max_hops": True}, {"payload_length": 63}, {"payload_length": (1 << 20) + 1},
+                   {"payload_length": 2048.0}, {"profile": "v1"}):
+        with pytest.raises(LocalMisuse):
+            SphinxParams(**kwargs)  # type: ignore[arg-type]
+    assert SphinxParams(max_hops=32).max_hops == 32  # positive control
+
+
+def test_every_sphinx_failure_is_one_opaque_invalid_packet_with_the_reason_aside() -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(1), RECIPIENT, b"m")
+    failures = {
+        DropReason.WRONG_SIZE: packet[:-1],
+        DropReason.BAD_VERSION: b"\x02" + packet[1:],
+        DropReason.BAD_POINT: packet[:1] + bytes(32) + packet[33:],
+        DropReason.BAD_MAC: packet[:40] + bytes([packet[40] ^ 1]) + packet[41:],
+        DropReason.BAD_COMMAND: crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b"\1" * 16),
+                                        body(params, b"m")),
+        DropReason.BAD_TAG: packet[:-1] + bytes([packet[-1] ^ 1]),
+    }
+    texts = set()
+    for reason, data in failures.items():
+        with pytest.raises(InvalidPacket) as err:
+            process_packet(params, KEYS[0][1], data)
+        assert type(err.value) is InvalidPacket and err.value.reason is reason
+        assert err.value.args == ("invalid packet",) and err.value.__cause__ is None
+        texts.add((str(err.value), repr(err.value)))
+    assert texts == {("invalid packet", "InvalidPacket('invalid packet')")}
+
+
+# ---------------------------------------------------------------------------- the cost line
+
+
+def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
+    calls: dict[str, int] = {}
+    for name in ("x25519", "blake2b", "chacha20_stream", "chacha20_xor"):
+        def counted(*args: object, _name: str = name, _real: object = getattr(crypto, name),
+                    **kwargs: object) -> object:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(crypto, name, counted)
+    forward = process_packet(params, KEYS[0][1], packet)
+    assert isinstance(forward, ForwardHop)
+    # A forward hop: 2 X25519; 6 small BLAKE2b and 2 keystreams (240-byte header stream, 192-byte
+    # payload key); LIONESS adds 2 BLAKE2b and 2 ChaCha20 over the payload.
+    assert calls == {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    calls.clear()
+    assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
+    # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
+    assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
