@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from zmix import crypto
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.sphinx import (
+    MAX_DELAY_US,
     FinalDelivery,
     ForwardHop,
     Hop,
@@ -21,9 +22,12 @@ from zmix.sphinx import (
     answer_surb,
     create_forward_packet,
     create_surb,
+    lioness,
     open_surb_reply,
     process_packet,
 )
+from zmix.sphinx import packet as packet_module
+from zmix.sphinx.profiles import CMD_DELIVER, V1, Routing
 
 KEYS = [crypto.x25519_keypair() for _ in range(8)]
 RECIPIENT = b"\xaa" * 16
@@ -189,6 +193,38 @@ def test_arbitrary_bytes_give_a_result_or_invalid_packet(data: bytes) -> None:
     assert isinstance(result, ForwardHop | FinalDelivery | SurbReply)
 
 
+def _as_buffer(kind: str, data: bytes) -> bytes | bytearray | memoryview:
+    if kind == "bytes":
+        return data
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "memoryview":
+        return memoryview(data)
+    return memoryview(b"\xff" + data + b"\xff")[1:-1]  # a view into a larger buffer
+
+
+_VALID_SMALL = create_forward_packet(SMALL, route(2), RECIPIENT, b"property")
+_KINDS = st.sampled_from(["bytes", "bytearray", "memoryview", "slice"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_KINDS, st.one_of(
+    st.binary(max_size=SMALL.packet_length + 8),
+    st.binary(min_size=SMALL.packet_length - 1,
+              max_size=SMALL.packet_length - 1).map(lambda b: b"\x01" + b),
+    st.tuples(st.integers(0, SMALL.packet_length - 1), st.integers(0, 255)).map(
+        lambda c: _VALID_SMALL[:c[0]] + bytes([c[1]]) + _VALID_SMALL[c[0] + 1:])))
+def test_any_bytes_bytearray_or_memoryview_gives_a_result_or_invalid_packet(
+        kind: str, data: bytes) -> None:
+    try:
+        result = process_packet(SMALL, KEYS[0][1], _as_buffer(kind, data))
+    except InvalidPacket:
+        assert data != _VALID_SMALL
+        return
+    assert isinstance(result, ForwardHop | FinalDelivery | SurbReply)
+    assert result == process_packet(SMALL, KEYS[0][1], data)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=SMALL.packet_length - 1), st.integers(1, 255))
 def test_any_single_byte_change_is_rejected_somewhere_on_the_route(position: int,
@@ -197,3 +233,295 @@ def test_any_single_byte_change_is_rejected_somewhere_on_the_route(position: int
     packet[position] ^= flip
     with pytest.raises(InvalidPacket):
         walk(SMALL, route(3)[0].node_id, bytes(packet))
+
+
+# ---------------------------------------------------------------------------- API edges
+
+# Every X25519 point of small order and its encoding with the (ignored) top bit set: the identity,
+# 1, the two points of order 8, and p - 1, p, p + 1 (non-canonical). X25519 with any gives zeros.
+_LOW_ORDER = [bytes.fromhex(h) for h in (
+    "00" * 32, "01" + "00" * 31,
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ec" + "ff" * 30 + "7f", "ed" + "ff" * 30 + "7f", "ee" + "ff" * 30 + "7f")]
+LOW_ORDER_POINTS = _LOW_ORDER + [p[:31] + bytes([p[31] | 0x80]) for p in _LOW_ORDER]
+
+
+class CountingRandom:
+    """A random_bytes that counts its calls, to show a refusal came before any work."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, n: int) -> bytes:
+        self.calls += 1
+        return crypto.random_bytes(n)
+
+
+def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward() -> None:
+    params = SphinxParams()
+    for recipient in (b"", b"\xaa" * 15, b"\xaa" * 17, b"\xaa" * 32):
+        rng = CountingRandom()
+        with pytest.raises(LocalMisuse):
+            create_surb(params, route(3), recipient, b"\x55" * 16, rng)
+        with pytest.raises(LocalMisuse):
+            create_forward_packet(params, route(3), recipient, b"m", rng)
+        assert rng.calls == 0
+    surb, _ = create_surb(params, route(3), RECIPIENT, b"\x55" * 16)
+    _, final = walk(params, surb.first_hop, answer_surb(params, surb, b"r")[1])
+    assert isinstance(final, SurbReply) and final.recipient == RECIPIENT
+
+
+def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work() -> None:
+    params = SphinxParams()
+    good = route(3)
+    bad_routes = [
+        [good[0], Hop(b"\x02" * 15, KEYS[1][0]), good[2]],  # node id too short
+        [good[0], Hop(b"\x02" * 17, KEYS[1][0]), good[2]],  # node id too long
+        [good[0], Hop(good[1].node_id, KEYS[1][0][:31]), good[2]],  # public key too short
+        [good[0], Hop(good[1].node_id, KEYS[1][0] + b"\0"), good[2]],  # public key too long
+        [good[0], Hop(good[1].node_id, KEYS[1][0], -1), good[2]],
+        [good[0], Hop(good[1].node_id, KEYS[1][0], MAX_DELAY_US + 1), good[2]],
+        [good[0], Hop(good[1].node_id, KEYS[1][0], 1.5), good[2]],  # type: ignore[arg-type]
+        [good[0], Hop(good[1].node_id, KEYS[1][0], True), good[2]],
+        [good[0], Hop(16, KEYS[1][0]), good[2]],  # type: ignore[arg-type]  # not bytes(16)
+        [], route(params.max_hops + 1) if params.max_hops < 8 else [],
+    ]
+    for bad in bad_routes:
+        rng = CountingRandom()
+        with pytest.raises(LocalMisuse):
+            create_forward_packet(params, bad, RECIPIENT, b"m", rng)
+        with pytest.raises(LocalMisuse):
+            create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
+        assert rng.calls == 0
+    for surb_id in (b"", b"\x55" * 15, b"\x55" * 17, 16):
+        with pytest.raises(LocalMisuse):
+            create_surb(params, good, RECIPIENT, surb_id)  # type: ignore[arg-type]
+    with pytest.raises(LocalMisuse):
+        create_forward_packet(params, good, 16, b"m")  # type: ignore[arg-type]
+    # Positive control: the extreme delays and bytes-like ids and keys are accepted and carried.
+    edge = [Hop(bytearray(good[0].node_id), memoryview(KEYS[0][0]), 0),
+            Hop(good[1].node_id, bytearray(KEYS[1][0]), MAX_DELAY_US)]
+    packet = create_forward_packet(params, edge, bytearray(RECIPIENT), memoryview(b"m"))
+    forwards, final = walk(params, good[0].node_id, packet)
+    assert [f.delay_us for f in forwards] == [0] and isinstance(final, FinalDelivery)
+    assert final.delay_us == MAX_DELAY_US and final.message == b"m"
+    surb, _ = create_surb(params, edge, RECIPIENT, bytearray(b"\x55" * 16))
+    _, reply = walk(params, surb.first_hop, answer_surb(params, surb, b"r")[1])
+    assert isinstance(reply, SurbReply) and reply.delay_us == MAX_DELAY_US
+
+
+def test_a_private_key_of_the_wrong_length_is_local_misuse_not_an_invalid_packet() -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
+    for key in (b"", KEYS[0][1][:31], KEYS[0][1] + b"\0", "k" * 32):
+        with pytest.raises(LocalMisuse) as err:
+            process_packet(params, key, packet)  # type: ignore[arg-type]
+        assert not isinstance(err.value, InvalidPacket)
+    assert isinstance(process_packet(params, KEYS[0][1], packet), ForwardHop)
+    assert isinstance(process_packet(params, bytearray(KEYS[0][1]), packet), ForwardHop)
+
+
+def test_a_packet_given_as_bytearray_or_memoryview_is_processed_as_its_bytes() -> None:
+    params = SphinxParams()
+    forward = create_forward_packet(params, route(2), RECIPIENT, b"m")
+    exit_packet = process_packet(params, KEYS[0][1], forward)
+    assert isinstance(exit_packet, ForwardHop)
+    surb, _ = create_surb(params, route(1), RECIPIENT, b"\x55" * 16)
+    reply = answer_surb(params, surb, b"r")[1]
+    for key, packet in ((KEYS[0][1], forward), (KEYS[1][1], exit_packet.packet),
+                        (KEYS[0][1], reply)):
+        expected = process_packet(params, key, packet)
+        padded = bytearray(b"xyz" + packet + b"xyz")
+        for view in (bytearray(packet), memoryview(packet), memoryview(padded)[3:-3]):
+            assert process_packet(params, key, view) == expected
+    for data in ("x" * params.packet_length, params.packet_length, None):
+        with pytest.raises(LocalMisuse):
+            process_packet(params, KEYS[0][1], data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
+def test_a_hop_public_key_of_small_order_is_refused_as_local_misuse(point: bytes) -> None:
+    params = SphinxParams()
+    for position in range(3):
+        bad = route(3)
+        bad[position] = Hop(bad[position].node_id, point)
+        rng = CountingRandom()
+        with pytest.raises(LocalMisuse, match="small order"):
+            create_forward_packet(params, bad, RECIPIENT, b"m", rng)
+        with pytest.raises(LocalMisuse, match="small order"):
+            create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
+        assert rng.calls == 0
+    assert len(create_forward_packet(params, route(3), RECIPIENT, b"m")) == params.packet_length
+
+
+def test_the_small_order_list_is_exactly_the_points_x25519_refuses() -> None:
+    for point in LOW_ORDER_POINTS:
+        assert crypto.has_small_order(point)
+        with pytest.raises(crypto.LowOrderPoint):
+            crypto.x25519(KEYS[0][1], point)
+    for _ in range(200):  # and no ordinary key is on it
+        point = crypto.random_bytes(32)
+        assert not crypto.has_small_order(point)
+        assert crypto.x25519(KEYS[0][1], point) != bytes(32)
+
+
+def test_a_small_order_key_missing_from_the_list_is_still_local_misuse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crypto, "has_small_order", lambda point: False)
+    bad = [*route(2), Hop(b"\x03" * 16, bytes(32))]
+    with pytest.raises(LocalMisuse, match="small order"):
+        create_forward_packet(SphinxParams(), bad, RECIPIENT, b"m")
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
+def test_a_packet_whose_alpha_has_small_order_is_an_invalid_packet(point: bytes) -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
+    assert isinstance(process_packet(params, KEYS[0][1], packet), ForwardHop)
+    with pytest.raises(InvalidPacket) as err:
+        process_packet(params, KEYS[0][1], packet[:1] + point + packet[33:])
+    assert err.value.reason is DropReason.BAD_POINT
+
+
+# ---------------------------------------------------------------------------- the exit's checks
+
+
+def crafted(params: SphinxParams, hops: int, final: Routing, body: bytes) -> bytes:
+    """A packet built by the real construction with a final slot and a body of our choosing."""
+    checked = packet_module._check_route(params, route(hops))
+    header, secrets = packet_module._header(params, checked, final, crypto.random_bytes)
+    return header + packet_module._encrypt_payload(V1, secrets, body)
+
+
+def body(params: SphinxParams, message: bytes, length: int | None = None,
+         padding: bytes | None = None) -> bytes:
+    """``zero tag || u32 length || message || padding``, the padding zeros unless given."""
+    head = bytes(16) + (len(message) if length is None else length).to_bytes(4, "big") + message
+    return head + (padding if padding is not None else bytes(params.payload_length - len(head)))
+
+
+def test_a_deliver_command_whose_16_byte_zero_field_is_not_zero_is_refused() -> None:
+    params = SphinxParams()
+    good = crafted(params, 2, Routing(CMD_DELIVER, RECIPIENT, 7, b""), body(params, b"m"))
+    _, final = walk(params, route(2)[0].node_id, good)
+    assert isinstance(final, FinalDelivery) and final.message == b"m" and final.delay_us == 7
+    for field in (b"\x01" + bytes(15), bytes(15) + b"\x80", b"\xff" * 16):
+        bad = crafted(params, 2, Routing(CMD_DELIVER, RECIPIENT, 7, field), body(params, b"m"))
+        with pytest.raises(InvalidPacket) as err:
+            walk(params, route(2)[0].node_id, bad)
+        assert err.value.reason is DropReason.BAD_COMMAND
+
+
+def test_the_exit_refuses_a_body_with_a_bad_length_or_a_non_zero_byte_after_the_message() -> None:
+    params = SphinxParams(payload_length=512)
+    room = params.max_message_length  # P - 20
+    full = bytes(range(256)) * 2
+    for message in (b"", b"m", full[:room]):  # positive controls, up to the longest message
+        _, final = walk(params, route(1)[0].node_id,
+                        crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b""),
+                                body(params, message)))
+        assert isinstance(final, FinalDelivery) and final.message == message
+    pad = params.payload_length - 21
+    bad_bodies = [
+        body(params, b"m", padding=b"\x01" + bytes(pad - 1)),  # right after the message
+        body(params, b"m", padding=bytes(pad - 1) + b"\x01"),  # the last byte
+        body(params, b"m", length=room + 1),  # longer than a payload can hold
+        body(params, b"m", length=2**32 - 1),
+        b"\x01" + body(params, b"m")[1:],  # the tag
+    ]
+    for bad in bad_bodies:
+        assert len(bad) == params.payload_length
+        packet = crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b""), bad)
+        with pytest.raises(InvalidPacket) as err:
+            process_packet(params, KEYS[0][1], packet)
+        assert err.value.reason is DropReason.BAD_TAG
+
+
+def test_a_surb_reply_with_a_non_zero_byte_after_the_message_does_not_open() -> None:
+    params = SphinxParams(payload_length=512)
+    surb, keys = create_surb(params, route(2), RECIPIENT, b"\x55" * 16)
+    pi = V1.payload_key(surb.ktilde)
+    for reply_body, expected in ((body(params, b"r"), b"r"),
+                                 (body(params, b"r", padding=bytes(490) + b"\x01"), None)):
+        packet = surb.header + lioness.encrypt(pi, reply_body)
+        _, final = walk(params, surb.first_hop, packet)
+        assert isinstance(final, SurbReply)
+        if expected is not None:
+            assert open_surb_reply(params, keys, final.payload) == expected
+            continue
+        with pytest.raises(InvalidPacket) as err:
+            open_surb_reply(params, keys, final.payload)
+        assert err.value.reason is DropReason.BAD_TAG
+
+
+@pytest.mark.parametrize(("max_hops", "payload_length"),
+                         [(1, 64), (32, 64), (1, 1 << 20), (5, 2048)])
+def test_geometry_at_the_edges_of_the_allowed_ranges_carries_packets(max_hops: int,
+                                                                     payload_length: int) -> None:
+    params = SphinxParams(max_hops=max_hops, payload_length=payload_length)
+    assert params.max_message_length == payload_length - 20
+    keys = [crypto.x25519_keypair() for _ in range(max_hops)]
+    hops = [Hop(i.to_bytes(16, "big"), pk, i) for i, (pk, _) in enumerate(keys)]
+    by_id = {h.node_id: sk for h, (_, sk) in zip(hops, keys, strict=True)}
+    message = crypto.random_bytes(params.max_message_length)
+    packet, hop = create_forward_packet(params, hops, RECIPIENT, message), hops[0].node_id
+    while isinstance(result := process_packet(params, by_id[hop], packet), ForwardHop):
+        assert len(result.packet) == params.packet_length
+        hop, packet = result.next_hop, result.packet
+    assert isinstance(result, FinalDelivery) and result.message == message
+
+
+def test_geometry_outside_the_allowed_ranges_is_refused() -> None:
+    for kwargs in ({"max_hops": 0}, {"max_hops": 33}, {"max_hops": -1}, {"max_hops": 5.0},
+                   {"max_hops": True}, {"payload_length": 63}, {"payload_length": (1 << 20) + 1},
+                   {"payload_length": 2048.0}, {"profile": "v1"}):
+        with pytest.raises(LocalMisuse):
+            SphinxParams(**kwargs)  # type: ignore[arg-type]
+    assert SphinxParams(max_hops=32).max_hops == 32  # positive control
+
+
+def test_every_sphinx_failure_is_one_opaque_invalid_packet_with_the_reason_aside() -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(1), RECIPIENT, b"m")
+    failures = {
+        DropReason.WRONG_SIZE: packet[:-1],
+        DropReason.BAD_VERSION: b"\x02" + packet[1:],
+        DropReason.BAD_POINT: packet[:1] + bytes(32) + packet[33:],
+        DropReason.BAD_MAC: packet[:40] + bytes([packet[40] ^ 1]) + packet[41:],
+        DropReason.BAD_COMMAND: crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b"\1" * 16),
+                                        body(params, b"m")),
+        DropReason.BAD_TAG: packet[:-1] + bytes([packet[-1] ^ 1]),
+    }
+    texts = set()
+    for reason, data in failures.items():
+        with pytest.raises(InvalidPacket) as err:
+            process_packet(params, KEYS[0][1], data)
+        assert type(err.value) is InvalidPacket and err.value.reason is reason
+        assert err.value.args == ("invalid packet",) and err.value.__cause__ is None
+        texts.add((str(err.value), repr(err.value)))
+    assert texts == {("invalid packet", "InvalidPacket('invalid packet')")}
+
+
+# ---------------------------------------------------------------------------- the cost line
+
+
+def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams()
+    packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
+    calls: dict[str, int] = {}
+    for name in ("x25519", "blake2b", "chacha20_stream", "chacha20_xor"):
+        def counted(*args: object, _name: str = name, _real: object = getattr(crypto, name),
+                    **kwargs: object) -> object:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(crypto, name, counted)
+    forward = process_packet(params, KEYS[0][1], packet)
+    assert isinstance(forward, ForwardHop)
+    # A forward hop: 2 X25519; 6 small BLAKE2b and 2 keystreams (240-byte header stream, 192-byte
+    # payload key); LIONESS adds 2 BLAKE2b and 2 ChaCha20 over the payload.
+    assert calls == {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    calls.clear()
+    assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
+    # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
+    assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}

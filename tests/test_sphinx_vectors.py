@@ -140,3 +140,57 @@ def test_the_v1_surb_vector_opens_to_its_reply() -> None:
     assert Surb.from_bytes(V1_PARAMS, h(v["surb"])).to_bytes() == h(v["surb"])
     keys = SurbKeys.from_bytes(h(v["keys"]))
     assert open_surb_reply(V1_PARAMS, keys, h(v["hops"][-1]["payload"])) == h(v["reply"])
+
+
+def _rng_at(offset: int) -> Any:
+    """docs/sphinx.md's rng, from the JSON alone: the seed's ChaCha20 keystream from ``offset``."""
+    stream, position = crypto.chacha20_stream(h(V1["seed"]), 65536), [offset]
+
+    def rng(n: int) -> bytes:
+        position[0] += n
+        return stream[position[0] - n:position[0]]
+    return rng
+
+
+def _json_route(case: dict[str, Any]) -> list[Hop]:
+    public = {n["id"]: h(n["public_key"]) for n in V1["nodes"]}
+    return [Hop(h(i), public[i], d)
+            for i, d in zip(case["route"], case["route_delays_us"], strict=True)]
+
+
+def test_the_v1_nodes_are_the_first_draws_of_the_seeded_stream() -> None:
+    rng = _rng_at(0)
+    for node in V1["nodes"]:
+        private = crypto.clamp(rng(32))
+        assert node["private_key"] == private.hex()
+        assert node["public_key"] == crypto.x25519_base(private).hex()
+
+
+@pytest.mark.parametrize("case", ["forward_5", "forward_3"])
+def test_each_v1_forward_vector_is_rebuilt_from_the_inputs_in_its_json(case: str) -> None:
+    v = V1[case]
+    packet = create_forward_packet(V1_PARAMS, _json_route(v), h(v["recipient"]), h(v["message"]),
+                                   _rng_at(v["rng_offset"]))
+    assert packet.hex() == v["hops"][0]["packet"] and v["hops"][0]["node"] == v["route"][0]
+    assert [hop["node"] for hop in v["hops"]] == v["route"]
+    assert [hop["delay_us"] for hop in v["hops"]] == v["route_delays_us"]
+    keys = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}
+    final = process_packet(V1_PARAMS, keys[v["route"][-1]], h(v["hops"][-1]["packet"]))
+    assert isinstance(final, FinalDelivery)
+    assert final.recipient.hex() == v["recipient"] and final.message.hex() == v["message"]
+
+
+def test_the_v1_surb_vector_is_rebuilt_from_the_inputs_in_its_json() -> None:
+    v = V1["surb"]
+    surb, keys = create_surb(V1_PARAMS, _json_route(v), h(v["recipient"]), h(v["surb_id"]),
+                             _rng_at(v["rng_offset"]))
+    assert surb.to_bytes().hex() == v["surb"] and keys.to_bytes().hex() == v["keys"]
+    first, packet = answer_surb(V1_PARAMS, surb, h(v["reply"]))
+    assert first.hex() == v["route"][0] and packet.hex() == v["hops"][0]["packet"]
+    assert [hop["node"] for hop in v["hops"]] == v["route"]
+    assert [hop["delay_us"] for hop in v["hops"]] == v["route_delays_us"]
+    last = v["hops"][-1]
+    private = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}[last["node"]]
+    reply = process_packet(V1_PARAMS, private, h(last["packet"]))
+    assert isinstance(reply, SurbReply)
+    assert reply.recipient.hex() == v["recipient"] and reply.surb_id.hex() == v["surb_id"]

@@ -18,6 +18,15 @@ class LibsodiumMissing(ZmixError):
     """libsodium could not be loaded."""
 
 
+class LowOrderPoint(ZmixError, ValueError):
+    """X25519 gave the all-zero result: the point has small order (the identity, the points of
+    order 2, 4 or 8, or a non-canonical encoding of one). No secret can be derived from it.
+
+    Not a :class:`LocalMisuse`: whether it is our mistake (a bad public key in a route) or a peer's
+    (a bad alpha in a packet) is for the caller to say.
+    """
+
+
 try:
     import pysodium as _na
 except (OSError, ValueError, AttributeError, ImportError) as _exc:  # pragma: no cover
@@ -38,6 +47,20 @@ BOX_OVERHEAD = 40  # crypto_box: random nonce (24) + Poly1305 tag (16)
 
 _ZERO_NONCE = bytes(CHACHA20_NONCE_BYTES)
 BASE_POINT = b"\x09" + bytes(31)
+
+# The encodings of every point of small order, top bit cleared (X25519 ignores it): 0 (order 2 on
+# the curve, also the identity's image), 1, the two points of order 8, and the non-canonical
+# p - 1, p, p + 1. The list libsodium's X25519 checks against (has_small_order in
+# crypto_scalarmult/curve25519/ref10/x25519_ref10.c).
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "00" * 32,
+    "01" + "00" * 31,
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ec" + "ff" * 30 + "7f",
+    "ed" + "ff" * 30 + "7f",
+    "ee" + "ff" * 30 + "7f",
+))
 
 
 def _check(name: str, value: bytes, size: int) -> None:
@@ -65,12 +88,22 @@ def clamp(scalar: bytes) -> bytes:
 def x25519(scalar: bytes, point: bytes) -> bytes:
     """Return X25519(scalar, point); libsodium clamps the scalar.
 
-    Raises :class:`ValueError` if the result is the all-zero point (``point`` has small order);
-    callers that handle peer input turn that into their own error.
+    Raises :class:`LowOrderPoint` if the result is the all-zero point (``point`` has small order)
+    and :class:`LocalMisuse` if a length is wrong.
     """
     _check("scalar", scalar, X25519_BYTES)
     _check("point", point, X25519_BYTES)
-    return bytes(_na.crypto_scalarmult_curve25519(scalar, point))
+    try:
+        return bytes(_na.crypto_scalarmult_curve25519(scalar, point))
+    except ValueError:  # pysodium's only failure here: libsodium refused an all-zero result
+        raise LowOrderPoint("X25519 with a small-order point") from None
+
+
+def has_small_order(point: bytes) -> bool:
+    """Return whether X25519 with ``point`` gives all zeros whatever the scalar (see
+    :class:`LowOrderPoint`), checked against the list of such encodings without any arithmetic."""
+    _check("point", point, X25519_BYTES)
+    return point[:31] + bytes([point[31] & 0x7F]) in _SMALL_ORDER
 
 
 def x25519_base(scalar: bytes) -> bytes:

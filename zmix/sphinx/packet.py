@@ -83,7 +83,8 @@ class Surb:
 
     @classmethod
     def from_bytes(cls, params: SphinxParams, data: bytes) -> Surb:
-        """Parse a SURB; raises InvalidPacket if the length or the version is wrong."""
+        """Parse a bytes-like SURB; raises InvalidPacket if the length or the version is wrong."""
+        data = _as_bytes("a SURB", data)
         if len(data) != params.surb_length:
             raise InvalidPacket(DropReason.WRONG_SIZE)
         header = data[ID_BYTES:ID_BYTES + params.header_length]
@@ -105,7 +106,8 @@ class SurbKeys:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SurbKeys:
-        """Parse stored SURB keys; raises InvalidPacket if malformed."""
+        """Parse bytes-like stored SURB keys; raises InvalidPacket if malformed."""
+        data = _as_bytes("SURB keys", data)
         if not data or len(data) != 1 + KEY_BYTES * (1 + data[0]):
             raise InvalidPacket(DropReason.WRONG_SIZE)
         secrets = tuple(data[1 + KEY_BYTES * (i + 1):1 + KEY_BYTES * (i + 2)]
@@ -116,14 +118,65 @@ class SurbKeys:
 # ---------------------------------------------------------------------------- creating headers
 
 
-def _check_route(params: SphinxParams, route: Sequence[Hop]) -> None:
+def _as_bytes(name: str, value: object) -> bytes:
+    """Return ``value`` as bytes if it is bytes-like (bytes, bytearray, memoryview, ...).
+
+    Raises LocalMisuse for anything else; ``bytes(value)`` would turn an int into zeros.
+    """
+    if type(value) is bytes:
+        return value
+    try:
+        return memoryview(value).tobytes()  # type: ignore[arg-type]
+    except TypeError:
+        raise LocalMisuse(f"{name} must be bytes-like, got {type(value).__name__}") from None
+
+
+def _sized(name: str, value: object, size: int) -> bytes:
+    """Return bytes-like ``value`` as bytes; raises LocalMisuse unless it is ``size`` bytes."""
+    data = _as_bytes(name, value)
+    if len(data) != size:
+        raise LocalMisuse(f"{name} must be {size} bytes, got {len(data)}")
+    return data
+
+
+def _check_route(params: SphinxParams, route: Sequence[Hop]) -> list[Hop]:
+    """Return ``route`` with its ids and keys as bytes; raises LocalMisuse if a hop is malformed
+    or its public key has small order (X25519 with it would give all zeros)."""
     if not 1 <= len(route) <= params.max_hops:
         raise LocalMisuse(f"a route has 1..{params.max_hops} hops, got {len(route)}")
+    checked = []
     for hop in route:
-        if len(hop.node_id) != ID_BYTES:
-            raise LocalMisuse(f"node ids are {ID_BYTES} bytes, got {len(hop.node_id)}")
-        if not 0 <= hop.delay_us <= MAX_DELAY_US:
-            raise LocalMisuse(f"a hop delay must be 0..{MAX_DELAY_US} us, got {hop.delay_us}")
+        delay = hop.delay_us
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_US:
+            raise LocalMisuse(f"a hop delay must be an integer 0..{MAX_DELAY_US} us, got {delay!r}")
+        node_id = _sized("a node id", hop.node_id, ID_BYTES)
+        public_key = _sized("a public key", hop.public_key, crypto.X25519_BYTES)
+        if crypto.has_small_order(public_key):
+            raise _small_order(node_id)
+        checked.append(Hop(node_id, public_key, delay))
+    return checked
+
+
+def _small_order(node_id: bytes) -> LocalMisuse:
+    return LocalMisuse(f"the public key of hop {node_id.hex()} has small order "
+                       "(X25519 with it gives all zeros)")
+
+
+def _check_recipient(params: SphinxParams, recipient: object, *, surb: bool = False) -> bytes:
+    """Return the recipient id as bytes; raises LocalMisuse if it cannot be carried as it is.
+
+    v1 carries exactly 16 bytes. smc0 (tests only) carries the vectors' ids: a forward recipient
+    of 1..16 bytes (max_message_length counts 16), a SURB recipient as a length byte n and n bytes
+    (n <= 31: with 16-byte k, the last hop's slot of a full route holds 48 bytes, 16 for the id).
+    """
+    if params.profile is Profile.V1:
+        return _sized("a recipient id", recipient, ID_BYTES)
+    data = _as_bytes("a recipient id", recipient)
+    if surb and not (data and data[0] <= 31 and len(data) == data[0] + 1):
+        raise LocalMisuse("an smc0 SURB recipient is a length byte n <= 31 and n bytes")
+    if not surb and not 1 <= len(data) <= ID_BYTES:
+        raise LocalMisuse(f"an smc0 recipient id is 1..{ID_BYTES} bytes, got {len(data)}")
+    return data
 
 
 def _secrets(impl: ProfileImpl, route: Sequence[Hop], x: bytes) -> tuple[list[bytes], list[bytes]]:
@@ -132,7 +185,10 @@ def _secrets(impl: ProfileImpl, route: Sequence[Hop], x: bytes) -> tuple[list[by
     blinds: list[bytes] = []
     alphas, secrets = [], []
     for hop in route:
-        s = crypto.x25519(x, hop.public_key)
+        try:
+            s = crypto.x25519(x, hop.public_key)
+        except crypto.LowOrderPoint:  # not on _check_route's list (none is known): still ours
+            raise _small_order(hop.node_id) from None
         for b in blinds:
             s = crypto.x25519(b, s)
         alphas.append(alpha)
@@ -154,9 +210,11 @@ def _filler(params: SphinxParams, impl: ProfileImpl, secrets: Sequence[bytes]) -
 
 def _header(params: SphinxParams, route: Sequence[Hop], final: Routing,
             random_bytes: RandomBytes) -> tuple[bytes, list[bytes]]:
-    """Return (header, shared secrets) for ``route`` ending with the routing command ``final``."""
+    """Return (header, shared secrets) for ``route`` ending with the routing command ``final``.
+
+    ``route`` has been checked by _check_route.
+    """
     impl = implementation(params)
-    _check_route(params, route)
     x = crypto.clamp(random_bytes(32))
     region = impl.final_region(params, len(route), final, random_bytes)
     alphas, secrets = _secrets(impl, route, x)
@@ -187,15 +245,17 @@ def create_forward_packet(params: SphinxParams, route: Sequence[Hop], recipient:
                           message: bytes, random_bytes: RandomBytes = crypto.random_bytes) -> bytes:
     """Return a packet that ``route[-1]`` delivers to ``recipient``; send it to ``route[0]``.
 
-    Raises LocalMisuse if the route or the message does not fit the geometry.
+    Bytes-like arguments are accepted. Raises LocalMisuse if the route, the recipient or the
+    message does not fit the geometry, or a hop's public key has small order.
     """
+    message = _as_bytes("a message", message)
     if len(message) > params.max_message_length:
         raise LocalMisuse(f"a message holds at most {params.max_message_length} bytes, "
                           f"got {len(message)}")
-    if params.profile is Profile.V1 and len(recipient) != ID_BYTES:
-        raise LocalMisuse(f"a recipient id is {ID_BYTES} bytes")
+    recipient = _check_recipient(params, recipient)
+    route = _check_route(params, route)
     impl = implementation(params)
-    final = Routing(CMD_DELIVER, recipient, route[-1].delay_us if route else 0, b"")
+    final = Routing(CMD_DELIVER, recipient, route[-1].delay_us, b"")
     header, secrets = _header(params, route, final, random_bytes)
     return header + _encrypt_payload(impl, secrets, impl.forward_body(params, recipient, message))
 
@@ -203,17 +263,25 @@ def create_forward_packet(params: SphinxParams, route: Sequence[Hop], recipient:
 def create_surb(params: SphinxParams, route: Sequence[Hop], recipient: bytes, surb_id: bytes,
                 random_bytes: RandomBytes = crypto.random_bytes) -> tuple[Surb, SurbKeys]:
     """Return a SURB whose replies ``route[-1]`` hands to ``recipient`` tagged with ``surb_id``,
-    and the keys its creator keeps to read them."""
-    if len(surb_id) != ID_BYTES:
-        raise LocalMisuse(f"a SURB id is {ID_BYTES} bytes")
-    final = Routing(CMD_SURB_REPLY, recipient, route[-1].delay_us if route else 0, surb_id)
+    and the keys its creator keeps to read them.
+
+    Raises LocalMisuse as :func:`create_forward_packet` does, or if ``surb_id`` is not 16 bytes.
+    """
+    surb_id = _sized("a SURB id", surb_id, ID_BYTES)
+    recipient = _check_recipient(params, recipient, surb=True)
+    route = _check_route(params, route)
+    final = Routing(CMD_SURB_REPLY, recipient, route[-1].delay_us, surb_id)
     header, secrets = _header(params, route, final, random_bytes)
     ktilde = random_bytes(KEY_BYTES)
     return Surb(route[0].node_id, header, ktilde), SurbKeys(ktilde, tuple(secrets))
 
 
 def answer_surb(params: SphinxParams, surb: Surb, message: bytes) -> tuple[bytes, bytes]:
-    """Return ``(first hop id, packet)`` carrying ``message`` back through ``surb``."""
+    """Return ``(first hop id, packet)`` carrying ``message`` back through ``surb``.
+
+    Raises LocalMisuse if ``message`` is longer than ``params.max_reply_length``.
+    """
+    message = _as_bytes("a reply", message)
     if len(message) > params.max_reply_length:
         raise LocalMisuse(f"a reply holds at most {params.max_reply_length} bytes, "
                           f"got {len(message)}")
@@ -223,7 +291,11 @@ def answer_surb(params: SphinxParams, surb: Surb, message: bytes) -> tuple[bytes
 
 
 def open_surb_reply(params: SphinxParams, keys: SurbKeys, payload: bytes) -> bytes:
-    """Return the reply message in a SurbReply payload; raises InvalidPacket if it was altered."""
+    """Return the reply message in a (bytes-like) SurbReply payload.
+
+    Raises InvalidPacket if the payload was altered or is malformed (docs/sphinx.md, "SURBs").
+    """
+    payload = _as_bytes("a reply payload", payload)
     if len(payload) != params.payload_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
     impl = implementation(params)
@@ -241,8 +313,14 @@ def process_packet(params: SphinxParams, private_key: bytes, packet: bytes,
     """Strip one layer with this node's ``private_key``; return what to do with the packet.
 
     Order: size, version, shared secret, replay tag, MAC (constant time), then decryption.
-    Raises InvalidPacket (one opaque error; the reason is in ``.reason``) and nothing else.
+    ``packet`` may be any bytes-like object. For a bad packet this raises InvalidPacket (one opaque
+    error; the reason is in ``.reason``) and nothing else; our own misuse (a private key that is
+    not 32 bytes, a packet that is not bytes-like) raises LocalMisuse.
     """
+    if type(packet) is not bytes:  # one copy here, so the slices below are bytes for libsodium
+        packet = _as_bytes("a packet", packet)
+    if type(private_key) is not bytes or len(private_key) != crypto.X25519_BYTES:
+        private_key = _sized("a private key", private_key, crypto.X25519_BYTES)
     if len(packet) != params.packet_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
     impl = implementation(params)
@@ -255,7 +333,7 @@ def process_packet(params: SphinxParams, private_key: bytes, packet: bytes,
     alpha = packet[start:start + ALPHA_BYTES]
     try:
         s = crypto.x25519(private_key, alpha)
-    except ValueError:
+    except crypto.LowOrderPoint:
         raise InvalidPacket(DropReason.BAD_POINT) from None
     tag = impl.replay_tag(s)
     gamma = packet[beta_end:beta_end + GAMMA_BYTES]

@@ -17,8 +17,17 @@ KEY_BYTES = 32  # a SURB's ktilde, a hop's shared secret
 V1_SLOT_BYTES = 40
 V1_LENGTH_BYTES = 4  # u32 message length after the tag
 
+# Allowed geometry (docs/sphinx.md, "Geometry"). A payload must hold the 20-byte v1 head and more;
+# 1 MiB and 32 hops bound the memory and the per-hop work a topology file can ask for.
+MIN_HOPS, MAX_HOPS = 1, 32  # r
+MIN_PAYLOAD, MAX_PAYLOAD = 64, 1 << 20  # P, bytes
+
 # smc0: k = 16, routing slot 2k, beta (2r+1)k, P = 1024 (shared/vectors/README.md)
 SMC0_K = 16
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Profile(enum.Enum):
@@ -51,10 +60,15 @@ class SphinxParams:
     """Bytes of every packet on the wire."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_hops <= 32:
-            raise LocalMisuse(f"max_hops must be 1..32, got {self.max_hops}")
-        if not 64 <= self.payload_length <= 1 << 20:
-            raise LocalMisuse(f"payload_length must be 64..1048576, got {self.payload_length}")
+        if not _is_int(self.max_hops) or not MIN_HOPS <= self.max_hops <= MAX_HOPS:
+            raise LocalMisuse(f"max_hops must be an integer {MIN_HOPS}..{MAX_HOPS}, "
+                              f"got {self.max_hops!r}")
+        payload = self.payload_length
+        if not _is_int(payload) or not MIN_PAYLOAD <= payload <= MAX_PAYLOAD:
+            raise LocalMisuse(f"payload_length must be an integer {MIN_PAYLOAD}..{MAX_PAYLOAD}, "
+                              f"got {self.payload_length!r}")
+        if not isinstance(self.profile, Profile):
+            raise LocalMisuse(f"profile must be a Profile, got {self.profile!r}")
         if self.profile is Profile.SMC0 and self.payload_length > 65535:
             raise LocalMisuse("smc0 payloads are at most 65535 bytes")
         v1 = self.profile is Profile.V1

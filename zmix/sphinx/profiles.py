@@ -45,6 +45,7 @@ LABEL_TAG = b"zmix-v1 replay tag"
 
 _V1_SLOT = struct.Struct(">B16sI16s3x")  # command, id, delay_us, gamma or SURB id
 _ZERO_TAG = bytes(TAG_BYTES)
+_ZERO_ID = bytes(ID_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +102,19 @@ class V1:
 
     @staticmethod
     def parse(params: SphinxParams, b: bytes) -> Routing:
+        """Decode the slot at the start of ``b``; raises InvalidPacket (bad_command) for an
+        unknown command, non-zero reserved bytes, or a deliver command whose 16-byte field (where
+        forward carries gamma and SURB reply its id) is not zero."""
         command, node_id, delay_us, extra = _V1_SLOT.unpack_from(b)
         if command not in (CMD_FORWARD, CMD_DELIVER, CMD_SURB_REPLY):
             raise InvalidPacket(DropReason.BAD_COMMAND)
         if b[V1_SLOT_BYTES - 3:V1_SLOT_BYTES] != b"\0\0\0":
             raise InvalidPacket(DropReason.BAD_COMMAND)
-        return Routing(command, node_id, delay_us, extra if command != CMD_DELIVER else b"")
+        if command == CMD_DELIVER:
+            if extra != _ZERO_ID:
+                raise InvalidPacket(DropReason.BAD_COMMAND)
+            extra = b""
+        return Routing(command, node_id, delay_us, extra)
 
     @staticmethod
     def forward_body(params: SphinxParams, recipient: bytes, message: bytes) -> bytes:
@@ -123,13 +131,22 @@ class V1:
 
     @staticmethod
     def open_reply(params: SphinxParams, body: bytes) -> bytes:
+        """Return the message in a decrypted body ``tag || u32 length || message || zeros``.
+
+        Raises InvalidPacket (bad_tag) if the tag is not zero, the length is more than
+        ``P - 20``, or a byte after the message is not zero: one encoding per message, so a body
+        this code did not write is refused whatever part of it is wrong.
+        """
         if not crypto.equal(body[:TAG_BYTES], _ZERO_TAG):
             raise InvalidPacket(DropReason.BAD_TAG)
         start = TAG_BYTES + V1_LENGTH_BYTES
         length = int.from_bytes(body[TAG_BYTES:start], "big")
         if length > params.max_reply_length:
             raise InvalidPacket(DropReason.BAD_TAG)
-        return body[start:start + length]
+        end = start + length
+        if body.count(0, end) != len(body) - end:
+            raise InvalidPacket(DropReason.BAD_TAG)
+        return body[start:end]
 
 
 def _h(data: bytes, size: int = 32) -> bytes:

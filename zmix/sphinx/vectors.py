@@ -33,6 +33,11 @@ class SeededRandom:
         self._stream = crypto.chacha20_stream(seed, size)
         self._pos = 0
 
+    @property
+    def position(self) -> int:
+        """How many bytes have been drawn so far."""
+        return self._pos
+
     def __call__(self, n: int) -> bytes:
         if self._pos + n > len(self._stream):
             raise RuntimeError("SeededRandom ran out of keystream")
@@ -68,29 +73,45 @@ def _walk(params: SphinxParams, nodes: list[dict[str, str]], first: bytes,
         hop, packet = result.next_hop, result.packet
 
 
+RNG_TEXT = ("every random byte is the next one of the ChaCha20 keystream (64-bit zero nonce, "
+            "counter 0) of seed, 65536 bytes, consumed in order: the nodes' private keys first, "
+            "then forward_5, forward_3 and surb; rng_offset is where a case starts drawing")
+
+
+def _inputs(route: list[Hop], recipient: bytes, offset: int) -> dict[str, Any]:
+    """What a case was built from, so another implementation can rebuild it from the JSON."""
+    return {"rng_offset": offset, "route": [h.node_id.hex() for h in route],
+            "route_delays_us": [h.delay_us for h in route], "recipient": recipient.hex()}
+
+
 def generate() -> dict[str, Any]:
-    """Return the v1 vectors: a 5-hop forward packet, a 3-hop one, and a SURB reply."""
+    """Return the v1 vectors: a 5-hop forward packet, a 3-hop one, and a SURB reply.
+
+    Each case carries its inputs (route, delays, recipient, message or SURB id and reply, and
+    where in the seeded stream it starts), then the packet arriving at every hop.
+    """
     params = SphinxParams()
     rng = SeededRandom(SEED)
     nodes = _nodes(rng, 5)
     route = [Hop(bytes.fromhex(n["id"]), bytes.fromhex(n["public_key"]), 1000 * (i + 1))
              for i, n in enumerate(nodes)]
-    recipient = bytes([0xAA]) * 16
-    message = b"zmix v1 test vector: forward"
-    forward = create_forward_packet(params, route, recipient, message, rng)
-    short = create_forward_packet(params, route[:3], recipient, message, rng)
-    surb, keys = create_surb(params, route[1:4], recipient, bytes([0xBB]) * 16, rng)
-    first, reply = answer_surb(params, surb, b"zmix v1 test vector: reply")
+    recipient, surb_id = bytes([0xAA]) * 16, bytes([0xBB]) * 16
+    message, reply_message = b"zmix v1 test vector: forward", b"zmix v1 test vector: reply"
+    cases: dict[str, Any] = {}
+    for name, hops in (("forward_5", route), ("forward_3", route[:3])):
+        cases[name] = _inputs(hops, recipient, rng.position) | {"message": message.hex()}
+        packet = create_forward_packet(params, hops, recipient, message, rng)
+        cases[name]["hops"] = _walk(params, nodes, hops[0].node_id, packet)
+    cases["surb"] = _inputs(route[1:4], recipient, rng.position) | {"surb_id": surb_id.hex()}
+    surb, keys = create_surb(params, route[1:4], recipient, surb_id, rng)
+    first, reply = answer_surb(params, surb, reply_message)
+    cases["surb"] |= {"surb": surb.to_bytes().hex(), "keys": keys.to_bytes().hex(),
+                      "reply": reply_message.hex(), "hops": _walk(params, nodes, first, reply)}
     return {
         "profile": "v1", "max_hops": params.max_hops, "payload_length": params.payload_length,
-        "seed": SEED.hex(), "nodes": nodes, "recipient": recipient.hex(),
-        "message": message.hex(),
-        "forward_5": {"route_delays_us": [h.delay_us for h in route], "hops":
-                      _walk(params, nodes, route[0].node_id, forward)},
-        "forward_3": {"hops": _walk(params, nodes, route[0].node_id, short)},
-        "surb": {"surb": surb.to_bytes().hex(), "keys": keys.to_bytes().hex(),
-                 "reply": b"zmix v1 test vector: reply".hex(),
-                 "hops": _walk(params, nodes, first, reply)},
+        "seed": SEED.hex(), "rng": RNG_TEXT, "nodes": nodes,
+        "recipient": recipient.hex(), "message": message.hex(),  # forward_5's, as in version 1
+        **cases,
     }
 
 
