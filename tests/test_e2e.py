@@ -110,6 +110,9 @@ def test_an_anonymous_message_can_be_answered_without_knowing_the_sender(network
     replied = network.cli("send", "--from", "bob", "--reply", message["reply_handle"],
                           "an answer to nobody in particular")
     assert replied.returncode == 0, replied.stderr
+    # Nothing acknowledges a reply, and zmix-send says so rather than claim an acknowledgement.
+    assert "acknowledged by" not in replied.stdout and "not acknowledged" in replied.stdout
+    assert "acknowledged by the recipient's provider" in sent.stdout  # the message itself was
     [answer] = network.recv_json("alice", "--wait", "20")
     assert answer["text"] == "an answer to nobody in particular"
     assert answer["from"] is None
