@@ -162,3 +162,23 @@ def test_more_reply_blocks_than_the_format_allows_are_refused_at_any_packet_size
     assert done.returncode == 2
     assert f"carries at most {MAX_REPLY_BLOCKS}" in done.stderr
 
+
+def readme_block(heading: str) -> str:
+    section = (ROOT / "README.md").read_text().split(f"## {heading}", 1)[1]
+    return section.split("```", 2)[1].strip()
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    command = readme_block("Run the tests")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert any(line.startswith(command) for line in ci.splitlines()), command
+
+
+def test_the_readme_commands_use_a_virtual_environment() -> None:
+    # A stock Debian or Ubuntu python3 refuses `pip install` outside one (PEP 668).
+    for heading in ("Try it", "Run the tests"):
+        command = readme_block(heading)
+        before_pip = command.split("python3 -m pip install", 1)[0]
+        assert "python3 -m venv .venv && . .venv/bin/activate && " in before_pip, heading
+    assert "python3-venv" in readme_block("Try it")
+
