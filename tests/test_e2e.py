@@ -170,6 +170,20 @@ def test_zmix_recv_exits_3_when_nothing_arrived_and_0_when_a_message_was_shown(
     assert got.returncode == 0 and "from alice: something" in got.stdout
 
 
+def test_a_message_that_could_not_be_shown_stays_for_the_next_zmix_recv(network: Network) -> None:
+    sent = network.cli("send", "--from", "alice", "--to", "carol", "read me twice")
+    assert sent.returncode == 0, sent.stderr
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "zmix.cli.recv", "--state", str(network.state), "--as", "carol",
+         "--wait", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the output goes nowhere: `zmix-recv | true`
+    assert reader.wait(60) == 1
+    assert "stays in carol's inbox" in reader.stderr.read()
+    again = network.cli("recv", "--as", "carol", "--wait", "20")
+    assert again.returncode == 0 and "from alice: read me twice" in again.stdout
+
+
 def test_a_message_survives_a_mixnode_killed_mid_transfer(network: Network) -> None:
     data = os.urandom(120_000)  # enough fragments to be in flight when the node dies
     sender = subprocess.Popen(
