@@ -35,10 +35,17 @@ class Network:
                               capture_output=True, text=True, timeout=timeout, input=stdin,
                               check=False)
 
+    def cli_bytes(self, command: str, *args: str, stdin: bytes = b"",
+                  timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        module = {"send": "zmix.cli.send", "recv": "zmix.cli.recv"}[command]
+        return subprocess.run([sys.executable, "-m", module, "--state", str(self.state), *args],
+                              capture_output=True, timeout=timeout, input=stdin, check=False)
+
     def recv_json(self, name: str, *args: str) -> list[dict[str, Any]]:
         done = self.cli("recv", "--as", name, "--json", *args)
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        got = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert done.returncode == (0 if got else 3), done.stderr  # 3: no message shown
+        return got
 
 
 def start_up(topology_path: Path, state: Path, *extra: str) -> tuple[subprocess.Popen[str],
@@ -103,6 +110,9 @@ def test_an_anonymous_message_can_be_answered_without_knowing_the_sender(network
     replied = network.cli("send", "--from", "bob", "--reply", message["reply_handle"],
                           "an answer to nobody in particular")
     assert replied.returncode == 0, replied.stderr
+    # Nothing acknowledges a reply, and zmix-send says so rather than claim an acknowledgement.
+    assert "acknowledged by" not in replied.stdout and "not acknowledged" in replied.stdout
+    assert "acknowledged by the recipient's provider" in sent.stdout  # the message itself was
     [answer] = network.recv_json("alice", "--wait", "20")
     assert answer["text"] == "an answer to nobody in particular"
     assert answer["from"] is None
@@ -121,6 +131,57 @@ def test_a_multi_mebibyte_file_arrives_intact(network: Network, tmp_path: Path) 
     [message] = network.recv_json("bob", "--wait", "60", "--out", str(out))
     assert Path(message["file"]) == out / "blob.bin"
     assert (out / "blob.bin").read_bytes() == data
+
+
+def test_binary_messages_and_control_characters_are_written_to_files_byte_for_byte(
+        network: Network, tmp_path: Path) -> None:
+    archive = bytes(range(256)) * 8 + b"\xff\xfe not UTF-8 \x00"  # as from `tar c notes/ |`
+    escapes = b"looks like text \x1b[2J\x1b[31m but clears the screen"
+    for data in (archive, escapes, "plain text, printed: é ✓".encode()):
+        sent = network.cli_bytes("send", "--from", "alice", "--to", "bob", stdin=data)
+        assert sent.returncode == 0, sent.stderr
+    out = tmp_path / "inbox"
+    out.mkdir()
+    shown = b""
+    deadline = time.monotonic() + 60
+    while shown.count(b"from alice:") < 3 and time.monotonic() < deadline:
+        done = network.cli_bytes("recv", "--as", "bob", "--wait", "20", "--out", str(out))
+        assert done.returncode in (0, 3), done.stderr
+        shown += done.stdout
+    assert "from alice: plain text, printed: é ✓\n".encode() in shown  # text is still printed
+    assert b"\x1b" not in shown and b"\xff" not in shown and b"\xef\xbf\xbd" not in shown
+    files = {path.read_bytes() for path in out.iterdir()}
+    assert files == {archive, escapes}  # every byte, in files that the output names
+    assert all(f"-> {path}".encode() in shown for path in out.iterdir())
+    assert all(path.name.startswith("message-") and path.suffix == ".bin"
+               for path in out.iterdir())
+
+
+def test_zmix_recv_exits_3_when_nothing_arrived_and_0_when_a_message_was_shown(
+        network: Network) -> None:
+    empty = network.cli("recv", "--as", "carol", "--wait", "1")
+    assert empty.returncode == 3, empty.stderr
+    assert "no messages for carol" in empty.stdout
+    quiet = network.cli("recv", "--as", "carol", "--json")
+    assert quiet.returncode == 3 and quiet.stdout == ""
+    sent = network.cli("send", "--from", "alice", "--to", "carol", "something")
+    assert sent.returncode == 0, sent.stderr
+    got = network.cli("recv", "--as", "carol", "--wait", "20")
+    assert got.returncode == 0 and "from alice: something" in got.stdout
+
+
+def test_a_message_that_could_not_be_shown_stays_for_the_next_zmix_recv(network: Network) -> None:
+    sent = network.cli("send", "--from", "alice", "--to", "carol", "read me twice")
+    assert sent.returncode == 0, sent.stderr
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "zmix.cli.recv", "--state", str(network.state), "--as", "carol",
+         "--wait", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the output goes nowhere: `zmix-recv | true`
+    assert reader.wait(60) == 1
+    assert "stays in carol's inbox" in reader.stderr.read()
+    again = network.cli("recv", "--as", "carol", "--wait", "20")
+    assert again.returncode == 0 and "from alice: read me twice" in again.stdout
 
 
 def test_a_message_survives_a_mixnode_killed_mid_transfer(network: Network) -> None:

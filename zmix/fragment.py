@@ -140,6 +140,16 @@ def encode_metadata(filename: str | None, reply_surbs: Sequence[bytes]) -> bytes
     return bytes([len(name)]) + name + bytes([len(reply_surbs)]) + b"".join(reply_surbs)
 
 
+def reply_blocks_that_fit(capacity: int, surb_length: int, filename: str | None = None) -> int:
+    """Return how many reply SURBs of ``surb_length`` bytes fragment 0 of ``capacity`` bytes
+    carries beside ``filename`` and at least one byte of data: at most MAX_REPLY_BLOCKS, 0 if
+    none fits. Raises LocalMisuse for a file name over MAX_FILENAME_BYTES."""
+    if surb_length < 1:
+        raise LocalMisuse(f"a reply block is at least 1 byte, got {surb_length}")
+    room = capacity - HEADER_BYTES - len(encode_metadata(filename, ())) - 1
+    return max(0, min(MAX_REPLY_BLOCKS, room // surb_length))
+
+
 def encode_fragment(message_id: bytes, index: int, count: int, total: int, data: bytes,
                     metadata: bytes | None = None) -> bytes:
     """Return one fragment's bytes (``metadata`` from :func:`encode_metadata`, fragment 0 only)."""
@@ -162,13 +172,24 @@ def split_message(message_id: bytes, data: bytes, capacity: int, *, filename: st
     first = capacity - HEADER_BYTES - len(metadata)
     rest = capacity - HEADER_BYTES
     if first < 1:
-        raise LocalMisuse("the file name and the reply blocks leave no room in a fragment")
+        raise LocalMisuse(_no_room(capacity, filename, reply_surbs))
     chunks = [data[:first]] + [data[i:i + rest] for i in range(first, len(data), rest)]
     count = len(chunks)
     if count > MAX_FRAGMENTS:
         raise LocalMisuse(f"a message is at most {MAX_FRAGMENTS} fragments")
     return [encode_fragment(message_id, i, count, len(data), chunk, metadata if i == 0 else None)
             for i, chunk in enumerate(chunks)]
+
+
+def _no_room(capacity: int, filename: str | None, reply_surbs: Sequence[bytes]) -> str:
+    """Say what left fragment 0 without room for data, naming only what the message has."""
+    name = f" beside a file name of {len((filename or '').encode())} bytes" if filename else ""
+    if not reply_surbs:
+        return f"a fragment of {capacity} bytes has no room for data{name}"
+    size = len(reply_surbs[0])
+    fit = reply_blocks_that_fit(capacity, size, filename)
+    return (f"{len(reply_surbs)} reply blocks of {size} bytes do not fit in a fragment of "
+            f"{capacity} bytes{name}: at most {fit} fit")
 
 
 def parse_fragment(data: bytes, surb_length: int) -> Fragment:

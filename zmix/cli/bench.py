@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from zmix.cli.common import fail
+from zmix.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, exit_status_help, fail
+from zmix.errors import ZmixError
 
 BENCHMARKS = {
     "sphinx": ("zmix.bench.sphinx", "per-hop processing against the crypto floor"),
@@ -22,21 +23,33 @@ def help_text() -> str:
     lines = [USAGE, "", "benchmarks:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in BENCHMARKS.items()]
     lines += ["", "examples:", "  zmix-bench sphinx", "  zmix-bench node --json",
-              "  zmix-bench e2e --messages 100 --mean-delay 0.02"]
+              "  zmix-bench e2e --messages 100 --mean-delay 0.02", ""]
+    lines += exit_status_help(
+        (EXIT_OK, "the benchmark ran and printed its figures"),
+        (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start or a message "
+                       "did not arrive in time)"),
+        usage="bad usage: an unknown benchmark or option; nothing ran").splitlines()
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one benchmark; return its exit status (2 for an unknown benchmark)."""
+    """Run one benchmark; return its exit status (0 done, 1 it failed, 2 bad usage)."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(help_text(), file=sys.stderr)
+        return EXIT_USAGE
+    if args[0] in ("-h", "--help"):
         print(help_text())
-        return 0 if args else 2
+        return EXIT_OK
     name, rest = args[0], args[1:]
     if name not in BENCHMARKS:
-        return fail(f"no benchmark named {name!r}; choose one of {', '.join(BENCHMARKS)}", 2)
+        return fail(f"no benchmark named {name!r}; choose one of {', '.join(BENCHMARKS)}",
+                    EXIT_USAGE)
     module = importlib.import_module(BENCHMARKS[name][0])
-    status: int = module.main(rest)
+    try:
+        status: int = module.main(rest)
+    except (ZmixError, RuntimeError, OSError) as exc:
+        return fail(f"zmix-bench {name}: {exc}", EXIT_FAILURE)
     return status
 
 

@@ -5,8 +5,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
-EXIT_FAILURE = 1
+# Exit statuses shared by every zmix command (docs/usage.md, "Exit statuses"). Like grep, a
+# command that worked but found nothing to show has its own status, so scripts can tell
+# "nothing yet" from "something broke".
+EXIT_OK = 0
+EXIT_FAILURE = 1  # it ran and failed: no answer, a timeout, a refusal, a disk error
+EXIT_USAGE = 2  # bad usage or configuration, refused before anything was sent or started
+EXIT_NOTHING = 3  # zmix-recv: it worked, but no message was shown
+
+
+def exit_status_help(*rows: tuple[int, str],
+                     usage: str = "bad usage or configuration; nothing was sent") -> str:
+    """Return the "exit status:" block of a command's --help epilog: ``rows`` of ``(status,
+    meaning)``, then status 2 (bad usage or configuration) with ``usage`` as its meaning."""
+    lines = sorted([*rows, (EXIT_USAGE, usage)])
+    return "exit status:\n" + "".join(
+        textwrap.fill(meaning, width=96, initial_indent=f"  {status}  ", subsequent_indent="     ")
+        + "\n" for status, meaning in lines)
 
 
 def configure_logging(verbosity: int) -> None:

@@ -17,6 +17,12 @@ examples:
 
 The state directory is the one zmix-up created (topology.yaml, public/, and this node's file in
 private/). To run a node on another host, copy topology.yaml, public/ and private/NAME.json there.
+
+exit status:
+  0  stopped cleanly by SIGTERM or SIGINT
+  1  it failed while starting or running (e.g. its address is in use)
+  2  bad usage or configuration (the topology, its key file, a name not in the topology);
+     refused before it started
 """
 
 

@@ -6,11 +6,19 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from zmix.cli.common import configure_logging, fail
+from zmix.cli.common import (
+    EXIT_FAILURE,
+    EXIT_NOTHING,
+    EXIT_OK,
+    configure_logging,
+    exit_status_help,
+    fail,
+)
 from zmix.client import ReceivedMessage
 from zmix.errors import ConfigError
 from zmix.runtime.client import ClientBusy, ClientRuntime
@@ -21,10 +29,19 @@ examples:
   zmix-recv --state zmix-local --as bob --wait 30 --out ~/Downloads
   zmix-recv --state zmix-local --as bob --json | jq .text
 
-Text messages are printed with their sender's name (or "anonymous"); files are written into --out
-(default: the current directory) under their original names. A message is marked as delivered
-only after it was printed or written, so an interrupted zmix-recv shows it again next time.
-"""
+Text messages are printed with their sender's name (or "anonymous"). Files are written into --out
+(default: the current directory) under their original names, and so is any message that is not
+printable text (binary data, control characters), as message-ID.bin: nothing is printed that the
+terminal would alter. A message is marked as delivered only after it was printed or written, so
+an interrupted zmix-recv shows it again next time.
+
+""" + exit_status_help(
+    (EXIT_OK, "at least one message was shown"),
+    (EXIT_FAILURE, "a message could not be written or printed (it stays for the next run), "
+                   "or the client is in use by another zmix process"),
+    (EXIT_NOTHING, "no message was shown: the mailbox was empty (also after --wait)"),
+    usage="bad usage or configuration (an unknown client, --out not a directory); nothing was "
+          "fetched")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run zmix-recv; return its exit status (0 even when the mailbox was empty)."""
+    """Run zmix-recv; return its exit status: 0 if it showed a message, 3 if there was none,
+    1 on a failure, 2 on bad usage or configuration."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.wait < 0:
@@ -76,51 +94,96 @@ def _receive(runtime: ClientRuntime, args: argparse.Namespace) -> int:
         runtime.step(time.monotonic() + 0.1)
     shown = 0
     for message in runtime.core.inbox():
-        _show(message, args)
-        runtime.core.mark_delivered(message.message_id)
+        try:
+            _show(message, args)
+        except OSError as exc:
+            _quiet_broken_stdout(exc)
+            return fail(f"could not show message {message.message_id.hex()}: {exc}; it stays "
+                        f"in {args.name}'s inbox for the next zmix-recv")
+        runtime.core.mark_delivered(message.message_id)  # only once it is out, whole
         shown += 1
-    if shown == 0 and not args.json:
-        print(f"no messages for {args.name}")
-    return 0
+    if shown == 0:
+        if not args.json:
+            print(f"no messages for {args.name}")
+        return EXIT_NOTHING
+    return EXIT_OK
+
+
+# C0 and C1 control characters and DEL, except tab and newline: printed, they would let a
+# message alter the terminal (or redraw the "from ..." line), so such a message goes to a file.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable_text(data: bytes) -> str | None:
+    """Return ``data`` as text if printing it shows it exactly: UTF-8 without control
+    characters other than tab and newline. Return None for anything else (binary data)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(text) else text
 
 
 def _show(message: ReceivedMessage, args: argparse.Namespace) -> None:
-    sender = message.sender or "anonymous"
-    path = _write_file(message, args.out) if message.filename else None
+    """Print or write one message; raises OSError if it could not (then it is not delivered)."""
     if args.json:
-        record: dict[str, object] = {"id": message.message_id.hex(), "from": message.sender,
-                                     "bytes": len(message.data)}
-        if path is not None:
-            record["file"] = str(path)
-        else:
-            try:
-                record["text"] = message.data.decode()
-            except UnicodeDecodeError:
-                record["base64"] = base64.b64encode(message.data).decode()
-        if message.reply_handle is not None:
-            record["reply_handle"] = message.reply_handle.hex()
-        print(json.dumps(record), flush=True)
-    elif path is not None:
-        print(f"from {sender}: file {message.filename} ({len(message.data)} bytes) -> {path}")
+        _show_json(message, args.out)
+        return
+    sender = message.sender or "anonymous"
+    text = None if message.filename else printable_text(message.data)
+    if text is not None:
+        print(f"from {sender}: {text}", flush=True)
+        return
+    path = _write_file(message, args.out)
+    what = (f"file {message.filename}" if message.filename
+            else "a message that is not printable text")
+    print(f"from {sender}: {what} ({len(message.data)} bytes) -> {path}", flush=True)
+
+
+def _show_json(message: ReceivedMessage, out: Path) -> None:
+    record: dict[str, object] = {"id": message.message_id.hex(), "from": message.sender,
+                                 "bytes": len(message.data)}
+    if message.filename:
+        record["file"] = str(_write_file(message, out))
     else:
-        print(f"from {sender}: {message.data.decode(errors='replace')}", flush=True)
+        try:
+            record["text"] = message.data.decode()
+        except UnicodeDecodeError:
+            record["base64"] = base64.b64encode(message.data).decode()
+    if message.reply_handle is not None:
+        record["reply_handle"] = message.reply_handle.hex()
+    print(json.dumps(record), flush=True)
 
 
 def _write_file(message: ReceivedMessage, out: Path) -> Path:
-    """Write a received file under its own name (never outside ``out``, never over a file)."""
-    name = os.path.basename(message.filename or "") or message.message_id.hex()
+    """Write a received message's bytes into ``out`` (never outside it, never over a file), under
+    its own file name, or as ``message-ID.bin`` if it has none; return the path."""
+    name = (os.path.basename(message.filename or "")
+            or f"message-{message.message_id.hex()}.bin")
     target = out / name
     stem, suffix, n = target.stem, target.suffix, 1
     while target.exists():
         target = out / f"{stem} ({n}){suffix}"
         n += 1
     tmp = out / f".{name}.{message.message_id.hex()}.part"
-    with open(tmp, "wb") as fh:
-        fh.write(message.data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(message.data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        raise
     return target
+
+
+def _quiet_broken_stdout(exc: OSError) -> None:
+    """After a closed stdout (``zmix-recv | head``), point it at /dev/null so that Python's
+    final flush does not print a second error."""
+    if isinstance(exc, BrokenPipeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

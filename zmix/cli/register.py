@@ -19,7 +19,15 @@ from pathlib import Path
 import zmq
 
 from zmix import crypto, wire
-from zmix.cli.common import configure_logging, fail, positive_float
+from zmix.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    exit_status_help,
+    fail,
+    positive_float,
+)
 from zmix.contacts import Contact, contact_path, read_contact, write_contact
 from zmix.errors import ConfigError, WireError
 from zmix.keys import PrivateIdentity, check_id, create_private, load_directory, load_private
@@ -31,12 +39,18 @@ RESEND = 1.0  # seconds between REGISTER attempts while no answer came
 EXAMPLES = """\
 examples:
   zmix-register --state zmix-local --name carol --provider provider-1
-  zmix-send --state zmix-local --as carol --to alice "hello from a newcomer"
+  zmix-send --state zmix-local --from carol --to alice "hello from a newcomer"
   cp zmix-local/contacts/carol.json OTHER-STATE/contacts/    # let other state dirs reach carol
 
 The provider must have open registration (mailbox.open_registration in the topology). Running
 the command again for a client already registered answers the same and changes nothing.
-"""
+
+""" + exit_status_help(
+    (EXIT_OK, "registered (or already registered with the same keys)"),
+    (EXIT_FAILURE, "the provider refused (name_taken, key_taken, full, closed) or did not answer "
+                   "within --timeout seconds"),
+    usage="bad usage or configuration (an unknown provider, registration closed, a name that "
+          "is a member already); nothing was sent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         identity = _identity(args.state, topology, args.name)
         directory = load_directory(args.state, topology)
     except ConfigError as exc:
-        return fail(str(exc), 2)
+        return fail(str(exc), EXIT_USAGE)
     provider = topology.node(args.provider)
     answer = _ask(topology, identity, provider.endpoint,
                   directory[provider.name].curve_public, args.timeout)
@@ -80,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     json.dump({"name": contact.name, "provider": contact.provider, "id": contact.id.hex(),
                "public_key": contact.public_key.hex()}, sys.stdout)
     print()
-    return 0
+    return EXIT_OK
 
 
 def _check(topology: Topology, args: argparse.Namespace) -> None:

@@ -8,21 +8,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmix.cli.common import configure_logging, fail, positive_float
+from zmix.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    exit_status_help,
+    fail,
+    positive_float,
+)
 from zmix.errors import ConfigError, LocalMisuse
+from zmix.fragment import MAX_REPLY_BLOCKS, reply_blocks_that_fit
 from zmix.runtime.client import ClientBusy, ClientRuntime
 
 EXAMPLES = """\
 examples:
   zmix-send --state zmix-local --from alice --to bob "meet at noon"
   zmix-send --state zmix-local --from alice --to bob --file report.pdf
-  echo "from a pipe" | zmix-send --state zmix-local --from alice --to bob
+  tar c notes/ | zmix-send --state zmix-local --from alice --to bob
   zmix-send --state zmix-local --from alice --to bob --anonymous --reply-blocks 2 "guess who"
   zmix-send --state zmix-local --from bob --reply 5f1c...e0 "I have no idea"
 
-The message rides in alice's Poisson stream among her cover packets. zmix-send exits 0 once
-bob's provider has acknowledged every fragment, and 1 with a message after --timeout seconds.
-"""
+The message rides in alice's Poisson stream among her cover packets; bytes from a file or a pipe
+arrive exactly as sent. --reply-blocks N is at most 4, and fewer when the network's packets are
+small: zmix-send says how many fit. A reply (--reply) is one packet through one of the sender's
+reply blocks; nothing acknowledges it, so zmix-send reports only that it left.
+
+""" + exit_status_help(
+    (EXIT_OK, "sent: every fragment was acknowledged by the recipient's provider (--reply: "
+              "the reply was handed to the link to the own provider)"),
+    (EXIT_FAILURE, "not every fragment was acknowledged within --timeout seconds or after every "
+                   "retry, or the client is in use by another zmix process"),
+    usage="bad usage or configuration (an unknown client, more reply blocks than fit, a reply "
+          "too long or without a reply block left); nothing was sent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--anonymous", action="store_true",
                         help="do not tell the recipient who sent it")
     parser.add_argument("--reply-blocks", type=int, default=0, metavar="N",
-                        help="attach N single-use reply blocks so the recipient can answer")
+                        help=f"attach N single-use reply blocks so the recipient can answer "
+                             f"(at most {MAX_REPLY_BLOCKS}, fewer if the network's packets are "
+                             "small)")
     parser.add_argument("--timeout", type=positive_float, default=120.0,
                         help="seconds to wait for every acknowledgement (default 120)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -54,8 +74,11 @@ def _read_input(
 ) -> tuple[bytes, str | None]:
     if args.text is not None and args.file is not None:
         parser.error("give either TEXT or --file, not both")
-    if not 0 <= args.reply_blocks <= 16:
-        parser.error("--reply-blocks must be between 0 and 16")
+    if args.reply_blocks < 0:
+        parser.error("--reply-blocks must be 0 or more")
+    if args.reply is not None and (args.anonymous or args.reply_blocks):
+        parser.error("--anonymous and --reply-blocks go with --to: a reply is always anonymous "
+                     "and carries no reply blocks")
     if args.file is not None:
         try:
             return args.file.read_bytes(), args.file.name
@@ -81,21 +104,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipient is not None:
             runtime.topology.client(args.recipient)
     except ConfigError as exc:
-        return fail(str(exc), 2)
+        return fail(str(exc), EXIT_USAGE)
     except KeyError:
-        return fail(f"no client named {args.recipient!r} in {args.state / 'topology.yaml'}", 2)
+        return fail(f"no client named {args.recipient!r} in {args.state / 'topology.yaml'}",
+                    EXIT_USAGE)
     try:
         with runtime:
             now = time.monotonic()
             try:
                 if handle is not None:
                     message_id = runtime.core.reply(now, handle, data)
-                else:
-                    message_id = runtime.core.submit(
-                        now, args.recipient, data, filename=filename,
-                        anonymous=args.anonymous, reply_blocks=args.reply_blocks)
+                    return _wait_for_reply(runtime, message_id, args.timeout)
+                too_many = _too_many_reply_blocks(runtime, args.reply_blocks, filename)
+                if too_many is not None:
+                    return fail(too_many, EXIT_USAGE)
+                message_id = runtime.core.submit(
+                    now, args.recipient, data, filename=filename,
+                    anonymous=args.anonymous, reply_blocks=args.reply_blocks)
             except LocalMisuse as exc:
-                return fail(str(exc), 2)
+                return fail(str(exc), EXIT_USAGE)
             return _wait_for_acks(runtime, message_id, args.timeout, len(data))
     except ClientBusy as exc:
         return fail(str(exc))
@@ -109,6 +136,37 @@ def _parse_handle(parser: argparse.ArgumentParser, text: str | None) -> bytes | 
     except ValueError:
         parser.error("--reply takes the hexadecimal reply_handle printed by zmix-recv --json")
     return None
+
+
+def _too_many_reply_blocks(runtime: ClientRuntime, wanted: int, filename: str | None
+                           ) -> str | None:
+    """Return why ``wanted`` reply blocks do not fit in the message's first packet, naming the
+    most that fit in this network (None if they fit). Raises LocalMisuse for a too long name."""
+    params = runtime.topology.sphinx
+    fit = reply_blocks_that_fit(runtime.core.fragment_capacity(), params.surb_length, filename)
+    if wanted <= fit:
+        return None
+    if fit == MAX_REPLY_BLOCKS:
+        return f"--reply-blocks {wanted}: a message carries at most {MAX_REPLY_BLOCKS}"
+    beside = (f", beside the file name {filename!r} ({len(filename.encode())} bytes)"
+              if filename else "")
+    return (f"--reply-blocks {wanted}: at most {fit} fit in a message of this network{beside} "
+            f"(a reply block takes {params.surb_length} of the {params.payload_length} bytes "
+            f"of a packet's payload: sphinx.payload_length {params.payload_length}, "
+            f"max_hops {params.max_hops})")
+
+
+def _wait_for_reply(runtime: ClientRuntime, message_id: bytes, timeout: float) -> int:
+    """Wait until the reply's one packet left for the own provider; say only that, since
+    nothing acknowledges a reply through a reply block."""
+    left = runtime.run_until(lambda: runtime.core.progress(message_id).acked >= 1, timeout)
+    if not left:
+        return fail(f"timed out after {timeout:g} s before the reply left; it is sent the next "
+                    "time this client is online")
+    print(f"reply sent: handed to the link to {runtime.provider.name}, on its way through one of "
+          "the message's reply blocks; a reply is not acknowledged, so whether it arrives is not "
+          "known here")
+    return EXIT_OK
 
 
 def _wait_for_acks(runtime: ClientRuntime, message_id: bytes, timeout: float, size: int) -> int:
@@ -130,7 +188,7 @@ def _wait_for_acks(runtime: ClientRuntime, message_id: bytes, timeout: float, si
     if finished and not progress.failed:
         print(f"sent: {progress.fragments} fragment(s), every one acknowledged by the "
               "recipient's provider")
-        return 0
+        return EXIT_OK
     if progress.failed:
         return fail(f"gave up: {progress.fragments - progress.acked} of {progress.fragments} "
                     "fragment(s) were never acknowledged after every retry")

@@ -29,6 +29,12 @@ examples:
 
 Keys are generated on first use (private keys mode 0600). Stop with Ctrl-C (or SIGTERM): every
 node is stopped cleanly. While it runs, send and fetch messages with zmix-send and zmix-recv.
+
+exit status:
+  0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received)
+  1  a node did not start (its error and log tail are printed), or a --demo step failed
+  2  bad usage or configuration (the topology, a key file, --only, a state directory in use by
+     another zmix-up); refused before any node started
 """
 
 
