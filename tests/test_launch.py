@@ -5,8 +5,11 @@ a node's own timers can kill it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from zmix.bench.common import make_network
+from zmix.bench.common import HOST, free_ports, make_network
 from zmix.keys import load_directory
 from zmix.mixnode import NodeCore
 from zmix.runtime import metrics
@@ -105,6 +109,124 @@ def running(small: tuple[Topology, Path, Path]) -> Iterator[tuple[Path, Path, in
         assert stop_up(up) == 0
 
 
+# ---------------------------------------------------------------------------- a second run
+
+
+def test_a_second_zmix_up_on_a_running_state_directory_is_refused_and_changes_nothing(
+        running: tuple[Path, Path, int]) -> None:
+    path, state, up_pid = running
+    before = running_state(state)
+    for extra in ((), ("--only", "mix-a")):
+        done = run_up(path, state, *extra)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr == (f"error: another zmix-up (process {up_pid}) is running on "
+                               f"{state.resolve()}; stop it first, or use another --state\n")
+        assert running_state(state) == before  # the running nodes still answer, as before
+
+
+def test_a_node_started_by_hand_on_a_running_name_is_refused_and_changes_nothing(
+        running: tuple[Path, Path, int]) -> None:
+    _, state, _ = running
+    before = running_state(state)
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.node", "--state", str(state),
+                           "--name", "mix-a"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr == (f"error: node mix-a is already running from {state} "
+                           f"(process {before['pids']['mix-a']})\n")  # type: ignore[index]
+    assert running_state(state) == before
+
+
+def test_after_zmix_up_is_killed_its_orphaned_nodes_are_named_and_a_new_run_starts_once_they_stop(
+        small: tuple[Topology, Path, Path]) -> None:
+    _, path, state = small
+    up = start_up(path, state)
+    pids = {n: node_pid(state, n) for n in NODES}
+    try:
+        up.kill()  # its nodes run on, in their own sessions; its flock went with it
+        up.wait(10)
+        done = run_up(path, state)
+        assert done.returncode == 2
+        assert done.stderr.startswith(f"error: already running from {state.resolve()}: "
+                                      f"provider-1 (process {pids['provider-1']}), "
+                                      f"mix-a (process {pids['mix-a']}); stop them first")
+        assert {n: node_pid(state, n) for n in NODES} == pids
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not any(alive(p) for p in pids.values()), "the nodes to stop")
+    again = start_up(path, state)  # the lock file left behind does not block
+    assert stop_up(again) == 0
+
+
+# ---------------------------------------------------------------------------- checks first
+
+
+def started_nodes(state: Path) -> list[str]:
+    nodes = state / "nodes"
+    return sorted(p.parent.name for p in nodes.glob("*/node.log")) if nodes.exists() else []
+
+
+def test_a_port_in_use_is_one_line_naming_node_and_address_and_starts_nothing(
+        small: tuple[Topology, Path, Path]) -> None:
+    topology, path, state = small
+    port = topology.node("mix-a").port
+    with socket.socket() as busy:
+        busy.bind((HOST, port))
+        busy.listen()
+        done = run_up(path, state)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: node mix-a cannot listen on tcp://{HOST}:{port}: address "
+                           "already in use\n")
+    assert started_nodes(state) == []
+    up = start_up(path, state)  # the port is free again: the same command works
+    assert stop_up(up) == 0
+
+
+def test_a_node_on_a_host_name_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    # A host name is not probed before the start (that would cost a DNS lookup): the node's
+    # own bind fails, and it must say so as plainly, not with a traceback.
+    topology, state = make_network(tmp_path, **SMALL)  # type: ignore[arg-type]
+    text = (state / "topology.yaml").read_text().replace(f"host: {HOST}", "host: localhost")
+    (state / "topology.yaml").write_text(text)
+    port = topology.node("mix-a").port
+    with socket.socket() as busy:
+        busy.bind((HOST, port))
+        busy.listen()
+        done = subprocess.run([sys.executable, "-m", "zmix.cli.node", "--state", str(state),
+                               "--name", "mix-a"], capture_output=True, text=True, timeout=60,
+                              check=False)
+    assert done.returncode == 2
+    assert done.stderr == (f"error: node mix-a cannot listen on tcp://localhost:{port}: address "
+                           "already in use\n")
+
+
+def test_a_private_key_readable_by_others_is_refused_before_any_node_starts(
+        small: tuple[Topology, Path, Path]) -> None:
+    _, path, state = small
+    key = state / "private" / "mix-a.json"  # provider-1 comes first in the start order
+    os.chmod(key, 0o644)
+    done = run_up(path, state)
+    assert done.returncode == 2
+    assert done.stderr == (f"error: {key.resolve()}: (file): readable by other users (mode 644); "
+                           f"run: chmod 600 {key.resolve()}\n")
+    assert started_nodes(state) == []
+    os.chmod(key, 0o600)
+    assert run_up(path, state, "--keys-only").returncode == 0  # and now nothing is refused
+
+
+def test_a_topology_that_is_not_utf8_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    text = "# caf\u00e9\nnetwork: cafe\nproviders: [p]\nlayers: [[a]]\n"
+    path.write_bytes(text.encode("latin-1"))
+    done = run_up(path, tmp_path / "state")
+    assert done.returncode == 2
+    assert done.stderr == f"error: {path}: (file): not UTF-8 text (byte 0xe9 at offset 5)\n"
+    assert not (tmp_path / "state").exists()
+    path.write_bytes(text.encode())
+    assert run_up(path, tmp_path / "state", "--keys-only").returncode == 0
+
+
 def test_a_delay_longer_than_a_packet_can_carry_is_refused_before_anything_starts(
         tmp_path: Path) -> None:
     path = tmp_path / "slow.yaml"
@@ -190,3 +312,87 @@ def test_a_timer_that_raises_is_logged_and_counted_and_the_node_keeps_running(
     assert "error in the node's mailbox expiry; skipped this time" in text
 
 
+# ---------------------------------------------------------------------------- several hosts
+
+
+def two_host_topology(path: Path) -> None:
+    """Host A runs provider-1, mix-a1 and mix-c1; host B runs provider-2 and mix-b1. Both are
+    127.0.0.1 here; on real hosts each node's ``host`` is its own host's address."""
+    ports = iter(free_ports(5))
+
+    def node(name: str) -> dict[str, object]:
+        return {"name": name, "host": HOST, "port": next(ports)}
+
+    path.write_text(yaml.safe_dump({
+        "network": "two-hosts",
+        "loopix": {"mean_delay": 0.002, "payload_rate": 50.0, "fetch_interval": 0.05,
+                   "mix_loop_rate": 0.5},
+        "defaults": {"workers": 1},
+        "providers": [node("provider-1"), node("provider-2")],
+        "layers": [[node("mix-a1")], [node("mix-b1")], [node("mix-c1")]],
+        "clients": [{"name": "alice", "provider": "provider-1"},
+                    {"name": "bob", "provider": "provider-2"}],
+    }, sort_keys=False))
+
+
+def client(command: str, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    module = {"zmix-send": "zmix.cli.send", "zmix-recv": "zmix.cli.recv"}[command]
+    return subprocess.run([sys.executable, "-m", module, "--state", str(state), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_documented_several_hosts_steps_carry_a_message_between_two_hosts(
+        tmp_path: Path) -> None:
+    """docs/topology.md, "Running on several hosts", step by step."""
+    host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
+    host_a.mkdir()
+    host_b.mkdir()
+    topology = host_a / "two-hosts.yaml"
+    two_host_topology(topology)  # step 1
+    done = run_up(topology, host_a / "state", "--keys-only")  # step 2
+    assert done.returncode == 0, done.stderr
+    # Step 3: the topology, public/ whole and host B's own private files go to host B; they
+    # leave host A.
+    (host_b / "state" / "private").mkdir(parents=True, mode=0o700)
+    shutil.copy(topology, host_b / "two-hosts.yaml")
+    shutil.copytree(host_a / "state" / "public", host_b / "state" / "public")
+    for name in ("provider-2", "mix-b1", "bob"):
+        shutil.copy(host_a / "state" / "private" / f"{name}.json",
+                    host_b / "state" / "private" / f"{name}.json")
+        (host_a / "state" / "private" / f"{name}.json").unlink()
+    public = {p.name: p.read_bytes() for p in (host_a / "state" / "public").iterdir()}
+    # Step 4: each host runs its own share.
+    up_a = start_up(topology, host_a / "state", "--only", "provider-1", "mix-a1", "mix-c1")
+    try:
+        up_b = start_up(host_b / "two-hosts.yaml", host_b / "state", "--only", "provider-2",
+                        "mix-b1")
+        try:
+            for host in (host_a, host_b):  # nobody made new keys for the other host's members
+                assert {p.name: p.read_bytes()
+                        for p in (host / "state" / "public").iterdir()} == public
+            sent = client("zmix-send", host_a / "state", "--from", "alice", "--to", "bob",
+                          "across two hosts")
+            assert sent.returncode == 0, sent.stderr
+            got = client("zmix-recv", host_b / "state", "--as", "bob", "--wait", "30")
+            assert got.returncode == 0, got.stderr
+            assert "from alice: across two hosts" in got.stdout
+        finally:
+            assert stop_up(up_b) == 0
+    finally:
+        assert stop_up(up_a) == 0
+
+
+def test_only_refuses_to_start_without_the_other_members_public_files(tmp_path: Path) -> None:
+    topology = tmp_path / "two-hosts.yaml"
+    two_host_topology(topology)
+    assert run_up(topology, tmp_path / "a", "--keys-only").returncode == 0
+    (tmp_path / "b" / "private").mkdir(parents=True, mode=0o700)
+    shutil.copy(tmp_path / "a" / "private" / "mix-b1.json", tmp_path / "b" / "private")
+    done = run_up(topology, tmp_path / "b", "--only", "mix-b1")
+    assert done.returncode == 2
+    missing = (tmp_path / "b" / "public" / "provider-1.json").resolve()
+    assert done.stderr == (f"error: {missing}: (file): no key file for 'provider-1'; copy "
+                           "public/provider-1.json from the state directory where the keys "
+                           "were made\n")
+    assert sorted(p.name for p in (tmp_path / "b" / "private").iterdir()) == ["mix-b1.json"]
+    assert not (tmp_path / "b" / "nodes").exists()
