@@ -316,3 +316,52 @@ def test_shipped_local_topology_gets_keys_for_all_twelve_members(tmp_path: Path)
     generated = ensure_keys(tmp_path / "state", topo)
     assert len(generated) == 12
     assert len(load_directory(tmp_path / "state", topo)) == 12
+
+
+# ---------------------------------------------------------------------------- several hosts
+
+
+def host_with(tmp_path: Path, state: Path, names: list[str]) -> Path:
+    """A second host's state directory: the topology, public/ whole, and the private files of
+    ``names`` only (docs/topology.md, "Running on several hosts")."""
+    other = tmp_path / "other-host"
+    (other / "private").mkdir(parents=True, mode=0o700)
+    (other / "public").mkdir()
+    (other / "topology.yaml").write_bytes((state / "topology.yaml").read_bytes())
+    for path in (state / "public").iterdir():
+        (other / "public" / path.name).write_bytes(path.read_bytes())
+    for name in names:
+        target = other / "private" / f"{name}.json"
+        target.write_bytes((state / "private" / f"{name}.json").read_bytes())
+        os.chmod(target, 0o600)
+    return other
+
+
+def test_ensure_keys_for_some_nodes_never_creates_or_replaces_another_members_keys(
+        tmp_path: Path, state: Path, topology: Topology) -> None:
+    other = host_with(tmp_path, state, ["b1"])
+    before = snapshot(other)
+    assert ensure_keys(other, topology, only=["b1"]) == []
+    assert snapshot(other) == before
+    assert load_directory(other, topology) == load_directory(state, topology)
+    # A member in scope with no keys at all gets them; nobody else does.
+    (other / "public" / "b2.json").unlink()
+    assert ensure_keys(other, topology, only=["b1", "b2"]) == ["b2"]
+    assert sorted(p.name for p in (other / "private").iterdir()) == ["b1.json", "b2.json"]
+
+
+def test_ensure_keys_for_every_member_keeps_public_files_made_elsewhere(
+        tmp_path: Path, state: Path, topology: Topology) -> None:
+    other = host_with(tmp_path, state, ["b1"])
+    before = snapshot(other)
+    assert ensure_keys(other, topology) == []  # keys of the other members exist, elsewhere
+    assert snapshot(other) == before
+
+
+def test_a_missing_public_file_says_which_file_to_copy(state: Path, topology: Topology) -> None:
+    (state / "public" / "b2.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_directory(state, topology)
+    assert str(info.value) == (f"{state / 'public' / 'b2.json'}: (file): no key file for 'b2'; "
+                               "copy public/b2.json from the state directory where the keys "
+                               "were made")

@@ -215,6 +215,15 @@ BROKEN: list[tuple[str, str, str, str]] = [
      "must be a number > 0, got 0"),
     ("max-delay-below-mean", MINIMAL + "loopix: {mean_delay: 2, max_delay: 1}\n",
      "loopix.max_delay", "must be at least loopix.mean_delay (2.0)"),
+    ("max-delay-beyond-the-wire", MINIMAL + "loopix: {mean_delay: 1000, max_delay: 10000}\n",
+     "loopix.max_delay", "must be a number <= 4294.967295 (the longest delay a packet can "
+     "carry: 2^32-1 microseconds), got 10000"),
+    ("mean-delay-beyond-the-wire", MINIMAL + "loopix: {mean_delay: 5000, max_delay: 4000}\n",
+     "loopix.mean_delay", "must be a number <= 4294.967295 (the longest delay"),
+    ("mix-loop-rate-too-high", MINIMAL + "loopix: {mix_loop_rate: 20000}\n",
+     "loopix.mix_loop_rate", "must be a number <= 10000, got 20000"),
+    ("payload-rate-too-high", MINIMAL + "loopix: {payload_rate: 1.0e+12}\n",
+     "loopix.payload_rate", "must be a number <= 10000"),
     ("string-for-number", MINIMAL + "loopix: {loop_rate: fast}\n", "loopix.loop_rate",
      "must be a number, got 'fast'"),
     ("nan-for-number", MINIMAL + "loopix: {drop_rate: .nan}\n", "loopix.drop_rate",
@@ -321,6 +330,24 @@ def test_a_missing_file_is_a_config_error_on_the_file(tmp_path: Path) -> None:
         load_topology(path)
     assert (info.value.path, info.value.key, info.value.problem) == (str(path), "(file)",
                                                                      "no such file")
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(("# caf\u00e9\n" + MINIMAL).encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert (info.value.path, info.value.key, info.value.problem) == (
+        str(path), "(file)", "not UTF-8 text (byte 0xe9 at offset 5)")
+    path.write_bytes(("# caf\u00e9\n" + MINIMAL).encode())
+    assert load_topology(path).network == "t"  # the same text in UTF-8 is read
+
+
+def test_the_longest_delay_a_packet_can_carry_is_accepted(tmp_path: Path) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL + "loopix: {mean_delay: 4294.967295, "
+                                                   "max_delay: 4294.967295}\n"))
+    assert int(topo.loopix.max_delay * 1_000_000) == 2**32 - 1
+    assert load_topology(write(tmp_path, MINIMAL + "loopix: {mix_loop_rate: 10000}\n"))
 
 
 def test_an_unknown_key_error_lists_the_known_keys(tmp_path: Path) -> None:

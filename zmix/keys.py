@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,30 +73,40 @@ def _generate(network: str, name: str, role: str) -> tuple[dict[str, str], dict[
     return public, {**public, "private_key": sk.hex(), "curve_private": csk.hex()}
 
 
-def ensure_keys(state_dir: Path, topology: Topology) -> list[str]:
-    """Generate the keys every node and client of ``topology`` is missing; return their names.
+def ensure_keys(state_dir: Path, topology: Topology,
+                only: Collection[str] | None = None) -> list[str]:
+    """Generate the keys of the members in scope that have none; return their names.
 
-    A public file lost while its private file survived (a crash between the two writes, a
-    careless ``rm``) is written again from the private file, which keeps the identity. Copies
-    the topology file to ``state_dir/topology.yaml`` if there is none. Raises ConfigError
-    if the state directory holds another network's topology.
+    In scope are every node and client of ``topology``, or, with ``only`` (``zmix-up --only``),
+    just the nodes named there. A member whose public file exists but whose private file does
+    not has its keys on another host: nothing is generated for it, and no existing key file is
+    ever replaced. A public file lost while its private file survived (a crash between the two
+    writes, a careless ``rm``) is written again from the private file, which keeps the identity.
+    Copies the topology file to ``state_dir/topology.yaml`` if there is none. Raises ConfigError
+    if the state directory holds another network's topology (before writing anything).
     """
     public_dir, private_dir = state_dir / "public", state_dir / "private"
-    public_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_copy_topology(state_dir, topology)
+    public_dir.mkdir(exist_ok=True)
     private_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(private_dir, 0o700)
-    _check_or_copy_topology(state_dir, topology)
     members = [(n.name, n.role.value) for n in topology.nodes()]
     members += [(c.name, "client") for c in topology.clients]
     generated = []
     for name, role in members:
-        if (private_dir / f"{name}.json").exists():
-            if not (public_dir / f"{name}.json").exists():
+        if only is not None and name not in only:
+            continue
+        public, private = public_dir / f"{name}.json", private_dir / f"{name}.json"
+        if private.exists():
+            if not public.exists():
                 _restore_public(state_dir, topology.network, name, role)
             continue
-        public, private = _generate(topology.network, name, role)
-        _write_new(private_dir / f"{name}.json", private, 0o600)
-        _write_new(public_dir / f"{name}.json", public, 0o644)
+        if public.exists():  # generated elsewhere: new keys here would split the network
+            continue
+        public_data, private_data = _generate(topology.network, name, role)
+        _write_new(private, private_data, 0o600)
+        _write_new(public, public_data, 0o644)
         generated.append(name)
     return generated
 
@@ -173,7 +184,9 @@ def load_private(state_dir: Path, name: str) -> PrivateIdentity:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise ConfigError(str(path), "(file)", f"no private key file for {name!r}") from None
+        raise ConfigError(str(path), "(file)", f"no private key file for {name!r}; copy private/"
+                          f"{name}.json (mode 0600) from the state directory where the keys were "
+                          "made") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(str(path), "(file)", f"readable by other users (mode "
                           f"{stat.S_IMODE(mode):o}); run: chmod 600 {path}")
@@ -191,10 +204,14 @@ def load_private(state_dir: Path, name: str) -> PrivateIdentity:
 
 
 def load_directory(state_dir: Path, topology: Topology) -> dict[str, PublicIdentity]:
-    """Return the public keys of every node and client; ConfigError if one is missing or wrong."""
+    """Return the public keys of every node and client; ConfigError if one is missing or wrong
+    (a missing one names the file to copy from the host where that member's keys were made)."""
     directory = {}
     for name in topology.names():
         path = state_dir / "public" / f"{name}.json"
+        if not path.exists():
+            raise ConfigError(str(path), "(file)", f"no key file for {name!r}; copy public/"
+                              f"{name}.json from the state directory where the keys were made")
         data = read_json_object(path, f"key file for {name!r}")
         ident = PublicIdentity(name, hex_field(path, data, "id", 16),
                                hex_field(path, data, "public_key", 32),

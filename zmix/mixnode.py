@@ -13,6 +13,7 @@ them; counting how many return tells an operator whether the network drops packe
 from __future__ import annotations
 
 import collections
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ from zmix.errors import DropReason
 from zmix.keys import PublicIdentity
 from zmix.provider import ProviderCore
 from zmix.replay import ReplayCache
-from zmix.sphinx import FinalDelivery, ForwardHop, Hop, SurbReply, create_forward_packet
+from zmix.sphinx import (
+    MAX_DELAY_US,
+    FinalDelivery,
+    ForwardHop,
+    Hop,
+    SurbReply,
+    create_forward_packet,
+)
 from zmix.topology import NodeSpec, Role, Topology
 
 Result = ForwardHop | FinalDelivery | SurbReply
@@ -67,7 +75,9 @@ class NodeCore:
         self._random_bytes = random_bytes
         self._provider = provider
         self._node_ids = frozenset(node.id for node in topology.nodes())
-        self._max_delay_us = int(topology.loopix.max_delay * 1_000_000)
+        # Validation keeps max_delay within the wire's u32; the min is for a Topology built
+        # without it, so that no delay this node draws can fail to fit a routing command.
+        self._max_delay_us = min(int(topology.loopix.max_delay * 1_000_000), MAX_DELAY_US)
         self._replay = ReplayCache(topology.runtime.replay_capacity)
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -159,16 +169,22 @@ class NodeCore:
         return self._next_loop
 
     def poll_loops(self, now: float) -> list[Scheduled]:
-        """Return the mix loop packets due by ``now`` (sent at once; their hops add the delays)."""
+        """Return the mix loop packets due by ``now`` (sent at once; their hops add the delays).
+
+        The next loop is drawn before this one is made, so a loop that cannot be made (an
+        exception raised here) costs that loop only: the next call does not meet it again."""
         out: list[Scheduled] = []
         while self._next_loop is not None and self._next_loop <= now:
-            out.append(self._make_loop(now))
             self._next_loop = self._draw_next_loop(self._next_loop)
+            out.append(self._make_loop(now))
         return out
 
     def _draw_next_loop(self, after: float) -> float | None:
         rate = self._topology.loopix.mix_loop_rate
-        return after + self._rng.expovariate(rate) if rate > 0 else None
+        if rate <= 0:
+            return None
+        due = after + self._rng.expovariate(rate)
+        return due if math.isfinite(due) else None  # a rate so low it never comes: no loops
 
     def _make_loop(self, now: float) -> Scheduled:
         route = [self._hop(node) for node in self.loop_route()]
@@ -214,10 +230,13 @@ class NodeCore:
         return [*after, pick(self._topology.providers), *before, self._me]
 
     def _hop(self, node: NodeSpec) -> Hop:
+        """A hop of a mix loop with an exponential delay cut to ``loopix.max_delay`` (a draw
+        above it is clamped, not drawn again, as clients do), in whole microseconds."""
         mean = self._topology.loopix.mean_delay
         delay = self._rng.expovariate(1 / mean) if mean > 0 else 0.0
-        delay = min(delay, self._topology.loopix.max_delay)
-        return Hop(node.id, self._directory[node.name].public_key, int(delay * 1_000_000))
+        delay_us = min(int(min(delay, self._topology.loopix.max_delay) * 1_000_000),
+                       self._max_delay_us)
+        return Hop(node.id, self._directory[node.name].public_key, delay_us)
 
     # ------------------------------------------------------------------ statistics
 

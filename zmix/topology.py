@@ -21,9 +21,15 @@ import yaml
 
 from zmix import crypto
 from zmix.errors import ConfigError
-from zmix.sphinx import SphinxParams
+from zmix.sphinx import MAX_DELAY_US, SphinxParams
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The longest per-hop delay a packet can carry: the routing command's u32 of microseconds.
+MAX_DELAY = MAX_DELAY_US / 1_000_000  # seconds (4294.967295, about 71.6 minutes)
+# The fastest Poisson stream (packets per second). A node or client spends more than a core on
+# Sphinx long before this; the bound keeps the timers' arithmetic meaningful (at 1e12/s the next
+# due time would not move past the current one in floating point, and the loop would spin).
+MAX_RATE = 10_000.0
 T = TypeVar("T")
 
 
@@ -163,11 +169,14 @@ def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file; raises ConfigError (file, key path, problem)."""
     where = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(where, "(file)", "no such file") from None
     except OSError as exc:
         raise ConfigError(where, "(file)", f"cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, "(file)", f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -282,14 +291,18 @@ def _sphinx(path: str, top: _Reader) -> SphinxParams:
 def _loopix(path: str, top: _Reader) -> LoopixParams:
     r = top.section("loopix")
     d = LoopixParams()
+    rate = _number(0.0, high=MAX_RATE)
+    wire = " (the longest delay a packet can carry: 2^32-1 microseconds)"
     params = LoopixParams(
-        mean_delay=r.get("mean_delay", _number(0.0), d.mean_delay),
-        payload_rate=r.get("payload_rate", _number(0.0, positive=True), d.payload_rate),
-        loop_rate=r.get("loop_rate", _number(0.0), d.loop_rate),
-        drop_rate=r.get("drop_rate", _number(0.0), d.drop_rate),
-        mix_loop_rate=r.get("mix_loop_rate", _number(0.0), d.mix_loop_rate),
+        mean_delay=r.get("mean_delay", _number(0.0, high=MAX_DELAY, why=wire), d.mean_delay),
+        payload_rate=r.get("payload_rate", _number(0.0, positive=True, high=MAX_RATE),
+                           d.payload_rate),
+        loop_rate=r.get("loop_rate", rate, d.loop_rate),
+        drop_rate=r.get("drop_rate", rate, d.drop_rate),
+        mix_loop_rate=r.get("mix_loop_rate", rate, d.mix_loop_rate),
         fetch_interval=r.get("fetch_interval", _number(0.0, positive=True), d.fetch_interval),
-        max_delay=r.get("max_delay", _number(0.0, positive=True), d.max_delay),
+        max_delay=r.get("max_delay", _number(0.0, positive=True, high=MAX_DELAY, why=wire),
+                        d.max_delay),
     )
     r.finish()
     if params.max_delay < params.mean_delay:
@@ -420,7 +433,8 @@ def _int_range(low: int, high: int) -> Callable[[str, object], int]:
     return check
 
 
-def _number(low: float, positive: bool = False) -> Callable[[str, object], float]:
+def _number(low: float, positive: bool = False,
+            high: float | None = None, why: str = "") -> Callable[[str, object], float]:
     def check(key: str, value: object) -> float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok or value != value or value in (float("inf"), float("-inf")):
@@ -434,5 +448,7 @@ def _number(low: float, positive: bool = False) -> Callable[[str, object], float
             raise ConfigError("", key, f"must be a number > {low:g}, got {value!r}")
         if number < low:
             raise ConfigError("", key, f"must be a number >= {low:g}, got {value!r}")
+        if high is not None and number > high:
+            raise ConfigError("", key, f"must be a number <= {high:.10g}{why}, got {value!r}")
         return number
     return check

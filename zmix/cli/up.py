@@ -24,17 +24,20 @@ EXAMPLES = """\
 examples:
   zmix-up topologies/local.yaml                 keys into ./zmix-local, run every node
   zmix-up topologies/local.yaml --demo          the same, send a few messages, shut down
+  zmix-up topologies/local.yaml --keys-only     make the keys of every member, start nothing
   zmix-up topologies/local.yaml --state /srv/zmix --only mix-a1 provider-1
                                                 run only this host's share of the nodes
 
-Keys are generated on first use (private keys mode 0600). Stop with Ctrl-C (or SIGTERM): every
-node is stopped cleanly. While it runs, send and fetch messages with zmix-send and zmix-recv.
+Keys are generated on first use (private keys mode 0600); with --only, only the named nodes' keys
+are, and every other member's public file must be there already. Stop with Ctrl-C (or SIGTERM):
+every node is stopped cleanly. While it runs, send and fetch messages with zmix-send and zmix-recv.
 
 exit status:
-  0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received)
+  0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received;
+     --keys-only: the keys were made)
   1  a node did not start (its error and log tail are printed), or a --demo step failed
-  2  bad usage or configuration (the topology, a key file, --only, a state directory in use by
-     another zmix-up); refused before any node started
+  2  refused before any node started: bad usage or configuration (the topology, a key file,
+     --only), the state directory or a node in use by another run, an address that cannot be bound
 """
 
 
@@ -48,32 +51,54 @@ def build_parser() -> argparse.ArgumentParser:
                         help="state directory (default: ./NETWORK-NAME)")
     parser.add_argument("--only", nargs="+", metavar="NAME", default=None,
                         help="run only these nodes (the rest run on other hosts)")
+    parser.add_argument("--keys-only", action="store_true",
+                        help="generate the missing keys (of the --only nodes, or of every node "
+                             "and client), then exit without starting anything")
     parser.add_argument("--demo", action="store_true",
                         help="send a few messages between the declared clients, then stop")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser
 
 
-def prepare_state(topology_path: Path, state: Path | None) -> tuple[Topology, Path]:
-    """Validate the topology, generate missing keys, and return ``(topology, state_dir)``.
+def state_dir_of(topology: Topology, state: Path | None) -> Path:
+    """Return the state directory: ``state``, or ``./NETWORK`` (absolute)."""
+    return (state or Path.cwd() / topology.network).resolve()
 
-    Raises ConfigError (naming file, key and problem) before anything is started.
+
+def prepare_state(topology: Topology, state_dir: Path,
+                  only: list[str] | None = None) -> tuple[Topology, list[str]]:
+    """Generate the missing keys (with ``only``, of those nodes only), refresh the state
+    directory's topology copy; return the topology read from that copy and the names of the
+    members whose keys were generated.
+
+    Raises ConfigError (naming file, key and problem): the state directory is another network's.
     """
     from zmix.keys import ensure_keys
 
-    topology = load_topology(topology_path)
-    state_dir = (state or Path.cwd() / topology.network).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    generated = ensure_keys(state_dir, topology)
+    generated = ensure_keys(state_dir, topology, only=only)
     if generated:
         LOG.info("generated keys for %s", ", ".join(generated))
     copy = state_dir / "topology.yaml"
-    if not filecmp.cmp(topology_path, copy, shallow=False):
+    if not filecmp.cmp(topology.path, copy, shallow=False):
         # ensure_keys accepted it, so it is the same network; its parameters may have changed.
         tmp = copy.with_suffix(".tmp")
-        shutil.copyfile(topology_path, tmp)
+        shutil.copyfile(topology.path, tmp)
         os.replace(tmp, copy)
-    return load_topology(copy), state_dir
+    return load_topology(copy), generated
+
+
+def check_keys(state_dir: Path, topology: Topology, nodes: list[NodeSpec]) -> None:
+    """Raise ConfigError unless every public file is there and sound, and each node of ``nodes``
+    has a private file that is private, sound and matches its public file."""
+    from zmix.keys import load_directory, load_private
+
+    directory = load_directory(state_dir, topology)
+    for spec in nodes:
+        own = load_private(state_dir, spec.name)
+        if own.public() != directory[spec.name]:
+            raise ConfigError(str(state_dir / "public" / f"{spec.name}.json"), "public_key",
+                              f"does not match private/{spec.name}.json: the two files come "
+                              "from different key generations; copy the matching pair")
 
 
 def select_nodes(topology: Topology, only: list[str] | None) -> list[NodeSpec]:
@@ -88,16 +113,49 @@ def select_nodes(topology: Topology, only: list[str] | None) -> list[NodeSpec]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run zmix-up; return its exit status."""
+    """Run zmix-up; return its exit status (0, 1 or 2, as the epilog says)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    from zmix.runtime.launcher import StartRefused, check_addresses, check_nodes_free, lock_state
+
+    # Everything that can refuse runs before the first node starts, and nothing that a running
+    # network uses is written before the lock is ours.
+    try:
+        topology = load_topology(args.topology)
+        nodes = select_nodes(topology, args.only)
+        state_dir = state_dir_of(topology, args.state)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_state(state_dir)
+    except (ConfigError, StartRefused) as exc:
+        return fail(str(exc), 2)
+    except OSError as exc:  # the state directory cannot be made or locked
+        return fail(f"{exc.filename or args.state}: {exc.strerror or exc}", 2)
+    try:
+        try:
+            check_nodes_free(state_dir, nodes)
+            topology, generated = prepare_state(topology, state_dir, args.only)
+            if args.keys_only:
+                print(f"zmix-up: keys of network {topology.network} are in {state_dir} "
+                      f"(generated now: {', '.join(generated) or 'none'})", flush=True)
+                return 0
+            nodes = select_nodes(topology, args.only)
+            check_keys(state_dir, topology, nodes)
+            check_addresses(nodes)
+        except (ConfigError, StartRefused) as exc:
+            return fail(str(exc), 2)
+        except OSError as exc:  # a key file or the topology copy cannot be written
+            return fail(f"{exc.filename or state_dir}: {exc.strerror or exc}", 2)
+        return run(topology, state_dir, nodes, demo=args.demo, verbose=args.verbose)
+    finally:
+        lock.release()
+
+
+def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: bool,
+        verbose: int) -> int:
+    """Start ``nodes``, then run the demo or wait for a signal; stop them all; return the
+    exit status (0, or 1 if a node did not start or the demo failed)."""
     from zmix.runtime.launcher import Launcher, LaunchError
 
-    try:
-        topology, state_dir = prepare_state(args.topology, args.state)
-        nodes = select_nodes(topology, args.only)
-    except ConfigError as exc:
-        return fail(str(exc), 2)
     stop: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -105,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    launcher = Launcher(state_dir, nodes, verbosity=max(1, args.verbose))
+    launcher = Launcher(state_dir, nodes, verbosity=max(1, verbose))
     print(f"zmix-up: network {topology.network}, state in {state_dir}", flush=True)
     try:
         launcher.start(lambda spec: print(
             f"  {spec.role.value:<8} {spec.name:<16} up at {spec.endpoint}", flush=True))
         print(f"zmix network {topology.network} ready: {len(nodes)} node(s) running"
               " (Ctrl-C to stop)", flush=True)
-        if args.demo:
+        if demo:
             status = run_demo(topology, state_dir)
         else:
             status = 0

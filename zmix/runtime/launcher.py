@@ -5,13 +5,23 @@ Each node runs as its own ``python -m zmix.cli.node`` process with its log in
 that exits while the network runs is started again (with a pause that doubles up to a minute), so
 one crash does not take the network down; stopping sends SIGTERM to every node, waits, and kills
 whatever is left.
+
+Two locks keep two runs apart (``fcntl.flock``, released by the kernel when the holder dies, so
+a killed process leaves nothing stale): ``zmix-up`` holds ``STATE/zmix-up.lock`` for its life, and
+each node process holds ``STATE/nodes/NAME/lock`` for its life. Before anything is started,
+:func:`check_nodes_free` and :func:`check_addresses` make sure no node is running already and
+that every address can be bound, so a refused start changes nothing of a running network.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zmix.errors import ZmixError
 from zmix.runtime import metrics
 from zmix.topology import NodeSpec
 
@@ -31,6 +42,129 @@ RESTART_PAUSE_MAX = 60.0
 
 class LaunchError(Exception):
     """A node did not come up; the message says which and why (with its log's last lines)."""
+
+
+class StartRefused(ZmixError):
+    """Something this start needs is in use (the state directory, a node, an address); nothing
+    was started or changed. The message is one line saying what, and by which process."""
+
+
+STATE_LOCK = "zmix-up.lock"  # in the state directory, held by zmix-up
+NODE_LOCK = "lock"  # in STATE/nodes/NAME/, held by the node process
+
+
+class Lock:
+    """An exclusive ``flock`` on a file that names its holder's pid; held until :meth:`release`
+    or the process ends (the kernel drops it even after kill -9)."""
+
+    def __init__(self, path: Path) -> None:
+        """Take the lock on ``path`` (created if missing); raise StartRefused, naming the
+        holder's pid, if another process holds it."""
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise StartRefused(f"{path} is held by {holder(path)}") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it could split a later pair of runs)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder(path: Path) -> str:
+    """Return "process PID" for the pid written in lock file ``path``, as well as it is known."""
+    try:
+        return f"process {int(path.read_text().split()[0])}"
+    except (OSError, ValueError, IndexError):
+        return "another process"
+
+
+def lock_state(state_dir: Path) -> Lock:
+    """Take zmix-up's lock on ``state_dir``; StartRefused if another zmix-up holds it."""
+    try:
+        return Lock(state_dir / STATE_LOCK)
+    except StartRefused:
+        raise StartRefused(f"another zmix-up ({holder(state_dir / STATE_LOCK)}) is running on "
+                           f"{state_dir}; stop it first, or use another --state") from None
+
+
+def lock_node(state_dir: Path, name: str) -> Lock:
+    """Take node ``name``'s lock; StartRefused if a process runs that node already."""
+    path = state_dir / "nodes" / name / NODE_LOCK
+    try:
+        return Lock(path)
+    except StartRefused:
+        raise StartRefused(f"node {name} is already running from {state_dir} "
+                           f"({holder(path)})") from None
+
+
+def check_nodes_free(state_dir: Path, nodes: Sequence[NodeSpec]) -> None:
+    """Raise StartRefused naming every node of ``nodes`` that a process runs already (one left
+    by a zmix-up that was killed, or a zmix-node started by hand)."""
+    running = []
+    for spec in nodes:
+        path = state_dir / "nodes" / spec.name / NODE_LOCK
+        if _held(path):
+            running.append(f"{spec.name} ({holder(path)})")
+    if running:
+        raise StartRefused(f"already running from {state_dir}: {', '.join(running)}; "
+                           "stop them first")
+
+
+def _held(path: Path) -> bool:
+    """Return True if a process holds the lock on ``path`` (creates nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def check_addresses(nodes: Sequence[NodeSpec]) -> None:
+    """Raise StartRefused for the first node whose address (or metrics port) cannot be bound
+    here: in use, or not an address of this host. Only numeric hosts are tried (a name would
+    cost a DNS lookup); the node reports any other failure itself when it binds."""
+    for spec in nodes:
+        probes = [(spec.port, f"listen on {spec.endpoint}")]
+        if spec.metrics_port is not None:
+            probes.append((spec.metrics_port,
+                           f"serve metrics on http://{spec.host}:{spec.metrics_port}"))
+        for port, what in probes:
+            problem = _bind_problem(spec.host, port)
+            if problem is not None:
+                raise StartRefused(f"node {spec.name} cannot {what}: {problem}")
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Return why ``host:port`` cannot be bound (as libzmq binds: SO_REUSEADDR), or None."""
+    try:
+        address = ipaddress.ip_address("0.0.0.0" if host == "*" else host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((str(address), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "address already in use"
+            return exc.strerror or str(exc)
+    return None
 
 
 @dataclass
@@ -67,8 +201,7 @@ class Launcher:
             for name in sorted(pending):
                 child = self.children[name]
                 if child.proc.poll() is not None:
-                    raise LaunchError(f"node {name} exited with status {child.proc.returncode}"
-                                      f" while starting; {self._log_tail(name)}")
+                    raise LaunchError(self._start_failure(name, child.proc.returncode))
                 if metrics.query(self.state_dir, name, "ping", timeout=0.2) == "pong":
                     pending.discard(name)
                     on_up(child.spec)
@@ -113,9 +246,10 @@ class Launcher:
         return {name: child.proc.pid for name, child in self.children.items()}
 
     def _spawn(self, spec: NodeSpec) -> subprocess.Popen[bytes]:
+        # The stale control file of an earlier run is the node's to remove, once it holds its
+        # lock: removed here, it could be a live node's (one started by hand meanwhile).
         node_dir = self.state_dir / "nodes" / spec.name
         node_dir.mkdir(parents=True, exist_ok=True)
-        metrics.control_path(self.state_dir, spec.name).unlink(missing_ok=True)
         with open(node_dir / "node.log", "ab") as log:
             return subprocess.Popen(
                 node_command(self.state_dir, spec.name, self.verbosity),
@@ -123,6 +257,20 @@ class Launcher:
                 start_new_session=True,  # Ctrl-C goes to zmix-up, which stops nodes in order
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+
+    def _start_failure(self, name: str, status: int) -> str:
+        """Say why node ``name`` exited while starting: its one-line ``error:`` if it printed
+        one last (a refusal), else its status and the last lines of its log (a crash)."""
+        path = self.state_dir / "nodes" / name / "node.log"
+        try:
+            last = path.read_text(errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+        except OSError:
+            last = ""
+        if last.startswith("error: "):
+            reason = last.removeprefix("error: ")
+            return reason if reason.startswith(f"node {name} ") else (
+                f"node {name} did not start: {reason}")
+        return f"node {name} exited with status {status} while starting; {self._log_tail(name)}"
 
     def _log_tail(self, name: str, lines: int = 5) -> str:
         path = self.state_dir / "nodes" / name / "node.log"

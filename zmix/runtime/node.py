@@ -29,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -479,19 +480,42 @@ class _Loop:
             self.n._counts["link_send_failed"] += 1
 
     def _timers(self, now: float) -> None:
+        """Run what is due on the node's own clock: mix loops, heartbeats, worker checks,
+        statistics, mailbox expiry.
+
+        Each runs under its own guard, like a frame: a bug in one is logged and counted in
+        ``internal_errors`` and costs that round of it, not the node (a node that died here
+        would die again after every restart). Each next time is set before the step runs, so a
+        step that keeps failing runs at its usual pace instead of on every wake-up."""
+        self._guarded("mix loop", self._send_loops, now)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + HEARTBEAT_INTERVAL
+            self._guarded("heartbeats", self._heartbeats, now)
+        if now >= self.next_housekeeping:
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            self._guarded("worker check", self._check_workers, now)
+            self._guarded("statistics", self._refresh_statistics, now)
+        if self.n.mailbox is not None and now >= self.next_expire:
+            self.next_expire = now + EXPIRE_INTERVAL
+            self._guarded("mailbox expiry", self.n.mailbox.expire, now)
+
+    def _guarded(self, what: str, step: Callable[[float], object], now: float) -> None:
+        try:
+            step(now)
+        except Exception:  # a bug must cost one round of a timer, not the node
+            LOG.exception("error in the node's %s; skipped this time", what)
+            self.n._counts["internal_errors"] += 1
+
+    def _send_loops(self, now: float) -> None:
         for item in self.core.poll_loops(now):
             self._send(item.next_hop, item.packet, now)
-        if now >= self.next_heartbeat:
-            self._heartbeats(now)
-            self.next_heartbeat = now + HEARTBEAT_INTERVAL
-        if now >= self.next_housekeeping:
-            for index in self.pool.check():
-                self._worker_replaced(index)
-            self.n.snapshot.update(self.statistics(now))
-            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL
-        if self.n.mailbox is not None and now >= self.next_expire:
-            self.n.mailbox.expire(now)
-            self.next_expire = now + EXPIRE_INTERVAL
+
+    def _check_workers(self, _now: float) -> None:
+        for index in self.pool.check():
+            self._worker_replaced(index)
+
+    def _refresh_statistics(self, now: float) -> None:
+        self.n.snapshot.update(self.statistics(now))
 
     def _worker_replaced(self, index: int) -> None:
         lost, self.outstanding[index] = self.outstanding[index], 0
