@@ -11,7 +11,7 @@ from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 CORE_MODULES = [
     "zmix.crypto", "zmix.errors", "zmix.sphinx", "zmix.scheduler", "zmix.replay", "zmix.wire",
     "zmix.topology", "zmix.keys", "zmix.mailbox", "zmix.envelope", "zmix.provider",
-    "zmix.mixnode", "zmix.client", "zmix.clientstore",
+    "zmix.mixnode", "zmix.client", "zmix.clientstore", "zmix.stats_schema",
 ]
 
 

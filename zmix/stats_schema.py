@@ -104,8 +104,10 @@ STATISTICS: tuple[Statistic, ...] = (
               "unknown keys let in to register; their other frames count as dropped_unknown_peer"),
     Statistic("auth_throttled", C, "(providers with open registration) handshakes of unknown "
               "keys refused because more than 20 came at once or more than 1 a second after that"),
-    Statistic("internal_errors", C, "unexpected errors the node loop caught and survived, the "
-              "frame or packet being handled dropped (a bug: the traceback is in node.log)"),
+    Statistic("internal_errors", C, "unexpected errors the node loop caught and survived: the "
+              "frame or packet being handled is dropped, a failing timer step (a mix loop, "
+              "heartbeats, statistics, expiry) waits for its next turn (a bug: the traceback is "
+              "in node.log)"),
     Statistic("peers_alive", G, "peers heard from (any frame) in the last 5 s"),
     # ---------------------------------------------------------------- the node loop
     Statistic("queue_depth", G, "packets in the delay queue now"),
