@@ -7,6 +7,9 @@ must keep (fragments, acks, finished messages) in the client's SQLite file befor
 acknowledges the batch to the provider; the provider deletes only acknowledged items, so a crash
 between the two loses nothing and at worst fetches a batch twice (the core drops duplicates).
 
+The client's directory (``STATE/clients/NAME``, its store and lock) is private to its user
+(0700, the store 0600), like its private key.
+
 Only one process may act as a given client at a time (a lock file next to its store), since the
 provider knows a client by its CURVE key and answers one connection.
 """
@@ -78,7 +81,8 @@ class ClientRuntime:
                               f"does not match the keys in private/{name}.json")
         self.provider = self.topology.node(self.spec.provider)
         self.client_dir = state_dir / "clients" / name
-        self.client_dir.mkdir(parents=True, exist_ok=True)
+        self.client_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.client_dir, 0o700)  # made by an older zmix (0755), or under another umask
         self._rng = rng or random.SystemRandom()
         self._lock: IO[str] | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
