@@ -17,7 +17,7 @@ from zmix.mailbox import Mailbox
 from zmix.provider import ProviderCore
 from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply, process_packet
 from zmix.topology import NodeSpec, Role, Topology
-from zmix.wire import Fetch, FetchAck
+from zmix.wire import Fetch
 
 
 @dataclass
@@ -71,12 +71,13 @@ class SimNet:
         provider = self.providers[provider_spec.id]
         me = self.topology.client(name).id
         got: list[ReceivedMessage] = []
-        while True:
-            reply = provider.on_fetch(now, me, Fetch(1))
+        acks: tuple[int, ...] = ()
+        while True:  # each FETCH acknowledges the answer before it, as a client's does
+            reply = provider.on_fetch(now, me, Fetch(1, acks))
             if not reply.items:
                 return got
             got += client.on_fetched(now, reply.items)
-            provider.on_fetch_ack(now, me, FetchAck(1, tuple(i.item_id for i in reply.items)))
+            acks = tuple(i.item_id for i in reply.items)
 
     def run(self, clients: dict[str, ClientCore], start: float, end: float,
             step: float = 0.05) -> list[tuple[str, ReceivedMessage]]:

@@ -17,14 +17,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from simnet import SimNet
 
+from zmix import wire
 from zmix.bench.common import make_network
-from zmix.client import MAX_ATTEMPTS, ClientCore, Outgoing, PoissonStreams, Stream
+from zmix.client import (
+    FETCH_RETRY,
+    MAX_ATTEMPTS,
+    ClientCore,
+    FetchSchedule,
+    Outgoing,
+    PoissonStreams,
+    Stream,
+)
 from zmix.clientstore import ClientStore
 from zmix.errors import LocalMisuse
 from zmix.fragment import encode_fragment, seal_signed
 from zmix.keys import load_private
-from zmix.sphinx import FinalDelivery, ForwardHop, process_packet
-from zmix.wire import ItemKind, MailboxItem
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, process_packet
+from zmix.wire import Fetch, FetchReply, ItemKind, MailboxItem
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2", "carol": "provider-1"}
 QUIET = {"loop_rate": 0.0, "drop_rate": 0.0}  # only the payload stream runs
@@ -391,3 +400,105 @@ def test_any_fetched_items_are_taken_in_without_an_exception(
     assert bob.on_fetched(0.0, fetched) == []
     stats = bob.statistics()
     assert stats["undecryptable"] + stats["unknown_surb"] == len(items)
+
+
+# ---------------------------------------------------------------------- fetching
+
+
+def answer(fetch: Fetch, ids: range | list[int], remaining: int = 0) -> FetchReply:
+    items = tuple(MailboxItem(i, ItemKind.MESSAGE, bytes(16), b"x") for i in ids)
+    return FetchReply(fetch.request_id, items, remaining)
+
+
+def sends_after_an_answer(held: int) -> list[tuple[float, int, tuple[int, ...]]]:
+    """What a client sends in the 2 s after an answer of ``held`` items: (time, frame length,
+    acknowledged ids) of every frame."""
+    params = SphinxParams()
+    schedule = FetchSchedule(0.5, capacity=wire.fetch_ack_capacity(params), first_request_id=7)
+    first = schedule.poll(0.0)
+    assert first is not None and schedule.poll(0.0) is None
+    reply = answer(first, range(100, 100 + held))
+    assert schedule.awaits(reply)
+    schedule.taken_in(0.01, reply)
+    sent = []
+    for step in range(1, 201):
+        now = 0.01 * step
+        fetch = schedule.poll(now)
+        if fetch is not None:
+            sent.append((now, len(wire.encode_client(fetch, params=params)), fetch.ack_ids))
+            schedule.taken_in(now, answer(fetch, []))
+    return sent
+
+
+def test_what_a_client_sends_after_a_fetch_does_not_depend_on_its_mail() -> None:
+    runs = {held: sends_after_an_answer(held) for held in (0, 1, 12)}
+    shapes = {held: [(round(t, 6), n) for t, n, _ in sent] for held, sent in runs.items()}
+    assert shapes[0] == shapes[1] == shapes[12]  # same frames at the same times
+    assert [t for t, _ in shapes[0]] == pytest.approx([0.5, 1.0, 1.5, 2.0])  # on its timer
+    # ... and the first of them acknowledges what the answer held.
+    assert [ids for _, _, ids in runs[12]] == [tuple(range(100, 112)), (), (), ()]
+    assert [ids for _, _, ids in runs[0]] == [(), (), (), ()]
+
+
+def test_each_fetch_acknowledges_what_came_since_the_last_answered_one() -> None:
+    schedule = FetchSchedule(1.0, capacity=10, first_request_id=2**64 - 1)
+    first = schedule.poll(0.0)
+    assert first == Fetch(0, ())  # the request id wraps
+    schedule.taken_in(0.1, answer(first, [1, 2]))
+    second = schedule.poll(1.0)
+    assert second is not None and second.ack_ids == (1, 2)
+    # Unanswered: sent again after the retry time, with the same ids and a fresh request id.
+    assert schedule.poll(1.0 + FETCH_RETRY - 0.01) is None
+    again = schedule.poll(1.0 + FETCH_RETRY)
+    assert again is not None and again.ack_ids == (1, 2) and again.request_id != second.request_id
+    late = answer(second, [3])
+    assert not schedule.awaits(late)  # an answer to the first try is ignored ...
+    schedule.taken_in(3.1, answer(again, [2, 3]))  # ... item 2 came back (not deleted yet)
+    third = schedule.poll(4.0)
+    assert third is not None and third.ack_ids == (2, 3)
+    assert schedule.unacknowledged == (2, 3)
+
+
+def test_ids_beyond_what_one_fetch_holds_wait_for_the_next() -> None:
+    schedule = FetchSchedule(1.0, capacity=2, first_request_id=0)
+    fetch = schedule.poll(0.0)
+    assert fetch is not None
+    schedule.taken_in(0.0, answer(fetch, [1, 2, 3, 4, 5]))
+    carried = []
+    for t in (1.0, 2.0, 3.0, 4.0):
+        fetch = schedule.poll(t)
+        assert fetch is not None
+        carried.append(fetch.ack_ids)
+        schedule.taken_in(t, answer(fetch, []))
+    assert carried == [(1, 2), (3, 4), (5,), ()]
+
+
+def test_going_offline_sends_one_last_fetch_whatever_the_client_holds() -> None:
+    for held in ([], [9]):
+        schedule = FetchSchedule(1.0, capacity=4, first_request_id=0)
+        fetch = schedule.poll(0.0)
+        assert fetch is not None
+        schedule.taken_in(0.0, answer(fetch, held))
+        last = schedule.last()
+        assert last.ack_ids == tuple(held) and schedule.sent == 2
+        assert not schedule.pending  # its answer is not awaited
+
+
+def test_a_draining_client_fetches_again_at_once_while_more_mail_waits() -> None:
+    schedule = FetchSchedule(5.0, capacity=8, first_request_id=0, drain=True)
+    fetch = schedule.poll(0.0)
+    assert fetch is not None and schedule.pending
+    schedule.taken_in(0.2, answer(fetch, [1, 2], remaining=3))
+    assert schedule.pending and schedule.next_due() == 0.2
+    fetch = schedule.poll(0.2)
+    assert fetch is not None and fetch.ack_ids == (1, 2)
+    schedule.taken_in(0.3, answer(fetch, [3, 4, 5]))
+    assert not schedule.pending and schedule.next_due() == pytest.approx(5.2)
+    schedule.fetch_now()
+    assert schedule.poll(0.4) == Fetch(3, (3, 4, 5))
+
+
+def test_a_fetch_awaiting_its_answer_sets_the_next_wakeup_to_its_retry() -> None:
+    schedule = FetchSchedule(0.05, capacity=8, first_request_id=0)
+    assert schedule.poll(1.0) is not None
+    assert schedule.next_due() == 1.0 + FETCH_RETRY  # not 1.05: no busy wait for the answer

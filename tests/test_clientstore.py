@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from zmix.bench.common import make_network
 from zmix.clientstore import (
     SURB_ACK,
     SURB_REPLY,
@@ -16,8 +20,64 @@ from zmix.clientstore import (
     StoredSurb,
 )
 from zmix.errors import ConfigError
+from zmix.runtime.client import ClientRuntime
 
 M1, M2 = b"\x01" * 16, b"\x02" * 16
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The usual umask (022): files are world-readable unless made otherwise."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_store_and_its_side_files_are_readable_by_their_owner_only(
+        tmp_path: Path, loose_umask: None) -> None:
+    path = tmp_path / "client.sqlite"
+    store = ClientStore(path)
+    store.complete(InboxEntry(M1, "bob", None, b"decrypted mail", 1.0, None), [])
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    assert all(p.exists() for p in side)  # WAL mode, open: the positive control
+    assert {p.name: mode(p) for p in (path, *side)} == {p.name: 0o600 for p in (path, *side)}
+    (tmp_path / "other.txt").write_text("x")  # the umask really is loose
+    assert mode(tmp_path / "other.txt") == 0o644
+    store.close()
+
+
+def test_an_older_stores_loose_files_are_tightened_when_opened(
+        tmp_path: Path, loose_umask: None) -> None:
+    path = tmp_path / "client.sqlite"
+    older = sqlite3.connect(path)  # as an older zmix left it: 0644, with its side files
+    older.execute("PRAGMA journal_mode=WAL")
+    older.execute("CREATE TABLE t (x)")
+    older.execute("INSERT INTO t VALUES (1)")
+    older.commit()
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    assert [mode(p) for p in files] == [0o644] * 3
+    store = ClientStore(path)
+    assert [mode(p) for p in files] == [0o600] * 3
+    store.close()
+    older.close()
+
+
+def test_a_clients_directory_is_private_even_if_an_older_zmix_made_it(
+        tmp_path: Path, loose_umask: None) -> None:
+    _, state = make_network(tmp_path, clients={"alice": "provider-1"})
+    directory = state / "clients" / "alice"
+    directory.mkdir(parents=True)  # as an older zmix made it
+    assert mode(directory) == 0o755
+    with ClientRuntime(state, "alice"):
+        pass  # no node runs: nothing is sent, the store and its lock are made
+    assert mode(directory) == 0o700
+    assert mode(directory / "client.sqlite") == 0o600
 
 
 def test_a_file_store_uses_wal_and_full_synchronous_commits(tmp_path: Path) -> None:

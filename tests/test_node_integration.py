@@ -130,8 +130,9 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     good = chain.packet(b"good")
     chain.send(good)
     chain.send(good)  # a replay
-    chain.outbox.send(b"\x01\x01" + good[:-1])  # a truncated packet
-    chain.outbox.send(b"\x01\x01" + crypto.random_bytes(params.packet_length))  # right size, junk
+    packet_head = bytes([wire.WIRE_VERSION, wire.FrameType.PACKET])
+    chain.outbox.send(packet_head + good[:-1])  # a truncated packet
+    chain.outbox.send(packet_head + crypto.random_bytes(params.packet_length))  # right size, junk
     chain.outbox.send(crypto.random_bytes(100))  # not a frame at all
     chain.outbox.send(b"\x09\x01" + good)  # an unknown wire version
     # A good packet with parts after it, twice: a frame is one part, so both are refused whole.
@@ -161,13 +162,14 @@ def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
     try:
         assert _next_event(monitor) == zmq.EVENT_HANDSHAKE_SUCCEEDED
         before = chain.stats("mix-a")
-        # A control frame of the longest body allowed is read (and refused: it is no msgpack).
-        sock.send(b"\x01\x10" + bytes(limit - 2))
+        # A frame of the longest length allowed is read (and refused: a mixnode takes no FETCH).
+        fetch_head = bytes([wire.WIRE_VERSION, wire.FrameType.FETCH])
+        sock.send(fetch_head + bytes(limit - 2))
         read = _wait_stats(chain, "mix-a",
                            lambda s: s["dropped_bad_frame"] > before["dropped_bad_frame"])
         assert read["dropped_bad_frame"] == before["dropped_bad_frame"] + 1
         assert _next_event(monitor, timeout=0.5) is None  # still connected
-        sock.send(b"\x01\x10" + bytes(limit - 1))  # one byte longer than the limit
+        sock.send(fetch_head + bytes(limit - 1))  # one byte longer than the limit
         assert _next_event(monitor) == zmq.EVENT_DISCONNECTED
     finally:
         sock.disable_monitor()

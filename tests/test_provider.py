@@ -27,7 +27,7 @@ from zmix.sphinx import (
     process_packet,
 )
 from zmix.topology import entity_id
-from zmix.wire import Error, Fetch, FetchAck, ItemKind, Register, Registered
+from zmix.wire import Error, Fetch, ItemKind, Register, Registered
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 SURB_ID = b"\x42" * 16
@@ -183,10 +183,10 @@ def test_a_client_can_fetch_and_ack_only_its_own_mailbox(net: SimNet) -> None:
     alice = topo.client("alice").id
     assert provider.on_fetch(0.0, alice, Fetch(1)).items == ()
     [item] = provider.on_fetch(0.0, bob.id, Fetch(2)).items
-    assert provider.on_fetch_ack(0.0, alice, FetchAck(3, (item.item_id,))).deleted == 0
+    assert provider.on_fetch(0.0, alice, Fetch(3, (item.item_id,))).items == ()
     assert provider.statistics()["fetch_refused"] == 2
-    assert provider.on_fetch_ack(0.0, bob.id, FetchAck(4, (item.item_id,))).deleted == 1
-    assert provider.on_fetch(0.0, bob.id, Fetch(5)).items == ()
+    assert provider.on_fetch(0.0, bob.id, Fetch(4)).items == (item,)  # alice deleted nothing
+    assert provider.on_fetch(0.0, bob.id, Fetch(5, (item.item_id,))).items == ()
 
 
 def test_a_fetch_answers_at_most_fetch_slots_items_and_says_how_many_remain(net: SimNet) -> None:
@@ -197,9 +197,32 @@ def test_a_fetch_answers_at_most_fetch_slots_items_and_says_how_many_remain(net:
     assert reply.request_id == 9 and [i.payload for i in reply.items] == [b"1", b"2"]
     assert reply.remaining == 1
     assert provider.on_fetch(0.0, bob.id, Fetch(10)).items == reply.items  # not yet acked
-    acked = provider.on_fetch_ack(0.0, bob.id, FetchAck(11, tuple(i.item_id for i in reply.items)))
-    assert acked.request_id == 11 and acked.deleted == 2
-    assert [i.payload for i in provider.on_fetch(0.0, bob.id, Fetch(12)).items] == [b"3"]
+    # The next FETCH acknowledges them: deleted before its answer is made.
+    after = provider.on_fetch(0.0, bob.id, Fetch(11, tuple(i.item_id for i in reply.items)))
+    assert after.request_id == 11 and [i.payload for i in after.items] == [b"3"]
+    assert after.remaining == 0
+    # A repeated acknowledgement deletes nothing more; the unacknowledged item stays.
+    again = provider.on_fetch(0.0, bob.id, Fetch(12, tuple(i.item_id for i in reply.items)))
+    assert again.items == after.items
+
+
+class FailingAckMailbox(Mailbox):
+    """A mailbox that cannot delete."""
+
+    def ack(self, client: bytes, item_ids: Sequence[int]) -> int:
+        raise StorageError("disk full")
+
+
+def test_an_acknowledgement_that_could_not_be_committed_leaves_the_items_to_fetch_again(
+        net: SimNet, tmp_path: Path) -> None:
+    topo = net.topology
+    bob = topo.client("bob")
+    box = FailingAckMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
+    provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
+    provider.on_final(0.0, final_for(net, bob.id, message(net, b"kept")))
+    [item] = provider.on_fetch(0.0, bob.id, Fetch(1)).items
+    assert provider.on_fetch(0.0, bob.id, Fetch(2, (item.item_id,))).items == (item,)
+    assert provider.statistics()["store_failed"] == 1
 
 
 def test_a_fetch_deletes_expired_items_first(net: SimNet) -> None:

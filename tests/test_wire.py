@@ -18,24 +18,38 @@ GEOMETRIES = [(P, SLOTS), (SMALL, 2), (SMALL, 0)]
 
 u64 = st.integers(0, 2**64 - 1)
 texts = st.text(max_size=60)  # at most 240 bytes of UTF-8
+V = wire.WIRE_VERSION
+
+
+def head(kind: int) -> bytes:
+    return bytes([V, kind])
+
+
+def client_frames(params: SphinxParams) -> st.SearchStrategy[wire.ClientFrame]:
+    """Every frame a client sends: its packets, RELAYs, FETCHes with 0 to the most ack ids,
+    REGISTERs with names up to the longest."""
+    packet = st.binary(min_size=params.packet_length, max_size=params.packet_length)
+    ids = st.lists(u64, max_size=wire.fetch_ack_capacity(params)).map(tuple)
+    names = st.one_of(texts, st.text(alphabet="a", min_size=wire.MAX_TEXT_BYTES,
+                                     max_size=wire.MAX_TEXT_BYTES))
+    return st.one_of(
+        st.builds(wire.Packet, packet),
+        st.builds(wire.Relay, st.binary(min_size=16, max_size=16), packet),
+        st.builds(wire.Fetch, u64, ids),
+        st.builds(wire.Register, st.binary(min_size=32, max_size=32),
+                  st.binary(min_size=32, max_size=32), names),
+    )
 
 
 def frames(params: SphinxParams, slots: int) -> st.SearchStrategy[wire.Frame]:
     items = st.builds(wire.MailboxItem, u64, st.sampled_from(wire.ItemKind),
                       st.binary(min_size=16, max_size=16),
                       st.binary(max_size=wire.slot_length(params) - 29))
-    packet = st.binary(min_size=params.packet_length, max_size=params.packet_length)
     return st.one_of(
-        st.builds(wire.Packet, packet),
+        client_frames(params),
         st.just(wire.Heartbeat()),
-        st.builds(wire.Relay, st.binary(min_size=16, max_size=16), packet),
-        st.builds(wire.Fetch, u64),
         st.builds(wire.FetchReply, u64, st.lists(items, max_size=slots).map(tuple),
                   st.integers(0, 2**32 - 1)),
-        st.builds(wire.FetchAck, u64, st.lists(u64, max_size=wire.MAX_ACK_IDS).map(tuple)),
-        st.builds(wire.FetchAcked, u64, u64),
-        st.builds(wire.Register, st.binary(min_size=32, max_size=32),
-                  st.binary(min_size=32, max_size=32), texts),
         st.builds(wire.Registered, texts),
         st.builds(wire.Error, texts, texts),
     )
@@ -56,13 +70,83 @@ def test_every_frame_round_trips(case: tuple[tuple[SphinxParams, int], wire.Fram
 def test_every_frame_type_is_covered_by_a_frame_class() -> None:
     examples: list[wire.Frame] = [
         wire.Packet(bytes(P.packet_length)), wire.Heartbeat(),
-        wire.Relay(bytes(16), bytes(P.packet_length)), wire.Fetch(1),
-        wire.FetchReply(1, (), 0), wire.FetchAck(1, (2,)), wire.FetchAcked(1, 1),
-        wire.Register(bytes(32), bytes(32), "alice"), wire.Registered("alice"),
-        wire.Error("x", "y"),
+        wire.Relay(bytes(16), bytes(P.packet_length)), wire.Fetch(1, (2, 3)),
+        wire.FetchReply(1, (), 0), wire.Register(bytes(32), bytes(32), "alice"),
+        wire.Registered("alice"), wire.Error("x", "y"),
     ]
     seen = {wire.encode(f, params=P, slots=SLOTS)[1] for f in examples}
     assert seen == {int(t) for t in wire.FrameType}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([P, SMALL]).flatmap(lambda p: st.tuples(st.just(p), client_frames(p))))
+def test_every_frame_a_client_sends_has_one_length(
+        case: tuple[SphinxParams, wire.ClientFrame]) -> None:
+    params, frame = case
+    data = wire.encode_client(frame, params=params)
+    assert len(data) == wire.client_frame_length(params)
+    assert wire.decode(data, params=params, slots=SLOTS) == frame
+
+
+def test_a_client_frame_is_as_long_as_a_relay_or_the_longest_register() -> None:
+    relay = wire.encode(wire.Relay(bytes(16), bytes(P.packet_length)), params=P, slots=SLOTS)
+    assert wire.client_frame_length(P) == len(relay) == 2 + 16 + P.packet_length == 2315
+    register = wire.Register(bytes(32), bytes(32), "é" * 128)  # 256 bytes of UTF-8
+    assert wire.client_frame_length(SMALL) == 2 + 322 > 2 + 16 + SMALL.packet_length
+    assert len(wire.encode(register, params=SMALL, slots=2)) == wire.client_frame_length(SMALL)
+    assert wire.fetch_ack_capacity(P) == (2315 - 12) // 8 == 287
+    # The smallest geometry a topology allows still acknowledges a whole answer of 64 slots.
+    assert wire.fetch_ack_capacity(SphinxParams(max_hops=3, payload_length=512)) == 85
+
+
+def test_a_client_packet_carries_the_same_packet_as_a_nodes() -> None:
+    packet = bytes(range(256)) * (P.packet_length // 256) + bytes(P.packet_length % 256)
+    from_node = wire.encode_packet(packet, params=P)
+    from_client = wire.encode_client(wire.Packet(packet), params=P)
+    assert len(from_node) == 2 + P.packet_length < len(from_client)
+    for data in (from_node, from_client):
+        assert wire.decode(data, params=P, slots=SLOTS) == wire.Packet(packet)
+        assert wire.packet_of(data, params=P) == packet
+
+
+def test_a_client_sends_nothing_but_client_frames() -> None:
+    for frame in (wire.Heartbeat(), wire.FetchReply(1, (), 0), wire.Registered("a"),
+                  wire.Error("c", "t")):
+        with pytest.raises(LocalMisuse):
+            wire.encode_client(frame, params=P)  # type: ignore[arg-type]
+
+
+def test_a_client_frame_whose_padding_is_not_zeros_is_refused() -> None:
+    frames_: list[wire.ClientFrame] = [
+        wire.Packet(bytes(P.packet_length)), wire.Fetch(1, (5,)),
+        wire.Register(bytes(32), bytes(32), "bob")]
+    for frame in frames_:
+        data = bytearray(wire.encode_client(frame, params=P))
+        data[-1] = 1
+        with pytest.raises(WireError) as err:
+            wire.decode(bytes(data), params=P, slots=SLOTS)
+        assert err.value.reason is DropReason.BAD_FRAME
+        assert wire.packet_of(bytes(data), params=P) is None
+    relay = bytearray(wire.encode_client(wire.Relay(bytes(16), bytes(SMALL.packet_length)),
+                                         params=SMALL))
+    relay[-1] = 1  # SMALL pads a RELAY too (the longest REGISTER is longer)
+    with pytest.raises(WireError):
+        wire.decode(bytes(relay), params=SMALL, slots=2)
+
+
+def test_a_client_frame_of_another_length_is_a_wrong_size_error() -> None:
+    for kind in (wire.FrameType.RELAY, wire.FrameType.FETCH, wire.FrameType.REGISTER):
+        for size in (wire.client_frame_length(P) - 1, wire.client_frame_length(P) + 1):
+            with pytest.raises(WireError) as err:
+                wire.decode(head(kind) + bytes(size - 2), params=P, slots=SLOTS)
+            assert err.value.reason is DropReason.WRONG_SIZE
+
+
+def test_version_1_fetch_acknowledgements_are_retired() -> None:
+    for kind in (0x12, 0x13):
+        with pytest.raises(WireError) as err:
+            wire.decode(head(kind) + msgpack.packb([1, [2]]), params=P, slots=SLOTS)
+        assert err.value.reason is DropReason.BAD_FRAME
 
 
 @settings(max_examples=100, deadline=None)
@@ -104,8 +188,8 @@ def test_empty_fetch_slots_are_random_not_zeros() -> None:
 def hostile_frames() -> st.SearchStrategy[tuple[tuple[SphinxParams, int], bytes]]:
     """Raw bytes, framed garbage, exact-length binary bodies, fetch answers with a plausible
     header and garbage slots, and well-formed msgpack of any shape behind every frame type."""
-    types = st.sampled_from([int(t) for t in wire.FrameType] + [0x00, 0x04, 0x14, 0xFF])
-    versions = st.one_of(st.just(1), st.integers(0, 255))
+    types = st.sampled_from([int(t) for t in wire.FrameType] + [0x00, 0x04, 0x12, 0x13, 0xFF])
+    versions = st.one_of(st.just(V), st.integers(0, 255))
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                         st.floats(), st.text(max_size=20), st.binary(max_size=40))
     objects = st.recursive(scalars, lambda inner: st.one_of(
@@ -125,13 +209,27 @@ def hostile_frames() -> st.SearchStrategy[tuple[tuple[SphinxParams, int], bytes]
             + t[4])
         return st.tuples(u64, st.integers(0, slots + 1), st.integers(0, 2**32 - 1),
                          st.lists(slot, min_size=slots, max_size=slots)).map(
-            lambda t: b"\x01\x11" + t[0].to_bytes(8, "big") + bytes([t[1]])
+            lambda t: head(0x11) + t[0].to_bytes(8, "big") + bytes([t[1]])
             + t[2].to_bytes(4, "big") + b"".join(t[3]))
+
+    def client_frame(params: SphinxParams) -> st.SearchStrategy[bytes]:
+        """A client frame's type, plausible fields (a packet, a count, a name length, maybe
+        too large) and a tail that is mostly zeros, to the client frame length."""
+        size = wire.client_frame_length(params)
+        count = st.integers(0, 2**16 - 1).map(lambda n: n.to_bytes(2, "big"))
+        fields = st.one_of(
+            st.tuples(u64.map(lambda n: n.to_bytes(8, "big")), count).map(b"".join),
+            st.tuples(exact(64), count).map(b"".join),
+            exact(16 + params.packet_length), st.binary(max_size=40))
+        tail = st.one_of(st.just(b""), st.binary(max_size=3))
+        return st.tuples(st.sampled_from([0x01, 0x03, 0x10, 0x20]), fields, tail).map(
+            lambda t: (head(t[0]) + t[1] + bytes(size))[:size - len(t[2])] + t[2])
 
     def framed(params: SphinxParams, slots: int) -> st.SearchStrategy[bytes]:
         lengths = [0, 1, params.packet_length, 16 + params.packet_length,
-                   wire.fetch_reply_length(params, slots)]
+                   wire.client_frame_length(params) - 2, wire.fetch_reply_length(params, slots)]
         return st.one_of(
+            client_frame(params),
             st.binary(max_size=300),
             st.tuples(versions, types, st.binary(max_size=80)).map(
                 lambda t: bytes([t[0], t[1]]) + t[2]),
@@ -139,7 +237,7 @@ def hostile_frames() -> st.SearchStrategy[tuple[tuple[SphinxParams, int], bytes]
                 lambda t: bytes([t[0], t[1]]) + t[2]),
             fetch_reply(params, slots),
             st.tuples(types, st.one_of(objects, plausible)).map(
-                lambda t: bytes([1, t[0]]) + msgpack.packb(t[1], use_bin_type=True)),
+                lambda t: head(t[0]) + msgpack.packb(t[1], use_bin_type=True)),
         )
 
     return st.sampled_from([(SMALL, 2), (SMALL, 0)]).flatmap(
@@ -175,8 +273,9 @@ def test_the_fast_packet_check_agrees_with_decode_on_any_bytes(
         frame = None
     expected = frame.packet if isinstance(frame, wire.Packet) else None
     assert wire.packet_of(data, params=params) == expected
-    if expected is not None:
-        assert wire.encode_packet(expected, params=params) == data
+    if expected is not None:  # in one of its two forms, exactly
+        assert data in (wire.encode_packet(expected, params=params),
+                        wire.encode_client(wire.Packet(expected), params=params))
 
 
 @settings(max_examples=300, deadline=None)
@@ -185,25 +284,27 @@ def test_every_valid_frame_fits_the_size_limit_of_its_receiver(
         case: tuple[tuple[SphinxParams, int], wire.Frame]) -> None:
     (params, slots), frame = case
     data = wire.encode(frame, params=params, slots=slots)
-    to_client = isinstance(frame, (wire.FetchReply, wire.FetchAcked, wire.Registered,
-                                   wire.Error))
+    to_client = isinstance(frame, (wire.FetchReply, wire.Registered, wire.Error))
     limit = (wire.client_frame_limit(params, slots) if to_client
              else wire.node_frame_limit(params))
     assert len(data) <= limit
+    if isinstance(frame, wire.Packet):  # the form a client sends fits too
+        assert len(wire.encode_client(frame, params=params)) <= limit
 
 
 def test_the_size_limits_are_those_of_the_longest_frames() -> None:
-    assert wire.node_frame_limit(P) == 2 + wire.MAX_CONTROL_BODY  # 16 KiB beats a RELAY here
-    big = SphinxParams(payload_length=32 * 1024)
-    relay = wire.encode(wire.Relay(bytes(16), bytes(big.packet_length)), params=big, slots=1)
-    assert wire.node_frame_limit(big) == len(relay)
+    for params in (P, SMALL, SphinxParams(payload_length=32 * 1024)):
+        assert wire.node_frame_limit(params) == wire.client_frame_length(params)
+    relay = wire.encode(wire.Relay(bytes(16), bytes(P.packet_length)), params=P, slots=1)
+    assert wire.node_frame_limit(P) == len(relay)
     assert wire.client_frame_limit(P, SLOTS) == wire.fetch_reply_length(P, SLOTS)
+    assert wire.client_frame_limit(SMALL, 0) == 2 + wire.MAX_CONTROL_BODY
 
 
 def test_a_packet_of_the_wrong_size_is_a_wrong_size_error() -> None:
     for size in (0, P.packet_length - 1, P.packet_length + 1):
         with pytest.raises(WireError) as err:
-            wire.decode(b"\x01\x01" + bytes(size), params=P, slots=SLOTS)
+            wire.decode(head(0x01) + bytes(size), params=P, slots=SLOTS)
         assert err.value.reason is DropReason.WRONG_SIZE
 
 
@@ -216,7 +317,8 @@ def test_a_fetch_answer_of_the_wrong_size_is_a_wrong_size_error() -> None:
 
 
 def test_an_unknown_version_is_a_bad_version_error() -> None:
-    for data in (b"\x02\x02", b"\x00\x01" + bytes(P.packet_length)):
+    for data in (b"\x01\x02", b"\x00\x01" + bytes(P.packet_length),
+                 b"\x01\x01" + bytes(P.packet_length)):  # version 1 is gone
         with pytest.raises(WireError) as err:
             wire.decode(data, params=P, slots=SLOTS)
         assert err.value.reason is DropReason.BAD_VERSION
@@ -225,30 +327,45 @@ def test_an_unknown_version_is_a_bad_version_error() -> None:
 def test_an_oversized_control_body_is_refused_before_msgpack_sees_it() -> None:
     body = msgpack.packb([1, "x" * (wire.MAX_CONTROL_BODY + 1)])
     with pytest.raises(WireError) as err:
-        wire.decode(b"\x01\x7f" + body, params=P, slots=SLOTS)
+        wire.decode(head(0x7F) + body, params=P, slots=SLOTS)
     assert err.value.reason is DropReason.WRONG_SIZE
 
 
-def test_an_ack_with_too_many_ids_is_refused_by_both_sides() -> None:
-    ids = tuple(range(wire.MAX_ACK_IDS + 1))
+def test_a_fetch_with_more_ack_ids_than_fit_is_refused_by_both_sides() -> None:
+    capacity = wire.fetch_ack_capacity(P)
+    ids = tuple(range(capacity + 1))
     with pytest.raises(LocalMisuse):
-        wire.encode(wire.FetchAck(1, ids), params=P, slots=SLOTS)
-    with pytest.raises(WireError):
-        wire.decode(b"\x01\x12" + msgpack.packb([1, list(ids)]), params=P, slots=SLOTS)
-    assert roundtrip(wire.FetchAck(1, ids[:-1])) == wire.FetchAck(1, ids[:-1])
+        wire.encode_client(wire.Fetch(1, ids), params=P)
+    claims_more = bytearray(wire.encode_client(wire.Fetch(1, ids[:-1]), params=P))
+    claims_more[10:12] = (capacity + 1).to_bytes(2, "big")  # the count field
+    with pytest.raises(WireError) as err:
+        wire.decode(bytes(claims_more), params=P, slots=SLOTS)
+    assert err.value.reason is DropReason.BAD_FRAME
+    assert roundtrip(wire.Fetch(1, ids[:-1])) == wire.Fetch(1, ids[:-1])
+
+
+def test_a_registers_name_is_length_and_utf8_checked() -> None:
+    size = wire.client_frame_length(P)
+    keys = bytes(64)
+    for length, name in ((wire.MAX_TEXT_BYTES + 1, b"a" * 257), (2, b"\xff\xfe")):
+        data = head(0x20) + keys + length.to_bytes(2, "big") + name
+        with pytest.raises(WireError) as err:
+            wire.decode(data + bytes(size - len(data)), params=P, slots=SLOTS)
+        assert err.value.reason is DropReason.BAD_FRAME
+    good = head(0x20) + keys + (3).to_bytes(2, "big") + b"bob"
+    assert wire.decode(good + bytes(size - len(good)), params=P, slots=SLOTS) == wire.Register(
+        bytes(32), bytes(32), "bob")
 
 
 def test_control_fields_are_type_and_range_checked() -> None:
     bodies = {
-        0x10: ([-1], ["x"], [1, 2], [True], [1.0], [None], [], {"a": 1}, [2**64 - 1, 0]),
-        0x12: ([1, [-1]], [1, 5], [1, [True]], [1]),
-        0x20: ([bytes(31), bytes(32), "n"], [bytes(32), bytes(32), 5], [bytes(32), "k", "n"]),
+        0x21: ([5], [b"n"], ["a", "b"], [], {"a": 1}, ["n" * (wire.MAX_TEXT_BYTES + 1)]),
         0x7F: (["c"], ["c", b"t"], ["c", "t" * (wire.MAX_TEXT_BYTES + 1)]),
     }
     for kind, cases in bodies.items():
         for body in cases:
             with pytest.raises(WireError) as err:
-                wire.decode(bytes([1, kind]) + msgpack.packb(body, use_bin_type=True),
+                wire.decode(head(kind) + msgpack.packb(body, use_bin_type=True),
                             params=P, slots=SLOTS)
             assert err.value.reason is DropReason.BAD_FRAME, (kind, body)
 
@@ -267,8 +384,10 @@ def test_encoding_refuses_frames_the_peer_would_refuse() -> None:
         wire.Relay(bytes(15), bytes(P.packet_length)),
         wire.Fetch(-1),
         wire.Fetch(2**64),
-        wire.FetchAcked(1, -5),
+        wire.Fetch(1, (-5,)),
+        wire.Fetch(1, (2**64,)),
         wire.Register(bytes(32), bytes(31), "n"),
+        wire.Register(bytes(32), bytes(32), "a" * 257),
         wire.Registered("é" * 129),  # 258 bytes of UTF-8
         wire.Error("c", "\ud800"),  # not encodable as UTF-8
         wire.FetchReply(1, (item,) * (SLOTS + 1), 0),

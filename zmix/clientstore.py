@@ -6,12 +6,18 @@ acks and anonymous replies), fragments received but not yet reassembled, finishe
 they are shown, reply blocks received from anonymous senders, the ids of messages already
 delivered (to drop late duplicates) and its loops in flight. docs/client.md lists the tables.
 
+The file holds decrypted mail until it is shown, SURB keys and reply blocks: it and SQLite's side
+files (``-wal``, ``-shm``) are readable by their owner only (0600), like a private key; a file
+left looser by an older zmix is tightened when it is opened.
+
 Times are the caller's ``now`` (the runtime's monotonic clock); :meth:`ClientStore.rebase` pulls
 times from before a clock reset (a reboot) back to the present so that expiry still works.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +26,8 @@ from pathlib import Path
 from zmix.errors import ConfigError
 
 SCHEMA_VERSION = 1
+PRIVATE_FILE = 0o600  # the store and its side files: owner only
+_SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps next to the file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outgoing (message_id BLOB PRIMARY KEY, recipient TEXT NOT NULL,
@@ -93,6 +101,20 @@ class InboxEntry:
     reply_handle: bytes | None
 
 
+def _make_private(path: str) -> None:
+    """Create ``path`` as an owner-only file if it is missing, and tighten it and any side files
+    SQLite left next to it to 0600. SQLite creates its side files with the mode of the main file,
+    so they stay private from then on."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # an existing file keeps its mode through O_CREAT
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, PRIVATE_FILE)
+
+
 class ClientStore:
     """The client's SQLite file (``":memory:"`` for tests).
 
@@ -101,6 +123,8 @@ class ClientStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        if self.path != ":memory:":
+            _make_private(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None)
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -2,9 +2,10 @@
 
 One database file per provider, in WAL mode with ``synchronous=FULL``: :meth:`Mailbox.store`
 returns only after the item is committed, so an acknowledgement sent after it never covers a
-message a crash could lose. Fetching never deletes; the client's FETCH_ACK does, so a fetch answer
-lost on the way loses nothing and the next fetch returns the same items. Each client has a quota
-(a full mailbox refuses new items, it never drops old ones) and items expire after a TTL.
+message a crash could lose. Fetching never deletes; the acknowledgement in the client's next
+FETCH does, so a fetch answer lost on the way loses nothing and the next fetch returns the same
+items. Each client has a quota (a full mailbox refuses new items, it never drops old ones) and
+items expire after a TTL.
 
 The same file remembers the clients a provider admitted at run time (open registration, see
 docs/protocol.md) with their keys, so they are admitted again after a restart.

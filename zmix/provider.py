@@ -7,6 +7,10 @@ An acknowledgement is built only after the message it acknowledges is committed 
 sender that got an ack can forget the fragment; a message that could not be stored (mailbox full,
 disk failure) gets no acknowledgement, so its sender sends it again later.
 
+A client's FETCH acknowledges the items of the answers it took in before (they are committed to
+its own store): the core deletes those, and only then picks the items of the new answer. Nothing
+in a mailbox is deleted without such an acknowledgement, except expired items.
+
 A client's own loop comes back as a FinalDelivery addressed to it (an envelope like any message);
 acknowledgements and anonymous replies come back as SurbReplies. Both are stored for the client.
 A client that is not one of this provider's gets nothing from a fetch: an empty FetchReply (the
@@ -28,7 +32,7 @@ from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.sphinx import FinalDelivery, SphinxParams, Surb, SurbReply, answer_surb
 from zmix.topology import MailboxParams, entity_id, valid_name
-from zmix.wire import Error, Fetch, FetchAck, FetchAcked, FetchReply, ItemKind, Register, Registered
+from zmix.wire import Error, Fetch, FetchReply, ItemKind, Register, Registered
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +139,22 @@ class ProviderCore:
         return []
 
     def on_fetch(self, now: float, client_id: bytes, frame: Fetch) -> FetchReply:
-        """Return up to ``fetch_slots`` of the client's oldest items and how many remain.
+        """Delete the items the FETCH acknowledges, then return up to ``fetch_slots`` of the
+        client's oldest items and how many remain.
 
-        Expired items are deleted first. A client that is not this provider's gets an empty
-        answer (counted as ``fetch_refused``); nothing is deleted until :meth:`on_fetch_ack`.
+        Only the client's own acknowledged items are deleted (the mailbox counts the others);
+        a storage failure deletes nothing (``store_failed``) and the items come back in a later
+        answer. Expired items are deleted too; nothing else is deleted. A client that is not
+        this provider's deletes nothing and gets an empty answer (``fetch_refused``).
         """
         if client_id not in self._clients:
             self._counts["fetch_refused"] += 1
             return FetchReply(frame.request_id, (), 0)
+        if frame.ack_ids:
+            try:
+                self._mailbox.ack(client_id, frame.ack_ids)
+            except StorageError:  # the items come back in an answer and are acked again
+                self._counts["store_failed"] += 1
         try:
             self._mailbox.expire(now)
         except StorageError:  # expired items are filtered out by fetch; deleted next time
@@ -150,22 +162,6 @@ class ProviderCore:
         items, remaining = self._mailbox.fetch(client_id, self._slots, now)
         self._counts["fetches"] += 1
         return FetchReply(frame.request_id, tuple(items), remaining)
-
-    def on_fetch_ack(self, now: float, client_id: bytes, frame: FetchAck) -> FetchAcked:
-        """Delete the acknowledged items of ``client_id`` (only its own); return how many.
-
-        A client that is not this provider's deletes nothing (``fetch_refused``); a storage
-        failure deletes nothing either, and the client's next fetch returns the items again.
-        """
-        if client_id not in self._clients:
-            self._counts["fetch_refused"] += 1
-            return FetchAcked(frame.request_id, 0)
-        try:
-            deleted = self._mailbox.ack(client_id, frame.item_ids)
-        except StorageError:
-            self._counts["store_failed"] += 1
-            deleted = 0
-        return FetchAcked(frame.request_id, deleted)
 
     def serves(self, client_id: bytes) -> bool:
         """Return True if ``client_id`` is one of this provider's clients (declared or

@@ -66,8 +66,8 @@ STATISTICS: tuple[Statistic, ...] = (
               "the node's own returning loops are not counted here)"),
     Statistic("replies", C, "SURB replies handed to the mailbox logic (providers only)"),
     Statistic("client_frames", C, "frames other than packets and heartbeats from this "
-              "provider's clients: fetches, fetch acknowledgements, relays, registrations (any "
-              "other kind is also dropped as bad_frame)"),
+              "provider's clients: fetches (which carry the acknowledgements), relays, "
+              "registrations (any other kind is also dropped as bad_frame)"),
     Statistic("relayed", C, "answers through a reply block (RELAY frames) that clients of this "
               "provider handed over, passed on to the reply block's first hop"),
     Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
@@ -159,8 +159,8 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("provider_registration_refused", C, "REGISTER frames refused (docs/protocol.md "
               "lists the codes)", P),
     Statistic("provider_fetches", C, "FETCH frames answered", P),
-    Statistic("provider_fetch_refused", C, "FETCH and FETCH_ACK frames refused (not this "
-              "provider's client)", P),
+    Statistic("provider_fetch_refused", C, "FETCH frames refused (not this provider's client)",
+              P),
     # ---------------------------------------------------------------- mailbox store
     Statistic("mailbox_stored", C, "items written to the mailbox store", P),
     Statistic("mailbox_fetched", C, "items handed out to fetches", P),

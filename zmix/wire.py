@@ -1,9 +1,11 @@
 """Link frames between nodes and between clients and providers (docs/protocol.md).
 
-A frame is one ZeroMQ message part: ``version (0x01) || type (1 byte) || body``. PACKET, RELAY
-and FETCH_REPLY bodies are fixed binary layouts (the hot path, and a fetch answer whose size must
-not depend on how much mail waited); the small control frames carry msgpack bodies of bounded
-size. This is the only module that imports msgpack.
+A frame is one ZeroMQ message part: ``version (0x02) || type (1 byte) || body``. Every frame a
+client sends (PACKET, RELAY, FETCH, REGISTER) is exactly :func:`client_frame_length` bytes, its
+content followed by zero padding, so that a watcher of the encrypted link cannot tell them apart;
+nodes send each other PACKETs of ``2 + packet_length`` bytes and HEARTBEATs. FETCH_REPLY has one
+length whatever it holds. Only the provider's answers to a registration (REGISTERED, ERROR) carry
+msgpack bodies of bounded size. This is the only module that imports msgpack.
 
 ``decode`` checks the length, the version and the type before anything else, unpacks msgpack
 with strict limits, checks every field's type and range, and turns every failure, msgpack's
@@ -24,14 +26,15 @@ import msgpack
 from zmix import crypto
 from zmix.errors import DropReason, LocalMisuse, WireError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: one length for every client frame, acknowledgements inside FETCH
 ID_BYTES = 16  # node, client and SURB ids
 KEY_BYTES = 32  # X25519 and CURVE public keys
-MAX_ACK_IDS = 1024  # item ids in one FETCH_ACK
 MAX_TEXT_BYTES = 256  # UTF-8 bytes of a name, an error code or an error text
 MAX_SLOTS = 255  # a FETCH_REPLY's item count is one byte
-# The largest control body: a FETCH_ACK of MAX_ACK_IDS ids is 1 + 9 + 3 + 1024 * 9 = 9,229 bytes.
-MAX_CONTROL_BODY = 16 * 1024
+# The largest msgpack body: an ERROR of two 256-byte texts is 1 + 2 * (3 + 256) = 519 bytes.
+MAX_CONTROL_BODY = 1024
+# The longest REGISTER body: two keys, a u16 name length and a name of MAX_TEXT_BYTES.
+MAX_REGISTER_BODY = 2 * KEY_BYTES + 2 + MAX_TEXT_BYTES
 _U32 = 2**32
 _U64 = 2**64
 
@@ -57,8 +60,7 @@ class FrameType(enum.IntEnum):
     RELAY = 0x03
     FETCH = 0x10
     FETCH_REPLY = 0x11
-    FETCH_ACK = 0x12
-    FETCH_ACKED = 0x13
+    # 0x12 and 0x13 were version 1's FETCH_ACK and FETCH_ACKED: retired, never reused.
     REGISTER = 0x20
     REGISTERED = 0x21
     ERROR = 0x7F
@@ -94,9 +96,11 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Client to its provider: send me the oldest items of my mailbox."""
+    """Client to its provider: delete the items ``ack_ids`` (they are safe with me), then send
+    me the oldest items of my mailbox."""
 
     request_id: int
+    ack_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,22 +120,6 @@ class FetchReply:
     request_id: int
     items: tuple[MailboxItem, ...]
     remaining: int
-
-
-@dataclass(frozen=True, slots=True)
-class FetchAck:
-    """Client to provider: these items are safe with me; delete them."""
-
-    request_id: int
-    item_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FetchAcked:
-    """Provider to client: ``deleted`` of the acknowledged items were deleted."""
-
-    request_id: int
-    deleted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +146,22 @@ class Error:
     text: str
 
 
-Frame = (Packet | Heartbeat | Relay | Fetch | FetchReply | FetchAck | FetchAcked | Register
-         | Registered | Error)
+Frame = Packet | Heartbeat | Relay | Fetch | FetchReply | Register | Registered | Error
+ClientFrame = Packet | Relay | Fetch | Register  # what a client sends: one length on the wire
 
 _PACKET_HEAD = bytes([WIRE_VERSION, FrameType.PACKET])
 _HEARTBEAT = bytes([WIRE_VERSION, FrameType.HEARTBEAT])
 _RELAY_HEAD = bytes([WIRE_VERSION, FrameType.RELAY])
+_FETCH_HEAD = bytes([WIRE_VERSION, FrameType.FETCH])
+_REGISTER_HEAD = bytes([WIRE_VERSION, FrameType.REGISTER])
 _FETCH_REPLY_HEAD = bytes([WIRE_VERSION, FrameType.FETCH_REPLY])
+_FETCH_FIELDS = struct.Struct(">QH")  # request_id u64, ack count u16
+_ACK_ID = struct.Struct(">Q")
+_REGISTER_FIELDS = struct.Struct(">32s32sH")  # curve_public, public_key, name length u16
 _REPLY_HEAD = struct.Struct(">QBI")  # request_id u64, count u8, remaining u32
 _SLOT_HEAD = struct.Struct(">QB16sI")  # item_id u64, kind u8, surb_id 16, payload length u32
 _NO_SURB = bytes(ID_BYTES)
-_PACKET, _HEARTBEAT_TYPE, _RELAY, _FETCH_REPLY = 0x01, 0x02, 0x03, 0x11  # plain ints: fast tests
+_PACKET, _HEARTBEAT_TYPE, _FETCH_REPLY = 0x01, 0x02, 0x11  # plain ints: fast tests
 
 
 def slot_length(params: Geometry) -> int:
@@ -179,11 +172,24 @@ def slot_length(params: Geometry) -> int:
     return _SLOT_HEAD.size + largest
 
 
+def client_frame_length(params: Geometry) -> int:
+    """Return the length of every frame a client sends (PACKET, RELAY, FETCH, REGISTER): that of
+    the longest, a RELAY (first hop and packet) or, for tiny packets, a REGISTER of the longest
+    name. Every shorter one is padded to it, so a watcher of the link learns nothing from sizes."""
+    return 2 + max(ID_BYTES + params.packet_length, MAX_REGISTER_BODY)
+
+
+def fetch_ack_capacity(params: Geometry) -> int:
+    """Return how many item ids one FETCH can acknowledge (287 at the default geometry, at least
+    85 in any topology)."""
+    return (client_frame_length(params) - 2 - _FETCH_FIELDS.size) // _ACK_ID.size
+
+
 def node_frame_limit(params: Geometry) -> int:
-    """Return the length of the longest frame a node accepts (a RELAY, or a control frame of
-    the largest body): libzmq drops a connection that announces a longer one before reading it,
-    so no peer can make a node buffer more."""
-    return 2 + max(ID_BYTES + params.packet_length, MAX_CONTROL_BODY)
+    """Return the length of the longest frame a node accepts (a client frame; the PACKETs of
+    other nodes are shorter): libzmq drops a connection that announces a longer one before
+    reading it, so no peer can make a node buffer more."""
+    return client_frame_length(params)
 
 
 def client_frame_limit(params: Geometry, slots: int) -> int:
@@ -201,7 +207,8 @@ def fetch_reply_length(params: Geometry, slots: int) -> int:
 
 
 def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
-    """Return the bytes of ``frame``.
+    """Return the bytes of ``frame``; a Packet in the form nodes send each other
+    (``2 + packet_length`` bytes; a client uses :func:`encode_client`).
 
     Raises :class:`LocalMisuse` if the frame breaks a size or range rule of docs/protocol.md
     (a packet of the wrong length, too many ack ids, an over-long name ...).
@@ -210,10 +217,8 @@ def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
         return encode_packet(frame.packet, params=params)
     if isinstance(frame, Heartbeat):
         return _HEARTBEAT
-    if isinstance(frame, Relay):
-        _need(len(frame.first_hop) == ID_BYTES, "a relay's first hop is a 16-byte id")
-        _need(len(frame.packet) == params.packet_length, "a relayed packet has the wrong length")
-        return _RELAY_HEAD + frame.first_hop + frame.packet
+    if isinstance(frame, (Relay, Fetch, Register)):
+        return encode_client(frame, params=params)
     if isinstance(frame, FetchReply):
         return _encode_fetch_reply(frame, params, slots)
     kind, body = _control_body(frame)
@@ -225,12 +230,51 @@ def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
 
 
 def encode_packet(packet: bytes, *, params: Geometry) -> bytes:
-    """Return the PACKET frame of ``packet``: ``encode(Packet(packet))`` for the node loop's hot
-    path, which has a packet and no frame object. Raises :class:`LocalMisuse` for a packet of
-    the wrong length."""
+    """Return the PACKET frame of ``packet`` as nodes send it to each other: ``encode(Packet(
+    packet))`` for the node loop's hot path, which has a packet and no frame object. Raises
+    :class:`LocalMisuse` for a packet of the wrong length."""
     if len(packet) != params.packet_length:
         raise LocalMisuse(f"a packet is {params.packet_length} bytes, got {len(packet)}")
     return _PACKET_HEAD + packet
+
+
+def encode_client(frame: ClientFrame, *, params: Geometry) -> bytes:
+    """Return the bytes of a frame a client sends to its provider: always exactly
+    :func:`client_frame_length` bytes, the content followed by zeros.
+
+    Raises :class:`LocalMisuse` for a frame a client does not send (a heartbeat, an answer) and
+    for any size or range rule the frame breaks (more ack ids than :func:`fetch_ack_capacity`,
+    a name over 256 bytes of UTF-8 ...).
+    """
+    if isinstance(frame, Packet):
+        content = [encode_packet(frame.packet, params=params)]
+    elif isinstance(frame, Relay):
+        _need(len(frame.first_hop) == ID_BYTES, "a relay's first hop is a 16-byte id")
+        _need(len(frame.packet) == params.packet_length, "a relayed packet has the wrong length")
+        content = [_RELAY_HEAD, frame.first_hop, frame.packet]
+    elif isinstance(frame, Fetch):
+        content = _fetch_content(frame, params)
+    elif isinstance(frame, Register):
+        content = _register_content(frame)
+    else:
+        raise LocalMisuse(f"a client does not send {type(frame).__name__}")
+    used = sum(len(part) for part in content)
+    return b"".join(content) + bytes(client_frame_length(params) - used)
+
+
+def _fetch_content(frame: Fetch, params: Geometry) -> list[bytes]:
+    capacity = fetch_ack_capacity(params)
+    _need(len(frame.ack_ids) <= capacity, f"a FETCH acknowledges at most {capacity} items")
+    ids = [_ACK_ID.pack(_check_u64(i, "item_id")) for i in frame.ack_ids]
+    head = _FETCH_FIELDS.pack(_check_u64(frame.request_id, "request_id"), len(ids))
+    return [_FETCH_HEAD, head, *ids]
+
+
+def _register_content(frame: Register) -> list[bytes]:
+    name = _check_text(frame.name, "name").encode("utf-8")
+    fields = _REGISTER_FIELDS.pack(_check_key(frame.curve_public, "curve_public"),
+                                   _check_key(frame.public_key, "public_key"), len(name))
+    return [_REGISTER_HEAD, fields, name]
 
 
 def _need(condition: bool, problem: str) -> None:
@@ -259,19 +303,6 @@ def _check_key(value: bytes, name: str) -> bytes:
 
 
 def _control_body(frame: Frame) -> tuple[FrameType, list[Any]]:
-    if isinstance(frame, Fetch):
-        return FrameType.FETCH, [_check_u64(frame.request_id, "request_id")]
-    if isinstance(frame, FetchAck):
-        _need(len(frame.item_ids) <= MAX_ACK_IDS, f"an ack holds at most {MAX_ACK_IDS} ids")
-        ids = [_check_u64(i, "item_id") for i in frame.item_ids]
-        return FrameType.FETCH_ACK, [_check_u64(frame.request_id, "request_id"), ids]
-    if isinstance(frame, FetchAcked):
-        return FrameType.FETCH_ACKED, [_check_u64(frame.request_id, "request_id"),
-                                       _check_u64(frame.deleted, "deleted")]
-    if isinstance(frame, Register):
-        return FrameType.REGISTER, [_check_key(frame.curve_public, "curve_public"),
-                                    _check_key(frame.public_key, "public_key"),
-                                    _check_text(frame.name, "name")]
     if isinstance(frame, Registered):
         return FrameType.REGISTERED, [_check_text(frame.name, "name")]
     if isinstance(frame, Error):
@@ -305,36 +336,39 @@ def _encode_fetch_reply(frame: FetchReply, params: Geometry, slots: int) -> byte
 def packet_of(data: bytes, *, params: Geometry) -> bytes | None:
     """Return the Sphinx packet if ``data`` is a well-formed PACKET frame, else None (then
     :func:`decode` says what it is, or why it is refused). The node loop's hot path: it looks
-    at the two head bytes and the length, exactly as :func:`decode` does, and builds no frame
-    object."""
-    if len(data) == 2 + params.packet_length and data[:2] == _PACKET_HEAD:
+    at the two head bytes, the length and a client's padding, exactly as :func:`decode` does,
+    and builds no frame object."""
+    end = 2 + params.packet_length
+    if len(data) == end and data[:2] == _PACKET_HEAD:  # from a node: no padding
         return data[2:]
+    if (data[:2] == _PACKET_HEAD and len(data) == client_frame_length(params)
+            and data.count(0, end) == len(data) - end):  # from a client: zeros after the packet
+        return data[2:end]
     return None
 
 
 def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:
     """Parse one frame; raises :class:`WireError` (and nothing else) if ``data`` is not a valid
-    frame: reason BAD_VERSION for another version, WRONG_SIZE for a body of the wrong length,
-    BAD_FRAME for anything else."""
+    frame: reason BAD_VERSION for another version, WRONG_SIZE for a frame of the wrong length,
+    BAD_FRAME for anything else (a client frame's padding that is not zeros included)."""
     if len(data) < 2:
         raise WireError(DropReason.BAD_FRAME)
     if data[0] != WIRE_VERSION:
         raise WireError(DropReason.BAD_VERSION)
     kind = data[1]
     if kind == _PACKET:  # the hot path first
-        if len(data) != 2 + params.packet_length:
-            raise WireError(DropReason.WRONG_SIZE)
-        return Packet(data[2:])
+        return _decode_packet(data, params)
     if kind == _HEARTBEAT_TYPE:
         if len(data) != 2:
             raise WireError(DropReason.WRONG_SIZE)
         return Heartbeat()
-    if kind == _RELAY:
-        if len(data) != 2 + ID_BYTES + params.packet_length:
-            raise WireError(DropReason.WRONG_SIZE)
-        return Relay(data[2:2 + ID_BYTES], data[2 + ID_BYTES:])
     if kind == _FETCH_REPLY:
         return _decode_fetch_reply(data, params, slots)
+    client = _CLIENT.get(kind)
+    if client is not None:
+        if len(data) != client_frame_length(params):
+            raise WireError(DropReason.WRONG_SIZE)
+        return client(data, params)
     parse = _CONTROL.get(kind)
     if parse is None:
         raise WireError(DropReason.BAD_FRAME)
@@ -343,12 +377,57 @@ def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:
     return parse(_unpack(data[2:]))
 
 
+def _decode_packet(data: bytes, params: Geometry) -> Packet:
+    end = 2 + params.packet_length
+    if len(data) == end:
+        return Packet(data[2:])
+    if len(data) != client_frame_length(params):
+        raise WireError(DropReason.WRONG_SIZE)
+    return Packet(_padded(data, end)[2:])
+
+
+def _padded(data: bytes, end: int) -> bytes:
+    """Return ``data[:end]`` if every byte after it is zero (a client frame's padding); raise
+    BAD_FRAME otherwise."""
+    if end > len(data) or data.count(0, end) != len(data) - end:
+        raise WireError(DropReason.BAD_FRAME)
+    return data[:end]
+
+
+def _decode_relay(data: bytes, params: Geometry) -> Relay:
+    body = _padded(data, 2 + ID_BYTES + params.packet_length)
+    return Relay(body[2:2 + ID_BYTES], body[2 + ID_BYTES:])
+
+
+def _decode_fetch(data: bytes, params: Geometry) -> Fetch:
+    request_id, count = _FETCH_FIELDS.unpack_from(data, 2)
+    start = 2 + _FETCH_FIELDS.size
+    if count > fetch_ack_capacity(params):
+        raise WireError(DropReason.BAD_FRAME)
+    body = _padded(data, start + count * _ACK_ID.size)
+    ids = tuple(i for (i,) in _ACK_ID.iter_unpack(body[start:]))
+    return Fetch(request_id, ids)
+
+
+def _decode_register(data: bytes, params: Geometry) -> Register:
+    curve_public, public_key, length = _REGISTER_FIELDS.unpack_from(data, 2)
+    start = 2 + _REGISTER_FIELDS.size
+    if length > MAX_TEXT_BYTES:
+        raise WireError(DropReason.BAD_FRAME)
+    body = _padded(data, start + length)
+    try:
+        name = body[start:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(DropReason.BAD_FRAME) from None
+    return Register(curve_public, public_key, name)
+
+
 def _unpack(body: bytes) -> object:
     """Unpack a control body with limits no valid frame reaches; any failure is BAD_FRAME."""
     try:
         return msgpack.unpackb(
             body, raw=False, use_list=True, strict_map_key=True, max_str_len=MAX_TEXT_BYTES,
-            max_bin_len=KEY_BYTES, max_array_len=MAX_ACK_IDS, max_map_len=0, max_ext_len=0)
+            max_bin_len=0, max_array_len=2, max_map_len=0, max_ext_len=0)
     except Exception:  # msgpack raises many types; a peer's bytes must not choose ours
         raise WireError(DropReason.BAD_FRAME) from None
 
@@ -377,44 +456,11 @@ def _fields(value: object, count: int) -> list[Any]:
     return value
 
 
-def _u64(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _U64:
-        raise WireError(DropReason.BAD_FRAME)
-    return value
-
-
-def _key(value: object) -> bytes:
-    if not isinstance(value, bytes) or len(value) != KEY_BYTES:
-        raise WireError(DropReason.BAD_FRAME)
-    return value
-
-
 def _text(value: object) -> str:
     # msgpack's max_str_len already bounds the UTF-8 length.
     if not isinstance(value, str):
         raise WireError(DropReason.BAD_FRAME)
     return value
-
-
-def _fetch(value: object) -> Fetch:
-    return Fetch(_u64(_fields(value, 1)[0]))
-
-
-def _fetch_ack(value: object) -> FetchAck:
-    request_id, ids = _fields(value, 2)
-    if not isinstance(ids, list):  # max_array_len bounds its length
-        raise WireError(DropReason.BAD_FRAME)
-    return FetchAck(_u64(request_id), tuple(_u64(i) for i in ids))
-
-
-def _fetch_acked(value: object) -> FetchAcked:
-    request_id, deleted = _fields(value, 2)
-    return FetchAcked(_u64(request_id), _u64(deleted))
-
-
-def _register(value: object) -> Register:
-    curve_public, public_key, name = _fields(value, 3)
-    return Register(_key(curve_public), _key(public_key), _text(name))
 
 
 def _registered(value: object) -> Registered:
@@ -426,7 +472,11 @@ def _error(value: object) -> Error:
     return Error(_text(code), _text(text))
 
 
+# Client frames: exactly client_frame_length bytes, checked before these run.
+_CLIENT: dict[int, Callable[[bytes, Geometry], Frame]] = {
+    FrameType.RELAY: _decode_relay, FrameType.FETCH: _decode_fetch,
+    FrameType.REGISTER: _decode_register,
+}
 _CONTROL: dict[int, Callable[[object], Frame]] = {
-    FrameType.FETCH: _fetch, FrameType.FETCH_ACK: _fetch_ack, FrameType.FETCH_ACKED: _fetch_acked,
-    FrameType.REGISTER: _register, FrameType.REGISTERED: _registered, FrameType.ERROR: _error,
+    FrameType.REGISTERED: _registered, FrameType.ERROR: _error,
 }

@@ -2,10 +2,16 @@
 
 While a client is online (``zmix-send`` or ``zmix-recv`` runs) it sends the core's packets at the
 times the core chooses (its Poisson streams of real, loop and drop packets) and fetches its mailbox
-every ``loopix.fetch_interval``. Every fetched item is handed to the core, which stores what it
-must keep (fragments, acks, finished messages) in the client's SQLite file before the runtime
-acknowledges the batch to the provider; the provider deletes only acknowledged items, so a crash
-between the two loses nothing and at worst fetches a batch twice (the core drops duplicates).
+every ``loopix.fetch_interval`` (:class:`zmix.client.FetchSchedule`). Every fetched item is handed
+to the core, which stores what it must keep (fragments, acks, finished messages) in the client's
+SQLite file; the next FETCH acknowledges those items to the provider, and a client going offline
+sends one last FETCH to acknowledge the rest. The provider deletes only acknowledged items, so a
+crash in between loses nothing and at worst fetches a batch twice (the core drops duplicates).
+Every frame the client sends has one length (``wire.encode_client``), and none answers a fetch
+answer, so a watcher of the link learns neither what the client sends nor how much mail it gets.
+
+The client's directory (``STATE/clients/NAME``, its store and lock) is private to its user
+(0700, the store 0600), like its private key.
 
 Only one process may act as a given client at a time (a lock file next to its store), since the
 provider knows a client by its CURVE key and answers one connection.
@@ -13,6 +19,7 @@ provider knows a client by its CURVE key and answers one connection.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -25,7 +32,7 @@ from typing import IO
 import zmq
 
 from zmix import crypto, wire
-from zmix.client import ClientCore, Outgoing, ReceivedMessage
+from zmix.client import ClientCore, FetchSchedule, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
 from zmix.contacts import contact_path, load_contacts, with_contacts
 from zmix.errors import ConfigError, WireError
@@ -35,7 +42,6 @@ from zmix.topology import ClientSpec, load_topology
 
 LOG = logging.getLogger(__name__)
 
-FETCH_RETRY = 2.0  # seconds before a fetch that got no answer is sent again
 POLL_CAP = 0.1  # seconds: the loop wakes at least this often
 
 
@@ -78,19 +84,18 @@ class ClientRuntime:
                               f"does not match the keys in private/{name}.json")
         self.provider = self.topology.node(self.spec.provider)
         self.client_dir = state_dir / "clients" / name
-        self.client_dir.mkdir(parents=True, exist_ok=True)
+        self.client_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.client_dir, 0o700)  # made by an older zmix (0755), or under another umask
         self._rng = rng or random.SystemRandom()
         self._lock: IO[str] | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self.store: ClientStore | None = None
         self._core: ClientCore | None = None
-        self._request_id = int.from_bytes(os.urandom(4), "big")
-        self._fetch_sent: float | None = None
-        self._next_fetch = 0.0
-        self.fetches = 0
-        self._more = False
-        self._drain = drain
+        self._fetcher = FetchSchedule(
+            self.topology.loopix.fetch_interval, drain=drain,
+            capacity=wire.fetch_ack_capacity(self.topology.sphinx),
+            first_request_id=int.from_bytes(os.urandom(4), "big"))
         self.online_since = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -112,13 +117,21 @@ class ClientRuntime:
 
     def __exit__(self, *exc: object) -> None:
         if self._sock is not None:
-            self._sock.close(linger=500)  # let the last packets and the last ack leave
+            self._last_fetch(self._sock)
+            self._sock.close(linger=500)  # let the last packets and the last FETCH leave
         if self._ctx is not None:
             self._ctx.term()
         if self.store is not None:
             self.store.close()
         if self._lock is not None:
             self._lock.close()
+
+    def _last_fetch(self, sock: zmq.Socket[bytes]) -> None:
+        """Acknowledge what was taken in since the last answered FETCH, in a FETCH like any
+        other, sent whatever the client holds (so it says nothing); its answer is not awaited."""
+        data = wire.encode_client(self._fetcher.last(), params=self.topology.sphinx)
+        with contextlib.suppress(zmq.ZMQError):  # no link: the items are fetched again next time
+            sock.send(data, zmq.NOBLOCK)
 
     def _take_lock(self) -> None:
         lock = open(self.client_dir / "lock", "a+")  # noqa: SIM115 - held until __exit__
@@ -155,8 +168,10 @@ class ClientRuntime:
         now = time.monotonic()
         for out in self.core.poll(now):
             self._send(out)
-        self._maybe_fetch(now)
-        wake = min(until, self.core.next_wakeup(), self._next_fetch)
+        fetch = self._fetcher.poll(now)
+        if fetch is not None:
+            sock.send(wire.encode_client(fetch, params=self.topology.sphinx))
+        wake = min(until, self.core.next_wakeup(), self._fetcher.next_due())
         received: list[ReceivedMessage] = []
         if sock.poll(max(0, int((wake - time.monotonic()) * 1000))):
             while True:
@@ -173,12 +188,12 @@ class ClientRuntime:
         return self._sock
 
     def _send(self, out: Outgoing) -> None:
-        frame: wire.Frame
+        frame: wire.Packet | wire.Relay
         if out.first_hop == self.provider.id:
             frame = wire.Packet(out.packet)
         else:
             frame = wire.Relay(out.first_hop, out.packet)
-        data = wire.encode(frame, params=self.topology.sphinx, slots=self._slots)
+        data = wire.encode_client(frame, params=self.topology.sphinx)
         try:
             self._socket().send(data, zmq.NOBLOCK)
         except zmq.Again:
@@ -188,25 +203,24 @@ class ClientRuntime:
     def _slots(self) -> int:
         return self.topology.mailbox.fetch_slots
 
-    def _maybe_fetch(self, now: float) -> None:
-        waiting = self._fetch_sent is not None and now - self._fetch_sent < FETCH_RETRY
-        if now < self._next_fetch or waiting:
-            return
-        self._request_id = (self._request_id + 1) % 2**64
-        frame = wire.Fetch(self._request_id)
-        self._socket().send(wire.encode(frame, params=self.topology.sphinx, slots=self._slots))
-        self._fetch_sent = now
-        self._next_fetch = now + self.topology.loopix.fetch_interval
+    @property
+    def fetches(self) -> int:
+        """How many fetch answers this runtime took in."""
+        return self._fetcher.answers
+
+    @property
+    def fetches_sent(self) -> int:
+        """How many FETCH frames this runtime sent (with retries and the last one)."""
+        return self._fetcher.sent
 
     @property
     def fetch_pending(self) -> bool:
         """True while a fetch awaits its answer or the last answer said more mail is waiting."""
-        return self._fetch_sent is not None or self._more
+        return self._fetcher.pending
 
     def fetch_now(self) -> None:
         """Fetch at the next step instead of waiting for the fetch interval."""
-        self._next_fetch = 0.0
-        self._fetch_sent = None
+        self._fetcher.fetch_now()
 
     def _on_frame(self, data: bytes) -> list[ReceivedMessage]:
         try:
@@ -214,21 +228,11 @@ class ClientRuntime:
         except WireError:
             LOG.warning("dropped a frame from %s that does not parse", self.provider.name)
             return []
-        if isinstance(frame, wire.FetchReply) and frame.request_id == self._request_id:
-            return self._on_fetch_reply(frame)
+        if isinstance(frame, wire.FetchReply) and self._fetcher.awaits(frame):
+            now = time.monotonic()
+            received = self.core.on_fetched(now, frame.items)  # committed when it returns
+            self._fetcher.taken_in(now, frame)  # so the next FETCH may acknowledge them
+            return received
         if isinstance(frame, wire.Error):
             LOG.warning("provider %s refused a request: %s", self.provider.name, frame.text)
         return []
-
-    def _on_fetch_reply(self, reply: wire.FetchReply) -> list[ReceivedMessage]:
-        now = time.monotonic()
-        self.fetches += 1
-        self._fetch_sent = None
-        received = self.core.on_fetched(now, reply.items)
-        if reply.items:
-            ack = wire.FetchAck(reply.request_id, tuple(item.item_id for item in reply.items))
-            self._socket().send(wire.encode(ack, params=self.topology.sphinx, slots=self._slots))
-        self._more = reply.remaining > 0 and self._drain
-        if self._more:
-            self._next_fetch = now  # more mail waits: fetch again at once
-        return received

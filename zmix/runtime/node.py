@@ -389,8 +389,6 @@ class _Loop:
             return
         if isinstance(frame, wire.Fetch):
             reply = provider.on_fetch(now, peer, frame)
-        elif isinstance(frame, wire.FetchAck):
-            reply = provider.on_fetch_ack(now, peer, frame)
         elif isinstance(frame, wire.Relay):
             self._relay(now, frame)
             return
