@@ -17,6 +17,7 @@ from zmix.fragment import (
     MAX_REPLY_BLOCKS,
     ContentKind,
     encode_fragment,
+    encode_metadata,
     open_content,
     parse_fragment,
     seal_anonymous,
@@ -90,6 +91,12 @@ def test_any_bytes_parse_as_a_fragment_or_raise_invalid_packet(data: bytes) -> N
        st.one_of(st.none(), st.text(max_size=40)))
 def test_split_then_parse_gives_the_message_back(data: bytes, capacity: int,
                                                  filename: str | None) -> None:
+    # A name of 40 characters can take 160 bytes of UTF-8: then fragment 0 has no room left for
+    # data, and splitting is refused rather than done wrong.
+    if HEADER_BYTES + len(encode_metadata(filename, ())) >= capacity:
+        with pytest.raises(LocalMisuse, match="no room"):
+            split_message(bytes(16), data, capacity, filename=filename)
+        return
     fragments = split_message(bytes(16), data, capacity, filename=filename)
     assert reassemble(fragments) == data
     assert parse_fragment(fragments[0], SURB).filename == (filename or None)
