@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import Metric
 GAUGES = frozenset({
     "queue_depth", "queue_high_water", "in_flight", "workers", "worker_utilisation",
     "peers_alive", "uptime_seconds", "mailbox_items", "loop_rtt_us_median",
-    "loop_per_hop_us_median", "pid",
+    "loop_per_hop_us_median", "pid", "links_down",
 })
 
 

@@ -243,6 +243,7 @@ class _Loop:
             poller = reading if self.n._in_flight < MAX_IN_FLIGHT else busy
             ready = dict(poller.poll(self._timeout_ms(now)))
             self.n._counts["loop_wakeups"] += 1
+            self.out.on_events(ready)  # link states first: sends below are counted against them
             if self.results in ready:
                 self._read_results()
             if self.router in ready and self.n._in_flight < MAX_IN_FLIGHT:
@@ -254,6 +255,9 @@ class _Loop:
             now = time.monotonic()
             self._send_due(now)
             self._timers(now)
+            for monitor in self.out.take_new_monitors():  # links made since the last poll
+                reading.register(monitor, zmq.POLLIN)
+                busy.register(monitor, zmq.POLLIN)
         self._drain_on_stop()
 
     def _timeout_ms(self, now: float) -> int:
@@ -541,6 +545,7 @@ class _Loop:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
         stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
+        stats.update(self.out.statistics())
         stats["auth_denied"] = self.gate.denied
         stats["auth_unregistered"] = self.gate.unregistered
         stats["auth_throttled"] = self.gate.throttled
