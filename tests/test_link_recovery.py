@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,6 +135,37 @@ def test_a_re_dialled_link_is_heard_by_a_router_still_holding_the_lost_connectio
         router.close(linger=0)
         auth.stop()
         ctx.term()
+
+
+_FIRST_IDENTITY = """
+import zmq
+from zmix import crypto
+from zmix.bench.common import free_ports
+from zmix.runtime import links
+ctx = zmq.Context()
+server, peer = crypto.x25519_keypair(), crypto.x25519_keypair()
+auth = links.start_authenticator(ctx, links.KeyGate({peer[0]: b"P" * 16}), "net")
+endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1024)
+dealer = links.connect_dealer(ctx, endpoint, server[0], *peer, max_frame=1024)
+dealer.send(b"x")
+print(router.recv_multipart()[0].hex() if router.poll(5000) else "nothing")
+for sock in (dealer, router):
+    sock.close(linger=0)
+auth.stop()
+ctx.term()
+"""
+
+
+def test_the_routing_identity_a_router_gives_first_cannot_be_known_in_advance() -> None:
+    # libzmq numbers the identities a ROUTER gives from a rand() value; a peer that knew the
+    # next one could claim it first, and libzmq aborts the process when it then makes it.
+    firsts = [subprocess.run([sys.executable, "-c", _FIRST_IDENTITY], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+              for _ in range(2)]
+    for first in firsts:  # given by the ROUTER (the DEALER sent none): a zero byte, 32 bits
+        assert len(first) == 10 and first.startswith("00"), firsts
+    assert firsts[0] != firsts[1]  # the same in every process before: 00e43c9869 here
 
 
 def test_packets_flow_again_after_the_middle_node_stalled_past_the_heartbeat_timeout(

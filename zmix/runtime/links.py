@@ -12,6 +12,7 @@ connection is lost and when the re-dialled one is up; :meth:`Links.statistics` c
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -22,6 +23,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
+
+from zmix import crypto
 
 LOG = logging.getLogger(__name__)
 
@@ -120,6 +123,19 @@ def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,
     return auth
 
 
+def _unpredictable_routing_ids() -> None:
+    """Seed the C library's ``rand()`` from the OS (before a ROUTER is made).
+
+    A ROUTER numbers the connections it gives an identity to from a ``rand()`` value taken when
+    the socket is made; unseeded, that is the same in every process (the first connection gets
+    ``00 6b 8b 45 67``, the next one more). A peer may claim an identity of that form for its
+    own connection, and when libzmq (4.3.5) later makes the same identity for another connection
+    it aborts the whole process (an assertion). Seeded, the numbers cannot be known in advance:
+    a peer holding N claimed identities hits the next one made with odds of N in 2**32."""
+    libc = ctypes.CDLL(None)
+    libc.srand(ctypes.c_uint(int.from_bytes(crypto.random_bytes(4), "big")))
+
+
 def bind_router(
     ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve_public: bytes, curve_private: bytes,
     domain: str, *, max_frame: int,
@@ -129,6 +145,7 @@ def bind_router(
     A peer that sends a message part longer than ``max_frame`` bytes is disconnected by libzmq
     before the part is read (``wire.node_frame_limit``): the inbound queue holds at most
     ``INBOUND_HWM`` frames per link, and this bounds their size too."""
+    _unpredictable_routing_ids()  # before the socket is made: it draws its first number then
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
     sock.maxmsgsize = max_frame + CURVE_FRAME_OVERHEAD
