@@ -127,8 +127,8 @@ def _unpredictable_routing_ids() -> None:
     """Seed the C library's ``rand()`` from the OS (before a ROUTER is made).
 
     A ROUTER numbers the connections it gives an identity to from a ``rand()`` value taken when
-    the socket is made; unseeded, that is the same in every process (the first connection gets
-    ``00 6b 8b 45 67``, the next one more). A peer may claim an identity of that form for its
+    the socket is made; unseeded, that is the same in every process running the same code (in a
+    bare one the first connection gets ``00 6b 8b 45 67``, the next one more). A peer may claim an identity of that form for its
     own connection, and when libzmq (4.3.5) later makes the same identity for another connection
     it aborts the whole process (an assertion). Seeded, the numbers cannot be known in advance:
     a peer holding N claimed identities hits the next one made with odds of N in 2**32."""
@@ -223,8 +223,9 @@ class Links:
     ``resolve(node_id)`` returns ``(endpoint, server_curve_public)`` for a node, or None if the id
     is not a node this one may send to. Nodes send nothing back on these links, so what a
     misbehaving peer sends is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM`` parts)
-    and never read. The owner polls :meth:`monitors` for input and calls :meth:`on_events` with
-    the ready ones, so the link states are current when frames are counted against them.
+    and never read. The owner polls the monitor sockets (:meth:`take_new_monitors` hands each
+    over once) and passes what its poll returned to :meth:`on_events`, so the link states are
+    current when frames are counted against them.
     """
 
     def __init__(
