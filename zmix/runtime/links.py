@@ -128,10 +128,11 @@ def _unpredictable_routing_ids() -> None:
 
     A ROUTER numbers the connections it gives an identity to from a ``rand()`` value taken when
     the socket is made; unseeded, that is the same in every process running the same code (in a
-    bare one the first connection gets ``00 6b 8b 45 67``, the next one more). A peer may claim an identity of that form for its
-    own connection, and when libzmq (4.3.5) later makes the same identity for another connection
-    it aborts the whole process (an assertion). Seeded, the numbers cannot be known in advance:
-    a peer holding N claimed identities hits the next one made with odds of N in 2**32."""
+    bare one the first connection gets ``00 6b 8b 45 67``, the next one more). A peer may claim
+    an identity of that form for its own connection, and when libzmq (4.3.5) later makes the
+    same identity for another connection it aborts the whole process (an assertion). Seeded,
+    the numbers cannot be known in advance: a peer holding N claimed identities hits the next
+    one made with odds of N in 2**32."""
     libc = ctypes.CDLL(None)
     libc.srand(ctypes.c_uint(int.from_bytes(crypto.random_bytes(4), "big")))
 
