@@ -232,11 +232,14 @@ class Links:
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], curve_public: bytes, curve_private: bytes,
         resolve: Callable[[bytes], tuple[str, bytes] | None], *, max_frame: int,
+        name: Callable[[bytes], str] = bytes.hex,
     ) -> None:
+        """``name(node_id)`` is how the log calls a next hop."""
         self._ctx = ctx
         self._max_frame = max_frame
         self._keys = (curve_public, curve_private)
         self._resolve = resolve
+        self._name = name
         self._links: dict[bytes, _Link] = {}
         self._by_monitor: dict[zmq.Socket[bytes], _Link] = {}
         self._new_monitors: list[zmq.Socket[bytes]] = []
@@ -299,7 +302,7 @@ class Links:
 
     def _on_event(self, link: _Link, event: int) -> None:
         """Move ``link`` along on one monitor event and count it."""
-        name = link.peer.hex()
+        name = self._name(link.peer)
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.counts["link_handshakes"] += 1
             if link.lost:

@@ -112,6 +112,10 @@ class NodeProcess:
             return None
         return spec.endpoint, self.directory[spec.name].curve_public
 
+    def _name(self, node_id: bytes) -> str:
+        spec = self.topology.by_id(node_id)
+        return spec.name if spec is not None else node_id.hex()
+
     def _make_core(self, now: float) -> NodeCore:
         if self.spec.role is Role.PROVIDER:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
@@ -174,7 +178,7 @@ class NodeProcess:
                               f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
             out = links.Links(ctx, self.identity.curve_public, self.identity.curve_private,
-                              self._resolve, max_frame=max_frame)
+                              self._resolve, max_frame=max_frame, name=self._name)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
