@@ -137,6 +137,49 @@ def test_a_re_dialled_link_is_heard_by_a_router_still_holding_the_lost_connectio
         ctx.term()
 
 
+def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while_down() -> None:
+    server, node, stranger = (crypto.x25519_keypair() for _ in range(3))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({node[0]: b"N" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    limit = 1_024
+    router = links.bind_router(ctx, endpoint, *server, "net", max_frame=limit)
+    admitted = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=limit)
+    refused = links.Links(ctx, *stranger, lambda _: (endpoint, server[0]), max_frame=limit)
+    poller = zmq.Poller()
+
+    def until(out: links.Links, ok: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+        """Feed ``out`` its monitors' events until ``ok(out.statistics())``; fail after 5 s."""
+        for monitor in out.take_new_monitors():
+            poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + 5
+        while not ok(stats := out.statistics()):
+            assert time.monotonic() < deadline, stats
+            out.on_events(dict(poller.poll(50)))
+        return stats
+
+    try:
+        assert admitted.send(b"peer", b"first", time.monotonic())
+        up = until(admitted, lambda s: s["link_handshakes"] == 1 and s["links_down"] == 0)
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"first"
+        assert refused.send(b"peer", b"never read", time.monotonic())
+        assert until(refused, lambda s: s["link_handshakes_failed"] >= 1)["links_down"] == 1
+        assert admitted.send(b"peer", bytes(limit + 1), time.monotonic())  # the ROUTER drops it
+        down = until(admitted, lambda s: s["link_disconnects"] == 1)
+        assert up["link_disconnects"] == 0 and up["link_queued_while_down"] == 0
+        assert admitted.send(b"peer", b"after the loss", time.monotonic())
+        assert down["link_queued_while_down"] == 0
+        again = until(admitted, lambda s: s["link_handshakes"] == 2 and s["links_down"] == 0)
+        assert again["link_queued_while_down"] == 1 and again["link_handshakes_failed"] == 0
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"after the loss"
+    finally:
+        for out in (admitted, refused):
+            out.close()
+        router.close(linger=0)
+        auth.stop()
+        ctx.term()
+
+
 _FIRST_IDENTITY = """
 import zmq
 from zmix import crypto
