@@ -220,11 +220,10 @@ def test_deliveries_refused_for_a_full_mailbox_or_a_stranger_count_as_drops_by_r
     before = net.stats("provider-1")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = links.connect_dealer(ctx, provider.endpoint, public.curve_public, alice.curve_public,
-                                alice.curve_private, b"\x07" * 16,
-                                max_frame=wire.client_frame_limit(params, 8))
+                                alice.curve_private, max_frame=wire.client_frame_limit(params, 8))
     try:
         for packet in packets:
-            sock.send(wire.encode(wire.Packet(packet), params=params, slots=8))
+            sock.send(wire.encode_client(wire.Packet(packet), params=params))
         after = net.wait("provider-1", lambda v: v["replies"] + v["delivered"] >= 4 +
                          before["replies"] + before["delivered"], "deliveries")
     finally:

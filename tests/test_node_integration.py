@@ -91,7 +91,7 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
                               topology.network, max_frame=limit)
     outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
                                   directory["mix-a"].curve_public, provider.curve_public,
-                                  provider.curve_private, provider.id, max_frame=limit)
+                                  provider.curve_private, max_frame=limit)
     try:
         yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
     finally:
@@ -156,8 +156,7 @@ def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
     limit = wire.node_frame_limit(chain.topology.sphinx)
     sock = links.connect_dealer(chain.ctx, chain.topology.node("mix-a").endpoint,
                                 chain.directory["mix-a"].curve_public, chain.provider.curve_public,
-                                chain.provider.curve_private, crypto.random_bytes(16),
-                                max_frame=limit)
+                                chain.provider.curve_private, max_frame=limit)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     try:
         assert _next_event(monitor) == zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -193,7 +192,6 @@ def _intruder_sends(chain: Chain) -> None:
     public, private = crypto.x25519_keypair()
     sock = links.connect_dealer(chain.ctx, chain.topology.node("mix-a").endpoint,
                                 chain.directory["mix-a"].curve_public, public, private,
-                                b"\x00" * 16,
                                 max_frame=wire.node_frame_limit(chain.topology.sphinx))
     sock.send(wire.encode(wire.Packet(chain.packet(b"intruder")), params=chain.topology.sphinx,
                           slots=8), zmq.NOBLOCK)

@@ -98,7 +98,6 @@ def test_a_client_with_the_wrong_key_gets_nothing(
         for public, private in intruders:
             sock = links.connect_dealer(ctx, provider.endpoint,
                                         directory["provider-2"].curve_public, public, private,
-                                        topology.client("bob").id,  # claims to be bob
                                         max_frame=wire.client_frame_limit(topology.sphinx, 8))
             sock.send(wire.encode(wire.Fetch(1), params=topology.sphinx, slots=8))
             assert sock.poll(1500) == 0  # no answer at all
@@ -123,7 +122,7 @@ def test_another_providers_client_cannot_fetch_here(
     try:
         sock = links.connect_dealer(ctx, topology.node("provider-2").endpoint,
                                     directory["provider-2"].curve_public, alice.curve_public,
-                                    alice.curve_private, alice.id,
+                                    alice.curve_private,
                                     max_frame=wire.client_frame_limit(topology.sphinx, 8))
         sock.send(wire.encode(wire.Fetch(1), params=topology.sphinx, slots=8))
         assert sock.poll(1500) == 0

@@ -114,7 +114,7 @@ def test_an_unregistered_key_gets_through_the_handshake_but_nothing_else(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = links.connect_dealer(ctx, provider.endpoint, server_key,
                                 zmq.utils.z85.decode(public), zmq.utils.z85.decode(secret),
-                                b"\x01" * 16, max_frame=wire.client_frame_limit(
+                                max_frame=wire.client_frame_limit(
                                     topology.sphinx, topology.mailbox.fetch_slots))
     try:
         before = metrics.statistics(state, "provider-1")
@@ -140,9 +140,9 @@ def test_register_refuses_when_the_network_is_closed(tmp_path: Path) -> None:
 
 
 def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
-    # Through an open door any key completes the handshake. Node ids are public, so a node's
-    # links must not be known by them: they carry random routing identities, and the ROUTER
-    # hands no identity over to a newcomer claiming it.
+    # Through an open door any key completes the handshake. A node's link carries no routing
+    # identity of its own (the ROUTER gives its connection one), and the ROUTER hands no identity
+    # over: a newcomer claiming the very identity the node's connection holds is ignored.
     from zmq.utils import z85
 
     server, node, stranger = ([z85.decode(k) for k in zmq.curve_keypair()] for _ in range(3))
@@ -157,6 +157,8 @@ def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
                       max_frame=limit)
     intruder: zmq.Socket[bytes] | None = None
     try:
+        routes: set[bytes] = set()
+
         def delivered(count: int) -> int:
             """Send ``count`` frames on the node's link; return how many arrived from it."""
             for i in range(count):
@@ -165,12 +167,18 @@ def test_a_stranger_claiming_a_node_s_id_cannot_take_its_link_over() -> None:
             while got < count and time.monotonic() < deadline:
                 if router.poll(100):
                     frames = router.recv_multipart(copy=False)
-                    got += str(frames[1].get("User-Id")) == links.user_id(node[0])
+                    if str(frames[1].get("User-Id")) == links.user_id(node[0]):
+                        got += 1
+                        routes.add(frames[0].bytes)
             return got
 
         assert delivered(5) == 5  # the node's link is up; now the intruder comes
-        intruder = links.connect_dealer(ctx, f"tcp://127.0.0.1:{port}", server[0], *stranger,
-                                        node_id, max_frame=limit)
+        assert len(routes) == 1
+        intruder = ctx.socket(zmq.DEALER)
+        intruder.routing_id = routes.pop()  # the identity the node's connection holds
+        intruder.curve_serverkey = z85.encode(server[0])
+        intruder.curve_publickey, intruder.curve_secretkey = map(z85.encode, stranger)
+        intruder.connect(f"tcp://127.0.0.1:{port}")
         intruder.send(b"hello")
         time.sleep(0.3)
         assert delivered(20) == 20

@@ -73,6 +73,21 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
     Statistic("loops_returned", C, "the node's own mix loops that came back"),
     Statistic("link_send_failed", C, "frames not sent because a link's queue was full"),
+    Statistic("link_disconnects", C, "connections of outbound links that were lost after their "
+              "handshake (the next hop stalled past the 5 s heartbeat timeout, closed the "
+              "connection, restarted or became unreachable); each is re-dialled at once, and the "
+              "frames in flight on it (in libzmq's and the kernel's buffers) may be lost with it, "
+              "uncounted"),
+    Statistic("link_handshakes", C, "connections of outbound links that completed their CURVE "
+              "handshake: one per link at first, then one per re-dial that got through"),
+    Statistic("link_handshakes_failed", C, "connection attempts on outbound links whose "
+              "handshake failed: refused by the next hop (this node's key not admitted there), "
+              "or not finished within 5 s (the next hop stalled or unreachable; tried again)"),
+    Statistic("link_queued_while_down", C, "frames (HEARTBEATs included) queued on an outbound "
+              "link after its connection was lost and before the re-dialled one was up; they wait "
+              "on the link (up to 50,000) and go out once it is"),
+    Statistic("links_down", G, "outbound links with no connection up now: lost and not yet "
+              "re-dialled, or not yet connected"),
     # ---------------------------------------------------------------- drops by reason
     Statistic("dropped_wrong_size", C, "packets or frames of the wrong length"),
     Statistic("dropped_bad_version", C, "packets or frames of an unknown version"),

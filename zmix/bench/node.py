@@ -173,7 +173,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     me = load_private(state, provider.name)
     directory = load_directory(state, topology)
     gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
-                               me.curve_public, me.curve_private, provider.id,
+                               me.curve_public, me.curve_private,
                                max_frame=wire.node_frame_limit(topology.sphinx))
     gen.sndhwm = 1_000
     frames = [wire.encode(wire.Packet(p), params=topology.sphinx, slots=1) for p in packets]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zmq
 
-from zmix import crypto, wire
+from zmix import wire
 from zmix.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -140,7 +140,6 @@ def _ask(topology: Topology, me: PrivateIdentity, endpoint: str, server_key: byt
                           params=topology.sphinx, slots=topology.mailbox.fetch_slots)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = links.connect_dealer(ctx, endpoint, server_key, me.curve_public, me.curve_private,
-                                crypto.random_bytes(16),
                                 max_frame=wire.client_frame_limit(
                                     topology.sphinx, topology.mailbox.fetch_slots))
     try:

@@ -31,7 +31,7 @@ from typing import IO
 
 import zmq
 
-from zmix import crypto, wire
+from zmix import wire
 from zmix.client import ClientCore, FetchSchedule, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
 from zmix.contacts import contact_path, load_contacts, with_contacts
@@ -110,7 +110,7 @@ class ClientRuntime:
         self._ctx = zmq.Context()
         self._sock = links.connect_dealer(
             self._ctx, self.provider.endpoint, self.directory[self.provider.name].curve_public,
-            self.identity.curve_public, self.identity.curve_private, crypto.random_bytes(16),
+            self.identity.curve_public, self.identity.curve_private,
             max_frame=wire.client_frame_limit(self.topology.sphinx,
                                               self.topology.mailbox.fetch_slots))
         return self

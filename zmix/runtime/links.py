@@ -3,20 +3,26 @@
 Every link is encrypted and authenticated with CURVE. A node's ROUTER is a CURVE server whose ZAP
 handler admits only the long-term keys it was told about (the topology's nodes and, on a provider,
 its registered clients); every refusal is counted. Outbound, a node keeps one DEALER per next hop,
-created on first use, with libzmq's reconnect backoff and ZMTP heartbeats, and with a random
-routing identity (ids are public; the receiver knows its peer by the CURVE key, never by that).
+created on first use, with libzmq's reconnect backoff and ZMTP heartbeats, and without a routing
+identity of its own: the receiving ROUTER gives every connection a fresh one, so a re-dialled link
+never meets the identity of the connection it replaces (the receiver knows its peer by the CURVE
+key, never by the routing identity). A socket monitor on each outbound link tells when its
+connection is lost and when the re-dialled one is up; :meth:`Links.statistics` counts both.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 from zmix import crypto
 
@@ -26,6 +32,10 @@ RECONNECT_MS = 100  # first reconnect attempt after a link drops
 RECONNECT_MAX_MS = 5_000  # backoff ceiling
 HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
 HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
+# A TCP connect or a CURVE handshake that has not finished in this long is given up and tried
+# again (the defaults, about 2 minutes of SYN retries and 30 s, would keep a link down that long
+# after a partition heals).
+CONNECT_TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
 INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
 NODE_LINK_RCVHWM = 16  # a node never reads its outbound links: nothing legitimate comes back
@@ -113,6 +123,20 @@ def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], gate: KeyGate,
     return auth
 
 
+def _unpredictable_routing_ids() -> None:
+    """Seed the C library's ``rand()`` from the OS (before a ROUTER is made).
+
+    A ROUTER numbers the connections it gives an identity to from a ``rand()`` value taken when
+    the socket is made; unseeded, that is the same in every process running the same code (in a
+    bare one the first connection gets ``00 6b 8b 45 67``, the next one more). A peer may claim
+    an identity of that form for its own connection, and when libzmq (4.3.5) later makes the
+    same identity for another connection it aborts the whole process (an assertion). Seeded,
+    the numbers cannot be known in advance: a peer holding N claimed identities hits the next
+    one made with odds of N in 2**32."""
+    libc = ctypes.CDLL(None)
+    libc.srand(ctypes.c_uint(int.from_bytes(crypto.random_bytes(4), "big")))
+
+
 def bind_router(
     ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, curve_public: bytes, curve_private: bytes,
     domain: str, *, max_frame: int,
@@ -122,6 +146,7 @@ def bind_router(
     A peer that sends a message part longer than ``max_frame`` bytes is disconnected by libzmq
     before the part is read (``wire.node_frame_limit``): the inbound queue holds at most
     ``INBOUND_HWM`` frames per link, and this bounds their size too."""
+    _unpredictable_routing_ids()  # before the socket is made: it draws its first number then
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
     sock.maxmsgsize = max_frame + CURVE_FRAME_OVERHEAD
@@ -129,9 +154,9 @@ def bind_router(
     sock.curve_publickey = z85.encode(curve_public)
     sock.curve_secretkey = z85.encode(curve_private)
     sock.zap_domain = domain.encode()
-    # No ROUTER_HANDOVER: every connection brings a random routing identity (connect_dealer's
-    # callers), so there is nothing to hand over, and a peer claiming another's identity must
-    # not take its connection away.
+    # No ROUTER_HANDOVER: zmix's DEALERs bring no routing identity, so libzmq gives every
+    # connection a new one and there is nothing to hand over; a peer claiming an identity that
+    # is in use is ignored rather than given another's connection.
     sock.rcvhwm = INBOUND_HWM
     sock.sndhwm = LINK_HWM
     sock.heartbeat_ivl = HEARTBEAT_MS
@@ -146,16 +171,20 @@ def bind_router(
 
 def connect_dealer(
     ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, server_public: bytes,
-    curve_public: bytes, curve_private: bytes, identity: bytes, *, max_frame: int,
-    rcvhwm: int = LINK_HWM,
+    curve_public: bytes, curve_private: bytes, *, max_frame: int, rcvhwm: int = LINK_HWM,
 ) -> zmq.Socket[bytes]:
     """Return a DEALER connected over CURVE to the ROUTER at ``endpoint``; a message part
     longer than ``max_frame`` bytes from that ROUTER drops the connection, and at most
-    ``rcvhwm`` messages from it wait to be read."""
+    ``rcvhwm`` messages from it wait to be read.
+
+    The DEALER sets no routing identity, so the ROUTER gives each of its connections a new one.
+    One fixed identity, presented again when libzmq re-dials, would be ignored for good by a
+    ROUTER that still holds the lost connection under it (it does not hand identities over): a
+    link silently dead while its TCP connection stays up. Frames queued while the link is down
+    wait (up to ``LINK_HWM``) and go out on the re-dialled connection."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.maxmsgsize = max_frame + CURVE_FRAME_OVERHEAD
-    sock.routing_id = identity
     sock.curve_serverkey = z85.encode(server_public)
     sock.curve_publickey = z85.encode(curve_public)
     sock.curve_secretkey = z85.encode(curve_private)
@@ -163,65 +192,145 @@ def connect_dealer(
     sock.reconnect_ivl_max = RECONNECT_MAX_MS
     sock.heartbeat_ivl = HEARTBEAT_MS
     sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
+    sock.connect_timeout = CONNECT_TIMEOUT_MS
+    sock.handshake_ivl = CONNECT_TIMEOUT_MS
     sock.sndhwm = LINK_HWM
     sock.rcvhwm = rcvhwm
     sock.connect(endpoint)
     return sock
 
 
+_LINK_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+@dataclass
+class _Link:
+    """One outbound link: its DEALER, the monitor reporting its connections, and their state."""
+
+    peer: bytes
+    sock: zmq.Socket[bytes]
+    monitor: zmq.Socket[bytes]
+    up: bool = False  # a connection completed its handshake and has not been lost since
+    lost: bool = False  # the last connection was lost, and no re-dialled one is up yet
+
+
 class Links:
-    """One DEALER per next hop, created on first use.
+    """One DEALER per next hop, created on first use, each watched by a socket monitor.
 
     ``resolve(node_id)`` returns ``(endpoint, server_curve_public)`` for a node, or None if the id
     is not a node this one may send to. Nodes send nothing back on these links, so what a
     misbehaving peer sends is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM`` parts)
-    and never read.
+    and never read. The owner polls the monitor sockets (:meth:`take_new_monitors` hands each
+    over once) and passes what its poll returned to :meth:`on_events`, so the link states are
+    current when frames are counted against them.
     """
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], curve_public: bytes, curve_private: bytes,
         resolve: Callable[[bytes], tuple[str, bytes] | None], *, max_frame: int,
+        name: Callable[[bytes], str] = bytes.hex,
     ) -> None:
+        """``name(node_id)`` is how the log calls a next hop."""
         self._ctx = ctx
         self._max_frame = max_frame
         self._keys = (curve_public, curve_private)
         self._resolve = resolve
-        self._sockets: dict[bytes, zmq.Socket[bytes]] = {}
+        self._name = name
+        self._links: dict[bytes, _Link] = {}
+        self._by_monitor: dict[zmq.Socket[bytes], _Link] = {}
+        self._new_monitors: list[zmq.Socket[bytes]] = []
         self.last_sent: dict[bytes, float] = {}
+        self.counts = {"link_handshakes": 0, "link_disconnects": 0, "link_handshakes_failed": 0,
+                       "link_queued_while_down": 0}
 
     def socket(self, node_id: bytes) -> zmq.Socket[bytes] | None:
         """Return the DEALER to ``node_id``, connecting it now if needed; None if unknown."""
-        sock = self._sockets.get(node_id)
-        if sock is None:
+        link = self._link(node_id)
+        return None if link is None else link.sock
+
+    def _link(self, node_id: bytes) -> _Link | None:
+        link = self._links.get(node_id)
+        if link is None:
             target = self._resolve(node_id)
             if target is None:
                 return None
-            # A random routing identity, not the node's id: ids are public, and a peer that
-            # claimed this node's id could otherwise have its frames routed to itself.
             sock = connect_dealer(self._ctx, target[0], target[1], *self._keys,
-                                  crypto.random_bytes(16), max_frame=self._max_frame,
-                                  rcvhwm=NODE_LINK_RCVHWM)
-            self._sockets[node_id] = sock
-        return sock
+                                  max_frame=self._max_frame, rcvhwm=NODE_LINK_RCVHWM)
+            # Watched before the first connection can complete: no event is missed.
+            link = _Link(node_id, sock, sock.get_monitor_socket(_LINK_EVENTS))
+            self._links[node_id] = link
+            self._by_monitor[link.monitor] = link
+            self._new_monitors.append(link.monitor)
+        return link
 
     def send(self, node_id: bytes, frame: bytes, now: float) -> bool:
         """Queue ``frame`` for ``node_id``; return False if the link is unknown or full."""
-        sock = self.socket(node_id)
-        if sock is None:
+        link = self._link(node_id)
+        if link is None:
             return False
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            link.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             return False
+        if link.lost:
+            self.counts["link_queued_while_down"] += 1
         self.last_sent[node_id] = now
         return True
 
+    def take_new_monitors(self) -> list[zmq.Socket[bytes]]:
+        """Return the monitor sockets of the links created since the last call (to be polled)."""
+        new, self._new_monitors = self._new_monitors, []
+        return new
+
+    def on_events(self, ready: dict[zmq.Socket[bytes], int]) -> None:
+        """Read the events of every monitor in ``ready`` (a poll's result; others are ignored)."""
+        for monitor, link in self._by_monitor.items():
+            if monitor in ready:
+                self._drain(link)
+
+    def _drain(self, link: _Link) -> None:
+        while True:
+            try:
+                message = link.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_event(link, int(parse_monitor_message(message)["event"]))
+
+    def _on_event(self, link: _Link, event: int) -> None:
+        """Move ``link`` along on one monitor event and count it."""
+        name = self._name(link.peer)
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.counts["link_handshakes"] += 1
+            if link.lost:
+                LOG.info("link to node %s is up again", name)
+            link.up, link.lost = True, False
+        elif event == zmq.EVENT_DISCONNECTED and link.up:  # not a failed attempt: a lost link
+            self.counts["link_disconnects"] += 1
+            LOG.warning("link to node %s lost; re-dialling (frames in flight on it may be lost)",
+                        name)
+            link.up, link.lost = False, True
+        elif event & _HANDSHAKE_FAILED:
+            self.counts["link_handshakes_failed"] += 1
+            LOG.info("handshake on the link to node %s failed (event %#x)", name, event)
+
+    def statistics(self) -> dict[str, int]:
+        """Return the link counters and ``links_down`` (links without a live connection now)."""
+        return {**self.counts, "links_down": sum(1 for link in self._links.values()
+                                                 if not link.up)}
+
     def peers(self) -> list[bytes]:
         """Return the ids of the nodes this node has links to."""
-        return list(self._sockets)
+        return list(self._links)
 
     def close(self, linger_ms: int = 0) -> None:
         """Close every link (``linger_ms`` lets queued frames leave first)."""
-        for sock in self._sockets.values():
-            sock.close(linger=linger_ms)
-        self._sockets.clear()
+        for link in self._links.values():
+            link.sock.disable_monitor()
+            link.monitor.close(linger=0)
+            link.sock.close(linger=linger_ms)
+        self._links.clear()
+        self._by_monitor.clear()

@@ -113,6 +113,10 @@ class NodeProcess:
             return None
         return spec.endpoint, self.directory[spec.name].curve_public
 
+    def _name(self, node_id: bytes) -> str:
+        spec = self.topology.by_id(node_id)
+        return spec.name if spec is not None else node_id.hex()
+
     def _make_core(self, now: float) -> NodeCore:
         if self.spec.role is Role.PROVIDER:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
@@ -175,7 +179,7 @@ class NodeProcess:
                               f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
             out = links.Links(ctx, self.identity.curve_public, self.identity.curve_private,
-                              self._resolve, max_frame=max_frame)
+                              self._resolve, max_frame=max_frame, name=self._name)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
@@ -244,6 +248,7 @@ class _Loop:
             poller = reading if self.n._in_flight < MAX_IN_FLIGHT else busy
             ready = dict(poller.poll(self._timeout_ms(now)))
             self.n._counts["loop_wakeups"] += 1
+            self.out.on_events(ready)  # link states first: sends below are counted against them
             if self.results in ready:
                 self._read_results()
             if self.router in ready and self.n._in_flight < MAX_IN_FLIGHT:
@@ -255,6 +260,9 @@ class _Loop:
             now = time.monotonic()
             self._send_due(now)
             self._timers(now)
+            for monitor in self.out.take_new_monitors():  # links made since the last poll
+                reading.register(monitor, zmq.POLLIN)
+                busy.register(monitor, zmq.POLLIN)
         self._drain_on_stop()
 
     def _timeout_ms(self, now: float) -> int:
@@ -565,6 +573,7 @@ class _Loop:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
         stats["peers_alive"] = sum(1 for t in self.n._last_seen.values() if now - t < PEER_ALIVE)
+        stats.update(self.out.statistics())
         stats["auth_denied"] = self.gate.denied
         stats["auth_unregistered"] = self.gate.unregistered
         stats["auth_throttled"] = self.gate.throttled

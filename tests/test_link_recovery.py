@@ -1,0 +1,294 @@
+"""Links heal by themselves after a peer stalls past the heartbeat timeout (SIGSTOP, SIGCONT).
+
+A stalled peer's links are closed by the heartbeat timeout and re-dialled; the re-dialled
+connection must be taken by the receiving ROUTER, and the lost connection must show in a counter.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from zmix import crypto, wire
+from zmix.bench.common import free_ports, make_network
+from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.client import ClientRuntime
+from zmix.runtime.launcher import Launcher
+from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
+from zmix.topology import Topology
+
+# The heartbeat timeout closes a link to a stalled process within this long (the timeout runs
+# from the first unanswered ZMTP PING, sent within a heartbeat interval), with room to spare.
+STALL_MAX = (links.HEARTBEAT_TIMEOUT_MS + links.HEARTBEAT_MS) / 1000 + 2
+STALL = links.HEARTBEAT_TIMEOUT_MS / 1000 + 2  # the client's provider is stopped this long
+HEAL = 4 * links.HEARTBEAT_MS / 1000  # "within a few heartbeat periods"
+
+
+@dataclass
+class Chain:
+    """mix-a -> mix-b as real processes; the test plays provider-1 at both ends."""
+
+    topology: Topology
+    state: Path
+    launcher: Launcher
+    directory: dict[str, PublicIdentity]
+    provider: PrivateIdentity
+    inbox: zmq.Socket[bytes]
+    outbox: zmq.Socket[bytes]
+
+    def send(self, message: bytes) -> None:
+        """Send a packet carrying ``message`` through mix-a and mix-b to provider-1."""
+        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
+        route = [Hop(h.id, self.directory[h.name].public_key, 0) for h in hops]
+        packet = create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
+        self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
+
+    def receive(self, count: int, timeout: float) -> list[bytes]:
+        """Return the messages of the packets reaching provider-1 (``count`` at most)."""
+        got: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and (left := deadline - time.monotonic()) > 0:
+            if not self.inbox.poll(int(left * 1000) + 1):
+                continue
+            _, data = self.inbox.recv_multipart()
+            frame = wire.decode(data, params=self.topology.sphinx, slots=8)
+            if isinstance(frame, wire.Packet):
+                result = process_packet(self.topology.sphinx, self.provider.private_key,
+                                        frame.packet)
+                assert isinstance(result, FinalDelivery)
+                got.append(result.message)
+        return got
+
+    def stats(self, name: str) -> dict[str, float]:
+        values = metrics.statistics(self.state, name)
+        assert values is not None, f"{name} does not answer on its control socket"
+        return values
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
+        loopix={"mix_loop_rate": 0.0}, workers=1)
+    launcher = Launcher(state, [topology.node("mix-a"), topology.node("mix-b")], verbosity=1)
+    launcher.start()
+    directory = load_directory(state, topology)
+    provider = load_private(state, "provider-1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
+    auth = links.start_authenticator(ctx, gate, topology.network)
+    limit = wire.node_frame_limit(topology.sphinx)
+    inbox = links.bind_router(ctx, topology.node("provider-1").endpoint, provider.curve_public,
+                              provider.curve_private, topology.network, max_frame=limit)
+    outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
+                                  directory["mix-a"].curve_public, provider.curve_public,
+                                  provider.curve_private, max_frame=limit)
+    try:
+        yield Chain(topology, state, launcher, directory, provider, inbox, outbox)
+    finally:
+        for pid in launcher.pids().values():  # a failed test may leave a node stopped
+            os.kill(pid, signal.SIGCONT)
+        inbox.close()
+        outbox.close()
+        auth.stop()
+        ctx.term()
+        launcher.stop()
+
+
+def test_a_re_dialled_link_is_heard_by_a_router_still_holding_the_lost_connection() -> None:
+    # connect_dealer makes every link: node to node, client to provider, zmix-register's.
+    server, peer = crypto.x25519_keypair(), crypto.x25519_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({peer[0]: b"P" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    limit = 1_024
+    router = links.bind_router(ctx, endpoint, *server, "net", max_frame=limit)
+    dealer = links.connect_dealer(ctx, endpoint, server[0], *peer, max_frame=limit)
+    watch = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        _wait_event(watch, zmq.EVENT_HANDSHAKE_SUCCEEDED, 5)
+        dealer.send(b"first")
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"first"  # the link works
+        # A part longer than the ROUTER takes makes libzmq drop the connection; the ROUTER
+        # deals with its end only when next read, and the DEALER re-dials before that.
+        dealer.send(bytes(limit + 1))
+        _wait_event(watch, zmq.EVENT_DISCONNECTED, 5)
+        _wait_event(watch, zmq.EVENT_HANDSHAKE_SUCCEEDED, 5)
+        dealer.send(b"after the re-dial")
+        assert router.poll(3_000), "the ROUTER ignored the re-dialled connection"
+        assert router.recv_multipart()[1] == b"after the re-dial"
+    finally:
+        dealer.disable_monitor()
+        watch.close(linger=0)
+        dealer.close(linger=0)
+        router.close(linger=0)
+        auth.stop()
+        ctx.term()
+
+
+def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while_down() -> None:
+    server, node, stranger = (crypto.x25519_keypair() for _ in range(3))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({node[0]: b"N" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    limit = 1_024
+    router = links.bind_router(ctx, endpoint, *server, "net", max_frame=limit)
+    admitted = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=limit)
+    refused = links.Links(ctx, *stranger, lambda _: (endpoint, server[0]), max_frame=limit)
+    poller = zmq.Poller()
+
+    def until(out: links.Links, ok: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+        """Feed ``out`` its monitors' events until ``ok(out.statistics())``; fail after 5 s."""
+        for monitor in out.take_new_monitors():
+            poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + 5
+        while not ok(stats := out.statistics()):
+            assert time.monotonic() < deadline, stats
+            out.on_events(dict(poller.poll(50)))
+        return stats
+
+    try:
+        assert admitted.send(b"peer", b"first", time.monotonic())
+        up = until(admitted, lambda s: s["link_handshakes"] == 1 and s["links_down"] == 0)
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"first"
+        assert refused.send(b"peer", b"never read", time.monotonic())
+        assert until(refused, lambda s: s["link_handshakes_failed"] >= 1)["links_down"] == 1
+        assert admitted.send(b"peer", bytes(limit + 1), time.monotonic())  # the ROUTER drops it
+        down = until(admitted, lambda s: s["link_disconnects"] == 1)
+        assert up["link_disconnects"] == 0 and up["link_queued_while_down"] == 0
+        assert admitted.send(b"peer", b"after the loss", time.monotonic())
+        assert down["link_queued_while_down"] == 0
+        again = until(admitted, lambda s: s["link_handshakes"] == 2 and s["links_down"] == 0)
+        assert again["link_queued_while_down"] == 1 and again["link_handshakes_failed"] == 0
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"after the loss"
+    finally:
+        for out in (admitted, refused):
+            out.close()
+        router.close(linger=0)
+        auth.stop()
+        ctx.term()
+
+
+_FIRST_IDENTITY = """
+import zmq
+from zmix import crypto
+from zmix.bench.common import free_ports
+from zmix.runtime import links
+ctx = zmq.Context()
+server, peer = crypto.x25519_keypair(), crypto.x25519_keypair()
+auth = links.start_authenticator(ctx, links.KeyGate({peer[0]: b"P" * 16}), "net")
+endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1024)
+dealer = links.connect_dealer(ctx, endpoint, server[0], *peer, max_frame=1024)
+dealer.send(b"x")
+print(router.recv_multipart()[0].hex() if router.poll(5000) else "nothing")
+for sock in (dealer, router):
+    sock.close(linger=0)
+auth.stop()
+ctx.term()
+"""
+
+
+def test_the_routing_identity_a_router_gives_first_cannot_be_known_in_advance() -> None:
+    # libzmq numbers the identities a ROUTER gives from a rand() value; a peer that knew the
+    # next one could claim it first, and libzmq aborts the process when it then makes it.
+    firsts = [subprocess.run([sys.executable, "-c", _FIRST_IDENTITY], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+              for _ in range(2)]
+    for first in firsts:  # given by the ROUTER (the DEALER sent none): a zero byte, 32 bits
+        assert len(first) == 10 and first.startswith("00"), firsts
+    assert firsts[0] != firsts[1]  # the same in every process before: 00e43c9869 here
+
+
+def test_packets_flow_again_after_the_middle_node_stalled_past_the_heartbeat_timeout(
+        chain: Chain) -> None:
+    chain.send(b"before the stall")
+    assert chain.receive(1, timeout=10) == [b"before the stall"]  # the chain works
+    before = chain.stats("mix-a")
+    # The far end of mix-b's link (the test's ROUTER, as provider-1) is watched, not read, until
+    # the packets after the stall are awaited: like a busy node, it deals with the lost
+    # connection's end only when it next reads, and by then the re-dialled connection is there.
+    # A re-dial that presented the lost connection's routing identity again was ignored for
+    # good; only the ROUTER's own heartbeat saw the loss.
+    watch = chain.inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    middle = chain.launcher.pids()["mix-b"]
+    os.kill(middle, signal.SIGSTOP)
+    try:
+        _wait_event(watch, zmq.EVENT_DISCONNECTED, STALL_MAX)  # provider-1 dropped mix-b
+        down = _wait_stats(chain, "mix-a", STALL_MAX,  # and mix-a dropped its link to mix-b
+                           lambda s: s["link_disconnects"] > before["link_disconnects"])
+        chain.send(b"during the stall")  # queued on mix-a's link while it is down
+        _wait_stats(chain, "mix-a", 5,
+                    lambda s: s["link_queued_while_down"] > down["link_queued_while_down"])
+    finally:
+        os.kill(middle, signal.SIGCONT)
+    _wait_event(watch, zmq.EVENT_HANDSHAKE_SUCCEEDED, HEAL)  # mix-b re-dialled provider-1
+    up = _wait_stats(chain, "mix-a", HEAL,  # mix-a re-dialled mix-b
+                     lambda s: s["link_handshakes"] > down["link_handshakes"]
+                     and s["links_down"] == 0)
+    chain.inbox.disable_monitor()
+    watch.close(linger=0)
+    chain.send(b"after the stall")
+    got = chain.receive(2, timeout=HEAL)
+    assert sorted(got) == [b"after the stall", b"during the stall"], (
+        "the packets sent after the links dropped did not arrive")
+    assert up["link_disconnects"] == before["link_disconnects"] + 1
+
+
+@pytest.mark.slow  # about 10 s; the re-dial test above covers this link's socket at once
+def test_a_client_fetches_again_after_its_provider_stalled_past_the_heartbeat_timeout(
+        tmp_path: Path) -> None:
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a",),), providers=("provider-1",), clients={"alice": "provider-1"},
+        loopix={"mix_loop_rate": 0.0, "fetch_interval": 60.0}, workers=1)
+    launcher = Launcher(state, [topology.node("provider-1")], verbosity=1)
+    launcher.start()
+    provider = launcher.pids()["provider-1"]
+    try:
+        with ClientRuntime(state, "alice") as client:
+            client.fetch_now()
+            assert client.run_until(lambda: client.fetches == 1, timeout=10)  # it answers
+            os.kill(provider, signal.SIGSTOP)
+            try:
+                client.run_until(lambda: False, timeout=STALL)  # the client keeps running
+            finally:
+                os.kill(provider, signal.SIGCONT)
+            client.fetch_now()
+            assert client.run_until(lambda: client.fetches >= 2, timeout=HEAL), (
+                "the provider never answered the client's re-dialled link")
+    finally:
+        os.kill(provider, signal.SIGCONT)
+        launcher.stop()
+
+
+def _wait_event(monitor: zmq.Socket[bytes], event: int, timeout: float) -> None:
+    """Read ``monitor`` until ``event`` comes; fail if it does not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if monitor.poll(int(left * 1000) + 1) and (
+                recv_monitor_message(monitor)["event"] == event):
+            return
+    raise AssertionError(f"no socket event {event:#x} within {timeout} s")
+
+
+def _wait_stats(chain: Chain, name: str, timeout: float,
+                ok: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = chain.stats(name)
+        if ok(stats):
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}'s counters did not get there in {timeout} s: {stats}")
+        time.sleep(0.05)
