@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -236,3 +239,28 @@ def test_deliveries_refused_for_a_full_mailbox_or_a_stranger_count_as_drops_by_r
     assert after["provider_unexpected_delivery"] - before["provider_unexpected_delivery"] == 1
     assert after["dropped_unexpected_delivery"] - before["dropped_unexpected_delivery"] == 1
     assert after["dropped_total"] - before["dropped_total"] >= 3
+
+
+def test_a_node_answers_its_first_statistics_request_with_every_statistic(
+        tmp_path: Path) -> None:
+    # The control endpoint is published before the loop's first turn: a request arriving then
+    # was answered with an empty snapshot (a restarted node's statistics without "pid").
+    _, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",),
+                            loopix={"mix_loop_rate": 0.0})
+    control = metrics.control_path(state, "mix-a")
+    proc = subprocess.Popen([sys.executable, "-m", "zmix.cli.node", "--state", str(state),
+                             "--name", "mix-a"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not control.exists():
+            assert proc.poll() is None, f"mix-a exited with status {proc.returncode}"
+            assert time.monotonic() < deadline, "mix-a published no control endpoint in 20 s"
+            time.sleep(0.001)
+        first = metrics.statistics(state, "mix-a")
+        assert first is not None, "mix-a did not answer its first request"
+        wanted = expected_names(provider=False, loop_returned=False)
+        assert wanted <= set(first), f"first answer lacks {sorted(wanted - set(first))}"
+        assert first["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

@@ -243,6 +243,8 @@ class _Loop:
             poller.register(self.results, zmq.POLLIN)
             poller.register(self.control, zmq.POLLIN)
         reading.register(self.router, zmq.POLLIN)
+        # The control endpoint is already published: the first request must find every statistic.
+        self.n.snapshot.update(self.statistics(time.monotonic()))
         while not self.n.stopping:
             now = time.monotonic()
             poller = reading if self.n._in_flight < MAX_IN_FLIGHT else busy
