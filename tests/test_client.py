@@ -1,8 +1,8 @@
 """The Loopix client core over the in-memory network: streams, routes, fragments, acks, retries.
 
-``SimNet`` (tests/simnet.py) plays the mixnodes and the providers: it runs every packet through
-``process_packet`` with the nodes' private keys, hop by hop, and the providers' sans-IO cores over
-real SQLite mailboxes. The clock is whatever the test says.
+``SimNet`` (tests/simnet.py) plays the mixnodes and the providers: it runs every node's sans-IO
+centre (replay, delay and next-hop checks included; providers over real SQLite mailboxes) on a
+virtual clock, and a packet sent at ``now`` has arrived when ``send`` returns.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ class NodeCore:
         """Return what to schedule for one processed packet that arrived at ``arrival``.
 
         A replayed packet, a delay above ``loopix.max_delay`` or an unknown next hop is dropped and
-        counted; the returned list is then empty.
+        counted; the returned list is then empty. A delivery to a provider's client returns
+        nothing yet: what it stores waits for :meth:`commit`, which returns its ack.
         """
         if isinstance(result, ForwardHop):
             due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag)
