@@ -7,6 +7,7 @@ result frames with ``now`` as an argument, and looks at what it leaves for the r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import subprocess
@@ -40,7 +41,14 @@ from zmix.sphinx import (
 )
 from zmix.stats_schema import STATISTICS
 from zmix.topology import Topology
-from zmix.workframes import encode_invalid, encode_result, join_results, split_results
+from zmix.workframes import (
+    WorkerStats,
+    encode_invalid,
+    encode_result,
+    encode_stats,
+    join_results,
+    split_results,
+)
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 PID = 7  # the process id the tests give worker 0
@@ -471,3 +479,79 @@ def test_simnet_runs_node_cores_so_mix_loops_return_and_replays_are_dropped(
         net.frame(topology.node("mix-a1").id, topology.node("provider-1").id, frame)
     net.settle(net.clock)
     assert net.statistics("mix-a1")["dropped_replay"] == 1
+
+
+# ---------------------------------------------------------------------------- bugs and odd input
+
+
+def test_a_bug_while_handling_a_frame_or_result_costs_that_one_and_is_counted(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    centre = world.centre("provider-1")
+    alice = world.id("alice")
+    fetch = wire.encode_client(wire.Fetch(1), params=world.topology.sphinx)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+    with monkeypatch.context() as patch:
+        patch.setattr(ProviderCore, "on_fetch", broken)
+        centre.on_frame(0.0, b"r", alice, "uid", fetch)
+    centre.on_frame(0.0, b"r", alice, "uid", fetch)  # control: the next one is answered
+    assert centre.statistics(0.0)["internal_errors"] == 1 and len(centre.take_replies()) == 1
+    forward = world.process("provider-1", world.packet("provider-1", "mix-a1",
+                                                       recipient=b"\x00" * 16))
+    centre.dispatch.add(0.0, b"p")
+    with monkeypatch.context() as patch:
+        patch.setattr(NodeCore, "on_forward", broken)
+        centre.on_results(0.0, results(encode_result(0.0, forward)))  # type: ignore[arg-type]
+    stats = centre.statistics(0.0)
+    assert stats["internal_errors"] == 2 and stats["in_flight"] == 0  # the packet is not held
+
+
+def test_odd_frames_are_dropped_by_reason(world: World) -> None:
+    centre = world.centre("provider-1", open_door=True)
+    centre.on_multipart()
+    centre.on_frame(0.0, b"r", None, "uid", b"\x02\x20garbage")  # a stranger's unparsable frame
+    stats = centre.statistics(0.0)
+    assert stats["dropped_bad_frame"] == 1 and stats["dropped_unknown_peer"] == 1
+    assert stats["dropped_total"] == 2
+
+
+def test_a_full_delay_queue_drops_and_counts_and_worker_reports_are_kept(
+        world: World, tmp_path: Path) -> None:
+    topo = world.topology
+    core = NodeCore(topo, topo.node("mix-a1"), load_directory(world.state, topo),
+                    random.Random(1), 0.0)
+    centre = NodeCentre(core, topo.sphinx, slots=1, workers=1, queue_limit=1,
+                        drain_on_shutdown=False, now=0.0, link_key=bytes.fromhex)
+    hops = [world.process("mix-a1", world.packet("mix-a1", "mix-b1", recipient=b"\x00" * 16,
+                                                 delay_us=1_000_000)) for _ in range(2)]
+    stats = WorkerStats(0, 1.5, 2, 42, 1.0)
+    centre.on_results(0.0, results(*(encode_result(0.0, h) for h in hops),  # type: ignore[arg-type]
+                                   encode_stats(stats), pid=42))
+    assert len(centre.queue) == 1 and centre.statistics(0.0)["dropped_queue_full"] == 1
+    assert centre.reports == [stats]
+
+
+def test_the_poll_timeout_follows_the_queue_waiting_jobs_and_the_next_mix_loop(
+        world: World) -> None:
+    topo = world.topology
+    looping = dataclasses.replace(topo, loopix=dataclasses.replace(topo.loopix,
+                                                                   mix_loop_rate=1.0))
+    core = NodeCore(looping, topo.node("mix-a1"), load_directory(world.state, topo),
+                    random.Random(1), 0.0)
+    centre = NodeCentre(core, topo.sphinx, slots=1, workers=1, queue_limit=10,
+                        drain_on_shutdown=False, now=0.0, link_key=bytes.fromhex)
+    loop_due = core.next_loop_due()
+    assert loop_due is not None
+    assert centre.timeout_ms(0.0, 10_000) == min(10_000, int(loop_due * 1000) + 1)
+    centre.dispatch.add(0.0, b"p")
+    assert centre.timeout_ms(0.0, 10_000) <= 10  # packets wait for a worker: try again soon
+    centre.on_timer(loop_due)
+    [(first_hop, packet)] = centre.take_outbox()  # the mix loop, sent at once
+    assert first_hop in {n.id for n in topo.layers[1]} and len(packet) == topo.sphinx.packet_length
+    assert wire.decode(centre.heartbeat(), params=topo.sphinx, slots=1) == wire.Heartbeat()
+    centre.count_sent(3, 1)
+    centre.woke()
+    stats = centre.statistics(0.0)
+    assert (stats["sent"], stats["link_send_failed"], stats["loop_wakeups"]) == (3, 1, 1)
+    assert stats["loops_sent"] == 1

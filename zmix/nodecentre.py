@@ -215,9 +215,8 @@ class NodeCentre:
             self.outbox.append((frame.first_hop, frame.packet))
 
     def _register(self, now: float, route: bytes, uid: str, frame: wire.Register) -> None:
-        if self._provider is None:  # the table admits REGISTER from clients, whom only
-            self._drop(_BAD)          # providers have; a guard, not a path
-            return
+        # The table admits REGISTER only from clients and behind an open door: providers only.
+        assert self._provider is not None
         reply, admitted = self._provider.on_register(now, self._link_key(uid), frame)
         if admitted is not None:
             self.admitted.append((admitted.curve_public, admitted.id))
@@ -271,7 +270,10 @@ class NodeCentre:
         """Store the deliveries of the results taken since the last commit, in one transaction,
         and schedule the acknowledgements of the messages committed (none if it failed)."""
         if self.core.pending_stores():
-            self._schedule_all(now, self.core.commit(now))
+            self.guarded("mailbox commit", self._commit, now)
+
+    def _commit(self, now: float) -> None:
+        self._schedule_all(now, self.core.commit(now))
 
     def _schedule_all(self, now: float, items: Iterable[Scheduled]) -> None:
         for item in items:

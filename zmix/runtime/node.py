@@ -251,7 +251,6 @@ class _Loop:
             now = time.monotonic()
             centre.pop_due(now)
             self._timers(now)
-            self._send_outbox(now)
             for monitor in self.out.take_new_monitors():  # links made since the last poll
                 reading.register(monitor, zmq.POLLIN)
                 busy.register(monitor, zmq.POLLIN)
@@ -342,6 +341,7 @@ class _Loop:
         """Run what the centre says is due: its own timers (mix loops, mailbox expiry), then
         heartbeats, worker checks and statistics, each guarded by the centre."""
         due = self.centre.on_timer(now)
+        self._send_outbox(now)  # due packets and mix loops first: a link they use is not idle
         if due.heartbeats:
             self.centre.guarded("heartbeats", self._heartbeats, now)
         if due.housekeeping:
