@@ -1,79 +1,219 @@
-"""An in-memory network for protocol tests: real Sphinx, real provider cores, no sockets.
+"""An in-memory network for protocol tests: every node's sans-IO centre, no sockets, virtual time.
 
-Packets are processed hop by hop with the nodes' private keys; providers run their sans-IO core
-over a real SQLite mailbox; delays are ignored (the clock is whatever the test says).
+Each node runs the :class:`~zmix.nodecentre.NodeCentre` that a node process runs (frame admission,
+dispatch, the :class:`~zmix.mixnode.NodeCore`'s replay, delay and next-hop checks, the delay queue,
+a provider's batched commits over a real SQLite mailbox); its one "worker" runs ``process_packet``
+in this process. Frames travel between the centres as the wire's bytes, clients' frames padded as
+a client's are, with no latency. Time is virtual: :meth:`SimNet.settle` moves the clock from one
+queued packet's due time to the next, so packets leave each node in the order their delays say,
+and a packet the test sends at ``now`` has reached its mailbox when ``send`` returns (the network's
+clock may then be ahead of the test's).
+
+The nodes' own mix loops are off unless ``mix_loops=True``: the client tests jump the clock by
+hours, and a node makes every loop it missed.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zmix import wire
 from zmix.client import ClientCore, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
+from zmix.errors import InvalidPacket
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
+from zmix.mixnode import NodeCore
+from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
-from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply, process_packet
+from zmix.sphinx import SphinxParams, process_packet
 from zmix.topology import NodeSpec, Role, Topology
-from zmix.wire import Fetch
+from zmix.wire import Fetch, FetchReply
+from zmix.workframes import decode_jobs, encode_invalid, encode_result, join_results
+
+_PID = 1  # the one in-process worker of every node
+
+
+@dataclass
+class SimNode:
+    """One node: its centre, its private key, and what its worker answered."""
+
+    centre: NodeCentre
+    private_key: bytes
+    params: SphinxParams
+    results: list[bytes] = field(default_factory=list)
+
+    def work(self, index: int, message: bytes) -> bool:
+        """The worker: process a job message now; the answer is taken after dispatch."""
+        params = self.params
+        answers = []
+        for arrival, packet in decode_jobs(message, params.packet_length):
+            try:
+                answers.append(encode_result(arrival, process_packet(params, self.private_key,
+                                                                     packet)))
+            except InvalidPacket as exc:
+                answers.append(encode_invalid(arrival, exc.reason))
+        self.results.append(join_results(index, _PID, answers))
+        return True
 
 
 @dataclass
 class SimNet:
     topology: Topology
     state: Path
+    mix_loops: bool = False
+    seed: int = 0
     providers: dict[bytes, ProviderCore] = field(default_factory=dict)
     lost: set[bytes] = field(default_factory=set)  # node ids that drop everything
-    delivered: int = 0
+    clock: float = 0.0
 
     def __post_init__(self) -> None:
-        self.keys = {n.id: load_private(self.state, n.name).private_key
-                     for n in self.topology.nodes()}
-        for node in self.topology.providers:
-            box = Mailbox(self.state / f"{node.name}.sqlite", quota=self.topology.mailbox.quota,
-                          ttl=self.topology.mailbox.ttl)
-            clients = {c.id for c in self.topology.clients_of(node.name)}
-            self.providers[node.id] = ProviderCore(self.topology.sphinx, node.id, clients, box,
-                                                   self.topology.mailbox)
+        topo = self.topology
+        self.keys = {n.id: load_private(self.state, n.name).private_key for n in topo.nodes()}
+        directory = load_directory(self.state, topo)
+        self.nodes: dict[bytes, SimNode] = {}
+        self._names: dict[ClientCore, str] = {}
+        self._frames: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
+        looped = topo if self.mix_loops else dataclasses.replace(
+            topo, loopix=dataclasses.replace(topo.loopix, mix_loop_rate=0.0))
+        for number, node in enumerate(topo.nodes()):
+            provider, box = None, None
+            if node.role is Role.PROVIDER:
+                box = Mailbox(self.state / f"{node.name}.sqlite", quota=topo.mailbox.quota,
+                              ttl=topo.mailbox.ttl)
+                provider = ProviderCore(topo.sphinx, node.id,
+                                        {c.id for c in topo.clients_of(node.name)}, box,
+                                        topo.mailbox)
+                self.providers[node.id] = provider
+            core = NodeCore(looped, node, directory, random.Random(self.seed * 1000 + number),
+                            self.clock, provider=provider)
+            centre = NodeCentre(core, topo.sphinx, slots=topo.mailbox.fetch_slots, workers=1,
+                                queue_limit=topo.runtime.queue_limit,
+                                drain_on_shutdown=False, now=self.clock, provider=provider,
+                                mailbox=box, link_key=bytes.fromhex)
+            centre.dispatch.started(0, _PID)
+            self.nodes[node.id] = SimNode(centre, self.keys[node.id], topo.sphinx)
+
+    # ------------------------------------------------------------------ the network
+
+    def statistics(self, name: str) -> dict[str, float]:
+        """Return the centre statistics of node ``name`` at the network's clock."""
+        return self.nodes[self.topology.node(name).id].centre.statistics(self.clock)
+
+    def frame(self, to: bytes, sender: bytes, data: bytes) -> None:
+        """Put a frame from ``sender`` (a node or client id) on its way to node ``to``."""
+        self._frames.append((to, sender, data))
+
+    def _flush(self) -> None:
+        """Deliver every frame on its way at the current clock, and what they cause at once."""
+        while self._frames:
+            to, sender, data = self._frames.popleft()
+            node = self.nodes.get(to)
+            if node is None or to in self.lost:
+                continue
+            node.centre.on_frame(self.clock, sender, sender, sender.hex(), data)
+            self._run(to, node)
+
+    def _run(self, node_id: bytes, node: SimNode) -> None:
+        """Let a node's worker take its packets, its centre the results; send its outbox."""
+        centre = node.centre
+        while centre.dispatch.jobs:
+            centre.dispatch.dispatch(node.work)
+            results, node.results = node.results, []
+            for message in results:
+                centre.on_results(self.clock, message)
+        centre.reports.clear()
+        centre.commit(self.clock)
+        self._send(node_id, centre)
+
+    def _send(self, node_id: bytes, centre: NodeCentre) -> None:
+        params = self.topology.sphinx
+        for next_hop, packet in centre.take_outbox():
+            self.frame(next_hop, node_id, wire.encode_packet(packet, params=params))
+        centre.take_replies()
+
+    def _next_event(self) -> float | None:
+        times = [t for node in self.nodes.values() for t in (
+            node.centre.queue.next_due(),
+            node.centre.core.next_loop_due() if self.mix_loops else None) if t is not None]
+        return min(times, default=None)
+
+    def _tick(self, now: float) -> None:
+        self.clock = max(self.clock, now)
+        for node_id, node in self.nodes.items():
+            node.centre.pop_due(self.clock)
+            if self.mix_loops:
+                node.centre.on_timer(self.clock)
+            self._send(node_id, node.centre)
+        self._flush()
+
+    def advance(self, until: float) -> None:
+        """Run the network until ``until``: every packet due by then leaves at its due time."""
+        self._flush()
+        while (due := self._next_event()) is not None and due <= until:
+            self._tick(due)
+        self._tick(until)
+
+    def settle(self, now: float, limit: int = 100_000) -> None:
+        """Run the network from ``now`` until no packet is queued anywhere (mix loops aside)."""
+        self.advance(now)
+        for _ in range(limit):
+            queued = [node.centre.queue.next_due() for node in self.nodes.values()]
+            due = min((t for t in queued if t is not None), default=None)
+            if due is None:
+                return
+            self.advance(due)
+        raise AssertionError("the network did not settle")
+
+    # ------------------------------------------------------------------ clients
 
     def client(self, name: str, seed: int, store: ClientStore | None = None,
                now: float = 0.0) -> ClientCore:
-        return ClientCore(self.topology, load_private(self.state, name),
+        core = ClientCore(self.topology, load_private(self.state, name),
                           load_directory(self.state, self.topology),
                           store or ClientStore(":memory:"), random.Random(seed), now)
+        self._names[core] = name
+        return core
+
+    def _provider_of(self, name: str) -> NodeSpec:
+        spec: NodeSpec = self.topology.node(self.topology.client(name).provider)
+        assert spec.role is Role.PROVIDER
+        return spec
 
     def send(self, sender: ClientCore, outgoing: list[Outgoing], now: float) -> None:
+        """Hand the client's packets to its provider (a SURB answer in a RELAY, as a client
+        does) and run the network until they have arrived."""
+        name = self._names[sender]
+        me, provider = self.topology.client(name).id, self._provider_of(name).id
+        params = self.topology.sphinx
+        self.advance(now)
         for out in outgoing:
-            self.walk(out.first_hop, out.packet, now)
-
-    def walk(self, hop: bytes, packet: bytes, now: float) -> None:
-        while hop not in self.lost:
-            result = process_packet(self.topology.sphinx, self.keys[hop], packet)
-            if isinstance(result, ForwardHop):
-                hop, packet = result.next_hop, result.packet
-                continue
-            provider = self.providers[hop]
-            if isinstance(result, FinalDelivery):
-                sends = provider.on_final(now, result)
-            else:
-                assert isinstance(result, SurbReply)
-                sends = provider.on_surb_reply(now, result)
-            self.delivered += 1
-            for s in sends:
-                self.walk(s.next_hop, s.packet, now)
-            return
+            frame: wire.Packet | wire.Relay = (
+                wire.Packet(out.packet) if out.first_hop == provider
+                else wire.Relay(out.first_hop, out.packet))
+            self.frame(provider, me, wire.encode_client(frame, params=params))
+        self.settle(now)
 
     def fetch(self, client: ClientCore, name: str, now: float) -> list[ReceivedMessage]:
-        provider_spec: NodeSpec = self.topology.node(self.topology.client(name).provider)
-        assert provider_spec.role is Role.PROVIDER
-        provider = self.providers[provider_spec.id]
+        """Fetch the client's mailbox through its provider's centre, acknowledging each answer
+        in the next FETCH as a client does, until it is empty."""
+        provider_id = self._provider_of(name).id
+        centre = self.nodes[provider_id].centre
         me = self.topology.client(name).id
+        params = self.topology.sphinx
         got: list[ReceivedMessage] = []
         acks: tuple[int, ...] = ()
-        while True:  # each FETCH acknowledges the answer before it, as a client's does
-            reply = provider.on_fetch(now, me, Fetch(1, acks))
+        while True:
+            data = wire.encode_client(Fetch(1, acks), params=params)
+            centre.on_frame(now, me, me, me.hex(), data)
+            [(route, answer)] = centre.take_replies()
+            assert route == me
+            reply = wire.decode(answer, params=params, slots=self.topology.mailbox.fetch_slots)
+            assert isinstance(reply, FetchReply)
             if not reply.items:
                 return got
             got += client.on_fetched(now, reply.items)

@@ -14,7 +14,7 @@ from zmix.bench.common import make_network
 from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
 from zmix.keys import load_directory
 from zmix.mailbox import Mailbox, NewItem, Registration, StorageError
-from zmix.provider import ProviderCore
+from zmix.provider import ProviderCore, Send
 from zmix.sphinx import (
     FinalDelivery,
     ForwardHop,
@@ -83,11 +83,21 @@ def follow(net: SimNet, hop: bytes, packet: bytes) -> tuple[bytes, FinalDelivery
         hop, packet = result.next_hop, result.packet
 
 
+def deliver(provider: ProviderCore, now: float, result: FinalDelivery | SurbReply) -> list[Send]:
+    """Hand one delivery to ``provider`` and commit it alone; return the acks to send."""
+    if isinstance(result, FinalDelivery):
+        store = provider.on_final(now, result)
+    else:
+        store = provider.on_surb_reply(now, result)
+    sends = provider.commit(now, [] if store is None else [store])
+    return [send for send in sends if send is not None]
+
+
 def test_a_stored_message_is_acknowledged_through_its_surb(net: SimNet) -> None:
     topo = net.topology
     alice, bob = topo.client("alice"), topo.client("bob")
     surb, surb_keys = ack_surb(net)
-    [send] = provider_of(net, "provider-2").on_final(0.0, final_for(
+    [send] = deliver(provider_of(net, "provider-2"), 0.0, final_for(
         net, bob.id, message(net, b"for bob", surb)))
     assert send.delay == 0.0 and send.next_hop == topo.layers[0][0].id
     [item] = provider_of(net, "provider-2").on_fetch(0.0, bob.id, Fetch(7)).items
@@ -96,7 +106,7 @@ def test_a_stored_message_is_acknowledged_through_its_surb(net: SimNet) -> None:
     assert isinstance(result, SurbReply) and hop == topo.node("provider-1").id
     assert result.recipient == alice.id and result.surb_id == SURB_ID
     assert open_surb_reply(topo.sphinx, surb_keys, result.payload) == ACK_PAYLOAD
-    assert provider_of(net, "provider-1").on_surb_reply(0.0, result) == []
+    assert deliver(provider_of(net, "provider-1"), 0.0, result) == []
     [ack] = provider_of(net, "provider-1").on_fetch(0.0, alice.id, Fetch(8)).items
     assert ack.kind is ItemKind.REPLY and ack.surb_id == SURB_ID
     assert open_surb_reply(topo.sphinx, surb_keys, ack.payload) == ACK_PAYLOAD
@@ -105,7 +115,7 @@ def test_a_stored_message_is_acknowledged_through_its_surb(net: SimNet) -> None:
 def test_a_message_without_an_ack_surb_is_stored_and_answered_by_nothing(net: SimNet) -> None:
     bob = net.topology.client("bob")
     provider = provider_of(net, "provider-2")
-    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"quiet"))) == []
+    assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"quiet"))) == []
     assert provider.statistics()["messages_stored"] == 1
     assert provider.statistics()["acks_sent"] == 0
 
@@ -113,7 +123,7 @@ def test_a_message_without_an_ack_surb_is_stored_and_answered_by_nothing(net: Si
 def test_a_drop_packet_is_discarded_and_counted(net: SimNet) -> None:
     p2 = net.topology.node("provider-2")
     provider = provider_of(net, "provider-2")
-    assert provider.on_final(0.0, final_for(net, p2.id, crypto.random_bytes(100))) == []
+    assert deliver(provider, 0.0, final_for(net, p2.id, crypto.random_bytes(100))) == []
     assert provider.statistics()["drops_received"] == 1
     assert provider.statistics()["messages_stored"] == 0
 
@@ -122,8 +132,8 @@ def test_a_delivery_for_someone_else_is_an_unexpected_delivery(net: SimNet) -> N
     provider = provider_of(net, "provider-2")
     alice = net.topology.client("alice").id  # provider-1's client, not provider-2's
     surb, _ = ack_surb(net)
-    assert provider.on_final(0.0, final_for(net, alice, message(net, b"x", surb))) == []
-    assert provider.on_surb_reply(0.0, SurbReply(alice, SURB_ID, 0, b"p", b"t")) == []
+    assert deliver(provider, 0.0, final_for(net, alice, message(net, b"x", surb))) == []
+    assert deliver(provider, 0.0, SurbReply(alice, SURB_ID, 0, b"p", b"t")) == []
     stats = provider.statistics()
     assert stats["unexpected_delivery"] == 2 and stats["acks_sent"] == 0
 
@@ -132,7 +142,7 @@ def test_a_malformed_envelope_is_counted_and_neither_stored_nor_acknowledged(
         net: SimNet) -> None:
     bob = net.topology.client("bob")
     provider = provider_of(net, "provider-2")
-    assert provider.on_final(0.0, final_for(net, bob.id, b"\x01\x07garbage")) == []
+    assert deliver(provider, 0.0, final_for(net, bob.id, b"\x01\x07garbage")) == []
     assert provider.statistics()["bad_envelope"] == 1
     assert provider.on_fetch(0.0, bob.id, Fetch(1)).items == ()
 
@@ -141,7 +151,7 @@ def test_an_unusable_ack_surb_keeps_the_message_and_is_counted(net: SimNet) -> N
     bob = net.topology.client("bob")
     provider = provider_of(net, "provider-2")
     bogus = bytes(net.topology.sphinx.surb_length)
-    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"kept", bogus))) == []
+    assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"kept", bogus))) == []
     assert provider.statistics()["bad_ack_surb"] == 1
     assert provider.on_fetch(0.0, bob.id, Fetch(1)).items[0].payload == b"kept"
 
@@ -150,9 +160,9 @@ def test_a_full_mailbox_sends_no_ack_so_the_sender_retries(net: SimNet) -> None:
     bob = net.topology.client("bob")
     provider = provider_of(net, "provider-2")
     for i in range(3):
-        provider.on_final(0.0, final_for(net, bob.id, message(net, b"%d" % i)))
+        deliver(provider, 0.0, final_for(net, bob.id, message(net, b"%d" % i)))
     surb, _ = ack_surb(net)
-    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"no room", surb))) == []
+    assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"no room", surb))) == []
     assert provider.statistics()["refused_full"] == 1
     assert provider.statistics()["acks_sent"] == 0
 
@@ -171,7 +181,7 @@ def test_a_message_that_could_not_be_committed_is_not_acknowledged(
     box = FailingMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
     provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
     surb, _ = ack_surb(net)
-    assert provider.on_final(0.0, final_for(net, bob.id, message(net, b"lost", surb))) == []
+    assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"lost", surb))) == []
     assert provider.statistics()["store_failed"] == 1
     assert provider.statistics()["acks_sent"] == 0
 
@@ -179,7 +189,7 @@ def test_a_message_that_could_not_be_committed_is_not_acknowledged(
 def test_a_client_can_fetch_and_ack_only_its_own_mailbox(net: SimNet) -> None:
     topo = net.topology
     bob, provider = topo.client("bob"), provider_of(net, "provider-2")
-    provider.on_final(0.0, final_for(net, bob.id, message(net, b"secret")))
+    deliver(provider, 0.0, final_for(net, bob.id, message(net, b"secret")))
     alice = topo.client("alice").id
     assert provider.on_fetch(0.0, alice, Fetch(1)).items == ()
     [item] = provider.on_fetch(0.0, bob.id, Fetch(2)).items
@@ -192,7 +202,7 @@ def test_a_client_can_fetch_and_ack_only_its_own_mailbox(net: SimNet) -> None:
 def test_a_fetch_answers_at_most_fetch_slots_items_and_says_how_many_remain(net: SimNet) -> None:
     bob, provider = net.topology.client("bob"), provider_of(net, "provider-2")
     for body in (b"1", b"2", b"3"):
-        provider.on_final(0.0, final_for(net, bob.id, message(net, body)))
+        deliver(provider, 0.0, final_for(net, bob.id, message(net, body)))
     reply = provider.on_fetch(0.0, bob.id, Fetch(9))
     assert reply.request_id == 9 and [i.payload for i in reply.items] == [b"1", b"2"]
     assert reply.remaining == 1
@@ -219,7 +229,7 @@ def test_an_acknowledgement_that_could_not_be_committed_leaves_the_items_to_fetc
     bob = topo.client("bob")
     box = FailingAckMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
     provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
-    provider.on_final(0.0, final_for(net, bob.id, message(net, b"kept")))
+    deliver(provider, 0.0, final_for(net, bob.id, message(net, b"kept")))
     [item] = provider.on_fetch(0.0, bob.id, Fetch(1)).items
     assert provider.on_fetch(0.0, bob.id, Fetch(2, (item.item_id,))).items == (item,)
     assert provider.statistics()["store_failed"] == 1
@@ -227,8 +237,8 @@ def test_an_acknowledgement_that_could_not_be_committed_leaves_the_items_to_fetc
 
 def test_a_fetch_deletes_expired_items_first(net: SimNet) -> None:
     bob, provider = net.topology.client("bob"), provider_of(net, "provider-2")
-    provider.on_final(0.0, final_for(net, bob.id, message(net, b"old")))
-    provider.on_final(60.0, final_for(net, bob.id, message(net, b"new")))
+    deliver(provider, 0.0, final_for(net, bob.id, message(net, b"old")))
+    deliver(provider, 60.0, final_for(net, bob.id, message(net, b"new")))
     reply = provider.on_fetch(130.0, bob.id, Fetch(1))
     assert [i.payload for i in reply.items] == [b"new"] and reply.remaining == 0
     # Deleted, not only hidden: even a fetch with an earlier clock no longer sees it.
@@ -239,7 +249,7 @@ def test_a_surb_reply_for_a_client_is_stored_as_a_reply_item(net: SimNet) -> Non
     alice = net.topology.client("alice")
     provider = provider_of(net, "provider-1")
     reply = SurbReply(alice.id, b"\x07" * 16, 0, bytes(net.topology.sphinx.payload_length), b"t")
-    provider.on_surb_reply(0.0, reply)
+    deliver(provider, 0.0, reply)
     [item] = provider.on_fetch(0.0, alice.id, Fetch(1)).items
     assert item.kind is ItemKind.REPLY and item.surb_id == b"\x07" * 16
     assert provider.statistics()["replies_stored"] == 1
@@ -267,7 +277,7 @@ def test_a_registered_client_gets_mail_and_stays_registered_after_a_restart(
     answer, admitted = provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY,
                                                                       "carol"))
     assert answer == Registered("carol") and admitted is not None and admitted.id == carol
-    provider.on_final(0.0, final_for(net, carol, message(net, b"welcome")))
+    deliver(provider, 0.0, final_for(net, carol, message(net, b"welcome")))
     again = _open_provider(net, path)
     assert [i.payload for i in again.on_fetch(0.0, carol, Fetch(2)).items] == [b"welcome"]
     assert again.registrations() == [Registration(carol, "carol", CAROL_LINK, CAROL_KEY)]
@@ -330,7 +340,7 @@ def test_a_registration_whose_name_the_topology_took_since_is_void(net: SimNet,
     provider = _open_provider(net, path)
     provider.on_register(0.0, CAROL_LINK, Register(CAROL_LINK, CAROL_KEY, "carol"))
     carol = entity_id(net.topology.network, "carol")
-    provider.on_final(0.0, final_for(net, carol, message(net, b"for the registered carol")))
+    deliver(provider, 0.0, final_for(net, carol, message(net, b"for the registered carol")))
     # The operator adds a client "carol" to the topology (at another provider): the old
     # registration's key must not share the new member's id.
     topo = net.topology

@@ -1,10 +1,12 @@
 """The sans-IO core of a node: what to do with a processed Sphinx packet, and its own loops.
 
-The runtime hands :class:`NodeCore` each result of ``process_packet`` (computed by a worker) with
-the time the packet arrived; the core checks the replay tag and the delay bound, decides where the
-packet goes, and returns :class:`Scheduled` entries that the runtime keeps in its delay queue until
-they are due. The same core runs mixnodes and providers: on a provider, final deliveries and SURB
-replies go to the :class:`~zmix.provider.ProviderCore`.
+The node's centre (:mod:`zmix.nodecentre`) hands :class:`NodeCore` each result of
+``process_packet`` (computed by a worker) with the time the packet arrived; the core checks the
+replay tag and the delay bound, decides where the packet goes, and returns :class:`Scheduled`
+entries that the centre keeps in its delay queue until they are due. The same core runs mixnodes
+and providers: on a provider, final deliveries and SURB replies go to the
+:class:`~zmix.provider.ProviderCore`, whose stores wait for :meth:`NodeCore.commit` (one
+transaction for a batch of results); their acknowledgements are scheduled only then.
 
 Mix loops (Loopix's lambda_M) are ordinary forward packets that come back to the node that sent
 them; counting how many return tells an operator whether the network drops packets.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from zmix import crypto
 from zmix.errors import DropReason
 from zmix.keys import PublicIdentity
-from zmix.provider import ProviderCore
+from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
 from zmix.sphinx import (
     MAX_DELAY_US,
@@ -86,6 +88,8 @@ class NodeCore:
         self._loops_out: collections.OrderedDict[bytes, tuple[float, int]] = (
             collections.OrderedDict())
         self._loop_latency: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
+        # deliveries a provider stores at the next commit, with their due times
+        self._pending: list[tuple[float, Store]] = []
 
     # ------------------------------------------------------------------ processed packets
 
@@ -93,7 +97,8 @@ class NodeCore:
         """Return what to schedule for one processed packet that arrived at ``arrival``.
 
         A replayed packet, a delay above ``loopix.max_delay`` or an unknown next hop is dropped and
-        counted; the returned list is then empty.
+        counted; the returned list is then empty. A delivery to a provider's client returns
+        nothing yet: what it stores waits for :meth:`commit`, which returns its ack.
         """
         if isinstance(result, ForwardHop):
             due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag)
@@ -145,18 +150,40 @@ class NodeCore:
         if self._provider is None:
             return self._drop(DropReason.UNEXPECTED_DELIVERY)
         self._counts["delivered"] += 1
-        # The message is stored at once (durably, before any ack), but the ack leaves only after
-        # this hop's delay, like any packet: sending it on arrival would let a watcher of the
-        # provider's links match the ack to the packet it acknowledges.
-        return [Scheduled(due + s.delay, s.next_hop, s.packet) for s in
-                self._provider.on_final(due, result)]
+        self._stage(due, self._provider.on_final(due, result))
+        return []
 
     def _surb_reply(self, due: float, result: SurbReply) -> list[Scheduled]:
         if self._provider is None:
             return self._drop(DropReason.UNEXPECTED_DELIVERY)
         self._counts["replies"] += 1
-        return [Scheduled(due, s.next_hop, s.packet) for s in
-                self._provider.on_surb_reply(due, result)]
+        self._stage(due, self._provider.on_surb_reply(due, result))
+        return []
+
+    def _stage(self, due: float, store: Store | None) -> None:
+        """Keep what a delivery asks to store until :meth:`commit`, with the packet's due time
+        (its acknowledgement leaves then at the earliest)."""
+        if store is not None:
+            self._pending.append((due, store))
+
+    def pending_stores(self) -> int:
+        """Return how many deliveries wait for :meth:`commit`."""
+        return len(self._pending)
+
+    def commit(self, now: float) -> list[Scheduled]:
+        """Store the deliveries handed over since the last commit in one transaction, and
+        return the acknowledgements of the messages it committed.
+
+        The message is stored at once (durably, before any ack), but its ack leaves only after
+        this hop's delay, like any packet: sending it on arrival would let a watcher of the
+        provider's links match the ack to the packet it acknowledges. A failed commit returns
+        nothing (the provider counts it): no ack, so the senders send again."""
+        if self._provider is None or not self._pending:
+            return []
+        pending, self._pending = self._pending, []
+        sends = self._provider.commit(now, [store for _, store in pending])
+        return [Scheduled(due + s.delay, s.next_hop, s.packet)
+                for (due, _), s in zip(pending, sends, strict=True) if s is not None]
 
     def _drop(self, reason: DropReason) -> list[Scheduled]:
         self._drops[reason.value] += 1

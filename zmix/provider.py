@@ -1,11 +1,13 @@
 """The sans-IO core of a provider: deliveries into mailboxes, acks, fetches.
 
-A provider is a mixnode that is also its clients' entry and exit. The node runtime hands this core
-the final deliveries and SURB replies that its workers produced and the fetch frames of its
-clients; the core stores, refuses or discards, and returns the packets to send (acknowledgements).
-An acknowledgement is built only after the message it acknowledges is committed to disk, so a
-sender that got an ack can forget the fragment; a message that could not be stored (mailbox full,
-disk failure) gets no acknowledgement, so its sender sends it again later.
+A provider is a mixnode that is also its clients' entry and exit. The node hands this core the
+final deliveries and SURB replies that its workers produced and the fetch frames of its clients.
+A delivery returns what to store (a :class:`Store`) or nothing (a drop packet, a stranger's
+message: counted); the node collects the stores of a batch of results and hands them to
+:meth:`ProviderCore.commit`, which writes them in one transaction (one disk sync for the batch)
+and only then returns the acknowledgements, so a sender that got an ack can forget the fragment.
+A message that could not be stored (mailbox full, failed commit) gets no acknowledgement, so its
+sender sends it again later.
 
 A client's FETCH acknowledges the items of the answers it took in before (they are committed to
 its own store): the core deletes those, and only then picks the items of the new answer. Nothing
@@ -24,7 +26,7 @@ declare (:meth:`ProviderCore.on_register`); they are kept in the mailbox file wi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from zmix.envelope import ACK_PAYLOAD, decode_envelope
@@ -42,6 +44,18 @@ class Send:
     next_hop: bytes
     packet: bytes
     delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """What a delivery asks the provider to store: an item for ``client``'s mailbox and, for a
+    message, the ack SURB to answer once the item is committed (:meth:`ProviderCore.commit`)."""
+
+    client: bytes
+    kind: ItemKind
+    surb_id: bytes
+    payload: bytes
+    ack_surb: bytes | None
 
 
 UNEXPECTED = DropReason.UNEXPECTED_DELIVERY.value
@@ -76,67 +90,75 @@ class ProviderCore:
         self._clients = set(clients) | {r.id for r in self._registered}
         self._counts: Counter[str] = Counter()
 
-    def on_final(self, now: float, result: FinalDelivery) -> list[Send]:
-        """Handle a final delivery and return the acknowledgement to send, if any.
+    def on_final(self, now: float, result: FinalDelivery) -> Store | None:
+        """Return what a final delivery asks to store, or None.
 
         Addressed to this provider: a drop (cover) packet, discarded. Addressed to one of its
-        clients: the envelope's body is stored, and only once it is committed the envelope's ack
-        SURB is answered with ACK_PAYLOAD (``delay`` 0: the SURB's hops add their own delays).
-        Anything else (unknown recipient, malformed envelope, full mailbox, storage failure) is
-        counted and returns no packet. Never raises on what a peer sent.
+        clients: the envelope's body, to be stored with :meth:`commit` (which answers its ack
+        SURB once it is committed). Anything else (unknown recipient, malformed envelope) is
+        counted and returns None. Never raises on what a peer sent.
         """
         if result.recipient == self._id:
             self._counts["drops_received"] += 1
-            return []
+            return None
         if result.recipient not in self._clients:
             self._counts[UNEXPECTED] += 1
-            return []
+            return None
         try:
             envelope = decode_envelope(self._params, result.message)
         except InvalidPacket:
             self._counts["bad_envelope"] += 1
-            return []
-        if not self._store(result.recipient, ItemKind.MESSAGE, bytes(16), envelope.body, now):
-            return []  # no ack: the sender retransmits later
-        self._counts["messages_stored"] += 1
-        if envelope.ack_surb is None:
-            return []
-        return self._ack(envelope.ack_surb)
+            return None
+        return Store(result.recipient, ItemKind.MESSAGE, bytes(16), envelope.body,
+                     envelope.ack_surb)
 
-    def _store(self, client: bytes, kind: ItemKind, surb_id: bytes, payload: bytes,
-               now: float) -> bool:
+    def on_surb_reply(self, now: float, result: SurbReply) -> Store | None:
+        """Return what a SURB reply (an ack or an anonymous reply) asks to store for its
+        client, or None (counted) for a reply to anyone but one of this provider's clients."""
+        if result.recipient not in self._clients:
+            self._counts[UNEXPECTED] += 1
+            return None
+        return Store(result.recipient, ItemKind.REPLY, result.surb_id, result.payload, None)
+
+    def commit(self, now: float, stores: Sequence[Store]) -> list[Send | None]:
+        """Store ``stores`` in one transaction (one disk sync); return, for each in order, the
+        acknowledgement to send now that it is committed, or None.
+
+        Only a message that was committed and carries an ack SURB gets one (answered with
+        ACK_PAYLOAD, ``delay`` 0: the SURB's hops add their own delays). An item whose mailbox
+        is full is refused (``refused_full``); if the commit fails nothing is stored and every
+        item counts in ``store_failed``: no ack, so each sender sends again later.
+        """
+        if not stores:
+            return []
         try:
-            stored = self._mailbox.store(client, kind, surb_id, payload, now)
+            ids = self._mailbox.store_many(
+                [(s.client, s.kind, s.surb_id, s.payload) for s in stores], now)
         except StorageError:
-            self._counts["store_failed"] += 1
-            return False
-        if stored is None:
-            self._counts["refused_full"] += 1
-            return False
-        return True
+            self._counts["store_failed"] += len(stores)
+            return [None] * len(stores)
+        return [self._stored(store, item_id) for store, item_id in zip(stores, ids, strict=True)]
 
-    def _ack(self, surb_bytes: bytes) -> list[Send]:
+    def _stored(self, store: Store, item_id: int | None) -> Send | None:
+        """Count one item of a committed batch; return its ack if it is a stored message."""
+        if item_id is None:
+            self._counts["refused_full"] += 1
+            return None
+        if store.kind is ItemKind.REPLY:
+            self._counts["replies_stored"] += 1
+            return None
+        self._counts["messages_stored"] += 1
+        return None if store.ack_surb is None else self._ack(store.ack_surb)
+
+    def _ack(self, surb_bytes: bytes) -> Send | None:
         try:
             surb = Surb.from_bytes(self._params, surb_bytes)
             first_hop, packet = answer_surb(self._params, surb, ACK_PAYLOAD)
         except (InvalidPacket, LocalMisuse):
             self._counts["bad_ack_surb"] += 1
-            return []
+            return None
         self._counts["acks_sent"] += 1
-        return [Send(first_hop, packet, 0.0)]
-
-    def on_surb_reply(self, now: float, result: SurbReply) -> list[Send]:
-        """Store a SURB reply (an ack or an anonymous reply) for its client; return no packets.
-
-        A reply for anyone but one of this provider's clients, a full mailbox or a storage
-        failure is counted and the reply discarded.
-        """
-        if result.recipient not in self._clients:
-            self._counts[UNEXPECTED] += 1
-            return []
-        if self._store(result.recipient, ItemKind.REPLY, result.surb_id, result.payload, now):
-            self._counts["replies_stored"] += 1
-        return []
+        return Send(first_hop, packet, 0.0)
 
     def on_fetch(self, now: float, client_id: bytes, frame: Fetch) -> FetchReply:
         """Delete the items the FETCH acknowledges, then return up to ``fetch_slots`` of the

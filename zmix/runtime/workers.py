@@ -9,19 +9,8 @@ they keep no state, so a worker that dies is simply started again.
 Messages on these local sockets are single binary frames, and each carries a batch: under load the
 node loop hands over every packet it read in one go, so the per-message cost of ZeroMQ (a wake-up
 of the I/O thread, a poll, a system call) is paid once per batch instead of once per packet. A
-quiet node sends batches of one, and waits for nothing.
-
-    job message     = job*                                     (as many as fit the batch)
-    job             = arrival (f64 little-endian) || packet    (8 + packet_length bytes)
-    result message  = index u32-le || pid u32-le || (length u32-le || result)*
-                                                (the worker's index and pid; one result per job)
-    result          = kind (1 byte) || arrival (f64) || fields...
-        b"F" forward:  delay_us u64 | next_hop 16 | tag_len u8 | tag | packet
-        b"D" deliver:  delay_us u64 | recipient 16 | tag_len u8 | tag | message
-        b"R" reply:    delay_us u64 | recipient 16 | surb_id 16 | tag_len u8 | tag | payload
-        b"X" invalid:  reason (utf-8, a DropReason value)
-        b"S" stats:    (arrival field = 0) index u32 | cpu_seconds f64 | processed u64 | pid u32
-                       | sphinx_seconds f64
+quiet node sends batches of one, and waits for nothing. The frames are :mod:`zmix.workframes`
+(re-exported here); which worker gets which batch is :class:`zmix.dispatch.Dispatcher`'s call.
 
 The packets never leave the machine on these sockets (ipc in a private temporary directory).
 """
@@ -31,151 +20,34 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
-from zmix.errors import DropReason, InvalidPacket
-from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, process_packet
+from zmix.errors import InvalidPacket
+from zmix.sphinx import SphinxParams, process_packet
+from zmix.workframes import (
+    STATS_INTERVAL,
+    Result,
+    WorkerStats,
+    decode_forward,
+    decode_jobs,
+    decode_result,
+    encode_invalid,
+    encode_jobs,
+    encode_result,
+    encode_stats,
+    is_forward,
+    join_results,
+    split_results,
+)
 
-Result = ForwardHop | FinalDelivery | SurbReply
-
-_ARRIVAL = struct.Struct("<d")
-_LENGTH = struct.Struct("<I")
-_FROM = struct.Struct("<II")  # worker index, worker pid
-_HEAD = struct.Struct("<cdQ16s")  # kind, arrival, delay_us, recipient-or-next-hop
-_STATS = struct.Struct("<cdIdQId")
-STATS_INTERVAL = 0.5  # seconds between a worker's utilisation reports
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    """A worker's cumulative CPU time and packet count, as last reported.
-
-    ``sphinx_seconds`` is the part of its CPU time spent in ``process_packet`` (and in encoding
-    each result, under a microsecond): the rest is messaging and the process's own upkeep."""
-
-    index: int
-    cpu_seconds: float
-    processed: int
-    pid: int
-    sphinx_seconds: float
-
-
-def encode_jobs(jobs: list[tuple[float, bytes]]) -> bytes:
-    """Return the job message for packets given as ``(arrival, packet)``, all of one length."""
-    pack = _ARRIVAL.pack
-    return b"".join([part for arrival, packet in jobs for part in (pack(arrival), packet)])
-
-
-def decode_jobs(message: bytes, packet_length: int) -> list[tuple[float, bytes]]:
-    """Return the ``(arrival, packet)`` pairs of a job message; ValueError if the message is not
-    a whole number of jobs."""
-    size = _ARRIVAL.size + packet_length
-    if not message or len(message) % size:
-        raise ValueError(f"a job message is a multiple of {size} bytes, got {len(message)}")
-    unpack = _ARRIVAL.unpack_from
-    return [(unpack(message, at)[0], message[at + 8:at + size])
-            for at in range(0, len(message), size)]
-
-
-def join_results(index: int, pid: int, results: list[bytes]) -> bytes:
-    """Return the message in which worker ``index`` (process ``pid``) sends ``results`` (each
-    from :func:`encode_result` & co.)."""
-    pack = _LENGTH.pack
-    return b"".join([_FROM.pack(index, pid),
-                     *(part for result in results for part in (pack(len(result)), result))])
-
-
-def split_results(message: bytes) -> tuple[int, int, list[bytes]]:
-    """Return ``(index, pid, results)`` from a result message; ValueError if it is cut short."""
-    if len(message) < _FROM.size:
-        raise ValueError("a result message starts with the worker's index and pid")
-    index, pid = _FROM.unpack_from(message)
-    results, at, end = [], _FROM.size, len(message)
-    unpack = _LENGTH.unpack_from
-    while at < end:
-        if end - at < _LENGTH.size:
-            raise ValueError("a result message ends inside a length field")
-        (size,) = unpack(message, at)
-        at += _LENGTH.size
-        if size > end - at:
-            raise ValueError("a result runs past the end of its message")
-        results.append(message[at:at + size])
-        at += size
-    return index, pid, results
-
-
-def encode_result(arrival: float, result: Result) -> bytes:
-    """Return the result frame for a processed packet."""
-    tag = result.replay_tag
-    if isinstance(result, ForwardHop):
-        head = _HEAD.pack(b"F", arrival, result.delay_us, result.next_hop)
-        return b"".join((head, bytes((len(tag),)), tag, result.packet))
-    if isinstance(result, FinalDelivery):
-        head = _HEAD.pack(b"D", arrival, result.delay_us, result.recipient)
-        return b"".join((head, bytes((len(tag),)), tag, result.message))
-    head = _HEAD.pack(b"R", arrival, result.delay_us, result.recipient)
-    return b"".join((head, result.surb_id, bytes((len(tag),)), tag, result.payload))
-
-
-def encode_invalid(arrival: float, reason: DropReason) -> bytes:
-    """Return the result frame for a packet the worker rejected."""
-    return b"X" + _ARRIVAL.pack(arrival) + reason.value.encode()
-
-
-def encode_stats(stats: WorkerStats) -> bytes:
-    """Return a worker's statistics frame."""
-    return _STATS.pack(b"S", 0.0, stats.index, stats.cpu_seconds, stats.processed, stats.pid,
-                       stats.sphinx_seconds)
-
-
-def is_forward(frame: bytes) -> bool:
-    """Return True if ``frame`` is the result of a forward hop (read it with
-    :func:`decode_forward`)."""
-    return frame[:1] == b"F"
-
-
-def decode_forward(frame: bytes) -> tuple[float, bytes, int, bytes, bytes]:
-    """Return ``(arrival, next_hop, delay_us, replay_tag, packet)`` of a forward hop's result
-    frame: :func:`decode_result` without building a :class:`ForwardHop`, for the node loop's hot
-    path (nearly every result is one)."""
-    _, arrival, delay_us, next_hop = _HEAD.unpack_from(frame)
-    tag, packet = _tag_and_body(frame, _HEAD.size)
-    return arrival, next_hop, delay_us, tag, packet
-
-
-def _tag_and_body(frame: bytes, offset: int) -> tuple[bytes, bytes]:
-    """Return the length-prefixed replay tag at ``offset`` and the body after it."""
-    tag_end = offset + 1 + frame[offset]
-    return frame[offset + 1:tag_end], frame[tag_end:]
-
-
-def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStats]:
-    """Return ``(arrival, value)`` from a result frame written by :func:`encode_result` & co."""
-    kind = frame[:1]
-    if kind == b"S":
-        _, _, index, cpu, processed, pid, sphinx = _STATS.unpack(frame)
-        return 0.0, WorkerStats(index, cpu, processed, pid, sphinx)
-    if kind == b"X":
-        return _ARRIVAL.unpack_from(frame, 1)[0], DropReason(frame[9:].decode())
-    _, arrival, delay_us, who = _HEAD.unpack_from(frame)
-    offset = _HEAD.size
-    surb_id = b""
-    if kind == b"R":
-        surb_id, offset = frame[offset:offset + 16], offset + 16
-    tag, body = _tag_and_body(frame, offset)
-    if kind == b"F":
-        return arrival, ForwardHop(who, delay_us, body, tag)
-    if kind == b"D":
-        return arrival, FinalDelivery(who, delay_us, body, tag)
-    return arrival, SurbReply(who, surb_id, delay_us, body, tag)
-
+__all__ = ["Result", "WorkerPool", "WorkerStats", "decode_forward", "decode_jobs",
+           "decode_result", "encode_invalid", "encode_jobs", "encode_result", "encode_stats",
+           "is_forward", "join_results", "main", "run_worker", "split_results"]
 
 # ---------------------------------------------------------------------------- the worker process
 
