@@ -643,6 +643,7 @@ def test_a_client_core_reports_exactly_the_schemas_statistics_in_its_order(net: 
     stats = net.client("alice", 46).statistics()
     assert tuple(stats) == client_names(runtime=False)
     assert all(CLIENT_BY_NAME[name].part is ClientPart.CORE for name in stats)
+    assert set(client_names(runtime=True)) > set(stats)  # the runtime adds its own
 
 
 def test_the_client_doc_lists_every_client_statistic_as_the_schema_declares_it() -> None:

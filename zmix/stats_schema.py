@@ -287,6 +287,20 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
                     CORE),
     ClientStatistic("in_flight", G, "fragments sent and awaiting their acknowledgement now",
                     CORE),
+    # ---------------------------------------------------------------- the link to the provider
+    ClientStatistic("fetches_sent", C, "FETCH frames sent (repeated ones and the last one "
+                    "going offline included)", RUNTIME),
+    ClientStatistic("fetch_answers", C, "answers to the awaited FETCH taken in", RUNTIME),
+    ClientStatistic("fetch_unacknowledged", G, "fetched items taken in and not yet "
+                    "acknowledged to the provider (the next FETCH lists them)", RUNTIME),
+    ClientStatistic("frames_ignored", C, "frames from the provider that parse but answer "
+                    "nothing awaited (a late answer to a repeated FETCH), ignored", RUNTIME),
+    ClientStatistic("bad_frames", C, "frames from the provider that do not parse, dropped",
+                    RUNTIME),
+    ClientStatistic("provider_errors", C, "ERROR frames from the provider (a refused request; "
+                    "its text is in the log)", RUNTIME),
+    ClientStatistic("link_full", C, "packets not sent because the link to the provider was "
+                    "full", RUNTIME),
 )
 
 CLIENT_BY_NAME: dict[str, ClientStatistic] = {s.name: s for s in CLIENT_STATISTICS}
