@@ -159,14 +159,15 @@ def seal(recipient_public_key: bytes, message: bytes,
 
     The result is ``len(message) + SEAL_OVERHEAD`` bytes. It is libsodium's sealed box, built
     from its parts so that the ephemeral key comes from ``random_bytes`` (a client core's injected
-    source, for reproducible tests): ephemeral key pair (from a 32-byte seed), nonce =
+    source, for reproducible tests): an ephemeral key pair (32 random bytes), nonce =
     BLAKE2b-192(ephemeral public key || recipient key), ``crypto_box`` from the ephemeral key;
     ``crypto_box_seal_open`` (:func:`unseal`) opens it.
     """
     _check("public key", recipient_public_key, X25519_BYTES)
-    epk, esk = _na.crypto_box_seed_keypair(random_bytes(_na.crypto_box_SEEDBYTES))
+    esk = random_bytes(X25519_BYTES)  # as crypto_box_keypair makes it: random bytes, no hash
+    epk = bytes(_na.crypto_scalarmult_curve25519_base(esk))
     nonce = hashlib.blake2b(epk + recipient_public_key, digest_size=BOX_NONCE_BYTES).digest()
-    return bytes(epk) + bytes(_na.crypto_box(message, nonce, recipient_public_key, esk))
+    return epk + bytes(_na.crypto_box(message, nonce, recipient_public_key, esk))
 
 
 def unseal(public_key: bytes, private_key: bytes, ciphertext: bytes) -> bytes:
