@@ -13,6 +13,7 @@ import math
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,20 @@ from zmix.client import (
     ClientCore,
     FetchSchedule,
     Outgoing,
+    PacketMaker,
     PoissonStreams,
+    Receiver,
+    Sender,
     SendProgress,
     Stream,
 )
-from zmix.clientstore import ClientStore
+from zmix.client.receiving import Ack, TakenIn
+from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
+from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import LocalMisuse
 from zmix.fragment import encode_fragment, seal_signed
 from zmix.keys import load_directory, load_private
-from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, process_packet
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, answer_surb, process_packet
 from zmix.stats_schema import (
     CLIENT_BY_NAME,
     CLIENT_TABLE_HEADER,
@@ -607,15 +613,45 @@ def test_ack_timers_forget_acked_and_failed_fragments_and_skip_their_stale_deadl
     assert timers.pop_due(1e9) is None and timers.sent(a, 10.0) == 4
 
 
+@dataclass
+class Parts:
+    """A client's sending and receiving parts, made on their own over one store."""
+
+    store: ClientStore
+    sender: Sender
+    receiver: Receiver
+
+
+def parts(net: SimNet, name: str, seed: int) -> Parts:
+    topo = net.topology
+    me, directory = load_private(net.state, name), load_directory(net.state, topo)
+    names = {c.id: c.name for c in topo.clients}
+    store = ClientStore(":memory:")
+    maker = PacketMaker(topo, me, directory, random.Random(seed), counter_bytes(seed))
+    return Parts(store, Sender(topo, directory, names, store, maker),
+                 Receiver(topo.sphinx, me, directory, names, store))
+
+
+def fetch_items(net: SimNet, name: str) -> list[MailboxItem]:
+    """Take every item from ``name``'s mailbox (acknowledged at once)."""
+    provider = net.providers[net.topology.node(net.topology.client(name).provider).id]
+    me = net.topology.client(name).id
+    items = list(provider.on_fetch(0.0, me, Fetch(1, ())).items)
+    provider.on_fetch(0.0, me, Fetch(2, tuple(i.item_id for i in items)))
+    return items
+
+
 def test_the_sender_fills_payload_events_from_its_queue_and_sends_drops_otherwise(
         net: SimNet) -> None:
-    alice = net.client("alice", 43)
+    alice = parts(net, "alice", 43)
     sender = alice.sender
-    assert sender.emit(Stream.PAYLOAD, 0.0) is not None
-    assert sender.statistics()["drops_sent"] == 1
-    message_id = alice.submit(0.0, "bob", b"z" * 5000)
+    sender.emit(Stream.PAYLOAD, 0.0)
+    assert sender.statistics()["drops_sent"] == 1  # nothing queued
+    with alice.store:
+        message_id = sender.submit(0.0, "bob", b"z" * 5000, filename=None, anonymous=False,
+                                   reply_blocks=0)
     assert sender.statistics()["queued"] == 4
-    with alice._store:
+    with alice.store:
         outs = [sender.emit(Stream.PAYLOAD, 1.0) for _ in range(5)]
         sender.emit(Stream.DROP, 1.0)
     assert all(walk(net, o)[1].recipient == bob_id(net) for o in outs[:4])
@@ -624,15 +660,36 @@ def test_the_sender_fills_payload_events_from_its_queue_and_sends_drops_otherwis
     assert sender.progress(message_id) == SendProgress(4, 0, False)
 
 
+def test_a_fragment_acked_while_queued_for_retransmission_is_not_sent_again(
+        net: SimNet) -> None:
+    alice = parts(net, "alice", 47)
+    with alice.store:
+        message_id = alice.sender.submit(0.0, "bob", b"late ack", filename=None,
+                                         anonymous=False, reply_blocks=0)
+        sent = alice.sender.emit(Stream.PAYLOAD, 0.0)
+        net.walk(sent.first_hop, sent.packet, 0.0)
+        alice.sender.retransmit(1e6)  # its ack is overdue: queued again
+    assert alice.sender.statistics()["queued"] == 1
+    with alice.store:
+        taken = alice.receiver.take_in(1e6, fetch_items(net, "alice"))
+        for ack in taken.acks:
+            alice.sender.acknowledged(ack.message_id, ack.index)
+        out = alice.sender.emit(Stream.PAYLOAD, 1e6)  # skips the acked fragment
+    assert walk(net, out)[1].recipient != bob_id(net)
+    stats = alice.sender.statistics()
+    assert stats["retransmissions"] == 0 and stats["drops_sent"] == 1 and stats["queued"] == 0
+    assert alice.sender.progress(message_id) == SendProgress(1, 1, False)
+
+
 def test_the_receiver_returns_acks_for_the_sender_and_counts_what_it_drops(net: SimNet) -> None:
-    alice = net.client("alice", 44)
-    alice.submit(0.0, "bob", b"hi")
-    net.send(alice, alice.poll(1.0), 1.0)  # bob's provider stored it; its ack waits for alice
-    provider = net.providers[net.topology.node("provider-1").id]
-    reply = provider.on_fetch(1.0, net.topology.client("alice").id, Fetch(1, ()))
-    acks = [i for i in reply.items if i.kind is ItemKind.REPLY]
-    assert len(acks) == 1
-    with alice._store:
+    alice = parts(net, "alice", 44)
+    with alice.store:
+        alice.sender.submit(0.0, "bob", b"hi", filename=None, anonymous=False, reply_blocks=0)
+        sent = alice.sender.emit(Stream.PAYLOAD, 0.0)
+        net.walk(sent.first_hop, sent.packet, 0.0)
+    acks = [i for i in fetch_items(net, "alice") if i.kind is ItemKind.REPLY]
+    assert len(acks) == 1  # bob's provider stored the fragment and answered its ack SURB
+    with alice.store:
         taken = alice.receiver.take_in(1.0, [*acks, *acks])
     assert taken.messages == [] and len(taken.acks) == 1  # the second copy's SURB was used up
     assert alice.receiver.statistics()["unknown_surb"] == 1
@@ -656,3 +713,58 @@ def test_the_client_doc_lists_every_client_statistic_as_the_schema_declares_it()
     assert rows == expected, (
         "docs/client.md's statistics table differs from zmix/stats_schema.py "
         "(python -m zmix.stats_schema client prints it)")
+
+
+def answered_surb(net: SimNet, kind: int, content: bytes) -> tuple[TakenIn, dict[str, int]]:
+    """Hand out one of alice's SURBs (stored as ``kind``), answer it with ``content`` through the
+    network, and return what alice's next fetch holds."""
+    topo = net.topology
+    me = load_private(net.state, "alice")
+    maker = PacketMaker(topo, me, load_directory(net.state, topo), random.Random(50),
+                        counter_bytes(50))
+    store = ClientStore(":memory:")
+    new = maker.surb()
+    with store:
+        store.add_surb(new.surb_id, StoredSurb(kind, new.keys.to_bytes(), b"m" * 16, 0), 0.0)
+    net.walk(*answer_surb(topo.sphinx, new.surb, content), 0.0)
+    items = fetch_items(net, "alice")
+    receiver = Receiver(topo.sphinx, me, load_directory(net.state, topo),
+                        {c.id: c.name for c in topo.clients}, store)
+    with store:
+        taken = receiver.take_in(0.0, items)
+    return taken, receiver.statistics()
+
+
+def test_the_receiver_takes_an_ack_only_if_it_carries_the_ack_payload(net: SimNet) -> None:
+    taken, stats = answered_surb(net, SURB_ACK, ACK_PAYLOAD)
+    assert taken.acks == [Ack(b"m" * 16, 0)] and stats["undecryptable"] == 0
+    taken, stats = answered_surb(net, SURB_ACK, b"zmix-ack-v2")
+    assert taken.acks == [] and stats["undecryptable"] == 1
+
+
+def test_the_receiver_delivers_a_one_fragment_reply_and_refuses_a_longer_one(
+        net: SimNet) -> None:
+    one = encode_fragment(b"r" * 16, 0, 1, 2, b"ok")
+    taken, stats = answered_surb(net, SURB_REPLY, one)
+    assert [(m.sender, m.data) for m in taken.messages] == [(None, b"ok")]
+    two = encode_fragment(b"r" * 16, 0, 2, 4, b"ok")
+    taken, stats = answered_surb(net, SURB_REPLY, two)
+    assert taken.messages == [] and stats["undecryptable"] == 1
+
+
+def test_the_receiver_drops_strangers_late_duplicates_and_messages_of_the_wrong_length(
+        net: SimNet) -> None:
+    bob = net.client("bob", 51)
+    alice_key = load_private(net.state, "alice").private_key
+    alice_id = net.topology.client("alice").id
+    bob_pk = load_private(net.state, "bob").public_key
+    whole = first_item(b"w" * 16, 0, 1, 2, b"ok", alice_key, alice_id, bob_pk)
+    stranger = first_item(b"s" * 16, 0, 1, 2, b"ok", alice_key, b"?" * 16, bob_pk)
+    short = [first_item(b"b" * 16, i, 2, 8, b"abc", alice_key, alice_id, bob_pk) for i in (0, 1)]
+    items = [whole, whole, stranger, short[0], short[0], short[1]]
+    assert [m.data for m in bob.on_fetched(0.0, items)] == [b"ok"]
+    stats = bob.statistics()
+    assert stats["messages_received"] == 1  # the first copy of the whole message
+    assert stats["duplicates_dropped"] == 2  # a completed message's copy, a fragment's copy
+    assert stats["unknown_sender"] == 1
+    assert stats["bad_reassembly"] == 1  # 6 bytes where the first fragment announced 8

@@ -56,11 +56,6 @@ class PacketMaker:
         self.random_bytes = random_bytes
         self._delays = routes.Delays.from_loopix(topology.loopix)
 
-    @property
-    def provider(self) -> NodeSpec:
-        """The client's own provider."""
-        return self._provider
-
     def new_id(self) -> bytes:
         """Return a fresh 16-byte id (messages, SURBs, loops)."""
         return self.random_bytes(ID_BYTES)
