@@ -26,6 +26,7 @@ from zmix.bench.common import make_network
 from zmix.client import (
     FETCH_RETRY,
     MAX_ATTEMPTS,
+    Ack,
     AckTimers,
     ClientCore,
     FetchSchedule,
@@ -36,8 +37,8 @@ from zmix.client import (
     Sender,
     SendProgress,
     Stream,
+    TakenIn,
 )
-from zmix.client.receiving import Ack, TakenIn
 from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
 from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import LocalMisuse

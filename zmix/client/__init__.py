@@ -11,14 +11,15 @@
 """
 
 from zmix.client.core import DAY, EXPIRY_INTERVAL, LONG_LIFETIME, ClientCore
-from zmix.client.packets import PacketMaker
-from zmix.client.receiving import Receiver
+from zmix.client.packets import NewSurb, PacketMaker
+from zmix.client.receiving import Ack, Receiver, TakenIn
 from zmix.client.results import Outgoing, ReceivedMessage, SendProgress
 from zmix.client.sending import BACKOFF_CAP, MAX_ATTEMPTS, AckTimers, Sender
 from zmix.client.streams import FETCH_RETRY, STALL_RESET, FetchSchedule, PoissonStreams, Stream
 
 __all__ = [
     "BACKOFF_CAP", "DAY", "EXPIRY_INTERVAL", "FETCH_RETRY", "LONG_LIFETIME", "MAX_ATTEMPTS",
-    "STALL_RESET", "AckTimers", "ClientCore", "FetchSchedule", "Outgoing", "PacketMaker",
-    "PoissonStreams", "ReceivedMessage", "Receiver", "SendProgress", "Sender", "Stream",
+    "STALL_RESET", "Ack", "AckTimers", "ClientCore", "FetchSchedule", "NewSurb", "Outgoing",
+    "PacketMaker", "PoissonStreams", "ReceivedMessage", "Receiver", "SendProgress", "Sender",
+    "Stream", "TakenIn",
 ]
