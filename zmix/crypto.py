@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from zmix.errors import LocalMisuse, ZmixError
 
@@ -152,13 +153,21 @@ def equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def seal(recipient_public_key: bytes, message: bytes) -> bytes:
+def seal(recipient_public_key: bytes, message: bytes,
+         random_bytes: Callable[[int], bytes] = random_bytes) -> bytes:
     """Encrypt ``message`` anonymously to an X25519 public key (libsodium ``crypto_box_seal``).
 
-    The result is ``len(message) + SEAL_OVERHEAD`` bytes.
+    The result is ``len(message) + SEAL_OVERHEAD`` bytes. It is libsodium's sealed box, built
+    from its parts so that the ephemeral key comes from ``random_bytes`` (a client core's injected
+    source, for reproducible tests): an ephemeral key pair (32 random bytes), nonce =
+    BLAKE2b-192(ephemeral public key || recipient key), ``crypto_box`` from the ephemeral key;
+    ``crypto_box_seal_open`` (:func:`unseal`) opens it.
     """
     _check("public key", recipient_public_key, X25519_BYTES)
-    return bytes(_na.crypto_box_seal(message, recipient_public_key))
+    esk = random_bytes(X25519_BYTES)  # as crypto_box_keypair makes it: random bytes, no hash
+    epk = bytes(_na.crypto_scalarmult_curve25519_base(esk))
+    nonce = hashlib.blake2b(epk + recipient_public_key, digest_size=BOX_NONCE_BYTES).digest()
+    return epk + bytes(_na.crypto_box(message, nonce, recipient_public_key, esk))
 
 
 def unseal(public_key: bytes, private_key: bytes, ciphertext: bytes) -> bytes:
@@ -170,12 +179,13 @@ def unseal(public_key: bytes, private_key: bytes, ciphertext: bytes) -> bytes:
     return bytes(_na.crypto_box_seal_open(ciphertext, public_key, private_key))
 
 
-def box(recipient_public_key: bytes, sender_private_key: bytes, message: bytes) -> bytes:
+def box(recipient_public_key: bytes, sender_private_key: bytes, message: bytes,
+        random_bytes: Callable[[int], bytes] = random_bytes) -> bytes:
     """Encrypt and authenticate ``message`` from a sender's static key to a recipient's.
 
-    Returns ``nonce || ciphertext`` (libsodium ``crypto_box`` with a random 24-byte nonce),
-    ``len(message) + BOX_OVERHEAD`` bytes. Only the holder of either private key can read it, and
-    the recipient learns that the holder of the sender's key wrote it.
+    Returns ``nonce || ciphertext`` (libsodium ``crypto_box`` with a 24-byte nonce from
+    ``random_bytes``), ``len(message) + BOX_OVERHEAD`` bytes. Only the holder of either private
+    key can read it, and the recipient learns that the holder of the sender's key wrote it.
     """
     _check("public key", recipient_public_key, X25519_BYTES)
     _check("private key", sender_private_key, X25519_BYTES)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zmix import crypto
@@ -45,6 +45,7 @@ MAX_FRAGMENTS = 1 << 24  # a parser bound: about 27 GB at the default packet siz
 _KIND = struct.Struct(">B16s")
 CONTENT_OVERHEAD = crypto.SEAL_OVERHEAD + _KIND.size + crypto.BOX_OVERHEAD  # 105 bytes
 _NO_ID = bytes(ID_BYTES)
+RandomBytes = Callable[[int], bytes]
 
 
 class ContentKind(enum.IntEnum):
@@ -81,21 +82,26 @@ class Fragment:
 
 
 def seal_signed(recipient_key: bytes, sender_id: bytes, sender_private_key: bytes,
-                fragment: bytes) -> bytes:
+                fragment: bytes, random_bytes: RandomBytes = crypto.random_bytes) -> bytes:
     """Return ``fragment`` boxed from the sender's key and sealed, with the sender's id, to the
-    recipient; ``len(fragment) + CONTENT_OVERHEAD`` bytes."""
-    boxed = crypto.box(recipient_key, sender_private_key, fragment)
-    return crypto.seal(recipient_key, _KIND.pack(ContentKind.SIGNED, sender_id) + boxed)
+    recipient; ``len(fragment) + CONTENT_OVERHEAD`` bytes. Nonce and ephemeral key come from
+    ``random_bytes`` (as in every ``seal_`` function)."""
+    boxed = crypto.box(recipient_key, sender_private_key, fragment, random_bytes)
+    return crypto.seal(recipient_key, _KIND.pack(ContentKind.SIGNED, sender_id) + boxed,
+                       random_bytes)
 
 
-def seal_anonymous(recipient_key: bytes, fragment: bytes) -> bytes:
+def seal_anonymous(recipient_key: bytes, fragment: bytes,
+                   random_bytes: RandomBytes = crypto.random_bytes) -> bytes:
     """Return ``fragment`` sealed to the recipient without any sender identity."""
-    return crypto.seal(recipient_key, _KIND.pack(ContentKind.ANONYMOUS, _NO_ID) + fragment)
+    return crypto.seal(recipient_key, _KIND.pack(ContentKind.ANONYMOUS, _NO_ID) + fragment,
+                       random_bytes)
 
 
-def seal_loop(own_key: bytes, loop_id: bytes) -> bytes:
+def seal_loop(own_key: bytes, loop_id: bytes,
+              random_bytes: RandomBytes = crypto.random_bytes) -> bytes:
     """Return a loop marker sealed to the client itself: only it can recognise the loop."""
-    return crypto.seal(own_key, _KIND.pack(ContentKind.LOOP, loop_id))
+    return crypto.seal(own_key, _KIND.pack(ContentKind.LOOP, loop_id), random_bytes)
 
 
 def open_content(public_key: bytes, private_key: bytes, data: bytes) -> Content:

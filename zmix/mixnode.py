@@ -20,13 +20,12 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from zmix import crypto
+from zmix import crypto, routes
 from zmix.errors import DropReason
 from zmix.keys import PublicIdentity
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
 from zmix.sphinx import (
-    MAX_DELAY_US,
     FinalDelivery,
     ForwardHop,
     Hop,
@@ -79,7 +78,7 @@ class NodeCore:
         self._node_ids = frozenset(node.id for node in topology.nodes())
         # Validation keeps max_delay within the wire's u32; the min is for a Topology built
         # without it, so that no delay this node draws can fail to fit a routing command.
-        self._max_delay_us = min(int(topology.loopix.max_delay * 1_000_000), MAX_DELAY_US)
+        self._max_delay_us = routes.max_delay_us(topology.loopix.max_delay)
         self._replay = ReplayCache(topology.runtime.replay_capacity)
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -214,7 +213,7 @@ class NodeCore:
         return due if math.isfinite(due) else None  # a rate so low it never comes: no loops
 
     def _make_loop(self, now: float) -> Scheduled:
-        route = [self._hop(node) for node in self.loop_route()]
+        route = routes.hops(self.loop_route(), self._directory, self._delays(), self._rng)
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
             self._topology.sphinx, route, self._me.id, _LOOP_MARKER + loop_id, self._random_bytes
@@ -242,28 +241,18 @@ class NodeCore:
         return trips[len(trips) // 2], per_hop[len(per_hop) // 2]
 
     def loop_route(self) -> list[NodeSpec]:
-        """Return a Loopix mix-loop route that starts after this node and ends at it.
-
-        A mixnode of layer i goes through the layers after it, a random provider, then the layers
-        up to its own (ending with itself); a provider goes through every layer and back to itself.
-        """
-        layers = self._topology.layers
-        pick = self._rng.choice
-        if self._me.layer is None:
-            return [pick(layer) for layer in layers] + [self._me]
-        i = self._me.layer
-        after = [pick(layer) for layer in layers[i + 1:]]
-        before = [pick(layer) for layer in layers[:i]]
-        return [*after, pick(self._topology.providers), *before, self._me]
+        """Return a Loopix mix-loop route that starts after this node and ends at it
+        (:func:`zmix.routes.mix_loop_route`)."""
+        topology = self._topology
+        return routes.mix_loop_route(topology.layers, topology.providers, self._me, self._rng)
 
     def _hop(self, node: NodeSpec) -> Hop:
-        """A hop of a mix loop with an exponential delay cut to ``loopix.max_delay`` (a draw
-        above it is clamped, not drawn again, as clients do), in whole microseconds."""
-        mean = self._topology.loopix.mean_delay
-        delay = self._rng.expovariate(1 / mean) if mean > 0 else 0.0
-        delay_us = min(int(min(delay, self._topology.loopix.max_delay) * 1_000_000),
-                       self._max_delay_us)
-        return Hop(node.id, self._directory[node.name].public_key, delay_us)
+        """A hop of a mix loop with a delay drawn as every sender draws it
+        (:class:`zmix.routes.Delays`)."""
+        return routes.hops([node], self._directory, self._delays(), self._rng)[0]
+
+    def _delays(self) -> routes.Delays:
+        return routes.Delays.from_loopix(self._topology.loopix)
 
     # ------------------------------------------------------------------ statistics
 

@@ -217,5 +217,116 @@ def markdown_table(statistics: Iterable[Statistic] = STATISTICS) -> str:
     return "\n".join([*TABLE_HEADER, *(table_row(s) for s in statistics)]) + "\n"
 
 
+
+# ==================================================================== the client
+# A client's statistics (docs/client.md's table; ``python -m zmix.stats_schema client`` prints it).
+# Counters run from when the client went online (its core was made), not over the life of its store.
+
+
+class ClientPart(enum.Enum):
+    """Which part of a client reports a statistic."""
+
+    CORE = "ClientCore"  # ClientCore.statistics(), and so ClientRuntime.statistics() too
+    RUNTIME = "ClientRuntime"  # added by ClientRuntime.statistics()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatistic:
+    """One statistic of a client: its name, its kind, its meaning and which part reports it."""
+
+    name: str
+    kind: Kind
+    help: str
+    part: ClientPart
+
+
+CORE, RUNTIME = ClientPart.CORE, ClientPart.RUNTIME
+
+CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
+    # ---------------------------------------------------------------- sending
+    ClientStatistic("messages_submitted", C, "messages queued by submit (replies not counted)",
+                    CORE),
+    ClientStatistic("real_sent", C, "packets sent carrying a fragment of a message, "
+                    "retransmissions included", CORE),
+    ClientStatistic("retransmissions", C, "fragments sent again because their acknowledgement "
+                    "was overdue (also in real_sent)", CORE),
+    ClientStatistic("acks_received", C, "valid acknowledgements of the client's fragments "
+                    "fetched, duplicate ones included", CORE),
+    ClientStatistic("duplicate_acks", C, "acknowledgements of a fragment already acknowledged "
+                    "(the ack of an earlier send came back too)", CORE),
+    ClientStatistic("messages_failed", C, "messages given up: one of their fragments was sent 8 "
+                    "times without an acknowledgement", CORE),
+    ClientStatistic("loops_sent", C, "loop packets sent to the client itself (Loopix lambda_L)",
+                    CORE),
+    ClientStatistic("loops_returned", C, "the client's own loops that came back", CORE),
+    ClientStatistic("unknown_loops", C, "loops that came back with an id not outstanding "
+                    "(already returned, or expired)", CORE),
+    ClientStatistic("drops_sent", C, "drop cover packets sent: the drop stream (Loopix "
+                    "lambda_D) and payload stream events with nothing queued", CORE),
+    ClientStatistic("replies_sent", C, "replies sent through a reply block of a received "
+                    "message", CORE),
+    # ---------------------------------------------------------------- receiving
+    ClientStatistic("messages_received", C, "messages reassembled and put in the inbox, replies "
+                    "included", CORE),
+    ClientStatistic("duplicates_dropped", C, "fragments already held, or of a message already "
+                    "completed, dropped", CORE),
+    ClientStatistic("inconsistent_fragments", C, "fragments whose count, total length or sender "
+                    "disagree with what the first fragment of their message said, dropped", CORE),
+    ClientStatistic("undecryptable", C, "fetched items that do not open or parse (an "
+                    "acknowledgement that is not one, a reply of more than one fragment too)",
+                    CORE),
+    ClientStatistic("unknown_sender", C, "signed fragments whose sender id is not a client the "
+                    "client knows, dropped", CORE),
+    ClientStatistic("unknown_surb", C, "answers to a SURB id the client does not hold (used, "
+                    "expired, or not its own), dropped", CORE),
+    ClientStatistic("bad_reassembly", C, "completed messages whose length disagrees with the "
+                    "announced total, discarded", CORE),
+    ClientStatistic("expired", C, "store entries removed by the expiry sweep (old SURB keys, "
+                    "loops, partial messages, reply blocks, completed ids)", CORE),
+    ClientStatistic("queued", G, "fragments and replies waiting for the payload stream now",
+                    CORE),
+    ClientStatistic("in_flight", G, "fragments sent and awaiting their acknowledgement now",
+                    CORE),
+    # ---------------------------------------------------------------- the link to the provider
+    ClientStatistic("fetches_sent", C, "FETCH frames sent (repeated ones and the last one "
+                    "going offline included)", RUNTIME),
+    ClientStatistic("fetch_answers", C, "answers to the awaited FETCH taken in", RUNTIME),
+    ClientStatistic("fetch_unacknowledged", G, "fetched items taken in and not yet "
+                    "acknowledged to the provider (the next FETCH lists them)", RUNTIME),
+    ClientStatistic("frames_ignored", C, "frames from the provider that parse but answer "
+                    "nothing awaited (a late answer to a repeated FETCH), ignored", RUNTIME),
+    ClientStatistic("bad_frames", C, "frames from the provider that do not parse, dropped",
+                    RUNTIME),
+    ClientStatistic("provider_errors", C, "ERROR frames from the provider (a refused request; "
+                    "its text is in the log)", RUNTIME),
+    ClientStatistic("link_full", C, "packets not sent because the link to the provider was "
+                    "full", RUNTIME),
+)
+
+CLIENT_BY_NAME: dict[str, ClientStatistic] = {s.name: s for s in CLIENT_STATISTICS}
+
+
+def client_names(*, runtime: bool) -> tuple[str, ...]:
+    """Return the names a client reports, in table order: ``ClientCore.statistics()``'s, or with
+    ``runtime`` ``ClientRuntime.statistics()``'s (the core's and the runtime's own)."""
+    return tuple(s.name for s in CLIENT_STATISTICS if runtime or s.part is ClientPart.CORE)
+
+
+CLIENT_TABLE_HEADER = ("| name | kind | reported by | meaning |", "|---|---|---|---|")
+
+
+def client_table_row(statistic: ClientStatistic) -> str:
+    """Return the statistic's row of the table in docs/client.md."""
+    s = statistic
+    return f"| `{s.name}` | {s.kind.value} | `{s.part.value}` | {s.help} |"
+
+
+def client_markdown_table(statistics: Iterable[ClientStatistic] = CLIENT_STATISTICS) -> str:
+    """Return the table of docs/client.md's "Statistics" section, one row per statistic."""
+    return "\n".join([*CLIENT_TABLE_HEADER, *(client_table_row(s) for s in statistics)]) + "\n"
+
+
 if __name__ == "__main__":
-    print(markdown_table(), end="")
+    import sys
+
+    print(client_markdown_table() if sys.argv[1:] == ["client"] else markdown_table(), end="")

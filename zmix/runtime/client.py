@@ -13,6 +13,11 @@ answer, so a watcher of the link learns neither what the client sends nor how mu
 The client's directory (``STATE/clients/NAME``, its store and lock) is private to its user
 (0700, the store 0600), like its private key.
 
+A program with its own poll loop (a client daemon) registers :meth:`ClientRuntime.sockets` in its
+``zmq.Poller``, sleeps until :meth:`ClientRuntime.next_deadline` or a readable socket, and calls
+:meth:`ClientRuntime.on_timer` / :meth:`ClientRuntime.on_readable`; :meth:`ClientRuntime.step` and
+:meth:`ClientRuntime.run_until` are that loop for the command-line tools.
+
 Only one process may act as a given client at a time (a lock file next to its store), since the
 provider knows a client by its CURVE key and answers one connection.
 """
@@ -25,6 +30,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -38,11 +44,14 @@ from zmix.contacts import contact_path, load_contacts, with_contacts
 from zmix.errors import ConfigError, WireError
 from zmix.keys import load_directory, load_private
 from zmix.runtime import links
+from zmix.stats_schema import CLIENT_BY_NAME, ClientPart
 from zmix.topology import ClientSpec, load_topology
 
 LOG = logging.getLogger(__name__)
 
 POLL_CAP = 0.1  # seconds: the loop wakes at least this often
+_RUNTIME_STATISTICS = tuple(name for name, s in CLIENT_BY_NAME.items()
+                            if s.part is ClientPart.RUNTIME)
 
 
 class ClientBusy(Exception):
@@ -92,6 +101,7 @@ class ClientRuntime:
         self._sock: zmq.Socket[bytes] | None = None
         self.store: ClientStore | None = None
         self._core: ClientCore | None = None
+        self._counts: Counter[str] = Counter()
         self._fetcher = FetchSchedule(
             self.topology.loopix.fetch_interval, drain=drain,
             capacity=wire.fetch_ack_capacity(self.topology.sphinx),
@@ -151,6 +161,40 @@ class ClientRuntime:
 
     # ------------------------------------------------------------------ the loop
 
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """Return the sockets an outer poll loop waits on for :meth:`on_readable` (one DEALER to
+        the provider; only while online)."""
+        return [self._socket()]
+
+    def next_deadline(self) -> float:
+        """Return the monotonic time at which :meth:`on_timer` next has something to do: the
+        core's next packet or ack deadline, or the next FETCH (never later than the fetch
+        interval, or the retry time of a FETCH awaiting its answer)."""
+        return min(self.core.next_wakeup(), self._fetcher.next_due())
+
+    def on_timer(self, now: float) -> None:
+        """Send the packets due by ``now`` (monotonic time) and a FETCH if one is due.
+
+        Calling it early is harmless: nothing that is not due is sent."""
+        sock = self._socket()
+        for out in self.core.poll(now):
+            self._send(out)
+        fetch = self._fetcher.poll(now)
+        if fetch is not None:
+            sock.send(wire.encode_client(fetch, params=self.topology.sphinx))
+
+    def on_readable(self, now: float) -> list[ReceivedMessage]:
+        """Take in every frame waiting on the socket (without blocking); return the messages
+        they completed. ``now`` (monotonic time) is when they are taken in."""
+        sock = self._socket()
+        received: list[ReceivedMessage] = []
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return received
+            received.extend(self._on_frame(now, data))
+
     def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Run the client until ``done()`` is true (return True) or ``timeout`` passes (False)."""
         deadline = time.monotonic() + timeout
@@ -163,24 +207,14 @@ class ClientRuntime:
             self.step(min(deadline, now + POLL_CAP))
 
     def step(self, until: float) -> list[ReceivedMessage]:
-        """Send what is due, fetch if it is time, wait for an answer until ``until`` at most."""
+        """Send what is due, fetch if it is time, wait for an answer until ``until`` at most: one
+        turn of the poll loop an outer loop would run (:meth:`on_timer`, :meth:`on_readable`)."""
         sock = self._socket()
-        now = time.monotonic()
-        for out in self.core.poll(now):
-            self._send(out)
-        fetch = self._fetcher.poll(now)
-        if fetch is not None:
-            sock.send(wire.encode_client(fetch, params=self.topology.sphinx))
-        wake = min(until, self.core.next_wakeup(), self._fetcher.next_due())
-        received: list[ReceivedMessage] = []
+        self.on_timer(time.monotonic())
+        wake = min(until, self.next_deadline())
         if sock.poll(max(0, int((wake - time.monotonic()) * 1000))):
-            while True:
-                try:
-                    data = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                received.extend(self._on_frame(data))
-        return received
+            return self.on_readable(time.monotonic())
+        return []
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
@@ -197,6 +231,7 @@ class ClientRuntime:
         try:
             self._socket().send(data, zmq.NOBLOCK)
         except zmq.Again:
+            self._counts["link_full"] += 1
             LOG.warning("the link to %s is full; a packet was not sent", self.provider.name)
 
     @property
@@ -222,17 +257,29 @@ class ClientRuntime:
         """Fetch at the next step instead of waiting for the fetch interval."""
         self._fetcher.fetch_now()
 
-    def _on_frame(self, data: bytes) -> list[ReceivedMessage]:
+    def statistics(self) -> dict[str, int]:
+        """Return the core's statistics and the runtime's own (``zmix.stats_schema``'s
+        ``CLIENT_STATISTICS``, in its order; only while online)."""
+        stats = self.core.statistics()
+        own = {"fetches_sent": self._fetcher.sent, "fetch_answers": self._fetcher.answers,
+               "fetch_unacknowledged": len(self._fetcher.unacknowledged), **self._counts}
+        stats.update((name, own.get(name, 0)) for name in _RUNTIME_STATISTICS)
+        return stats
+
+    def _on_frame(self, now: float, data: bytes) -> list[ReceivedMessage]:
         try:
             frame = wire.decode(data, params=self.topology.sphinx, slots=self._slots)
         except WireError:
+            self._counts["bad_frames"] += 1
             LOG.warning("dropped a frame from %s that does not parse", self.provider.name)
             return []
         if isinstance(frame, wire.FetchReply) and self._fetcher.awaits(frame):
-            now = time.monotonic()
             received = self.core.on_fetched(now, frame.items)  # committed when it returns
             self._fetcher.taken_in(now, frame)  # so the next FETCH may acknowledge them
             return received
         if isinstance(frame, wire.Error):
+            self._counts["provider_errors"] += 1
             LOG.warning("provider %s refused a request: %s", self.provider.name, frame.text)
+        else:
+            self._counts["frames_ignored"] += 1
         return []

@@ -1,0 +1,113 @@
+"""Loopix routes and per-hop delays, drawn in one place for clients and nodes (sans-IO).
+
+Every route is stratified (Loopix): exactly one mixnode of each layer, chosen uniformly at random,
+visited in layer order. Which providers a route starts and ends at depends on what it carries:
+
+============  ================================================================================
+forward       [sender's provider, L0 .. L(n-1), recipient's provider]   (messages)
+loop          [own provider, L0 .. L(n-1), own provider]                (a client's loops)
+drop          [own provider, L0 .. L(n-1), a random provider]           (drop cover packets)
+SURB          [L0 .. L(n-1), own provider]                              (acks and replies)
+mix loop      a mixnode of layer i: [L(i+1) .. L(n-1), a random provider, L0 .. L(i-1), itself];
+              a provider: [L0 .. L(n-1), itself]
+============  ================================================================================
+
+Each hop's delay (Loopix's exponential mixing delay, chosen by the sender and carried in that hop's
+routing command) is drawn from Exp(mean = ``loopix.mean_delay``) in whole microseconds (truncated),
+clamped to ``loopix.max_delay`` and never beyond what the wire's field holds (``MAX_DELAY_US``,
+2^32 - 1 us; docs/sphinx.md): a draw above the bound is clamped, not drawn again. A node drops a
+packet whose delay exceeds its ``loopix.max_delay``, so nothing drawn here is dropped for it.
+
+All randomness comes from the injected ``rng`` (a ``random.Random``-like object; production:
+``random.SystemRandom``), in a fixed order, so the same seed gives the same routes and delays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from zmix.keys import PublicIdentity
+from zmix.sphinx import MAX_DELAY_US, Hop
+from zmix.topology import LoopixParams, NodeSpec
+
+Layers = Sequence[Sequence[NodeSpec]]
+
+
+def max_delay_us(max_delay: float) -> int:
+    """Return ``max_delay`` (seconds) in whole microseconds, at most ``MAX_DELAY_US``.
+
+    Topology validation keeps ``loopix.max_delay`` within the wire's u32 already; the cap is for a
+    topology built without it, so that no delay drawn can fail to fit a routing command.
+    """
+    return min(int(max_delay * 1_000_000), MAX_DELAY_US)
+
+
+@dataclass(frozen=True, slots=True)
+class Delays:
+    """Per-hop delays: Exp(mean ``mean`` seconds) in whole microseconds, at most ``max_us``."""
+
+    mean: float  # seconds, 1/mu in the Loopix paper; 0 or less: every delay is 0
+    max_us: int  # microseconds, <= MAX_DELAY_US
+
+    @classmethod
+    def from_loopix(cls, loopix: LoopixParams) -> Delays:
+        """Return the delays of ``loopix.mean_delay`` clamped to ``loopix.max_delay``."""
+        return cls(loopix.mean_delay, max_delay_us(loopix.max_delay))
+
+    def draw_us(self, rng: random.Random) -> int:
+        """Return one hop's delay in whole microseconds (one draw from ``rng``, none at mean 0)."""
+        if self.mean <= 0:
+            return 0
+        delay_us = rng.expovariate(1 / self.mean) * 1_000_000
+        # Compared as a float first: a huge draw (even inf) is clamped, never passed to int().
+        return self.max_us if delay_us >= self.max_us else int(delay_us)
+
+
+def stratified(layers: Layers, rng: random.Random) -> list[NodeSpec]:
+    """Return one mixnode drawn uniformly from each layer, in layer order."""
+    return [rng.choice(layer) for layer in layers]
+
+
+def forward_route(layers: Layers, first: NodeSpec, last: NodeSpec,
+                  rng: random.Random) -> list[NodeSpec]:
+    """Return ``[first, one mixnode per layer, last]``: a message (``first`` the sender's provider,
+    ``last`` the recipient's) or a client's loop (both its own provider)."""
+    return [first, *stratified(layers, rng), last]
+
+
+def drop_route(layers: Layers, first: NodeSpec, providers: Sequence[NodeSpec],
+               rng: random.Random) -> list[NodeSpec]:
+    """Return ``[first, one mixnode per layer, a random provider]``: a drop packet's route (the
+    random provider, drawn first, discards it)."""
+    last = rng.choice(providers)
+    return forward_route(layers, first, last, rng)
+
+
+def surb_route(layers: Layers, provider: NodeSpec, rng: random.Random) -> list[NodeSpec]:
+    """Return ``[one mixnode per layer, provider]``: how acks and replies come back to a client
+    of ``provider`` (the SURB's first hop is a first-layer mixnode)."""
+    return [*stratified(layers, rng), provider]
+
+
+def mix_loop_route(layers: Layers, providers: Sequence[NodeSpec], me: NodeSpec,
+                   rng: random.Random) -> list[NodeSpec]:
+    """Return a node's mix-loop route (Loopix lambda_M): it starts after ``me`` and ends at it.
+
+    A mixnode of layer i goes through the layers after its own, a random provider, then the layers
+    before its own and back to itself, so the loop visits every layer once in the order packets
+    flow; a provider goes through every layer and back to itself.
+    """
+    if me.layer is None:
+        return [*stratified(layers, rng), me]
+    after = stratified(layers[me.layer + 1:], rng)
+    before = stratified(layers[:me.layer], rng)
+    return [*after, rng.choice(providers), *before, me]  # the provider is drawn last
+
+
+def hops(route: Sequence[NodeSpec], directory: Mapping[str, PublicIdentity], delays: Delays,
+         rng: random.Random) -> list[Hop]:
+    """Return the Sphinx hops of ``route``: each node's id and public key (from ``directory``) and
+    a fresh delay, drawn in route order. Raises KeyError for a node missing from ``directory``."""
+    return [Hop(node.id, directory[node.name].public_key, delays.draw_us(rng)) for node in route]
