@@ -18,10 +18,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zmix import wire
+from zmix import crypto, wire
 from zmix.client import ClientCore, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
 from zmix.errors import InvalidPacket
@@ -172,10 +173,12 @@ class SimNet:
     # ------------------------------------------------------------------ clients
 
     def client(self, name: str, seed: int, store: ClientStore | None = None,
-               now: float = 0.0) -> ClientCore:
+               now: float = 0.0, random_bytes: Callable[[int], bytes] = crypto.random_bytes,
+               ) -> ClientCore:
         core = ClientCore(self.topology, load_private(self.state, name),
                           load_directory(self.state, self.topology),
-                          store or ClientStore(":memory:"), random.Random(seed), now)
+                          store or ClientStore(":memory:"), random.Random(seed), now,
+                          random_bytes=random_bytes)
         self._names[core] = name
         return core
 
