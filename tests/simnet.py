@@ -201,6 +201,14 @@ class SimNet:
             self.frame(provider, me, wire.encode_client(frame, params=params))
         self.settle(now)
 
+    def walk(self, hop: bytes, packet: bytes, now: float) -> None:
+        """Hand ``packet`` to node ``hop`` as another node would (the first hop of a SURB answer
+        is a mixnode, which admits only nodes) and run the network until it has arrived."""
+        sender = next(node.id for node in self.topology.nodes() if node.id != hop)
+        self.advance(now)
+        self.frame(hop, sender, wire.encode_packet(packet, params=self.topology.sphinx))
+        self.settle(now)
+
     def fetch(self, client: ClientCore, name: str, now: float) -> list[ReceivedMessage]:
         """Fetch the client's mailbox through its provider's centre, acknowledging each answer
         in the next FETCH as a client does, until it is empty."""

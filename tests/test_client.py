@@ -725,13 +725,18 @@ def test_the_client_doc_lists_every_client_statistic_as_the_schema_declares_it()
         "(python -m zmix.stats_schema client prints it)")
 
 
+SURB_SEEDS = itertools.count(50)
+
+
 def answered_surb(net: SimNet, kind: int, content: bytes) -> tuple[TakenIn, dict[str, int]]:
     """Hand out one of alice's SURBs (stored as ``kind``), answer it with ``content`` through the
     network, and return what alice's next fetch holds."""
     topo = net.topology
     me = load_private(net.state, "alice")
-    maker = PacketMaker(topo, me, load_directory(net.state, topo), random.Random(50),
-                        counter_bytes(50))
+    # A SURB of its own each time: the same one answered twice is a replay at its first hop.
+    seed = next(SURB_SEEDS)
+    maker = PacketMaker(topo, me, load_directory(net.state, topo), random.Random(seed),
+                        counter_bytes(seed))
     store = ClientStore(":memory:")
     new = maker.surb()
     with store:
