@@ -15,6 +15,7 @@ from zmix.sphinx import (
     FinalDelivery,
     ForwardHop,
     Hop,
+    Profile,
     SphinxParams,
     Surb,
     SurbKeys,
@@ -27,7 +28,7 @@ from zmix.sphinx import (
     process_packet,
 )
 from zmix.sphinx import packet as packet_module
-from zmix.sphinx.profiles import CMD_DELIVER, V1, Routing
+from zmix.sphinx.profiles import CMD_DELIVER, CMD_FORWARD, CMD_SURB_REPLY, SMC0, V1, Routing
 
 KEYS = [crypto.x25519_keypair() for _ in range(8)]
 RECIPIENT = b"\xaa" * 16
@@ -525,3 +526,49 @@ def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
     # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
     assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+
+
+def test_lioness_refuses_a_key_or_block_of_the_wrong_size_as_our_own_misuse() -> None:
+    key, block = bytes(range(192)), bytes(33)  # the shortest block: one byte past L
+    assert lioness.decrypt(key, lioness.encrypt(key, block)) == block
+    for bad_key, bad_block in ((key[:-1], block), (key + b"k", block), (key, block[:-1])):
+        with pytest.raises(LocalMisuse):
+            lioness.encrypt(bad_key, bad_block)
+        with pytest.raises(LocalMisuse):
+            lioness.decrypt(bad_key, bad_block)
+
+
+def test_a_v1_routing_slot_with_an_unknown_command_or_reserved_bytes_set_is_a_bad_command() -> None:
+    params = SphinxParams()
+    slot = V1.forward_slot(b"n" * 16, 1234, b"g" * 16)
+    assert V1.parse(params, slot) == Routing(CMD_FORWARD, b"n" * 16, 1234, b"g" * 16)
+    for bad in (b"\x7f" + slot[1:], slot[:-1] + b"\x01"):
+        with pytest.raises(InvalidPacket) as err:
+            V1.parse(params, bad)
+        assert err.value.reason is DropReason.BAD_COMMAND
+
+
+def test_the_smc0_routing_byte_and_payload_checks() -> None:
+    params = SphinxParams(max_hops=5, payload_length=1024, profile=Profile.SMC0)
+    tail = bytes(range(64))
+    assert SMC0.parse(params, b"\xff" + tail).command == CMD_FORWARD
+    assert SMC0.parse(params, b"\x00" + tail).command == CMD_DELIVER
+    assert SMC0.parse(params, b"\x05" + tail).command == CMD_SURB_REPLY
+    for first in (0x80, 0xFE):  # neither forward, deliver nor a length-prefixed client id
+        with pytest.raises(InvalidPacket):
+            SMC0.parse(params, bytes([first]) + tail)
+    deliver = Routing(CMD_DELIVER, b"", 0, b"")
+    body = SMC0.forward_body(params, b"bob", b"hello")
+    assert SMC0.open_final(params, deliver, body) == (b"bob", b"hello")
+    reply = SMC0.reply_body(params, b"answer")
+    assert SMC0.open_reply(params, reply) == b"answer"
+    tampered_tag = [b"\x01" + body[1:], b"\x01" + reply[1:]]
+    bad_padding = [body[:-2] + b"\x01\x00", reply[:-2] + (len(reply) + 1).to_bytes(2, "little")]
+    for (final, answer), reason in ((tampered_tag, DropReason.BAD_TAG),
+                                    (bad_padding, DropReason.BAD_TAG)):
+        with pytest.raises(InvalidPacket) as err:
+            SMC0.open_final(params, deliver, final)
+        assert err.value.reason is reason
+        with pytest.raises(InvalidPacket) as err:
+            SMC0.open_reply(params, answer)
+        assert err.value.reason is reason
