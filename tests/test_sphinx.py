@@ -268,7 +268,9 @@ def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward
         with pytest.raises(LocalMisuse):
             create_forward_packet(params, route(3), recipient, b"m", rng)
         assert rng.calls == 0
-    surb, _ = create_surb(params, route(3), RECIPIENT, b"\x55" * 16)
+    rng = CountingRandom()  # the same source is drawn from once the arguments are good
+    surb, _ = create_surb(params, route(3), RECIPIENT, b"\x55" * 16, rng)
+    assert rng.calls > 0
     _, final = walk(params, surb.first_hop, answer_surb(params, surb, b"r")[1])
     assert isinstance(final, SurbReply) and final.recipient == RECIPIENT
 
@@ -295,6 +297,10 @@ def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work()
         with pytest.raises(LocalMisuse):
             create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
         assert rng.calls == 0
+    rng = CountingRandom()  # the same calls with the good route draw from it
+    create_forward_packet(params, good, RECIPIENT, b"m", rng)
+    create_surb(params, good, RECIPIENT, b"\x55" * 16, rng)
+    assert rng.calls >= 2
     for surb_id in (b"", b"\x55" * 15, b"\x55" * 17, 16):
         with pytest.raises(LocalMisuse):
             create_surb(params, good, RECIPIENT, surb_id)  # type: ignore[arg-type]
@@ -353,7 +359,10 @@ def test_a_hop_public_key_of_small_order_is_refused_as_local_misuse(point: bytes
         with pytest.raises(LocalMisuse, match="small order"):
             create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
         assert rng.calls == 0
-    assert len(create_forward_packet(params, route(3), RECIPIENT, b"m")) == params.packet_length
+    rng = CountingRandom()
+    assert len(create_forward_packet(params, route(3), RECIPIENT, b"m", rng)) == (
+        params.packet_length)
+    assert rng.calls > 0
 
 
 def test_the_small_order_list_is_exactly_the_points_x25519_refuses() -> None:
