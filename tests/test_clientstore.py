@@ -183,6 +183,9 @@ def test_a_failed_transaction_changes_nothing() -> None:
         store.add_loop(b"L" * 16, 0.0)
         raise RuntimeError("crash in the middle")
     assert store.take_loop(b"L" * 16) is None
+    with store:  # the same write in a transaction that ends well is kept
+        store.add_loop(b"L" * 16, 0.0)
+    assert store.take_loop(b"L" * 16) == 0.0
 
 
 def test_a_store_from_another_schema_version_is_refused(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ def test_a_contact_round_trips_and_extends_what_a_client_sees(net: tuple[Topolog
 def test_no_contacts_folder_means_no_contacts(net: tuple[Topology, Path]) -> None:
     topology, state = net
     assert load_contacts(state, topology) == []
+    write_contact(state, dave(topology))  # the same call finds one once the folder has one
+    assert load_contacts(state, topology) == [dave(topology)]
 
 
 @pytest.mark.parametrize(("change", "key"), [

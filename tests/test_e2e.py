@@ -192,7 +192,13 @@ def test_a_message_survives_a_mixnode_killed_mid_transfer(network: Network) -> N
     assert sender.stdin is not None
     sender.stdin.write(data)
     sender.stdin.close()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # the transfer is under way: some fragments arrived
+    while (metrics.statistics(network.state, "provider-2") or {}).get(
+            "provider_messages_stored", 0) < 5:
+        assert sender.poll() is None, "zmix-send exited before 5 fragments were stored"
+        assert time.monotonic() < deadline, "provider-2 stored no 5 fragments in 60 s"
+        time.sleep(0.05)
+    assert sender.poll() is None, "the transfer was over before the kill"
     pid = int((metrics.statistics(network.state, "mix-b1") or {})["pid"])
     os.kill(pid, signal.SIGKILL)  # zmix-up starts it again after a pause
     assert sender.wait(300) == 0, sender.stderr.read() if sender.stderr else ""
@@ -207,10 +213,12 @@ def test_zmix_up_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     pids = [int((metrics.statistics(tmp_path / "state", n) or {})["pid"]) for n in nodes]
     pids += _descendants_of(pids)  # the workers
     assert len(pids) == 2 * len(nodes)
+    assert all(_alive(p) for p in pids)
     assert stop_up(up) == 0
-    time.sleep(0.5)
-    survivors = [p for p in pids if _alive(p)]
-    assert survivors == []
+    deadline = time.monotonic() + 5  # zmix-up reaped the nodes; their workers follow them
+    while survivors := [p for p in pids if _alive(p)]:
+        assert time.monotonic() < deadline, f"still running 5 s after zmix-up stopped: {survivors}"
+        time.sleep(0.05)
 
 
 def test_a_bad_topology_starts_nothing_and_names_the_key(tmp_path: Path) -> None:

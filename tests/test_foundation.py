@@ -25,6 +25,8 @@ def test_invalid_packet_text_does_not_reveal_the_reason() -> None:
 def test_core_modules_do_not_import_zmq() -> None:
     code = "import sys\n" + "".join(f"import {m}\n" for m in CORE_MODULES)
     code += "assert 'zmq' not in sys.modules, 'a core module imported zmq'\n"
+    # The same check sees zmq once a runtime module is imported: it can fail.
+    code += "import zmix.runtime.links\nassert 'zmq' in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -20,6 +20,7 @@ from zmix.fragment import (
     encode_metadata,
     open_content,
     parse_fragment,
+    reply_blocks_that_fit,
     seal_anonymous,
     seal_loop,
     seal_signed,
@@ -132,3 +133,43 @@ def test_an_unknown_content_kind_is_invalid() -> None:
         open_content(pk, sk, crypto.seal(pk, b"\x09" + bytes(16)))
     with pytest.raises(InvalidPacket):
         open_content(pk, sk, crypto.seal(pk, b"\x01"))
+
+
+def test_fragment_arguments_out_of_range_are_refused_as_our_own_misuse() -> None:
+    message_id = bytes(16)
+    assert reply_blocks_that_fit(CAPACITY, SURB) >= 1
+    with pytest.raises(LocalMisuse):
+        reply_blocks_that_fit(CAPACITY, 0)
+    assert parse_fragment(encode_fragment(message_id, 1, 2, 3, b"abc"), SURB).data == b"abc"
+    too_many = (1 << 24) + 1  # MAX_FRAGMENTS + 1
+    for args in ((bytes(15), 0, 1), (message_id, 2, 2), (message_id, 0, too_many)):
+        with pytest.raises(LocalMisuse):
+            encode_fragment(args[0], args[1], args[2], 3, b"abc")
+
+
+def test_fragment_0_without_room_names_what_filled_it() -> None:
+    # The metadata block: a name length, the name, a reply block count.
+    with pytest.raises(LocalMisuse, match=r"^a fragment of 36 bytes has no room for data$"):
+        split_message(bytes(16), b"data", HEADER_BYTES + 2)
+    assert len(split_message(bytes(16), b"data", HEADER_BYTES + 3)) == 2
+    with pytest.raises(LocalMisuse, match=r"no room for data beside a file name of 9 bytes$"):
+        split_message(bytes(16), b"data", HEADER_BYTES + 11, filename="notes.txt")
+    assert len(split_message(bytes(16), b"data", HEADER_BYTES + 12, filename="notes.txt")) == 2
+
+
+def test_metadata_that_does_not_parse_is_a_bad_command() -> None:
+    good = encode_fragment(bytes(16), 0, 1, 1, b"x", encode_metadata("a.txt", (b"s" * SURB,)))
+    parsed = parse_fragment(good, SURB)
+    assert (parsed.filename, parsed.reply_surbs, parsed.data) == ("a.txt", (b"s" * SURB,), b"x")
+    head = good[:HEADER_BYTES]
+    bad = [
+        head,  # the metadata flag, and no metadata
+        head + bytes([5]) + b"a.txt",  # no reply block count after the name
+        head + bytes([5]) + b"a.txt" + bytes([MAX_REPLY_BLOCKS + 1]),  # too many blocks
+        head + bytes([2]) + b"\xff\xfe" + bytes([0]),  # a name that is not UTF-8
+        head + bytes([0, 1]) + b"s" * (SURB - 1),  # a reply block cut short
+        good[:HEADER_BYTES - 1],  # not even a header
+    ]
+    for data in bad:
+        with pytest.raises(InvalidPacket):
+            parse_fragment(data, SURB)

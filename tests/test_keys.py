@@ -78,8 +78,12 @@ def test_ensure_keys_generates_a_pair_of_files_for_every_node_and_client(
 def test_ensure_keys_a_second_time_generates_nothing_and_changes_no_file(
         state: Path, topology: Topology) -> None:
     before = snapshot(state)
+    assert len(before) == 2 * len(MEMBERS) + 1  # every key file is there (and the topology)
     assert ensure_keys(state, topology) == []
     assert snapshot(state) == before
+    (state / "private" / "a1.json").unlink()  # the same call generates what is missing
+    (state / "public" / "a1.json").unlink()
+    assert ensure_keys(state, topology) == ["a1"]
 
 
 def test_ensure_keys_only_generates_what_is_missing(state: Path, topology: Topology) -> None:

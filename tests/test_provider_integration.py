@@ -15,7 +15,7 @@ import zmq
 
 from zmix import crypto, wire
 from zmix.bench.common import make_network
-from zmix.keys import load_directory
+from zmix.keys import load_directory, load_private
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
 from zmix.topology import Topology
@@ -61,7 +61,11 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message_and_repeats_none(
     assert sender.stdin is not None
     sender.stdin.write(data)
     sender.stdin.close()
-    time.sleep(0.7)  # part of the burst is stored and acknowledged
+    deadline = time.monotonic() + 60  # part of the burst is stored and acknowledged
+    while (metrics.statistics(state, "provider-2") or {}).get("provider_acks_sent", 0) < 10:
+        assert sender.poll() is None, "zmix-send exited before 10 fragments were acknowledged"
+        assert time.monotonic() < deadline, "provider-2 acknowledged no 10 fragments in 60 s"
+        time.sleep(0.05)
     assert sender.poll() is None, "the burst was over before the kill"
     kill_and_restart(state, launcher, "provider-2")
     assert sender.wait(240) == 0, sender.stderr.read() if sender.stderr else b""
@@ -71,6 +75,7 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_message_and_repeats_none(
     lines = [line for line in done.stdout.decode().splitlines() if line.strip()]
     assert len(lines) == 1 and '"bytes": 160000' in lines[0], done.stderr.decode()
     again = cli(state, "zmix.cli.recv", "--as", "bob", "--json")
+    assert again.returncode == 3, again.stderr.decode()  # 3: it asked, and nothing was shown
     assert again.stdout.strip() == b""  # nothing twice
 
 
@@ -79,9 +84,55 @@ def test_a_message_waits_for_a_recipient_who_comes_online_later(
     _, state, _ = network
     sent = cli(state, "zmix.cli.send", "--from", "alice", "--to", "bob", "stored for later")
     assert sent.returncode == 0, sent.stderr.decode()
-    time.sleep(1.0)  # bob is still offline
+    # Acknowledged, so stored while bob is offline: the message waits in provider-2's mailbox
+    # (the statistics are refreshed four times a second).
+    deadline = time.monotonic() + 5
+    while (metrics.statistics(state, "provider-2") or {}).get("mailbox_items") != 1:
+        assert time.monotonic() < deadline, "provider-2's mailbox does not hold the message"
+        time.sleep(0.05)
     got = cli(state, "zmix.cli.recv", "--as", "bob")
     assert b"from alice: stored for later" in got.stdout
+
+
+def _client_link(ctx: zmq.Context[zmq.Socket[bytes]], topology: Topology, state: Path,
+                 provider: str, public: bytes, private: bytes) -> zmq.Socket[bytes]:
+    """A client's DEALER to ``provider`` with the CURVE keys ``public``, ``private``."""
+    server = load_directory(state, topology)[provider].curve_public
+    return links.connect_dealer(ctx, topology.node(provider).endpoint, server, public, private,
+                                max_frame=wire.client_frame_limit(topology.sphinx, 8))
+
+
+def _send_fetch(sock: zmq.Socket[bytes], topology: Topology, request_id: int) -> None:
+    """Send a FETCH that acknowledges nothing."""
+    sock.send(wire.encode_client(wire.Fetch(request_id), params=topology.sphinx))
+
+
+def _fetch(sock: zmq.Socket[bytes], topology: Topology, request_id: int,
+           timeout: float) -> wire.FetchReply | None:
+    """Send a FETCH that acknowledges nothing; return its answer, None if none came."""
+    _send_fetch(sock, topology, request_id)
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    reply = wire.decode(sock.recv(), params=topology.sphinx, slots=8)
+    assert isinstance(reply, wire.FetchReply) and reply.request_id == request_id
+    return reply
+
+
+def _wait_denied(state: Path, provider: str, before: float) -> None:
+    """Return once ``provider`` counted a refused CURVE handshake beyond ``before``."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats = metrics.statistics(state, provider)
+        if stats is not None and stats["auth_denied"] > before:
+            return
+        assert time.monotonic() < deadline, f"{provider} refused no handshake in 10 s: {stats}"
+        time.sleep(0.05)
+
+
+def _auth_denied(state: Path, provider: str) -> float:
+    stats = metrics.statistics(state, provider)
+    assert stats is not None, f"{provider} does not answer on its control socket"
+    return stats["auth_denied"]
 
 
 def test_a_client_with_the_wrong_key_gets_nothing(
@@ -89,43 +140,72 @@ def test_a_client_with_the_wrong_key_gets_nothing(
     topology, state, _ = network
     sent = cli(state, "zmix.cli.send", "--from", "alice", "--to", "bob", "not for mallory")
     assert sent.returncode == 0, sent.stderr.decode()
-    directory = load_directory(state, topology)
-    provider = topology.node("provider-2")
+    bob = load_private(state, "bob")
+    denied = _auth_denied(state, "provider-2")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    alice_keys = load_directory(state, topology)["alice"]
-    intruders = [crypto.x25519_keypair()]  # a key nobody knows
     try:
-        for public, private in intruders:
-            sock = links.connect_dealer(ctx, provider.endpoint,
-                                        directory["provider-2"].curve_public, public, private,
-                                        max_frame=wire.client_frame_limit(topology.sphinx, 8))
-            sock.send(wire.encode(wire.Fetch(1), params=topology.sphinx, slots=8))
-            assert sock.poll(1500) == 0  # no answer at all
-            sock.close(linger=0)
+        mallory = _client_link(ctx, topology, state, "provider-2", *crypto.x25519_keypair())
+        _send_fetch(mallory, topology, 1)
+        _wait_denied(state, "provider-2", denied)  # a key nobody knows: refused at once
+        assert not mallory.poll(300), "a FETCH on a refused link was answered"
+        mallory.close(linger=0)
+        # The same FETCH, on the same path, with bob's key: answered, with the message.
+        link = _client_link(ctx, topology, state, "provider-2", bob.curve_public,
+                            bob.curve_private)
+        reply = _fetch(link, topology, 2, timeout=10)
+        assert reply is not None, "bob's FETCH was not answered"
+        assert len(reply.items) == 1
+        link.close(linger=0)
     finally:
-        ctx.term()
-    stats = metrics.statistics(state, "provider-2") or {}
-    assert stats.get("auth_denied", 0) >= 1
-    assert alice_keys.curve_public != directory["bob"].curve_public
+        ctx.destroy(linger=0)
     got = cli(state, "zmix.cli.recv", "--as", "bob")
-    assert b"from alice: not for mallory" in got.stdout  # still there for bob
+    assert b"from alice: not for mallory" in got.stdout  # not acknowledged: still there
 
 
 def test_another_providers_client_cannot_fetch_here(
         network: tuple[Topology, Path, Launcher]) -> None:
     topology, state, _ = network
-    from zmix.keys import load_private
-
     alice = load_private(state, "alice")  # a real client, but of provider-1
-    directory = load_directory(state, topology)
+    keys = (alice.curve_public, alice.curve_private)
+    denied = _auth_denied(state, "provider-2")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        sock = links.connect_dealer(ctx, topology.node("provider-2").endpoint,
-                                    directory["provider-2"].curve_public, alice.curve_public,
-                                    alice.curve_private,
-                                    max_frame=wire.client_frame_limit(topology.sphinx, 8))
-        sock.send(wire.encode(wire.Fetch(1), params=topology.sphinx, slots=8))
-        assert sock.poll(1500) == 0
-        sock.close(linger=0)
+        elsewhere = _client_link(ctx, topology, state, "provider-2", *keys)
+        _send_fetch(elsewhere, topology, 1)
+        _wait_denied(state, "provider-2", denied)
+        assert not elsewhere.poll(300), "provider-2 answered a client of provider-1"
+        elsewhere.close(linger=0)
+        # The same client and FETCH at its own provider: answered.
+        home = _client_link(ctx, topology, state, "provider-1", *keys)
+        reply = _fetch(home, topology, 2, timeout=10)
+        assert reply is not None, "provider-1 did not answer its own client"
+        home.close(linger=0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
+
+
+def test_a_nodes_fetch_is_dropped_as_bad_frame_and_not_answered(
+        network: tuple[Topology, Path, Launcher]) -> None:
+    # A node passes the handshake (its key is admitted) but is nobody's client: a control
+    # frame from it is dropped (docs/protocol.md, "Frames").
+    topology, state, _ = network
+    before = metrics.statistics(state, "provider-2")
+    assert before is not None
+    node = load_private(state, "mix-a1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = _client_link(ctx, topology, state, "provider-2", node.curve_public,
+                            node.curve_private)
+        _send_fetch(sock, topology, 1)
+        deadline = time.monotonic() + 10
+        while True:
+            after = metrics.statistics(state, "provider-2")
+            if after is not None and after["dropped_bad_frame"] > before["dropped_bad_frame"]:
+                break
+            assert time.monotonic() < deadline, f"no bad_frame drop in 10 s: {after}"
+            time.sleep(0.05)
+        assert not sock.poll(300), "a node's FETCH was answered"
+        assert after["provider_fetches"] == before["provider_fetches"]
+        assert after["auth_denied"] == before["auth_denied"]  # it was let in, then dropped
+    finally:
+        ctx.destroy(linger=0)

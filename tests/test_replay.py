@@ -62,10 +62,12 @@ def test_a_tag_is_forgotten_after_two_capacities_of_later_tags_as_documented() -
     cache = ReplayCache(capacity=1_000)
     first = tags(1, 99)[0]
     cache.seen_or_add(first)
-    for tag in tags(2_000, 3):
+    later = tags(2_000, 3)
+    for tag in later:
         cache.seen_or_add(tag)
     assert cache.statistics()["rollovers"] == 2
     assert not cache.seen_or_add(first)
+    assert cache.seen_or_add(later[-1])  # a tag of the last capacity is still remembered
 
 
 def test_interleaved_epochs_keep_their_own_tags() -> None:

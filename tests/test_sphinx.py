@@ -15,6 +15,7 @@ from zmix.sphinx import (
     FinalDelivery,
     ForwardHop,
     Hop,
+    Profile,
     SphinxParams,
     Surb,
     SurbKeys,
@@ -27,7 +28,7 @@ from zmix.sphinx import (
     process_packet,
 )
 from zmix.sphinx import packet as packet_module
-from zmix.sphinx.profiles import CMD_DELIVER, V1, Routing
+from zmix.sphinx.profiles import CMD_DELIVER, CMD_FORWARD, CMD_SURB_REPLY, SMC0, V1, Routing
 
 KEYS = [crypto.x25519_keypair() for _ in range(8)]
 RECIPIENT = b"\xaa" * 16
@@ -267,7 +268,9 @@ def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward
         with pytest.raises(LocalMisuse):
             create_forward_packet(params, route(3), recipient, b"m", rng)
         assert rng.calls == 0
-    surb, _ = create_surb(params, route(3), RECIPIENT, b"\x55" * 16)
+    rng = CountingRandom()  # the same source is drawn from once the arguments are good
+    surb, _ = create_surb(params, route(3), RECIPIENT, b"\x55" * 16, rng)
+    assert rng.calls > 0
     _, final = walk(params, surb.first_hop, answer_surb(params, surb, b"r")[1])
     assert isinstance(final, SurbReply) and final.recipient == RECIPIENT
 
@@ -294,6 +297,10 @@ def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work()
         with pytest.raises(LocalMisuse):
             create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
         assert rng.calls == 0
+    rng = CountingRandom()  # the same calls with the good route draw from it
+    create_forward_packet(params, good, RECIPIENT, b"m", rng)
+    create_surb(params, good, RECIPIENT, b"\x55" * 16, rng)
+    assert rng.calls >= 2
     for surb_id in (b"", b"\x55" * 15, b"\x55" * 17, 16):
         with pytest.raises(LocalMisuse):
             create_surb(params, good, RECIPIENT, surb_id)  # type: ignore[arg-type]
@@ -352,7 +359,10 @@ def test_a_hop_public_key_of_small_order_is_refused_as_local_misuse(point: bytes
         with pytest.raises(LocalMisuse, match="small order"):
             create_surb(params, bad, RECIPIENT, b"\x55" * 16, rng)
         assert rng.calls == 0
-    assert len(create_forward_packet(params, route(3), RECIPIENT, b"m")) == params.packet_length
+    rng = CountingRandom()
+    assert len(create_forward_packet(params, route(3), RECIPIENT, b"m", rng)) == (
+        params.packet_length)
+    assert rng.calls > 0
 
 
 def test_the_small_order_list_is_exactly_the_points_x25519_refuses() -> None:
@@ -525,3 +535,49 @@ def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
     # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
     assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+
+
+def test_lioness_refuses_a_key_or_block_of_the_wrong_size_as_our_own_misuse() -> None:
+    key, block = bytes(range(192)), bytes(33)  # the shortest block: one byte past L
+    assert lioness.decrypt(key, lioness.encrypt(key, block)) == block
+    for bad_key, bad_block in ((key[:-1], block), (key + b"k", block), (key, block[:-1])):
+        with pytest.raises(LocalMisuse):
+            lioness.encrypt(bad_key, bad_block)
+        with pytest.raises(LocalMisuse):
+            lioness.decrypt(bad_key, bad_block)
+
+
+def test_a_v1_routing_slot_with_an_unknown_command_or_reserved_bytes_set_is_a_bad_command() -> None:
+    params = SphinxParams()
+    slot = V1.forward_slot(b"n" * 16, 1234, b"g" * 16)
+    assert V1.parse(params, slot) == Routing(CMD_FORWARD, b"n" * 16, 1234, b"g" * 16)
+    for bad in (b"\x7f" + slot[1:], slot[:-1] + b"\x01"):
+        with pytest.raises(InvalidPacket) as err:
+            V1.parse(params, bad)
+        assert err.value.reason is DropReason.BAD_COMMAND
+
+
+def test_the_smc0_routing_byte_and_payload_checks() -> None:
+    params = SphinxParams(max_hops=5, payload_length=1024, profile=Profile.SMC0)
+    tail = bytes(range(64))
+    assert SMC0.parse(params, b"\xff" + tail).command == CMD_FORWARD
+    assert SMC0.parse(params, b"\x00" + tail).command == CMD_DELIVER
+    assert SMC0.parse(params, b"\x05" + tail).command == CMD_SURB_REPLY
+    for first in (0x80, 0xFE):  # neither forward, deliver nor a length-prefixed client id
+        with pytest.raises(InvalidPacket):
+            SMC0.parse(params, bytes([first]) + tail)
+    deliver = Routing(CMD_DELIVER, b"", 0, b"")
+    body = SMC0.forward_body(params, b"bob", b"hello")
+    assert SMC0.open_final(params, deliver, body) == (b"bob", b"hello")
+    reply = SMC0.reply_body(params, b"answer")
+    assert SMC0.open_reply(params, reply) == b"answer"
+    tampered_tag = [b"\x01" + body[1:], b"\x01" + reply[1:]]
+    bad_padding = [body[:-2] + b"\x01\x00", reply[:-2] + (len(reply) + 1).to_bytes(2, "little")]
+    for (final, answer), reason in ((tampered_tag, DropReason.BAD_TAG),
+                                    (bad_padding, DropReason.BAD_TAG)):
+        with pytest.raises(InvalidPacket) as err:
+            SMC0.open_final(params, deliver, final)
+        assert err.value.reason is reason
+        with pytest.raises(InvalidPacket) as err:
+            SMC0.open_reply(params, answer)
+        assert err.value.reason is reason

@@ -194,3 +194,11 @@ def test_the_v1_surb_vector_is_rebuilt_from_the_inputs_in_its_json() -> None:
     reply = process_packet(V1_PARAMS, private, h(last["packet"]))
     assert isinstance(reply, SurbReply)
     assert reply.recipient.hex() == v["recipient"] and reply.surb_id.hex() == v["surb_id"]
+
+
+def test_the_seeded_random_source_refuses_to_draw_past_its_keystream() -> None:
+    rng = SeededRandom(bytes(32), size=64)
+    assert rng(60) == crypto.chacha20_stream(bytes(32), 64)[:60] and rng.position == 60
+    with pytest.raises(RuntimeError, match="ran out"):
+        rng(5)
+    assert rng(4) == crypto.chacha20_stream(bytes(32), 64)[60:]  # the last bytes are still there
