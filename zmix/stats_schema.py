@@ -69,7 +69,8 @@ STATISTICS: tuple[Statistic, ...] = (
               "provider's clients: fetches (which carry the acknowledgements), relays, "
               "registrations (any other kind is also dropped as bad_frame)"),
     Statistic("relayed", C, "answers through a reply block (RELAY frames) that clients of this "
-              "provider handed over, passed on to the reply block's first hop"),
+              "provider handed over to be passed on to the reply block's first hop (one whose "
+              "first hop is not a node of the topology also counts in link_send_failed)"),
     Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
     Statistic("loops_returned", C, "the node's own mix loops that came back"),
     Statistic("link_send_failed", C, "frames not sent because a link's queue was full"),
