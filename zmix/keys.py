@@ -24,7 +24,8 @@ from typing import Any
 
 from zmix import crypto
 from zmix.errors import ConfigError
-from zmix.topology import Topology, entity_id, load_topology
+from zmix.topology import Topology, entity_id
+from zmix.topology_yaml import load_topology
 
 
 @dataclass(frozen=True, slots=True)

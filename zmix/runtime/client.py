@@ -45,7 +45,8 @@ from zmix.errors import ConfigError, WireError
 from zmix.keys import load_directory, load_private
 from zmix.runtime import links
 from zmix.stats_schema import CLIENT_BY_NAME, ClientPart
-from zmix.topology import ClientSpec, load_topology
+from zmix.topology import ClientSpec
+from zmix.topology_yaml import load_topology
 
 LOG = logging.getLogger(__name__)
 

@@ -46,7 +46,8 @@ from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
 from zmix.runtime import links, metrics
 from zmix.runtime.workers import WorkerPool
-from zmix.topology import NodeSpec, Role, Topology, load_topology
+from zmix.topology import NodeSpec, Role, Topology
+from zmix.topology_yaml import load_topology
 
 LOG = logging.getLogger(__name__)
 
