@@ -107,6 +107,12 @@ class NodeProcess:
             keys.update((c.curve_public, c.id) for c in self.provider.registrations())
         return keys
 
+    def _make_gate(self) -> links.KeyGate:
+        """Make the link gate (after the centre: a provider's registered clients come along);
+        :meth:`replace_network` keeps it up to date."""
+        self.gate = links.KeyGate(self._admitted_keys(), open_door=self._open_door())
+        return self.gate
+
     def _resolve(self, node_id: bytes) -> tuple[str, bytes] | None:
         """The endpoint and CURVE key of next hop ``node_id`` in the current network, or None
         (no such node, or this node itself)."""
@@ -149,7 +155,7 @@ class NodeProcess:
         centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
-        gate = self.gate = links.KeyGate(self._admitted_keys(), open_door=self._open_door())
+        gate = self._make_gate()
         if self.provider is not None:
             for client in self.provider.shadowed:
                 LOG.warning("registered client %s is void: the topology now gives its name or "
