@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from zmix import routes
 from zmix.contacts import Contact, with_contacts
@@ -39,22 +40,25 @@ from zmix.topology import ClientSpec, NodeSpec, Role, Topology
 class Network:
     """One version of the network: its topology and every member's public keys.
 
-    ``keys`` maps every member's name (nodes, clients, contacts) to its public identity. The
-    other fields are derived lookups, computed once in :meth:`__post_init__`.
+    ``keys`` maps every member's name (nodes, clients, contacts) to its public identity (kept as
+    a read-only copy). The other fields are derived lookups, computed once in
+    :meth:`__post_init__`; raises LocalMisuse if a member has no keys.
     """
 
     version: int
     topology: Topology
     keys: Mapping[str, PublicIdentity]
-    node_ids: frozenset[bytes] = field(init=False)  # every node's id: the valid next hops
-    max_delay_us: int = field(init=False)  # loopix.max_delay in us, within the wire's field
-    delays: routes.Delays = field(init=False)  # how every sender draws a hop's delay
-    _nodes: dict[str, NodeSpec] = field(init=False, repr=False)
-    _nodes_by_id: dict[bytes, NodeSpec] = field(init=False, repr=False)
-    _clients: dict[str, ClientSpec] = field(init=False, repr=False)
-    _client_names: dict[bytes, str] = field(init=False, repr=False)
-    _clients_of: dict[str, frozenset[bytes]] = field(init=False, repr=False)
-    _curve_keys: frozenset[bytes] = field(init=False, repr=False)
+    # Derived: every node's id (the valid next hops), loopix.max_delay in us (within the wire's
+    # field), how every sender draws a hop's delay.
+    node_ids: frozenset[bytes] = field(init=False, compare=False)
+    max_delay_us: int = field(init=False, compare=False)
+    delays: routes.Delays = field(init=False, compare=False)
+    _nodes: dict[str, NodeSpec] = field(init=False, repr=False, compare=False)
+    _nodes_by_id: dict[bytes, NodeSpec] = field(init=False, repr=False, compare=False)
+    _clients: dict[str, ClientSpec] = field(init=False, repr=False, compare=False)
+    _client_names: dict[bytes, str] = field(init=False, repr=False, compare=False)
+    _clients_of: dict[str, frozenset[bytes]] = field(init=False, repr=False, compare=False)
+    _curve_keys: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         topo = self.topology
@@ -63,6 +67,7 @@ class Network:
             raise LocalMisuse(f"no public keys for {', '.join(missing)}")
         nodes = topo.nodes()
         derived = {
+            "keys": MappingProxyType(dict(self.keys)),  # a copy no caller can change
             "node_ids": frozenset(n.id for n in nodes),
             "max_delay_us": routes.max_delay_us(topo.loopix.max_delay),
             "delays": routes.Delays.from_loopix(topo.loopix),
