@@ -29,6 +29,7 @@ from zmix.errors import InvalidPacket
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
+from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
 from zmix.sphinx import SphinxParams, process_packet
@@ -76,21 +77,21 @@ class SimNet:
         topo = self.topology
         self.keys = {n.id: load_private(self.state, n.name).private_key for n in topo.nodes()}
         directory = load_directory(self.state, topo)
+        # One view for the clients and one for the nodes (whose mix loops are off unless asked
+        # for); replace_network gives both a newer version.
+        self.view = NetworkView(Network(1, topo, directory))
+        self.node_view = NetworkView(Network(1, self._looped(topo), directory))
         self.nodes: dict[bytes, SimNode] = {}
         self._names: dict[ClientCore, str] = {}
         self._frames: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
-        looped = topo if self.mix_loops else dataclasses.replace(
-            topo, loopix=dataclasses.replace(topo.loopix, mix_loop_rate=0.0))
         for number, node in enumerate(topo.nodes()):
             provider, box = None, None
             if node.role is Role.PROVIDER:
                 box = Mailbox(self.state / f"{node.name}.sqlite", quota=topo.mailbox.quota,
                               ttl=topo.mailbox.ttl)
-                provider = ProviderCore(topo.sphinx, node.id,
-                                        {c.id for c in topo.clients_of(node.name)}, box,
-                                        topo.mailbox)
+                provider = ProviderCore(self.node_view, node.name, box)
                 self.providers[node.id] = provider
-            core = NodeCore(looped, node, directory, random.Random(self.seed * 1000 + number),
+            core = NodeCore(self.node_view, node.name, random.Random(self.seed * 1000 + number),
                             self.clock, provider=provider)
             centre = NodeCentre(core, topo.sphinx, slots=topo.mailbox.fetch_slots, workers=1,
                                 queue_limit=topo.runtime.queue_limit,
@@ -98,6 +99,19 @@ class SimNet:
                                 mailbox=box, link_key=bytes.fromhex)
             centre.dispatch.started(0, _PID)
             self.nodes[node.id] = SimNode(centre, self.keys[node.id], topo.sphinx)
+
+    def _looped(self, topology: Topology) -> Topology:
+        if self.mix_loops:
+            return topology
+        return dataclasses.replace(
+            topology, loopix=dataclasses.replace(topology.loopix, mix_loop_rate=0.0))
+
+    def replace_network(self, newer: Network) -> None:
+        """Give every node and client the newer version ``newer`` of the network (its nodes
+        must be the network's first nodes: no centre is made for a node it adds)."""
+        self.view.replace(newer)
+        self.node_view.replace(dataclasses.replace(newer, topology=self._looped(newer.topology)))
+        self.topology = newer.topology
 
     # ------------------------------------------------------------------ the network
 
@@ -175,8 +189,7 @@ class SimNet:
     def client(self, name: str, seed: int, store: ClientStore | None = None,
                now: float = 0.0, random_bytes: Callable[[int], bytes] = crypto.random_bytes,
                ) -> ClientCore:
-        core = ClientCore(self.topology, load_private(self.state, name),
-                          load_directory(self.state, self.topology),
+        core = ClientCore(self.view, load_private(self.state, name),
                           store or ClientStore(":memory:"), random.Random(seed), now,
                           random_bytes=random_bytes)
         self._names[core] = name

@@ -44,7 +44,7 @@ from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
 from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import LocalMisuse
 from zmix.fragment import encode_fragment, seal_signed
-from zmix.keys import load_directory, load_private
+from zmix.keys import load_private
 from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, answer_surb, process_packet
 from zmix.stats_schema import (
     CLIENT_BY_NAME,
@@ -633,13 +633,10 @@ class Parts:
 
 
 def parts(net: SimNet, name: str, seed: int) -> Parts:
-    topo = net.topology
-    me, directory = load_private(net.state, name), load_directory(net.state, topo)
-    names = {c.id: c.name for c in topo.clients}
+    me = load_private(net.state, name)
     store = ClientStore(":memory:")
-    maker = PacketMaker(topo, me, directory, random.Random(seed), counter_bytes(seed))
-    return Parts(store, Sender(topo, directory, names, store, maker),
-                 Receiver(topo.sphinx, me, directory, names, store))
+    maker = PacketMaker(net.view, me, random.Random(seed), counter_bytes(seed))
+    return Parts(store, Sender(net.view, store, maker), Receiver(net.view, me, store))
 
 
 def fetch_items(net: SimNet, name: str) -> list[MailboxItem]:
@@ -735,16 +732,14 @@ def answered_surb(net: SimNet, kind: int, content: bytes) -> tuple[TakenIn, dict
     me = load_private(net.state, "alice")
     # A SURB of its own each time: the same one answered twice is a replay at its first hop.
     seed = next(SURB_SEEDS)
-    maker = PacketMaker(topo, me, load_directory(net.state, topo), random.Random(seed),
-                        counter_bytes(seed))
+    maker = PacketMaker(net.view, me, random.Random(seed), counter_bytes(seed))
     store = ClientStore(":memory:")
     new = maker.surb()
     with store:
         store.add_surb(new.surb_id, StoredSurb(kind, new.keys.to_bytes(), b"m" * 16, 0), 0.0)
     net.walk(*answer_surb(topo.sphinx, new.surb, content), 0.0)
     items = fetch_items(net, "alice")
-    receiver = Receiver(topo.sphinx, me, load_directory(net.state, topo),
-                        {c.id: c.name for c in topo.clients}, store)
+    receiver = Receiver(net.view, me, store)
     with store:
         taken = receiver.take_in(0.0, items)
     return taken, receiver.statistics()

@@ -10,8 +10,8 @@ from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 
 CORE_MODULES = [
     "zmix.crypto", "zmix.errors", "zmix.sphinx", "zmix.scheduler", "zmix.replay", "zmix.wire",
-    "zmix.topology", "zmix.keys", "zmix.mailbox", "zmix.envelope", "zmix.provider",
-    "zmix.mixnode", "zmix.client", "zmix.clientstore", "zmix.stats_schema",
+    "zmix.topology", "zmix.topology_yaml", "zmix.keys", "zmix.mailbox", "zmix.envelope",
+    "zmix.provider", "zmix.mixnode", "zmix.client", "zmix.clientstore", "zmix.stats_schema",
 ]
 
 

@@ -22,6 +22,7 @@ import yaml
 from zmix.bench.common import HOST, free_ports, make_network
 from zmix.keys import load_directory
 from zmix.mixnode import NodeCore
+from zmix.network import Network, NetworkView
 from zmix.runtime import metrics
 from zmix.sphinx import MAX_DELAY_US
 from zmix.topology import LoopixParams, Topology
@@ -246,8 +247,8 @@ def loopy(small: tuple[Topology, Path, Path], **loopix: float) -> NodeCore:
     """A NodeCore of mix-a whose topology was changed after validation."""
     topology, _, state = small
     changed = dataclasses.replace(topology, loopix=LoopixParams(**loopix))  # type: ignore[arg-type]
-    return NodeCore(changed, changed.node("mix-a"), load_directory(state, topology),
-                    random.Random(7), now=0.0)
+    view = NetworkView(Network(1, changed, load_directory(state, topology)))
+    return NodeCore(view, "mix-a", random.Random(7), now=0.0)
 
 
 def test_mix_loops_never_carry_a_delay_beyond_the_wire_even_from_an_unchecked_topology(

@@ -10,6 +10,7 @@ import pytest
 from zmix.bench.common import make_network
 from zmix.keys import PublicIdentity, load_directory, load_private
 from zmix.mixnode import NodeCore, Scheduled
+from zmix.network import Network, NetworkView
 from zmix.sphinx import FinalDelivery, ForwardHop, Hop, create_forward_packet, process_packet
 from zmix.topology import Topology
 
@@ -22,8 +23,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> tuple[Topology, Path]:
 
 def core_for(net: tuple[Topology, Path], name: str, seed: int = 1) -> NodeCore:
     topology, state = net
-    return NodeCore(topology, topology.node(name), load_directory(state, topology),
-                    random.Random(seed), now=100.0)
+    view = NetworkView(Network(1, topology, load_directory(state, topology)))
+    return NodeCore(view, name, random.Random(seed), now=100.0)
 
 
 def directory(net: tuple[Topology, Path]) -> dict[str, PublicIdentity]:

@@ -27,6 +27,7 @@ from zmix.errors import DropReason
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox, NewItem, StorageError
 from zmix.mixnode import NodeCore
+from zmix.network import Network, NetworkView
 from zmix.nodecentre import ADMISSION, Handler, NodeCentre, PeerRole
 from zmix.provider import ProviderCore
 from zmix.sphinx import (
@@ -70,14 +71,13 @@ class World:
         """The centre of node ``name`` at time 0; a provider's over ``mailbox`` (or a new one)."""
         topo = self.topology
         spec = topo.node(name)
+        view = NetworkView(Network(1, topo, load_directory(self.state, topo)))
         provider = None
         if spec.role.value == "provider":
             mailbox = mailbox or Mailbox(self.state / f"{name}.sqlite", quota=topo.mailbox.quota,
                                          ttl=topo.mailbox.ttl)
-            provider = ProviderCore(topo.sphinx, spec.id, {c.id for c in topo.clients_of(name)},
-                                    mailbox, topo.mailbox)
-        core = NodeCore(topo, spec, load_directory(self.state, topo), random.Random(1), 0.0,
-                        provider=provider)
+            provider = ProviderCore(view, name, mailbox)
+        core = NodeCore(view, name, random.Random(1), 0.0, provider=provider)
         centre = NodeCentre(core, topo.sphinx, slots=topo.mailbox.fetch_slots, workers=workers,
                             queue_limit=topo.runtime.queue_limit, drain_on_shutdown=drain,
                             now=0.0, provider=provider, mailbox=mailbox, open_door=open_door,
@@ -519,7 +519,7 @@ def test_odd_frames_are_dropped_by_reason(world: World) -> None:
 def test_a_full_delay_queue_drops_and_counts_and_worker_reports_are_kept(
         world: World, tmp_path: Path) -> None:
     topo = world.topology
-    core = NodeCore(topo, topo.node("mix-a1"), load_directory(world.state, topo),
+    core = NodeCore(NetworkView(Network(1, topo, load_directory(world.state, topo))), "mix-a1",
                     random.Random(1), 0.0)
     centre = NodeCentre(core, topo.sphinx, slots=1, workers=1, queue_limit=1,
                         drain_on_shutdown=False, now=0.0, link_key=bytes.fromhex)
@@ -537,8 +537,8 @@ def test_the_poll_timeout_follows_the_queue_waiting_jobs_and_the_next_mix_loop(
     topo = world.topology
     looping = dataclasses.replace(topo, loopix=dataclasses.replace(topo.loopix,
                                                                    mix_loop_rate=1.0))
-    core = NodeCore(looping, topo.node("mix-a1"), load_directory(world.state, topo),
-                    random.Random(1), 0.0)
+    core = NodeCore(NetworkView(Network(1, looping, load_directory(world.state, topo))),
+                    "mix-a1", random.Random(1), 0.0)
     centre = NodeCentre(core, topo.sphinx, slots=1, workers=1, queue_limit=10,
                         drain_on_shutdown=False, now=0.0, link_key=bytes.fromhex)
     loop_due = core.next_loop_due()

@@ -12,8 +12,9 @@ from simnet import SimNet
 from zmix import crypto
 from zmix.bench.common import make_network
 from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
-from zmix.keys import load_directory
+from zmix.keys import PublicIdentity, load_directory
 from zmix.mailbox import Mailbox, NewItem, Registration, StorageError
+from zmix.network import Network, NetworkView
 from zmix.provider import ProviderCore, Send
 from zmix.sphinx import (
     FinalDelivery,
@@ -26,7 +27,7 @@ from zmix.sphinx import (
     open_surb_reply,
     process_packet,
 )
-from zmix.topology import entity_id
+from zmix.topology import ClientSpec, entity_id
 from zmix.wire import Error, Fetch, ItemKind, Register, Registered
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
@@ -179,7 +180,7 @@ def test_a_message_that_could_not_be_committed_is_not_acknowledged(
     topo = net.topology
     bob = topo.client("bob")
     box = FailingMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
-    provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
+    provider = ProviderCore(net.node_view, "provider-2", box)
     surb, _ = ack_surb(net)
     assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"lost", surb))) == []
     assert provider.statistics()["store_failed"] == 1
@@ -228,7 +229,7 @@ def test_an_acknowledgement_that_could_not_be_committed_leaves_the_items_to_fetc
     topo = net.topology
     bob = topo.client("bob")
     box = FailingAckMailbox(tmp_path / "failing.sqlite", quota=3, ttl=100.0)
-    provider = ProviderCore(topo.sphinx, topo.node("provider-2").id, {bob.id}, box, topo.mailbox)
+    provider = ProviderCore(net.node_view, "provider-2", box)
     deliver(provider, 0.0, final_for(net, bob.id, message(net, b"kept")))
     [item] = provider.on_fetch(0.0, bob.id, Fetch(1)).items
     assert provider.on_fetch(0.0, bob.id, Fetch(2, (item.item_id,))).items == (item,)
@@ -258,10 +259,10 @@ def test_a_surb_reply_for_a_client_is_stored_as_a_reply_item(net: SimNet) -> Non
 def _open_provider(net: SimNet, path: Path, **policy: object) -> ProviderCore:
     topo = net.topology
     params = dataclasses.replace(topo.mailbox, **{"open_registration": True, **policy})
-    names = [n.name for n in topo.nodes()] + [c.name for c in topo.clients]
-    return ProviderCore(topo.sphinx, topo.node("provider-2").id, set(),
-                        Mailbox(path, quota=3, ttl=100.0), params, network=topo.network,
-                        reserved=names, reserved_keys=[ALICE_LINK])
+    keys = dict(net.view.current.keys)
+    keys["alice"] = dataclasses.replace(keys["alice"], curve_public=ALICE_LINK)
+    view = NetworkView(Network(1, dataclasses.replace(topo, mailbox=params), keys))
+    return ProviderCore(view, "provider-2", Mailbox(path, quota=3, ttl=100.0))
 
 
 CAROL_LINK, CAROL_KEY = b"\x0c" * 32, b"\x0d" * 32
@@ -344,11 +345,13 @@ def test_a_registration_whose_name_the_topology_took_since_is_void(net: SimNet,
     # The operator adds a client "carol" to the topology (at another provider): the old
     # registration's key must not share the new member's id.
     topo = net.topology
-    names = [n.name for n in topo.nodes()] + [c.name for c in topo.clients] + ["carol"]
-    params = dataclasses.replace(topo.mailbox, open_registration=True)
-    after = ProviderCore(topo.sphinx, topo.node("provider-2").id, set(),
-                         Mailbox(path, quota=3, ttl=100.0), params, network=topo.network,
-                         reserved=names)
+    added = dataclasses.replace(topo, clients=(*topo.clients,
+                                               ClientSpec("carol", carol, "provider-1")),
+                                mailbox=dataclasses.replace(topo.mailbox, open_registration=True))
+    keys = {**net.view.current.keys, "carol": PublicIdentity("carol", carol, b"\x0e" * 32,
+                                                             b"\x0f" * 32)}
+    after = ProviderCore(NetworkView(Network(1, added, keys)), "provider-2",
+                         Mailbox(path, quota=3, ttl=100.0))
     assert after.registrations() == [] and [r.name for r in after.shadowed] == ["carol"]
     assert not after.serves(carol)
     assert after.on_fetch(0.0, carol, Fetch(1)).items == ()

@@ -24,7 +24,7 @@ from typing import Any
 
 from zmix import crypto
 from zmix.errors import ConfigError
-from zmix.topology import Topology, entity_id, load_topology
+from zmix.topology import Topology, entity_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +141,8 @@ def _check_or_copy_topology(state_dir: Path, topology: Topology) -> None:
         return
     if Path(topology.path).resolve() == copy.resolve():
         return
+    # Imported here: the key directory's types (used by zmix.network) need no YAML reader.
+    from zmix.topology_yaml import load_topology
     existing = load_topology(copy)
     if existing.network != topology.network:
         raise ConfigError(topology.path, "network", f"the state directory {state_dir} belongs to "

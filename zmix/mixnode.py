@@ -17,12 +17,12 @@ from __future__ import annotations
 import collections
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zmix import crypto, routes
 from zmix.errors import DropReason
-from zmix.keys import PublicIdentity
+from zmix.network import Network, NetworkView
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
 from zmix.sphinx import (
@@ -32,7 +32,7 @@ from zmix.sphinx import (
     SurbReply,
     create_forward_packet,
 )
-from zmix.topology import NodeSpec, Role, Topology
+from zmix.topology import NodeSpec, Role
 
 Result = ForwardHop | FinalDelivery | SurbReply
 
@@ -50,36 +50,35 @@ class Scheduled:
 
 
 class NodeCore:
-    """Routing policy, replay protection and mix loops of one node.
+    """Routing policy, replay protection and mix loops of node ``name``.
 
-    ``directory`` maps every node name to its public identity (the loop routes need the Sphinx
-    keys); ``provider`` is given on providers only.
+    ``view`` holds the network (:mod:`zmix.network`): the next-hop check, the delay bound, the
+    loop rate and the loop routes read its current version when they decide, so a replaced
+    network takes effect at the next packet. ``provider`` is given on providers only. Raises
+    KeyError if ``name`` is not a node of the current network.
     """
 
     def __init__(
         self,
-        topology: Topology,
-        me: NodeSpec,
-        directory: Mapping[str, PublicIdentity],
+        view: NetworkView,
+        name: str,
         rng: random.Random,
         now: float,
         *,
         provider: ProviderCore | None = None,
         random_bytes: Callable[[int], bytes] = crypto.random_bytes,
     ) -> None:
+        me = view.current.node(name)
         if (me.role is Role.PROVIDER) != (provider is not None):
             raise ValueError("a provider node needs a ProviderCore, a mixnode must not have one")
-        self._topology = topology
-        self._me = me
-        self._directory = directory
+        self._view = view
+        self._name = name
+        self._id = me.id  # ids derive from the network's name and the node's: never replaced
         self._rng = rng
         self._random_bytes = random_bytes
         self._provider = provider
-        self._node_ids = frozenset(node.id for node in topology.nodes())
-        # Validation keeps max_delay within the wire's u32; the min is for a Topology built
-        # without it, so that no delay this node draws can fail to fit a routing command.
-        self._max_delay_us = routes.max_delay_us(topology.loopix.max_delay)
-        self._replay = ReplayCache(topology.runtime.replay_capacity)
+        # Fixed for the life of the process (a newer network's value takes a restart).
+        self._replay = ReplayCache(view.current.topology.runtime.replay_capacity)
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
         self._next_loop = self._draw_next_loop(now)
@@ -113,7 +112,7 @@ class NodeCore:
                    replay_tag: bytes) -> float | None:
         """Return when a forward hop that arrived at ``arrival`` is due on ``next_hop``, or None
         if it is dropped (and counted): a replay, a delay above ``loopix.max_delay``, or a next
-        hop that is not another node of the topology.
+        hop that is not another node of the current network.
 
         :meth:`on_result` of a :class:`ForwardHop`, for the node loop's hot path: the loop keeps
         the packet, and most packets are due at once, so no :class:`Scheduled` is built for them.
@@ -121,7 +120,7 @@ class NodeCore:
         due = self._admit(arrival, replay_tag, delay_us)
         if due is None:
             return None
-        if next_hop not in self._node_ids or next_hop == self._me.id:
+        if next_hop not in self._view.current.node_ids or next_hop == self._id:
             self._drop(DropReason.UNKNOWN_NEXT_HOP)
             return None
         self._counts["forwarded"] += 1
@@ -137,13 +136,14 @@ class NodeCore:
         if self._replay.seen_or_add(replay_tag):
             self._drop(DropReason.REPLAY)
             return None
-        if delay_us > self._max_delay_us:
+        # The current network's loopix.max_delay, within the wire's u32 (Network.max_delay_us).
+        if delay_us > self._view.current.max_delay_us:
             self._drop(DropReason.DELAY_TOO_LONG)
             return None
         return arrival + delay_us / 1_000_000
 
     def _final(self, due: float, result: FinalDelivery) -> list[Scheduled]:
-        if result.recipient == self._me.id and result.message.startswith(_LOOP_MARKER):
+        if result.recipient == self._id and result.message.startswith(_LOOP_MARKER):
             self._loop_returned(due, result.message[len(_LOOP_MARKER):])
             return []
         if self._provider is None:
@@ -206,17 +206,18 @@ class NodeCore:
         return out
 
     def _draw_next_loop(self, after: float) -> float | None:
-        rate = self._topology.loopix.mix_loop_rate
+        rate = self._view.current.topology.loopix.mix_loop_rate
         if rate <= 0:
             return None
         due = after + self._rng.expovariate(rate)
         return due if math.isfinite(due) else None  # a rate so low it never comes: no loops
 
     def _make_loop(self, now: float) -> Scheduled:
-        route = routes.hops(self.loop_route(), self._directory, self._delays(), self._rng)
+        network = self._view.current
+        route = routes.hops(self._loop_route(network), network.keys, self._delays(), self._rng)
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
-            self._topology.sphinx, route, self._me.id, _LOOP_MARKER + loop_id, self._random_bytes
+            network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
         )
         self._counts["loops_sent"] += 1
         self._loops_out[loop_id] = (now, len(route))
@@ -242,17 +243,22 @@ class NodeCore:
 
     def loop_route(self) -> list[NodeSpec]:
         """Return a Loopix mix-loop route that starts after this node and ends at it
-        (:func:`zmix.routes.mix_loop_route`)."""
-        topology = self._topology
-        return routes.mix_loop_route(topology.layers, topology.providers, self._me, self._rng)
+        (:func:`zmix.routes.mix_loop_route`) in the current network."""
+        return self._loop_route(self._view.current)
 
     def _hop(self, node: NodeSpec) -> Hop:
         """A hop of a mix loop with a delay drawn as every sender draws it
         (:class:`zmix.routes.Delays`)."""
-        return routes.hops([node], self._directory, self._delays(), self._rng)[0]
+        return routes.hops([node], self._view.current.keys, self._delays(), self._rng)[0]
 
     def _delays(self) -> routes.Delays:
-        return routes.Delays.from_loopix(self._topology.loopix)
+        return self._view.current.delays
+
+    def _loop_route(self, network: Network) -> list[NodeSpec]:
+        # The node's own spec from the same version as the layers: a newer version may have
+        # moved it to another layer.
+        me = network.node(self._name)
+        return routes.mix_loop_route(network.layers, network.providers, me, self._rng)
 
     # ------------------------------------------------------------------ statistics
 

@@ -26,14 +26,15 @@ declare (:meth:`ProviderCore.on_register`); they are kept in the mailbox file wi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zmix.envelope import ACK_PAYLOAD, decode_envelope
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
-from zmix.sphinx import FinalDelivery, SphinxParams, Surb, SurbReply, answer_surb
-from zmix.topology import MailboxParams, entity_id, valid_name
+from zmix.network import NetworkView
+from zmix.sphinx import FinalDelivery, Surb, SurbReply, answer_surb
+from zmix.topology import entity_id, valid_name
 from zmix.wire import Error, Fetch, FetchReply, ItemKind, Register, Registered
 
 
@@ -67,28 +68,34 @@ _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "stor
 class ProviderCore:
     """Mailbox logic of one provider; the mailbox is its only state besides counters."""
 
-    def __init__(self, params: SphinxParams, provider_id: bytes, clients: set[bytes],
-                 mailbox: Mailbox, mailbox_params: MailboxParams, *, network: str = "",
-                 reserved: Collection[str] = (), reserved_keys: Collection[bytes] = ()) -> None:
-        """``clients`` are the ids of the clients the topology gives this provider; ``network``,
-        ``reserved`` (every name of the topology) and ``reserved_keys`` (every CURVE key of its
-        members) are what open registration needs."""
-        self._params = params
-        self._id = provider_id
+    def __init__(self, view: NetworkView, name: str, mailbox: Mailbox) -> None:
+        """Provider ``name`` of the network ``view`` holds (:mod:`zmix.network`): its declared
+        clients, its mailbox policy and the names and keys open registration must not give away
+        are read from the current version when they are needed. Raises KeyError if ``name`` is
+        not a node of the current network."""
+        network = view.current
+        self._view = view
+        self._name = name
+        self._id = network.node(name).id
+        # Fixed for the life of the process: the packet geometry (NetworkView.replace keeps it)
+        # and the fetch answer's size (the wire's frame limits follow it).
+        self._params = network.topology.sphinx
+        self._slots = network.topology.mailbox.fetch_slots
         self._mailbox = mailbox
-        self._slots = mailbox_params.fetch_slots
-        self._policy = mailbox_params
-        self._network = network
-        self._reserved = frozenset(reserved)
-        self._reserved_keys = frozenset(reserved_keys)
         # A registration whose name or key the topology has since given to a member is void:
         # its key would share the member's id.
         kept = mailbox.registrations()
-        self.shadowed = [r for r in kept if r.name in self._reserved
-                         or r.curve_public in self._reserved_keys]
+        self.shadowed = [r for r in kept if network.is_member(r.name)
+                         or network.is_member_key(r.curve_public)]
         self._registered = [r for r in kept if r not in self.shadowed]
-        self._clients = set(clients) | {r.id for r in self._registered}
+        self._registered_ids = {r.id for r in self._registered}
         self._counts: Counter[str] = Counter()
+
+    def serves(self, client_id: bytes) -> bool:
+        """Return True if ``client_id`` is one of this provider's clients: declared in the
+        current network, or registered."""
+        return (client_id in self._view.current.clients_of(self._name)
+                or client_id in self._registered_ids)
 
     def on_final(self, now: float, result: FinalDelivery) -> Store | None:
         """Return what a final delivery asks to store, or None.
@@ -101,7 +108,7 @@ class ProviderCore:
         if result.recipient == self._id:
             self._counts["drops_received"] += 1
             return None
-        if result.recipient not in self._clients:
+        if not self.serves(result.recipient):
             self._counts[UNEXPECTED] += 1
             return None
         try:
@@ -115,7 +122,7 @@ class ProviderCore:
     def on_surb_reply(self, now: float, result: SurbReply) -> Store | None:
         """Return what a SURB reply (an ack or an anonymous reply) asks to store for its
         client, or None (counted) for a reply to anyone but one of this provider's clients."""
-        if result.recipient not in self._clients:
+        if not self.serves(result.recipient):
             self._counts[UNEXPECTED] += 1
             return None
         return Store(result.recipient, ItemKind.REPLY, result.surb_id, result.payload, None)
@@ -169,7 +176,7 @@ class ProviderCore:
         answer. Expired items are deleted too; nothing else is deleted. A client that is not
         this provider's deletes nothing and gets an empty answer (``fetch_refused``).
         """
-        if client_id not in self._clients:
+        if not self.serves(client_id):
             self._counts["fetch_refused"] += 1
             return FetchReply(frame.request_id, (), 0)
         if frame.ack_ids:
@@ -184,11 +191,6 @@ class ProviderCore:
         items, remaining = self._mailbox.fetch(client_id, self._slots, now)
         self._counts["fetches"] += 1
         return FetchReply(frame.request_id, tuple(items), remaining)
-
-    def serves(self, client_id: bytes) -> bool:
-        """Return True if ``client_id`` is one of this provider's clients (declared or
-        registered)."""
-        return client_id in self._clients
 
     def registrations(self) -> list[Registration]:
         """Return the clients admitted at run time, with their keys (for the link gate); not
@@ -216,35 +218,37 @@ class ProviderCore:
 
     def _register(self, now: float, link_key: bytes, frame: Register
                   ) -> tuple[Registered | Error, Registration | None]:
-        if not self._policy.open_registration:
+        network = self._view.current
+        policy = network.topology.mailbox
+        if not policy.open_registration:
             return Error("closed", "this provider does not admit new clients"), None
         if frame.curve_public != link_key:
             return Error("bad_request", "the key must be the one of this link"), None
         if not valid_name(frame.name):
             return Error("bad_request", "a name is 1-64 letters, digits, '_', '.' or '-'"), None
-        if frame.name in self._reserved:
+        if network.is_member(frame.name):
             return Error("name_taken", "that name is taken"), None
-        if link_key in self._reserved_keys:
+        if network.is_member_key(link_key):
             return Error("key_taken", "this key belongs to a member of the network"), None
         existing = self._mailbox.registration_of(frame.name)
         if existing is not None and (existing.curve_public, existing.public_key) == (
                 link_key, frame.public_key):
             return Registered(frame.name), existing  # the same client again
         # A full provider says so before anything else: a stranger learns no more names.
-        if self._mailbox.registration_count() >= self._policy.registration_limit:
+        if self._mailbox.registration_count() >= policy.registration_limit:
             return Error("full", "this provider admits no more clients"), None
         if existing is not None:
             return Error("name_taken", "that name is taken"), None
         if self._mailbox.registration_by_key(link_key) is not None:
             return Error("key_taken", "this key is registered under another name"), None
-        client = Registration(entity_id(self._network, frame.name), frame.name, link_key,
+        client = Registration(entity_id(network.network, frame.name), frame.name, link_key,
                               frame.public_key)
         try:
             self._mailbox.register(client, now)
         except LocalMisuse:  # the id is taken by a row without keys (a version 2 file)
             return Error("name_taken", "that name is taken"), None
         self._registered.append(client)
-        self._clients.add(client.id)
+        self._registered_ids.add(client.id)
         self._counts["registered"] += 1
         return Registered(frame.name), client
 

@@ -1,27 +1,25 @@
-"""Topology files: YAML in, a frozen :class:`Topology` out, or a ConfigError (file, key, problem).
+"""The network's data model: a frozen :class:`Topology` of nodes, clients and parameters.
 
-The format is documented in docs/topology.md. Validation happens before anything starts: unknown
-keys (typos) are errors, every number is range-checked, names and ports must be unique, and every
-client's provider must exist. Ports left out are assigned deterministically from
-``defaults.base_port`` in file order (providers, then layers), skipping ports given explicitly, so
-every host that reads the same file computes the same addresses.
+:mod:`zmix.topology_yaml` reads and validates the YAML file (docs/topology.md) into these objects;
+:mod:`zmix.network` adds the members' keys and a version number. Nothing here reads a file.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from zmix import crypto
-from zmix.errors import ConfigError
 from zmix.sphinx import MAX_DELAY_US, SphinxParams
+
+if TYPE_CHECKING:  # at run time the loader comes through __getattr__ (an import cycle)
+    from zmix.topology_yaml import load_topology, parse_topology
+
+__all__ = ["MAX_DELAY", "MAX_RATE", "ClientSpec", "LoopixParams", "MailboxParams", "NodeParams",
+           "NodeSpec", "Role", "Topology", "entity_id", "load_topology", "parse_topology",
+           "valid_name"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # The longest per-hop delay a packet can carry: the routing command's u32 of microseconds.
@@ -30,7 +28,6 @@ MAX_DELAY = MAX_DELAY_US / 1_000_000  # seconds (4294.967295, about 71.6 minutes
 # Sphinx long before this; the bound keeps the timers' arithmetic meaningful (at 1e12/s the next
 # due time would not move past the current one in floating point, and the loop would spin).
 MAX_RATE = 10_000.0
-T = TypeVar("T")
 
 
 def valid_name(name: object) -> bool:
@@ -162,293 +159,10 @@ class Topology:
         return tuple(c for c in self.clients if c.provider == provider)
 
 
-# ---------------------------------------------------------------------------- loading
-
-
-def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file; raises ConfigError (file, key path, problem)."""
-    where = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(where, "(file)", "no such file") from None
-    except OSError as exc:
-        raise ConfigError(where, "(file)", f"cannot read it: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(where, "(file)", f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                          f"at offset {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(where, "(yaml)", f"{line}not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
-    return parse_topology(data, where)
-
-
-class _Reader:
-    """Reads one mapping, remembering the key path and which keys were used."""
-
-    def __init__(self, path: str, key: str, data: object) -> None:
-        self.path, self.key = path, key
-        if not isinstance(data, Mapping):
-            raise ConfigError(path, key or "(top level)", f"must be a mapping, got {_kind(data)}")
-        self.data: Mapping[Any, Any] = data
-        self.used: set[str] = set()
-
-    def sub(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def section(self, name: str) -> _Reader:
-        """Read the mapping under ``name``; absent or null is an empty section, any other
-        non-mapping (even an empty list or ``false``) is an error."""
-        self.used.add(name)
-        value = self.data.get(name)
-        return _Reader(self.path, self.sub(name), {} if value is None else value)
-
-    def get(self, name: str, conv: Callable[[str, object], T], default: T | None = None,
-            required: bool = False) -> T:
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
-            if required or default is None:  # an empty list default is a real default
-                raise ConfigError(self.path, self.sub(name), "is required")
-            return default
-        return self._convert(name, conv)
-
-    def optional(self, name: str, conv: Callable[[str, object], T]) -> T | None:
-        self.used.add(name)
-        if self.data.get(name) is None:
-            return None
-        return self._convert(name, conv)
-
-    def _convert(self, name: str, conv: Callable[[str, object], T]) -> T:
-        try:
-            return conv(self.sub(name), self.data[name])
-        except ConfigError as exc:  # the value checks do not know the file
-            raise ConfigError(self.path, exc.key, exc.problem) from None
-
-    def finish(self) -> None:
-        unknown = sorted(str(k) for k in self.data if str(k) not in self.used)
-        if unknown:
-            raise ConfigError(self.path, self.sub(unknown[0]),
-                              f"unknown key (known here: {', '.join(sorted(self.used))})")
-
-
-def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number", type(None): "nothing"}.get(type(value),
-                                                                              type(value).__name__)
-
-
-def parse_topology(data: object, path: str) -> Topology:
-    """Validate already-parsed YAML ``data`` read from ``path``; raises ConfigError."""
-    top = _Reader(path, "", data)
-    network = top.get("network", _name, required=True)
-    sphinx = _sphinx(path, top)
-    loopix = _loopix(path, top)
-    mailbox = _mailbox(path, top)
-    node = _node_params(path, top)
-    defaults = top.section("defaults")
-    host = defaults.get("host", _host, "127.0.0.1")
-    base_port = defaults.get("base_port", _int_range(1, 65535), 31000)
-    workers = defaults.get("workers", _int_range(1, 256), os.cpu_count() or 1)
-    defaults.finish()
-    raw_providers = top.get("providers", _list, required=True)
-    raw_layers = top.get("layers", _list, required=True)
-    raw_clients: list[object] = top.get("clients", _list, [])
-    top.finish()
-    if not raw_layers:
-        raise ConfigError(path, "layers", "needs at least one layer of mixnodes")
-    if not raw_providers:
-        raise ConfigError(path, "providers", "needs at least one provider")
-    if len(raw_layers) + 2 > sphinx.max_hops:
-        raise ConfigError(path, "layers", f"{len(raw_layers)} layers make routes of "
-                          f"{len(raw_layers) + 2} hops, more than sphinx.max_hops "
-                          f"({sphinx.max_hops})")
-    entries: list[tuple[str, object, Role, int | None]] = [
-        (f"providers[{i}]", p, Role.PROVIDER, None) for i, p in enumerate(raw_providers)]
-    for li, layer in enumerate(raw_layers):
-        if not isinstance(layer, list) or not layer:
-            raise ConfigError(path, f"layers[{li}]", "must be a non-empty list of nodes")
-        entries += [(f"layers[{li}][{j}]", n, Role.MIXNODE, li) for j, n in enumerate(layer)]
-    specs = _nodes(path, network, entries, host, base_port, workers)
-    providers = tuple(s for s in specs if s.role is Role.PROVIDER)
-    layers = tuple(tuple(s for s in specs if s.layer == li) for li in range(len(raw_layers)))
-    clients = _clients(path, network, raw_clients, {p.name for p in providers},
-                       {s.name for s in specs})
-    return Topology(path, network, sphinx, layers, providers, clients, loopix, mailbox, node)
-
-
-def _sphinx(path: str, top: _Reader) -> SphinxParams:
-    r = top.section("sphinx")
-    params = SphinxParams(max_hops=r.get("max_hops", _int_range(3, 16), 5),
-                          payload_length=r.get("payload_length", _int_range(512, 1 << 20), 2048))
-    r.finish()
-    return params
-
-
-def _loopix(path: str, top: _Reader) -> LoopixParams:
-    r = top.section("loopix")
-    d = LoopixParams()
-    rate = _number(0.0, high=MAX_RATE)
-    wire = " (the longest delay a packet can carry: 2^32-1 microseconds)"
-    params = LoopixParams(
-        mean_delay=r.get("mean_delay", _number(0.0, high=MAX_DELAY, why=wire), d.mean_delay),
-        payload_rate=r.get("payload_rate", _number(0.0, positive=True, high=MAX_RATE),
-                           d.payload_rate),
-        loop_rate=r.get("loop_rate", rate, d.loop_rate),
-        drop_rate=r.get("drop_rate", rate, d.drop_rate),
-        mix_loop_rate=r.get("mix_loop_rate", rate, d.mix_loop_rate),
-        fetch_interval=r.get("fetch_interval", _number(0.0, positive=True), d.fetch_interval),
-        max_delay=r.get("max_delay", _number(0.0, positive=True, high=MAX_DELAY, why=wire),
-                        d.max_delay),
-    )
-    r.finish()
-    if params.max_delay < params.mean_delay:
-        raise ConfigError(path, "loopix.max_delay", f"must be at least loopix.mean_delay "
-                          f"({params.mean_delay}), got {params.max_delay}")
-    return params
-
-
-def _mailbox(path: str, top: _Reader) -> MailboxParams:
-    r = top.section("mailbox")
-    d = MailboxParams()
-    params = MailboxParams(
-        quota=r.get("quota", _int_range(1, 10**9), d.quota),
-        ttl=r.get("ttl", _number(0.0, positive=True), d.ttl),
-        open_registration=r.get("open_registration", _bool, d.open_registration),
-        fetch_slots=r.get("fetch_slots", _int_range(1, 64), d.fetch_slots),
-        registration_limit=r.get("registration_limit", _int_range(0, 10**7),
-                                 d.registration_limit),
-    )
-    r.finish()
-    return params
-
-
-def _node_params(path: str, top: _Reader) -> NodeParams:
-    r = top.section("node")
-    d = NodeParams()
-    params = NodeParams(
-        queue_limit=r.get("queue_limit", _int_range(1, 10**8), d.queue_limit),
-        drain_on_shutdown=r.get("drain_on_shutdown", _bool, d.drain_on_shutdown),
-        replay_capacity=r.get("replay_capacity", _int_range(1_000, 10**9), d.replay_capacity),
-    )
-    r.finish()
-    return params
-
-
-def _nodes(path: str, network: str, entries: list[tuple[str, object, Role, int | None]],
-           host: str, base_port: int, workers: int) -> list[NodeSpec]:
-    parsed = []
-    for key, raw, role, layer in entries:
-        r = _Reader(path, key, {"name": raw} if isinstance(raw, str) else raw)
-        fields = (r.get("name", _name, required=True), r.get("host", _host, host),
-                  r.optional("port", _int_range(1, 65535)), r.get("workers", _int_range(1, 256),
-                                                                   workers),
-                  r.optional("metrics_port", _int_range(1, 65535)))
-        r.finish()
-        parsed.append((key, role, layer, fields))
-    _unique(path, [(f"{k}.name", f[0]) for k, _, _, f in parsed], "name")
-    taken = {(f[1], f[2]) for _, _, _, f in parsed if f[2] is not None}
-    taken |= {(f[1], f[4]) for _, _, _, f in parsed if f[4] is not None}
-    specs, next_port = [], base_port
-    for _key, role, layer, (name, node_host, port, n_workers, metrics) in parsed:
-        if port is None:
-            while (node_host, next_port) in taken:
-                next_port += 1
-            if next_port > 65535:
-                raise ConfigError(path, "defaults.base_port", "ran out of ports to assign")
-            port = next_port
-            taken.add((node_host, port))
-        specs.append(NodeSpec(name, entity_id(network, name), role, layer, node_host, port,
-                              n_workers, metrics))
-    addresses = [(f"{k}.port", f"{s.host}:{s.port}") for (k, _, _, _), s in zip(parsed, specs,
-                                                                                  strict=True)]
-    addresses += [(f"{k}.metrics_port", f"{s.host}:{s.metrics_port}")
-                  for (k, _, _, _), s in zip(parsed, specs, strict=True) if s.metrics_port]
-    _unique(path, addresses, "address")
-    return specs
-
-
-def _clients(path: str, network: str, raw: list[object], providers: set[str],
-             node_names: set[str]) -> tuple[ClientSpec, ...]:
-    clients = []
-    for i, item in enumerate(raw):
-        r = _Reader(path, f"clients[{i}]", item)
-        name = r.get("name", _name, required=True)
-        provider = r.get("provider", _name, required=True)
-        r.finish()
-        if provider not in providers:
-            raise ConfigError(path, f"clients[{i}].provider", f"no provider named {provider!r} "
-                              f"(providers: {', '.join(sorted(providers))})")
-        if name in node_names:
-            raise ConfigError(path, f"clients[{i}].name", f"{name!r} is already a node's name")
-        clients.append(ClientSpec(name, entity_id(network, name), provider))
-    _unique(path, [(f"clients[{i}].name", c.name) for i, c in enumerate(clients)], "name")
-    return tuple(clients)
-
-
-def _unique(path: str, items: list[tuple[str, str]], what: str) -> None:
-    seen: dict[str, str] = {}
-    for key, value in items:
-        if value in seen:
-            raise ConfigError(path, key, f"duplicate {what} {value!r} (also at {seen[value]})")
-        seen[value] = key
-
-
-# ---------------------------------------------------------------------------- value checks
-
-
-def _name(key: str, value: object) -> str:
-    if not isinstance(value, str) or not valid_name(value):
-        raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-', "
-                          f"got {value!r}")
-    return value
-
-
-def _host(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ConfigError("", key, f"must be a host name or address, got {value!r}")
-    return value
-
-
-def _list(key: str, value: object) -> list[object]:
-    if not isinstance(value, list):
-        raise ConfigError("", key, f"must be a list, got {_kind(value)}")
-    return value
-
-
-def _bool(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError("", key, f"must be true or false, got {value!r}")
-    return value
-
-
-def _int_range(low: int, high: int) -> Callable[[str, object], int]:
-    def check(key: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError("", key, f"must be an integer from {low} to {high}, got {value!r}")
-        return value
-    return check
-
-
-def _number(low: float, positive: bool = False,
-            high: float | None = None, why: str = "") -> Callable[[str, object], float]:
-    def check(key: str, value: object) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError("", key, f"must be a number, got {value!r}")
-        try:
-            number = float(value)  # type: ignore[arg-type]
-        except OverflowError:
-            raise ConfigError("", key, f"must be a number within float range, got an integer "
-                              f"of {len(str(value))} digits") from None
-        if positive and number <= low:
-            raise ConfigError("", key, f"must be a number > {low:g}, got {value!r}")
-        if number < low:
-            raise ConfigError("", key, f"must be a number >= {low:g}, got {value!r}")
-        if high is not None and number > high:
-            raise ConfigError("", key, f"must be a number <= {high:.10g}{why}, got {value!r}")
-        return number
-    return check
+def __getattr__(name: str) -> Any:
+    """Return :func:`load_topology` and :func:`parse_topology` from :mod:`zmix.topology_yaml`,
+    where they live now, for code that imports them from here."""
+    if name in ("load_topology", "parse_topology"):
+        from zmix import topology_yaml
+        return getattr(topology_yaml, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

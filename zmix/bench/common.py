@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from zmix.keys import ensure_keys
-from zmix.topology import Topology, load_topology
+from zmix.topology import Topology
+from zmix.topology_yaml import load_topology
 
 HOST = "127.0.0.1"
 

@@ -32,7 +32,8 @@ from zmix.contacts import Contact, contact_path, read_contact, write_contact
 from zmix.errors import ConfigError, WireError
 from zmix.keys import PrivateIdentity, check_id, create_private, load_directory, load_private
 from zmix.runtime import links
-from zmix.topology import Role, Topology, load_topology, valid_name
+from zmix.topology import Role, Topology, valid_name
+from zmix.topology_yaml import load_topology
 
 RESEND = 1.0  # seconds between REGISTER attempts while no answer came
 

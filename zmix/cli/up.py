@@ -16,7 +16,8 @@ from types import FrameType
 
 from zmix.cli.common import configure_logging, fail
 from zmix.errors import ConfigError
-from zmix.topology import NodeSpec, Topology, load_topology
+from zmix.topology import NodeSpec, Topology
+from zmix.topology_yaml import load_topology
 
 LOG = logging.getLogger("zmix.up")
 

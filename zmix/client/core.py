@@ -23,7 +23,7 @@ transaction around each call, so everything is on disk before a packet or an ans
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from zmix import crypto
 from zmix.client.packets import PacketMaker
@@ -32,9 +32,9 @@ from zmix.client.results import Outgoing, ReceivedMessage, SendProgress
 from zmix.client.sending import MAX_ATTEMPTS, Sender
 from zmix.client.streams import PoissonStreams, Stream
 from zmix.clientstore import ClientStore
-from zmix.keys import PrivateIdentity, PublicIdentity
+from zmix.keys import PrivateIdentity
+from zmix.network import NetworkView
 from zmix.stats_schema import client_names
-from zmix.topology import Topology
 from zmix.wire import MailboxItem
 
 EXPIRY_INTERVAL = 600.0  # seconds between sweeps of stale SURB keys, loops and partial messages
@@ -49,19 +49,20 @@ class ClientCore:
     Every stream time, route and delay comes from ``rng``; every id and all key material from
     ``random_bytes`` (default: the operating system's, :func:`zmix.crypto.random_bytes`), so a
     seeded rng and a deterministic ``random_bytes`` reproduce a run byte for byte.
-    Raises KeyError if ``identity`` is not a client of ``topology``.
+    The network is the current version in ``view`` (:mod:`zmix.network`), read whenever a
+    packet is made or a sender checked; the stream rates and ack timers are fixed from the
+    version current when the core is made. Raises KeyError if ``identity`` is not a client of
+    the current network.
     """
 
-    def __init__(self, topology: Topology, identity: PrivateIdentity,
-                 directory: Mapping[str, PublicIdentity], store: ClientStore,
+    def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore,
                  rng: random.Random, now: float, *,
                  random_bytes: Callable[[int], bytes] = crypto.random_bytes) -> None:
         self._store = store
-        names = {c.id: c.name for c in topology.clients}
-        packets = PacketMaker(topology, identity, directory, rng, random_bytes)
-        self.sender = Sender(topology, directory, names, store, packets)
-        self.receiver = Receiver(topology.sphinx, identity, directory, names, store)
-        loopix = topology.loopix
+        packets = PacketMaker(view, identity, rng, random_bytes)
+        self.sender = Sender(view, store, packets)
+        self.receiver = Receiver(view, identity, store)
+        loopix = view.current.topology.loopix
         rates = {Stream.PAYLOAD: loopix.payload_rate, Stream.LOOP: loopix.loop_rate,
                  Stream.DROP: loopix.drop_rate}
         self.streams = PoissonStreams(rates, rng, now)

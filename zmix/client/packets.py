@@ -9,7 +9,7 @@ caller stores those secrets (:class:`~zmix.clientstore.ClientStore`) before it h
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zmix import routes
@@ -21,9 +21,10 @@ from zmix.fragment import (
     seal_loop,
     seal_signed,
 )
-from zmix.keys import PrivateIdentity, PublicIdentity
+from zmix.keys import PrivateIdentity
+from zmix.network import Network, NetworkView
 from zmix.sphinx import Hop, Surb, SurbKeys, answer_surb, create_forward_packet, create_surb
-from zmix.topology import NodeSpec, Topology
+from zmix.topology import NodeSpec
 
 RandomBytes = Callable[[int], bytes]
 ID_BYTES = 16  # message, SURB and loop ids
@@ -41,39 +42,44 @@ class NewSurb:
 class PacketMaker:
     """Builds one client's packets; every packet leaves through the client's own provider.
 
-    Raises KeyError if ``identity`` is not a client of ``topology``.
+    Routes, delays and the recipients' keys come from the current version of the network
+    ``view`` holds (:mod:`zmix.network`) when each packet is made. Raises KeyError if
+    ``identity`` is not a client of the current network.
     """
 
-    def __init__(self, topology: Topology, identity: PrivateIdentity,
-                 directory: Mapping[str, PublicIdentity], rng: random.Random,
+    def __init__(self, view: NetworkView, identity: PrivateIdentity, rng: random.Random,
                  random_bytes: RandomBytes) -> None:
-        self._topo = topology
-        self._params = topology.sphinx
+        view.current.client(identity.name)
+        self._view = view
+        self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
-        self._provider = topology.node(topology.client(identity.name).provider)
-        self._directory = directory
         self._rng = rng
         self.random_bytes = random_bytes
-        self._delays = routes.Delays.from_loopix(topology.loopix)
+
+    def _provider(self, network: Network) -> NodeSpec:
+        """This client's provider in ``network``."""
+        return network.node(network.client(self._me.name).provider)
 
     def new_id(self) -> bytes:
         """Return a fresh 16-byte id (messages, SURBs, loops)."""
         return self.random_bytes(ID_BYTES)
 
-    def _hops(self, route: list[NodeSpec]) -> list[Hop]:
-        return routes.hops(route, self._directory, self._delays, self._rng)
+    def _hops(self, network: Network, route: list[NodeSpec]) -> list[Hop]:
+        return routes.hops(route, network.keys, network.delays, self._rng)
 
     def surb(self) -> NewSurb:
         """Return a fresh SURB whose answers come back to this client through its provider."""
         surb_id = self.new_id()
-        route = self._hops(routes.surb_route(self._topo.layers, self._provider, self._rng))
+        network = self._view.current
+        route = self._hops(network, routes.surb_route(network.layers, self._provider(network),
+                                                      self._rng))
         surb, keys = create_surb(self._params, route, self._me.id, surb_id, self.random_bytes)
         return NewSurb(surb_id, surb, keys)
 
     def seal(self, recipient: str, fragment: bytes, *, anonymous: bool) -> bytes:
         """Return ``fragment`` sealed end to end to client ``recipient`` (signed by this client
         unless ``anonymous``)."""
-        key = self._directory[recipient].public_key
+        key = self._view.current.sphinx_key(recipient)
         if anonymous:
             return seal_anonymous(key, fragment, self.random_bytes)
         return seal_signed(key, self._me.id, self._me.private_key, fragment, self.random_bytes)
@@ -82,32 +88,36 @@ class PacketMaker:
         """Return a sealed fragment's packet to client ``recipient`` with a fresh ack SURB, and
         that SURB (its keys open the ack)."""
         ack = self.surb()  # drawn before the forward route: the order the rng is used in
-        spec = self._topo.client(recipient)
+        network = self._view.current
+        spec, first = network.client(recipient), self._provider(network)
         envelope = encode_envelope(self._params, Envelope(ack.surb.to_bytes(), body))
-        last = self._topo.node(spec.provider)
-        route = routes.forward_route(self._topo.layers, self._provider, last, self._rng)
-        packet = create_forward_packet(self._params, self._hops(route), spec.id, envelope,
-                                       self.random_bytes)
-        return ack, Outgoing(self._provider.id, packet)
+        last = network.node(spec.provider)
+        route = routes.forward_route(network.layers, first, last, self._rng)
+        packet = create_forward_packet(self._params, self._hops(network, route), spec.id,
+                                       envelope, self.random_bytes)
+        return ack, Outgoing(first.id, packet)
 
     def loop(self) -> tuple[bytes, Outgoing]:
         """Return a fresh loop id and a loop packet carrying it back to this client."""
         loop_id = self.new_id()
         body = seal_loop(self._me.public_key, loop_id, self.random_bytes)
         envelope = encode_envelope(self._params, Envelope(None, body))
-        route = routes.forward_route(self._topo.layers, self._provider, self._provider, self._rng)
-        packet = create_forward_packet(self._params, self._hops(route), self._me.id, envelope,
-                                       self.random_bytes)
-        return loop_id, Outgoing(self._provider.id, packet)
+        network = self._view.current
+        provider = self._provider(network)
+        route = routes.forward_route(network.layers, provider, provider, self._rng)
+        packet = create_forward_packet(self._params, self._hops(network, route), self._me.id,
+                                       envelope, self.random_bytes)
+        return loop_id, Outgoing(provider.id, packet)
 
     def drop(self) -> Outgoing:
         """Return a drop packet: random filler to a random provider, which discards it."""
-        route = routes.drop_route(self._topo.layers, self._provider, self._topo.providers,
-                                  self._rng)
+        network = self._view.current
+        provider = self._provider(network)
+        route = routes.drop_route(network.layers, provider, network.providers, self._rng)
         filler = self.random_bytes(self._params.max_message_length)
-        packet = create_forward_packet(self._params, self._hops(route), route[-1].id, filler,
-                                       self.random_bytes)
-        return Outgoing(self._provider.id, packet)
+        packet = create_forward_packet(self._params, self._hops(network, route), route[-1].id,
+                                       filler, self.random_bytes)
+        return Outgoing(provider.id, packet)
 
     def reply(self, surb_bytes: bytes, message_id: bytes, data: bytes) -> Outgoing:
         """Return a one-fragment reply carrying ``data`` through a received reply block.

@@ -10,7 +10,7 @@ transaction around :meth:`Receiver.take_in`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from zmix import crypto
@@ -19,8 +19,9 @@ from zmix.clientstore import SURB_ACK, ClientStore, InboxEntry, IncomingMeta, St
 from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import InvalidPacket
 from zmix.fragment import ContentKind, Fragment, open_content, parse_fragment, verify_signed
-from zmix.keys import PrivateIdentity, PublicIdentity
-from zmix.sphinx import SphinxParams, SurbKeys, open_surb_reply
+from zmix.keys import PrivateIdentity
+from zmix.network import NetworkView
+from zmix.sphinx import SurbKeys, open_surb_reply
 from zmix.wire import ItemKind, MailboxItem
 
 STATISTICS = ("loops_returned", "unknown_loops", "messages_received", "duplicates_dropped",
@@ -47,17 +48,14 @@ class TakenIn:
 class Receiver:
     """The incoming side of one client.
 
-    ``names`` maps client ids to names: a signed fragment's sender is named by its id and
-    checked against the sender's key in ``directory``.
+    A signed fragment's sender is named by its id and checked against that client's key in the
+    current version of the network ``view`` holds.
     """
 
-    def __init__(self, params: SphinxParams, identity: PrivateIdentity,
-                 directory: Mapping[str, PublicIdentity], names: Mapping[bytes, str],
-                 store: ClientStore) -> None:
-        self._params = params
+    def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore) -> None:
+        self._view = view
+        self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
-        self._directory = directory
-        self._names = names
         self._store = store
         self._counts: Counter[str] = Counter()
 
@@ -108,12 +106,12 @@ class Receiver:
         sender: str | None = None
         plain = content.rest
         if content.kind is ContentKind.SIGNED:
-            sender = self._names.get(content.ident)
-            if sender is None or sender not in self._directory:
+            network = self._view.current
+            sender = network.client_name(content.ident)
+            if sender is None:
                 self._counts["unknown_sender"] += 1
                 return []
-            plain = verify_signed(self._directory[sender].public_key, self._me.private_key,
-                                  content.rest)
+            plain = verify_signed(network.sphinx_key(sender), self._me.private_key, content.rest)
         return self._deliver(now, parse_fragment(plain, self._params.surb_length), sender)
 
     def _deliver(self, now: float, f: Fragment, sender: str | None) -> list[ReceivedMessage]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from zmix.client.packets import PacketMaker
@@ -22,8 +21,8 @@ from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
 from zmix.envelope import envelope_capacity
 from zmix.errors import LocalMisuse
 from zmix.fragment import CONTENT_OVERHEAD, HEADER_BYTES, MAX_REPLY_BLOCKS, split_message
-from zmix.keys import PublicIdentity
-from zmix.topology import LoopixParams, Topology
+from zmix.network import NetworkView
+from zmix.topology import LoopixParams
 
 MAX_ATTEMPTS = 8  # sends of one fragment before its message fails
 BACKOFF_CAP = 120.0  # seconds between retransmissions at most (unless the route is slower)
@@ -123,14 +122,14 @@ class _QueuedReply:
 class Sender:
     """The outgoing side of one client: what waits for the payload stream, and what it became.
 
-    ``names`` maps client ids to the names of the clients this one may write to.
+    It may write to every client of the current version of the network ``view`` holds. The
+    ack timers are drawn up from the version current when it is made.
     """
 
-    def __init__(self, topology: Topology, directory: Mapping[str, PublicIdentity],
-                 names: Mapping[bytes, str], store: ClientStore, packets: PacketMaker) -> None:
+    def __init__(self, view: NetworkView, store: ClientStore, packets: PacketMaker) -> None:
+        topology = view.current.topology
+        self._view = view
         self._params = topology.sphinx
-        self._directory = directory
-        self._names = names
         self._store = store
         self._packets = packets
         base = round_trip_timeout(len(topology.layers), topology.loopix)
@@ -161,7 +160,7 @@ class Sender:
                anonymous: bool, reply_blocks: int) -> bytes:
         """Seal ``data``'s fragments for ``recipient``, store and queue them; return the message
         id. Raises LocalMisuse as :meth:`ClientCore.submit` says."""
-        if recipient not in self._directory or recipient not in self._names.values():
+        if not self._view.current.is_client(recipient):
             raise LocalMisuse(f"no client named {recipient!r}")
         if not 0 <= reply_blocks <= MAX_REPLY_BLOCKS:
             raise LocalMisuse(f"reply_blocks must be 0..{MAX_REPLY_BLOCKS}")

@@ -40,12 +40,14 @@ import zmq
 from zmix import wire
 from zmix.client import ClientCore, FetchSchedule, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
-from zmix.contacts import contact_path, load_contacts, with_contacts
+from zmix.contacts import contact_path, load_contacts
 from zmix.errors import ConfigError, WireError
 from zmix.keys import load_directory, load_private
+from zmix.network import Network, NetworkView
 from zmix.runtime import links
 from zmix.stats_schema import CLIENT_BY_NAME, ClientPart
-from zmix.topology import ClientSpec, load_topology
+from zmix.topology import ClientSpec, Topology
+from zmix.topology_yaml import load_topology
 
 LOG = logging.getLogger(__name__)
 
@@ -77,21 +79,23 @@ class ClientRuntime:
             if problem.path == str(contact_path(state_dir, name)):
                 raise problem  # this client's own contact: nothing works without it
             LOG.warning("contact skipped: %s", problem)
-        self.topology, self.directory = with_contacts(
-            declared, load_directory(state_dir, declared), contacts)
+        # Version 1 of the network as this state directory describes it; the core reads
+        # self.view.current whenever it makes a packet (replace_network brings a newer one).
+        self.view = NetworkView(Network.build(declared, load_directory(state_dir, declared),
+                                              contacts))
         try:
-            self.spec: ClientSpec = self.topology.client(name)
+            self.spec: ClientSpec = self.view.current.client(name)
         except KeyError:
             raise ConfigError(str(state_dir / "topology.yaml"), "clients",
                               f"no client named {name!r} (nor a contact "
                               f"{contact_path(state_dir, name)} from zmix-register)") from None
         self.identity = load_private(state_dir, name)
-        if self.directory[name] != self.identity.public():
+        if self.view.current.keys[name] != self.identity.public():
             mine = contact_path(state_dir, name)
             raise ConfigError(str(mine if mine.exists() else state_dir / "public"
                                   / f"{name}.json"), "public_key",
                               f"does not match the keys in private/{name}.json")
-        self.provider = self.topology.node(self.spec.provider)
+        self.provider = self.view.current.node(self.spec.provider)  # the link's peer
         self.client_dir = state_dir / "clients" / name
         self.client_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.client_dir, 0o700)  # made by an older zmix (0755), or under another umask
@@ -108,6 +112,18 @@ class ClientRuntime:
             first_request_id=int.from_bytes(os.urandom(4), "big"))
         self.online_since = 0.0
 
+    @property
+    def topology(self) -> Topology:
+        """The current network's topology."""
+        return self.view.current.topology
+
+    def replace_network(self, newer: Network) -> None:
+        """Make ``newer`` the network this client works with (:meth:`NetworkView.replace`: a
+        newer version of the same network, else LocalMisuse and nothing changes). Packets made
+        from now on take its routes and keys; the link stays with the provider it was made to,
+        and the stream rates and ack timers stay as they were."""
+        self.view.replace(newer)
+
     # ------------------------------------------------------------------ life cycle
 
     def __enter__(self) -> ClientRuntime:
@@ -115,11 +131,10 @@ class ClientRuntime:
         self.store = ClientStore(self.client_dir / "client.sqlite")
         now = time.monotonic()
         self.online_since = now
-        self._core = ClientCore(self.topology, self.identity, self.directory, self.store,
-                                self._rng, now)
+        self._core = ClientCore(self.view, self.identity, self.store, self._rng, now)
         self._ctx = zmq.Context()
         self._sock = links.connect_dealer(
-            self._ctx, self.provider.endpoint, self.directory[self.provider.name].curve_public,
+            self._ctx, self.provider.endpoint, self.view.current.curve_key(self.provider.name),
             self.identity.curve_public, self.identity.curve_private,
             max_frame=wire.client_frame_limit(self.topology.sphinx,
                                               self.topology.mailbox.fetch_slots))

@@ -85,6 +85,12 @@ class KeyGate:
         with self._lock:
             self._by_user = {**self._by_user, user_id(curve_public): entity}
 
+    def replace(self, keys: dict[bytes, bytes]) -> None:
+        """Admit exactly ``keys`` (CURVE key -> peer id) from now on, instead of the keys given
+        so far (a newer version of the network); links already made stay up."""
+        with self._lock:
+            self._by_user = {user_id(k): v for k, v in keys.items()}
+
     def entity(self, uid: str) -> bytes | None:
         """Return the id of the peer whose User-Id is ``uid``, or None."""
         return self._by_user.get(uid)

@@ -42,11 +42,13 @@ from zmix.dispatch import MAX_IN_FLIGHT
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
+from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
 from zmix.runtime import links, metrics
 from zmix.runtime.workers import WorkerPool
-from zmix.topology import NodeSpec, Role, Topology, load_topology
+from zmix.topology import NodeSpec, Role, Topology
+from zmix.topology_yaml import load_topology
 
 LOG = logging.getLogger(__name__)
 
@@ -62,10 +64,12 @@ class NodeProcess:
 
     def __init__(self, state_dir: Path, name: str, *, workers: int | None = None) -> None:
         self.state_dir = state_dir
-        self.topology: Topology = load_topology(state_dir / "topology.yaml")
-        self.spec: NodeSpec = self.topology.node(name)
+        topology = load_topology(state_dir / "topology.yaml")
+        # The network as the state directory describes it at start: version 1. Everything
+        # below reads self.view.current when it decides (replace_network brings a newer one).
+        self.view = NetworkView(Network.build(topology, load_directory(state_dir, topology)))
+        self.spec: NodeSpec = topology.node(name)
         self.identity = load_private(state_dir, name)
-        self.directory = load_directory(state_dir, self.topology)
         self.worker_count = workers or self.spec.workers
         self.node_dir = state_dir / "nodes" / name
         self.node_dir.mkdir(parents=True, exist_ok=True)
@@ -75,25 +79,49 @@ class NodeProcess:
         self.mailbox: Mailbox | None = None
         self.provider: ProviderCore | None = None
         self.snapshot = metrics.Snapshot(name)
+        self.gate: links.KeyGate | None = None  # made by run()
+
+    @property
+    def topology(self) -> Topology:
+        """The current network's topology."""
+        return self.view.current.topology
+
+    def replace_network(self, newer: Network) -> None:
+        """Make ``newer`` the network this node works with (:meth:`NetworkView.replace`: it must
+        be a newer version of the same network; LocalMisuse otherwise, and nothing changes).
+
+        The cores read it at their next decision; the link gate admits the new network's keys
+        (and the registered clients) from now on, so a removed member's next handshake is
+        refused. Links already made stay up until they drop."""
+        self.view.replace(newer)
+        if self.gate is not None:
+            self.gate.replace(self._admitted_keys())
 
     # ------------------------------------------------------------------ set-up and tear-down
 
     def _admitted_keys(self) -> dict[bytes, bytes]:
-        keys = {self.directory[n.name].curve_public: n.id for n in self.topology.nodes()
-                if n.name != self.spec.name}
-        if self.spec.role is Role.PROVIDER:
-            for client in self.topology.clients_of(self.spec.name):
-                keys[self.directory[client.name].curve_public] = client.id
+        """The CURVE keys the link gate admits now: the current network's (other nodes, a
+        provider's declared clients) and the clients registered at run time."""
+        keys = self.view.current.admitted_keys(self.spec.name)
+        if self.provider is not None:
+            keys.update((c.curve_public, c.id) for c in self.provider.registrations())
         return keys
 
+    def _make_gate(self) -> links.KeyGate:
+        """Make the link gate (after the centre: a provider's registered clients come along);
+        :meth:`replace_network` keeps it up to date."""
+        self.gate = links.KeyGate(self._admitted_keys(), open_door=self._open_door())
+        return self.gate
+
     def _resolve(self, node_id: bytes) -> tuple[str, bytes] | None:
-        spec = self.topology.by_id(node_id)
-        if not isinstance(spec, NodeSpec) or spec.id == self.spec.id:
+        """The endpoint and CURVE key of next hop ``node_id`` in the current network, or None
+        (no such node, or this node itself)."""
+        if node_id == self.spec.id:
             return None
-        return spec.endpoint, self.directory[spec.name].curve_public
+        return self.view.current.endpoint(node_id)
 
     def _name(self, node_id: bytes) -> str:
-        spec = self.topology.by_id(node_id)
+        spec = self.view.current.node_by_id(node_id)
         return spec.name if spec is not None else node_id.hex()
 
     def _make_centre(self, now: float) -> NodeCentre:
@@ -112,14 +140,8 @@ class NodeProcess:
         if self.spec.role is Role.PROVIDER:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
                                    quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
-            clients = {c.id for c in self.topology.clients_of(self.spec.name)}
-            names = self.topology.names()
-            self.provider = ProviderCore(
-                self.topology.sphinx, self.spec.id, clients, self.mailbox, self.topology.mailbox,
-                network=self.topology.network, reserved=names,
-                reserved_keys=[self.directory[name].curve_public for name in names])
-        return NodeCore(self.topology, self.spec, self.directory, self.rng, now,
-                        provider=self.provider)
+            self.provider = ProviderCore(self.view, self.spec.name, self.mailbox)
+        return NodeCore(self.view, self.spec.name, self.rng, now, provider=self.provider)
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -133,10 +155,8 @@ class NodeProcess:
         centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
-        gate = links.KeyGate(self._admitted_keys(), open_door=self._open_door())
+        gate = self._make_gate()
         if self.provider is not None:
-            for client in self.provider.registrations():
-                gate.add(client.curve_public, client.id)
             for client in self.provider.shadowed:
                 LOG.warning("registered client %s is void: the topology now gives its name or "
                             "key to a member", client.name)

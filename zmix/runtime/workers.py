@@ -119,7 +119,7 @@ def _process(params: SphinxParams, private_key: bytes, arrival: float, packet: b
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m zmix.runtime.workers`` (started by the node, not by users)."""
     from zmix.keys import load_private
-    from zmix.topology import load_topology
+    from zmix.topology_yaml import load_topology
 
     parser = argparse.ArgumentParser(prog="zmix-worker")
     parser.add_argument("--state", required=True, type=Path)
