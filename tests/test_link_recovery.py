@@ -102,7 +102,7 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
         inbox.close()
         outbox.close()
         auth.stop()
-        ctx.term()
+        ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
         launcher.stop()
 
 
@@ -134,7 +134,7 @@ def test_a_re_dialled_link_is_heard_by_a_router_still_holding_the_lost_connectio
         dealer.close(linger=0)
         router.close(linger=0)
         auth.stop()
-        ctx.term()
+        ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
 
 
 def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while_down() -> None:
@@ -177,7 +177,7 @@ def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while
             out.close()
         router.close(linger=0)
         auth.stop()
-        ctx.term()
+        ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
 
 
 _FIRST_IDENTITY = """
