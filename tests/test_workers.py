@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmix.errors import DropReason
-from zmix.runtime.workers import (
+from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply
+from zmix.workframes import (
     WorkerStats,
     decode_forward,
     decode_jobs,
@@ -22,7 +23,6 @@ from zmix.runtime.workers import (
     join_results,
     split_results,
 )
-from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply
 
 PACKET = 64  # the framing does not care about the Sphinx geometry, only that it is fixed
 

@@ -31,23 +31,15 @@ from zmix.errors import InvalidPacket
 from zmix.sphinx import SphinxParams, process_packet
 from zmix.workframes import (
     STATS_INTERVAL,
-    Result,
     WorkerStats,
-    decode_forward,
     decode_jobs,
-    decode_result,
     encode_invalid,
-    encode_jobs,
     encode_result,
     encode_stats,
-    is_forward,
     join_results,
-    split_results,
 )
 
-__all__ = ["Result", "WorkerPool", "WorkerStats", "decode_forward", "decode_jobs",
-           "decode_result", "encode_invalid", "encode_jobs", "encode_result", "encode_stats",
-           "is_forward", "join_results", "main", "run_worker", "split_results"]
+__all__ = ["WorkerPool", "main", "run_worker"]
 
 # ---------------------------------------------------------------------------- the worker process
 
