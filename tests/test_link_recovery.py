@@ -12,21 +12,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import zmq
+from chain import Chain, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
-from zmix import crypto, wire
+from zmix import crypto
 from zmix.bench.common import free_ports, make_network
-from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
-from zmix.runtime import links, metrics
+from zmix.runtime import links
 from zmix.runtime.client import ClientRuntime
 from zmix.runtime.launcher import Launcher
-from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
-from zmix.topology import Topology
 
 # The heartbeat timeout closes a link to a stalled process within this long (the timeout runs
 # from the first unanswered ZMTP PING, sent within a heartbeat interval), with room to spare.
@@ -35,75 +32,15 @@ STALL = links.HEARTBEAT_TIMEOUT_MS / 1000 + 2  # the client's provider is stoppe
 HEAL = 4 * links.HEARTBEAT_MS / 1000  # "within a few heartbeat periods"
 
 
-@dataclass
-class Chain:
-    """mix-a -> mix-b as real processes; the test plays provider-1 at both ends."""
-
-    topology: Topology
-    state: Path
-    launcher: Launcher
-    directory: dict[str, PublicIdentity]
-    provider: PrivateIdentity
-    inbox: zmq.Socket[bytes]
-    outbox: zmq.Socket[bytes]
-
-    def send(self, message: bytes) -> None:
-        """Send a packet carrying ``message`` through mix-a and mix-b to provider-1."""
-        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
-        route = [Hop(h.id, self.directory[h.name].public_key, 0) for h in hops]
-        packet = create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
-        self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
-
-    def receive(self, count: int, timeout: float) -> list[bytes]:
-        """Return the messages of the packets reaching provider-1 (``count`` at most)."""
-        got: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count and (left := deadline - time.monotonic()) > 0:
-            if not self.inbox.poll(int(left * 1000) + 1):
-                continue
-            _, data = self.inbox.recv_multipart()
-            frame = wire.decode(data, params=self.topology.sphinx, slots=8)
-            if isinstance(frame, wire.Packet):
-                result = process_packet(self.topology.sphinx, self.provider.private_key,
-                                        frame.packet)
-                assert isinstance(result, FinalDelivery)
-                got.append(result.message)
-        return got
-
-    def stats(self, name: str) -> dict[str, float]:
-        values = metrics.statistics(self.state, name)
-        assert values is not None, f"{name} does not answer on its control socket"
-        return values
-
-
 @pytest.fixture
 def chain(tmp_path: Path) -> Iterator[Chain]:
-    topology, state = make_network(
-        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
-        loopix={"mix_loop_rate": 0.0}, workers=1)
-    launcher = Launcher(state, [topology.node("mix-a"), topology.node("mix-b")], verbosity=1)
-    launcher.start()
-    directory = load_directory(state, topology)
-    provider = load_private(state, "provider-1")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
-    auth = links.start_authenticator(ctx, gate, topology.network)
-    limit = wire.node_frame_limit(topology.sphinx)
-    inbox = links.bind_router(ctx, topology.node("provider-1").endpoint, provider.curve_public,
-                              provider.curve_private, topology.network, max_frame=limit)
-    outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
-                                  directory["mix-a"].curve_public, provider.curve_public,
-                                  provider.curve_private, max_frame=limit)
-    try:
-        yield Chain(topology, state, launcher, directory, provider, inbox, outbox)
-    finally:
-        for pid in launcher.pids().values():  # a failed test may leave a node stopped
-            os.kill(pid, signal.SIGCONT)
-        inbox.close()
-        outbox.close()
-        auth.stop()
-        ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
-        launcher.stop()
+    with start_chain(tmp_path, workers=1) as running:
+        yield running
+
+
+def messages(chain: Chain, count: int, timeout: float) -> list[bytes]:
+    """Return the messages of the packets reaching provider-1 (``count`` at most)."""
+    return [message for _, message in chain.receive(count, timeout)]
 
 
 def test_a_re_dialled_link_is_heard_by_a_router_still_holding_the_lost_connection() -> None:
@@ -213,8 +150,8 @@ def test_the_routing_identity_a_router_gives_first_cannot_be_known_in_advance() 
 
 def test_packets_flow_again_after_the_middle_node_stalled_past_the_heartbeat_timeout(
         chain: Chain) -> None:
-    chain.send(b"before the stall")
-    assert chain.receive(1, timeout=10) == [b"before the stall"]  # the chain works
+    chain.send(chain.packet(b"before the stall"))
+    assert messages(chain, 1, timeout=10) == [b"before the stall"]  # the chain works
     before = chain.stats("mix-a")
     # The far end of mix-b's link (the test's ROUTER, as provider-1) is watched, not read, until
     # the packets after the stall are awaited: like a busy node, it deals with the lost
@@ -226,21 +163,23 @@ def test_packets_flow_again_after_the_middle_node_stalled_past_the_heartbeat_tim
     os.kill(middle, signal.SIGSTOP)
     try:
         _wait_event(watch, zmq.EVENT_DISCONNECTED, STALL_MAX)  # provider-1 dropped mix-b
-        down = _wait_stats(chain, "mix-a", STALL_MAX,  # and mix-a dropped its link to mix-b
-                           lambda s: s["link_disconnects"] > before["link_disconnects"])
-        chain.send(b"during the stall")  # queued on mix-a's link while it is down
-        _wait_stats(chain, "mix-a", 5,
-                    lambda s: s["link_queued_while_down"] > down["link_queued_while_down"])
+        down = chain.wait_stats(  # and mix-a dropped its link to mix-b
+            "mix-a", lambda s: s["link_disconnects"] > before["link_disconnects"],
+            "lost link to mix-b", STALL_MAX)
+        chain.send(chain.packet(b"during the stall"))  # queued on mix-a's link while it is down
+        chain.wait_stats(
+            "mix-a", lambda s: s["link_queued_while_down"] > down["link_queued_while_down"],
+            "frame queued while the link is down")
     finally:
         os.kill(middle, signal.SIGCONT)
     _wait_event(watch, zmq.EVENT_HANDSHAKE_SUCCEEDED, HEAL)  # mix-b re-dialled provider-1
-    up = _wait_stats(chain, "mix-a", HEAL,  # mix-a re-dialled mix-b
-                     lambda s: s["link_handshakes"] > down["link_handshakes"]
-                     and s["links_down"] == 0)
+    up = chain.wait_stats(  # mix-a re-dialled mix-b
+        "mix-a", lambda s: s["link_handshakes"] > down["link_handshakes"] and s["links_down"] == 0,
+        "re-dialled link to mix-b", HEAL)
     chain.inbox.disable_monitor()
     watch.close(linger=0)
-    chain.send(b"after the stall")
-    got = chain.receive(2, timeout=HEAL)
+    chain.send(chain.packet(b"after the stall"))
+    got = messages(chain, 2, timeout=HEAL)
     assert sorted(got) == [b"after the stall", b"during the stall"], (
         "the packets sent after the links dropped did not arrive")
     assert up["link_disconnects"] == before["link_disconnects"] + 1
@@ -280,15 +219,3 @@ def _wait_event(monitor: zmq.Socket[bytes], event: int, timeout: float) -> None:
                 recv_monitor_message(monitor)["event"] == event):
             return
     raise AssertionError(f"no socket event {event:#x} within {timeout} s")
-
-
-def _wait_stats(chain: Chain, name: str, timeout: float,
-                ok: Callable[[dict[str, float]], bool]) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = chain.stats(name)
-        if ok(stats):
-            return stats
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}'s counters did not get there in {timeout} s: {stats}")
-        time.sleep(0.05)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from test_node_integration import Chain, start_chain
+from chain import Chain, start_chain
 
 from zmix import crypto, wire
 from zmix.bench.common import make_network

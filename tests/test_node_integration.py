@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -11,99 +10,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
+from chain import Chain, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto, wire
 from zmix.bench.common import free_ports, make_network
-from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
 from zmix.runtime.node import MAX_IN_FLIGHT
-from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
-from zmix.topology import Topology
-
-
-@dataclass
-class Chain:
-    """mix-a -> mix-b as real processes; the test plays provider-1 at both ends."""
-
-    topology: Topology
-    state: Path
-    launcher: Launcher
-    directory: dict[str, PublicIdentity]
-    provider: PrivateIdentity
-    ctx: zmq.Context[zmq.Socket[bytes]]
-    inbox: zmq.Socket[bytes]
-    outbox: zmq.Socket[bytes]
-
-    def packet(self, message: bytes, delays: tuple[float, float] = (0.0, 0.0)) -> bytes:
-        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
-        route = [Hop(h.id, self.directory[h.name].public_key, int(d * 1e6))
-                 for h, d in zip(hops, (*delays, 0.0), strict=True)]
-        return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
-
-    def send(self, packet: bytes) -> None:
-        self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
-
-    def receive(self, count: int, timeout: float = 20.0) -> list[tuple[float, bytes]]:
-        """Return ``(arrival time, message)`` for ``count`` packets arriving at provider-1."""
-        got: list[tuple[float, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            if not self.inbox.poll(100):
-                continue
-            _, data = self.inbox.recv_multipart()
-            frame = wire.decode(data, params=self.topology.sphinx, slots=8)
-            if isinstance(frame, wire.Packet):
-                result = process_packet(self.topology.sphinx, self.provider.private_key,
-                                        frame.packet)
-                assert isinstance(result, FinalDelivery)
-                got.append((time.monotonic(), result.message))
-        return got
-
-    def stats(self, name: str) -> dict[str, float]:
-        values = metrics.statistics(self.state, name)
-        assert values is not None, f"{name} does not answer on its control socket"
-        return values
-
-
-@contextlib.contextmanager
-def start_chain(tmp_path: Path, **network: Any) -> Iterator[Chain]:
-    """Run mix-a and mix-b as processes (``network``: more ``make_network`` options); the test
-    plays provider-1, sending into mix-a and receiving from mix-b."""
-    topology, state = make_network(
-        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
-        loopix={"mix_loop_rate": 0.0}, workers=2, **network)
-    nodes = [topology.node("mix-a"), topology.node("mix-b")]
-    launcher = Launcher(state, nodes, verbosity=1)
-    launcher.start()
-    directory = load_directory(state, topology)
-    provider = load_private(state, "provider-1")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
-    auth = links.start_authenticator(ctx, gate, topology.network)
-    spec = topology.node("provider-1")
-    limit = wire.node_frame_limit(topology.sphinx)
-    inbox = links.bind_router(ctx, spec.endpoint, provider.curve_public, provider.curve_private,
-                              topology.network, max_frame=limit)
-    outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
-                                  directory["mix-a"].curve_public, provider.curve_public,
-                                  provider.curve_private, max_frame=limit)
-    try:
-        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
-    finally:
-        inbox.close()
-        outbox.close()
-        auth.stop()
-        ctx.term()
-        launcher.stop()
 
 
 @pytest.fixture
@@ -132,7 +51,7 @@ def test_packets_cross_a_chain_of_nodes_in_delay_order_not_send_order(chain: Cha
     for arrival, message in got:
         i = int(message.split()[1])
         assert arrival - sent_at[message] >= 0.05 * (5 - i) + 0.01 - 0.005
-    assert _wait_stats(chain, "mix-a", lambda s: s["forwarded"] >= 7,
+    assert chain.wait_stats("mix-a", lambda s: s["forwarded"] >= 7,
                        "7 packets forwarded")["forwarded"] == 7
 
 
@@ -157,7 +76,7 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     got = sorted(m for _, m in chain.receive(2))
     assert got == [b"after the garbage", b"good"]
     assert chain.receive(1, timeout=0.5) == []  # the replay was not forwarded
-    stats = _wait_stats(chain, "mix-a", lambda s: s["dropped_replay"] >= 1
+    stats = chain.wait_stats("mix-a", lambda s: s["dropped_replay"] >= 1
                         and s["auth_denied"] >= 1 and s["dropped_bad_mac"] >= 1,
                         "replay, refused handshake and bad MAC counted")
     assert stats["dropped_wrong_size"] >= 1
@@ -178,7 +97,7 @@ def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
         # A frame of the longest length allowed is read (and refused: a mixnode takes no FETCH).
         fetch_head = bytes([wire.WIRE_VERSION, wire.FrameType.FETCH])
         sock.send(fetch_head + bytes(limit - 2))
-        read = _wait_stats(chain, "mix-a",
+        read = chain.wait_stats("mix-a",
                            lambda s: s["dropped_bad_frame"] > before["dropped_bad_frame"],
                            "the longest allowed frame read and dropped")
         assert read["dropped_bad_frame"] == before["dropped_bad_frame"] + 1
@@ -213,23 +132,9 @@ def _intruder_sends(chain: Chain) -> None:
     sock.send(wire.encode(wire.Packet(chain.packet(b"intruder")), params=chain.topology.sphinx,
                           slots=8), zmq.NOBLOCK)
     try:
-        _wait_stats(chain, "mix-a", lambda s: s["auth_denied"] > denied, "refused handshake")
+        chain.wait_stats("mix-a", lambda s: s["auth_denied"] > denied, "refused handshake")
     finally:
         sock.close(linger=0)
-
-
-def _wait_stats(chain: Chain, name: str, ok: Callable[[dict[str, float]], bool], what: str,
-                timeout: float = 5.0) -> dict[str, float]:
-    """Return ``name``'s statistics once ``ok`` holds for them; fail naming ``what`` was awaited
-    and the last values read if it does not hold within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = chain.stats(name)
-        if ok(stats):
-            return stats
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}: no {what} within {timeout} s; last values: {stats}")
-        time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:
@@ -250,7 +155,7 @@ def test_a_killed_worker_is_replaced_and_the_node_keeps_forwarding(chain: Chain)
     workers = _children(node_pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    _wait_stats(chain, "mix-a", lambda s: s["worker_restarts"] >= 1, "worker restart")
+    chain.wait_stats("mix-a", lambda s: s["worker_restarts"] >= 1, "worker restart")
     for i in range(20):
         chain.send(chain.packet(f"m{i}".encode()))
     assert len(chain.receive(20)) == 20
@@ -269,7 +174,7 @@ def test_packets_held_by_a_dead_worker_are_written_off_not_waited_for(chain: Cha
     for i in range(4):  # both workers connected and answering
         chain.send(chain.packet(f"warm {i}".encode()))
     assert len(chain.receive(4)) == 4
-    _wait_stats(chain, "mix-a", lambda s: s["worker_processed"] >= 4, "4 packets processed")
+    chain.wait_stats("mix-a", lambda s: s["worker_processed"] >= 4, "4 packets processed")
     node_pid = chain.launcher.pids()["mix-a"]
     stuck = _worker(node_pid, 0)
     os.kill(stuck, signal.SIGSTOP)  # worker 0 takes packets and never answers
@@ -279,11 +184,11 @@ def test_packets_held_by_a_dead_worker_are_written_off_not_waited_for(chain: Cha
             time.sleep(0.02)  # pacing, not an event: one packet per batch, so both workers get some
         held = 10 - len(chain.receive(10, timeout=3))
         assert held >= 1
-        _wait_stats(chain, "mix-a", lambda s: s["in_flight"] == held,
+        chain.wait_stats("mix-a", lambda s: s["in_flight"] == held,
                     f"{held} packets in flight")
     finally:
         os.kill(stuck, signal.SIGKILL)
-    stats = _wait_stats(chain, "mix-a", lambda s: s["worker_restarts"] >= 1, "worker restart")
+    stats = chain.wait_stats("mix-a", lambda s: s["worker_restarts"] >= 1, "worker restart")
     assert stats["dropped_worker_lost"] == held and stats["in_flight"] == 0
     for i in range(10):
         chain.send(chain.packet(f"after {i}".encode()))
@@ -299,7 +204,7 @@ def test_a_node_whose_workers_are_stuck_stops_reading_and_does_not_spin(chain: C
     try:
         for _ in range(MAX_IN_FLIGHT + 500):
             chain.send(packet)
-        full = _wait_stats(chain, "mix-a", lambda s: s["in_flight"] >= MAX_IN_FLIGHT,
+        full = chain.wait_stats("mix-a", lambda s: s["in_flight"] >= MAX_IN_FLIGHT,
                            "in_flight at its bound")
         assert full["in_flight"] == MAX_IN_FLIGHT  # the node stopped reading at its bound
         time.sleep(1.0)  # a measuring period, not an event: the wake-ups counted over 1 s
@@ -311,7 +216,7 @@ def test_a_node_whose_workers_are_stuck_stops_reading_and_does_not_spin(chain: C
     finally:
         for pid in stuck:
             os.kill(pid, signal.SIGCONT)
-    _wait_stats(chain, "mix-a", lambda s: s["in_flight"] == 0, "in_flight back to 0",
+    chain.wait_stats("mix-a", lambda s: s["in_flight"] == 0, "in_flight back to 0",
                 timeout=20)
     assert chain.stats("mix-a")["dropped_replay"] >= MAX_IN_FLIGHT
 

@@ -1,0 +1,120 @@
+"""A chain of two real mixnodes, mix-a -> mix-b, with the test playing provider-1 at both ends.
+
+Shared by the integration tests of the node (test_node_integration, test_node_behaviour,
+test_link_recovery): they send packets into mix-a and read what mix-b forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zmix import wire
+from zmix.bench.common import make_network
+from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.launcher import Launcher
+from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
+from zmix.topology import Topology
+
+
+@dataclass
+class Chain:
+    """mix-a -> mix-b as real processes; the test plays provider-1 at both ends."""
+
+    topology: Topology
+    state: Path
+    launcher: Launcher
+    directory: dict[str, PublicIdentity]
+    provider: PrivateIdentity
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    inbox: zmq.Socket[bytes]
+    outbox: zmq.Socket[bytes]
+
+    def packet(self, message: bytes, delays: tuple[float, float] = (0.0, 0.0)) -> bytes:
+        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
+        route = [Hop(h.id, self.directory[h.name].public_key, int(d * 1e6))
+                 for h, d in zip(hops, (*delays, 0.0), strict=True)]
+        return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
+
+    def send(self, packet: bytes) -> None:
+        self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
+
+    def receive(self, count: int, timeout: float = 20.0) -> list[tuple[float, bytes]]:
+        """Return ``(arrival time, message)`` for ``count`` packets arriving at provider-1."""
+        got: list[tuple[float, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            if not self.inbox.poll(100):
+                continue
+            _, data = self.inbox.recv_multipart()
+            frame = wire.decode(data, params=self.topology.sphinx, slots=8)
+            if isinstance(frame, wire.Packet):
+                result = process_packet(self.topology.sphinx, self.provider.private_key,
+                                        frame.packet)
+                assert isinstance(result, FinalDelivery)
+                got.append((time.monotonic(), result.message))
+        return got
+
+    def stats(self, name: str) -> dict[str, float]:
+        values = metrics.statistics(self.state, name)
+        assert values is not None, f"{name} does not answer on its control socket"
+        return values
+
+    def wait_stats(self, name: str, ok: Callable[[dict[str, float]], bool], what: str,
+                   timeout: float = 5.0) -> dict[str, float]:
+        """Return ``name``'s statistics once ``ok`` holds for them; fail naming ``what`` was
+        awaited and the last values read if it does not hold within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats(name)
+            if ok(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name}: no {what} within {timeout} s; last values: {stats}")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Chain]:
+    """Run mix-a and mix-b as processes (``network``: more ``make_network`` options); the test
+    plays provider-1, sending into mix-a and receiving from mix-b."""
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
+        loopix={"mix_loop_rate": 0.0}, workers=workers, **network)
+    nodes = [topology.node("mix-a"), topology.node("mix-b")]
+    launcher = Launcher(state, nodes, verbosity=1)
+    launcher.start()
+    directory = load_directory(state, topology)
+    provider = load_private(state, "provider-1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = links.KeyGate({directory["mix-b"].curve_public: topology.node("mix-b").id})
+    auth = links.start_authenticator(ctx, gate, topology.network)
+    spec = topology.node("provider-1")
+    limit = wire.node_frame_limit(topology.sphinx)
+    inbox = links.bind_router(ctx, spec.endpoint, provider.curve_public, provider.curve_private,
+                              topology.network, max_frame=limit)
+    outbox = links.connect_dealer(ctx, topology.node("mix-a").endpoint,
+                                  directory["mix-a"].curve_public, provider.curve_public,
+                                  provider.curve_private, max_frame=limit)
+    try:
+        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
+    finally:
+        for pid in launcher.pids().values():  # a failed test may leave a node stopped
+            with contextlib.suppress(ProcessLookupError):  # or a test stopped it for good
+                os.kill(pid, signal.SIGCONT)
+        inbox.close()
+        outbox.close()
+        auth.stop()
+        ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
+        launcher.stop()
+
+
