@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_launch import start_up, stop_up
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
@@ -26,7 +27,6 @@ class Network:
     topology_path: Path
     state: Path
     up: subprocess.Popen[str]
-    output: list[str]
 
     def cli(self, command: str, *args: str, timeout: float = 120,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,39 +48,13 @@ class Network:
         return got
 
 
-def start_up(topology_path: Path, state: Path, *extra: str) -> tuple[subprocess.Popen[str],
-                                                                         list[str]]:
-    """Run zmix-up and return once it printed its ready line."""
-    up = subprocess.Popen(
-        [sys.executable, "-m", "zmix.cli.up", str(topology_path), "--state", str(state), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert up.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    for line in up.stdout:
-        lines.append(line)
-        if "ready" in line or time.monotonic() > deadline:
-            break
-    assert any("ready" in line for line in lines), "".join(lines)
-    return up, lines
-
-
-def stop_up(up: subprocess.Popen[str]) -> int:
-    up.send_signal(signal.SIGTERM)
-    try:
-        return up.wait(30)
-    finally:
-        if up.poll() is None:
-            up.kill()
-
-
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[Network]:
     make_network(tmp_path, clients=CLIENTS,
                  loopix={"payload_rate": 50.0, "mean_delay": 0.002, "fetch_interval": 0.05})
-    up, lines = start_up(tmp_path / "topology.yaml", tmp_path / "state")
+    up = start_up(tmp_path / "topology.yaml", tmp_path / "state")
     try:
-        yield Network(tmp_path / "topology.yaml", tmp_path / "state", up, lines)
+        yield Network(tmp_path / "topology.yaml", tmp_path / "state", up)
     finally:
         stop_up(up)
 
@@ -208,7 +182,7 @@ def test_a_message_survives_a_mixnode_killed_mid_transfer(network: Network) -> N
 
 def test_zmix_up_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     make_network(tmp_path, clients=CLIENTS)
-    up, _ = start_up(tmp_path / "topology.yaml", tmp_path / "state")
+    up = start_up(tmp_path / "topology.yaml", tmp_path / "state")
     nodes = [n.name for n in _topology_nodes(tmp_path)]
     pids = [int((metrics.statistics(tmp_path / "state", n) or {})["pid"]) for n in nodes]
     pids += _descendants_of(pids)  # the workers
