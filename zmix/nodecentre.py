@@ -324,8 +324,9 @@ class NodeCentre:
         """Return how long the runtime may wait for input: until the next queued packet or mix
         loop is due, at most ``cap_ms``, and soon if packets wait for a worker."""
         timeout = self.queue.timeout_ms(now, cap_ms)
-        if self.dispatch.jobs:
-            timeout = min(timeout, 10)  # packets wait for a worker: try again soon
+        retry = self.dispatch.timeout_cap_ms()  # packets wait for a worker: try again soon
+        if retry is not None:
+            timeout = min(timeout, retry)
         loop_due = self.core.next_loop_due()
         if loop_due is not None:
             timeout = min(timeout, max(0, int((loop_due - now) * 1000) + 1))
