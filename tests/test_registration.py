@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import zmq
-from test_e2e import start_up, stop_up
+from test_launch import start_up, stop_up
 
 from zmix import wire
 from zmix.bench.common import free_ports, make_network
@@ -43,7 +43,7 @@ def open_network(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
         tmp_path, layers=(("mix-a",), ("mix-b",)), clients=CLIENTS,
         loopix={"payload_rate": 50.0, "mean_delay": 0.002, "fetch_interval": 0.05},
         mailbox={"open_registration": True, "registration_limit": 5})
-    up, _ = start_up(tmp_path / "topology.yaml", state)
+    up = start_up(tmp_path / "topology.yaml", state)
     try:
         yield topology, state
     finally:
