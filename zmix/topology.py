@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zmix import crypto
+from zmix.epochs import EpochParams
 from zmix.sphinx import MAX_DELAY_US, SphinxParams
 
 if TYPE_CHECKING:  # at run time the loader comes through __getattr__ (an import cycle)
@@ -121,6 +122,7 @@ class Topology:
     loopix: LoopixParams
     mailbox: MailboxParams
     runtime: NodeParams  # the YAML's ``node:`` section
+    epoch: EpochParams = EpochParams()  # the key schedule (zmix.epochs)
 
     def nodes(self) -> tuple[NodeSpec, ...]:
         """Return every node: providers first, then mixnodes layer by layer."""
