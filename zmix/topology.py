@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zmix import crypto
@@ -122,7 +122,7 @@ class Topology:
     loopix: LoopixParams
     mailbox: MailboxParams
     runtime: NodeParams  # the YAML's ``node:`` section
-    epoch: EpochParams = EpochParams()  # the key schedule (zmix.epochs)
+    epoch: EpochParams = field(default_factory=EpochParams)  # the key schedule (zmix.epochs)
 
     def nodes(self) -> tuple[NodeSpec, ...]:
         """Return every node: providers first, then mixnodes layer by layer."""
