@@ -221,3 +221,14 @@ def test_files_are_private_and_sized_as_documented(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert path.stat().st_size == HEADER_BYTES + 8_000_000
         assert path.stat().st_blocks * 512 >= 8_000_000  # allocated, not sparse
+
+
+def test_the_benchmark_reports_both_caches_and_the_flush_cost(tmp_path: Path) -> None:
+    from zmix.bench.replay import measure
+    figures = measure(2_000, rounds=2, capacity=10_000, directory=tmp_path)
+    assert figures["lookups"] == 2_000 and figures["filter_bytes"] == 10_000 * 8
+    assert figures["memory_lookups_per_s"] > 0 and figures["file_lookups_per_s"] > 0
+    ratio = figures["file_lookups_per_s"] / figures["memory_lookups_per_s"]
+    assert figures["file_to_memory_ratio"] == pytest.approx(ratio, abs=1e-3)
+    assert figures["flush_ms"] > 0 and figures["create_file_ms"] > 0 and figures["load_ms"] > 0
+    assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
