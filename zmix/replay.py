@@ -303,7 +303,10 @@ class _Store:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()  # left by a crash while making it: never used
         size = shape.blocks * _BLOCK_BYTES
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise ReplayFileError(final, f"cannot create the filter file: {exc}") from exc
         try:
             os.pwrite(fd, _pack_header(epoch, generation, shape), 0)
             os.posix_fallocate(fd, 0, HEADER_BYTES + size)
