@@ -147,3 +147,40 @@ def test_a_filter_too_large_for_32_bit_block_numbers_is_refused() -> None:
         BloomFilter(MAX_BLOCKS * BLOCK_BITS // BITS_PER_TAG + 1)
     with pytest.raises(LocalMisuse):
         ReplayCache(epochs=0)
+
+
+def test_by_default_three_epochs_are_kept_the_previous_current_and_next() -> None:
+    cache = ReplayCache(capacity=1_000)
+    cache.rotate(10)
+    tag = tags(1, 13)[0]
+    for epoch in (10, 11, 12):
+        assert not cache.seen_or_add(tag, epoch)
+    assert cache.epochs() == [10, 11, 12]
+    assert all(cache.seen_or_add(tag, epoch) for epoch in (10, 11, 12))
+    cache.prepare(13)  # a fourth pushes out the oldest
+    assert cache.epochs() == [11, 12, 13]
+
+
+def test_dropping_an_epoch_forgets_exactly_it_and_refuses_its_tags() -> None:
+    cache = ReplayCache(capacity=1_000)
+    a, b = tags(2, 14)
+    cache.seen_or_add(a, epoch=1)
+    cache.seen_or_add(b, epoch=2)
+    cache.drop(1)
+    assert cache.epochs() == [0, 2]
+    assert cache.seen_or_add(tags(1, 15)[0], epoch=1)  # fresh, but its key was erased
+    assert cache.statistics()["stale_epoch"] == 1
+    assert cache.epochs() == [0, 2]  # not made again
+    assert cache.seen_or_add(b, epoch=2)
+    assert not cache.seen_or_add(tags(1, 15)[0], epoch=0)  # control: other epochs take tags
+
+
+def test_each_epoch_hashes_with_its_own_key() -> None:
+    cache = ReplayCache(capacity=1_000)
+    cache.prepare(1)
+    stats = cache.statistics()
+    assert stats["epochs"] == 2 and stats["flushes"] == 0
+    cache.flush()  # in memory: nothing to write, nothing counted
+    assert cache.statistics()["flushes"] == 0
+    keys = {bloom.key for tags_ in cache._epochs.values() for _, bloom in tags_.filters()}
+    assert len(keys) == 2
