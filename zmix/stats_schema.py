@@ -149,6 +149,7 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("replay_tags", G, "replay tags held now, over the live epochs"),
     Statistic("replay_epochs", G, "key epochs whose tags are held now"),
     Statistic("replay_bytes", G, "memory held by the replay filters, in bytes"),
+    Statistic("replay_flushes", C, "times the replay filter files were synced to disk (msync)"),
     # ---------------------------------------------------------------- mix loop latency
     Statistic("loop_rtt_us_median", G, "round trip of the node's own mix loops in microseconds, "
               "median over the last 1,000 loops", L),
