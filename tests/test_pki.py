@@ -306,14 +306,16 @@ def test_a_mixnode_without_a_layer_is_left_out(nodes: list[Node]) -> None:
 
 def test_the_latest_descriptor_of_a_node_wins_then_the_greatest_bytes(nodes: list[Node]) -> None:
     a1 = nodes[1]
-    old, new = a1.descriptor(published=EPOCH - 2), a1.descriptor(published=EPOCH - 1)
-    blobs = [sign_descriptor(new, a1.secret), sign_descriptor(old, a1.secret)]
-    doc, left_out = build(blobs, nodes)
-    assert left_out == () and doc.node("a1").curve_public == new.curve_public
-    same_epoch = [a1.signed(), a1.signed()]  # equally recent: the greater blob wins
+    # Many versions, so that keeping whichever comes first could not pass by chance.
+    versions = [a1.descriptor(published=EPOCH - 16 + i) for i in range(16)]
+    blobs = [sign_descriptor(d, a1.secret) for d in versions]
+    for order in (blobs, blobs[::-1]):
+        doc, left_out = build(order, nodes)
+        assert left_out == () and doc.node("a1").curve_public == versions[-1].curve_public
+    same_epoch = [a1.signed() for _ in range(16)]  # equally recent: the greatest blob wins
     winner = open_descriptor(max(same_epoch))
-    assert build(same_epoch, nodes)[0].node("a1").curve_public == winner.curve_public
-    assert build(same_epoch[::-1], nodes)[0].node("a1").curve_public == winner.curve_public
+    for order in (same_epoch, same_epoch[::-1]):
+        assert build(order, nodes)[0].node("a1").curve_public == winner.curve_public
 
 
 def test_a_name_claimed_by_two_identity_keys_leaves_both_out(nodes: list[Node]) -> None:

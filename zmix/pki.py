@@ -28,7 +28,8 @@ from zmix.topology import MAX_DELAY, MAX_RATE, LoopixParams, entity_id, valid_na
 __all__ = ["DESCRIPTOR_CONTEXT", "DOCUMENT_CONTEXT", "KEY_EPOCHS", "SIGNED_DOCUMENT_MAGIC",
            "Descriptor", "Document", "DocumentRefused", "EpochTiming", "InvalidDocument",
            "NodeEntry", "SignedDocument", "build_document", "canonical_json", "decode_document",
-           "default_threshold", "encode_descriptor", "encode_document", "merge_signatures",
+           "default_threshold", "document_problem", "encode_descriptor", "encode_document",
+           "merge_signatures",
            "open_descriptor", "sign_descriptor", "sign_document", "verify_document"]
 
 # Signatures cover a context string, a zero byte and the body, so that a signature made for one
