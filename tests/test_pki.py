@@ -503,6 +503,17 @@ def test_a_document_whose_parameters_do_not_hold_together_is_refused(
     assert message in refused("params", signed, [auths[0][0]], 1)
 
 
+def test_a_document_for_a_network_that_is_not_a_name_is_refused(body: bytes) -> None:
+    auths = authorities(1)
+    for network, kind in (("pkitest", None), ("no spaces", "params")):
+        signed = doc_signed_after(body, auths, {"network": network, "nodes": []})
+        if kind is None:
+            verify(signed, [auths[0][0]], 1, network=network)
+        else:
+            assert "the network must be a name" in refused(kind, signed, [auths[0][0]], 1,
+                                                           network=network)
+
+
 def test_node_entries_out_of_order_or_without_the_epochs_key_are_refused(body: bytes) -> None:
     auths, obj = authorities(1), json.loads(body)
     pinned = [auths[0][0]]

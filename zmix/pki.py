@@ -388,6 +388,8 @@ def document_problem(doc: Document) -> str | None:
     """Return why ``doc``'s parameters do not hold together, or None: the validity window is not
     that of its epoch, the epoch timing, Sphinx geometry or Loopix parameters are out of range,
     or a node is out of order, twice, or lacks the Sphinx key of the epoch."""
+    if not valid_name(doc.network) or not _is_int(doc.epoch):
+        return "the network must be a name and the epoch an integer >= 0"
     problem = _timing_problem(doc.epoch_length, doc.epoch_origin, doc.epoch_grace)
     if problem is not None:
         return problem
