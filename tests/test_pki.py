@@ -552,6 +552,8 @@ def test_verify_document_refuses_a_threshold_it_cannot_meet(body: bytes) -> None
     for threshold in (0, 3):
         with pytest.raises(LocalMisuse, match=r"threshold must be 1\.\.2"):
             verify(signed_by(body, auths), pinned + pinned, threshold)
+    with pytest.raises(LocalMisuse, match="must be 32 bytes"):
+        verify(signed_by(body, auths), [*pinned, pinned[0].hex().encode()], 2)
 
 
 # ---------------------------------------------------------------------------- merging

@@ -710,9 +710,12 @@ def verify_document(signed: SignedDocument, pinned: Sequence[bytes], threshold: 
     must be those expected ("network", "epoch"); its parameters must hold together and, with
     ``timing``, agree with it ("params"); and ``now`` must lie in
     ``[valid_after - epoch_length, valid_until]`` ("not_yet_valid", "expired"): a document is
-    fetched up to one epoch ahead. Raises LocalMisuse if ``threshold`` is not 1..len(pinned).
+    fetched up to one epoch ahead. Raises LocalMisuse if a pinned key is not 32 bytes or
+    ``threshold`` is not 1..the number of distinct pinned keys.
     """
     keys = set(pinned)
+    if any(len(key) != crypto.ED25519_PUBLIC_BYTES for key in keys):
+        raise LocalMisuse("every pinned authority key must be 32 bytes")
     if not 1 <= threshold <= len(keys):
         raise LocalMisuse(f"threshold must be 1..{len(keys)} (the pinned keys), got {threshold}")
     good = 0
