@@ -68,6 +68,7 @@ class SimNode:
     keys: dict[int, bytes] = field(default_factory=dict)  # epoch -> private key
     clock: float = 0.0
     results: list[bytes] = field(default_factory=list)
+    opened: collections.Counter[int] = field(default_factory=collections.Counter)  # by epoch
 
     def rotate(self, now: float) -> bool:
         """Make the keys :meth:`EpochParams.wanted` lists at ``now`` (and erase those whose
@@ -92,10 +93,13 @@ class SimNode:
             if key is None:
                 continue
             try:
-                return process_packet(self.params, key, packet)
+                result = process_packet(self.params, key, packet)
             except InvalidPacket as exc:
                 if exc.reason is not DropReason.BAD_MAC:
                     raise
+                continue
+            self.opened[epoch] += 1
+            return result
         raise InvalidPacket(DropReason.BAD_MAC)
 
     def work(self, index: int, message: bytes) -> bool:
@@ -290,9 +294,11 @@ class SimNet:
         assert spec.role is Role.PROVIDER
         return spec
 
-    def send(self, sender: ClientCore, outgoing: list[Outgoing], now: float) -> None:
+    def send(self, sender: ClientCore, outgoing: list[Outgoing], now: float, *,
+             settle: bool = True) -> None:
         """Hand the client's packets to its provider (a SURB answer in a RELAY, as a client
-        does) and run the network until they have arrived."""
+        does) and run the network until they have arrived (``settle=False``: only until the
+        provider took them in; the rest happens as the clock moves on)."""
         name = self._names[sender]
         me, provider = self.topology.client(name).id, self._provider_of(name).id
         params = self.topology.sphinx
@@ -302,7 +308,10 @@ class SimNet:
                 wire.Packet(out.packet) if out.first_hop == provider
                 else wire.Relay(out.first_hop, out.packet))
             self.frame(provider, me, wire.encode_client(frame, params=params))
-        self.settle(now)
+        if settle:
+            self.settle(now)
+        else:
+            self._flush()
 
     def walk(self, hop: bytes, packet: bytes, now: float) -> None:
         """Hand ``packet`` to node ``hop`` as another node would (the first hop of a SURB answer
@@ -334,15 +343,21 @@ class SimNet:
             acks = tuple(i.item_id for i in reply.items)
 
     def run(self, clients: dict[str, ClientCore], start: float, end: float,
-            step: float = 0.05) -> list[tuple[str, ReceivedMessage]]:
-        """Step every client's streams from ``start`` to ``end``; fetch after every step."""
+            step: float = 0.05, *, settle: bool = True) -> list[tuple[str, ReceivedMessage]]:
+        """Step every client's streams from ``start`` to ``end``; fetch after every step.
+
+        With ``settle`` every step's packets arrive before the fetch (the network's clock runs
+        ahead of the clients' by their delays); without it the network keeps the clients'
+        clock and packets arrive when their delays say (what crosses key epochs needs that)."""
         got: list[tuple[str, ReceivedMessage]] = []
         now = start
         while now < end:
             now += step
             self.at(now)
+            if not settle:
+                self.advance(now)
             for core in clients.values():
-                self.send(core, core.poll(now), now)
+                self.send(core, core.poll(now), now, settle=settle)
             for name, core in clients.items():
                 got += [(name, m) for m in self.fetch(core, name, now)]
         return got
