@@ -311,3 +311,20 @@ def test_the_client_runtime_takes_a_newer_network_only(net: SimNet) -> None:
     newer, _ = with_node(first, "mix-b3", 1)
     runtime.replace_network(newer)
     assert runtime.view.current is newer and runtime.topology is newer.topology
+
+
+def test_the_nodes_epoch_keys_are_a_checked_read_only_copy(net: SimNet) -> None:
+    first = net.view.current
+    given = {"mix-a1": {7: b"\x05" * 32}}
+    network = Network(2, first.topology, first.keys, given, valid_until=123.0)
+    given["mix-a1"][8] = b"\x06" * 32  # the caller's dict changes afterwards: the network not
+    assert network.node_key("mix-a1", 7) == b"\x05" * 32 and network.valid_until == 123.0
+    with pytest.raises(NoKeyForEpoch):
+        network.node_key("mix-a1", 8)
+    with pytest.raises(TypeError):
+        network.epoch_keys["mix-a1"][9] = b"\x07" * 32  # type: ignore[index]
+    assert network.epochs == first.topology.epoch
+    with pytest.raises(LocalMisuse, match="'alice', which is not a node"):
+        Network(2, first.topology, first.keys, {"alice": {7: b"\x05" * 32}})
+    with pytest.raises(LocalMisuse, match="epoch 7 is not 32 bytes"):
+        Network(2, first.topology, first.keys, {"mix-a1": {7: b"\x05" * 31}})
