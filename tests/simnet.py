@@ -11,6 +11,15 @@ clock may then be ahead of the test's).
 
 The nodes' own mix loops are off unless ``mix_loops=True``: the client tests jump the clock by
 hours, and a node makes every loop it missed.
+
+Keys rotate on the topology's epoch schedule (:mod:`zmix.epochs`) as a node process rotates them:
+every node holds one Sphinx key pair per epoch for the epochs :meth:`EpochParams.wanted` lists
+at the clock (made as the clock reaches them, derived from the node's long-term key so that two
+networks of the same state have the same keys), its worker tries :meth:`EpochParams.accepted` in
+order, and a key is erased at its epoch's end plus the grace. The network the clients and nodes
+see carries the public halves of the keys held, as a network document would; each change is a
+newer version. A client that makes packets ahead of the network's clock first calls
+:meth:`SimNet.at`, as a real client holds the document of the epoch it sends in.
 """
 
 from __future__ import annotations
@@ -25,14 +34,15 @@ from pathlib import Path
 from zmix import crypto, wire
 from zmix.client import ClientCore, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
-from zmix.errors import InvalidPacket
+from zmix.epochs import EpochParams
+from zmix.errors import DropReason, InvalidPacket
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
-from zmix.sphinx import SphinxParams, process_packet
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, process_packet
 from zmix.topology import NodeSpec, Role, Topology
 from zmix.wire import Fetch, FetchReply
 from zmix.workframes import decode_jobs, encode_invalid, encode_result, join_results
@@ -40,14 +50,57 @@ from zmix.workframes import decode_jobs, encode_invalid, encode_result, join_res
 _PID = 1  # the one in-process worker of every node
 
 
+def epoch_private_key(long_term: bytes, epoch: int) -> bytes:
+    """Return a node's Sphinx private key of ``epoch`` (derived: the same state gives the same
+    keys, so seeded runs repeat byte for byte)."""
+    return crypto.blake2b(epoch.to_bytes(8, "big", signed=True), size=32,
+                          key=crypto.blake2b(b"simnet-epoch-key" + long_term, size=32))
+
+
 @dataclass
 class SimNode:
-    """One node: its centre, its private key, and what its worker answered."""
+    """One node: its centre, its Sphinx private keys by epoch, and what its worker answered."""
 
     centre: NodeCentre
-    private_key: bytes
+    long_term: bytes
     params: SphinxParams
+    epochs: EpochParams
+    keys: dict[int, bytes] = field(default_factory=dict)  # epoch -> private key
+    clock: float = 0.0
     results: list[bytes] = field(default_factory=list)
+    opened: collections.Counter[int] = field(default_factory=collections.Counter)  # by epoch
+
+    def rotate(self, now: float) -> bool:
+        """Make the keys :meth:`EpochParams.wanted` lists at ``now`` (and erase those whose
+        time passed); return True if the set of keys changed."""
+        before = set(self.keys)
+        for epoch in [e for e in self.keys if self.epochs.expired(e, now)]:
+            del self.keys[epoch]
+        for epoch in self.epochs.wanted(now):
+            if not self.epochs.expired(epoch, now):
+                self.keys.setdefault(epoch, epoch_private_key(self.long_term, epoch))
+        return set(self.keys) != before
+
+    def publics(self) -> dict[int, bytes]:
+        """Return the public halves of the keys held, by epoch."""
+        return {e: crypto.x25519_base(k) for e, k in self.keys.items()}
+
+    def process(self, packet: bytes) -> ForwardHop | FinalDelivery | SurbReply:
+        """Strip a layer with the keys accepted at the clock, in order; raise InvalidPacket
+        (BAD_MAC if no key opens it, at once for a failure that does not depend on the key)."""
+        for epoch in self.epochs.accepted(self.clock):
+            key = self.keys.get(epoch)
+            if key is None:
+                continue
+            try:
+                result = process_packet(self.params, key, packet)
+            except InvalidPacket as exc:
+                if exc.reason is not DropReason.BAD_MAC:
+                    raise
+                continue
+            self.opened[epoch] += 1
+            return result
+        raise InvalidPacket(DropReason.BAD_MAC)
 
     def work(self, index: int, message: bytes) -> bool:
         """The worker: process a job message now; the answer is taken after dispatch."""
@@ -55,8 +108,7 @@ class SimNode:
         answers = []
         for arrival, packet in decode_jobs(message, params.packet_length):
             try:
-                answers.append(encode_result(arrival, process_packet(params, self.private_key,
-                                                                     packet)))
+                answers.append(encode_result(arrival, self.process(packet)))
             except InvalidPacket as exc:
                 answers.append(encode_invalid(arrival, exc.reason))
         self.results.append(join_results(index, _PID, answers))
@@ -77,10 +129,18 @@ class SimNet:
         topo = self.topology
         self.keys = {n.id: load_private(self.state, n.name).private_key for n in topo.nodes()}
         directory = load_directory(self.state, topo)
+        self._key_clock = self.clock  # the latest time keys were made for (SimNet.at)
+        self._node_names = {n.id: n.name for n in topo.nodes()}
+        keyed = {n.id: SimNode(None, self.keys[n.id], topo.sphinx, topo.epoch)  # type: ignore[arg-type]
+                 for n in topo.nodes()}  # the centres come once the network is made
+        for sim in keyed.values():
+            sim.rotate(self.clock)
+        self._held = {self._node_names[nid]: sim.publics() for nid, sim in keyed.items()}
         # One view for the clients and one for the nodes (whose mix loops are off unless asked
         # for); replace_network gives both a newer version.
-        self.view = NetworkView(Network(1, topo, directory))
-        self.node_view = NetworkView(Network(1, self._looped(topo), directory))
+        first = Network(1, topo, directory, self._held)
+        self.view = NetworkView(first)
+        self.node_view = NetworkView(Network(1, self._looped(topo), directory, self._held))
         self.nodes: dict[bytes, SimNode] = {}
         self._names: dict[ClientCore, str] = {}
         self._frames: collections.deque[tuple[bytes, bytes, bytes]] = collections.deque()
@@ -98,7 +158,9 @@ class SimNet:
                                 drain_on_shutdown=False, now=self.clock, provider=provider,
                                 mailbox=box, link_key=bytes.fromhex)
             centre.dispatch.started(0, _PID)
-            self.nodes[node.id] = SimNode(centre, self.keys[node.id], topo.sphinx)
+            sim = keyed[node.id]
+            sim.centre = centre
+            self.nodes[node.id] = sim
 
     def _looped(self, topology: Topology) -> Topology:
         if self.mix_loops:
@@ -108,10 +170,40 @@ class SimNet:
 
     def replace_network(self, newer: Network) -> None:
         """Give every node and client the newer version ``newer`` of the network (its nodes
-        must be the network's first nodes: no centre is made for a node it adds)."""
+        must be the network's first nodes: no centre is made for a node it adds), with the
+        Sphinx keys the nodes hold now."""
+        names = {n.name for n in newer.topology.nodes()}
+        keys = {name: by_epoch for name, by_epoch in {**newer.epoch_keys, **self._held}.items()
+                if name in names}  # a node the test added keeps the keys it was given
+        newer = dataclasses.replace(newer, epoch_keys=keys)
         self.view.replace(newer)
         self.node_view.replace(dataclasses.replace(newer, topology=self._looped(newer.topology)))
         self.topology = newer.topology
+
+    # ------------------------------------------------------------------ key epochs
+
+    def at(self, now: float) -> None:
+        """Make the keys the nodes hold at ``now`` (ahead of the network's clock: a client about
+        to send at ``now``) and publish them; none is erased before the clock gets there."""
+        self._key_clock = max(self._key_clock, now)
+        self._rotate()
+
+    def _rotate(self) -> None:
+        """Bring every node's keys to the clock (erasing) and to ``_key_clock`` (making); give
+        the clients and nodes a newer network if the published keys changed."""
+        changed = False
+        for node in self.nodes.values():
+            node.clock = self.clock
+            changed |= node.rotate(self.clock)
+            for epoch in self.topology.epoch.wanted(self._key_clock):
+                if epoch not in node.keys:
+                    node.keys[epoch] = epoch_private_key(node.long_term, epoch)
+                    changed = True
+        if not changed:
+            return
+        self._held = {self._node_names[nid]: node.publics() for nid, node in self.nodes.items()}
+        current = self.view.current
+        self.replace_network(dataclasses.replace(current, version=current.version + 1))
 
     # ------------------------------------------------------------------ the network
 
@@ -159,6 +251,8 @@ class SimNet:
 
     def _tick(self, now: float) -> None:
         self.clock = max(self.clock, now)
+        self._key_clock = max(self._key_clock, self.clock)
+        self._rotate()
         for node_id, node in self.nodes.items():
             node.centre.pop_due(self.clock)
             if self.mix_loops:
@@ -200,9 +294,11 @@ class SimNet:
         assert spec.role is Role.PROVIDER
         return spec
 
-    def send(self, sender: ClientCore, outgoing: list[Outgoing], now: float) -> None:
+    def send(self, sender: ClientCore, outgoing: list[Outgoing], now: float, *,
+             settle: bool = True) -> None:
         """Hand the client's packets to its provider (a SURB answer in a RELAY, as a client
-        does) and run the network until they have arrived."""
+        does) and run the network until they have arrived (``settle=False``: only until the
+        provider took them in; the rest happens as the clock moves on)."""
         name = self._names[sender]
         me, provider = self.topology.client(name).id, self._provider_of(name).id
         params = self.topology.sphinx
@@ -212,7 +308,10 @@ class SimNet:
                 wire.Packet(out.packet) if out.first_hop == provider
                 else wire.Relay(out.first_hop, out.packet))
             self.frame(provider, me, wire.encode_client(frame, params=params))
-        self.settle(now)
+        if settle:
+            self.settle(now)
+        else:
+            self._flush()
 
     def walk(self, hop: bytes, packet: bytes, now: float) -> None:
         """Hand ``packet`` to node ``hop`` as another node would (the first hop of a SURB answer
@@ -244,14 +343,21 @@ class SimNet:
             acks = tuple(i.item_id for i in reply.items)
 
     def run(self, clients: dict[str, ClientCore], start: float, end: float,
-            step: float = 0.05) -> list[tuple[str, ReceivedMessage]]:
-        """Step every client's streams from ``start`` to ``end``; fetch after every step."""
+            step: float = 0.05, *, settle: bool = True) -> list[tuple[str, ReceivedMessage]]:
+        """Step every client's streams from ``start`` to ``end``; fetch after every step.
+
+        With ``settle`` every step's packets arrive before the fetch (the network's clock runs
+        ahead of the clients' by their delays); without it the network keeps the clients'
+        clock and packets arrive when their delays say (what crosses key epochs needs that)."""
         got: list[tuple[str, ReceivedMessage]] = []
         now = start
         while now < end:
             now += step
+            self.at(now)
+            if not settle:
+                self.advance(now)
             for core in clients.values():
-                self.send(core, core.poll(now), now)
+                self.send(core, core.poll(now), now, settle=settle)
             for name, core in clients.items():
                 got += [(name, m) for m in self.fetch(core, name, now)]
         return got

@@ -17,7 +17,7 @@ import pytest
 
 from zmix.bench.common import make_network
 from zmix.cli import bench, node, recv, register, send, up
-from zmix.envelope import envelope_capacity
+from zmix.envelope import dated_surb_length, envelope_capacity
 from zmix.errors import LocalMisuse
 from zmix.fragment import (
     CONTENT_OVERHEAD,
@@ -93,7 +93,7 @@ def test_zmix_bench_without_a_benchmark_is_a_usage_error(capsys: pytest.CaptureF
 
 
 def test_as_many_reply_blocks_as_said_to_fit_do_fit_and_one_more_does_not() -> None:
-    surb = 297
+    surb = 301  # a reply block: a SURB of the default geometry and its key epoch
     for capacity in range(HEADER_BYTES + 3, 4000, 37):
         for filename in (None, "a-rather-long-file-name-for-a-report.pdf"):
             fit = reply_blocks_that_fit(capacity, surb, filename)
@@ -114,11 +114,12 @@ def test_the_reply_blocks_that_fit_follow_the_usage_docs_formula() -> None:
         for payload in (512, 700, 1024, 1536, 2048, 4096):
             params = SphinxParams(payload_length=payload, max_hops=hops)
             capacity = envelope_capacity(params, with_ack=True) - CONTENT_OVERHEAD
-            assert params.surb_length == 97 + 40 * hops
+            block = dated_surb_length(params)
+            assert block == 101 + 40 * hops
             for name in (None, "report.pdf", "r" * 255):
                 length = len((name or "").encode())
-                documented = min(4, max(0, (payload - 168 - length) // params.surb_length - 1))
-                assert reply_blocks_that_fit(capacity, params.surb_length, name) == documented
+                documented = min(4, max(0, (payload - 168 - length) // block - 1))
+                assert reply_blocks_that_fit(capacity, block, name) == documented
 
 
 def test_a_text_message_with_too_many_reply_blocks_is_refused_naming_the_most_that_fit(

@@ -45,7 +45,7 @@ from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import LocalMisuse
 from zmix.fragment import encode_fragment, seal_signed
 from zmix.keys import load_private
-from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, answer_surb, process_packet
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, answer_surb
 from zmix.stats_schema import (
     CLIENT_BY_NAME,
     CLIENT_TABLE_HEADER,
@@ -79,7 +79,7 @@ def walk(net: SimNet, out: Outgoing) -> tuple[list[bytes], FinalDelivery]:
     hops, hop, packet = [], out.first_hop, out.packet
     while True:
         hops.append(hop)
-        result = process_packet(net.topology.sphinx, net.keys[hop], packet)
+        result = net.nodes[hop].process(packet)  # the keys the node accepts at the clock
         if isinstance(result, FinalDelivery):
             return hops, result
         assert isinstance(result, ForwardHop)
@@ -677,6 +677,7 @@ def test_a_fragment_acked_while_queued_for_retransmission_is_not_sent_again(
         net.walk(sent.first_hop, sent.packet, 0.0)
         alice.sender.retransmit(1e6)  # its ack is overdue: queued again
     assert alice.sender.statistics()["queued"] == 1
+    net.advance(1e6)  # the network's keys of that time
     with alice.store:
         taken = alice.receiver.take_in(1e6, fetch_items(net, "alice"))
         for ack in taken.acks:
@@ -734,7 +735,7 @@ def answered_surb(net: SimNet, kind: int, content: bytes) -> tuple[TakenIn, dict
     seed = next(SURB_SEEDS)
     maker = PacketMaker(net.view, me, random.Random(seed), counter_bytes(seed))
     store = ClientStore(":memory:")
-    new = maker.surb()
+    new = maker.surb(0.0)
     with store:
         store.add_surb(new.surb_id, StoredSurb(kind, new.keys.to_bytes(), b"m" * 16, 0), 0.0)
     net.walk(*answer_surb(topo.sphinx, new.surb, content), 0.0)

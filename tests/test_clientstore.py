@@ -149,11 +149,38 @@ def test_a_completed_message_moves_from_reassembly_to_the_inbox() -> None:
 
 def test_a_reply_stays_pending_until_sent() -> None:
     store = ClientStore(":memory:")
-    store.add_reply(M1, b"h" * 16, b"packet", 0.0)
-    assert store.pending_replies() == [(M1, b"h" * 16, b"packet")]
+    store.add_reply(M1, b"h" * 16, b"packet", 0.0, 49.0)
+    assert store.pending_replies() == [(M1, b"h" * 16, b"packet", 49.0)]
     assert store.outgoing_progress()[M1] == (1, 0, False)
     store.reply_sent(M1)
     assert store.pending_replies() == [] and store.outgoing_progress()[M1] == (1, 1, False)
+
+
+def test_a_reply_whose_block_expired_is_failed_and_no_longer_pending() -> None:
+    store = ClientStore(":memory:")
+    store.add_reply(M1, b"h" * 16, b"packet", 0.0, 49.0)
+    store.add_reply(M2, b"h" * 16, b"packet", 0.0)  # expiry unknown: never
+    assert store.pending_replies()[1][3] == float("inf")
+    store.reply_expired(M1)
+    assert store.pending_replies() == [(M2, b"h" * 16, b"packet", float("inf"))]
+    assert store.outgoing_progress()[M1] == (1, 0, True)
+    assert store.outgoing_progress()[M2] == (1, 0, False)  # the control
+
+
+def test_a_version_1_store_gains_the_replies_expiry_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE replies (message_id BLOB PRIMARY KEY, first_hop BLOB NOT NULL, "
+               "packet BLOB NOT NULL, sent INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL)")
+    db.execute("INSERT INTO replies VALUES (?,?,?,0,1.0)", (M1, b"h" * 16, b"old packet"))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = ClientStore(path)
+    assert store.pending_replies() == [(M1, b"h" * 16, b"old packet", float("inf"))]
+    store.add_reply(M2, b"h" * 16, b"new", 2.0, 49.0)
+    store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_expiry_forgets_short_lived_and_long_lived_state_separately() -> None:

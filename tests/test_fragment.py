@@ -28,7 +28,7 @@ from zmix.fragment import (
     verify_signed,
 )
 
-SURB = 297  # the default geometry's SURB length
+SURB = 301  # a reply block of the default geometry: key epoch (4) and SURB (297)
 CAPACITY = 1620
 
 
@@ -173,3 +173,12 @@ def test_metadata_that_does_not_parse_is_a_bad_command() -> None:
     for data in bad:
         with pytest.raises(InvalidPacket):
             parse_fragment(data, SURB)
+
+
+def test_fragments_are_version_2_and_a_version_1_fragment_is_refused() -> None:
+    # Version 2 carries reply blocks with their key epoch; a version 1 fragment's blocks would be
+    # cut 4 bytes short, so it is refused rather than misread.
+    fragment = encode_fragment(bytes(16), 0, 1, 1, b"x", encode_metadata(None, (b"s" * SURB,)))
+    assert fragment[0] == 0x02 and parse_fragment(fragment, SURB).reply_surbs == (b"s" * SURB,)
+    with pytest.raises(InvalidPacket):
+        parse_fragment(b"\x01" + fragment[1:], SURB)

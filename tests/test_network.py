@@ -21,7 +21,7 @@ from zmix.errors import LocalMisuse
 from zmix.keys import PublicIdentity, create_private, load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
-from zmix.network import Network, NetworkView
+from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore
 from zmix.sphinx import FinalDelivery, ForwardHop, answer_surb, process_packet
 from zmix.topology import ClientSpec, NodeSpec, Role, entity_id
@@ -49,7 +49,11 @@ def with_node(network: Network, name: str, layer: int) -> tuple[Network, bytes]:
     public, private = crypto.x25519_keypair()
     curve, _ = crypto.x25519_keypair()
     keys = {**network.keys, name: PublicIdentity(name, node.id, public, curve)}
-    return Network(network.version + 1, dataclasses.replace(topo, layers=layers), keys), private
+    # its one Sphinx key stands for every epoch the other nodes have keys for
+    epochs = {e for by_epoch in network.epoch_keys.values() for e in by_epoch}
+    epoch_keys = {**network.epoch_keys, name: dict.fromkeys(epochs, public)}
+    return Network(network.version + 1, dataclasses.replace(topo, layers=layers), keys,
+                   epoch_keys), private
 
 
 def without_node(network: Network, name: str) -> Network:
@@ -57,7 +61,9 @@ def without_node(network: Network, name: str) -> Network:
     topo = network.topology
     layers = tuple(tuple(n for n in nodes if n.name != name) for nodes in topo.layers)
     keys = {k: v for k, v in network.keys.items() if k != name}
-    return Network(network.version + 1, dataclasses.replace(topo, layers=layers), keys)
+    epoch_keys = {k: v for k, v in network.epoch_keys.items() if k != name}
+    return Network(network.version + 1, dataclasses.replace(topo, layers=layers), keys,
+                   epoch_keys)
 
 
 def with_client(network: Network, identity: PublicIdentity, provider: str) -> Network:
@@ -65,15 +71,20 @@ def with_client(network: Network, identity: PublicIdentity, provider: str) -> Ne
     topo = network.topology
     clients = (*topo.clients, ClientSpec(identity.name, identity.id, provider))
     return Network(network.version + 1, dataclasses.replace(topo, clients=clients),
-                   {**network.keys, identity.name: identity})
+                   {**network.keys, identity.name: identity}, network.epoch_keys)
 
 
 def visited(net: SimNet, extra: dict[bytes, bytes], first_hop: bytes, packet: bytes) -> list[bytes]:
-    """Return the ids of the nodes a packet visits, peeling it with the nodes' private keys."""
-    keys = {**net.keys, **extra}
+    """Return the ids of the nodes a packet visits, peeling it with the keys the nodes accept at
+    the network's clock (``extra``: the private keys of nodes the network has no centre for)."""
+
+    def peel(hop: bytes, packet: bytes) -> object:
+        if hop in extra:
+            return process_packet(net.topology.sphinx, extra[hop], packet)
+        return net.nodes[hop].process(packet)
+
     hops, hop = [first_hop], first_hop
-    while isinstance(result := process_packet(net.topology.sphinx, keys[hop], packet),
-                     ForwardHop):
+    while isinstance(result := peel(hop, packet), ForwardHop):
         hop, packet = result.next_hop, result.packet
         hops.append(hop)
     return hops
@@ -95,7 +106,14 @@ def test_a_network_answers_the_lookups_the_cores_need(net: SimNet) -> None:
     assert network.clients_of("mix-a1") == frozenset()
     assert network.client_name(topo.client("bob").id) == "bob" and network.is_client("bob")
     assert not network.is_client("mix-a1") and network.is_member("mix-a1")
-    assert network.sphinx_key("mix-b1") == keys["mix-b1"].public_key
+    held = net.nodes[mix.id].publics()
+    assert sorted(held) == [0, 1, 2]  # the current epoch and two ahead (EpochParams.ahead)
+    assert all(network.node_key("mix-b1", e) == held[e] for e in held)
+    with pytest.raises(NoKeyForEpoch, match="'mix-b1' has no Sphinx key for epoch 3"):
+        network.node_key("mix-b1", 3)
+    assert network.client_key("alice") == keys["alice"].public_key  # its end-to-end key
+    with pytest.raises(KeyError):
+        network.client_key("mix-b1")  # a node's long-term key is no key for anything here
     assert network.curve_key("mix-b1") == keys["mix-b1"].curve_public
     assert network.is_member_key(keys["alice"].curve_public)
     assert not network.is_member_key(b"\x01" * 32)
@@ -122,7 +140,7 @@ def test_a_clients_network_includes_its_contacts(net: SimNet) -> None:
                     "provider-2")
     network = Network.build(topo, load_directory(net.state, topo), [carol], version=3)
     assert network.version == 3 and network.client("carol").provider == "provider-2"
-    assert network.sphinx_key("carol") == b"\x01" * 32
+    assert network.client_key("carol") == b"\x01" * 32
     assert network.clients_of("provider-2") == {topo.client("bob").id, carol.id}
     assert not Network.build(topo, load_directory(net.state, topo)).is_client("carol")
 
@@ -168,14 +186,14 @@ def test_the_data_model_reads_no_files() -> None:
 def test_a_node_added_to_a_layer_is_used_by_new_client_routes(net: SimNet) -> None:
     maker = PacketMaker(net.view, load_private(net.state, "alice"), random.Random(1),
                         crypto.random_bytes)
-    before = [visited(net, {}, *dataclasses.astuple(maker.drop())) for _ in range(20)]
+    before = [visited(net, {}, *dataclasses.astuple(maker.drop(0.0))) for _ in range(20)]
     assert all(len(hops) == 5 for hops in before)
     newer, private = with_node(net.view.current, "mix-b3", 1)
     net.replace_network(newer)
     new_id = newer.node("mix-b3").id
     extra = {new_id: private}
-    loops = [visited(net, extra, *dataclasses.astuple(maker.loop()[1])) for _ in range(60)]
-    surbs = [visited(net, extra, *answer_surb(net.topology.sphinx, maker.surb().surb, b"r"))
+    loops = [visited(net, extra, *dataclasses.astuple(maker.loop(0.0)[1])) for _ in range(60)]
+    surbs = [visited(net, extra, *answer_surb(net.topology.sphinx, maker.surb(0.0).surb, b"r"))
              for _ in range(60)]
     # One of three in layer 1: about 20 of 60 each.
     assert sum(hops[2] == new_id for hops in loops) > 5
@@ -293,3 +311,20 @@ def test_the_client_runtime_takes_a_newer_network_only(net: SimNet) -> None:
     newer, _ = with_node(first, "mix-b3", 1)
     runtime.replace_network(newer)
     assert runtime.view.current is newer and runtime.topology is newer.topology
+
+
+def test_the_nodes_epoch_keys_are_a_checked_read_only_copy(net: SimNet) -> None:
+    first = net.view.current
+    given = {"mix-a1": {7: b"\x05" * 32}}
+    network = Network(2, first.topology, first.keys, given, valid_until=123.0)
+    given["mix-a1"][8] = b"\x06" * 32  # the caller's dict changes afterwards: the network not
+    assert network.node_key("mix-a1", 7) == b"\x05" * 32 and network.valid_until == 123.0
+    with pytest.raises(NoKeyForEpoch):
+        network.node_key("mix-a1", 8)
+    with pytest.raises(TypeError):
+        network.epoch_keys["mix-a1"][9] = b"\x07" * 32  # type: ignore[index]
+    assert network.epochs == first.topology.epoch
+    with pytest.raises(LocalMisuse, match="'alice', which is not a node"):
+        Network(2, first.topology, first.keys, {"alice": {7: b"\x05" * 32}})
+    with pytest.raises(LocalMisuse, match="epoch 7 is not 32 bytes"):
+        Network(2, first.topology, first.keys, {"mix-a1": {7: b"\x05" * 31}})

@@ -22,7 +22,7 @@ from simnet import SimNet
 from zmix import crypto, wire
 from zmix.bench.common import make_network
 from zmix.dispatch import JOB_BATCH, MAX_IN_FLIGHT, WORKER_QUEUE, Dispatcher
-from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
+from zmix.envelope import ACK_PAYLOAD, DatedSurb, Envelope, encode_envelope
 from zmix.errors import DropReason
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox, NewItem, StorageError
@@ -298,7 +298,7 @@ def delivery(world: World, body: bytes, surb_id: bytes) -> tuple[bytes, object]:
     topo = world.topology
     route = [world.hop(n) for n in ("mix-a1", "mix-b1", "mix-c1", "provider-1")]
     surb, keys = create_surb(topo.sphinx, route, world.id("alice"), surb_id)
-    message = encode_envelope(topo.sphinx, Envelope(surb.to_bytes(), body))
+    message = encode_envelope(topo.sphinx, Envelope(DatedSurb(1, surb.to_bytes()), body))
     final = world.process("provider-2", world.packet("provider-2", recipient=world.id("bob"),
                                                      message=message, delay_us=500_000))
     assert isinstance(final, FinalDelivery)
@@ -473,7 +473,10 @@ def test_simnet_runs_node_cores_so_mix_loops_return_and_replays_are_dropped(
     stats = net.statistics("mix-a1")
     assert stats["loops_sent"] > 3 and stats["loops_returned"] == stats["loops_sent"]
     assert stats["loop_rtt_us_median"] > 0  # the hops held the loops for their delays
-    packet = World(topology, state).packet("mix-a1", "mix-b1", recipient=b"\x00" * 16)
+    keys = net.view.current  # the nodes' keys of the clock's epoch
+    route = [Hop(n.id, keys.node_key(n.name, topology.epoch.epoch_at(net.clock)), 0)
+             for n in (topology.node("mix-a1"), topology.node("mix-b1"))]
+    packet = create_forward_packet(topology.sphinx, route, b"\x00" * 16, b"m")
     frame = wire.encode_packet(packet, params=topology.sphinx)
     for _ in range(2):
         net.frame(topology.node("mix-a1").id, topology.node("provider-1").id, frame)
@@ -537,7 +540,9 @@ def test_the_poll_timeout_follows_the_queue_waiting_jobs_and_the_next_mix_loop(
     topo = world.topology
     looping = dataclasses.replace(topo, loopix=dataclasses.replace(topo.loopix,
                                                                    mix_loop_rate=1.0))
-    core = NodeCore(NetworkView(Network(1, looping, load_directory(world.state, topo))),
+    directory = load_directory(world.state, topo)
+    epoch_keys = {n.name: {0: directory[n.name].public_key} for n in topo.nodes()}
+    core = NodeCore(NetworkView(Network(1, looping, directory, epoch_keys)),
                     "mix-a1", random.Random(1), 0.0)
     centre = NodeCentre(core, topo.sphinx, slots=1, workers=1, queue_limit=10,
                         drain_on_shutdown=False, now=0.0, link_key=bytes.fromhex)

@@ -11,7 +11,7 @@ from simnet import SimNet
 
 from zmix import crypto
 from zmix.bench.common import make_network
-from zmix.envelope import ACK_PAYLOAD, Envelope, encode_envelope
+from zmix.envelope import ACK_PAYLOAD, DatedSurb, Envelope, encode_envelope
 from zmix.keys import PublicIdentity, load_directory
 from zmix.mailbox import Mailbox, NewItem, Registration, StorageError
 from zmix.network import Network, NetworkView
@@ -72,8 +72,11 @@ def ack_surb(net: SimNet) -> tuple[bytes, SurbKeys]:
     return surb.to_bytes(), surb_keys
 
 
-def message(net: SimNet, body: bytes, surb: bytes | None = None) -> bytes:
-    return encode_envelope(net.topology.sphinx, Envelope(surb, body))
+def message(net: SimNet, body: bytes, surb: bytes | None = None, epoch: int = 1) -> bytes:
+    """An envelope for ``body`` with the ack SURB ``surb`` dated ``epoch`` (1: a SURB made in
+    epoch 0, where these tests' clock is)."""
+    dated = None if surb is None else DatedSurb(epoch, surb)
+    return encode_envelope(net.topology.sphinx, Envelope(dated, body))
 
 
 def follow(net: SimNet, hop: bytes, packet: bytes) -> tuple[bytes, FinalDelivery | SurbReply]:
@@ -155,6 +158,29 @@ def test_an_unusable_ack_surb_keeps_the_message_and_is_counted(net: SimNet) -> N
     assert deliver(provider, 0.0, final_for(net, bob.id, message(net, b"kept", bogus))) == []
     assert provider.statistics()["bad_ack_surb"] == 1
     assert provider.on_fetch(0.0, bob.id, Fetch(1)).items[0].payload == b"kept"
+
+
+def test_an_expired_ack_surb_is_dropped_and_counted_and_the_message_kept(net: SimNet) -> None:
+    bob = net.topology.client("bob")
+    provider = provider_of(net, "provider-2")
+    epochs = net.topology.epoch
+    surb, _ = ack_surb(net)
+    expiry = epochs.surb_expiry(0.0)  # made in epoch 0: its keys (epoch 1) go at end(1) + grace
+    assert expiry == 2 * epochs.length + epochs.grace
+    late = final_for(net, bob.id, message(net, b"late", surb, epoch=1))
+    assert deliver(provider, expiry, late) == []
+    assert provider.statistics()["ack_surb_expired"] == 1
+    assert provider.statistics()["messages_stored"] == 1 and provider.statistics()["acks_sent"] == 0
+    # the control: the same SURB a moment before is answered
+    surb, _ = ack_surb(net)
+    in_time = final_for(net, bob.id, message(net, b"in time", surb, epoch=1))
+    assert len(deliver(provider, expiry - 0.001, in_time)) == 1
+    # one dated two epochs ahead could not have been made honestly: not answered either
+    surb, _ = ack_surb(net)
+    ahead = final_for(net, bob.id, message(net, b"ahead", surb, epoch=2))
+    assert deliver(provider, 0.0, ahead) == []
+    stats = provider.statistics()
+    assert stats["bad_ack_surb"] == 1 and stats["acks_sent"] == 1 and stats["ack_surb_expired"] == 1
 
 
 def test_a_full_mailbox_sends_no_ack_so_the_sender_retries(net: SimNet) -> None:

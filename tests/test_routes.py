@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmix import routes
-from zmix.keys import PublicIdentity
+from zmix.epochs import EpochParams
+from zmix.network import NoKeyForEpoch
 from zmix.sphinx import MAX_DELAY_US
 from zmix.topology import LoopixParams, NodeSpec, Role
 
@@ -29,11 +30,26 @@ def network(widths: list[int], providers: int) -> Net:
     return layers, tuple(node(f"p{i}", None) for i in range(providers))
 
 
-def directory(net: Net) -> dict[str, PublicIdentity]:
-    layers, providers = net
-    nodes = [n for layer in layers for n in layer] + list(providers)
-    return {n.name: PublicIdentity(n.name, n.id, n.name.encode().rjust(32, b"k"), bytes(32))
-            for n in nodes}
+class EpochKeys:
+    """Every node's Sphinx key per epoch (``<epoch>:<name>`` padded), for epochs ``epochs``, on
+    the schedule ``schedule``: what :func:`routes.hops` needs of a Network."""
+
+    def __init__(self, net: Net, epochs: range, schedule: EpochParams) -> None:
+        layers, providers = net
+        self.epochs = schedule
+        self.held = {(n.name, e): f"{e}:{n.name}".encode().rjust(32, b"k")
+                     for n in [n for layer in layers for n in layer] + list(providers)
+                     for e in epochs}
+
+    def node_key(self, name: str, epoch: int) -> bytes:
+        key = self.held.get((name, epoch))
+        if key is None:
+            raise NoKeyForEpoch(name, epoch)
+        return key
+
+
+def directory(net: Net) -> EpochKeys:
+    return EpochKeys(net, range(0, 3), EpochParams())
 
 
 def is_stratified(middle: list[NodeSpec], layers: tuple[tuple[NodeSpec, ...], ...]) -> bool:
@@ -125,22 +141,57 @@ def test_the_same_seed_gives_the_same_routes_and_delays_and_another_seed_does_no
                           routes.surb_route(layers, providers[1], rng),
                           routes.mix_loop_route(layers, providers, layers[1][2], rng)):
                 made.append([(h.node_id, h.delay_us)
-                             for h in routes.hops(route, keys, delays, rng)])
+                             for h in routes.hops(route, keys, delays, rng, 10.0)])
         return made
 
     assert draw(11) == draw(11)
     assert draw(11) != draw(12)
 
 
-def test_hops_carry_each_nodes_id_and_sphinx_key_from_the_directory() -> None:
+def test_hops_carry_each_nodes_id_and_its_key_of_the_epoch_now() -> None:
     net = network([2, 2], 1)
     keys = directory(net)
     route = routes.forward_route(net[0], net[1][0], net[1][0], random.Random(3))
-    hops = routes.hops(route, keys, routes.Delays(0.01, 10**6), random.Random(3))
+    hops = routes.hops(route, keys, routes.Delays(0.01, 10**6), random.Random(3), 3700.0)
     assert [h.node_id for h in hops] == [n.id for n in route]
-    assert [h.public_key for h in hops] == [keys[n.name].public_key for n in route]
-    with pytest.raises(KeyError):
-        routes.hops(route, {}, routes.Delays(0.01, 10**6), random.Random(3))
+    assert [h.public_key for h in hops] == [keys.node_key(n.name, 1) for n in route]
+    with pytest.raises(NoKeyForEpoch, match="has no Sphinx key for epoch 3"):
+        routes.hops(route, keys, routes.Delays(0.01, 10**6), random.Random(3), 3 * 3600.0)
+
+
+def test_each_hop_takes_the_key_of_the_epoch_it_processes_the_packet_in() -> None:
+    # Epochs of 4 s; delays of about 1 s each: a packet sent 2.5 s into epoch 10 reaches its
+    # later hops in epoch 11 (and maybe 12). Hop i's epoch: the send time plus the delays of
+    # the hops before it.
+    net = network([3, 3, 3], 2)
+    schedule = EpochParams(length=4.0, grace=1.0)
+    keys = EpochKeys(net, range(8, 16), schedule)
+    layers, providers = net
+    rng = random.Random(5)
+    crossed = 0
+    for _ in range(200):
+        route = routes.forward_route(layers, providers[0], providers[1], rng)
+        sent = 42.5  # epoch 10
+        hops = routes.hops(route, keys, routes.Delays(1.0, 60_000_000), rng, sent)
+        elapsed = 0.0
+        for node_spec, hop in zip(route, hops, strict=True):
+            epoch = schedule.epoch_at(sent + elapsed)
+            assert hop.public_key == keys.node_key(node_spec.name, epoch)
+            elapsed += hop.delay_us / 1e6
+        crossed += hops[-1].public_key != keys.node_key(route[-1].name, 10)
+    assert crossed > 100  # most packets cross the boundary: the per-hop choice was exercised
+    assert hops[0].public_key == keys.node_key(route[0].name, 10)  # the first hop: now
+
+
+def test_every_hop_of_a_surb_takes_the_key_of_the_next_epoch() -> None:
+    net = network([2, 2], 1)
+    schedule = EpochParams(length=4.0, grace=1.0)
+    keys = EpochKeys(net, range(8, 16), schedule)
+    route = routes.surb_route(net[0], net[1][0], random.Random(6))
+    epoch, hops = routes.surb_hops(route, keys, routes.Delays(1.0, 60_000_000),
+                                   random.Random(6), 43.9)  # late in epoch 10
+    assert epoch == 11 and schedule.surb_expiry(43.9) == 49.0  # the end of 11 plus the grace
+    assert [h.public_key for h in hops] == [keys.node_key(n.name, 11) for n in route]
 
 
 def test_delays_follow_the_exponential_with_the_configured_mean() -> None:

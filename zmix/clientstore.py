@@ -17,6 +17,7 @@ times from before a clock reset (a reboot) back to the present so that expiry st
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from zmix.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: reply blocks carry their key epoch, replies their expiry
 PRIVATE_FILE = 0o600  # the store and its side files: owner only
 _SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite keeps next to the file
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS fragments (message_id BLOB NOT NULL, idx INTEGER NOT 
     body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, idx));
 CREATE TABLE IF NOT EXISTS replies (message_id BLOB PRIMARY KEY, first_hop BLOB NOT NULL,
-    packet BLOB NOT NULL, sent INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+    packet BLOB NOT NULL, sent INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
+    expires REAL NOT NULL DEFAULT 9e999);
 CREATE TABLE IF NOT EXISTS surbs (surb_id BLOB PRIMARY KEY, kind INTEGER NOT NULL,
     keys BLOB NOT NULL, message_id BLOB NOT NULL, idx INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS incoming (message_id BLOB NOT NULL, idx INTEGER NOT NULL,
@@ -64,6 +66,7 @@ _REBASE = (
     "UPDATE loops SET sent=?1 WHERE sent>?1",
 )
 
+_REPLY_EXPIRED = -1  # replies.sent of a reply whose block expired before it left
 SURB_ACK = 1  # answers say "fragment stored"
 SURB_REPLY = 2  # answers are anonymous replies to a message we sent
 
@@ -130,11 +133,15 @@ class ClientStore:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             self._db.close()
             raise ConfigError(self.path, "user_version",
                               f"client store schema {version}, this zmix reads {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
+        if version == 1:  # replies gain their expiry (unknown: never); old reply blocks, kept
+            # without their key epoch, no longer parse and are counted when met
+            self._db.execute("ALTER TABLE replies ADD COLUMN expires REAL NOT NULL "
+                             "DEFAULT 9e999")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
 
@@ -223,7 +230,7 @@ class ClientStore:
             "FROM outgoing o LEFT JOIN fragments f USING (message_id) GROUP BY o.message_id")
         progress = {r[0]: (r[1], r[2], bool(r[3])) for r in rows}
         for message_id, sent in self._db.execute("SELECT message_id, sent FROM replies"):
-            progress[message_id] = (1, sent, False)
+            progress[message_id] = (1, int(sent == 1), sent == _REPLY_EXPIRED)
         return progress
 
     def record_attempt(self, message_id: bytes, index: int, attempts: int) -> None:
@@ -244,15 +251,23 @@ class ClientStore:
             self._db.execute("UPDATE outgoing SET failed=1 WHERE message_id=?", (message_id,))
             self._db.execute("UPDATE fragments SET body=x'' WHERE message_id=?", (message_id,))
 
-    def add_reply(self, message_id: bytes, first_hop: bytes, packet: bytes, now: float) -> None:
-        """Remember a reply packet until it is sent."""
-        self._db.execute("INSERT INTO replies VALUES (?,?,?,0,?)",
-                         (message_id, first_hop, packet, now))
+    def add_reply(self, message_id: bytes, first_hop: bytes, packet: bytes, now: float,
+                  expires: float = math.inf) -> None:
+        """Remember a reply packet until it is sent; ``expires`` is when its reply block's keys
+        are erased (unix seconds)."""
+        self._db.execute("INSERT INTO replies VALUES (?,?,?,0,?,?)",
+                         (message_id, first_hop, packet, now, expires))
 
-    def pending_replies(self) -> list[tuple[bytes, bytes, bytes]]:
-        """Return (message id, first hop, packet) of reply packets not yet sent, oldest first."""
-        return self._db.execute("SELECT message_id, first_hop, packet FROM replies WHERE sent=0 "
-                                "ORDER BY rowid").fetchall()
+    def pending_replies(self) -> list[tuple[bytes, bytes, bytes, float]]:
+        """Return (message id, first hop, packet, expiry) of reply packets not yet sent, oldest
+        first."""
+        return self._db.execute("SELECT message_id, first_hop, packet, expires FROM replies "
+                                "WHERE sent=0 ORDER BY rowid").fetchall()
+
+    def reply_expired(self, message_id: bytes) -> None:
+        """Mark a reply failed: its reply block expired before it could be sent."""
+        self._db.execute("UPDATE replies SET sent=?, packet=x'' WHERE message_id=?",
+                         (_REPLY_EXPIRED, message_id))
 
     def reply_sent(self, message_id: bytes) -> None:
         """Mark a reply packet sent (a reply has no ack: once out, it is done)."""

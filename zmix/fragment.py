@@ -15,9 +15,12 @@ The outer seal hides the sender's id from everyone but the recipient; the inner 
 
 Fragment (big-endian)::
 
-    version (1) = 0x01 | flags (1) | message id (16) | index (u32) | count (u32) | total (u64)
-    [fragment 0 with flag META: name length (1) | file name (UTF-8) | n (1) | n reply SURBs]
+    version (1) = 0x02 | flags (1) | message id (16) | index (u32) | count (u32) | total (u64)
+    [fragment 0 with flag META: name length (1) | file name (UTF-8) | n (1) | n reply blocks]
     data
+
+A reply block is a dated SURB (:class:`zmix.envelope.DatedSurb`: the SURB's key epoch, u32, then
+the SURB); this module only cuts them out at the length the caller gives.
 
 An anonymous reply travels through a SURB as a single fragment (count 1) with no content layer:
 the SURB's own layered encryption already keeps it readable only by the SURB's creator.
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from zmix import crypto
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 
-FRAGMENT_VERSION = 0x01
+FRAGMENT_VERSION = 0x02  # 0x01 carried reply blocks without their key epoch
 FLAG_META = 0x01  # fragment 0 carries the file name and the reply SURBs
 _HEADER = struct.Struct(">BB16sIIQ")  # version, flags, message id, index, count, total length
 HEADER_BYTES = _HEADER.size  # 34

@@ -214,7 +214,7 @@ class NodeCore:
 
     def _make_loop(self, now: float) -> Scheduled:
         network = self._view.current
-        route = routes.hops(self._loop_route(network), network.keys, self._delays(), self._rng)
+        route = routes.hops(self._loop_route(network), network, self._delays(), self._rng, now)
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
             network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
@@ -246,10 +246,10 @@ class NodeCore:
         (:func:`zmix.routes.mix_loop_route`) in the current network."""
         return self._loop_route(self._view.current)
 
-    def _hop(self, node: NodeSpec) -> Hop:
-        """A hop of a mix loop with a delay drawn as every sender draws it
+    def _hop(self, node: NodeSpec, now: float) -> Hop:
+        """A hop of a mix loop sent at ``now`` with a delay drawn as every sender draws it
         (:class:`zmix.routes.Delays`)."""
-        return routes.hops([node], self._view.current.keys, self._delays(), self._rng)[0]
+        return routes.hops([node], self._view.current, self._delays(), self._rng, now)[0]
 
     def _delays(self) -> routes.Delays:
         return self._view.current.delays

@@ -1,11 +1,17 @@
 """The network's description, versioned, and the one holder that cores and runtimes consult.
 
 What the network *is* (its members, their keys and addresses, the layers, the parameters) is one
-frozen :class:`Network`: a version number, the :class:`~zmix.topology.Topology` data model and
-every member's public keys, with the lookups the cores need computed once when it is built. A
-process builds version 1 at start from its state directory (:meth:`Network.build`); a newer
-version (key rotation, a directory authority) replaces it at run time through the
-:class:`NetworkView` every core and runtime of the process shares.
+frozen :class:`Network`: a version number, the :class:`~zmix.topology.Topology` data model,
+every member's public keys and every node's Sphinx public key per key epoch
+(:mod:`zmix.epochs`), with the lookups the cores need computed once when it is built. A process
+builds its first version at start (:meth:`Network.build`); a newer version (the next epoch's
+network document) replaces it at run time through the :class:`NetworkView` every core and runtime
+of the process shares.
+
+A node's Sphinx keys come only from ``epoch_keys`` (the per-epoch keys its descriptor published):
+a sender builds each hop with the key of the epoch that hop processes the packet in
+(:func:`zmix.routes.hops`). A client's ``public_key`` in ``keys`` is its end-to-end key; a node's
+is not used for Sphinx.
 
 The contract of the seam:
 
@@ -31,9 +37,24 @@ from types import MappingProxyType
 
 from zmix import routes
 from zmix.contacts import Contact, with_contacts
-from zmix.errors import LocalMisuse
+from zmix.epochs import EpochParams
+from zmix.errors import LocalMisuse, ZmixError
 from zmix.keys import PublicIdentity
 from zmix.topology import ClientSpec, NodeSpec, Role, Topology
+
+
+class NoKeyForEpoch(ZmixError):
+    """A node published no Sphinx key for the epoch a packet needs it in (the network document
+    does not cover that epoch, or the node left)."""
+
+    def __init__(self, node: str, epoch: int) -> None:
+        super().__init__(f"node {node!r} has no Sphinx key for epoch {epoch} in this network "
+                         "description (it does not cover that epoch, or the node left)")
+        self.node = node
+        self.epoch = epoch
+
+
+EpochKeys = Mapping[str, Mapping[int, bytes]]  # node name -> key epoch -> Sphinx public key
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +62,18 @@ class Network:
     """One version of the network: its topology and every member's public keys.
 
     ``keys`` maps every member's name (nodes, clients, contacts) to its public identity (kept as
-    a read-only copy). The other fields are derived lookups, computed once in
-    :meth:`__post_init__`; raises LocalMisuse if a member has no keys.
+    a read-only copy). ``epoch_keys`` maps node names to their Sphinx public keys by key epoch
+    (read-only copies; a node may have none). ``valid_until`` is when the network document this
+    version comes from expires (None: not from a document). The other fields are derived
+    lookups, computed once in :meth:`__post_init__`; raises LocalMisuse if a member has no keys,
+    or ``epoch_keys`` names a non-node or holds a key that is not 32 bytes.
     """
 
     version: int
     topology: Topology
     keys: Mapping[str, PublicIdentity]
+    epoch_keys: EpochKeys = field(default_factory=dict)
+    valid_until: float | None = None
     # Derived: every node's id (the valid next hops), loopix.max_delay in us (within the wire's
     # field), how every sender draws a hop's delay.
     node_ids: frozenset[bytes] = field(init=False, compare=False)
@@ -68,6 +94,7 @@ class Network:
         nodes = topo.nodes()
         derived = {
             "keys": MappingProxyType(dict(self.keys)),  # a copy no caller can change
+            "epoch_keys": _frozen_epoch_keys(topo, self.epoch_keys),
             "node_ids": frozenset(n.id for n in nodes),
             "max_delay_us": routes.max_delay_us(topo.loopix.max_delay),
             "delays": routes.Delays.from_loopix(topo.loopix),
@@ -84,14 +111,16 @@ class Network:
 
     @classmethod
     def build(cls, topology: Topology, keys: Mapping[str, PublicIdentity],
-              contacts: Iterable[Contact] = (), *, version: int = 1) -> Network:
+              contacts: Iterable[Contact] = (), *, version: int = 1,
+              epoch_keys: EpochKeys | None = None, valid_until: float | None = None) -> Network:
         """Return the network of ``topology`` with the key directory ``keys``
         (:func:`zmix.keys.load_directory`), extended by the registered clients ``contacts``
-        (:func:`zmix.contacts.load_contacts`; a client's view of the network).
+        (:func:`zmix.contacts.load_contacts`; a client's view of the network), with the nodes'
+        Sphinx keys by epoch ``epoch_keys`` and the document's expiry ``valid_until``.
 
-        Raises LocalMisuse if a member has no keys."""
+        Raises LocalMisuse as the constructor does."""
         topology, directory = with_contacts(topology, dict(keys), list(contacts))
-        return cls(version, topology, directory)
+        return cls(version, topology, directory, epoch_keys or {}, valid_until)
 
     # ------------------------------------------------------------------ the topology's parts
 
@@ -109,6 +138,11 @@ class Network:
     def providers(self) -> tuple[NodeSpec, ...]:
         """The providers."""
         return self.topology.providers
+
+    @property
+    def epochs(self) -> EpochParams:
+        """The key schedule (the topology's ``epoch`` section)."""
+        return self.topology.epoch
 
     # ------------------------------------------------------------------ lookups
 
@@ -144,9 +178,21 @@ class Network:
         """Return True if ``curve_public`` is the CURVE key of a node or client of this network."""
         return curve_public in self._curve_keys
 
-    def sphinx_key(self, name: str) -> bytes:
-        """Return member ``name``'s Sphinx (nodes) or end-to-end (clients) public key;
-        KeyError if there is none."""
+    def node_key(self, name: str, epoch: int) -> bytes:
+        """Return node ``name``'s Sphinx public key for key epoch ``epoch``.
+
+        Raises NoKeyForEpoch if the node published none for that epoch (or is not a node)."""
+        key = self.epoch_keys.get(name, _NO_KEYS).get(epoch)
+        if key is None:
+            raise NoKeyForEpoch(name, epoch)
+        return key
+
+    def client_key(self, name: str) -> bytes:
+        """Return client ``name``'s end-to-end public key (what fragments are sealed to and
+        signed fragments checked with); KeyError if ``name`` is not a client (a node's
+        long-term key is never used for Sphinx or sealing)."""
+        if name not in self._clients:
+            raise KeyError(name)
         return self.keys[name].public_key
 
     def curve_key(self, name: str) -> bytes:
@@ -171,6 +217,27 @@ class Network:
             for client in self.topology.clients_of(node):
                 keys[self.keys[client.name].curve_public] = client.id
         return keys
+
+
+_NO_KEYS: Mapping[int, bytes] = MappingProxyType({})
+
+
+def _frozen_epoch_keys(topology: Topology, epoch_keys: EpochKeys,
+                       ) -> Mapping[str, Mapping[int, bytes]]:
+    """Return a read-only copy of ``epoch_keys``; LocalMisuse if it names a non-node, an epoch
+    that is not an int, or a key that is not 32 bytes."""
+    nodes = {n.name for n in topology.nodes()}
+    copy: dict[str, Mapping[int, bytes]] = {}
+    for name, by_epoch in epoch_keys.items():
+        if name not in nodes:
+            raise LocalMisuse(f"Sphinx keys given for {name!r}, which is not a node")
+        for epoch, key in by_epoch.items():
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise LocalMisuse(f"{name}'s key epoch {epoch!r} is not an integer")
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise LocalMisuse(f"{name}'s Sphinx key for epoch {epoch} is not 32 bytes")
+        copy[name] = MappingProxyType(dict(by_epoch))
+    return MappingProxyType(copy)
 
 
 class NetworkView:

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zmix.envelope import ACK_PAYLOAD, decode_envelope
+from zmix.envelope import ACK_PAYLOAD, DatedSurb, SurbState, decode_envelope
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.network import NetworkView
@@ -56,12 +56,13 @@ class Store:
     kind: ItemKind
     surb_id: bytes
     payload: bytes
-    ack_surb: bytes | None
+    ack_surb: DatedSurb | None
 
 
 UNEXPECTED = DropReason.UNEXPECTED_DELIVERY.value
 _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "store_failed",
-             "messages_stored", "replies_stored", "acks_sent", "bad_ack_surb", "fetches",
+             "messages_stored", "replies_stored", "acks_sent", "bad_ack_surb",
+             "ack_surb_expired", "fetches",
              "fetch_refused", "registered", "registration_refused")
 
 
@@ -144,9 +145,10 @@ class ProviderCore:
         except StorageError:
             self._counts["store_failed"] += len(stores)
             return [None] * len(stores)
-        return [self._stored(store, item_id) for store, item_id in zip(stores, ids, strict=True)]
+        return [self._stored(now, store, item_id)
+                for store, item_id in zip(stores, ids, strict=True)]
 
-    def _stored(self, store: Store, item_id: int | None) -> Send | None:
+    def _stored(self, now: float, store: Store, item_id: int | None) -> Send | None:
         """Count one item of a committed batch; return its ack if it is a stored message."""
         if item_id is None:
             self._counts["refused_full"] += 1
@@ -155,11 +157,17 @@ class ProviderCore:
             self._counts["replies_stored"] += 1
             return None
         self._counts["messages_stored"] += 1
-        return None if store.ack_surb is None else self._ack(store.ack_surb)
+        return None if store.ack_surb is None else self._ack(now, store.ack_surb)
 
-    def _ack(self, surb_bytes: bytes) -> Send | None:
+    def _ack(self, now: float, dated: DatedSurb) -> Send | None:
+        # An expired SURB's keys are erased: every hop would refuse the ack (docs/client.md).
+        state = dated.state(self._view.current.epochs, now)
+        if state is not SurbState.USABLE:
+            self._counts["ack_surb_expired" if state is SurbState.EXPIRED
+                         else "bad_ack_surb"] += 1
+            return None
         try:
-            surb = Surb.from_bytes(self._params, surb_bytes)
+            surb = Surb.from_bytes(self._params, dated.surb)
             first_hop, packet = answer_surb(self._params, surb, ACK_PAYLOAD)
         except (InvalidPacket, LocalMisuse):
             self._counts["bad_ack_surb"] += 1
@@ -265,7 +273,8 @@ class ProviderCore:
         """Return the provider's counters (the mailbox keeps its own, see Mailbox.statistics).
 
         drops_received, unexpected_delivery, bad_envelope, refused_full, store_failed,
-        messages_stored, replies_stored, acks_sent, bad_ack_surb, fetches, fetch_refused,
+        messages_stored, replies_stored, acks_sent, bad_ack_surb, ack_surb_expired, fetches,
+        fetch_refused,
         registered, registration_refused.
         """
         return {name: self._counts[name] for name in _COUNTERS}

@@ -18,6 +18,13 @@ clamped to ``loopix.max_delay`` and never beyond what the wire's field holds (``
 2^32 - 1 us; docs/sphinx.md): a draw above the bound is clamped, not drawn again. A node drops a
 packet whose delay exceeds its ``loopix.max_delay``, so nothing drawn here is dropped for it.
 
+Each hop's Sphinx key is the node's key of the epoch in which that hop will process the packet
+(:mod:`zmix.epochs`): hop i of a packet sent at ``now`` processes it at ``now`` plus the delays of
+the hops before it (:meth:`~zmix.epochs.EpochParams.hop_epochs`). Every hop of a SURB uses the
+keys of the next epoch (:meth:`~zmix.epochs.EpochParams.surb_epoch`): a SURB waits for its
+replier for an unknown time, and the next epoch's keys are accepted from now until that epoch's
+end plus the grace.
+
 All randomness comes from the injected ``rng`` (a ``random.Random``-like object; production:
 ``random.SystemRandom``), in a fixed order, so the same seed gives the same routes and delays.
 """
@@ -25,14 +32,28 @@ All randomness comes from the injected ``rng`` (a ``random.Random``-like object;
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from zmix.keys import PublicIdentity
+from zmix.epochs import EpochParams
 from zmix.sphinx import MAX_DELAY_US, Hop
 from zmix.topology import LoopixParams, NodeSpec
 
 Layers = Sequence[Sequence[NodeSpec]]
+
+
+class NodeKeys(Protocol):
+    """Where hops get their keys: a :class:`zmix.network.Network` (which imports this module)."""
+
+    @property
+    def epochs(self) -> EpochParams:
+        """The key schedule."""
+        ...
+
+    def node_key(self, name: str, epoch: int) -> bytes:
+        """Return node ``name``'s Sphinx public key of ``epoch``; NoKeyForEpoch if none."""
+        ...
 
 
 def max_delay_us(max_delay: float) -> int:
@@ -106,8 +127,26 @@ def mix_loop_route(layers: Layers, providers: Sequence[NodeSpec], me: NodeSpec,
     return [*after, rng.choice(providers), *before, me]  # the provider is drawn last
 
 
-def hops(route: Sequence[NodeSpec], directory: Mapping[str, PublicIdentity], delays: Delays,
-         rng: random.Random) -> list[Hop]:
-    """Return the Sphinx hops of ``route``: each node's id and public key (from ``directory``) and
-    a fresh delay, drawn in route order. Raises KeyError for a node missing from ``directory``."""
-    return [Hop(node.id, directory[node.name].public_key, delays.draw_us(rng)) for node in route]
+def hops(route: Sequence[NodeSpec], network: NodeKeys, delays: Delays, rng: random.Random,
+         now: float) -> list[Hop]:
+    """Return the Sphinx hops of a packet sent along ``route`` at ``now`` (unix seconds): each
+    node's id, a fresh delay (drawn in route order) and the node's key of the epoch in which it
+    will process the packet (:meth:`zmix.epochs.EpochParams.hop_epochs`).
+
+    Raises NoKeyForEpoch if a node published no key for its epoch in ``network``."""
+    drawn = [delays.draw_us(rng) for _ in route]
+    epochs = network.epochs.hop_epochs(now, drawn)
+    return [Hop(node.id, network.node_key(node.name, epoch), delay)
+            for node, delay, epoch in zip(route, drawn, epochs, strict=True)]
+
+
+def surb_hops(route: Sequence[NodeSpec], network: NodeKeys, delays: Delays,
+              rng: random.Random, now: float) -> tuple[int, list[Hop]]:
+    """Return the key epoch of a SURB made at ``now`` along ``route`` and its hops: every hop
+    uses the node's key of that epoch (:meth:`zmix.epochs.EpochParams.surb_epoch`) and a fresh
+    delay drawn in route order.
+
+    Raises NoKeyForEpoch if a node published no key for that epoch in ``network``."""
+    epoch = network.epochs.surb_epoch(now)
+    return epoch, [Hop(node.id, network.node_key(node.name, epoch), delays.draw_us(rng))
+                   for node in route]

@@ -171,7 +171,10 @@ STATISTICS: tuple[Statistic, ...] = (
               "for a message that was not stored", P),
     Statistic("provider_acks_sent", C, "delivery acknowledgements sent, each after its message "
               "was on disk", P),
-    Statistic("provider_bad_ack_surb", C, "acknowledgement SURBs that could not be used", P),
+    Statistic("provider_bad_ack_surb", C, "acknowledgement SURBs that could not be used "
+              "(malformed, or dated for an epoch after the next one)", P),
+    Statistic("provider_ack_surb_expired", C, "acknowledgements not sent because the keys of "
+              "their SURB had expired (docs/client.md, Reply blocks and epochs)", P),
     Statistic("provider_registered", C, "clients admitted at run time", P),
     Statistic("provider_registration_refused", C, "REGISTER frames refused (docs/protocol.md "
               "lists the codes)", P),
@@ -267,6 +270,11 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
                     "lambda_D) and payload stream events with nothing queued", CORE),
     ClientStatistic("replies_sent", C, "replies sent through a reply block of a received "
                     "message", CORE),
+    ClientStatistic("reply_blocks_expired", C, "reply blocks dropped because their keys had "
+                    "expired: met when replying, or a queued reply's block expired before it "
+                    "left (that reply fails)", CORE),
+    ClientStatistic("reply_blocks_invalid", C, "reply blocks dropped when replying because they "
+                    "do not parse or are dated after the next epoch", CORE),
     # ---------------------------------------------------------------- receiving
     ClientStatistic("messages_received", C, "messages reassembled and put in the inbox, replies "
                     "included", CORE),

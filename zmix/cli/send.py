@@ -17,6 +17,7 @@ from zmix.cli.common import (
     fail,
     positive_float,
 )
+from zmix.envelope import dated_surb_length
 from zmix.errors import ConfigError, LocalMisuse
 from zmix.fragment import MAX_REPLY_BLOCKS, reply_blocks_that_fit
 from zmix.runtime.client import ClientBusy, ClientRuntime
@@ -143,7 +144,8 @@ def _too_many_reply_blocks(runtime: ClientRuntime, wanted: int, filename: str | 
     """Return why ``wanted`` reply blocks do not fit in the message's first packet, naming the
     most that fit in this network (None if they fit). Raises LocalMisuse for a too long name."""
     params = runtime.topology.sphinx
-    fit = reply_blocks_that_fit(runtime.core.fragment_capacity(), params.surb_length, filename)
+    block = dated_surb_length(params)
+    fit = reply_blocks_that_fit(runtime.core.fragment_capacity(), block, filename)
     if wanted <= fit:
         return None
     if fit == MAX_REPLY_BLOCKS:
@@ -151,7 +153,7 @@ def _too_many_reply_blocks(runtime: ClientRuntime, wanted: int, filename: str | 
     beside = (f", beside the file name {filename!r} ({len(filename.encode())} bytes)"
               if filename else "")
     return (f"--reply-blocks {wanted}: at most {fit} fit in a message of this network{beside} "
-            f"(a reply block takes {params.surb_length} of the {params.payload_length} bytes "
+            f"(a reply block takes {block} of the {params.payload_length} bytes "
             f"of a packet's payload: sphinx.payload_length {params.payload_length}, "
             f"max_hops {params.max_hops})")
 

@@ -4,6 +4,10 @@
 identity, the injected ``rng`` (routes and delays, :mod:`zmix.routes`) and ``random_bytes`` (ids,
 Sphinx and sealing key material). It returns packets and the secrets their answers need; the
 caller stores those secrets (:class:`~zmix.clientstore.ClientStore`) before it hands a packet out.
+
+Every method that builds hops takes ``now`` (unix seconds): each hop uses its node's key of the
+epoch it will process the packet in, and a SURB the keys of the next epoch (:mod:`zmix.routes`).
+They raise NoKeyForEpoch if the current network has no key for a node in the epoch needed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 
 from zmix import routes
 from zmix.client.results import Outgoing
-from zmix.envelope import Envelope, encode_envelope
+from zmix.envelope import DatedSurb, Envelope, encode_envelope
 from zmix.fragment import (
     encode_fragment,
     seal_anonymous,
@@ -32,11 +36,17 @@ ID_BYTES = 16  # message, SURB and loop ids
 
 @dataclass(frozen=True, slots=True)
 class NewSurb:
-    """A fresh SURB (``surb``, to hand out) and what its creator keeps to read the answer."""
+    """A fresh SURB (``surb``, to hand out, with the key epoch of its hops) and what its
+    creator keeps to read the answer."""
 
     surb_id: bytes
     surb: Surb
     keys: SurbKeys
+    epoch: int
+
+    def dated(self) -> DatedSurb:
+        """Return the SURB as it travels: with its key epoch."""
+        return DatedSurb(self.epoch, self.surb.to_bytes())
 
 
 class PacketMaker:
@@ -64,40 +74,41 @@ class PacketMaker:
         """Return a fresh 16-byte id (messages, SURBs, loops)."""
         return self.random_bytes(ID_BYTES)
 
-    def _hops(self, network: Network, route: list[NodeSpec]) -> list[Hop]:
-        return routes.hops(route, network.keys, network.delays, self._rng)
+    def _hops(self, network: Network, route: list[NodeSpec], now: float) -> list[Hop]:
+        return routes.hops(route, network, network.delays, self._rng, now)
 
-    def surb(self) -> NewSurb:
-        """Return a fresh SURB whose answers come back to this client through its provider."""
+    def surb(self, now: float) -> NewSurb:
+        """Return a fresh SURB made at ``now`` whose answers come back to this client through
+        its provider."""
         surb_id = self.new_id()
         network = self._view.current
-        route = self._hops(network, routes.surb_route(network.layers, self._provider(network),
-                                                      self._rng))
+        path = routes.surb_route(network.layers, self._provider(network), self._rng)
+        epoch, route = routes.surb_hops(path, network, network.delays, self._rng, now)
         surb, keys = create_surb(self._params, route, self._me.id, surb_id, self.random_bytes)
-        return NewSurb(surb_id, surb, keys)
+        return NewSurb(surb_id, surb, keys, epoch)
 
     def seal(self, recipient: str, fragment: bytes, *, anonymous: bool) -> bytes:
         """Return ``fragment`` sealed end to end to client ``recipient`` (signed by this client
         unless ``anonymous``)."""
-        key = self._view.current.sphinx_key(recipient)
+        key = self._view.current.client_key(recipient)
         if anonymous:
             return seal_anonymous(key, fragment, self.random_bytes)
         return seal_signed(key, self._me.id, self._me.private_key, fragment, self.random_bytes)
 
-    def fragment(self, recipient: str, body: bytes) -> tuple[NewSurb, Outgoing]:
-        """Return a sealed fragment's packet to client ``recipient`` with a fresh ack SURB, and
-        that SURB (its keys open the ack)."""
-        ack = self.surb()  # drawn before the forward route: the order the rng is used in
+    def fragment(self, recipient: str, body: bytes, now: float) -> tuple[NewSurb, Outgoing]:
+        """Return a sealed fragment's packet to client ``recipient`` sent at ``now`` with a
+        fresh ack SURB, and that SURB (its keys open the ack)."""
+        ack = self.surb(now)  # drawn before the forward route: the order the rng is used in
         network = self._view.current
         spec, first = network.client(recipient), self._provider(network)
-        envelope = encode_envelope(self._params, Envelope(ack.surb.to_bytes(), body))
+        envelope = encode_envelope(self._params, Envelope(ack.dated(), body))
         last = network.node(spec.provider)
         route = routes.forward_route(network.layers, first, last, self._rng)
-        packet = create_forward_packet(self._params, self._hops(network, route), spec.id,
+        packet = create_forward_packet(self._params, self._hops(network, route, now), spec.id,
                                        envelope, self.random_bytes)
         return ack, Outgoing(first.id, packet)
 
-    def loop(self) -> tuple[bytes, Outgoing]:
+    def loop(self, now: float) -> tuple[bytes, Outgoing]:
         """Return a fresh loop id and a loop packet carrying it back to this client."""
         loop_id = self.new_id()
         body = seal_loop(self._me.public_key, loop_id, self.random_bytes)
@@ -105,25 +116,27 @@ class PacketMaker:
         network = self._view.current
         provider = self._provider(network)
         route = routes.forward_route(network.layers, provider, provider, self._rng)
-        packet = create_forward_packet(self._params, self._hops(network, route), self._me.id,
+        packet = create_forward_packet(self._params, self._hops(network, route, now), self._me.id,
                                        envelope, self.random_bytes)
         return loop_id, Outgoing(provider.id, packet)
 
-    def drop(self) -> Outgoing:
+    def drop(self, now: float) -> Outgoing:
         """Return a drop packet: random filler to a random provider, which discards it."""
         network = self._view.current
         provider = self._provider(network)
         route = routes.drop_route(network.layers, provider, network.providers, self._rng)
         filler = self.random_bytes(self._params.max_message_length)
-        packet = create_forward_packet(self._params, self._hops(network, route), route[-1].id,
+        packet = create_forward_packet(self._params, self._hops(network, route, now), route[-1].id,
                                        filler, self.random_bytes)
         return Outgoing(provider.id, packet)
 
-    def reply(self, surb_bytes: bytes, message_id: bytes, data: bytes) -> Outgoing:
-        """Return a one-fragment reply carrying ``data`` through a received reply block.
+    def reply(self, block: DatedSurb, message_id: bytes, data: bytes) -> Outgoing:
+        """Return a one-fragment reply carrying ``data`` through a received reply block (the
+        caller checked that it has not expired).
 
-        Raises LocalMisuse if ``data`` does not fit one reply packet."""
-        surb = Surb.from_bytes(self._params, surb_bytes)
+        Raises LocalMisuse if ``data`` does not fit one reply packet, InvalidPacket if the
+        block does not parse."""
+        surb = Surb.from_bytes(self._params, block.surb)
         plain = encode_fragment(message_id, 0, 1, len(data), data)
         first_hop, packet = answer_surb(self._params, surb, plain)
         return Outgoing(first_hop, packet)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from zmix import crypto
 from zmix.client.results import ReceivedMessage
 from zmix.clientstore import SURB_ACK, ClientStore, InboxEntry, IncomingMeta, StoredSurb
-from zmix.envelope import ACK_PAYLOAD
+from zmix.envelope import ACK_PAYLOAD, dated_surb_length
 from zmix.errors import InvalidPacket
 from zmix.fragment import ContentKind, Fragment, open_content, parse_fragment, verify_signed
 from zmix.keys import PrivateIdentity
@@ -56,6 +56,7 @@ class Receiver:
         self._view = view
         self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
+        self._block_length = dated_surb_length(self._params)  # a reply block in fragment 0
         self._store = store
         self._counts: Counter[str] = Counter()
 
@@ -85,7 +86,7 @@ class Receiver:
         if stored.kind == SURB_ACK:
             self._on_ack(stored, content, taken)
             return
-        fragment = parse_fragment(content, self._params.surb_length)
+        fragment = parse_fragment(content, self._block_length)
         if fragment.count != 1:
             self._counts["undecryptable"] += 1
             return
@@ -111,8 +112,8 @@ class Receiver:
             if sender is None:
                 self._counts["unknown_sender"] += 1
                 return []
-            plain = verify_signed(network.sphinx_key(sender), self._me.private_key, content.rest)
-        return self._deliver(now, parse_fragment(plain, self._params.surb_length), sender)
+            plain = verify_signed(network.client_key(sender), self._me.private_key, content.rest)
+        return self._deliver(now, parse_fragment(plain, self._block_length), sender)
 
     def _deliver(self, now: float, f: Fragment, sender: str | None) -> list[ReceivedMessage]:
         """Store a fragment; return the message if it was the last one missing."""
@@ -144,7 +145,7 @@ class Receiver:
             self._counts["bad_reassembly"] += 1
             self._store.discard_incoming(message_id)
             return []
-        size = self._params.surb_length
+        size = self._block_length
         blocks = [meta.reply_surbs[i:i + size] for i in range(0, len(meta.reply_surbs), size)]
         handle = message_id if blocks else None
         self._store.complete(InboxEntry(message_id, sender, meta.filename, data, now, handle),

@@ -18,8 +18,8 @@ from zmix.client.packets import PacketMaker
 from zmix.client.results import Outgoing, SendProgress
 from zmix.client.streams import Stream
 from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
-from zmix.envelope import envelope_capacity
-from zmix.errors import LocalMisuse
+from zmix.envelope import DatedSurb, SurbState, envelope_capacity
+from zmix.errors import InvalidPacket, LocalMisuse
 from zmix.fragment import CONTENT_OVERHEAD, HEADER_BYTES, MAX_REPLY_BLOCKS, split_message
 from zmix.network import NetworkView
 from zmix.topology import LoopixParams
@@ -30,7 +30,8 @@ BACKOFF_CAP = 120.0  # seconds between retransmissions at most (unless the route
 FragmentKey = tuple[bytes, int]  # (message id, fragment index)
 
 STATISTICS = ("messages_submitted", "real_sent", "retransmissions", "acks_received",
-              "duplicate_acks", "messages_failed", "loops_sent", "drops_sent", "replies_sent")
+              "duplicate_acks", "messages_failed", "loops_sent", "drops_sent", "replies_sent",
+              "reply_blocks_expired", "reply_blocks_invalid")
 GAUGES = ("queued", "in_flight")
 
 
@@ -117,6 +118,7 @@ class AckTimers:
 class _QueuedReply:
     message_id: bytes
     out: Outgoing
+    expires: float  # when the reply block's keys are erased (inf: not known, an old store)
 
 
 class Sender:
@@ -147,8 +149,8 @@ class Sender:
         for message_id, index, attempts in self._store.pending_fragments():
             self._queue.append((message_id, index))
             self.timers.resumed((message_id, index), attempts)
-        for message_id, first_hop, packet in self._store.pending_replies():
-            self._queue.append(_QueuedReply(message_id, Outgoing(first_hop, packet)))
+        for message_id, first_hop, packet, expires in self._store.pending_replies():
+            self._queue.append(_QueuedReply(message_id, Outgoing(first_hop, packet), expires))
 
     # ------------------------------------------------------------------ submitting
 
@@ -177,10 +179,10 @@ class Sender:
         return message_id
 
     def _reply_surb(self, now: float, message_id: bytes) -> bytes:
-        new = self._packets.surb()
+        new = self._packets.surb(now)
         self._store.add_surb(new.surb_id, StoredSurb(SURB_REPLY, new.keys.to_bytes(), message_id,
                                                      0), now)
-        return new.surb.to_bytes()
+        return new.dated().to_bytes()
 
     def reply(self, now: float, handle: bytes, data: bytes) -> bytes:
         """Build, store and queue a reply through one of ``handle``'s reply blocks; return its
@@ -189,15 +191,42 @@ class Sender:
         if len(data) > limit:
             raise LocalMisuse(f"a reply holds at most {limit} bytes, got {len(data)}; "
                               "send a longer answer as several replies")
+        block = self._usable_reply_block(now, handle)
         message_id = self._packets.new_id()
-        surb_bytes = self._store.take_reply_block(handle)
-        if surb_bytes is None:
-            raise LocalMisuse("no unused reply block is left for that message")
-        out = self._packets.reply(surb_bytes, message_id, data)
-        self._store.add_reply(message_id, out.first_hop, out.packet, now)
-        self._queue.append(_QueuedReply(message_id, out))
+        out = self._packets.reply(block, message_id, data)
+        expires = block.expires_at(self._view.current.epochs)
+        self._store.add_reply(message_id, out.first_hop, out.packet, now, expires)
+        self._queue.append(_QueuedReply(message_id, out, expires))
         self._progress[message_id] = [1, 0, 0]
         return message_id
+
+    def _usable_reply_block(self, now: float, handle: bytes) -> DatedSurb:
+        """Take ``handle``'s next reply block that can be used at ``now``; the expired (and
+        malformed) ones met on the way are used up and counted. Raises LocalMisuse, saying
+        why, if none is left."""
+        params, epochs = self._params, self._view.current.epochs
+        expired: DatedSurb | None = None
+        while (raw := self._store.take_reply_block(handle)) is not None:
+            try:
+                block = DatedSurb.from_bytes(params, raw)
+            except InvalidPacket:
+                self._counts["reply_blocks_invalid"] += 1
+                continue
+            state = block.state(epochs, now)
+            if state is SurbState.USABLE:
+                return block
+            if state is SurbState.EXPIRED:
+                self._counts["reply_blocks_expired"] += 1
+                expired = block
+            else:
+                self._counts["reply_blocks_invalid"] += 1
+        if expired is not None:
+            raise LocalMisuse(
+                f"the reply blocks of that message expired (the last at unix time "
+                f"{expired.expires_at(epochs):.0f}, the end of key epoch {expired.epoch} plus "
+                f"the {epochs.grace:g} s grace): a reply block lives one to two epochs "
+                f"({epochs.length:g} s each); ask the sender for a new message")
+        raise LocalMisuse("no unused reply block is left for that message")
 
     def progress(self, message_id: bytes) -> SendProgress:
         """Return the progress of an outgoing message or reply (unknown ids: 0 fragments)."""
@@ -213,12 +242,11 @@ class Sender:
             return self._loop_packet(now)
         while stream is Stream.PAYLOAD and self._queue:
             item = self._queue.popleft()
-            if isinstance(item, _QueuedReply):
-                return self._reply_out(item)
-            out = self._fragment_packet(now, *item)
+            out = (self._reply_out(now, item) if isinstance(item, _QueuedReply)
+                   else self._fragment_packet(now, *item))
             if out is not None:
                 return out
-        out = self._packets.drop()
+        out = self._packets.drop(now)
         self._counts["drops_sent"] += 1
         return out
 
@@ -228,7 +256,7 @@ class Sender:
         body = self._store.fragment_body(message_id, index)
         if body is None or self._progress.get(message_id, [0, 0, 1])[2]:
             return None
-        ack, out = self._packets.fragment(self._recipient_of(message_id), body)
+        ack, out = self._packets.fragment(self._recipient_of(message_id), body, now)
         self._store.add_surb(ack.surb_id, StoredSurb(SURB_ACK, ack.keys.to_bytes(), message_id,
                                                      index), now)
         tries = self.timers.sent((message_id, index), now)
@@ -243,14 +271,21 @@ class Sender:
             name = self._recipients[message_id] = self._store.recipient_of(message_id)
         return name
 
-    def _reply_out(self, item: _QueuedReply) -> Outgoing:
+    def _reply_out(self, now: float, item: _QueuedReply) -> Outgoing | None:
+        """Return a queued reply's packet, or None if its reply block expired while it waited
+        (it fails, counted: every hop would refuse it)."""
+        if now >= item.expires:
+            self._store.reply_expired(item.message_id)
+            self._progress.setdefault(item.message_id, [1, 0, 0])[2] = 1
+            self._counts["reply_blocks_expired"] += 1
+            return None
         self._store.reply_sent(item.message_id)
         self._progress.setdefault(item.message_id, [1, 0, 0])[1] = 1
         self._counts["replies_sent"] += 1
         return item.out
 
     def _loop_packet(self, now: float) -> Outgoing:
-        loop_id, out = self._packets.loop()
+        loop_id, out = self._packets.loop(now)
         self._store.add_loop(loop_id, now)
         self._counts["loops_sent"] += 1
         return out
