@@ -8,6 +8,7 @@ through CPython's C binding as through ctypes).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -89,13 +90,19 @@ def clamp(scalar: bytes) -> bytes:
 def x25519(scalar: bytes, point: bytes) -> bytes:
     """Return X25519(scalar, point); libsodium clamps the scalar.
 
+    A ``bytearray`` scalar is handed to libsodium in place (bytes would be a copy nobody can
+    zero), so a private key kept in one can be wiped by its owner.
+
     Raises :class:`LowOrderPoint` if the result is the all-zero point (``point`` has small order)
     and :class:`LocalMisuse` if a length is wrong.
     """
     _check("scalar", scalar, X25519_BYTES)
     _check("point", point, X25519_BYTES)
+    lent: object = scalar
+    if isinstance(scalar, bytearray):  # a private key its owner zeroes later: lend, do not copy
+        lent = (ctypes.c_char * X25519_BYTES).from_buffer(scalar)
     try:
-        return bytes(_na.crypto_scalarmult_curve25519(scalar, point))
+        return bytes(_na.crypto_scalarmult_curve25519(lent, point))
     except ValueError:  # pysodium's only failure here: libsodium refused an all-zero result
         raise LowOrderPoint("X25519 with a small-order point") from None
 
