@@ -2,9 +2,10 @@
 
 Each node runs the :class:`~zmix.nodecentre.NodeCentre` that a node process runs (frame admission,
 dispatch, the :class:`~zmix.mixnode.NodeCore`'s replay, delay and next-hop checks, the delay queue,
-a provider's batched commits over a real SQLite mailbox); its one "worker" runs ``process_packet``
-in this process. Frames travel between the centres as the wire's bytes, clients' frames padded as
-a client's are, with no latency. Time is virtual: :meth:`SimNet.settle` moves the clock from one
+a provider's batched commits over a real SQLite mailbox); its one "worker" runs
+``process_packet_keys`` in this process, with the node's one key as the key of epoch 0. Frames
+travel between the centres as the wire's bytes, clients' frames padded as a client's are, with
+no latency. Time is virtual: :meth:`SimNet.settle` moves the clock from one
 queued packet's due time to the next, so packets leave each node in the order their delays say,
 and a packet the test sends at ``now`` has reached its mailbox when ``send`` returns (the network's
 clock may then be ahead of the test's).
@@ -32,7 +33,7 @@ from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
-from zmix.sphinx import SphinxParams, process_packet
+from zmix.sphinx import SphinxParams, process_packet_keys
 from zmix.topology import NodeSpec, Role, Topology
 from zmix.wire import Fetch, FetchReply
 from zmix.workframes import decode_jobs, encode_invalid, encode_result, join_results
@@ -55,8 +56,8 @@ class SimNode:
         answers = []
         for arrival, packet in decode_jobs(message, params.packet_length):
             try:
-                answers.append(encode_result(arrival, process_packet(params, self.private_key,
-                                                                     packet)))
+                keys = [(0, self.private_key)]
+                answers.append(encode_result(arrival, *process_packet_keys(params, keys, packet)))
             except InvalidPacket as exc:
                 answers.append(encode_invalid(arrival, exc.reason))
         self.results.append(join_results(index, _PID, answers))
@@ -98,6 +99,7 @@ class SimNet:
                                 drain_on_shutdown=False, now=self.clock, provider=provider,
                                 mailbox=box, link_key=bytes.fromhex)
             centre.dispatch.started(0, _PID)
+            centre.dispatch.keyed(0)  # its worker holds the node's key from the start
             self.nodes[node.id] = SimNode(centre, self.keys[node.id], topo.sphinx)
 
     def _looped(self, topology: Topology) -> Topology:

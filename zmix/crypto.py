@@ -65,7 +65,7 @@ _SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
 ))
 
 
-def _check(name: str, value: bytes, size: int) -> None:
+def _check(name: str, value: bytes | bytearray, size: int) -> None:
     if len(value) != size:
         raise LocalMisuse(f"{name} must be {size} bytes, got {len(value)}")
 
@@ -87,7 +87,7 @@ def clamp(scalar: bytes) -> bytes:
     return bytes(b)
 
 
-def x25519(scalar: bytes, point: bytes) -> bytes:
+def x25519(scalar: bytes | bytearray, point: bytes) -> bytes:
     """Return X25519(scalar, point); libsodium clamps the scalar.
 
     A ``bytearray`` scalar is handed to libsodium in place (bytes would be a copy nobody can

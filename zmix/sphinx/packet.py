@@ -320,7 +320,8 @@ def process_packet(params: SphinxParams, private_key: bytes, packet: bytes,
     return process_packet_keys(params, ((0, private_key),), packet)[1]
 
 
-def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes]], packet: bytes,
+def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | bytearray]],
+                        packet: bytes,
                         ) -> tuple[int, ForwardHop | FinalDelivery | SurbReply]:
     """Strip one layer with the first of ``keys`` (``(epoch, private key)`` pairs, in the order
     to try them) under which the packet's MAC holds; return ``(that key's epoch, result)``.
@@ -357,7 +358,8 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes]],
     raise InvalidPacket(DropReason.BAD_MAC)
 
 
-def _checked_keys(keys: Sequence[tuple[int, bytes]]) -> Sequence[tuple[int, bytes]]:
+def _checked_keys(keys: Sequence[tuple[int, bytes | bytearray]],
+                  ) -> Sequence[tuple[int, bytes | bytearray]]:
     """Return ``keys`` with every private key 32 bytes of bytes or bytearray (others copied to
     bytes); raises LocalMisuse for an empty sequence or a key of another length."""
     if not keys:
