@@ -234,6 +234,8 @@ def test_a_worker_opens_packets_with_the_key_set_the_node_sends_and_drops_a_repl
     got = under_test.next_results(2)
     assert got[0] == (0, DropReason.BAD_MAC)
     assert got[1][0] == 6 and isinstance(got[1][1], ForwardHop)
+    under_test.proc.terminate()  # SIGTERM leaves through the worker's cleanup (keys zeroed)
+    assert under_test.proc.wait(10) == 0
 
 
 # ---------------------------------------------------------------------------- in a running node

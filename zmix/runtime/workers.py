@@ -141,6 +141,10 @@ def _process(params: SphinxParams, keys: list[tuple[int, bytearray]], arrival: f
         return encode_invalid(arrival, exc.reason)
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m zmix.runtime.workers`` (started by the node, not by users)."""
     from zmix.topology_yaml import load_topology
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the node decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The node stops its workers with SIGTERM: leave through run_worker's cleanup (keys zeroed).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     topology = load_topology(args.state / "topology.yaml")  # the packet geometry, no key
     run_worker(topology.sphinx, args.work, args.results, args.index, args.parent)
     return 0
