@@ -2,9 +2,10 @@
 
 Each node runs the :class:`~zmix.nodecentre.NodeCentre` that a node process runs (frame admission,
 dispatch, the :class:`~zmix.mixnode.NodeCore`'s replay, delay and next-hop checks, the delay queue,
-a provider's batched commits over a real SQLite mailbox); its one "worker" runs ``process_packet``
-in this process. Frames travel between the centres as the wire's bytes, clients' frames padded as
-a client's are, with no latency. Time is virtual: :meth:`SimNet.settle` moves the clock from one
+a provider's batched commits over a real SQLite mailbox); its one "worker" runs
+``process_packet_keys`` in this process, with the node's one key as the key of epoch 0. Frames
+travel between the centres as the wire's bytes, clients' frames padded as a client's are, with
+no latency. Time is virtual: :meth:`SimNet.settle` moves the clock from one
 queued packet's due time to the next, so packets leave each node in the order their delays say,
 and a packet the test sends at ``now`` has reached its mailbox when ``send`` returns (the network's
 clock may then be ahead of the test's).
@@ -35,14 +36,14 @@ from zmix import crypto, wire
 from zmix.client import ClientCore, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
 from zmix.epochs import EpochParams
-from zmix.errors import DropReason, InvalidPacket
+from zmix.errors import InvalidPacket
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.provider import ProviderCore
-from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, process_packet
+from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, SurbReply, process_packet_keys
 from zmix.topology import NodeSpec, Role, Topology
 from zmix.wire import Fetch, FetchReply
 from zmix.workframes import decode_jobs, encode_invalid, encode_result, join_results
@@ -85,22 +86,18 @@ class SimNode:
         """Return the public halves of the keys held, by epoch."""
         return {e: crypto.x25519_base(k) for e, k in self.keys.items()}
 
+    def open(self, packet: bytes) -> tuple[int, ForwardHop | FinalDelivery | SurbReply]:
+        """Strip a layer with the keys accepted at the clock, tried in order as a worker does
+        (zmix.sphinx.process_packet_keys); return the epoch of the key that opened it and the
+        result, or raise InvalidPacket."""
+        keys = [(e, self.keys[e]) for e in self.epochs.accepted(self.clock) if e in self.keys]
+        epoch, result = process_packet_keys(self.params, keys, packet)
+        self.opened[epoch] += 1
+        return epoch, result
+
     def process(self, packet: bytes) -> ForwardHop | FinalDelivery | SurbReply:
-        """Strip a layer with the keys accepted at the clock, in order; raise InvalidPacket
-        (BAD_MAC if no key opens it, at once for a failure that does not depend on the key)."""
-        for epoch in self.epochs.accepted(self.clock):
-            key = self.keys.get(epoch)
-            if key is None:
-                continue
-            try:
-                result = process_packet(self.params, key, packet)
-            except InvalidPacket as exc:
-                if exc.reason is not DropReason.BAD_MAC:
-                    raise
-                continue
-            self.opened[epoch] += 1
-            return result
-        raise InvalidPacket(DropReason.BAD_MAC)
+        """Return what :meth:`open` gives, without the epoch."""
+        return self.open(packet)[1]
 
     def work(self, index: int, message: bytes) -> bool:
         """The worker: process a job message now; the answer is taken after dispatch."""
@@ -108,7 +105,7 @@ class SimNode:
         answers = []
         for arrival, packet in decode_jobs(message, params.packet_length):
             try:
-                answers.append(encode_result(arrival, self.process(packet)))
+                answers.append(encode_result(arrival, *self.open(packet)))
             except InvalidPacket as exc:
                 answers.append(encode_invalid(arrival, exc.reason))
         self.results.append(join_results(index, _PID, answers))
@@ -158,6 +155,7 @@ class SimNet:
                                 drain_on_shutdown=False, now=self.clock, provider=provider,
                                 mailbox=box, link_key=bytes.fromhex)
             centre.dispatch.started(0, _PID)
+            centre.dispatch.keyed(0)  # its worker holds the node's keys from the start
             sim = keyed[node.id]
             sim.centre = centre
             self.nodes[node.id] = sim

@@ -23,7 +23,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> tuple[Topology, Path]:
 
 def core_for(net: tuple[Topology, Path], name: str, seed: int = 1) -> NodeCore:
     topology, state = net
-    view = NetworkView(Network(1, topology, load_directory(state, topology)))
+    keys = load_directory(state, topology)
+    # Epoch 0 (the clock is at 100 s of one-hour epochs): every node's Sphinx key is its
+    # long-term key file's, which process_at opens with.
+    epoch_keys = {n.name: {0: keys[n.name].public_key} for n in topology.nodes()}
+    view = NetworkView(Network(1, topology, keys, epoch_keys))
     return NodeCore(view, name, random.Random(seed), now=100.0)
 
 
@@ -61,6 +65,19 @@ def test_a_replayed_packet_is_dropped(net: tuple[Topology, Path]) -> None:
     assert len(core.on_result(1.0, result)) == 1
     assert core.on_result(2.0, result) == []
     assert core.statistics()["dropped_replay"] == 1
+
+
+def test_a_replay_is_checked_under_the_key_epoch_that_opened_the_packet(
+        net: tuple[Topology, Path]) -> None:
+    core = core_for(net, "mix-a1")
+    result = process_at(net, "mix-a1", packet_through(net, ["mix-a1", "mix-b1"], [0, 0],
+                                                        b"\x00" * 16))
+    assert isinstance(result, ForwardHop)
+    assert len(core.on_result(1.0, result, 1)) == 1
+    assert len(core.on_result(1.0, result, 2)) == 1  # the same tag under another epoch's key
+    assert core.on_forward(1.0, result.next_hop, 0, result.replay_tag, 2) is None  # seen in 2
+    assert core.on_result(2.0, result, 1) == []
+    assert core.statistics()["dropped_replay"] == 2
 
 
 def test_a_delay_above_the_maximum_is_dropped(net: tuple[Topology, Path]) -> None:

@@ -84,6 +84,7 @@ class World:
                             link_key=lambda uid: STRANGER_KEY)
         for index in range(workers):
             centre.dispatch.started(index, PID + index)
+            centre.dispatch.keyed(index)
         return centre
 
     def hop(self, name: str, delay_us: int = 0) -> Hop:
@@ -220,13 +221,22 @@ def sender(accept: Sequence[int] | None = None
     def send(index: int, message: bytes) -> bool:
         if accept is not None and index not in accept:
             return False
-        sent.append((index, len(message) // (8 + 100)))
+        sent.append((index, (len(message) - 1) // (8 + 100)))
         return True
     return sent, send
 
 
+def keyed(workers: int) -> Dispatcher:
+    """A dispatcher whose workers all hold the key set."""
+    dispatch = Dispatcher(workers)
+    for index in range(workers):
+        dispatch.started(index, PID + index)
+        dispatch.keyed(index)
+    return dispatch
+
+
 def test_a_batch_goes_to_the_least_loaded_worker() -> None:
-    dispatch = Dispatcher(3)
+    dispatch = keyed(3)
     dispatch.outstanding[:] = [5, 1, 3]
     dispatch.add(0.0, bytes(100))
     sent, send = sender()
@@ -235,7 +245,7 @@ def test_a_batch_goes_to_the_least_loaded_worker() -> None:
 
 
 def test_packets_are_cut_into_batches_that_fit_what_each_worker_may_hold() -> None:
-    dispatch = Dispatcher(2)
+    dispatch = keyed(2)
     for _ in range(200):
         dispatch.add(0.0, bytes(100))
     sent, send = sender()
@@ -246,7 +256,7 @@ def test_packets_are_cut_into_batches_that_fit_what_each_worker_may_hold() -> No
 
 
 def test_a_batch_the_chosen_worker_cannot_take_goes_to_another_and_else_waits() -> None:
-    dispatch = Dispatcher(2)
+    dispatch = keyed(2)
     dispatch.add(0.0, bytes(100))
     sent, send = sender(accept=[1])
     assert dispatch.dispatch(send) == 1 and sent == [(1, 1)]
@@ -302,7 +312,7 @@ def delivery(world: World, body: bytes, surb_id: bytes) -> tuple[bytes, object]:
     final = world.process("provider-2", world.packet("provider-2", recipient=world.id("bob"),
                                                      message=message, delay_us=500_000))
     assert isinstance(final, FinalDelivery)
-    return encode_result(1.0, final), keys
+    return encode_result(1.0, 0, final), keys
 
 
 class CountingMailbox(Mailbox):
@@ -390,12 +400,61 @@ def test_a_forward_hop_is_due_after_its_delay_and_leaves_in_due_order(world: Wor
     soon = world.process("mix-a1", world.packet("mix-a1", "mix-b2", recipient=b"\x00" * 16,
                                                 delay_us=100_000))
     assert isinstance(late, ForwardHop) and isinstance(soon, ForwardHop)
-    centre.on_results(0.0, results(encode_result(0.0, late), encode_result(0.0, soon)))
+    centre.on_results(0.0, results(encode_result(0.0, 0, late), encode_result(0.0, 0, soon)))
     assert not centre.outbox and centre.timeout_ms(0.0, 1000) == 100
     centre.pop_due(0.2)
     assert [hop for hop, _ in centre.take_outbox()] == [world.id("mix-b2")]
     centre.pop_due(0.3)
     assert [hop for hop, _ in centre.take_outbox()] == [world.id("mix-b1")]
+
+
+@pytest.mark.parametrize("name", ["mix-a1", "provider-2"])
+def test_the_replay_check_uses_the_epoch_of_the_key_that_opened_the_packet(
+        world: World, name: str) -> None:
+    centre = world.centre(name)
+    names = (name, "mix-b1") if name == "mix-a1" else (name,)
+    result = world.process(name, world.packet(*names, recipient=world.id("bob")))
+    assert isinstance(result, ForwardHop if name == "mix-a1" else FinalDelivery)
+    centre.on_results(0.0, results(encode_result(0.0, 3, result)))
+    centre.on_results(0.0, results(encode_result(0.0, 4, result)))  # the tag under another key
+    assert centre.statistics(0.0)["dropped_replay"] == 0
+    centre.on_results(0.0, results(encode_result(0.0, 3, result)))  # again under the same key
+    assert centre.statistics(0.0)["dropped_replay"] == 1
+
+
+def test_a_worker_gets_no_job_until_it_reported_and_was_sent_the_key_set(world: World) -> None:
+    centre = world.centre("mix-a1", workers=2)
+    for index in range(2):
+        centre.dispatch.started(index, PID + index)  # started again: no keys yet
+    for _ in range(3):
+        centre.on_frame(0.0, b"r", world.id("provider-1"), "uid",
+                        wire.encode_packet(bytes(world.topology.sphinx.packet_length),
+                                           params=world.topology.sphinx))
+    sent, send = sender()
+    assert centre.dispatch.dispatch(send) == 0 and not sent
+    report = encode_stats(WorkerStats(1, 0.0, 0, PID + 1, 0.0))
+    stale = encode_stats(WorkerStats(0, 0.0, 0, PID + 50, 0.0))  # not the process at index 0
+    centre.on_results(0.0, results(report, index=1, pid=PID + 1))
+    centre.on_results(0.0, results(stale, index=0, pid=PID + 50))
+    assert centre.take_key_requests() == [1] and centre.take_key_requests() == []
+    centre.dispatch.keyed(1)
+    assert centre.dispatch.dispatch(send) == 3 and {index for index, _ in sent} == {1}
+    centre.on_results(0.0, results(report, index=1, pid=PID + 1))
+    assert centre.take_key_requests() == []  # keyed already: asked once
+    centre.worker_replaced(1, PID + 2)  # a new process at index 1 needs the keys again
+    centre.on_results(0.0, results(encode_stats(WorkerStats(1, 0.0, 0, PID + 2, 0.0)),
+                                   index=1, pid=PID + 2))
+    assert centre.take_key_requests() == [1]
+
+
+def test_a_worker_that_could_not_take_a_new_key_set_gets_no_jobs_until_it_has() -> None:
+    dispatch = keyed(2)
+    dispatch.keyed(0, False)
+    for _ in range(4):
+        dispatch.add(0.0, bytes(100))
+    sent, send = sender()
+    assert dispatch.dispatch(send) == 4 and {index for index, _ in sent} == {1}
+    assert dispatch.wants_keys(0, PID) and not dispatch.wants_keys(1, PID + 1)
 
 
 # ---------------------------------------------------------------------------- shutdown and timers
@@ -407,7 +466,7 @@ def test_queued_packets_are_sent_or_dropped_at_shutdown_as_drain_on_shutdown_say
     centre = world.centre("mix-a1", drain=drain)
     hops = [world.process("mix-a1", world.packet("mix-a1", "mix-b1", recipient=b"\x00" * 16,
                                                  delay_us=5_000_000)) for _ in range(3)]
-    centre.on_results(0.0, results(*(encode_result(0.0, h) for h in hops)))
+    centre.on_results(0.0, results(*(encode_result(0.0, 0, h) for h in hops)))
     assert len(centre.queue) == 3 and not centre.outbox
     assert centre.drain() == 3 and len(centre.queue) == 0
     assert len(centre.take_outbox()) == (3 if drain else 0)
@@ -505,7 +564,7 @@ def test_a_bug_while_handling_a_frame_or_result_costs_that_one_and_is_counted(
     centre.dispatch.add(0.0, b"p")
     with monkeypatch.context() as patch:
         patch.setattr(NodeCore, "on_forward", broken)
-        centre.on_results(0.0, results(encode_result(0.0, forward)))  # type: ignore[arg-type]
+        centre.on_results(0.0, results(encode_result(0.0, 0, forward)))  # type: ignore[arg-type]
     stats = centre.statistics(0.0)
     assert stats["internal_errors"] == 2 and stats["in_flight"] == 0  # the packet is not held
 
@@ -529,7 +588,7 @@ def test_a_full_delay_queue_drops_and_counts_and_worker_reports_are_kept(
     hops = [world.process("mix-a1", world.packet("mix-a1", "mix-b1", recipient=b"\x00" * 16,
                                                  delay_us=1_000_000)) for _ in range(2)]
     stats = WorkerStats(0, 1.5, 2, 42, 1.0)
-    centre.on_results(0.0, results(*(encode_result(0.0, h) for h in hops),  # type: ignore[arg-type]
+    centre.on_results(0.0, results(*(encode_result(0.0, 0, h) for h in hops),  # type: ignore[arg-type]
                                    encode_stats(stats), pid=42))
     assert len(centre.queue) == 1 and centre.statistics(0.0)["dropped_queue_full"] == 1
     assert centre.reports == [stats]

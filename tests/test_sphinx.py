@@ -26,6 +26,7 @@ from zmix.sphinx import (
     lioness,
     open_surb_reply,
     process_packet,
+    process_packet_keys,
 )
 from zmix.sphinx import packet as packet_module
 from zmix.sphinx.profiles import CMD_DELIVER, CMD_FORWARD, CMD_SURB_REPLY, SMC0, V1, Routing
@@ -535,6 +536,114 @@ def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -
     assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
     # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
     assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+
+
+def _count_crypto(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the calls of the primitives a hop costs, from now on, in the returned dict."""
+    calls: dict[str, int] = {}
+    for name in ("x25519", "blake2b", "chacha20_stream", "chacha20_xor"):
+        def counted(*args: object, _name: str = name, _real: object = getattr(crypto, name),
+                    **kwargs: object) -> object:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(crypto, name, counted)
+    return calls
+
+
+# ---------------------------------------------------------------------------- keys per epoch
+
+EPOCH_KEYS = [(41, crypto.x25519_keypair()), (40, crypto.x25519_keypair()),
+              (42, crypto.x25519_keypair())]  # (epoch, (public, private)), in trial order
+
+
+def epoch_packet(params: SphinxParams, public_key: bytes) -> bytes:
+    """A two-hop packet whose first hop is a node with ``public_key``."""
+    return create_forward_packet(params, [Hop(b"\x01" * 16, public_key), route(2)[1]],
+                                 RECIPIENT, b"m")
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_the_key_that_opens_a_packet_is_found_at_any_position_and_its_epoch_returned(
+        position: int) -> None:
+    params = SphinxParams()
+    epoch, (public, private_key) = EPOCH_KEYS[position]
+    packet = epoch_packet(params, public)
+    keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
+    found, result = process_packet_keys(params, keys, packet)
+    assert found == epoch
+    assert result == process_packet(params, private_key, packet)
+    assert isinstance(result, ForwardHop) and result.next_hop == route(2)[1].node_id
+
+
+def test_a_packet_for_a_key_the_node_does_not_hold_is_a_bad_mac_after_trying_every_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams()
+    keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
+    stranger = epoch_packet(params, crypto.x25519_keypair()[0])
+    calls = _count_crypto(monkeypatch)
+    with pytest.raises(InvalidPacket) as err:
+        process_packet_keys(params, keys, stranger)
+    assert type(err.value) is InvalidPacket and err.value.reason is DropReason.BAD_MAC
+    assert err.value.args == ("invalid packet",) and err.value.__cause__ is None
+    # Each miss costs one X25519, the MAC key and the MAC: no keystream, no replay tag.
+    assert calls == {"x25519": 3, "blake2b": 3 * 2}
+    # Positive control: the same keys open a packet made for the last of them.
+    assert process_packet_keys(params, keys, epoch_packet(params, EPOCH_KEYS[2][1][0]))[0] == 42
+
+
+def test_a_miss_costs_one_x25519_and_two_blake2b_on_top_of_the_hop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams()
+    keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
+    packets = [epoch_packet(params, public) for _, (public, _) in EPOCH_KEYS]
+    calls = _count_crypto(monkeypatch)
+    process_packet_keys(params, keys, packets[0])
+    hit = dict(calls)
+    assert hit == {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    for misses, packet in ((1, packets[1]), (2, packets[2])):
+        calls.clear()
+        process_packet_keys(params, keys, packet)
+        assert calls == {**hit, "x25519": 2 + misses, "blake2b": 8 + 2 * misses}
+
+
+@pytest.mark.parametrize("reason", [DropReason.WRONG_SIZE, DropReason.BAD_VERSION,
+                                    DropReason.BAD_POINT])
+def test_a_failure_that_does_not_depend_on_the_key_stops_before_the_next_key(
+        reason: DropReason, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams()
+    keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
+    packet = epoch_packet(params, EPOCH_KEYS[2][1][0])
+    bad = {DropReason.WRONG_SIZE: packet[:-1], DropReason.BAD_VERSION: b"\x02" + packet[1:],
+           DropReason.BAD_POINT: packet[:1] + bytes(32) + packet[33:]}[reason]
+    calls = _count_crypto(monkeypatch)
+    with pytest.raises(InvalidPacket) as err:
+        process_packet_keys(params, keys, bad)
+    assert err.value.reason is reason
+    assert calls.get("x25519", 0) == (1 if reason is DropReason.BAD_POINT else 0)
+    assert "blake2b" not in calls
+    assert process_packet_keys(params, keys, packet)[0] == 42  # the control
+
+
+def test_no_keys_or_a_malformed_key_is_local_misuse() -> None:
+    params = SphinxParams()
+    packet = epoch_packet(params, EPOCH_KEYS[0][1][0])
+    for keys in ([], (), [(41, EPOCH_KEYS[0][1][1]), (40, b"short")]):
+        with pytest.raises(LocalMisuse) as err:
+            process_packet_keys(params, keys, packet)
+        assert not isinstance(err.value, InvalidPacket)
+    assert process_packet_keys(params, [(41, memoryview(EPOCH_KEYS[0][1][1]))], packet)[0] == 41
+
+
+def test_a_bytearray_key_is_used_in_place_so_zeroing_it_retires_it() -> None:
+    params = SphinxParams()
+    public, private_key = EPOCH_KEYS[0][1]
+    packet = epoch_packet(params, public)
+    key = bytearray(private_key)
+    assert process_packet_keys(params, [(41, key)], packet)[0] == 41
+    key[:] = bytes(len(key))
+    with pytest.raises(InvalidPacket) as err:
+        process_packet_keys(params, [(41, key)], packet)
+    assert err.value.reason is DropReason.BAD_MAC
 
 
 def test_lioness_refuses_a_key_or_block_of_the_wrong_size_as_our_own_misuse() -> None:

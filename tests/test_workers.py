@@ -1,25 +1,48 @@
-"""The node loop <-> worker messages: batches of jobs and of results survive the round trip."""
+"""The node loop <-> worker messages (batches of jobs, key sets, batches of results survive the
+round trip) and a real worker process that takes its Sphinx keys from the node, not from a file."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import zmq
+from chain import start_chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmix.errors import DropReason
-from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply
+from zmix import crypto
+from zmix.bench.common import make_network
+from zmix.errors import DropReason, LocalMisuse
+from zmix.sphinx import (
+    FinalDelivery,
+    ForwardHop,
+    Hop,
+    SphinxParams,
+    SurbReply,
+    create_forward_packet,
+)
 from zmix.workframes import (
     WorkerStats,
     decode_forward,
     decode_jobs,
+    decode_keys,
     decode_result,
     encode_invalid,
     encode_jobs,
+    encode_keys,
     encode_result,
     encode_stats,
     is_forward,
+    is_keys,
     join_results,
     split_results,
 )
@@ -39,7 +62,36 @@ def test_a_job_batch_round_trips(jobs: list[tuple[float, bytes]]) -> None:
 @pytest.mark.parametrize("length", [0, 1, PACKET + 7, 2 * (PACKET + 8) - 1])
 def test_a_job_message_that_is_not_whole_jobs_is_refused(length: int) -> None:
     with pytest.raises(ValueError):
-        decode_jobs(b"\0" * length, PACKET)
+        decode_jobs(b"J" + b"\0" * length, PACKET)
+    assert decode_jobs(b"J" + b"\0" * (PACKET + 8), PACKET) == [(0.0, bytes(PACKET))]  # control
+
+
+def test_a_work_message_says_whether_it_carries_jobs_or_keys() -> None:
+    jobs = encode_jobs([(1.0, bytes(PACKET))])
+    keys = encode_keys([(7, bytes(32))])
+    assert jobs[:1] == b"J" and keys[:1] == b"K"
+    assert not is_keys(jobs) and is_keys(keys) and is_keys(memoryview(keys))
+    with pytest.raises(ValueError):
+        decode_jobs(bytes(keys) + bytes(PACKET + 8 - 36), PACKET)  # a key set is not jobs
+    with pytest.raises(ValueError):
+        decode_keys(jobs)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(min_size=32, max_size=32)),
+                max_size=4))
+def test_a_key_set_round_trips_in_its_order_each_key_in_a_bytearray(
+        keys: list[tuple[int, bytes]]) -> None:
+    decoded = decode_keys(encode_keys(keys))
+    assert decoded == keys and all(type(key) is bytearray for _, key in decoded)
+
+
+@pytest.mark.parametrize("bad", [[(1, bytes(31))], [(-1, bytes(32))], [(2**32, bytes(32))]])
+def test_a_key_set_with_a_malformed_key_or_epoch_is_local_misuse(
+        bad: list[tuple[int, bytes]]) -> None:
+    with pytest.raises(LocalMisuse):
+        encode_keys(bad)
+    assert encode_keys([(2**32 - 1, bytes(32))])[1:5] == b"\xff" * 4  # the control
 
 
 def _results() -> st.SearchStrategy[bytes]:
@@ -48,7 +100,8 @@ def _results() -> st.SearchStrategy[bytes]:
     forward = st.builds(ForwardHop, ids, delays, bodies, tags)
     final = st.builds(FinalDelivery, ids, delays, bodies, tags)
     reply = st.builds(SurbReply, ids, ids, delays, bodies, tags)
-    return st.tuples(arrivals, forward | final | reply).map(lambda ar: encode_result(*ar))
+    epochs = st.integers(0, 2**32 - 1)
+    return st.tuples(arrivals, epochs, forward | final | reply).map(lambda ar: encode_result(*ar))
 
 
 @settings(max_examples=200)
@@ -62,22 +115,23 @@ def test_each_kind_of_result_decodes_to_what_was_encoded() -> None:
     tag, body, who = os.urandom(32), os.urandom(100), os.urandom(16)
     values = [ForwardHop(who, 7, body, tag), FinalDelivery(who, 0, body, tag),
               SurbReply(who, os.urandom(16), 9, body, tag)]
-    message = join_results(1, 1234, [encode_result(2.5, v) for v in values]
+    message = join_results(1, 1234, [encode_result(2.5, 40 + i, v) for i, v in enumerate(values)]
                            + [encode_invalid(3.5, DropReason.BAD_MAC),
                               encode_stats(WorkerStats(1, 0.25, 10, 1234, 0.125))])
     index, pid, results = split_results(message)
     assert (index, pid) == (1, 1234)
     decoded = [decode_result(r) for r in results]
-    assert decoded == [(2.5, v) for v in values] + [
-        (3.5, DropReason.BAD_MAC), (0.0, WorkerStats(1, 0.25, 10, 1234, 0.125))]
+    assert decoded == [(2.5, 40 + i, v) for i, v in enumerate(values)] + [
+        (3.5, 0, DropReason.BAD_MAC), (0.0, 0, WorkerStats(1, 0.25, 10, 1234, 0.125))]
 
 
 def test_a_forward_result_reads_the_same_by_the_fast_path() -> None:
     hop = ForwardHop(os.urandom(16), 7, os.urandom(100), os.urandom(32))
-    frame = encode_result(2.5, hop)
+    frame = encode_result(2.5, 2**32 - 1, hop)
     assert is_forward(frame)
-    assert decode_forward(frame) == (2.5, hop.next_hop, 7, hop.replay_tag, hop.packet)
-    others = [encode_result(1.0, FinalDelivery(bytes(16), 0, b"m", bytes(32))),
+    assert decode_forward(frame) == (2.5, 2**32 - 1, hop.next_hop, 7, hop.replay_tag, hop.packet)
+    assert decode_result(frame) == (2.5, 2**32 - 1, hop)
+    others = [encode_result(1.0, 0, FinalDelivery(bytes(16), 0, b"m", bytes(32))),
               encode_invalid(1.0, DropReason.BAD_MAC),
               encode_stats(WorkerStats(0, 0.0, 0, 1, 0.0))]
     assert not any(is_forward(other) for other in others)
@@ -92,3 +146,121 @@ def test_a_result_message_with_a_length_past_its_end_is_refused(body: bytes) -> 
 def test_a_result_message_without_its_sender_is_refused() -> None:
     with pytest.raises(ValueError):
         split_results(b"\0" * 7)
+
+
+# ---------------------------------------------------------------------------- a real worker
+
+
+class WorkerUnderTest:
+    """One ``python -m zmix.runtime.workers`` process on sockets of this test, as a node has."""
+
+    def __init__(self, state: Path, ipc: str) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.work, self.results = self.ctx.socket(zmq.PUSH), self.ctx.socket(zmq.PULL)
+        for sock in (self.work, self.results):
+            sock.linger = 0
+        self.work.bind(f"ipc://{ipc}/work-0")
+        self.results.bind(f"ipc://{ipc}/results")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zmix.runtime.workers", "--state", str(state), "--name",
+             "mix-a1", "--work", f"ipc://{ipc}/work-0", "--results", f"ipc://{ipc}/results",
+             "--index", "0", "--parent", str(os.getpid())], stdin=subprocess.DEVNULL)
+
+    def next_results(self, count: int, timeout: float = 20.0) -> list[tuple[int, object]]:
+        """Return the next ``count`` packet results as ``(epoch, value)``, statistics skipped."""
+        got: list[tuple[int, object]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.results.poll(int(left * 1000)):
+                raise AssertionError(f"the worker answered {len(got)} of {count} packets")
+            for frame in split_results(self.results.recv())[2]:
+                _, epoch, value = decode_result(frame)
+                if not isinstance(value, WorkerStats):
+                    got.append((epoch, value))
+        return got
+
+    def wait_up(self, timeout: float = 20.0) -> WorkerStats:
+        """Return the worker's first statistics report: it says the worker is up."""
+        if not self.results.poll(int(timeout * 1000)):
+            raise AssertionError("the worker never reported")
+        _, _, value = decode_result(split_results(self.results.recv())[2][0])
+        assert isinstance(value, WorkerStats)
+        return value
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.work.close()
+        self.results.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[tuple[WorkerUnderTest, SphinxParams]]:
+    topology, state = make_network(tmp_path, layers=(("mix-a1",), ("mix-b1",)),
+                                   providers=("provider-1",), loopix={"mix_loop_rate": 0.0})
+    shutil.rmtree(state / "private")  # the worker must not need a private key file
+    ipc = tempfile.mkdtemp(prefix="zmix-")  # ipc paths are length-limited: not under tmp_path
+    under_test = WorkerUnderTest(state, ipc)
+    try:
+        yield under_test, topology.sphinx
+    finally:
+        under_test.close()
+        shutil.rmtree(ipc, ignore_errors=True)
+
+
+def _packet_for(params: SphinxParams, public_key: bytes) -> bytes:
+    _, other = crypto.x25519_keypair()
+    route = [Hop(b"\x01" * 16, public_key), Hop(b"\x02" * 16, crypto.x25519_base(other))]
+    return create_forward_packet(params, route, b"\x03" * 16, b"m")
+
+
+def test_a_worker_opens_packets_with_the_key_set_the_node_sends_and_drops_a_replaced_set(
+        worker: tuple[WorkerUnderTest, SphinxParams]) -> None:
+    under_test, params = worker
+    assert under_test.wait_up().pid == under_test.proc.pid
+    (pub5, key5), (pub6, key6) = crypto.x25519_keypair(), crypto.x25519_keypair()
+    for5, for6, stranger = (_packet_for(params, pub5), _packet_for(params, pub6),
+                            _packet_for(params, crypto.x25519_keypair()[0]))
+    under_test.work.send(encode_keys([(6, key6), (5, key5)]))
+    under_test.work.send(encode_jobs([(1.0, for5), (2.0, for6), (3.0, stranger)]))
+    got = under_test.next_results(3)
+    assert [epoch for epoch, _ in got[:2]] == [5, 6]
+    assert all(isinstance(value, ForwardHop) for _, value in got[:2])
+    assert got[2] == (0, DropReason.BAD_MAC)
+    under_test.work.send(encode_keys([(6, key6)]))  # epoch 5's key is retired
+    under_test.work.send(encode_jobs([(4.0, for5), (5.0, for6)]))
+    got = under_test.next_results(2)
+    assert got[0] == (0, DropReason.BAD_MAC)
+    assert got[1][0] == 6 and isinstance(got[1][1], ForwardHop)
+    under_test.proc.terminate()  # SIGTERM leaves through the worker's cleanup (keys zeroed)
+    assert under_test.proc.wait(10) == 0
+
+
+# ---------------------------------------------------------------------------- in a running node
+
+
+def _workers_of(node_pid: int) -> list[int]:
+    children = Path(f"/proc/{node_pid}/task/{node_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_workers_a_node_restarts_are_sent_its_keys_again_before_any_packet(
+        tmp_path: Path) -> None:
+    with start_chain(tmp_path) as chain:
+        for i in range(4):  # both first workers were keyed: packets flow
+            chain.send(chain.packet(f"warm {i}".encode()))
+        assert len(chain.receive(4)) == 4
+        node_pid = chain.launcher.pids()["mix-a"]
+        old = _workers_of(node_pid)
+        assert len(old) == 2
+        for pid in old:  # every worker that held the key dies: only new ones can open packets
+            os.kill(pid, signal.SIGKILL)
+        chain.wait_stats("mix-a", lambda s: s["worker_restarts"] >= 2, "both workers restarted")
+        for i in range(20):
+            chain.send(chain.packet(f"after {i}".encode()))
+        assert len(chain.receive(20)) == 20
+        stats = chain.stats("mix-a")
+        assert stats["dropped_bad_mac"] == 0 and stats["dropped_worker_lost"] == 0
+        assert not set(_workers_of(node_pid)) & set(old)

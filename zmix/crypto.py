@@ -8,6 +8,7 @@ through CPython's C binding as through ctypes).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -68,7 +69,7 @@ _SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
 ))
 
 
-def _check(name: str, value: bytes, size: int) -> None:
+def _check(name: str, value: bytes | bytearray, size: int) -> None:
     if len(value) != size:
         raise LocalMisuse(f"{name} must be {size} bytes, got {len(value)}")
 
@@ -90,16 +91,22 @@ def clamp(scalar: bytes) -> bytes:
     return bytes(b)
 
 
-def x25519(scalar: bytes, point: bytes) -> bytes:
+def x25519(scalar: bytes | bytearray, point: bytes) -> bytes:
     """Return X25519(scalar, point); libsodium clamps the scalar.
+
+    A ``bytearray`` scalar is handed to libsodium in place (bytes would be a copy nobody can
+    zero), so a private key kept in one can be wiped by its owner.
 
     Raises :class:`LowOrderPoint` if the result is the all-zero point (``point`` has small order)
     and :class:`LocalMisuse` if a length is wrong.
     """
     _check("scalar", scalar, X25519_BYTES)
     _check("point", point, X25519_BYTES)
+    lent: object = scalar
+    if isinstance(scalar, bytearray):  # a private key its owner zeroes later: lend, do not copy
+        lent = (ctypes.c_char * X25519_BYTES).from_buffer(scalar)
     try:
-        return bytes(_na.crypto_scalarmult_curve25519(scalar, point))
+        return bytes(_na.crypto_scalarmult_curve25519(lent, point))
     except ValueError:  # pysodium's only failure here: libsodium refused an all-zero result
         raise LowOrderPoint("X25519 with a small-order point") from None
 

@@ -5,6 +5,12 @@ take them, cuts them into batches and picks the worker for each batch; the runti
 message it is given (the ``send`` callable: False when that worker's socket would block). The
 dispatcher also keeps what each worker holds, so that a dead worker's packets are written off
 when it is replaced, and the node-wide ``in_flight`` count that bounds how much the node reads.
+
+A worker gets jobs only once it holds the node's Sphinx keys: a process is recorded unkeyed when
+it starts (:meth:`Dispatcher.started`, :meth:`Dispatcher.replaced`); the node sends it the key set
+when its first statistics report shows it is up (:meth:`Dispatcher.wants_keys`), and
+:meth:`Dispatcher.keyed` records that the key set went out. Jobs sent after it on the same socket
+reach the worker after it, so no worker sees a packet before its keys.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Dispatcher:
         self.in_flight = 0  # packets read and not yet back from a worker (or written off)
         self.pids: list[int | None] = [None] * workers  # the process now at each index
         self.lost = 0  # packets written off with dead workers
+        self.has_keys = [False] * workers  # the key set went to the process now at each index
 
     def accepting(self) -> bool:
         """Return True while fewer than ``MAX_IN_FLIGHT`` packets are in flight: the node reads
@@ -54,23 +61,25 @@ class Dispatcher:
         messaging per packet, a batch of one about 35 us (measured; docs/performance.md). A
         batch the chosen worker cannot take goes to the next one that can; if none can, the
         packets wait for the next call."""
-        jobs, start, workers = self.jobs, 0, len(self.outstanding)
-        while start < len(jobs):
-            index = min(range(workers), key=self.outstanding.__getitem__)
+        ready = [i for i, keyed in enumerate(self.has_keys) if keyed]
+        jobs, start, workers = self.jobs, 0, len(ready)
+        while start < len(jobs) and ready:
+            index = min(ready, key=self.outstanding.__getitem__)
             size = min(JOB_BATCH, -(-(len(jobs) - start) // workers))
             if WORKER_QUEUE - self.outstanding[index] < size:
                 break
-            if not self._send(index, jobs[start:start + size], send):
+            if not self._send(index, ready, jobs[start:start + size], send):
                 break
             start += size
         if start:
             self.jobs = jobs[start:]
         return start
 
-    def _send(self, first: int, chunk: list[Job], send: SendJobs) -> bool:
-        """Send ``chunk`` to worker ``first``, or else to the first other worker that takes it."""
+    def _send(self, first: int, ready: list[int], chunk: list[Job], send: SendJobs) -> bool:
+        """Send ``chunk`` to worker ``first``, or else to the first other ``ready`` worker that
+        takes it."""
         message = encode_jobs(chunk)
-        for index in (first, *(i for i in range(len(self.outstanding)) if i != first)):
+        for index in (first, *(i for i in ready if i != first)):
             if send(index, message):
                 self.outstanding[index] += len(chunk)
                 return True
@@ -86,8 +95,21 @@ class Dispatcher:
             self.in_flight = max(0, self.in_flight - packets)
 
     def started(self, index: int, pid: int | None) -> None:
-        """Record the process now at ``index`` (its results are the ones counted)."""
+        """Record the process now at ``index`` (its results are the ones counted); it gets no
+        jobs until :meth:`keyed`."""
         self.pids[index] = pid
+        self.has_keys[index] = False
+
+    def wants_keys(self, index: int, pid: int) -> bool:
+        """Return True if worker ``index``, which just reported as process ``pid``, is the
+        process now at that index and has not been sent the key set."""
+        return 0 <= index < len(self.pids) and pid == self.pids[index] and (
+            not self.has_keys[index])
+
+    def keyed(self, index: int, sent: bool = True) -> None:
+        """Record that the key set went to worker ``index`` (``sent``), or that it must go
+        again (False: a new set could not be sent; the worker gets no jobs until it is)."""
+        self.has_keys[index] = sent
 
     def replaced(self, index: int, pid: int | None) -> int:
         """Write off what the dead worker at ``index`` held, record its successor ``pid``, and
@@ -95,6 +117,7 @@ class Dispatcher:
         lost, self.outstanding[index] = self.outstanding[index], 0
         self.in_flight = max(0, self.in_flight - lost)
         self.pids[index] = pid
+        self.has_keys[index] = False
         self.lost += lost
         return lost
 

@@ -91,17 +91,19 @@ class NodeCore:
 
     # ------------------------------------------------------------------ processed packets
 
-    def on_result(self, arrival: float, result: Result) -> list[Scheduled]:
-        """Return what to schedule for one processed packet that arrived at ``arrival``.
+    def on_result(self, arrival: float, result: Result, epoch: int = 0) -> list[Scheduled]:
+        """Return what to schedule for one processed packet that arrived at ``arrival`` and was
+        opened with the key of ``epoch`` (its replay tag is checked in that epoch's filter).
 
         A replayed packet, a delay above ``loopix.max_delay`` or an unknown next hop is dropped and
         counted; the returned list is then empty. A delivery to a provider's client returns
         nothing yet: what it stores waits for :meth:`commit`, which returns its ack.
         """
         if isinstance(result, ForwardHop):
-            due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag)
+            due = self.on_forward(arrival, result.next_hop, result.delay_us, result.replay_tag,
+                                  epoch)
             return [] if due is None else [Scheduled(due, result.next_hop, result.packet)]
-        due = self._admit(arrival, result.replay_tag, result.delay_us)
+        due = self._admit(arrival, result.replay_tag, result.delay_us, epoch)
         if due is None:
             return []
         if isinstance(result, FinalDelivery):
@@ -109,15 +111,16 @@ class NodeCore:
         return self._surb_reply(due, result)
 
     def on_forward(self, arrival: float, next_hop: bytes, delay_us: int,
-                   replay_tag: bytes) -> float | None:
+                   replay_tag: bytes, epoch: int = 0) -> float | None:
         """Return when a forward hop that arrived at ``arrival`` is due on ``next_hop``, or None
-        if it is dropped (and counted): a replay, a delay above ``loopix.max_delay``, or a next
-        hop that is not another node of the current network.
+        if it is dropped (and counted): a replay (in the filter of ``epoch``, the key's that
+        opened it), a delay above ``loopix.max_delay``, or a next hop that is not another node
+        of the current network.
 
         :meth:`on_result` of a :class:`ForwardHop`, for the node loop's hot path: the loop keeps
         the packet, and most packets are due at once, so no :class:`Scheduled` is built for them.
         """
-        due = self._admit(arrival, replay_tag, delay_us)
+        due = self._admit(arrival, replay_tag, delay_us, epoch)
         if due is None:
             return None
         if next_hop not in self._view.current.node_ids or next_hop == self._id:
@@ -130,10 +133,11 @@ class NodeCore:
         """Count a packet that a worker rejected, or a frame that did not parse."""
         self._drop(reason)
 
-    def _admit(self, arrival: float, replay_tag: bytes, delay_us: int) -> float | None:
-        """Return the due time of a packet seen for the first time with a delay within the
-        bound; count the drop and return None otherwise."""
-        if self._replay.seen_or_add(replay_tag):
+    def _admit(self, arrival: float, replay_tag: bytes, delay_us: int,
+               epoch: int) -> float | None:
+        """Return the due time of a packet seen for the first time under the key of ``epoch``
+        with a delay within the bound; count the drop and return None otherwise."""
+        if self._replay.seen_or_add(replay_tag, epoch):
             self._drop(DropReason.REPLAY)
             return None
         # The current network's loopix.max_delay, within the wire's u32 (Network.max_delay_us).

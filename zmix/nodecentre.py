@@ -11,9 +11,12 @@ output lists:
   frame), a relayed packet to :attr:`NodeCentre.outbox`, anything else is dropped and counted by
   reason.
 - :meth:`NodeCentre.on_results`: a result message of a worker. The :class:`~zmix.mixnode.NodeCore`
-  checks replay tags, delays and next hops; what is due now goes to the outbox, the rest to the
+  checks replay tags (in the filter of the key epoch that opened the packet), delays and next
+  hops; what is due now goes to the outbox, the rest to the
   delay queue. A provider's deliveries wait for :meth:`NodeCentre.commit`, which stores them in one
-  transaction and only then schedules their acknowledgements.
+  transaction and only then schedules their acknowledgements. A worker's first statistics report
+  puts it in :meth:`NodeCentre.take_key_requests`: the runtime sends it the Sphinx key set, and
+  only then does the dispatcher give it jobs.
 - :meth:`NodeCentre.pop_due`, :meth:`NodeCentre.on_timer`, :meth:`NodeCentre.drain`: the delay
   queue, the node's own timers (mix loops, mailbox expiry; which runtime steps are due), and what
   happens to queued packets at shutdown.
@@ -120,6 +123,7 @@ class NodeCentre:
         self.replies: list[tuple[bytes, bytes]] = []  # (routing id, frame) for the ROUTER
         self.admitted: list[tuple[bytes, bytes]] = []  # (CURVE key, id) to let through the gate
         self.reports: list[WorkerStats] = []  # the workers' statistics frames, for the pool
+        self.key_requests: list[int] = []  # workers up and without the key set: send it
         self._params = params
         self._slots = slots
         self._provider = provider
@@ -251,20 +255,28 @@ class NodeCentre:
     def _on_result(self, now: float, frame: bytes) -> bool:
         """Handle one result; return True if it was a packet's (not a worker's statistics)."""
         if is_forward(frame):  # the hot path: nearly every packet goes on to another node
-            arrival, next_hop, delay_us, tag, packet = decode_forward(frame)
-            due = self.core.on_forward(arrival, next_hop, delay_us, tag)
+            arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
+            due = self.core.on_forward(arrival, next_hop, delay_us, tag, epoch)
             if due is not None:
                 self._schedule(now, due, next_hop, packet)
             return True
-        arrival, value = decode_result(frame)
+        arrival, epoch, value = decode_result(frame)
         if isinstance(value, WorkerStats):
             self.reports.append(value)
+            if self.dispatch.wants_keys(value.index, value.pid):
+                self.key_requests.append(value.index)
             return False
         if isinstance(value, DropReason):
             self.core.on_invalid(value)
             return True
-        self._schedule_all(now, self.core.on_result(arrival, value))
+        self._schedule_all(now, self.core.on_result(arrival, value, epoch))
         return True
+
+    def take_key_requests(self) -> list[int]:
+        """Return the workers that reported being up and have not been sent the Sphinx key set
+        (send it, then :meth:`Dispatcher.keyed`), and forget them."""
+        requests, self.key_requests = self.key_requests, []
+        return sorted(set(requests))
 
     def commit(self, now: float) -> None:
         """Store the deliveries of the results taken since the last commit, in one transaction,

@@ -1,27 +1,36 @@
-"""The frames between a node loop and its Sphinx workers: job batches out, result batches back.
+"""The frames between a node loop and its Sphinx workers: job batches and key sets out, result
+batches back.
 
 Pure functions over bytes (no sockets), so the node's sans-IO centre (:mod:`zmix.nodecentre`)
-reads results and builds job batches itself; :mod:`zmix.runtime.workers` moves them. The layout:
+reads results and builds job batches itself; :mod:`zmix.runtime.workers` moves them. The layout
+(docs/architecture.md, "Worker frames"):
 
-    job message     = job*                                     (as many as fit the batch)
+    work message    = b"J" || job*                           jobs (as many as fit the batch)
+                    | b"K" || (epoch u32-le || private key 32)*   the Sphinx keys, in trial order
     job             = arrival (f64 little-endian) || packet    (8 + packet_length bytes)
     result message  = index u32-le || pid u32-le || (length u32-le || result)*
                                                 (the worker's index and pid; one result per job)
     result          = kind (1 byte) || arrival (f64) || fields...
-        b"F" forward:  delay_us u64 | next_hop 16 | tag_len u8 | tag | packet
-        b"D" deliver:  delay_us u64 | recipient 16 | tag_len u8 | tag | message
-        b"R" reply:    delay_us u64 | recipient 16 | surb_id 16 | tag_len u8 | tag | payload
+        b"F" forward:  epoch u32 | delay_us u64 | next_hop 16 | tag_len u8 | tag | packet
+        b"D" deliver:  epoch u32 | delay_us u64 | recipient 16 | tag_len u8 | tag | message
+        b"R" reply:    epoch u32 | delay_us u64 | recipient 16 | surb_id 16 | tag_len u8 | tag
+                       | payload
         b"X" invalid:  reason (utf-8, a DropReason value)
         b"S" stats:    (arrival field = 0) index u32 | cpu_seconds f64 | processed u64 | pid u32
                        | sphinx_seconds f64
+
+``epoch`` is the epoch of the key that opened the packet: the node checks the replay tag in that
+epoch's filter. A key set replaces the worker's previous one whole (the worker zeroes the old
+keys); a worker takes jobs only after its first key set (the node sends it first).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zmix.errors import DropReason
+from zmix.errors import DropReason, LocalMisuse
 from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply
 
 Result = ForwardHop | FinalDelivery | SurbReply
@@ -29,7 +38,9 @@ Result = ForwardHop | FinalDelivery | SurbReply
 _ARRIVAL = struct.Struct("<d")
 _LENGTH = struct.Struct("<I")
 _FROM = struct.Struct("<II")  # worker index, worker pid
-_HEAD = struct.Struct("<cdQ16s")  # kind, arrival, delay_us, recipient-or-next-hop
+_HEAD = struct.Struct("<cdIQ16s")  # kind, arrival, key epoch, delay_us, recipient-or-next-hop
+_KEY = struct.Struct("<I32s")  # epoch, X25519 private key
+JOBS, KEYS = b"J", b"K"  # the first byte of a work message
 _STATS = struct.Struct("<cdIdQId")
 STATS_INTERVAL = 0.5  # seconds between a worker's utilisation reports
 
@@ -49,20 +60,49 @@ class WorkerStats:
 
 
 def encode_jobs(jobs: list[tuple[float, bytes]]) -> bytes:
-    """Return the job message for packets given as ``(arrival, packet)``, all of one length."""
+    """Return the work message for packets given as ``(arrival, packet)``, all of one length."""
     pack = _ARRIVAL.pack
-    return b"".join([part for arrival, packet in jobs for part in (pack(arrival), packet)])
+    return b"".join([JOBS, *(part for arrival, packet in jobs for part in (pack(arrival), packet))])
 
 
 def decode_jobs(message: bytes, packet_length: int) -> list[tuple[float, bytes]]:
-    """Return the ``(arrival, packet)`` pairs of a job message; ValueError if the message is not
-    a whole number of jobs."""
+    """Return the ``(arrival, packet)`` pairs of a job message; ValueError if it is not one, or
+    not a whole number of jobs."""
     size = _ARRIVAL.size + packet_length
-    if not message or len(message) % size:
-        raise ValueError(f"a job message is a multiple of {size} bytes, got {len(message)}")
+    if message[:1] != JOBS or len(message) == 1 or (len(message) - 1) % size:
+        raise ValueError(f"a job message is b'J' and a multiple of {size} bytes, "
+                         f"got {len(message)} bytes")
     unpack = _ARRIVAL.unpack_from
     return [(unpack(message, at)[0], message[at + 8:at + size])
-            for at in range(0, len(message), size)]
+            for at in range(1, len(message), size)]
+
+
+def encode_keys(keys: Sequence[tuple[int, bytes]]) -> bytearray:
+    """Return the key message for ``(epoch, private key)`` pairs, in the order to try them.
+
+    A bytearray, so the sender can zero it once sent. LocalMisuse if a key is not 32 bytes or an
+    epoch does not fit a u32."""
+    message = bytearray(KEYS)
+    for epoch, key in keys:
+        if len(key) != _KEY.size - 4 or not 0 <= epoch < 2**32:
+            raise LocalMisuse("a key set holds 32-byte keys of epochs 0..2**32-1")
+        message += epoch.to_bytes(4, "little")
+        message += key
+    return message
+
+
+def decode_keys(message: bytes | bytearray | memoryview) -> list[tuple[int, bytearray]]:
+    """Return the ``(epoch, private key)`` pairs of a key message, each key in its own
+    bytearray (its holder zeroes it when it is replaced); ValueError if it is not one."""
+    if bytes(message[:1]) != KEYS or (len(message) - 1) % _KEY.size:
+        raise ValueError(f"a key message is b'K' and a multiple of {_KEY.size} bytes")
+    return [(int.from_bytes(message[at:at + 4], "little"), bytearray(message[at + 4:at + 36]))
+            for at in range(1, len(message), _KEY.size)]
+
+
+def is_keys(message: bytes | bytearray | memoryview) -> bool:
+    """Return True if a work message is a key set (read it with :func:`decode_keys`)."""
+    return bytes(message[:1]) == KEYS
 
 
 def join_results(index: int, pid: int, results: list[bytes]) -> bytes:
@@ -92,16 +132,16 @@ def split_results(message: bytes) -> tuple[int, int, list[bytes]]:
     return index, pid, results
 
 
-def encode_result(arrival: float, result: Result) -> bytes:
-    """Return the result frame for a processed packet."""
+def encode_result(arrival: float, epoch: int, result: Result) -> bytes:
+    """Return the result frame for a packet that the key of ``epoch`` opened."""
     tag = result.replay_tag
     if isinstance(result, ForwardHop):
-        head = _HEAD.pack(b"F", arrival, result.delay_us, result.next_hop)
+        head = _HEAD.pack(b"F", arrival, epoch, result.delay_us, result.next_hop)
         return b"".join((head, bytes((len(tag),)), tag, result.packet))
     if isinstance(result, FinalDelivery):
-        head = _HEAD.pack(b"D", arrival, result.delay_us, result.recipient)
+        head = _HEAD.pack(b"D", arrival, epoch, result.delay_us, result.recipient)
         return b"".join((head, bytes((len(tag),)), tag, result.message))
-    head = _HEAD.pack(b"R", arrival, result.delay_us, result.recipient)
+    head = _HEAD.pack(b"R", arrival, epoch, result.delay_us, result.recipient)
     return b"".join((head, result.surb_id, bytes((len(tag),)), tag, result.payload))
 
 
@@ -122,13 +162,13 @@ def is_forward(frame: bytes) -> bool:
     return frame[:1] == b"F"
 
 
-def decode_forward(frame: bytes) -> tuple[float, bytes, int, bytes, bytes]:
-    """Return ``(arrival, next_hop, delay_us, replay_tag, packet)`` of a forward hop's result
-    frame: :func:`decode_result` without building a :class:`ForwardHop`, for the node loop's hot
-    path (nearly every result is one)."""
-    _, arrival, delay_us, next_hop = _HEAD.unpack_from(frame)
+def decode_forward(frame: bytes) -> tuple[float, int, bytes, int, bytes, bytes]:
+    """Return ``(arrival, epoch, next_hop, delay_us, replay_tag, packet)`` of a forward hop's
+    result frame: :func:`decode_result` without building a :class:`ForwardHop`, for the node
+    loop's hot path (nearly every result is one)."""
+    _, arrival, epoch, delay_us, next_hop = _HEAD.unpack_from(frame)
     tag, packet = _tag_and_body(frame, _HEAD.size)
-    return arrival, next_hop, delay_us, tag, packet
+    return arrival, epoch, next_hop, delay_us, tag, packet
 
 
 def _tag_and_body(frame: bytes, offset: int) -> tuple[bytes, bytes]:
@@ -137,22 +177,23 @@ def _tag_and_body(frame: bytes, offset: int) -> tuple[bytes, bytes]:
     return frame[offset + 1:tag_end], frame[tag_end:]
 
 
-def decode_result(frame: bytes) -> tuple[float, Result | DropReason | WorkerStats]:
-    """Return ``(arrival, value)`` from a result frame written by :func:`encode_result` & co."""
+def decode_result(frame: bytes) -> tuple[float, int, Result | DropReason | WorkerStats]:
+    """Return ``(arrival, epoch, value)`` from a result frame written by :func:`encode_result`
+    & co.; ``epoch`` is the key's for a processed packet, 0 for an invalid one or statistics."""
     kind = frame[:1]
     if kind == b"S":
         _, _, index, cpu, processed, pid, sphinx = _STATS.unpack(frame)
-        return 0.0, WorkerStats(index, cpu, processed, pid, sphinx)
+        return 0.0, 0, WorkerStats(index, cpu, processed, pid, sphinx)
     if kind == b"X":
-        return _ARRIVAL.unpack_from(frame, 1)[0], DropReason(frame[9:].decode())
-    _, arrival, delay_us, who = _HEAD.unpack_from(frame)
+        return _ARRIVAL.unpack_from(frame, 1)[0], 0, DropReason(frame[9:].decode())
+    _, arrival, epoch, delay_us, who = _HEAD.unpack_from(frame)
     offset = _HEAD.size
     surb_id = b""
     if kind == b"R":
         surb_id, offset = frame[offset:offset + 16], offset + 16
     tag, body = _tag_and_body(frame, offset)
     if kind == b"F":
-        return arrival, ForwardHop(who, delay_us, body, tag)
+        return arrival, epoch, ForwardHop(who, delay_us, body, tag)
     if kind == b"D":
-        return arrival, FinalDelivery(who, delay_us, body, tag)
-    return arrival, SurbReply(who, surb_id, delay_us, body, tag)
+        return arrival, epoch, FinalDelivery(who, delay_us, body, tag)
+    return arrival, epoch, SurbReply(who, surb_id, delay_us, body, tag)

@@ -13,7 +13,12 @@ from one run:
   time of ``process_packet``, sampled just before and just after the saturation phase);
 - for comparison, the CPU time the workers themselves spent in ``process_packet`` per packet,
   under the load (slower than in this process: the cores are shared with the node's threads and
-  the load generator), and the ratio of the CPU per packet to that.
+  the load generator), and the ratio of the CPU per packet to that;
+- the cost of key selection at an epoch boundary (docs/sphinx.md, "Keys per epoch"): the CPU
+  time of ``process_packet_keys`` per packet when every packet opens with the first key tried
+  and when every packet needs the second (the worst case of a boundary), measured in this
+  process in alternating chunks over the same packets; ``key_trial_ratio`` is second / first,
+  and ``key_trial_cpu_ratio`` what the extra time makes of the node's whole CPU per packet.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ from typing import Any
 
 import zmq
 
-from zmix import wire
+from zmix import crypto, wire
 from zmix.bench.common import make_network
 from zmix.keys import load_directory, load_private
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import node_command
-from zmix.sphinx import Hop, create_forward_packet, process_packet
+from zmix.sphinx import Hop, create_forward_packet, process_packet, process_packet_keys
 from zmix.topology import Topology
 
 
@@ -204,6 +209,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     in_workers = per_packet["cpu_seconds_workers_sphinx"]
     paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
     per_hop = stats.median(sphinx_samples)
+    first_key, second_key = _key_trial(topology, state, packets[:1_000])
     gen.close(linger=0)
     return {
         "workers": args.workers, "payload_bytes": args.payload,
@@ -219,6 +225,10 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "cpu_over_sphinx_in_workers_ratio": cpu_per_packet / in_workers if in_workers else 0.0,
         "sphinx_per_hop_seconds": per_hop,
         "cpu_over_sphinx_ratio": cpu_per_packet / per_hop,
+        "key_first_seconds": first_key,
+        "key_second_seconds": second_key,
+        "key_trial_ratio": second_key / first_key,
+        "key_trial_cpu_ratio": (cpu_per_packet + second_key - first_key) / cpu_per_packet,
         "packet_build_seconds": build_seconds,
         "loopix_reference_per_second": 570,
     }
@@ -257,6 +267,25 @@ def _sphinx_samples(topology: Topology, state: Path, packets: list[bytes]) -> li
     return samples
 
 
+def _key_trial(topology: Topology, state: Path, packets: list[bytes]) -> tuple[float, float]:
+    """Return the median CPU time of ``process_packet_keys`` per packet when the node's key is
+    tried first, and when another key is tried before it (every packet pays one miss).
+
+    Ten chunks, the two orders alternating, so both see the same drift of the shared machine."""
+    key = load_private(state, topology.layers[0][0].name).private_key
+    other = crypto.x25519_keypair()[1]
+    orders = ([(1, key), (0, other)], [(0, other), (1, key)])
+    samples: tuple[list[float], list[float]] = ([], [])
+    for chunk in range(10):
+        batch = packets[chunk // 2 * len(packets) // 5:(chunk // 2 + 1) * len(packets) // 5]
+        keys = orders[chunk % 2]
+        t0 = time.thread_time()
+        for packet in batch:
+            process_packet_keys(topology.sphinx, keys, packet)
+        samples[chunk % 2].append((time.thread_time() - t0) / max(1, len(batch)))
+    return stats.median(samples[0]), stats.median(samples[1])
+
+
 def main(argv: list[str]) -> int:
     """Run ``zmix-bench node``; print the figures; return 0."""
     args = build_parser().parse_args(argv)
@@ -280,6 +309,10 @@ def main(argv: list[str]) -> int:
     print(f"  Sphinx inside the workers {result['sphinx_in_workers_seconds'] * 1e6:10.1f} us "
           f"(under load, on the shared cores); CPU / that "
           f"{result['cpu_over_sphinx_in_workers_ratio']:.2f}")
+    print(f"  key selection, 2nd key    {result['key_trial_ratio']:10.2f}  x the Sphinx time with "
+          f"the 1st ({result['key_first_seconds'] * 1e6:.1f} -> "
+          f"{result['key_second_seconds'] * 1e6:.1f} us); x"
+          f"{result['key_trial_cpu_ratio']:.2f} the node's CPU per packet")
     return 0
 
 

@@ -39,6 +39,7 @@ import zmq
 
 from zmix import wire
 from zmix.dispatch import MAX_IN_FLIGHT
+from zmix.errors import LocalMisuse
 from zmix.keys import load_directory, load_private
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
@@ -49,6 +50,7 @@ from zmix.runtime import links, metrics
 from zmix.runtime.workers import WorkerPool
 from zmix.topology import NodeSpec, Role, Topology
 from zmix.topology_yaml import load_topology
+from zmix.workframes import encode_keys
 
 LOG = logging.getLogger(__name__)
 
@@ -80,6 +82,24 @@ class NodeProcess:
         self.provider: ProviderCore | None = None
         self.snapshot = metrics.Snapshot(name)
         self.gate: links.KeyGate | None = None  # made by run()
+        self.sphinx_keys: list[tuple[int, bytes]] = []  # (epoch, private key), in trial order
+        self.sphinx_keys_version = 0  # bumped by set_sphinx_keys: the loop sends the new set
+
+    def set_sphinx_keys(self, keys: list[tuple[int, bytes]]) -> None:
+        """Make ``keys`` (``(epoch, X25519 private key)`` pairs, in the order the workers try
+        them) the Sphinx keys of this node: the loop sends the set to every worker at its next
+        turn, and to every worker it starts or restarts before any job (docs/sphinx.md, "Keys
+        per epoch"). The node keeps the pairs it is given, not copies: their owner (the key
+        store) zeroes them. Raises LocalMisuse for an empty set, a key that is not 32 bytes or
+        an epoch outside 0..2**32-1 (and nothing changes)."""
+        if not keys:
+            raise LocalMisuse("a node needs at least one Sphinx key")
+        message = encode_keys(keys)  # checks every pair
+        message[:] = bytes(len(message))
+        self.sphinx_keys = list(keys)
+        self.sphinx_keys_version += 1
+        LOG.info("Sphinx keys of epochs %s (in trial order)",
+                 ", ".join(str(epoch) for epoch, _ in keys))
 
     @property
     def topology(self) -> Topology:
@@ -152,6 +172,8 @@ class NodeProcess:
     def run(self) -> int:
         """Run the node until SIGTERM/SIGINT; return the process exit status (0)."""
         self._install_signals()
+        if not self.sphinx_keys:  # one key for ever until the epoch key store sets them
+            self.set_sphinx_keys([(0, self.identity.private_key)])
         centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
@@ -240,6 +262,7 @@ class _Loop:
         self.router, self.work, self.results, self.control = router, work, results, control
         self.params = node.topology.sphinx
         self._util_prev: dict[int, tuple[float, float]] = {}
+        self._keys_version = node.sphinx_keys_version  # the key set the workers were sent
         for index in range(len(work)):
             centre.dispatch.started(index, pool.pid(index))
 
@@ -266,6 +289,8 @@ class _Loop:
                 self._read_router()
             if self.control in ready:
                 metrics.answer_control(self.control, self.n.snapshot)
+            if self.n.sphinx_keys_version != self._keys_version:
+                self._send_new_keys()
             if dispatch.jobs:  # left over when no worker could take them
                 dispatch.dispatch(self._send_jobs)
             now = time.monotonic()
@@ -324,6 +349,28 @@ class _Loop:
             return False
         return True
 
+    def _send_keys(self, index: int) -> bool:
+        """Send the node's Sphinx key set to worker ``index``; False if its socket cannot take
+        it now (no worker connected yet: it asks again with its next report). The message is
+        zeroed once libzmq has its copy."""
+        message = encode_keys(self.n.sphinx_keys)
+        try:
+            self.work[index].send(message, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            message[:] = bytes(len(message))
+        return True
+
+    def _send_new_keys(self) -> None:
+        """Send a key set that replaced the last one to every worker that holds the last one;
+        one that cannot take it now gets no jobs until it has it (at its next report)."""
+        self._keys_version = self.n.sphinx_keys_version
+        dispatch = self.centre.dispatch
+        for index, keyed in enumerate(dispatch.has_keys):
+            if keyed:
+                dispatch.keyed(index, self._send_keys(index))
+
     def _read_results(self) -> None:
         centre = self.centre
         for _ in range(BATCH):
@@ -337,6 +384,9 @@ class _Loop:
         for report in centre.reports:
             self.pool.record(report)
         centre.reports.clear()
+        for index in centre.take_key_requests():  # workers up and without keys: keys first
+            if self._send_keys(index):
+                centre.dispatch.keyed(index)
         # A provider's deliveries of this round, in one transaction; acks are scheduled after it.
         centre.commit(time.monotonic())
 

@@ -3,14 +3,17 @@
 The node loop PUSHes packets to the workers and PULLs their results back (zguide's ventilator and
 sink). Each worker has its own PUSH socket in the node (``work-INDEX``), so the node knows how many
 packets each worker holds: it gives a batch to the least loaded worker, and when a worker dies it
-knows how many packets were lost with it. Workers hold the node's private key and do only crypto;
-they keep no state, so a worker that dies is simply started again.
+knows how many packets were lost with it. Workers do only crypto and keep no state but the Sphinx
+keys, which the node sends them on the job socket (a key set, before any job: docs/sphinx.md,
+"Keys per epoch"), so a worker that dies is simply started again and sent the keys again. They
+never read a private key from a file. A worker keeps its keys in bytearrays and zeroes them when a
+newer set replaces them, and zeroes the received message in place (libzmq's own buffer).
 
 Messages on these local sockets are single binary frames, and each carries a batch: under load the
 node loop hands over every packet it read in one go, so the per-message cost of ZeroMQ (a wake-up
 of the I/O thread, a poll, a system call) is paid once per batch instead of once per packet. A
-quiet node sends batches of one, and waits for nothing. The frames are :mod:`zmix.workframes`
-(re-exported here); which worker gets which batch is :class:`zmix.dispatch.Dispatcher`'s call.
+quiet node sends batches of one, and waits for nothing. The frames are :mod:`zmix.workframes`;
+which worker gets which batch is :class:`zmix.dispatch.Dispatcher`'s call.
 
 The packets never leave the machine on these sockets (ipc in a private temporary directory).
 """
@@ -27,15 +30,17 @@ from pathlib import Path
 
 import zmq
 
-from zmix.errors import InvalidPacket
-from zmix.sphinx import SphinxParams, process_packet
+from zmix.errors import DropReason, InvalidPacket
+from zmix.sphinx import SphinxParams, process_packet_keys
 from zmix.workframes import (
     STATS_INTERVAL,
     WorkerStats,
     decode_jobs,
+    decode_keys,
     encode_invalid,
     encode_result,
     encode_stats,
+    is_keys,
     join_results,
 )
 
@@ -45,11 +50,13 @@ __all__ = ["WorkerPool", "main", "run_worker"]
 
 
 def run_worker(
-    params: SphinxParams, private_key: bytes, work: str, results: str, index: int,
-    parent: int | None = None,
+    params: SphinxParams, work: str, results: str, index: int, parent: int | None = None,
 ) -> None:
-    """Process jobs from ``work`` and push results to ``results`` until the node process
-    ``parent`` (default: the parent now) goes away."""
+    """Process jobs from ``work`` with the keys the node sends there, and push results to
+    ``results``, until the node process ``parent`` (default: the parent now) goes away.
+
+    The first statistics report goes out at once: it tells the node this worker is up, and
+    the node answers with the key set before any job."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     push = ctx.socket(zmq.PUSH)
@@ -62,32 +69,55 @@ def run_worker(
     pid = os.getpid()
     if parent is None:
         parent = os.getppid()
+    keys: list[tuple[int, bytearray]] = []
     processed = 0
     sphinx = 0.0  # CPU seconds in process_packet (sampled per batch: the clock is a system call)
     next_report = 0.0
     try:
         while os.getppid() == parent:
-            if pull.poll(200):
-                for _ in range(256):
-                    try:
-                        frame = pull.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    jobs = decode_jobs(frame, params.packet_length)
-                    started = time.thread_time()
-                    answers = [_process(params, private_key, a, packet) for a, packet in jobs]
-                    sphinx += time.thread_time() - started
-                    _send(push, join_results(index, pid, answers), parent)
-                    processed += len(jobs)
             now = time.monotonic()
             if now >= next_report:
                 stats = WorkerStats(index, time.process_time(), processed, pid, sphinx)
                 _send(push, join_results(index, pid, [encode_stats(stats)]), parent)
                 next_report = now + STATS_INTERVAL
+            if not pull.poll(200):
+                continue
+            for _ in range(256):
+                try:
+                    frame = pull.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                if is_keys(frame.buffer):
+                    keys = _replace_keys(keys, frame.buffer)
+                    continue
+                jobs = decode_jobs(frame.bytes, params.packet_length)
+                started = time.thread_time()
+                answers = [_process(params, keys, a, packet) for a, packet in jobs]
+                sphinx += time.thread_time() - started
+                _send(push, join_results(index, pid, answers), parent)
+                processed += len(jobs)
     finally:
+        _zero(keys)
         pull.close()
         push.close()
         ctx.term()
+
+
+def _replace_keys(old: list[tuple[int, bytearray]],
+                  message: memoryview) -> list[tuple[int, bytearray]]:
+    """Return the key set in ``message``; zero the keys it replaces and the message itself
+    (libzmq's buffer, written in place)."""
+    try:
+        keys = decode_keys(message)
+    finally:
+        message[:] = bytes(len(message))
+    _zero(old)
+    return keys
+
+
+def _zero(keys: list[tuple[int, bytearray]]) -> None:
+    for _, key in keys:
+        key[:] = bytes(len(key))
 
 
 def _send(push: zmq.Socket[bytes], message: bytes, parent: int) -> None:
@@ -101,16 +131,22 @@ def _send(push: zmq.Socket[bytes], message: bytes, parent: int) -> None:
                 return  # the node is gone; the worker's loop ends next
 
 
-def _process(params: SphinxParams, private_key: bytes, arrival: float, packet: bytes) -> bytes:
+def _process(params: SphinxParams, keys: list[tuple[int, bytearray]], arrival: float,
+             packet: bytes) -> bytes:
+    if not keys:  # never: the node sends the key set before any job (docs/architecture.md)
+        return encode_invalid(arrival, DropReason.WORKER_LOST)
     try:
-        return encode_result(arrival, process_packet(params, private_key, packet))
+        return encode_result(arrival, *process_packet_keys(params, keys, packet))
     except InvalidPacket as exc:
         return encode_invalid(arrival, exc.reason)
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m zmix.runtime.workers`` (started by the node, not by users)."""
-    from zmix.keys import load_private
     from zmix.topology_yaml import load_topology
 
     parser = argparse.ArgumentParser(prog="zmix-worker")
@@ -124,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the node decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    topology = load_topology(args.state / "topology.yaml")
-    identity = load_private(args.state, args.name)
-    run_worker(topology.sphinx, identity.private_key, args.work, args.results, args.index,
-               args.parent)
+    # The node stops its workers with SIGTERM: leave through run_worker's cleanup (keys zeroed).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    topology = load_topology(args.state / "topology.yaml")  # the packet geometry, no key
+    run_worker(topology.sphinx, args.work, args.results, args.index, args.parent)
     return 0
 
 

@@ -16,6 +16,7 @@ from zmix.sphinx.packet import (
     create_surb,
     open_surb_reply,
     process_packet,
+    process_packet_keys,
 )
 from zmix.sphinx.params import Profile, SphinxParams
 
@@ -34,4 +35,5 @@ __all__ = [
     "create_surb",
     "open_surb_reply",
     "process_packet",
+    "process_packet_keys",
 ]

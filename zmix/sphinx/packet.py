@@ -312,33 +312,71 @@ def process_packet(params: SphinxParams, private_key: bytes, packet: bytes,
                    ) -> ForwardHop | FinalDelivery | SurbReply:
     """Strip one layer with this node's ``private_key``; return what to do with the packet.
 
-    Order: size, version, shared secret, replay tag, MAC (constant time), then decryption.
+    Order: size, version, shared secret, MAC (constant time), replay tag, then decryption.
     ``packet`` may be any bytes-like object. For a bad packet this raises InvalidPacket (one opaque
     error; the reason is in ``.reason``) and nothing else; our own misuse (a private key that is
     not 32 bytes, a packet that is not bytes-like) raises LocalMisuse.
     """
+    return process_packet_keys(params, ((0, private_key),), packet)[1]
+
+
+def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | bytearray]],
+                        packet: bytes,
+                        ) -> tuple[int, ForwardHop | FinalDelivery | SurbReply]:
+    """Strip one layer with the first of ``keys`` (``(epoch, private key)`` pairs, in the order
+    to try them) under which the packet's MAC holds; return ``(that key's epoch, result)``.
+
+    The checks that do not depend on the key (size, version) run once. A MAC that fails under
+    one key moves on to the next: a miss costs one X25519, the MAC key and the MAC. A packet
+    whose MAC fails under every key is ``bad_mac``; a small-order alpha (``bad_point``) fails
+    under any key, so it stops at once, as do the checks after the MAC (``bad_command``,
+    ``bad_tag``: the packet was built that way for this key). Errors as for
+    :func:`process_packet`; no keys at all, or a key that is not 32 bytes, is LocalMisuse. A key
+    given as a ``bytearray`` is used in place, never copied (its owner can zero it).
+    """
+    keys = _checked_keys(keys)
     if type(packet) is not bytes:  # one copy here, so the slices below are bytes for libsodium
         packet = _as_bytes("a packet", packet)
-    if type(private_key) is not bytes or len(private_key) != crypto.X25519_BYTES:
-        private_key = _sized("a private key", private_key, crypto.X25519_BYTES)
     if len(packet) != params.packet_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
-    impl = implementation(params)
     start = 0
     if params.profile is Profile.V1:
         if packet[0] != V1_VERSION:
             raise InvalidPacket(DropReason.BAD_VERSION)
         start = 1
+    impl = implementation(params)
     beta_end = start + ALPHA_BYTES + params.beta_length
     alpha = packet[start:start + ALPHA_BYTES]
-    try:
-        s = crypto.x25519(private_key, alpha)
-    except crypto.LowOrderPoint:
-        raise InvalidPacket(DropReason.BAD_POINT) from None
+    header, gamma = packet[:beta_end], packet[beta_end:beta_end + GAMMA_BYTES]
+    for epoch, key in keys:
+        try:
+            s = crypto.x25519(key, alpha)
+        except crypto.LowOrderPoint:  # all zeros under every key: the sender's doing
+            raise InvalidPacket(DropReason.BAD_POINT) from None
+        if crypto.equal(impl.mac(impl.mac_key(s), header), gamma):
+            return epoch, _unwrap(params, impl, packet, start, alpha, s)
+    raise InvalidPacket(DropReason.BAD_MAC)
+
+
+def _checked_keys(keys: Sequence[tuple[int, bytes | bytearray]],
+                  ) -> Sequence[tuple[int, bytes | bytearray]]:
+    """Return ``keys`` with every private key 32 bytes of bytes or bytearray (others copied to
+    bytes); raises LocalMisuse for an empty sequence or a key of another length."""
+    if not keys:
+        raise LocalMisuse("process_packet_keys needs at least one private key to try")
+    if all(type(key) in (bytes, bytearray) and len(key) == crypto.X25519_BYTES
+           for _, key in keys):
+        return keys
+    return [(epoch, key if isinstance(key, bytearray)
+             else _sized("a private key", key, crypto.X25519_BYTES)) for epoch, key in keys]
+
+
+def _unwrap(params: SphinxParams, impl: ProfileImpl, packet: bytes, start: int, alpha: bytes,
+            s: bytes) -> ForwardHop | FinalDelivery | SurbReply:
+    """Decrypt a packet whose MAC held under the shared secret ``s``: its routing command, its
+    payload, and for a forward hop the next packet."""
     tag = impl.replay_tag(s)
-    gamma = packet[beta_end:beta_end + GAMMA_BYTES]
-    if not crypto.equal(impl.mac(impl.mac_key(s), packet[:beta_end]), gamma):
-        raise InvalidPacket(DropReason.BAD_MAC)
+    beta_end = start + ALPHA_BYTES + params.beta_length
     stream = crypto.chacha20_stream(impl.stream_key(s), params.stream_length)
     b = crypto.xor(packet[start + ALPHA_BYTES:beta_end] + bytes(params.slot_length), stream)
     routing = impl.parse(params, b)
