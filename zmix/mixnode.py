@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from zmix import crypto, routes
 from zmix.errors import DropReason
-from zmix.network import Network, NetworkView
+from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
 from zmix.sphinx import (
@@ -40,6 +40,11 @@ _LOOP_MARKER = b"zmix-mix-loop-v1"
 _MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
 
 
+def _same_time(now: float) -> float:
+    """The wall clock of a core whose ``now`` already is unix time (tests, SimNet)."""
+    return now
+
+
 @dataclass(frozen=True, slots=True)
 class Scheduled:
     """A packet to send to ``next_hop`` at absolute time ``due``."""
@@ -54,8 +59,11 @@ class NodeCore:
 
     ``view`` holds the network (:mod:`zmix.network`): the next-hop check, the delay bound, the
     loop rate and the loop routes read its current version when they decide, so a replaced
-    network takes effect at the next packet. ``provider`` is given on providers only. Raises
-    KeyError if ``name`` is not a node of the current network.
+    network takes effect at the next packet. ``provider`` is given on providers only. ``replay``
+    is the replay cache to check tags in (default: a new one in memory); ``wall`` turns the
+    ``now`` the core is given into unix time, which picks each hop's key epoch of a mix loop
+    (the node loop's ``now`` is its monotonic clock). Raises KeyError if ``name`` is not a node
+    of the current network.
     """
 
     def __init__(
@@ -67,6 +75,8 @@ class NodeCore:
         *,
         provider: ProviderCore | None = None,
         random_bytes: Callable[[int], bytes] = crypto.random_bytes,
+        replay: ReplayCache | None = None,
+        wall: Callable[[float], float] = _same_time,
     ) -> None:
         me = view.current.node(name)
         if (me.role is Role.PROVIDER) != (provider is not None):
@@ -77,8 +87,11 @@ class NodeCore:
         self._rng = rng
         self._random_bytes = random_bytes
         self._provider = provider
-        # Fixed for the life of the process (a newer network's value takes a restart).
-        self._replay = ReplayCache(view.current.topology.runtime.replay_capacity)
+        # Fixed for the life of the process (a newer network's value takes a restart). The node
+        # runtime gives one whose filters are files (zmix.replay), kept across restarts.
+        self._replay = replay if replay is not None else ReplayCache(
+            view.current.topology.runtime.replay_capacity)
+        self._wall = wall
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
         self._next_loop = self._draw_next_loop(now)
@@ -206,7 +219,12 @@ class NodeCore:
         out: list[Scheduled] = []
         while self._next_loop is not None and self._next_loop <= now:
             self._next_loop = self._draw_next_loop(self._next_loop)
-            out.append(self._make_loop(now))
+            try:
+                out.append(self._make_loop(now))
+            except NoKeyForEpoch:
+                # The network description has no key of some hop for the epoch it would process
+                # the loop in (the document expired, no newer one came): no loop this time.
+                self._counts["loops_unbuilt"] += 1
         return out
 
     def _draw_next_loop(self, after: float) -> float | None:
@@ -218,7 +236,8 @@ class NodeCore:
 
     def _make_loop(self, now: float) -> Scheduled:
         network = self._view.current
-        route = routes.hops(self._loop_route(network), network, self._delays(), self._rng, now)
+        route = routes.hops(self._loop_route(network), network, self._delays(), self._rng,
+                            self._wall(now))
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
             network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
@@ -253,7 +272,8 @@ class NodeCore:
     def _hop(self, node: NodeSpec, now: float) -> Hop:
         """A hop of a mix loop sent at ``now`` with a delay drawn as every sender draws it
         (:class:`zmix.routes.Delays`)."""
-        return routes.hops([node], self._view.current, self._delays(), self._rng, now)[0]
+        return routes.hops([node], self._view.current, self._delays(), self._rng,
+                           self._wall(now))[0]
 
     def _delays(self) -> routes.Delays:
         return self._view.current.delays
@@ -267,9 +287,11 @@ class NodeCore:
     # ------------------------------------------------------------------ statistics
 
     def statistics(self) -> dict[str, int]:
-        """Return counters: forwarded, delivered, replies, loops sent/returned, drops by reason."""
+        """Return counters: forwarded, delivered, replies, loops sent/returned/unbuilt, drops by
+        reason."""
         stats = {name: self._counts[name] for name in
-                 ("forwarded", "delivered", "replies", "loops_sent", "loops_returned")}
+                 ("forwarded", "delivered", "replies", "loops_sent", "loops_returned",
+                  "loops_unbuilt")}
         # A provider refuses some deliveries itself (a full mailbox, a stranger's message).
         refused = self._provider.drops() if self._provider is not None else {}
         for reason in DropReason:

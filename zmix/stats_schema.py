@@ -73,6 +73,9 @@ STATISTICS: tuple[Statistic, ...] = (
               "first hop is not a node of the topology also counts in link_send_failed)"),
     Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
     Statistic("loops_returned", C, "the node's own mix loops that came back"),
+    Statistic("loops_unbuilt", C, "the node's own mix loops not sent because the network "
+              "document in use has no Sphinx key of a hop for the epoch it would process the "
+              "loop in (the document expired and no newer one came from the authorities)"),
     Statistic("link_send_failed", C, "frames not sent because a link's queue was full"),
     Statistic("link_disconnects", C, "connections of outbound links that were lost after their "
               "handshake (the next hop stalled past the 5 s heartbeat timeout, closed the "
