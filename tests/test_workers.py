@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,11 @@ from chain import start_chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmix import crypto
+from zmix import crypto, wire
 from zmix.bench.common import make_network
 from zmix.errors import DropReason, LocalMisuse
+from zmix.keys import load_directory, load_private
+from zmix.runtime import links, metrics
 from zmix.sphinx import (
     FinalDelivery,
     ForwardHop,
@@ -83,7 +85,8 @@ def test_a_work_message_says_whether_it_carries_jobs_or_keys() -> None:
 def test_a_key_set_round_trips_in_its_order_each_key_in_a_bytearray(
         keys: list[tuple[int, bytes]]) -> None:
     decoded = decode_keys(encode_keys(keys))
-    assert decoded == keys and all(type(key) is bytearray for _, key in decoded)
+    assert [(epoch, bytes(key)) for epoch, key in decoded] == keys
+    assert all(type(key) is bytearray for _, key in decoded)
 
 
 @pytest.mark.parametrize("bad", [[(1, bytes(31))], [(-1, bytes(32))], [(2**32, bytes(32))]])
@@ -264,3 +267,79 @@ def test_workers_a_node_restarts_are_sent_its_keys_again_before_any_packet(
         stats = chain.stats("mix-a")
         assert stats["dropped_bad_mac"] == 0 and stats["dropped_worker_lost"] == 0
         assert not set(_workers_of(node_pid)) & set(old)
+
+
+# The node under test, in a child process: NodeProcess itself, whose key set changes when the test
+# creates a file (the loop reads ``stopping`` at every turn, so the change happens mid-run, as the
+# epoch key store will make it).
+_NODE_WITH_NEW_KEYS = """
+import sys
+from pathlib import Path
+from zmix.runtime.node import NodeProcess
+
+class Node(NodeProcess):
+    @property
+    def stopping(self):
+        flag = Path(sys.argv[3])
+        if flag.exists() and not self.sphinx_keys_version > 1:
+            self.set_sphinx_keys([(0, self.identity.private_key), (7, bytes.fromhex(sys.argv[4]))])
+        return self._stop_signal is not None
+
+sys.exit(Node(Path(sys.argv[1]), sys.argv[2]).run())
+"""
+
+
+def test_a_key_set_installed_in_a_running_node_reaches_its_workers(tmp_path: Path) -> None:
+    topology, state = make_network(tmp_path, layers=(("mix-0",), ("mix-1",)),
+                                   providers=("provider-0",), loopix={"mix_loop_rate": 0.0},
+                                   workers=2)
+    node, nxt = topology.layers[0][0], topology.layers[1][0]
+    directory = load_directory(state, topology)
+    public7, private7 = crypto.x25519_keypair()
+    flag = tmp_path / "new-keys"
+
+    def packet(public_key: bytes) -> bytes:
+        route = [Hop(node.id, public_key), Hop(nxt.id, directory[nxt.name].public_key)]
+        frame = wire.Packet(create_forward_packet(topology.sphinx, route, nxt.id, b"m"))
+        return wire.encode(frame, params=topology.sphinx, slots=1)
+
+    def wait_stats(ok: Callable[[dict[str, float]], bool], what: str) -> dict[str, float]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            stats = metrics.statistics(state, node.name) or {}
+            if stats and ok(stats):
+                return stats
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    proc = subprocess.Popen([sys.executable, "-c", _NODE_WITH_NEW_KEYS, str(state), node.name,
+                             str(flag), private7.hex()], stdin=subprocess.DEVNULL)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        wait_stats(lambda s: s["workers"] == 2, "the node")
+        me = load_private(state, "provider-0")
+        gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
+                                   me.curve_public, me.curve_private,
+                                   max_frame=wire.node_frame_limit(topology.sphinx))
+        gen.linger = 0
+        gen.send(packet(public7))  # epoch 7's key is not installed yet
+        gen.send(packet(directory[node.name].public_key))  # the control: epoch 0's key
+        wait_stats(lambda s: s["dropped_bad_mac"] == 1 and s["forwarded"] == 1, "two packets")
+        flag.touch()
+        deadline = time.monotonic() + 20
+        while wait_stats(lambda s: True, "statistics")["forwarded"] < 2:
+            assert time.monotonic() < deadline, "the new key never reached a worker"
+            gen.send(packet(public7))
+            time.sleep(0.1)  # pacing: one packet per poll of the statistics
+        before = wait_stats(lambda s: True, "statistics")
+        for _ in range(10):  # once installed, every worker opens epoch 7's packets, and 0's
+            gen.send(packet(public7))
+            gen.send(packet(directory[node.name].public_key))
+        stats = wait_stats(lambda s: s["forwarded"] >= before["forwarded"] + 20
+                           and s["in_flight"] == 0, "20 more packets")
+        assert stats["dropped_bad_mac"] == before["dropped_bad_mac"]
+        gen.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        ctx.destroy(linger=0)
