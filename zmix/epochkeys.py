@@ -91,6 +91,12 @@ class EpochKeyStore:
         the store holds none (never made, or erased)."""
         return bytes(self._private[epoch])
 
+    def held(self, epoch: int) -> bytearray:
+        """Return the store's own buffer of the private key of ``epoch`` (not a copy: it is
+        zeroed when the key is erased, so a holder of it keeps nothing past the erasure);
+        KeyError if the store holds none."""
+        return self._private[epoch]
+
     def accepted(self, params: EpochParams, now: float) -> list[tuple[int, bytes]]:
         """Return ``(epoch, private key)`` for the epochs a node tries at ``now``
         (:meth:`EpochParams.accepted`, in its order), leaving out those the store does not hold."""

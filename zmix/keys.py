@@ -324,11 +324,15 @@ def _check_private_mode(path: Path, name: str, relative: str) -> None:
                           f"{stat.S_IMODE(mode):o}); run: chmod 600 {path}")
 
 
-def load_directory(state_dir: Path, topology: Topology) -> dict[str, PublicIdentity]:
-    """Return the public keys of every node and client; ConfigError if one is missing or wrong
-    (a missing one names the file to copy from the host where that member's keys were made)."""
+def load_directory(state_dir: Path, topology: Topology, *,
+                   clients_only: bool = False) -> dict[str, PublicIdentity]:
+    """Return the public keys of every node and client (with ``clients_only``, of the clients:
+    nodes and clients learn the nodes' keys from the authorities' documents); ConfigError if
+    one is missing or wrong (a missing one names the file to copy from the host where that
+    member's keys were made)."""
     directory = {}
-    for name in topology.names():
+    names = [c.name for c in topology.clients] if clients_only else topology.names()
+    for name in names:
         path = state_dir / "public" / f"{name}.json"
         if not path.exists():
             raise ConfigError(str(path), "(file)", f"no key file for {name!r}; copy public/"

@@ -28,7 +28,7 @@ class KeyStore(Protocol):
 
     def ensure(self, epochs: range) -> list[int]: ...
     def erase_expired(self, params: EpochParams, now: float) -> list[int]: ...
-    def private(self, epoch: int) -> bytes: ...
+    def held(self, epoch: int) -> bytearray: ...
     def public_keys(self) -> dict[int, bytes]: ...
 
 
@@ -42,7 +42,9 @@ class ReplayFilters(Protocol):
 class KeyUpdate:
     """What :meth:`NodeKeys.update` changed."""
 
-    accepted: tuple[tuple[int, bytes], ...]  # (epoch, private key) in the order to try them
+    # (epoch, private key) in the order to try them: the store's own buffers, zeroed when
+    # their keys are erased
+    accepted: tuple[tuple[int, bytearray], ...]
     made: tuple[int, ...]  # epochs whose keys were made now: publish a new descriptor
     erased: tuple[int, ...]  # epochs whose keys (and replay filters) are gone now
     changed: bool  # the accepted keys differ from the last update's: tell the workers
@@ -70,7 +72,7 @@ class NodeKeys:
         order = tuple(e for e in self.params.accepted(now) if e in held)
         changed = order != self._accepted
         self._accepted = order
-        return KeyUpdate(tuple((e, self._store.private(e)) for e in order), tuple(made),
+        return KeyUpdate(tuple((e, self._store.held(e)) for e in order), tuple(made),
                          tuple(erased), changed)
 
     def next_update(self, now: float) -> float:

@@ -144,6 +144,17 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("cpu_seconds_node", C, "CPU seconds used by the node process (all its threads)"),
     Statistic("uptime_seconds", G, "seconds since the node process started"),
     Statistic("pid", G, "the node process's id"),
+    # ---------------------------------------------------------------- keys and documents
+    Statistic("epoch", G, "the key epoch the node's clock is in (docs/pki.md)"),
+    Statistic("document_epoch", G, "the epoch of the network document the node works with"),
+    Statistic("document_valid_seconds", G, "seconds until the network document in use expires "
+              "(negative once it has: no newer one came from the authorities)"),
+    Statistic("sphinx_keys_accepted", G, "Sphinx keys the workers try on a packet now (2, or 3 "
+              "during the grace after an epoch's start)"),
+    Statistic("sphinx_keys_made", C, "Sphinx key pairs made by this process (one per epoch, "
+              "ahead of it)"),
+    Statistic("sphinx_keys_erased", C, "Sphinx private keys erased by this process (at their "
+              "epoch's end plus the grace), with their replay filters"),
     # ---------------------------------------------------------------- replay cache
     Statistic("replay_checked", C, "replay tags checked"),
     Statistic("replay_replays", C, "replay tags found already seen"),

@@ -40,7 +40,13 @@ import zmq
 from zmix import wire
 from zmix.dispatch import MAX_IN_FLIGHT
 from zmix.errors import LocalMisuse
-from zmix.keys import load_directory, load_private
+from zmix import pki
+from zmix.directory import network_from_document
+from zmix.epochkeys import EpochKeyStore, key_directory
+from zmix.keys import load_directory, load_identity, load_private
+from zmix.nodekeys import KeyUpdate, NodeKeys
+from zmix.replay import ReplayCache
+from zmix.runtime.keeper import NetworkKeeper
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
@@ -59,19 +65,36 @@ __all__ = ["MAX_IN_FLIGHT", "NodeProcess"]
 BATCH = 512  # frames read from one socket before looking at the others
 POLL_CAP_MS = 100  # the loop wakes at least this often (signals, timers)
 IPC_RECORD = "ipc-dir"  # in the node's directory: where this run's local sockets are
+WAIT_NOTE_INTERVAL = 10.0  # seconds between "waits for a document" lines at start
+REPLAY_FLUSH_INTERVAL = 1.0  # seconds between msyncs of the replay filters (power loss)
+
+
+def _wall_clock(_now: float) -> float:
+    """Unix time now: what picks the key epochs of the node's own mix loops (the loop's
+    ``now`` is its monotonic clock)."""
+    return time.time()
 
 
 class NodeProcess:
     """Everything one node process owns. Build it, call :meth:`run`, it returns on a signal."""
 
-    def __init__(self, state_dir: Path, name: str, *, workers: int | None = None) -> None:
+    def __init__(self, state_dir: Path, name: str, *, workers: int | None = None,
+                 network: Network | None = None) -> None:
+        """Read the node's configuration and keys; nothing is started or locked yet.
+
+        The network comes from the directory authorities' documents when :meth:`run` starts
+        (docs/pki.md); ``network`` gives one instead (tests of the runtime's parts)."""
         self.state_dir = state_dir
-        topology = load_topology(state_dir / "topology.yaml")
-        # The network as the state directory describes it at start: version 1. Everything
-        # below reads self.view.current when it decides (replace_network brings a newer one).
-        self.view = NetworkView(Network.build(topology, load_directory(state_dir, topology)))
-        self.spec: NodeSpec = topology.node(name)
-        self.identity = load_private(state_dir, name)
+        # The node's own topology: its address, role, layer and workers, the policies, the
+        # clients, the authorities and the key schedule. The network's members come from the
+        # documents.
+        self.local = load_topology(state_dir / "topology.yaml")
+        self.spec: NodeSpec = self.local.node(name)
+        self.identity = load_private(state_dir, name)  # the CURVE keys of the node's links
+        self.signing = load_identity(state_dir, name)  # signs the node's descriptors
+        # Everything below reads self.view.current when it decides (replace_network brings a
+        # newer one).
+        self._view = NetworkView(network) if network is not None else None
         self.worker_count = workers or self.spec.workers
         self.node_dir = state_dir / "nodes" / name
         self.node_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +107,17 @@ class NodeProcess:
         self.gate: links.KeyGate | None = None  # made by run()
         self.sphinx_keys: list[tuple[int, bytes]] = []  # (epoch, private key), in trial order
         self.sphinx_keys_version = 0  # bumped by set_sphinx_keys: the loop sends the new set
+        self.keeper: NetworkKeeper | None = None  # made by run()
+        self.replay: ReplayCache | None = None  # made by run(), once the node is locked
+        self.keys: NodeKeys | None = None
+        self.keys_made = self.keys_erased = 0  # Sphinx keys made and erased by this process
+
+    @property
+    def view(self) -> NetworkView:
+        """The node's network (LocalMisuse before the first document came)."""
+        if self._view is None:
+            raise LocalMisuse("the node has no network yet (no document came)")
+        return self._view
 
     def set_sphinx_keys(self, keys: list[tuple[int, bytes]]) -> None:
         """Make ``keys`` (``(epoch, X25519 private key)`` pairs, in the order the workers try
@@ -103,8 +137,8 @@ class NodeProcess:
 
     @property
     def topology(self) -> Topology:
-        """The current network's topology."""
-        return self.view.current.topology
+        """The current network's topology (the node's own until the first document came)."""
+        return self._view.current.topology if self._view is not None else self.local
 
     def replace_network(self, newer: Network) -> None:
         """Make ``newer`` the network this node works with (:meth:`NetworkView.replace`: it must
@@ -123,6 +157,15 @@ class NodeProcess:
         """The CURVE keys the link gate admits now: the current network's (other nodes, a
         provider's declared clients) and the clients registered at run time."""
         keys = self.view.current.admitted_keys(self.spec.name)
+        if self.keeper is not None:
+            # Every node of every document still valid: the next epoch's members can dial in
+            # before the change to it, the last epoch's during its grace (links are never
+            # refused at a rollover).
+            wall = time.time()
+            for doc in self.keeper.held.values():
+                if wall <= doc.valid_until:
+                    keys.update((e.curve_public, e.id) for e in doc.nodes
+                                if e.name != self.spec.name)
         if self.provider is not None:
             keys.update((c.curve_public, c.id) for c in self.provider.registrations())
         return keys
@@ -161,7 +204,8 @@ class NodeProcess:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
                                    quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
             self.provider = ProviderCore(self.view, self.spec.name, self.mailbox)
-        return NodeCore(self.view, self.spec.name, self.rng, now, provider=self.provider)
+        return NodeCore(self.view, self.spec.name, self.rng, now, provider=self.provider,
+                        replay=self.replay, wall=_wall_clock)
 
     def _install_signals(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -170,12 +214,26 @@ class NodeProcess:
         signal.signal(signal.SIGINT, stop)
 
     def run(self) -> int:
-        """Run the node until SIGTERM/SIGINT; return the process exit status (0)."""
+        """Run the node until SIGTERM/SIGINT; return the process exit status (0).
+
+        First the key schedule: the node's Sphinx keys of this epoch and those ahead are made
+        (the expired ones erased), its descriptor goes to every authority, and it waits for a
+        document that lists it (docs/pki.md, "Schedule"); a stop signal while it waits ends it
+        there."""
         self._install_signals()
-        if not self.sphinx_keys:  # one key for ever until the epoch key store sets them
-            self.set_sphinx_keys([(0, self.identity.private_key)])
-        centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            if not self._start_epochs(ctx):
+                self._close_epochs()
+                ctx.destroy(linger=0)
+                LOG.info("node %s stopped before it had a network (signal %s)", self.spec.name,
+                         self._stop_signal)
+                return 0
+        except BaseException:
+            self._close_epochs()
+            ctx.destroy(linger=0)
+            raise
+        centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
         gate = self._make_gate()
         if self.provider is not None:
@@ -215,11 +273,106 @@ class NodeProcess:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
                      self.spec.endpoint, self.worker_count)
-            _Loop(self, centre, gate, pool, out, router, work, results, control).run()
+            _Loop(self, centre, gate, pool, out, router, work, results, control,
+                  _Directory(self)).run()
         finally:
             self._shutdown(out, pool, sockets, auth, ctx, ipc_dir)
         LOG.info("node %s stopped (signal %s)", self.spec.name, self._stop_signal)
         return 0
+
+    # ------------------------------------------------------------------ keys and documents
+
+    def _start_epochs(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
+        """Open the key store and the replay filters, make this epoch's keys, send the
+        descriptor and wait for a network; False if a stop signal came first."""
+        wall = time.time()
+        self.replay = ReplayCache(self.local.runtime.replay_capacity,
+                                  directory=self.node_dir / "replay")
+        self.keys = NodeKeys(self.local.epoch, EpochKeyStore(key_directory(self.state_dir,
+                                                                           self.spec.name)),
+                             self.replay)
+        self.update_keys(wall)
+        self.keeper = NetworkKeeper(ctx, self.local, self.state_dir, self.node_dir / "documents",
+                                    self.network_of,
+                                    client_key=(self.identity.curve_public,
+                                                self.identity.curve_private))
+        self.keeper.upload(self.descriptor(wall), wall)
+        if self._view is None:
+            network = self._wait_for_network(self.keeper)
+            if network is None:
+                return False
+            self._view = NetworkView(network)
+        return True
+
+    def _close_epochs(self) -> None:
+        """Flush and close the replay filters and the links to the authorities."""
+        if self.replay is not None:
+            self.replay.close()
+        if self.keeper is not None:
+            self.keeper.close()
+
+    def update_keys(self, wall: float) -> KeyUpdate:
+        """Bring the node's Sphinx keys in line with the schedule at unix time ``wall``: make
+        those missing, erase the expired ones with their replay filters, give the workers the
+        new set to try, and make the accepted epochs' replay filters ahead of their packets."""
+        assert self.keys is not None and self.replay is not None
+        update = self.keys.update(wall)
+        for epoch in update.erased:
+            LOG.info("Sphinx key of epoch %d erased (its epoch ended %g s ago)", epoch,
+                     wall - self.local.epoch.end(epoch))
+        if update.changed:
+            self.set_sphinx_keys(list(update.accepted))
+        for epoch, _ in update.accepted:
+            self.replay.prepare(epoch)
+        self.keys_made += len(update.made)
+        self.keys_erased += len(update.erased)
+        return update
+
+    def descriptor(self, wall: float) -> bytes:
+        """Return this node's descriptor, signed with its identity key, with the public Sphinx
+        keys it holds at unix time ``wall`` (docs/pki.md)."""
+        assert self.keys is not None
+        spec = self.spec
+        described = pki.Descriptor(
+            self.local.network, spec.name, spec.id, spec.role.value, spec.layer, spec.host,
+            spec.port, self.identity.curve_public, self.signing.public,
+            tuple(sorted(self.keys.public_keys().items())), self.local.epoch.epoch_at(wall))
+        return pki.sign_descriptor(described, self.signing.secret)
+
+    def network_of(self, document: pki.Document) -> Network:
+        """Return the network of ``document`` for this node (its clients' keys from the state
+        directory); UnusableDocument if it does not fit the node's topology."""
+        return network_from_document(document, self.local,
+                                     load_directory(self.state_dir, self.local,
+                                                    clients_only=True))
+
+    def _wait_for_network(self, keeper: NetworkKeeper) -> Network | None:
+        """Wait until the authorities give a document that lists this node, and return its
+        network; None if a stop signal came first. Says every 10 s what it waits for."""
+        poller = zmq.Poller()
+        for sock in keeper.sockets():
+            poller.register(sock, zmq.POLLIN)
+        next_note = time.monotonic() + WAIT_NOTE_INTERVAL
+        while not self.stopping:
+            wall = time.time()
+            keeper.on_timer(wall)
+            network = keeper.newer_network(wall, -1)
+            if network is not None:
+                if network.is_member(self.spec.name):
+                    LOG.info("network document of epoch %d: %d nodes", network.version,
+                             len(network.topology.nodes()))
+                    return network
+                LOG.warning("the network document of epoch %d does not list node %s (not on "
+                            "the authorities' allowlist yet?); waiting for the next epoch's",
+                            network.version, self.spec.name)
+            if time.monotonic() >= next_note:
+                next_note = time.monotonic() + WAIT_NOTE_INTERVAL
+                LOG.info("node %s waits for a network document from the authorities (%s)",
+                         self.spec.name, keeper.status(wall))
+            wait = min(max(0.0, keeper.next_deadline(wall) - wall), POLL_CAP_MS / 1000)
+            if poller.poll(int(wait * 1000) + 1):
+                keeper.on_readable(time.time())
+        return None
 
     def _shutdown(self, out: links.Links | None, pool: WorkerPool | None,
                   sockets: list[zmq.Socket[bytes]], auth: object,
@@ -231,6 +384,7 @@ class NodeProcess:
         for sock in sockets:
             sock.close(linger=0)
         auth.stop()  # type: ignore[attr-defined]
+        self._close_epochs()
         ctx.destroy(linger=0)  # closes any socket a failed start left open, then terminates
         if self.mailbox is not None:
             self.mailbox.close()
@@ -253,8 +407,9 @@ class _Loop:
     def __init__(self, node: NodeProcess, centre: NodeCentre, gate: links.KeyGate,
                  pool: WorkerPool, out: links.Links, router: zmq.Socket[bytes],
                  work: list[zmq.Socket[bytes]], results: zmq.Socket[bytes],
-                 control: zmq.Socket[bytes]) -> None:
+                 control: zmq.Socket[bytes], directory: _Directory) -> None:
         self.n = node
+        self.directory = directory
         self.centre = centre
         self.gate = gate
         self.pool = pool
@@ -274,6 +429,10 @@ class _Loop:
             poller.register(self.results, zmq.POLLIN)
             poller.register(self.control, zmq.POLLIN)
         reading.register(self.router, zmq.POLLIN)
+        directory = self.directory.sockets()
+        for poller in (reading, busy):
+            for sock in directory:
+                poller.register(sock, zmq.POLLIN)
         centre, dispatch = self.centre, self.centre.dispatch
         # The control endpoint is already published: the first request must find every statistic.
         self.n.snapshot.update(self.statistics(time.monotonic()))
@@ -289,6 +448,8 @@ class _Loop:
                 self._read_router()
             if self.control in ready:
                 metrics.answer_control(self.control, self.n.snapshot)
+            if any(sock in ready for sock in directory):
+                centre.guarded("directory", self.directory.on_readable, time.time())
             if self.n.sphinx_keys_version != self._keys_version:
                 self._send_new_keys()
             if dispatch.jobs:  # left over when no worker could take them
@@ -412,6 +573,8 @@ class _Loop:
         heartbeats, worker checks and statistics, each guarded by the centre."""
         due = self.centre.on_timer(now)
         self._send_outbox(now)  # due packets and mix loops first: a link they use is not idle
+        if self.directory.due(time.time()):
+            self.centre.guarded("directory", self.directory.on_timer, time.time())
         if due.heartbeats:
             self.centre.guarded("heartbeats", self._heartbeats, now)
         if due.housekeeping:
@@ -458,6 +621,7 @@ class _Loop:
         stats["auth_denied"] = self.gate.denied
         stats["auth_unregistered"] = self.gate.unregistered
         stats["auth_throttled"] = self.gate.throttled
+        stats.update(self.directory.statistics(time.time()))
         stats["uptime_seconds"] = now - self.n.started
         stats["pid"] = os.getpid()
         return stats
@@ -471,6 +635,88 @@ class _Loop:
             self._util_prev[index] = (now, report.cpu_seconds)
         workers = max(1, len(self.pool.stats))
         return min(1.0, busy / workers)
+
+
+class _Directory:
+    """The node's side of the key schedule and of the directory authorities, run by the loop:
+    the authorities' answers, the key updates at each change of the schedule (with a new
+    descriptor), the change to a newer network, and the replay filters' flushes. Its times
+    are unix times (documents and epochs are)."""
+
+    def __init__(self, node: NodeProcess) -> None:
+        assert node.keeper is not None and node.keys is not None and node.replay is not None
+        self.n = node
+        self.keeper = node.keeper
+        self.keys, self.replay = node.keys, node.replay
+        wall = time.time()
+        self._next_keys = self.keys.next_update(wall)
+        self._next_fetch = wall
+        self._next_flush = wall + REPLAY_FLUSH_INTERVAL
+        self._held = set(self.keeper.held)
+        self._left_out: int | None = None  # the last epoch whose document did not list the node
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """The sockets to the authorities, to poll for reading."""
+        return self.keeper.sockets()
+
+    def due(self, wall: float) -> bool:
+        """True if :meth:`on_timer` has something to do at ``wall``."""
+        return wall >= min(self._next_keys, self._next_fetch, self._next_flush)
+
+    def on_readable(self, wall: float) -> None:
+        """Read the authorities' answers; change networks if a newer one is due."""
+        self.keeper.on_readable(wall)
+        self._next_fetch = min(self._next_fetch, self.keeper.next_deadline(wall))
+        self._follow(wall)
+
+    def on_timer(self, wall: float) -> None:
+        """Update the keys, fetch documents, flush the replay filters: whatever is due."""
+        if wall >= self._next_keys:
+            self.n.update_keys(wall)
+            self._next_keys = self.keys.next_update(wall)
+            # A new key or an erased one changes the descriptor; sent at every change of the
+            # schedule, it also reaches an authority that restarted and forgot it.
+            self.keeper.upload(self.n.descriptor(wall), wall)
+        if wall >= self._next_fetch:
+            self.keeper.on_timer(wall)
+            self._next_fetch = self.keeper.next_deadline(wall)
+        if wall >= self._next_flush:
+            self.replay.flush()
+            self._next_flush = wall + REPLAY_FLUSH_INTERVAL
+        self._follow(wall)
+
+    def _follow(self, wall: float) -> None:
+        """Change to a newer network if one is due; let the link gate admit the nodes of every
+        document held when that set changed."""
+        newer = self.keeper.newer_network(wall, self.n.view.current.version)
+        if newer is not None:
+            if newer.is_member(self.n.spec.name):
+                self.n.replace_network(newer)
+                LOG.info("network of epoch %d in use: %d nodes", newer.version,
+                         len(newer.topology.nodes()))
+            elif self._left_out != newer.version:
+                self._left_out = newer.version
+                LOG.warning("the network document of epoch %d does not list node %s (evicted "
+                            "from the authorities' allowlist?): no node sends it traffic, and "
+                            "it keeps the network of epoch %d", newer.version, self.n.spec.name,
+                            self.n.view.current.version)
+        held = set(self.keeper.held)
+        if held != self._held and self.n.gate is not None:
+            self._held = held
+            self.n.gate.replace(self.n._admitted_keys())
+
+    def statistics(self, wall: float) -> dict[str, float]:
+        """The key schedule's and the document's statistics (zmix.stats_schema)."""
+        current = self.n.view.current
+        return {
+            "epoch": self.keys.params.epoch_at(wall),
+            "document_epoch": current.version,
+            "document_valid_seconds": (current.valid_until - wall
+                                       if current.valid_until is not None else 0.0),
+            "sphinx_keys_accepted": len(self.keys.accepted_epochs),
+            "sphinx_keys_made": self.n.keys_made,
+            "sphinx_keys_erased": self.n.keys_erased,
+        }
 
 
 def _replace_ipc_record(record: Path, current: Path) -> None:
