@@ -13,7 +13,15 @@ import pytest
 
 from zmix import crypto
 from zmix.errors import ConfigError
-from zmix.keys import PublicIdentity, ensure_keys, load_directory, load_private
+from zmix.keys import (
+    PublicIdentity,
+    ensure_authority_keys,
+    ensure_keys,
+    load_directory,
+    load_identity,
+    load_identity_public,
+    load_private,
+)
 from zmix.topology import Topology, entity_id, load_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
@@ -43,6 +51,7 @@ def state(tmp_path: Path, topology: Topology) -> Path:
 
 
 MEMBERS = ["p1", "p2", "a1", "b1", "b2", "alice", "bob"]
+NODES = ["p1", "p2", "a1", "b1", "b2"]  # the members with an identity key
 
 
 def mode(path: Path) -> int:
@@ -71,14 +80,15 @@ def test_ensure_keys_generates_a_pair_of_files_for_every_node_and_client(
         assert (state_dir / "public" / f"{name}.json").is_file()
         assert (state_dir / "private" / f"{name}.json").is_file()
     assert sorted(p.name for p in (state_dir / "public").iterdir()) == \
-        sorted(f"{n}.json" for n in MEMBERS)
+        sorted([f"{n}.json" for n in MEMBERS] + [f"{n}.identity.json" for n in NODES])
     assert (state_dir / "topology.yaml").read_bytes() == Path(topology.path).read_bytes()
 
 
 def test_ensure_keys_a_second_time_generates_nothing_and_changes_no_file(
         state: Path, topology: Topology) -> None:
     before = snapshot(state)
-    assert len(before) == 2 * len(MEMBERS) + 1  # every key file is there (and the topology)
+    # every key file is there, the nodes' identity files and the topology
+    assert len(before) == 2 * len(MEMBERS) + 2 * len(NODES) + 1
     assert ensure_keys(state, topology) == []
     assert snapshot(state) == before
     (state / "private" / "a1.json").unlink()  # the same call generates what is missing
@@ -369,3 +379,135 @@ def test_a_missing_public_file_says_which_file_to_copy(state: Path, topology: To
     assert str(info.value) == (f"{state / 'public' / 'b2.json'}: (file): no key file for 'b2'; "
                                "copy public/b2.json from the state directory where the keys "
                                "were made")
+
+
+# ---------------------------------------------------------------------------- identity keys
+
+
+def identity_files(state_dir: Path, name: str) -> tuple[Path, Path]:
+    return (state_dir / "public" / f"{name}.identity.json",
+            state_dir / "private" / f"{name}.identity.json")
+
+
+def test_every_node_gets_an_ed25519_identity_key_and_no_client_does(state: Path) -> None:
+    for name in NODES:
+        public, private = identity_files(state, name)
+        assert json.loads(public.read_text()).keys() == {"name", "identity_public"}
+        assert json.loads(private.read_text()).keys() == {"name", "identity_public",
+                                                          "identity_secret"}
+        assert mode(private) == 0o600 and mode(public) == 0o644
+        key = load_identity(state, name)
+        assert load_identity_public(state, name) == key.public
+        assert crypto.verify(key.public, b"m", crypto.sign(key.secret, b"m"))
+    for name in ("alice", "bob"):
+        assert not any(p.exists() for p in identity_files(state, name))
+    assert len({load_identity_public(state, n) for n in NODES}) == len(NODES)
+
+
+def test_ensure_keys_adds_identity_keys_to_a_state_directory_made_before_them(
+        state: Path, topology: Topology) -> None:
+    for name in NODES:
+        for path in identity_files(state, name):
+            path.unlink()
+    old_keys = {n: (state / "private" / f"{n}.json").read_bytes() for n in MEMBERS}
+    assert ensure_keys(state, topology) == []  # no member got new Sphinx or CURVE keys
+    assert {n: (state / "private" / f"{n}.json").read_bytes() for n in MEMBERS} == old_keys
+    for name in NODES:
+        assert load_identity(state, name).public == load_identity_public(state, name)
+
+
+def test_an_identity_key_is_never_replaced_and_a_lost_public_file_is_restored(
+        state: Path, topology: Topology) -> None:
+    public, private = identity_files(state, "a1")
+    kept = private.read_bytes()
+    original = load_identity_public(state, "a1")
+    public.unlink()
+    ensure_keys(state, topology)
+    assert private.read_bytes() == kept
+    assert load_identity_public(state, "a1") == original
+
+
+def test_a_node_whose_keys_live_elsewhere_gets_no_identity_key_here(
+        tmp_path: Path, state: Path, topology: Topology) -> None:
+    other = host_with(tmp_path, state, ["b1"])
+    (other / "private" / "b1.identity.json").write_bytes(
+        (state / "private" / "b1.identity.json").read_bytes())
+    os.chmod(other / "private" / "b1.identity.json", 0o600)
+    before = snapshot(other)
+    assert ensure_keys(other, topology) == []
+    assert snapshot(other) == before
+    assert load_identity(other, "b1") == load_identity(state, "b1")
+    with pytest.raises(ConfigError, match="no private key file for 'b2'"):
+        load_identity(other, "b2")  # positive control above: b1's copy loads
+
+
+def test_load_identity_refuses_an_open_mode_a_mismatched_secret_and_another_name(
+        state: Path) -> None:
+    _, private = identity_files(state, "a1")
+    load_identity(state, "a1")
+    os.chmod(private, 0o644)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        load_identity(state, "a1")
+    os.chmod(private, 0o600)
+    other_secret = crypto.ed25519_keypair()[1]
+    saved = private.read_text()
+    edit(private, identity_secret=other_secret.hex())
+    with pytest.raises(ConfigError) as info:
+        load_identity(state, "a1")
+    assert str(info.value) == f"{private}: identity_secret: does not match identity_public"
+    private.write_text(saved)
+    edit(private, identity_secret="00" * 63)
+    with pytest.raises(ConfigError, match="identity_secret: must be 64 bytes, got 63"):
+        load_identity(state, "a1")
+    private.write_text(saved)
+    edit(private, name="b1")
+    with pytest.raises(ConfigError, match="name: is 'b1', not 'a1'"):
+        load_identity(state, "a1")
+
+
+def test_load_identity_public_names_the_file_to_copy_when_it_is_missing(state: Path) -> None:
+    public, _ = identity_files(state, "b2")
+    assert len(load_identity_public(state, "b2")) == 32
+    public.unlink()
+    with pytest.raises(ConfigError) as info:
+        load_identity_public(state, "b2")
+    assert str(info.value) == (f"{public}: (file): no identity key file for 'b2'; copy "
+                               "public/b2.identity.json from the state directory where the keys "
+                               "were made")
+
+
+def test_ensure_authority_keys_makes_each_authority_one_identity_key_once(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    assert ensure_authority_keys(state_dir, ["auth1", "auth2"]) == ["auth1", "auth2"]
+    assert mode(state_dir / "private") == 0o700
+    first = {n: load_identity(state_dir, n) for n in ("auth1", "auth2")}
+    assert first["auth1"].public != first["auth2"].public
+    assert ensure_authority_keys(state_dir, ["auth1", "auth2", "auth3"]) == ["auth3"]
+    assert {n: load_identity(state_dir, n) for n in ("auth1", "auth2")} == first
+    assert load_identity_public(state_dir, "auth3") == load_identity(state_dir, "auth3").public
+    assert not (state_dir / "public" / "auth1.json").exists()  # an identity key and nothing else
+
+
+def test_names_ending_in_identity_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="reserved for the identity key files"):
+        ensure_authority_keys(tmp_path / "a", ["auth1", "p1.identity"])
+    assert not (tmp_path / "a" / "private" / "auth1.identity.json").exists()
+    with pytest.raises(ConfigError, match="not a valid name"):
+        ensure_authority_keys(tmp_path / "b", ["../x"])
+    path = tmp_path / "net.yaml"
+    path.write_text("network: keytest\nproviders: [p1]\nlayers: [[a1]]\n"
+                    "clients: [{name: p1.identity, provider: p1}]\n")
+    with pytest.raises(ConfigError, match="reserved"):
+        ensure_keys(tmp_path / "c", load_topology(path))
+    assert not (tmp_path / "c").exists()
+    assert ensure_authority_keys(tmp_path / "d", ["p1"]) == ["p1"]  # positive control
+
+
+def test_a_node_whose_public_file_is_missing_gets_no_new_identity_key(
+        state: Path, topology: Topology) -> None:
+    for path in identity_files(state, "a1") + identity_files(state, "b1"):
+        path.unlink()
+    (state / "public" / "a1.json").unlink()  # public/ not (yet) copied in for a1
+    ensure_keys(state, topology)
+    assert not any(p.exists() for p in identity_files(state, "a1"))
+    assert all(p.exists() for p in identity_files(state, "b1"))  # positive control

@@ -45,6 +45,10 @@ BLAKE2B_MAX_DIGEST_BYTES = 64
 SEAL_OVERHEAD = 48  # crypto_box_seal: ephemeral public key (32) + Poly1305 tag (16)
 BOX_NONCE_BYTES = 24
 BOX_OVERHEAD = 40  # crypto_box: random nonce (24) + Poly1305 tag (16)
+ED25519_PUBLIC_BYTES = 32
+ED25519_SEED_BYTES = 32
+ED25519_SECRET_BYTES = 64  # libsodium's form: the 32-byte seed followed by the public key
+SIGNATURE_BYTES = 64
 
 _ZERO_NONCE = bytes(CHACHA20_NONCE_BYTES)
 BASE_POINT = b"\x09" + bytes(31)
@@ -201,3 +205,46 @@ def unbox(sender_public_key: bytes, recipient_private_key: bytes, data: bytes) -
         raise ValueError("ciphertext too short")
     nonce, ciphertext = data[:BOX_NONCE_BYTES], data[BOX_NONCE_BYTES:]
     return bytes(_na.crypto_box_open(ciphertext, nonce, sender_public_key, recipient_private_key))
+
+
+def ed25519_seed_keypair(seed: bytes) -> tuple[bytes, bytes]:
+    """Return the Ed25519 ``(public 32, secret 64)`` pair derived from a 32-byte seed (RFC 8032's
+    "private key"); the secret is libsodium's form, seed followed by public key."""
+    _check("seed", seed, ED25519_SEED_BYTES)
+    pk, sk = _na.crypto_sign_seed_keypair(seed)
+    return bytes(pk), bytes(sk)
+
+
+def ed25519_keypair() -> tuple[bytes, bytes]:
+    """Return a fresh Ed25519 ``(public 32, secret 64)`` identity key pair."""
+    return ed25519_seed_keypair(random_bytes(ED25519_SEED_BYTES))
+
+
+def ed25519_public(secret: bytes) -> bytes:
+    """Return the public key of a 64-byte Ed25519 secret, recomputed from its seed (not read
+    from its second half, so a secret file whose halves disagree is caught)."""
+    _check("secret key", secret, ED25519_SECRET_BYTES)
+    return ed25519_seed_keypair(secret[:ED25519_SEED_BYTES])[0]
+
+
+def sign(secret: bytes, message: bytes) -> bytes:
+    """Return the 64-byte detached Ed25519 signature of ``message`` (libsodium
+    ``crypto_sign_detached``, deterministic as RFC 8032 says)."""
+    _check("secret key", secret, ED25519_SECRET_BYTES)
+    return bytes(_na.crypto_sign_detached(message, secret))
+
+
+def verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Return whether ``signature`` is a valid Ed25519 signature of ``message`` by ``public``.
+
+    A bad signature, or a public key libsodium refuses (small order, non-canonical), gives False,
+    never an exception: whatever a peer sends, the caller gets a yes or a no. Only wrong lengths,
+    our own slicing mistakes, raise :class:`LocalMisuse`.
+    """
+    _check("public key", public, ED25519_PUBLIC_BYTES)
+    _check("signature", signature, SIGNATURE_BYTES)
+    try:
+        _na.crypto_sign_verify_detached(signature, message, public)
+    except ValueError:  # pysodium's way of saying libsodium returned -1
+        return False
+    return True
