@@ -39,6 +39,7 @@ def usual_umask() -> Iterator[None]:
 def topology(tmp_path: Path) -> Topology:
     path = tmp_path / "net.yaml"
     path.write_text("network: keytest\nproviders: [p1, p2]\nlayers: [[a1], [b1, b2]]\n"
+                    "authorities: [auth]\n"
                     "clients: [{name: alice, provider: p1}, {name: bob, provider: p2}]\n")
     return load_topology(path)
 

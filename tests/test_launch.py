@@ -218,7 +218,7 @@ def test_a_private_key_readable_by_others_is_refused_before_any_node_starts(
 
 def test_a_topology_that_is_not_utf8_is_an_error_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
-    text = "# caf\u00e9\nnetwork: cafe\nproviders: [p]\nlayers: [[a]]\n"
+    text = "# caf\u00e9\nnetwork: cafe\nproviders: [p]\nlayers: [[a]]\nauthorities: [auth]\n"
     path.write_bytes(text.encode("latin-1"))
     done = run_up(path, tmp_path / "state")
     assert done.returncode == 2
@@ -319,7 +319,7 @@ def test_a_timer_that_raises_is_logged_and_counted_and_the_node_keeps_running(
 def two_host_topology(path: Path) -> None:
     """Host A runs provider-1, mix-a1 and mix-c1; host B runs provider-2 and mix-b1. Both are
     127.0.0.1 here; on real hosts each node's ``host`` is its own host's address."""
-    ports = iter(free_ports(5))
+    ports = iter(free_ports(6))
 
     def node(name: str) -> dict[str, object]:
         return {"name": name, "host": HOST, "port": next(ports)}
@@ -333,6 +333,7 @@ def two_host_topology(path: Path) -> None:
         "layers": [[node("mix-a1")], [node("mix-b1")], [node("mix-c1")]],
         "clients": [{"name": "alice", "provider": "provider-1"},
                     {"name": "bob", "provider": "provider-2"}],
+        "authorities": [node("authority-1")],
     }, sort_keys=False))
 
 

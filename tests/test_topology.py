@@ -13,8 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmix.errors import ConfigError
+from zmix.epochs import EpochParams
+from zmix.errors import ConfigError, LocalMisuse
 from zmix.topology import (
+    AuthoritySpec,
     LoopixParams,
     MailboxParams,
     NodeParams,
@@ -29,7 +31,8 @@ TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 LOCAL = TOPOLOGIES / "local.yaml"
 MEDIUM = TOPOLOGIES / "medium.yaml"
 
-MINIMAL = "network: t\nproviders: [p]\nlayers: [[a]]\n"
+HEAD = "network: t\nauthorities: [auth]\n"  # the first lines of a valid file
+MINIMAL = HEAD + "providers: [p]\nlayers: [[a]]\n"
 
 
 def write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:
@@ -52,7 +55,7 @@ def test_local_topology_has_three_layers_of_two_two_providers_and_four_clients()
     assert topo.sphinx.max_hops == 5 and topo.sphinx.payload_length == 2048
     assert topo.loopix == LoopixParams(mean_delay=0.02, payload_rate=20, loop_rate=2,
                                        drop_rate=2, mix_loop_rate=1, fetch_interval=0.2,
-                                       max_delay=30)
+                                       max_delay=2)
     assert topo.mailbox == MailboxParams(quota=10_000, ttl=604_800, fetch_slots=8)
     assert topo.runtime == NodeParams()  # no node: section, so the defaults
     assert all(n.workers == 1 and n.host == "127.0.0.1" for n in topo.nodes())
@@ -92,6 +95,7 @@ def test_assigned_ports_skip_explicit_ports_and_metrics_ports_on_the_same_host(
         tmp_path: Path) -> None:
     path = write(tmp_path, """
 network: t
+authorities: [auth]
 defaults: {base_port: 5000}
 providers: [p1, {name: p2, port: 5001}, {name: far, host: 10.0.0.2, port: 5006}]
 layers:
@@ -234,9 +238,9 @@ BROKEN: list[tuple[str, str, str, str]] = [
      "must be an integer"),
     ("string-for-bool", MINIMAL + "mailbox: {open_registration: maybe}\n",
      "mailbox.open_registration", "must be true or false"),
-    ("duplicate-node-name", "network: t\nproviders: [p]\nlayers: [[a], [a]]\n",
+    ("duplicate-node-name", HEAD + "providers: [p]\nlayers: [[a], [a]]\n",
      "layers[1][0].name", "duplicate name 'a' (also at layers[0][0].name)"),
-    ("provider-named-like-mixnode", "network: t\nproviders: [a]\nlayers: [[a]]\n",
+    ("provider-named-like-mixnode", HEAD + "providers: [a]\nlayers: [[a]]\n",
      "layers[0][0].name", "duplicate name 'a'"),
     ("client-named-like-node", MINIMAL + "clients: [{name: a, provider: p}]\n",
      "clients[0].name", "'a' is already a node's name"),
@@ -244,17 +248,17 @@ BROKEN: list[tuple[str, str, str, str]] = [
      MINIMAL + "clients: [{name: c, provider: p}, {name: c, provider: p}]\n",
      "clients[1].name", "duplicate name 'c'"),
     ("duplicate-host-port",
-     "network: t\nproviders: [{name: p, port: 4000}]\nlayers: [[{name: a, port: 4000}]]\n",
+     HEAD + "providers: [{name: p, port: 4000}]\nlayers: [[{name: a, port: 4000}]]\n",
      "layers[0][0].port", "duplicate address '127.0.0.1:4000' (also at providers[0].port)"),
     ("metrics-port-on-a-node-port",
-     "network: t\nproviders: [{name: p, port: 4000}]\n"
+     HEAD + "providers: [{name: p, port: 4000}]\n"
      "layers: [[{name: a, port: 4001, metrics_port: 4000}]]\n",
      "layers[0][0].metrics_port", "duplicate address '127.0.0.1:4000'"),
-    ("port-zero", "network: t\nproviders: [{name: p, port: 0}]\nlayers: [[a]]\n",
+    ("port-zero", HEAD + "providers: [{name: p, port: 0}]\nlayers: [[a]]\n",
      "providers[0].port", "must be an integer from 1 to 65535, got 0"),
-    ("port-70000", "network: t\nproviders: [p]\nlayers: [[a], [{name: b, port: 70000}]]\n",
+    ("port-70000", HEAD + "providers: [p]\nlayers: [[a], [{name: b, port: 70000}]]\n",
      "layers[1][0].port", "must be an integer from 1 to 65535, got 70000"),
-    ("ports-run-out", "network: t\ndefaults: {base_port: 65535}\nproviders: [p]\n"
+    ("ports-run-out", HEAD + "defaults: {base_port: 65535}\nproviders: [p]\n"
      "layers: [[a]]\n", "defaults.base_port", "ran out of ports"),
     ("client-without-provider", MINIMAL + "clients: [{name: c}]\n", "clients[0].provider",
      "is required"),
@@ -262,29 +266,29 @@ BROKEN: list[tuple[str, str, str, str]] = [
      "clients[0].provider", "no provider named 'a' (providers: p)"),
     ("client-not-a-mapping", MINIMAL + "clients: [c]\n", "clients[0]",
      "must be a mapping, got a string"),
-    ("empty-layers", "network: t\nproviders: [p]\nlayers: []\n", "layers",
+    ("empty-layers", HEAD + "providers: [p]\nlayers: []\n", "layers",
      "needs at least one layer"),
-    ("empty-providers", "network: t\nproviders: []\nlayers: [[a]]\n", "providers",
+    ("empty-providers", HEAD + "providers: []\nlayers: [[a]]\n", "providers",
      "needs at least one provider"),
-    ("too-many-layers", "network: t\nsphinx: {max_hops: 4}\nproviders: [p]\n"
+    ("too-many-layers", HEAD + "sphinx: {max_hops: 4}\nproviders: [p]\n"
      "layers: [[a], [b], [c]]\n", "layers",
      "3 layers make routes of 5 hops, more than sphinx.max_hops (4)"),
     ("max-hops-too-small", MINIMAL + "sphinx: {max_hops: 2}\n", "sphinx.max_hops",
      "must be an integer from 3 to 16"),
-    ("bad-node-name", "network: t\nproviders: ['p 1']\nlayers: [[a]]\n", "providers[0].name",
+    ("bad-node-name", HEAD + "providers: ['p 1']\nlayers: [[a]]\n", "providers[0].name",
      "must be a name of 1-64 letters, digits"),
     ("bad-network-name", "network: zmix/evil\nproviders: [p]\nlayers: [[a]]\n", "network",
      "must be a name"),
-    ("name-too-long", f"network: t\nproviders: [{'p' * 65}]\nlayers: [[a]]\n",
+    ("name-too-long", HEAD + f"providers: [{'p' * 65}]\nlayers: [[a]]\n",
      "providers[0].name", "must be a name"),
     ("missing-network", "providers: [p]\nlayers: [[a]]\n", "network", "is required"),
-    ("layers-not-a-list", "network: t\nproviders: [p]\nlayers: a\n", "layers",
+    ("layers-not-a-list", HEAD + "providers: [p]\nlayers: a\n", "layers",
      "must be a list, got a string"),
-    ("empty-layer", "network: t\nproviders: [p]\nlayers: [[a], []]\n", "layers[1]",
+    ("empty-layer", HEAD + "providers: [p]\nlayers: [[a], []]\n", "layers[1]",
      "must be a non-empty list of nodes"),
-    ("layer-not-a-list", "network: t\nproviders: [p]\nlayers: [a]\n", "layers[0]",
+    ("layer-not-a-list", HEAD + "providers: [p]\nlayers: [a]\n", "layers[0]",
      "must be a non-empty list of nodes"),
-    ("unknown-node-key", "network: t\nproviders: [{name: p, prot: 1}]\nlayers: [[a]]\n",
+    ("unknown-node-key", HEAD + "providers: [{name: p, prot: 1}]\nlayers: [[a]]\n",
      "providers[0].prot", "unknown key"),
     ("zero-workers", MINIMAL + "defaults: {workers: 0}\n", "defaults.workers",
      "must be an integer from 1 to 256"),
@@ -295,6 +299,68 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("yaml-syntax-error", "network: [t\nproviders: [p]\n", "(yaml)", "not valid YAML"),
     ("top-level-list", "- network\n- t\n", "(top level)", "must be a mapping, got a list"),
     ("empty-file", "", "(top level)", "must be a mapping, got nothing"),
+    # epochs
+    ("epoch-too-short", MINIMAL + "epoch: {length: 0.5, grace: 0}\n", "epoch.length",
+     "must be a number >= 1, got 0.5"),
+    ("epoch-grace-half-the-length", MINIMAL + "epoch: {length: 1000, grace: 500}\n",
+     "epoch.grace", "must be under half of epoch.length (500 s), got 500"),
+    ("epoch-negative-grace", MINIMAL + "epoch: {grace: -1}\n", "epoch.grace",
+     "must be a number >= 0"),
+    ("epoch-ahead-zero", MINIMAL + "epoch: {ahead: 0}\n", "epoch.ahead",
+     "must be an integer from 1 to 16, got 0"),
+    ("epoch-ahead-float", MINIMAL + "epoch: {ahead: 2.0}\n", "epoch.ahead",
+     "must be an integer"),
+    ("epoch-negative-origin", MINIMAL + "epoch: {origin: -5}\n", "epoch.origin",
+     "must be a number >= 0"),
+    ("epoch-unknown-key", MINIMAL + "epoch: {lenght: 60}\n", "epoch.lenght",
+     "unknown key (known here: ahead, grace, length, origin)"),
+    ("epoch-shorter-than-the-delays", MINIMAL + "epoch: {length: 599, grace: 10}\n",
+     "epoch.length", "must be at least 2 * sphinx.max_hops * loopix.max_delay = 2 * 5 * 60 = "
+     "600 s"),
+    ("epoch-not-a-mapping", MINIMAL + "epoch: 60\n", "epoch", "must be a mapping"),
+    # authorities
+    ("no-authorities", "network: t\nproviders: [p]\nlayers: [[a]]\n", "authorities",
+     "is required: every network runs at least one directory authority"),
+    ("empty-authorities", "network: t\nproviders: [p]\nlayers: [[a]]\nauthorities: []\n",
+     "authorities", "add for example 'authorities: [{name: authority-1, port: 30999}]'"),
+    ("authorities-a-mapping", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     "authorities: {threshold: 1}\n", "authorities", "must be a list, got a mapping"),
+    ("authority-named-like-a-node", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     "authorities: [a]\n", "authorities[0].name", "duplicate name 'a' (also at "
+     "layers[0][0].name)"),
+    ("authority-named-twice", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     "authorities: [x, y, x]\n", "authorities[2].name", "duplicate name 'x'"),
+    ("client-named-like-an-authority", MINIMAL + "clients: [{name: auth, provider: p}]\n",
+     "clients[0].name", "'auth' is already an authority's name"),
+    ("authority-bad-name", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     "authorities: ['x/y']\n", "authorities[0].name", "must be a name"),
+    ("authority-port-of-a-node", "network: t\nproviders: [{name: p, port: 4000}]\n"
+     "layers: [[a]]\nauthorities: [{name: x, port: 4000}]\n", "authorities[0].port",
+     "duplicate address '127.0.0.1:4000' (also at providers[0].port)"),
+    ("authority-port-of-a-metrics-port", "network: t\nproviders: [{name: p, "
+     "metrics_port: 4000}]\nlayers: [[a]]\nauthorities: [{name: x, port: 4000}]\n",
+     "providers[0].metrics_port", "duplicate address '127.0.0.1:4000' (also at "
+     "authorities[0].port)"),
+    ("authority-unknown-key", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     "authorities: [{name: x, workers: 2}]\n", "authorities[0].workers",
+     "unknown key (known here: host, identity_public, name, port)"),
+    ("authority-short-key", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     f"authorities: [{{name: x, identity_public: '{'ab' * 31}'}}]\n",
+     "authorities[0].identity_public", "must be an Ed25519 public key as 64 hex digits"),
+    ("authority-key-not-hex", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     f"authorities: [{{name: x, identity_public: '{'zz' * 32}'}}]\n",
+     "authorities[0].identity_public", "must be an Ed25519 public key as 64 hex digits"),
+    ("authority-key-unquoted-digits", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     f"authorities: [{{name: x, identity_public: {'1' * 64}}}]\n",
+     "authorities[0].identity_public", "(in quotes)"),
+    ("authority-key-pinned-twice", "network: t\nproviders: [p]\nlayers: [[a]]\n"
+     f"authorities: [{{name: x, identity_public: '{'ab' * 32}'}}, "
+     f"{{name: y, identity_public: '{'AB' * 32}'}}]\n", "authorities[1].identity_public",
+     "duplicate identity key"),
+    ("threshold-above-the-authorities", MINIMAL + "authority_threshold: 2\n",
+     "authority_threshold", "must be at most the number of authorities (1), got 2"),
+    ("threshold-zero", MINIMAL + "authority_threshold: 0\n", "authority_threshold",
+     "must be an integer from 1 to 1000, got 0"),
 ]
 
 
@@ -317,7 +383,7 @@ def test_the_broken_table_starts_from_a_valid_document(tmp_path: Path) -> None:
 
 
 def test_a_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "network: t\nproviders: [p]\nlayers: [[a]\n")
+    path = write(tmp_path, HEAD + "providers: [p]\nlayers: [[a]\n")
     with pytest.raises(ConfigError) as info:
         load_topology(path)
     assert info.value.key == "(yaml)"
@@ -345,7 +411,8 @@ def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path: Pat
 
 def test_the_longest_delay_a_packet_can_carry_is_accepted(tmp_path: Path) -> None:
     topo = load_topology(write(tmp_path, MINIMAL + "loopix: {mean_delay: 4294.967295, "
-                                                   "max_delay: 4294.967295}\n"))
+                                                   "max_delay: 4294.967295}\n"
+                                                   "epoch: {length: 42950}\n"))
     assert int(topo.loopix.max_delay * 1_000_000) == 2**32 - 1
     assert load_topology(write(tmp_path, MINIMAL + "loopix: {mix_loop_rate: 10000}\n"))
 
@@ -454,3 +521,110 @@ def test_a_valid_document_with_one_value_changed_gives_a_topology_or_a_config_er
 
 def test_the_unmutated_document_parses() -> None:
     assert parse_topology(copy.deepcopy(VALID), "x.yaml").network == "zmix-local"
+
+
+# ---------------------------------------------------------------------------- epochs
+
+
+def test_the_epoch_section_gives_the_key_schedule(tmp_path: Path) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL + "epoch: {length: 1200, origin: 1700000000, "
+                                                   "grace: 30, ahead: 3}\n"))
+    assert topo.epoch == EpochParams(length=1200.0, origin=1_700_000_000.0, grace=30.0, ahead=3)
+
+
+def test_without_an_epoch_section_epochs_last_an_hour_from_time_zero(tmp_path: Path) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL))
+    assert topo.epoch == EpochParams(length=3600.0, origin=0.0, grace=60.0, ahead=2)
+
+
+def test_an_epoch_exactly_twice_the_longest_route_delay_is_accepted(tmp_path: Path) -> None:
+    # sphinx.max_hops 5 and loopix.max_delay 60 (the defaults): 2 * 5 * 60 = 600 s.
+    assert load_topology(write(tmp_path, MINIMAL + "epoch: {length: 600}\n")).epoch.length == 600
+    with pytest.raises(ConfigError) as info:  # one second less is refused
+        load_topology(write(tmp_path, MINIMAL + "epoch: {length: 599}\n"))
+    assert info.value.key == "epoch.length"
+    # A shorter epoch is fine once the longest delay shrinks with it.
+    topo = load_topology(write(tmp_path, MINIMAL + "sphinx: {max_hops: 3}\n"
+                                                   "loopix: {mean_delay: 0.01, max_delay: 0.5}\n"
+                                                   "epoch: {length: 3, grace: 1}\n"))
+    assert (topo.epoch.length, topo.epoch.grace) == (3.0, 1.0)
+
+
+def test_the_grace_may_come_just_under_half_an_epoch(tmp_path: Path) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL + "epoch: {length: 1000, grace: 499.5}\n"))
+    assert topo.epoch.grace == 499.5
+
+
+def test_the_shipped_topologies_keep_the_epoch_rule_and_local_rotates_within_the_demo() -> None:
+    local, medium = load_topology(LOCAL), load_topology(MEDIUM)
+    for topo in (local, medium):
+        assert topo.epoch.length >= 2 * topo.sphinx.max_hops * topo.loopix.max_delay
+    assert local.epoch.length <= 30  # --demo crosses a boundary in under a minute
+    assert medium.epoch == EpochParams(length=600.0, grace=60.0, ahead=2)
+
+
+# ---------------------------------------------------------------------------- authorities
+
+
+def test_authorities_get_host_and_port_like_nodes_after_them(tmp_path: Path) -> None:
+    topo = load_topology(write(tmp_path, """
+network: t
+defaults: {base_port: 5000}
+providers: [p]
+layers: [[a], [{name: b, port: 5003}]]
+authorities:
+  - auth-1
+  - {name: auth-2, host: 10.0.0.9, port: 7000}
+  - {name: auth-3, identity_public: '""" + "0f" * 32 + """'}
+"""))
+    assert [(a.name, a.host, a.port) for a in topo.authorities] == [
+        ("auth-1", "127.0.0.1", 5002), ("auth-2", "10.0.0.9", 7000),
+        ("auth-3", "127.0.0.1", 5004)]
+    assert topo.authorities[0].identity_public is None
+    assert topo.authorities[2].identity_public == bytes([0x0F]) * 32
+    assert topo.authority("auth-2").endpoint == "tcp://10.0.0.9:7000"
+    assert [n.port for n in topo.nodes()] == [5000, 5001, 5003]  # nodes keep their ports
+    with pytest.raises(KeyError):
+        topo.authority("p")  # a node, not an authority
+    assert "auth-1" not in topo.names()  # names() lists the nodes and clients only
+
+
+@pytest.mark.parametrize(("count", "majority"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)])
+def test_the_threshold_defaults_to_a_majority_of_the_authorities(
+        tmp_path: Path, count: int, majority: int) -> None:
+    names = ", ".join(f"auth-{i}" for i in range(count))
+    topo = load_topology(write(tmp_path, "network: t\nproviders: [p]\nlayers: [[a]]\n"
+                                         f"authorities: [{names}]\n"))
+    assert len(topo.authorities) == count
+    assert topo.authority_threshold == majority
+
+
+def test_an_explicit_threshold_from_one_to_all_is_kept(tmp_path: Path) -> None:
+    base = "network: t\nproviders: [p]\nlayers: [[a]]\nauthorities: [x, y, z]\n"
+    for threshold in (1, 2, 3):
+        topo = load_topology(write(tmp_path, base + f"authority_threshold: {threshold}\n"))
+        assert topo.authority_threshold == threshold
+    with pytest.raises(ConfigError):
+        load_topology(write(tmp_path, base + "authority_threshold: 4\n"))
+
+
+def test_the_shipped_topologies_declare_their_authorities() -> None:
+    local, medium = load_topology(LOCAL), load_topology(MEDIUM)
+    assert [(a.name, a.port) for a in local.authorities] == [("authority-1", 31008)]
+    assert local.authority_threshold == 1
+    assert [a.name for a in medium.authorities] == ["authority-1", "authority-2", "authority-3"]
+    assert medium.authority_threshold == 2
+
+
+def test_a_topology_built_by_hand_needs_no_authorities_but_never_a_zero_threshold() -> None:
+    topo = load_topology(LOCAL)
+    fields = (topo.path, topo.network, topo.sphinx, topo.layers, topo.providers, topo.clients,
+              topo.loopix, topo.mailbox, topo.runtime)
+    bare = Topology(*fields)
+    assert (bare.authorities, bare.authority_threshold) == ((), 1)
+    assert bare.epoch == EpochParams()
+    auth = AuthoritySpec("x", "127.0.0.1", 9000)
+    assert Topology(*fields, authorities=(auth,), authority_threshold=1).authorities == (auth,)
+    for threshold in (0, 2, True):
+        with pytest.raises(LocalMisuse):
+            Topology(*fields, authorities=(auth,), authority_threshold=threshold)

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from zmix import crypto
 from zmix.epochs import EpochParams
+from zmix.errors import LocalMisuse
 from zmix.sphinx import MAX_DELAY_US, SphinxParams
 
 if TYPE_CHECKING:  # at run time the loader comes through __getattr__ (an import cycle)
     from zmix.topology_yaml import load_topology, parse_topology
 
-__all__ = ["MAX_DELAY", "MAX_RATE", "ClientSpec", "LoopixParams", "MailboxParams", "NodeParams",
-           "NodeSpec", "Role", "Topology", "entity_id", "load_topology", "parse_topology",
-           "valid_name"]
+__all__ = ["MAX_DELAY", "MAX_RATE", "AuthoritySpec", "ClientSpec", "LoopixParams",
+           "MailboxParams", "NodeParams", "NodeSpec", "Role", "Topology", "entity_id",
+           "load_topology", "parse_topology", "valid_name"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # The longest per-hop delay a packet can carry: the routing command's u32 of microseconds.
@@ -64,6 +65,22 @@ class NodeSpec:
     @property
     def endpoint(self) -> str:
         """The ZeroMQ endpoint the node's ROUTER binds and its peers dial."""
+        return f"tcp://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthoritySpec:
+    """One directory authority: where it serves its documents and, if the file pins it, its
+    Ed25519 identity public key (None: read from ``STATE/public/NAME.identity.json``)."""
+
+    name: str
+    host: str
+    port: int
+    identity_public: bytes | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The ZeroMQ endpoint the authority binds and nodes and clients dial."""
         return f"tcp://{self.host}:{self.port}"
 
 
@@ -123,6 +140,18 @@ class Topology:
     mailbox: MailboxParams
     runtime: NodeParams  # the YAML's ``node:`` section
     epoch: EpochParams = field(default_factory=EpochParams)  # the key schedule (zmix.epochs)
+    authorities: tuple[AuthoritySpec, ...] = ()
+    # Signatures a network document needs. 1 when there is no authority (a Topology built by
+    # hand): never 0, which would accept an unsigned document.
+    authority_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        top = max(1, len(self.authorities))
+        if isinstance(self.authority_threshold, bool) or not (
+                isinstance(self.authority_threshold, int)
+                and 1 <= self.authority_threshold <= top):
+            raise LocalMisuse(f"the authority threshold must be an integer from 1 to {top}, "
+                              f"not {self.authority_threshold!r}")
 
     def nodes(self) -> tuple[NodeSpec, ...]:
         """Return every node: providers first, then mixnodes layer by layer."""
@@ -144,6 +173,13 @@ class Topology:
         for client in self.clients:
             if client.name == name:
                 return client
+        raise KeyError(name)
+
+    def authority(self, name: str) -> AuthoritySpec:
+        """Return directory authority ``name``; KeyError if there is none."""
+        for authority in self.authorities:
+            if authority.name == name:
+                return authority
         raise KeyError(name)
 
     def by_id(self, entity: bytes) -> NodeSpec | ClientSpec | None:

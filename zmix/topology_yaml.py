@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from zmix.errors import ConfigError
+from zmix.epochs import MIN_LENGTH, EpochParams
+from zmix.errors import ConfigError, LocalMisuse
 from zmix.sphinx import SphinxParams
 from zmix.topology import (
     MAX_DELAY,
     MAX_RATE,
+    AuthoritySpec,
     ClientSpec,
     LoopixParams,
     MailboxParams,
@@ -118,6 +120,7 @@ def parse_topology(data: object, path: str) -> Topology:
     network = top.get("network", _name, required=True)
     sphinx = _sphinx(path, top)
     loopix = _loopix(path, top)
+    epoch = _epoch(path, top, sphinx, loopix)
     mailbox = _mailbox(path, top)
     node = _node_params(path, top)
     defaults = top.section("defaults")
@@ -128,11 +131,15 @@ def parse_topology(data: object, path: str) -> Topology:
     raw_providers = top.get("providers", _list, required=True)
     raw_layers = top.get("layers", _list, required=True)
     raw_clients: list[object] = top.get("clients", _list, [])
+    raw_authorities = top.optional("authorities", _list)
+    raw_threshold = top.optional("authority_threshold", _int_range(1, 1000))
     top.finish()
     if not raw_layers:
         raise ConfigError(path, "layers", "needs at least one layer of mixnodes")
     if not raw_providers:
         raise ConfigError(path, "providers", "needs at least one provider")
+    if not raw_authorities:
+        raise ConfigError(path, "authorities", NO_AUTHORITY)
     if len(raw_layers) + 2 > sphinx.max_hops:
         raise ConfigError(path, "layers", f"{len(raw_layers)} layers make routes of "
                           f"{len(raw_layers) + 2} hops, more than sphinx.max_hops "
@@ -143,12 +150,21 @@ def parse_topology(data: object, path: str) -> Topology:
         if not isinstance(layer, list) or not layer:
             raise ConfigError(path, f"layers[{li}]", "must be a non-empty list of nodes")
         entries += [(f"layers[{li}][{j}]", n, Role.MIXNODE, li) for j, n in enumerate(layer)]
-    specs = _nodes(path, network, entries, host, base_port, workers)
+    specs, authorities = _members(path, network, entries, raw_authorities, host, base_port,
+                                  workers)
+    threshold = _threshold(path, raw_threshold, len(authorities))
     providers = tuple(s for s in specs if s.role is Role.PROVIDER)
     layers = tuple(tuple(s for s in specs if s.layer == li) for li in range(len(raw_layers)))
     clients = _clients(path, network, raw_clients, {p.name for p in providers},
-                       {s.name for s in specs})
-    return Topology(path, network, sphinx, layers, providers, clients, loopix, mailbox, node)
+                       {s.name for s in specs}, {a.name for a in authorities})
+    return Topology(path, network, sphinx, layers, providers, clients, loopix, mailbox, node,
+                    epoch, authorities, threshold)
+
+
+# The refusal of a file without authorities says what to add (docs/topology.md, "authorities").
+NO_AUTHORITY = ("is required: every network runs at least one directory authority, from which "
+                "nodes and clients learn the network; add for example "
+                "'authorities: [{name: authority-1, port: 30999}]'")
 
 
 def _sphinx(path: str, top: _Reader) -> SphinxParams:
@@ -182,6 +198,40 @@ def _loopix(path: str, top: _Reader) -> LoopixParams:
     return params
 
 
+def _epoch(path: str, top: _Reader, sphinx: SphinxParams, loopix: LoopixParams) -> EpochParams:
+    r = top.section("epoch")
+    d = EpochParams()
+    length = r.get("length", _number(MIN_LENGTH), d.length)
+    origin = r.get("origin", _number(0.0), d.origin)
+    grace = r.get("grace", _number(0.0), d.grace)
+    ahead = r.get("ahead", _int_range(1, 16), d.ahead)
+    r.finish()
+    if grace >= length / 2:
+        raise ConfigError(path, "epoch.grace", f"must be under half of epoch.length "
+                          f"({length / 2:g} s), got {grace:g}")
+    longest = sphinx.max_hops * loopix.max_delay
+    if length < 2 * longest:
+        raise ConfigError(path, "epoch.length", f"must be at least 2 * sphinx.max_hops * "
+                          f"loopix.max_delay = 2 * {sphinx.max_hops} * {loopix.max_delay:.10g} = "
+                          f"{2 * longest:.10g} s, so that a reply block outlives the delays of its "
+                          f"route by at least half an epoch; got {length:.10g} (lengthen the epoch "
+                          f"or lower loopix.max_delay)")
+    try:
+        return EpochParams(length=length, origin=origin, grace=grace, ahead=ahead)
+    except LocalMisuse as exc:  # the checks above cover EpochParams' own; this is a backstop
+        raise ConfigError(path, "epoch", str(exc)) from None
+
+
+def _threshold(path: str, raw: int | None, members: int) -> int:
+    """Return the signatures a document needs: ``raw``, or a majority of ``members``."""
+    if raw is None:
+        return members // 2 + 1
+    if raw > members:
+        raise ConfigError(path, "authority_threshold", f"must be at most the number of "
+                          f"authorities ({members}), got {raw}")
+    return raw
+
+
 def _mailbox(path: str, top: _Reader) -> MailboxParams:
     r = top.section("mailbox")
     d = MailboxParams()
@@ -209,41 +259,80 @@ def _node_params(path: str, top: _Reader) -> NodeParams:
     return params
 
 
-def _nodes(path: str, network: str, entries: list[tuple[str, object, Role, int | None]],
-           host: str, base_port: int, workers: int) -> list[NodeSpec]:
-    parsed = []
-    for key, raw, role, layer in entries:
-        r = _Reader(path, key, {"name": raw} if isinstance(raw, str) else raw)
-        fields = (r.get("name", _name, required=True), r.get("host", _host, host),
-                  r.optional("port", _int_range(1, 65535)), r.get("workers", _int_range(1, 256),
-                                                                   workers),
-                  r.optional("metrics_port", _int_range(1, 65535)))
-        r.finish()
-        parsed.append((key, role, layer, fields))
-    _unique(path, [(f"{k}.name", f[0]) for k, _, _, f in parsed], "name")
-    taken = {(f[1], f[2]) for _, _, _, f in parsed if f[2] is not None}
-    taken |= {(f[1], f[4]) for _, _, _, f in parsed if f[4] is not None}
-    specs, next_port = [], base_port
-    for _key, role, layer, (name, node_host, port, n_workers, metrics) in parsed:
+def _members(path: str, network: str, entries: list[tuple[str, object, Role, int | None]],
+             raw_authorities: list[object], host: str, base_port: int,
+             workers: int) -> tuple[list[NodeSpec], tuple[AuthoritySpec, ...]]:
+    """Return the nodes and the authorities, with ports assigned (nodes first, in file order,
+    then the authorities) and names, addresses and pinned identity keys checked for
+    duplicates."""
+    nodes = [_node_fields(path, key, raw, host, workers) for key, raw, _, _ in entries]
+    auths = [_authority_fields(path, f"authorities[{i}]", raw, host)
+             for i, raw in enumerate(raw_authorities)]
+    keys = [key for key, _, _, _ in entries] + [f"authorities[{i}]" for i in range(len(auths))]
+    names = [f[0] for f in nodes] + [a[0] for a in auths]
+    hosts = [f[1] for f in nodes] + [a[1] for a in auths]
+    _unique(path, [(f"{k}.name", n) for k, n in zip(keys, names, strict=True)], "name")
+    # One key pinned twice would count twice towards the threshold.
+    _unique(path, [(f"authorities[{i}].identity_public", a[3].hex())
+                   for i, a in enumerate(auths) if a[3] is not None], "identity key")
+    metrics = [f[4] for f in nodes] + [None] * len(auths)
+    ports = _assign_ports(path, hosts, [f[2] for f in nodes] + [a[2] for a in auths], metrics,
+                          base_port)
+    addresses = [(f"{k}.port", f"{h}:{p}") for k, h, p in zip(keys, hosts, ports, strict=True)]
+    addresses += [(f"{k}.metrics_port", f"{h}:{m}")
+                  for k, h, m in zip(keys, hosts, metrics, strict=True) if m is not None]
+    _unique(path, addresses, "address")
+    specs = [NodeSpec(f[0], entity_id(network, f[0]), role, layer, f[1], port, f[3], f[4])
+             for (_, _, role, layer), f, port in zip(entries, nodes, ports, strict=False)]
+    authorities = tuple(AuthoritySpec(a[0], a[1], port, a[3])
+                        for a, port in zip(auths, ports[len(nodes):], strict=True))
+    return specs, authorities
+
+
+def _node_fields(path: str, key: str, raw: object, host: str,
+                 workers: int) -> tuple[str, str, int | None, int, int | None]:
+    """Return a node entry's (name, host, port or None, workers, metrics_port or None)."""
+    r = _Reader(path, key, {"name": raw} if isinstance(raw, str) else raw)
+    fields = (r.get("name", _name, required=True), r.get("host", _host, host),
+              r.optional("port", _int_range(1, 65535)), r.get("workers", _int_range(1, 256),
+                                                               workers),
+              r.optional("metrics_port", _int_range(1, 65535)))
+    r.finish()
+    return fields
+
+
+def _authority_fields(path: str, key: str, raw: object,
+                      host: str) -> tuple[str, str, int | None, bytes | None]:
+    """Return an authority entry's (name, host, port or None, pinned identity key or None)."""
+    r = _Reader(path, key, {"name": raw} if isinstance(raw, str) else raw)
+    fields = (r.get("name", _name, required=True), r.get("host", _host, host),
+              r.optional("port", _int_range(1, 65535)),
+              r.optional("identity_public", _identity_key))
+    r.finish()
+    return fields
+
+
+def _assign_ports(path: str, hosts: list[str], explicit: list[int | None],
+                  metrics: list[int | None], base_port: int) -> list[int]:
+    """Return every member's port: its own, or the next one from ``base_port`` that no member
+    of the same host has taken (explicit ports and metrics ports are reserved first)."""
+    taken = {(h, p) for h, p in zip(hosts, explicit, strict=True) if p is not None}
+    taken |= {(h, m) for h, m in zip(hosts, metrics, strict=False) if m is not None}
+    ports, next_port = [], base_port
+    for member_host, port in zip(hosts, explicit, strict=True):
         if port is None:
-            while (node_host, next_port) in taken:
+            while (member_host, next_port) in taken:
                 next_port += 1
             if next_port > 65535:
                 raise ConfigError(path, "defaults.base_port", "ran out of ports to assign")
             port = next_port
-            taken.add((node_host, port))
-        specs.append(NodeSpec(name, entity_id(network, name), role, layer, node_host, port,
-                              n_workers, metrics))
-    addresses = [(f"{k}.port", f"{s.host}:{s.port}") for (k, _, _, _), s in zip(parsed, specs,
-                                                                                  strict=True)]
-    addresses += [(f"{k}.metrics_port", f"{s.host}:{s.metrics_port}")
-                  for (k, _, _, _), s in zip(parsed, specs, strict=True) if s.metrics_port]
-    _unique(path, addresses, "address")
-    return specs
+            taken.add((member_host, port))
+        ports.append(port)
+    return ports
 
 
 def _clients(path: str, network: str, raw: list[object], providers: set[str],
-             node_names: set[str]) -> tuple[ClientSpec, ...]:
+             node_names: set[str], authority_names: set[str]) -> tuple[ClientSpec, ...]:
     clients = []
     for i, item in enumerate(raw):
         r = _Reader(path, f"clients[{i}]", item)
@@ -255,6 +344,9 @@ def _clients(path: str, network: str, raw: list[object], providers: set[str],
                               f"(providers: {', '.join(sorted(providers))})")
         if name in node_names:
             raise ConfigError(path, f"clients[{i}].name", f"{name!r} is already a node's name")
+        if name in authority_names:
+            raise ConfigError(path, f"clients[{i}].name",
+                              f"{name!r} is already an authority's name")
         clients.append(ClientSpec(name, entity_id(network, name), provider))
     _unique(path, [(f"clients[{i}].name", c.name) for i, c in enumerate(clients)], "name")
     return tuple(clients)
@@ -276,6 +368,14 @@ def _name(key: str, value: object) -> str:
         raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-', "
                           f"got {value!r}")
     return value
+
+
+def _identity_key(key: str, value: object) -> bytes:
+    if not (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdefABCDEF" for c in value)):
+        raise ConfigError("", key, f"must be an Ed25519 public key as 64 hex digits (in quotes), "
+                          f"got {value!r}")
+    return bytes.fromhex(value)
 
 
 def _host(key: str, value: object) -> str:

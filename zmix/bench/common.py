@@ -48,12 +48,18 @@ def make_network(
     workers: int = 1,
     network: str = "zmix-test",
     node_options: Mapping[str, Mapping[str, Any]] | None = None,
+    epoch: Mapping[str, Any] | None = None,
+    authorities: Sequence[str] = ("authority-1",),
+    authority_threshold: int | None = None,
 ) -> tuple[Topology, Path]:
     """Write ``directory/topology.yaml``, generate keys into ``directory/state``.
 
-    Returns the loaded topology (from the state directory's copy) and the state directory.
+    Every network declares its directory authorities (``authorities``, each on a free port);
+    ``epoch`` is the topology's ``epoch:`` section (a short one needs a small
+    ``loopix.max_delay``: docs/topology.md). Returns the loaded topology (from the state
+    directory's copy) and the state directory.
     """
-    names = [*providers, *(n for layer in layers for n in layer)]
+    names = [*providers, *(n for layer in layers for n in layer), *authorities]
     ports = iter(free_ports(len(names)))
     options = node_options or {}
 
@@ -74,7 +80,12 @@ def make_network(
         "layers": [[entry(n) for n in layer] for layer in layers],
         "providers": [entry(n) for n in providers],
         "clients": [{"name": c, "provider": p} for c, p in (clients or {}).items()],
+        "authorities": [{"name": a, "port": next(ports)} for a in authorities],
     }
+    if epoch is not None:
+        spec["epoch"] = dict(epoch)
+    if authority_threshold is not None:
+        spec["authority_threshold"] = authority_threshold
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "topology.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
