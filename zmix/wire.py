@@ -488,8 +488,11 @@ _CONTROL: dict[int, Callable[[object], Frame]] = {
 # link, with frames of the same head (version, type) and a msgpack array body. Unlike the link
 # frames above they are not padded: everything they carry is public and signed.
 
-MAX_DESCRIPTOR_BYTES = 8 * 1024  # a signed descriptor blob (a few hundred bytes in practice)
-MAX_DOCUMENT_BYTES = 1024 * 1024  # a signed network document (about 300 bytes per node)
+# The longest signed descriptor and signed document (zmix.pki's bounds: a descriptor of 16 KiB; a
+# document body of 8 MiB, its 9 bytes of framing and 255 signatures of 96 bytes). In practice a
+# descriptor is under 1 KiB and a document about 500 bytes per node.
+MAX_DESCRIPTOR_BYTES = 16 * 1024
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024 + 9 + 255 * 96
 _I64 = 2**63
 # The longest frame an authority accepts (an UPLOAD of the longest descriptor: the array head,
 # a u64 and a bin32 head take at most 15 bytes) and the longest a node or client accepts from one
