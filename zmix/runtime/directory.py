@@ -36,6 +36,7 @@ from zmix.authority import WholeSeconds
 from zmix.epochs import EpochParams
 from zmix.errors import LocalMisuse, WireError, ZmixError
 from zmix.runtime import links
+from zmix.topology import Topology
 
 LOG = logging.getLogger(__name__)
 
@@ -59,6 +60,16 @@ class AuthorityPeer:
     identity_public: bytes
 
 
+def authority_peers(topology: Topology, state_dir: Path) -> list[AuthorityPeer]:
+    """Return the topology's authorities with their identity keys: pinned in the topology, or
+    else read from ``STATE/public/NAME.identity.json`` (ConfigError if that file is missing)."""
+    from zmix.keys import load_identity_public
+
+    return [AuthorityPeer(a.name, a.endpoint, a.identity_public
+                          or load_identity_public(state_dir, a.name))
+            for a in topology.authorities]
+
+
 @dataclass
 class _Request:
     """A request to one authority that still waits for a useful answer."""
@@ -79,13 +90,13 @@ class _Authority:
 
 
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], peer: AuthorityPeer,
-            key: tuple[bytes, bytes]) -> zmq.Socket[bytes]:
+            key: tuple[bytes, bytes], *, immediate: bool = True) -> zmq.Socket[bytes]:
     """Return a DEALER dialling ``peer`` over CURVE as the client key ``key`` (public,
-    private). Sends go only to a completed connection (``immediate``): while the authority is
+    private). With ``immediate``, sends go only to a completed connection: while the authority is
     unreachable a send fails at once instead of queueing copies that would all arrive later."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.immediate = True
+    sock.immediate = immediate
     sock.maxmsgsize = wire.AUTHORITY_ANSWER_LIMIT + links.CURVE_FRAME_OVERHEAD
     sock.curve_serverkey = z85.encode(crypto.ed25519_public_to_x25519(peer.identity_public))
     sock.curve_publickey = z85.encode(key[0])
@@ -327,8 +338,8 @@ def ping(peer: AuthorityPeer, timeout: float) -> bool:
     CURVE with its pinned key (any answer: it is up and holds its identity key)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        sock = _dealer(ctx, peer, crypto.x25519_keypair())
-        sock.immediate = False  # queue the one request until the connection is up
+        # Not immediate: the one request waits in the queue until the connection is up.
+        sock = _dealer(ctx, peer, crypto.x25519_keypair(), immediate=False)
         sock.send(wire.encode_authority(wire.FetchDocument(1, 0)))
         if not sock.poll(int(timeout * 1000)):
             return False
