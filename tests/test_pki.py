@@ -306,14 +306,16 @@ def test_a_mixnode_without_a_layer_is_left_out(nodes: list[Node]) -> None:
 
 def test_the_latest_descriptor_of_a_node_wins_then_the_greatest_bytes(nodes: list[Node]) -> None:
     a1 = nodes[1]
-    old, new = a1.descriptor(published=EPOCH - 2), a1.descriptor(published=EPOCH - 1)
-    blobs = [sign_descriptor(new, a1.secret), sign_descriptor(old, a1.secret)]
-    doc, left_out = build(blobs, nodes)
-    assert left_out == () and doc.node("a1").curve_public == new.curve_public
-    same_epoch = [a1.signed(), a1.signed()]  # equally recent: the greater blob wins
+    # Many versions, so that keeping whichever comes first could not pass by chance.
+    versions = [a1.descriptor(published=EPOCH - 16 + i) for i in range(16)]
+    blobs = [sign_descriptor(d, a1.secret) for d in versions]
+    for order in (blobs, blobs[::-1]):
+        doc, left_out = build(order, nodes)
+        assert left_out == () and doc.node("a1").curve_public == versions[-1].curve_public
+    same_epoch = [a1.signed() for _ in range(16)]  # equally recent: the greatest blob wins
     winner = open_descriptor(max(same_epoch))
-    assert build(same_epoch, nodes)[0].node("a1").curve_public == winner.curve_public
-    assert build(same_epoch[::-1], nodes)[0].node("a1").curve_public == winner.curve_public
+    for order in (same_epoch, same_epoch[::-1]):
+        assert build(order, nodes)[0].node("a1").curve_public == winner.curve_public
 
 
 def test_a_name_claimed_by_two_identity_keys_leaves_both_out(nodes: list[Node]) -> None:
@@ -501,6 +503,17 @@ def test_a_document_whose_parameters_do_not_hold_together_is_refused(
     assert message in refused("params", signed, [auths[0][0]], 1)
 
 
+def test_a_document_for_a_network_that_is_not_a_name_is_refused(body: bytes) -> None:
+    auths = authorities(1)
+    for network, kind in (("pkitest", None), ("no spaces", "params")):
+        signed = doc_signed_after(body, auths, {"network": network, "nodes": []})
+        if kind is None:
+            verify(signed, [auths[0][0]], 1, network=network)
+        else:
+            assert "the network must be a name" in refused(kind, signed, [auths[0][0]], 1,
+                                                           network=network)
+
+
 def test_node_entries_out_of_order_or_without_the_epochs_key_are_refused(body: bytes) -> None:
     auths, obj = authorities(1), json.loads(body)
     pinned = [auths[0][0]]
@@ -539,6 +552,8 @@ def test_verify_document_refuses_a_threshold_it_cannot_meet(body: bytes) -> None
     for threshold in (0, 3):
         with pytest.raises(LocalMisuse, match=r"threshold must be 1\.\.2"):
             verify(signed_by(body, auths), pinned + pinned, threshold)
+    with pytest.raises(LocalMisuse, match="must be 32 bytes"):
+        verify(signed_by(body, auths), [*pinned, pinned[0].hex().encode()], 2)
 
 
 # ---------------------------------------------------------------------------- merging

@@ -28,7 +28,8 @@ from zmix.topology import MAX_DELAY, MAX_RATE, LoopixParams, entity_id, valid_na
 __all__ = ["DESCRIPTOR_CONTEXT", "DOCUMENT_CONTEXT", "KEY_EPOCHS", "SIGNED_DOCUMENT_MAGIC",
            "Descriptor", "Document", "DocumentRefused", "EpochTiming", "InvalidDocument",
            "NodeEntry", "SignedDocument", "build_document", "canonical_json", "decode_document",
-           "default_threshold", "encode_descriptor", "encode_document", "merge_signatures",
+           "default_threshold", "document_problem", "encode_descriptor", "encode_document",
+           "merge_signatures",
            "open_descriptor", "sign_descriptor", "sign_document", "verify_document"]
 
 # Signatures cover a context string, a zero byte and the body, so that a signature made for one
@@ -387,6 +388,8 @@ def document_problem(doc: Document) -> str | None:
     """Return why ``doc``'s parameters do not hold together, or None: the validity window is not
     that of its epoch, the epoch timing, Sphinx geometry or Loopix parameters are out of range,
     or a node is out of order, twice, or lacks the Sphinx key of the epoch."""
+    if not valid_name(doc.network) or not _is_int(doc.epoch):
+        return "the network must be a name and the epoch an integer >= 0"
     problem = _timing_problem(doc.epoch_length, doc.epoch_origin, doc.epoch_grace)
     if problem is not None:
         return problem
@@ -707,9 +710,12 @@ def verify_document(signed: SignedDocument, pinned: Sequence[bytes], threshold: 
     must be those expected ("network", "epoch"); its parameters must hold together and, with
     ``timing``, agree with it ("params"); and ``now`` must lie in
     ``[valid_after - epoch_length, valid_until]`` ("not_yet_valid", "expired"): a document is
-    fetched up to one epoch ahead. Raises LocalMisuse if ``threshold`` is not 1..len(pinned).
+    fetched up to one epoch ahead. Raises LocalMisuse if a pinned key is not 32 bytes or
+    ``threshold`` is not 1..the number of distinct pinned keys.
     """
     keys = set(pinned)
+    if any(len(key) != crypto.ED25519_PUBLIC_BYTES for key in keys):
+        raise LocalMisuse("every pinned authority key must be 32 bytes")
     if not 1 <= threshold <= len(keys):
         raise LocalMisuse(f"threshold must be 1..{len(keys)} (the pinned keys), got {threshold}")
     good = 0
