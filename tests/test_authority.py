@@ -630,3 +630,20 @@ def test_a_node_allowed_by_the_command_is_in_the_next_document_and_an_evicted_on
         wait_for(lambda: schedule.epoch_at(time.time()) > now_epoch, "the next epoch",
                  timeout=LENGTH + 2)
         assert names(document(now_epoch + 2)) == {"provider-1"}
+
+
+def test_the_authority_core_imports_no_zmq() -> None:
+    code = ("import sys\nimport zmix.authority\n"
+            "assert 'zmq' not in sys.modules, 'zmix.authority imported zmq'\n"
+            "import zmix.runtime.directory\nassert 'zmq' in sys.modules\n")  # the check can fail
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_identity_key_converts_to_the_curve_key_pair_the_authority_serves_with() -> None:
+    public, secret = crypto.ed25519_keypair()
+    curve_public = crypto.ed25519_public_to_x25519(public)
+    assert crypto.x25519_base(crypto.ed25519_secret_to_x25519(secret)) == curve_public
+    other, _ = crypto.ed25519_keypair()
+    assert crypto.ed25519_public_to_x25519(other) != curve_public
+    with pytest.raises(LocalMisuse):
+        crypto.ed25519_public_to_x25519(bytes(32))  # a small-order point converts to nothing
