@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -647,3 +648,23 @@ def test_an_identity_key_converts_to_the_curve_key_pair_the_authority_serves_wit
     assert crypto.ed25519_public_to_x25519(other) != curve_public
     with pytest.raises(LocalMisuse):
         crypto.ed25519_public_to_x25519(bytes(32))  # a small-order point converts to nothing
+
+
+def test_sighup_rereads_an_allowlist_whose_change_the_modification_time_does_not_show(
+        tmp_path: Path) -> None:
+    _, state = make(tmp_path, allowed=("provider-1",))
+    path = authority_dir(state, "authority-1") / ALLOWLIST
+    with running(state) as proc:
+        assert stats(state)["allowlisted"] == 1
+        before = path.stat()
+        with open(path, "r+") as fh:  # the same inode and length, the old modification time
+            fh.write(format_allowlist({load_identity(state, "mix-a").public: "provider-x"}))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        log = authority_dir(state, "authority-1") / "test.log"
+        time.sleep(1.5)  # the authority looks at the file every second: it must not see this
+        assert "allowlist reloaded" not in log.read_text()
+        key = next(iter(parse_allowlist(path.read_text(), "")))
+        assert key == load_identity(state, "mix-a").public
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "allowlist reloaded: 1 identity key(s) (provider-x)" in log.read_text(),
+                 "the reload", 5)

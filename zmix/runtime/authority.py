@@ -107,7 +107,7 @@ class AuthorityProcess:
         self.spec: AuthoritySpec = topology.authority(name)
         self.identity = load_identity(state_dir, name)
         if self.spec.identity_public not in (None, self.identity.public):
-            raise ConfigError(topology.path, f"authorities.{name}.identity",
+            raise ConfigError(topology.path, f"authorities.{name}.identity_public",
                               f"is not the key of private/{name}.identity.json")
         self.dir = authority_dir(state_dir, name)
         self.dir.mkdir(parents=True, exist_ok=True)
