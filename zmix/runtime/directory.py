@@ -15,6 +15,8 @@ names the authority and the reason, and that authority's copy is not used.
 :func:`fetch_document` does the same, blocking, for the command-line tools; :func:`save_cached`
 and :func:`load_cached` keep the last verified document in a file (verified again when read), so
 a node or client keeps working while the authorities are unreachable, until it expires.
+
+Every ``now`` here is unix time (``time.time()``): documents are valid between unix times.
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ class DirectoryClient:
 
     # ------------------------------------------------------------------ the caller's requests
 
+    def close(self) -> None:
+        """Close the sockets (linger 0); the client is not used after this."""
+        for a in self._authorities:
+            a.sock.close(linger=0)
+
     def sockets(self) -> list[zmq.Socket[bytes]]:
         """Return the sockets to poll for reading."""
         return [a.sock for a in self._authorities]
@@ -169,7 +176,9 @@ class DirectoryClient:
             a.status.pop(epoch, None)
 
     def document(self, epoch: int) -> pki.Document | None:
-        """Return the verified document of ``epoch``, or None if there is none yet."""
+        """Return the verified document of ``epoch``, or None if there is none yet. It was
+        verified when it arrived: whether it is still valid when used is the caller's question
+        (``valid_until``)."""
         had = self._documents.get(epoch)
         return had[0] if had is not None else None
 
