@@ -668,3 +668,24 @@ def test_sighup_rereads_an_allowlist_whose_change_the_modification_time_does_not
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "allowlist reloaded: 1 identity key(s) (provider-x)" in log.read_text(),
                  "the reload", 5)
+
+
+def test_a_client_started_before_its_authority_gets_the_document_once_the_authority_is_up(
+        tmp_path: Path) -> None:
+    topology, state = make(tmp_path, allowed=("provider-1",))
+    epoch = soon(topology)
+    with context() as ctx:
+        client = DirectoryClient(ctx, authority_peers(topology, state), 1, topology.network,
+                                 topology.epoch)
+        client.upload(descriptor(state, topology, "provider-1", epoch), time.time())
+        client.want(epoch, time.time())
+        quiet_until = time.monotonic() + 1.0
+        while time.monotonic() < quiet_until:  # the requests go nowhere for a second
+            client.on_timer(time.time())
+            time.sleep(0.1)
+        assert client.upload_results == {} and client.document(epoch) is None
+        with running(state):
+            drive([client], lambda: client.document(epoch) is not None, "the document")
+        assert client.upload_results == {"authority-1": "accepted"}
+        doc = client.document(epoch)
+        assert doc is not None and names(doc) == {"provider-1"}

@@ -46,6 +46,7 @@ RETRY_FIRST = 1.0  # seconds without an answer before a request is sent again ..
 RETRY_MAX = 30.0  # ... doubling up to this
 NOT_YET_MAX = 60.0  # seconds: the longest wait a NOT_YET answer can impose
 ANSWER_HWM = 64  # answers waiting to be read per authority
+QUEUED = 4  # requests waiting for a connection per authority
 
 
 class DirectoryUnavailable(ZmixError):
@@ -92,13 +93,13 @@ class _Authority:
 
 
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], peer: AuthorityPeer,
-            key: tuple[bytes, bytes], *, immediate: bool = True) -> zmq.Socket[bytes]:
+            key: tuple[bytes, bytes]) -> zmq.Socket[bytes]:
     """Return a DEALER dialling ``peer`` over CURVE as the client key ``key`` (public,
-    private). With ``immediate``, sends go only to a completed connection: while the authority is
-    unreachable a send fails at once instead of queueing copies that would all arrive later."""
+    private). A request sent before the connection is up waits for it (so the first answer
+    comes as soon as the authority is reachable); at most ``QUEUED`` wait, so the copies resent
+    while an authority is down do not pile up (a send beyond that fails and is tried again)."""
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.immediate = immediate
     sock.maxmsgsize = wire.AUTHORITY_ANSWER_LIMIT + links.CURVE_FRAME_OVERHEAD
     sock.curve_serverkey = z85.encode(crypto.ed25519_public_to_x25519(peer.identity_public))
     sock.curve_publickey = z85.encode(key[0])
@@ -109,7 +110,7 @@ def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], peer: AuthorityPeer,
     sock.heartbeat_timeout = links.HEARTBEAT_TIMEOUT_MS
     sock.connect_timeout = links.CONNECT_TIMEOUT_MS
     sock.handshake_ivl = links.CONNECT_TIMEOUT_MS
-    sock.sndhwm = ANSWER_HWM
+    sock.sndhwm = QUEUED
     sock.rcvhwm = ANSWER_HWM
     sock.connect(peer.endpoint)
     return sock
@@ -214,7 +215,7 @@ class DirectoryClient:
                 data = wire.encode_authority(wire.Upload(request.sent_id, frame.descriptor))
             else:
                 data = wire.encode_authority(wire.FetchDocument(request.sent_id, frame.epoch))
-            with contextlib.suppress(zmq.Again):  # no connection yet: again after the backoff
+            with contextlib.suppress(zmq.Again):  # QUEUED copies wait already: again later
                 a.sock.send(data, zmq.NOBLOCK)
             request.due = now + request.backoff
             request.backoff = min(RETRY_MAX, request.backoff * 2)
@@ -347,8 +348,7 @@ def ping(peer: AuthorityPeer, timeout: float) -> bool:
     CURVE with its pinned key (any answer: it is up and holds its identity key)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        # Not immediate: the one request waits in the queue until the connection is up.
-        sock = _dealer(ctx, peer, crypto.x25519_keypair(), immediate=False)
+        sock = _dealer(ctx, peer, crypto.x25519_keypair())
         sock.send(wire.encode_authority(wire.FetchDocument(1, 0)))
         if not sock.poll(int(timeout * 1000)):
             return False
