@@ -484,7 +484,8 @@ def test_a_forged_document_is_refused_by_the_client_with_a_line_naming_the_autho
         assert names(good) == set(NODES)  # positive control: signed by the authority's key
 
 
-def test_a_restarted_authority_serves_the_same_bytes_for_a_frozen_epoch(tmp_path: Path) -> None:
+def test_a_restarted_authority_serves_the_same_bytes_and_keeps_the_descriptors(
+        tmp_path: Path) -> None:
     topology, state = make(tmp_path, length=30)  # the document must still be valid at the end
     epoch = soon(topology)
     peers = authority_peers(topology, state)
@@ -494,6 +495,7 @@ def test_a_restarted_authority_serves_the_same_bytes_for_a_frozen_epoch(tmp_path
         first = fetch_document(peers, 1, topology.network, topology.epoch, epoch, timeout=10)
         before = path.read_bytes()
     with running(state), context() as ctx:
+        assert stats(state)["descriptors"] == 2  # kept on disk, taken back
         client = DirectoryClient(ctx, peers, 1, topology.network, topology.epoch)
         client.want(epoch, time.time())
         drive([client], lambda: client.document(epoch) is not None, "the document")
@@ -689,3 +691,11 @@ def test_a_client_started_before_its_authority_gets_the_document_once_the_author
         assert client.upload_results == {"authority-1": "accepted"}
         doc = client.document(epoch)
         assert doc is not None and names(doc) == {"provider-1"}
+
+
+def test_restored_descriptors_count_as_kept_not_as_uploads() -> None:
+    a, stranger = Node("a"), Node("s")
+    c = core([a], T0)
+    assert c.restore([a.blob(1000), stranger.blob(1000), forged(a.blob(1000))], T0) == 2
+    assert c.statistics()["uploads_accepted"] == 0
+    assert (c.statistics()["descriptors"], c.statistics()["descriptors_aside"]) == (1, 1)

@@ -90,6 +90,7 @@ class UploadResult:
     accepted: bool
     reason: str = ""
     name: str = "?"  # the descriptor's node name, if it opened
+    stored: bytes | None = None  # the identity key it is now kept under (to persist), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +161,25 @@ class AuthorityCore:
         allowed = d.identity_public in self.allowlist
         # A valid descriptor of a key not (yet) allowed is kept aside, a bounded number of them,
         # so that admitting the node takes effect at the next document without a new upload.
+        stored = None
         if allowed or kept is not None or self._aside() < MAX_ASIDE:
             self.descriptors[d.identity_public] = (d.published_at_epoch, blob, d.name)
             self._keys[d.identity_public] = frozenset(e for e, _ in d.sphinx_keys)
+            stored = d.identity_public
         if not allowed:
-            return self._refuse(REFUSE_NOT_ALLOWED, f"identity key {d.identity_public.hex()} "
-                                f"of {d.name!r} is not on the allowlist", d.name)
+            refused = self._refuse(REFUSE_NOT_ALLOWED, f"identity key {d.identity_public.hex()} "
+                                   f"of {d.name!r} is not on the allowlist", d.name)
+            return UploadResult(False, refused.reason, d.name, stored)
         self.counters["uploads_accepted"] += 1
-        return UploadResult(True, name=d.name)
+        return UploadResult(True, name=d.name, stored=stored)
+
+    def restore(self, blobs: Iterable[bytes], now: float) -> int:
+        """Take back the descriptors a previous run kept (checked again, as uploads, but not
+        counted as uploads); return how many were kept."""
+        saved = dict(self.counters)
+        kept = sum(1 for blob in blobs if self.upload(blob, now).stored is not None)
+        self.counters = saved
+        return kept
 
     def _aside(self) -> int:
         return sum(1 for key in self.descriptors if key not in self.allowlist)

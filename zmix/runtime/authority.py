@@ -9,6 +9,8 @@ clock, the signals and the files of ``STATE/authorities/NAME/``:
 - ``documents/EPOCH``: each frozen signed document, written atomically (temporary file, fsync,
   rename, fsync of the directory) before it is served, so a restarted authority serves the same
   bytes; old ones are deleted;
+- ``descriptors/IDENTITY``: the descriptor kept for each identity key (hex), written atomically
+  too, so a restarted authority builds its next documents from what the nodes uploaded before;
 - ``control``: the local endpoint answering ``ping`` and ``stats`` (as a node's);
 - ``lock``: held while it runs, so a second run of the same authority is refused.
 
@@ -46,6 +48,7 @@ BATCH = 256  # requests read before the timers are looked at again
 POLL_CAP = 1.0  # seconds: the loop wakes at least this often (signals, the allowlist's mtime)
 ALLOWLIST = "allowlist"
 DOCUMENTS = "documents"
+DESCRIPTORS = "descriptors"
 CONTROL = "control"
 LOCK = "lock"
 
@@ -64,6 +67,14 @@ def load_documents(directory: Path) -> dict[int, bytes]:
             with contextlib.suppress(ValueError):
                 documents[int(path.name)] = path.read_bytes()
     return documents
+
+
+def _blobs(directory: Path) -> list[bytes]:
+    """Return the contents of the files in ``directory`` (none if it does not exist), skipping
+    the temporary files of interrupted writes."""
+    if not directory.is_dir():
+        return []
+    return [p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".")]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -123,6 +134,9 @@ class AuthorityProcess:
             raise ConfigError(topology.path, "epoch", str(exc)) from None
         self.core = AuthorityCore(topology.network, topology.epoch, params, self.identity,
                                   allowlist, time.time(), load_documents(self.dir / DOCUMENTS))
+        restored = self.core.restore(_blobs(self.dir / DESCRIPTORS), time.time())
+        if restored:
+            LOG.info("took back %d descriptor(s) kept by the last run", restored)
         self.started = time.monotonic()
         self.snapshot = metrics.Snapshot(name)
         self._stop_signal: int | None = None
@@ -245,6 +259,12 @@ class AuthorityProcess:
         LOG.info("froze the document of epoch %d: %d node(s) (%s); left out: %s", frozen.epoch,
                  len(frozen.nodes), ", ".join(frozen.nodes), left)
 
+    def _persist_descriptor(self, identity: bytes, blob: bytes) -> None:
+        try:
+            write_atomically(self.dir / DESCRIPTORS / identity.hex(), blob)
+        except OSError as exc:  # kept in memory all the same; a restart needs a new upload
+            LOG.error("could not persist the descriptor of %s: %s", identity.hex(), exc)
+
     def _read(self, router: zmq.Socket[bytes]) -> None:
         for _ in range(BATCH):
             try:
@@ -269,6 +289,8 @@ class AuthorityProcess:
             result = self.core.upload(frame.descriptor, now)
             if not result.accepted:
                 LOG.info("refused a descriptor (%s): %s", result.name, result.reason)
+            if result.stored is not None:
+                self._persist_descriptor(result.stored, frame.descriptor)
             return wire.UploadAnswer(frame.request_id, result.accepted, result.reason)
         if isinstance(frame, wire.FetchDocument):
             return _document_answer(frame, self.core.fetch(frame.epoch, now))
