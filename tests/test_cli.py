@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from zmix.bench.common import make_network
-from zmix.cli import bench, node, recv, register, send, up
+from zmix.cli import authority, bench, node, recv, register, send, up
 from zmix.envelope import dated_surb_length, envelope_capacity
 from zmix.errors import LocalMisuse
 from zmix.fragment import (
@@ -32,6 +32,7 @@ ROOT = Path(__file__).parent.parent
 PARSERS: dict[str, Callable[[], object]] = {
     "zmix-up": up.build_parser, "zmix-node": node.build_parser, "zmix-send": send.build_parser,
     "zmix-recv": recv.build_parser, "zmix-register": register.build_parser,
+    "zmix-authority": authority.build_parser,
 }
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 

@@ -5,6 +5,7 @@ a node's own timers can kill it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -138,11 +139,13 @@ def test_a_node_started_by_hand_on_a_running_name_is_refused_and_changes_nothing
     assert running_state(state) == before
 
 
-def test_after_zmix_up_is_killed_its_orphaned_nodes_are_named_and_a_new_run_starts_once_they_stop(
+def test_after_zmix_up_is_killed_its_orphans_are_named_and_a_new_run_starts_once_they_stop(
         small: tuple[Topology, Path, Path]) -> None:
     _, path, state = small
     up = start_up(path, state)
     pids = {n: node_pid(state, n) for n in NODES}
+    from zmix.runtime.authority import query
+    pids["authority-1"] = int(json.loads(query(state, "authority-1") or "{}")["pid"])
     try:
         up.kill()  # its nodes run on, in their own sessions; its flock went with it
         up.wait(10)
@@ -150,8 +153,10 @@ def test_after_zmix_up_is_killed_its_orphaned_nodes_are_named_and_a_new_run_star
         assert done.returncode == 2
         assert done.stderr.startswith(f"error: already running from {state.resolve()}: "
                                       f"provider-1 (process {pids['provider-1']}), "
-                                      f"mix-a (process {pids['mix-a']}); stop them first")
-        assert {n: node_pid(state, n) for n in NODES} == pids
+                                      f"mix-a (process {pids['mix-a']}), "
+                                      f"authority-1 (process {pids['authority-1']}); "
+                                      "stop them first")
+        assert {n: node_pid(state, n) for n in NODES} == {n: pids[n] for n in NODES}
     finally:
         for pid in pids.values():
             os.kill(pid, signal.SIGTERM)
@@ -398,3 +403,62 @@ def test_only_refuses_to_start_without_the_other_members_public_files(tmp_path: 
                            "were made\n")
     assert sorted(p.name for p in (tmp_path / "b" / "private").iterdir()) == ["mix-b1.json"]
     assert not (tmp_path / "b" / "nodes").exists()
+
+
+# ---------------------------------------------------------------------------- authorities
+
+
+def start_up_lines(topology: Path, state: Path, *extra: str) -> tuple[
+        subprocess.Popen[str], list[str]]:
+    """Start zmix-up; return it and the lines it printed up to its ready line."""
+    up = subprocess.Popen(up_command(topology, state, *extra), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    assert up.stdout is not None
+    lines = []
+    for line in up.stdout:  # ends when zmix-up exits; it gives up on a process after 30 s
+        lines.append(line)
+        if "ready" in line:
+            return up, lines
+    up.wait(30)
+    raise AssertionError("zmix-up did not get ready:\n" + "".join(lines))
+
+
+def last_log_time(path: Path, text: str) -> str:
+    """Return the timestamp of the last line of log ``path`` that contains ``text``."""
+    matching = [line for line in path.read_text().splitlines() if text in line]
+    assert matching, f"no line with {text!r} in {path}"
+    return matching[-1][:23]  # "YYYY-MM-DD HH:MM:SS,mmm"
+
+
+def test_zmix_up_starts_the_authority_first_with_an_allowlist_of_every_node_and_stops_it_last(
+        small: tuple[Topology, Path, Path]) -> None:
+    from zmix.authority import parse_allowlist
+    from zmix.keys import load_identity_public
+    from zmix.runtime.directory import authority_peers, ping
+
+    topology, path, state = small
+    up, lines = start_up_lines(path, state)
+    try:
+        started = [line.split()[1] for line in lines if " up at " in line]
+        assert started[0] == "authority-1" and sorted(started[1:]) == sorted(NODES)
+        allowlist = state / "authorities" / "authority-1" / "allowlist"
+        keys = parse_allowlist(allowlist.read_text(), str(allowlist))
+        assert keys == {load_identity_public(state, n): n for n in NODES}
+        (peer,) = authority_peers(topology, state)
+        assert ping(peer, timeout=5)
+    finally:
+        assert stop_up(up) == 0
+    stopped = last_log_time(state / "authorities" / "authority-1" / "authority.log",
+                            "authority authority-1 stopped")
+    for name in NODES:
+        assert last_log_time(state / "nodes" / name / "node.log", f"node {name} stopped") <= (
+            stopped)
+    assert not ping(peer, timeout=0.5)  # positive control above: it answered while running
+    allowlist.write_text(f"{load_identity_public(state, 'provider-1').hex()}  # provider-1\n")
+    up, lines = start_up_lines(path, state, "--only", "authority-1")
+    try:
+        assert "ready: 1 authority(ies) and 0 node(s) running" in lines[-1]
+        assert [line.split()[1] for line in lines if " up at " in line] == ["authority-1"]
+    finally:
+        assert stop_up(up) == 0
+    assert len(parse_allowlist(allowlist.read_text(), "")) == 1  # an allowlist is never replaced

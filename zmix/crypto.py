@@ -255,3 +255,23 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
     except ValueError:  # pysodium's way of saying libsodium returned -1
         return False
     return True
+
+
+def ed25519_public_to_x25519(public: bytes) -> bytes:
+    """Return the X25519 public key of an Ed25519 public key (libsodium
+    ``crypto_sign_ed25519_pk_to_curve25519``): a directory authority's CURVE key, so the only key
+    anyone pins is its identity key. Raises :class:`LocalMisuse` for a key libsodium refuses (not
+    a point of the curve, or of small order)."""
+    _check("public key", public, ED25519_PUBLIC_BYTES)
+    try:
+        return bytes(_na.crypto_sign_pk_to_box_pk(public))
+    except ValueError:
+        raise LocalMisuse("not an Ed25519 public key that converts to X25519") from None
+
+
+def ed25519_secret_to_x25519(secret: bytes) -> bytes:
+    """Return the X25519 private key of a 64-byte Ed25519 secret (libsodium
+    ``crypto_sign_ed25519_sk_to_curve25519``); its public key is
+    :func:`ed25519_public_to_x25519` of the Ed25519 public key."""
+    _check("secret key", secret, ED25519_SECRET_BYTES)
+    return bytes(_na.crypto_sign_sk_to_box_sk(secret))

@@ -480,3 +480,209 @@ _CLIENT: dict[int, Callable[[bytes, Geometry], Frame]] = {
 _CONTROL: dict[int, Callable[[object], Frame]] = {
     FrameType.REGISTERED: _registered, FrameType.ERROR: _error,
 }
+
+
+# ---------------------------------------------------------------------------- directory authority
+#
+# Nodes and clients talk to a directory authority (docs/pki.md, "Protocol") over their own CURVE
+# link, with frames of the same head (version, type) and a msgpack array body. Unlike the link
+# frames above they are not padded: everything they carry is public and signed.
+
+# The longest signed descriptor and signed document (zmix.pki's bounds: a descriptor of 16 KiB; a
+# document body of 8 MiB, its 9 bytes of framing and 255 signatures of 96 bytes). In practice a
+# descriptor is under 1 KiB and a document about 500 bytes per node.
+MAX_DESCRIPTOR_BYTES = 16 * 1024
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024 + 9 + 255 * 96
+_I64 = 2**63
+# The longest frame an authority accepts (an UPLOAD of the longest descriptor: the array head,
+# a u64 and a bin32 head take at most 15 bytes) and the longest a node or client accepts from one
+# (a DOCUMENT answer of the longest document, plus at most 24 bytes of heads and numbers).
+AUTHORITY_REQUEST_LIMIT = 2 + 32 + MAX_DESCRIPTOR_BYTES
+AUTHORITY_ANSWER_LIMIT = 2 + 64 + MAX_DOCUMENT_BYTES
+
+
+class AuthorityType(enum.IntEnum):
+    """The second byte of an authority frame (0x30-0x3F; the link frames use none of them)."""
+
+    UPLOAD = 0x30
+    UPLOAD_ANSWER = 0x31
+    FETCH_DOCUMENT = 0x32
+    DOCUMENT_ANSWER = 0x33
+
+
+class DocumentStatus(enum.IntEnum):
+    """What a DOCUMENT_ANSWER says about the epoch asked for."""
+
+    DOCUMENT = 0  # here is its signed document
+    NOT_YET = 1  # not made yet: ask again in retry_after_ms
+    UNKNOWN_EPOCH = 2  # too old (deleted) or too far ahead: asking again will not help
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A node gives an authority its signed descriptor."""
+
+    request_id: int
+    descriptor: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UploadAnswer:
+    """The authority kept the descriptor (``accepted``), or refused it for ``reason``."""
+
+    request_id: int
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchDocument:
+    """A node or client asks for the signed network document of ``epoch``."""
+
+    request_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentAnswer:
+    """The signed document of ``epoch`` (status DOCUMENT), or why there is none."""
+
+    request_id: int
+    epoch: int
+    status: DocumentStatus
+    document: bytes = b""  # the signed document: only with DOCUMENT
+    retry_after_ms: int = 0  # only with NOT_YET: when it should be ready
+
+
+AuthorityFrame = Upload | UploadAnswer | FetchDocument | DocumentAnswer
+
+
+def encode_authority(frame: AuthorityFrame) -> bytes:
+    """Return the bytes of an authority frame. Raises :class:`LocalMisuse` for a frame that
+    :func:`decode_authority` would refuse (a field out of range, a blob too long)."""
+    kind, body = _authority_body(frame)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return bytes([WIRE_VERSION, kind]) + packed
+
+
+def _authority_body(frame: AuthorityFrame) -> tuple[AuthorityType, list[Any]]:
+    if isinstance(frame, Upload):
+        _need(isinstance(frame.descriptor, bytes)
+              and 0 < len(frame.descriptor) <= MAX_DESCRIPTOR_BYTES,
+              f"a descriptor is 1 to {MAX_DESCRIPTOR_BYTES} bytes")
+        return AuthorityType.UPLOAD, [_check_u64(frame.request_id, "request_id"),
+                                      frame.descriptor]
+    if isinstance(frame, UploadAnswer):
+        _need(isinstance(frame.accepted, bool), "accepted must be a bool")
+        _need(frame.accepted == (frame.reason == ""), "a refusal has a reason, an acceptance none")
+        return AuthorityType.UPLOAD_ANSWER, [_check_u64(frame.request_id, "request_id"),
+                                             frame.accepted, _check_text(frame.reason, "reason")]
+    if isinstance(frame, FetchDocument):
+        return AuthorityType.FETCH_DOCUMENT, [_check_u64(frame.request_id, "request_id"),
+                                              _check_epoch(frame.epoch)]
+    if isinstance(frame, DocumentAnswer):
+        return AuthorityType.DOCUMENT_ANSWER, _document_answer_body(frame)
+    raise LocalMisuse(f"not an authority frame: {frame!r}")
+
+
+def _document_answer_body(frame: DocumentAnswer) -> list[Any]:
+    status = DocumentStatus(frame.status)
+    has_document = status is DocumentStatus.DOCUMENT
+    _need(isinstance(frame.document, bytes) and (0 < len(frame.document) <= MAX_DOCUMENT_BYTES
+                                                 if has_document else frame.document == b""),
+          f"a DOCUMENT answer carries 1 to {MAX_DOCUMENT_BYTES} bytes, the others none")
+    retry = frame.retry_after_ms
+    _need(not isinstance(retry, bool) and isinstance(retry, int) and 0 <= retry < _U32
+          and (status is DocumentStatus.NOT_YET or retry == 0),
+          "retry_after_ms is a u32, and 0 unless NOT_YET")
+    return [_check_u64(frame.request_id, "request_id"), _check_epoch(frame.epoch), int(status),
+            frame.document, retry]
+
+
+def _check_epoch(value: int) -> int:
+    _need(not isinstance(value, bool) and isinstance(value, int) and -_I64 <= value < _I64,
+          "an epoch is a signed 64-bit integer")
+    return value
+
+
+def decode_authority(data: bytes) -> AuthorityFrame:
+    """Parse one authority frame; raises :class:`WireError` (and nothing else) for anything
+    else: BAD_VERSION for another version, WRONG_SIZE for a frame over
+    :data:`AUTHORITY_ANSWER_LIMIT` bytes, BAD_FRAME for any other fault (an unknown type, a body
+    that is not the type's msgpack array, a field of the wrong type or out of range)."""
+    if len(data) < 2:
+        raise WireError(DropReason.BAD_FRAME)
+    if data[0] != WIRE_VERSION:
+        raise WireError(DropReason.BAD_VERSION)
+    if len(data) > AUTHORITY_ANSWER_LIMIT:
+        raise WireError(DropReason.WRONG_SIZE)
+    parse = _AUTHORITY.get(data[1])
+    if parse is None:
+        raise WireError(DropReason.BAD_FRAME)
+    try:
+        body = msgpack.unpackb(
+            data[2:], raw=False, use_list=True, strict_map_key=True, max_str_len=MAX_TEXT_BYTES,
+            max_bin_len=MAX_DOCUMENT_BYTES, max_array_len=5, max_map_len=0, max_ext_len=0)
+    except Exception:  # msgpack raises many types; a peer's bytes must not choose ours
+        raise WireError(DropReason.BAD_FRAME) from None
+    return parse(body)
+
+
+def _u64(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _U64:
+        raise WireError(DropReason.BAD_FRAME)
+    return value
+
+
+def _epoch(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -_I64 <= value < _I64:
+        raise WireError(DropReason.BAD_FRAME)
+    return value
+
+
+def _blob(value: object, limit: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) > limit:
+        raise WireError(DropReason.BAD_FRAME)
+    return value
+
+
+def _upload(value: object) -> Upload:
+    request_id, descriptor = _fields(value, 2)
+    blob = _blob(descriptor, MAX_DESCRIPTOR_BYTES)
+    if not blob:
+        raise WireError(DropReason.BAD_FRAME)
+    return Upload(_u64(request_id), blob)
+
+
+def _upload_answer(value: object) -> UploadAnswer:
+    request_id, accepted, reason = _fields(value, 3)
+    if not isinstance(accepted, bool) or accepted != (_text(reason) == ""):
+        raise WireError(DropReason.BAD_FRAME)
+    return UploadAnswer(_u64(request_id), accepted, reason)
+
+
+def _fetch_document(value: object) -> FetchDocument:
+    request_id, epoch = _fields(value, 2)
+    return FetchDocument(_u64(request_id), _epoch(epoch))
+
+
+def _document_answer(value: object) -> DocumentAnswer:
+    request_id, epoch, status, document, retry = _fields(value, 5)
+    if isinstance(status, bool) or not isinstance(status, int) or status not in tuple(
+            DocumentStatus):
+        raise WireError(DropReason.BAD_FRAME)
+    kind = DocumentStatus(status)
+    blob = _blob(document, MAX_DOCUMENT_BYTES)
+    if (kind is DocumentStatus.DOCUMENT) != (blob != b""):
+        raise WireError(DropReason.BAD_FRAME)
+    if (isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry < _U32
+            or (kind is not DocumentStatus.NOT_YET and retry != 0)):
+        raise WireError(DropReason.BAD_FRAME)
+    return DocumentAnswer(_u64(request_id), _epoch(epoch), kind, blob, retry)
+
+
+_AUTHORITY: dict[int, Callable[[object], AuthorityFrame]] = {
+    AuthorityType.UPLOAD: _upload, AuthorityType.UPLOAD_ANSWER: _upload_answer,
+    AuthorityType.FETCH_DOCUMENT: _fetch_document,
+    AuthorityType.DOCUMENT_ANSWER: _document_answer,
+}

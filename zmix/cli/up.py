@@ -1,4 +1,4 @@
-"""``zmix-up``: launch the nodes of a topology and keep them running until Ctrl-C."""
+"""``zmix-up``: launch the authorities and nodes of a topology, keep them running until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from zmix.cli.common import configure_logging, fail
 from zmix.errors import ConfigError
-from zmix.topology import NodeSpec, Topology
+from zmix.topology import AuthoritySpec, NodeSpec, Topology
 from zmix.topology_yaml import load_topology
+
+if TYPE_CHECKING:
+    from zmix.runtime.directory import AuthorityPeer
 
 LOG = logging.getLogger("zmix.up")
 
@@ -26,19 +31,23 @@ examples:
   zmix-up topologies/local.yaml                 keys into ./zmix-local, run every node
   zmix-up topologies/local.yaml --demo          the same, send a few messages, shut down
   zmix-up topologies/local.yaml --keys-only     make the keys of every member, start nothing
-  zmix-up topologies/local.yaml --state /srv/zmix --only mix-a1 provider-1
-                                                run only this host's share of the nodes
+  zmix-up topologies/local.yaml --state /srv/zmix --only authority-1 mix-a1 provider-1
+                                                run only this host's share of the network
 
-Keys are generated on first use (private keys mode 0600); with --only, only the named nodes' keys
-are, and every other member's public file must be there already. Stop with Ctrl-C (or SIGTERM):
-every node is stopped cleanly. While it runs, send and fetch messages with zmix-send and zmix-recv.
+Keys are generated on first use (private keys mode 0600); with --only, only the named nodes' and
+authorities' keys are, and every other member's public file must be there already. The directory
+authorities start first (each gets an allowlist of every node's identity key if it has none), then
+the nodes. Stop with Ctrl-C (or SIGTERM): every node is stopped cleanly, then the authorities.
+While it runs, send and fetch messages with zmix-send and zmix-recv.
 
 exit status:
   0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received;
      --keys-only: the keys were made)
-  1  a node did not start (its error and log tail are printed), or a --demo step failed
-  2  refused before any node started: bad usage or configuration (the topology, a key file,
-     --only), the state directory or a node in use by another run, an address that cannot be bound
+  1  a node or authority did not start (its error and log tail are printed), or a --demo step
+     failed
+  2  refused before anything started: bad usage or configuration (the topology, a key file,
+     --only), the state directory, a node or an authority in use by another run, an address that
+     cannot be bound
 """
 
 
@@ -51,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", type=Path, default=None,
                         help="state directory (default: ./NETWORK-NAME)")
     parser.add_argument("--only", nargs="+", metavar="NAME", default=None,
-                        help="run only these nodes (the rest run on other hosts)")
+                        help="run only these nodes and authorities (the rest run on other "
+                             "hosts)")
     parser.add_argument("--keys-only", action="store_true",
-                        help="generate the missing keys (of the --only nodes, or of every node "
-                             "and client), then exit without starting anything")
+                        help="generate the missing keys (of the --only nodes and authorities, or "
+                             "of every node, authority and client), then exit without starting "
+                             "anything")
     parser.add_argument("--demo", action="store_true",
                         help="send a few messages between the declared clients, then stop")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -68,15 +79,18 @@ def state_dir_of(topology: Topology, state: Path | None) -> Path:
 
 def prepare_state(topology: Topology, state_dir: Path,
                   only: list[str] | None = None) -> tuple[Topology, list[str]]:
-    """Generate the missing keys (with ``only``, of those nodes only), refresh the state
-    directory's topology copy; return the topology read from that copy and the names of the
-    members whose keys were generated.
+    """Generate the missing keys (with ``only``, of those nodes and authorities only; never of an
+    authority whose key the topology pins: its key files are copied from where it was made),
+    refresh the state directory's topology copy; return the topology read from that copy and the
+    names of the members whose keys were generated.
 
     Raises ConfigError (naming file, key and problem): the state directory is another network's.
     """
-    from zmix.keys import ensure_keys
+    from zmix.keys import ensure_authority_keys, ensure_keys
 
     generated = ensure_keys(state_dir, topology, only=only)
+    generated += ensure_authority_keys(state_dir, [
+        a.name for a in select_authorities(topology, only) if a.identity_public is None])
     if generated:
         LOG.info("generated keys for %s", ", ".join(generated))
     copy = state_dir / "topology.yaml"
@@ -88,10 +102,13 @@ def prepare_state(topology: Topology, state_dir: Path,
     return load_topology(copy), generated
 
 
-def check_keys(state_dir: Path, topology: Topology, nodes: list[NodeSpec]) -> None:
-    """Raise ConfigError unless every public file is there and sound, and each node of ``nodes``
-    has a private file that is private, sound and matches its public file."""
-    from zmix.keys import load_directory, load_private
+def check_keys(state_dir: Path, topology: Topology, nodes: list[NodeSpec],
+               authorities: list[AuthoritySpec] | None = None) -> None:
+    """Raise ConfigError unless every public file is there and sound, each node of ``nodes``
+    has a private file that is private, sound and matches its public file, and each authority of
+    ``authorities`` has a sound private identity key that is the one the topology pins, if it
+    pins one."""
+    from zmix.keys import load_directory, load_identity, load_private
 
     directory = load_directory(state_dir, topology)
     for spec in nodes:
@@ -100,17 +117,48 @@ def check_keys(state_dir: Path, topology: Topology, nodes: list[NodeSpec]) -> No
             raise ConfigError(str(state_dir / "public" / f"{spec.name}.json"), "public_key",
                               f"does not match private/{spec.name}.json: the two files come "
                               "from different key generations; copy the matching pair")
+    for authority in authorities or []:
+        key = load_identity(state_dir, authority.name)
+        if authority.identity_public not in (None, key.public):
+            raise ConfigError(topology.path, f"authorities.{authority.name}.identity_public",
+                              f"is not the key in private/{authority.name}.identity.json")
 
 
 def select_nodes(topology: Topology, only: list[str] | None) -> list[NodeSpec]:
-    """Return the nodes to run here; raises ConfigError for a name not in the topology."""
+    """Return the nodes to run here; raises ConfigError for a name in ``only`` that is neither a
+    node nor an authority of the topology."""
     if only is None:
         return list(topology.nodes())
-    names = {node.name for node in topology.nodes()}
+    names = {node.name for node in topology.nodes()} | {a.name for a in topology.authorities}
     for name in only:
         if name not in names:
-            raise ConfigError(topology.path, "--only", f"no node named {name!r}")
+            raise ConfigError(topology.path, "--only", f"no node or authority named {name!r}")
     return [node for node in topology.nodes() if node.name in only]
+
+
+def select_authorities(topology: Topology, only: list[str] | None) -> list[AuthoritySpec]:
+    """Return the directory authorities to run here: every one, or those named in ``only``."""
+    return [a for a in topology.authorities if only is None or a.name in only]
+
+
+def write_allowlists(state_dir: Path, topology: Topology,
+                     authorities: list[AuthoritySpec]) -> list[str]:
+    """Give each authority of ``authorities`` that has no allowlist one holding the identity key
+    of every node of the topology; return the names of those written. Raises ConfigError if a
+    node's public identity file is missing."""
+    from zmix.authority import format_allowlist
+    from zmix.keys import load_identity_public
+    from zmix.runtime.authority import ALLOWLIST, authority_dir, write_atomically
+
+    written = []
+    for authority in authorities:
+        path = authority_dir(state_dir, authority.name) / ALLOWLIST
+        if path.exists():
+            continue
+        keys = {load_identity_public(state_dir, n.name): n.name for n in topology.nodes()}
+        write_atomically(path, format_allowlist(keys).encode())
+        written.append(authority.name)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topology = load_topology(args.topology)
         nodes = select_nodes(topology, args.only)
+        authorities = select_authorities(topology, args.only)
         state_dir = state_dir_of(topology, args.state)
         state_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_state(state_dir)
@@ -133,28 +182,37 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{exc.filename or args.state}: {exc.strerror or exc}", 2)
     try:
         try:
-            check_nodes_free(state_dir, nodes)
+            check_nodes_free(state_dir, nodes, authorities)
             topology, generated = prepare_state(topology, state_dir, args.only)
             if args.keys_only:
                 print(f"zmix-up: keys of network {topology.network} are in {state_dir} "
                       f"(generated now: {', '.join(generated) or 'none'})", flush=True)
                 return 0
             nodes = select_nodes(topology, args.only)
-            check_keys(state_dir, topology, nodes)
-            check_addresses(nodes)
+            authorities = select_authorities(topology, args.only)
+            check_keys(state_dir, topology, nodes, authorities)
+            check_addresses([*authorities, *nodes])
+            written = write_allowlists(state_dir, topology, authorities)
+            if written:
+                LOG.info("wrote the allowlists of %s", ", ".join(written))
+            from zmix.runtime.directory import authority_peers
+            peers = [p for p in authority_peers(topology, state_dir)
+                     if p.name in {a.name for a in authorities}]
         except (ConfigError, StartRefused) as exc:
             return fail(str(exc), 2)
         except OSError as exc:  # a key file or the topology copy cannot be written
             return fail(f"{exc.filename or state_dir}: {exc.strerror or exc}", 2)
-        return run(topology, state_dir, nodes, demo=args.demo, verbose=args.verbose)
+        return run(topology, state_dir, nodes, demo=args.demo, verbose=args.verbose,
+                   authorities=peers)
     finally:
         lock.release()
 
 
 def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: bool,
-        verbose: int) -> int:
-    """Start ``nodes``, then run the demo or wait for a signal; stop them all; return the
-    exit status (0, or 1 if a node did not start or the demo failed)."""
+        verbose: int, authorities: Sequence[AuthorityPeer] = ()) -> int:
+    """Start ``authorities``, then ``nodes``, then run the demo or wait for a signal; stop them
+    all (the authorities last); return the exit status (0, or 1 if a process did not start or
+    the demo failed)."""
     from zmix.runtime.launcher import Launcher, LaunchError
 
     stop: list[int] = []
@@ -164,13 +222,15 @@ def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: boo
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    launcher = Launcher(state_dir, nodes, verbosity=max(1, verbose))
+    launcher = Launcher(state_dir, nodes, verbosity=max(1, verbose), authorities=authorities)
     print(f"zmix-up: network {topology.network}, state in {state_dir}", flush=True)
     try:
         launcher.start(lambda spec: print(
-            f"  {spec.role.value:<8} {spec.name:<16} up at {spec.endpoint}", flush=True))
-        print(f"zmix network {topology.network} ready: {len(nodes)} node(s) running"
-              " (Ctrl-C to stop)", flush=True)
+            f"  {spec.role.value:<9} {spec.name:<16} up at {spec.endpoint}", flush=True),
+            lambda peer: print(f"  {'authority':<9} {peer.name:<16} up at {peer.endpoint}",
+                               flush=True))
+        print(f"zmix network {topology.network} ready: {len(authorities)} authority(ies) and "
+              f"{len(nodes)} node(s) running (Ctrl-C to stop)", flush=True)
         if demo:
             status = run_demo(topology, state_dir)
         else:
@@ -182,7 +242,7 @@ def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: boo
         print(f"error: {exc}", file=sys.stderr)
         status = 1
     finally:
-        print("zmix-up: stopping every node", flush=True)
+        print("zmix-up: stopping every node, then the authorities", flush=True)
         launcher.stop()
     print("zmix-up: stopped", flush=True)
     return status
