@@ -77,7 +77,7 @@ def decode_jobs(message: bytes, packet_length: int) -> list[tuple[float, bytes]]
             for at in range(1, len(message), size)]
 
 
-def encode_keys(keys: Sequence[tuple[int, bytes]]) -> bytearray:
+def encode_keys(keys: Sequence[tuple[int, bytes | bytearray]]) -> bytearray:
     """Return the key message for ``(epoch, private key)`` pairs, in the order to try them.
 
     A bytearray, so the sender can zero it once sent. LocalMisuse if a key is not 32 bytes or an

@@ -37,22 +37,21 @@ from types import FrameType
 
 import zmq
 
-from zmix import wire
-from zmix.dispatch import MAX_IN_FLIGHT
-from zmix.errors import LocalMisuse
-from zmix import pki
+from zmix import pki, wire
 from zmix.directory import network_from_document
+from zmix.dispatch import MAX_IN_FLIGHT
 from zmix.epochkeys import EpochKeyStore, key_directory
+from zmix.errors import LocalMisuse
 from zmix.keys import load_directory, load_identity, load_private
-from zmix.nodekeys import KeyUpdate, NodeKeys
-from zmix.replay import ReplayCache
-from zmix.runtime.keeper import NetworkKeeper
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
+from zmix.nodekeys import KeyUpdate, NodeKeys
 from zmix.provider import ProviderCore
+from zmix.replay import ReplayCache
 from zmix.runtime import links, metrics
+from zmix.runtime.keeper import NetworkKeeper
 from zmix.runtime.workers import WorkerPool
 from zmix.topology import NodeSpec, Role, Topology
 from zmix.topology_yaml import load_topology
@@ -105,7 +104,8 @@ class NodeProcess:
         self.provider: ProviderCore | None = None
         self.snapshot = metrics.Snapshot(name)
         self.gate: links.KeyGate | None = None  # made by run()
-        self.sphinx_keys: list[tuple[int, bytes]] = []  # (epoch, private key), in trial order
+        # (epoch, private key) in trial order: the key store's buffers, zeroed at erasure
+        self.sphinx_keys: list[tuple[int, bytes | bytearray]] = []
         self.sphinx_keys_version = 0  # bumped by set_sphinx_keys: the loop sends the new set
         self.keeper: NetworkKeeper | None = None  # made by run()
         self.replay: ReplayCache | None = None  # made by run(), once the node is locked
@@ -119,7 +119,7 @@ class NodeProcess:
             raise LocalMisuse("the node has no network yet (no document came)")
         return self._view
 
-    def set_sphinx_keys(self, keys: list[tuple[int, bytes]]) -> None:
+    def set_sphinx_keys(self, keys: list[tuple[int, bytes | bytearray]]) -> None:
         """Make ``keys`` (``(epoch, X25519 private key)`` pairs, in the order the workers try
         them) the Sphinx keys of this node: the loop sends the set to every worker at its next
         turn, and to every worker it starts or restarts before any job (docs/sphinx.md, "Keys
