@@ -699,3 +699,16 @@ def test_restored_descriptors_count_as_kept_not_as_uploads() -> None:
     assert c.restore([a.blob(1000), stranger.blob(1000), forged(a.blob(1000))], T0) == 2
     assert c.statistics()["uploads_accepted"] == 0
     assert (c.statistics()["descriptors"], c.statistics()["descriptors_aside"]) == (1, 1)
+
+
+def test_an_epoch_length_with_a_fraction_is_refused_when_the_authority_starts(
+        tmp_path: Path) -> None:
+    _, state = make(tmp_path, length=6)
+    copy = state / "topology.yaml"
+    copy.write_text(copy.read_text().replace("length: 6", "length: 6.5"))
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.authority", "--state", str(state),
+                           "--name", "authority-1"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {copy}: (network document): network documents need "
+                                  "the epoch length, origin and grace in whole seconds")

@@ -121,7 +121,11 @@ class AuthorityCore:
                  identity: IdentityKey, allowlist: Iterable[bytes], now: float,
                  frozen: Mapping[int, bytes] | None = None) -> None:
         """``frozen`` holds the documents a previous run persisted (epoch -> signed blob); they
-        are served as they are and never rebuilt."""
+        are served as they are and never rebuilt. Raises LocalMisuse if ``params`` cannot make
+        a document (found now, not at the first vote time)."""
+        p = params
+        pki.build_document(network, epochs.epoch_at(now), [], [], timing=p.timing,
+                           sphinx=p.sphinx, loopix=p.loopix)
         self.network = network
         self.epochs = epochs
         self.params = params

@@ -130,10 +130,11 @@ class AuthorityProcess:
                         self.allowlist_path)
         try:
             params = DocumentParams.of(topology.epoch, topology.sphinx, topology.loopix)
-        except LocalMisuse as exc:
-            raise ConfigError(topology.path, "epoch", str(exc)) from None
-        self.core = AuthorityCore(topology.network, topology.epoch, params, self.identity,
-                                  allowlist, time.time(), load_documents(self.dir / DOCUMENTS))
+            self.core = AuthorityCore(topology.network, topology.epoch, params, self.identity,
+                                      allowlist, time.time(),
+                                      load_documents(self.dir / DOCUMENTS))
+        except LocalMisuse as exc:  # a topology the loader accepts, a document cannot carry
+            raise ConfigError(topology.path, "(network document)", str(exc)) from None
         restored = self.core.restore(_blobs(self.dir / DESCRIPTORS), time.time())
         if restored:
             LOG.info("took back %d descriptor(s) kept by the last run", restored)
