@@ -26,7 +26,7 @@ declare (:meth:`ProviderCore.on_register`); they are kept in the mailbox file wi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zmix.envelope import ACK_PAYLOAD, DatedSurb, SurbState, decode_envelope
@@ -66,16 +66,25 @@ _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "stor
              "fetch_refused", "registered", "registration_refused")
 
 
+def _same_time(now: float) -> float:
+    """The wall clock of a core whose ``now`` already is unix time (tests, SimNet)."""
+    return now
+
+
 class ProviderCore:
     """Mailbox logic of one provider; the mailbox is its only state besides counters."""
 
-    def __init__(self, view: NetworkView, name: str, mailbox: Mailbox) -> None:
+    def __init__(self, view: NetworkView, name: str, mailbox: Mailbox, *,
+                 wall: Callable[[float], float] = _same_time) -> None:
         """Provider ``name`` of the network ``view`` holds (:mod:`zmix.network`): its declared
         clients, its mailbox policy and the names and keys open registration must not give away
-        are read from the current version when they are needed. Raises KeyError if ``name`` is
-        not a node of the current network."""
+        are read from the current version when they are needed. ``wall`` turns the ``now`` the
+        core is given into unix time, which says whether an ack SURB's keys are still live (the
+        node loop's ``now`` is its monotonic clock). Raises KeyError if ``name`` is not a node
+        of the current network."""
         network = view.current
         self._view = view
+        self._wall = wall
         self._name = name
         self._id = network.node(name).id
         # Fixed for the life of the process: the packet geometry (NetworkView.replace keeps it)
@@ -161,7 +170,7 @@ class ProviderCore:
 
     def _ack(self, now: float, dated: DatedSurb) -> Send | None:
         # An expired SURB's keys are erased: every hop would refuse the ack (docs/client.md).
-        state = dated.state(self._view.current.epochs, now)
+        state = dated.state(self._view.current.epochs, self._wall(now))
         if state is not SurbState.USABLE:
             self._counts["ack_surb_expired" if state is SurbState.EXPIRED
                          else "bad_ack_surb"] += 1

@@ -20,8 +20,8 @@ from zmix.cli.common import (
     fail,
 )
 from zmix.client import ReceivedMessage
-from zmix.errors import ConfigError
-from zmix.runtime.client import ClientBusy, ClientRuntime
+from zmix.errors import ConfigError, ZmixError
+from zmix.runtime.client import ClientBusy, ClientRuntime, NetworkExpired
 
 EXAMPLES = """\
 examples:
@@ -73,16 +73,18 @@ def main(argv: list[str] | None = None) -> int:
         runtime = ClientRuntime(args.state, args.name, drain=True)
     except ConfigError as exc:
         return fail(str(exc), 2)
+    except ZmixError as exc:  # no network document: the authorities' answers are in the text
+        return fail(str(exc))
     try:
         with runtime:
             return _receive(runtime, args)
-    except ClientBusy as exc:
+    except (ClientBusy, NetworkExpired) as exc:
         return fail(str(exc))
 
 
 def _receive(runtime: ClientRuntime, args: argparse.Namespace) -> int:
     # One full fetch of the mailbox always; then keep going while --wait allows and nothing came.
-    start = time.monotonic()
+    start = time.time()
     runtime.fetch_now()
     fetched_once = runtime.fetches
 
@@ -90,8 +92,8 @@ def _receive(runtime: ClientRuntime, args: argparse.Namespace) -> int:
         return runtime.fetches > fetched_once and not runtime.fetch_pending
 
     runtime.run_until(drained, timeout=max(args.wait, 10.0))
-    while not runtime.core.inbox() and time.monotonic() - start < args.wait:
-        runtime.step(time.monotonic() + 0.1)
+    while not runtime.core.inbox() and time.time() - start < args.wait:
+        runtime.step(time.time() + 0.1)
     shown = 0
     for message in runtime.core.inbox():
         try:

@@ -30,8 +30,9 @@ from zmix.cli.common import (
 )
 from zmix.contacts import Contact, contact_path, read_contact, write_contact
 from zmix.errors import ConfigError, WireError
-from zmix.keys import PrivateIdentity, check_id, create_private, load_directory, load_private
+from zmix.keys import PrivateIdentity, check_id, create_private, load_private
 from zmix.runtime import links
+from zmix.runtime.directory import DirectoryUnavailable, authority_peers, fetch_document
 from zmix.topology import Role, Topology, valid_name
 from zmix.topology_yaml import load_topology
 
@@ -76,14 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         topology = load_topology(args.state / "topology.yaml")
         _check(topology, args)
         identity = _identity(args.state, topology, args.name)
-        directory = load_directory(args.state, topology)
+        peers = authority_peers(topology, args.state)
     except ConfigError as exc:
         return fail(str(exc), EXIT_USAGE)
-    provider = topology.node(args.provider)
-    answer = _ask(topology, identity, provider.endpoint,
-                  directory[provider.name].curve_public, args.timeout)
+    # The provider's address and link key come from the authorities' document of this epoch.
+    try:
+        document = fetch_document(peers, topology.authority_threshold, topology.network,
+                                  topology.epoch, topology.epoch.epoch_at(time.time()),
+                                  args.timeout)
+        provider = document.node(args.provider)
+    except DirectoryUnavailable as exc:
+        return fail(str(exc))
+    except KeyError:
+        return fail(f"provider {args.provider} is not in the network document of epoch "
+                    f"{document.epoch}: the authorities do not list it now")
+    endpoint = f"tcp://{provider.host}:{provider.port}"
+    answer = _ask(topology, identity, endpoint, provider.curve_public, args.timeout)
     if answer is None:
-        return fail(f"no answer from {provider.name} at {provider.endpoint} within "
+        return fail(f"no answer from {provider.name} at {endpoint} within "
                     f"{args.timeout:g} s; is it running? (run this again: it is safe)")
     if isinstance(answer, wire.Error):
         return fail(f"{provider.name} refused to register {args.name!r}: {answer.code} "

@@ -18,9 +18,9 @@ from zmix.cli.common import (
     positive_float,
 )
 from zmix.envelope import dated_surb_length
-from zmix.errors import ConfigError, LocalMisuse
+from zmix.errors import ConfigError, LocalMisuse, ZmixError
 from zmix.fragment import MAX_REPLY_BLOCKS, reply_blocks_that_fit
-from zmix.runtime.client import ClientBusy, ClientRuntime
+from zmix.runtime.client import ClientBusy, ClientRuntime, NetworkExpired
 
 EXAMPLES = """\
 examples:
@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError:
         return fail(f"no client named {args.recipient!r} in {args.state / 'topology.yaml'}",
                     EXIT_USAGE)
+    except ZmixError as exc:  # no network document: the authorities' answers are in the text
+        return fail(str(exc))
     try:
         with runtime:
-            now = time.monotonic()
+            now = time.time()
             try:
                 if handle is not None:
                     message_id = runtime.core.reply(now, handle, data)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             except LocalMisuse as exc:
                 return fail(str(exc), EXIT_USAGE)
             return _wait_for_acks(runtime, message_id, args.timeout, len(data))
-    except ClientBusy as exc:
+    except (ClientBusy, NetworkExpired) as exc:
         return fail(str(exc))
 
 

@@ -41,10 +41,14 @@ from zmix import wire
 from zmix.client import ClientCore, FetchSchedule, Outgoing, ReceivedMessage
 from zmix.clientstore import ClientStore
 from zmix.contacts import contact_path, load_contacts
-from zmix.errors import ConfigError, WireError
+from zmix.directory import network_from_document
+from zmix.errors import ConfigError, WireError, ZmixError
 from zmix.keys import load_directory, load_private
 from zmix.network import Network, NetworkView
+from zmix.pki import Document
 from zmix.runtime import links
+from zmix.runtime.directory import DirectoryUnavailable
+from zmix.runtime.keeper import NetworkKeeper
 from zmix.stats_schema import CLIENT_BY_NAME, ClientPart
 from zmix.topology import ClientSpec, Topology
 from zmix.topology_yaml import load_topology
@@ -52,6 +56,15 @@ from zmix.topology_yaml import load_topology
 LOG = logging.getLogger(__name__)
 
 POLL_CAP = 0.1  # seconds: the loop wakes at least this often
+DIRECTORY_TIMEOUT = 10.0  # seconds a client waits for a network document at start
+
+
+class NetworkExpired(ZmixError):
+    """The network document in use expired and no newer one came: nothing can be sent."""
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 _RUNTIME_STATISTICS = tuple(name for name, s in CLIENT_BY_NAME.items()
                             if s.part is ClientPart.RUNTIME)
 
@@ -64,14 +77,21 @@ class ClientRuntime:
     """Client ``name`` of the network in ``state_dir``, online while inside ``with``."""
 
     def __init__(self, state_dir: Path, name: str, *, rng: random.Random | None = None,
-                 drain: bool = False) -> None:
+                 drain: bool = False, network: Network | None = None,
+                 directory_timeout: float = DIRECTORY_TIMEOUT) -> None:
         """``drain``: fetch again at once while the provider says more mail waits (zmix-recv).
 
         Otherwise fetches keep to ``loopix.fetch_interval``: fetching early whenever more than
         ``fetch_slots`` items wait would tell a watcher of the link how much mail there was.
+
+        The network comes from the directory authorities' documents (docs/pki.md): the last one
+        cached in the client's directory if it is still valid, else fetched, waiting up to
+        ``directory_timeout`` seconds; DirectoryUnavailable says why there is none (what each
+        authority answered, when the cached one expired). ``network`` gives one instead (tests).
         """
         self.state_dir = state_dir
         declared = load_topology(state_dir / "topology.yaml")
+        self.local = declared
         # Clients registered at run time are known by their contact files (zmix/contacts.py).
         problems: list[ConfigError] = []
         contacts = load_contacts(state_dir, declared, problems)
@@ -79,29 +99,48 @@ class ClientRuntime:
             if problem.path == str(contact_path(state_dir, name)):
                 raise problem  # this client's own contact: nothing works without it
             LOG.warning("contact skipped: %s", problem)
-        # Version 1 of the network as this state directory describes it; the core reads
-        # self.view.current whenever it makes a packet (replace_network brings a newer one).
-        self.view = NetworkView(Network.build(declared, load_directory(state_dir, declared),
-                                              contacts))
+        self._contacts = contacts
+        self._clients = load_directory(state_dir, declared, clients_only=True)
+        self.identity = load_private(state_dir, name)
+        self.client_dir = state_dir / "clients" / name
+        self.client_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.client_dir, 0o700)  # made by an older zmix (0755), or under another umask
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
+        try:
+            # An ephemeral CURVE key towards the authorities: they need not learn who asks.
+            self.keeper = NetworkKeeper(self._ctx, declared, state_dir,
+                                        self.client_dir / "documents", self._network_of)
+            # The current network; the core reads self.view.current whenever it makes a packet
+            # (the keeper brings the next epoch's, replace_network takes it).
+            self.view = NetworkView(network if network is not None
+                                    else self.keeper.wait_for_network(directory_timeout))
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+            raise
         try:
             self.spec: ClientSpec = self.view.current.client(name)
         except KeyError:
+            self.close_directory()
             raise ConfigError(str(state_dir / "topology.yaml"), "clients",
                               f"no client named {name!r} (nor a contact "
                               f"{contact_path(state_dir, name)} from zmix-register)") from None
-        self.identity = load_private(state_dir, name)
         if self.view.current.keys[name] != self.identity.public():
+            self.close_directory()
             mine = contact_path(state_dir, name)
             raise ConfigError(str(mine if mine.exists() else state_dir / "public"
                                   / f"{name}.json"), "public_key",
                               f"does not match the keys in private/{name}.json")
-        self.provider = self.view.current.node(self.spec.provider)  # the link's peer
-        self.client_dir = state_dir / "clients" / name
-        self.client_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.client_dir, 0o700)  # made by an older zmix (0755), or under another umask
+        try:
+            self.provider = self.view.current.node(self.spec.provider)  # the link's peer
+        except KeyError:
+            self.close_directory()
+            raise DirectoryUnavailable(
+                f"provider {self.spec.provider} of client {name} is not in the network document "
+                f"of epoch {self.view.current.version}: the authorities do not list it "
+                "now") from None
         self._rng = rng or random.SystemRandom()
         self._lock: IO[str] | None = None
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self.store: ClientStore | None = None
         self._core: ClientCore | None = None
@@ -117,6 +156,19 @@ class ClientRuntime:
         """The current network's topology."""
         return self.view.current.topology
 
+    def _network_of(self, document: Document) -> Network:
+        """The network of ``document`` as this client sees it (its topology's clients and the
+        registered contacts with their keys)."""
+        return network_from_document(document, self.local, self._clients, self._contacts)
+
+    def close_directory(self) -> None:
+        """Close the links to the authorities and the client's ZeroMQ context (done by
+        ``with``'s exit; for a runtime that never went online)."""
+        self.keeper.close()
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+
     def replace_network(self, newer: Network) -> None:
         """Make ``newer`` the network this client works with (:meth:`NetworkView.replace`: a
         newer version of the same network, else LocalMisuse and nothing changes). Packets made
@@ -127,12 +179,17 @@ class ClientRuntime:
     # ------------------------------------------------------------------ life cycle
 
     def __enter__(self) -> ClientRuntime:
-        self._take_lock()
+        if self._ctx is None:
+            raise RuntimeError("the client's directory was closed; make a new ClientRuntime")
+        try:
+            self._take_lock()
+        except BaseException:
+            self.close_directory()
+            raise
         self.store = ClientStore(self.client_dir / "client.sqlite")
-        now = time.monotonic()
+        now = time.time()
         self.online_since = now
         self._core = ClientCore(self.view, self.identity, self.store, self._rng, now)
-        self._ctx = zmq.Context()
         self._sock = links.connect_dealer(
             self._ctx, self.provider.endpoint, self.view.current.curve_key(self.provider.name),
             self.identity.curve_public, self.identity.curve_private,
@@ -144,8 +201,10 @@ class ClientRuntime:
         if self._sock is not None:
             self._last_fetch(self._sock)
             self._sock.close(linger=500)  # let the last packets and the last FETCH leave
+        self.keeper.close()
         if self._ctx is not None:
-            self._ctx.term()
+            self._ctx.term()  # waits for the last packets (linger above)
+            self._ctx = None
         if self.store is not None:
             self.store.close()
         if self._lock is not None:
@@ -178,29 +237,50 @@ class ClientRuntime:
 
     def sockets(self) -> list[zmq.Socket[bytes]]:
         """Return the sockets an outer poll loop waits on for :meth:`on_readable` (one DEALER to
-        the provider; only while online)."""
-        return [self._socket()]
+        the provider, one to each directory authority; only while online)."""
+        return [self._socket(), *self.keeper.sockets()]
 
     def next_deadline(self) -> float:
-        """Return the monotonic time at which :meth:`on_timer` next has something to do: the
-        core's next packet or ack deadline, or the next FETCH (never later than the fetch
-        interval, or the retry time of a FETCH awaiting its answer)."""
-        return min(self.core.next_wakeup(), self._fetcher.next_due())
+        """Return the unix time at which :meth:`on_timer` next has something to do: the core's
+        next packet or ack deadline, the next FETCH (never later than the fetch interval, or
+        the retry time of a FETCH awaiting its answer), or the directory's next request."""
+        return min(self.core.next_wakeup(), self._fetcher.next_due(),
+                   self.keeper.next_deadline(time.time()))
 
     def on_timer(self, now: float) -> None:
-        """Send the packets due by ``now`` (monotonic time) and a FETCH if one is due.
+        """Send the packets due by ``now`` (unix time) and a FETCH if one is due; fetch the
+        next epoch's network document when it is time, and change to it at its epoch.
 
-        Calling it early is harmless: nothing that is not due is sent."""
+        Calling it early is harmless: nothing that is not due is sent. Raises NetworkExpired,
+        sending nothing, once the network document in use expired and no newer one came: no
+        packet can be built without the nodes' keys of the epoch."""
         sock = self._socket()
+        self._follow_directory(now)
         for out in self.core.poll(now):
             self._send(out)
         fetch = self._fetcher.poll(now)
         if fetch is not None:
             sock.send(wire.encode_client(fetch, params=self.topology.sphinx))
 
+    def _follow_directory(self, now: float) -> None:
+        """Ask the authorities for what the schedule wants, change to a newer network if one is
+        due; raise NetworkExpired if the one in use expired."""
+        self.keeper.on_timer(now)
+        newer = self.keeper.newer_network(now, self.view.current.version)
+        if newer is not None:
+            self.replace_network(newer)
+            LOG.info("network of epoch %d in use", newer.version)
+        expiry = self.view.current.valid_until
+        if expiry is not None and now > expiry:
+            raise NetworkExpired(
+                f"cannot send: the network document in use (epoch {self.view.current.version}) "
+                f"expired at {_utc(expiry)} and no newer one came from the authorities "
+                f"({self.keeper.status(now)})")
+
     def on_readable(self, now: float) -> list[ReceivedMessage]:
-        """Take in every frame waiting on the socket (without blocking); return the messages
-        they completed. ``now`` (monotonic time) is when they are taken in."""
+        """Take in every frame waiting on the sockets (without blocking); return the messages
+        they completed. ``now`` (unix time) is when they are taken in."""
+        self.keeper.on_readable(now)
         sock = self._socket()
         received: list[ReceivedMessage] = []
         while True:
@@ -212,23 +292,26 @@ class ClientRuntime:
 
     def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Run the client until ``done()`` is true (return True) or ``timeout`` passes (False)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.time() + timeout
         while True:
             if done():
                 return True
-            now = time.monotonic()
+            now = time.time()
             if now >= deadline:
                 return False
             self.step(min(deadline, now + POLL_CAP))
 
     def step(self, until: float) -> list[ReceivedMessage]:
-        """Send what is due, fetch if it is time, wait for an answer until ``until`` at most: one
+        """Send what is due, fetch if it is time, wait for an answer until ``until`` (unix time)
+        at most: one
         turn of the poll loop an outer loop would run (:meth:`on_timer`, :meth:`on_readable`)."""
-        sock = self._socket()
-        self.on_timer(time.monotonic())
+        self.on_timer(time.time())
         wake = min(until, self.next_deadline())
-        if sock.poll(max(0, int((wake - time.monotonic()) * 1000))):
-            return self.on_readable(time.monotonic())
+        poller = zmq.Poller()
+        for sock in self.sockets():
+            poller.register(sock, zmq.POLLIN)
+        if poller.poll(max(0, int((wake - time.time()) * 1000))):
+            return self.on_readable(time.time())
         return []
 
     def _socket(self) -> zmq.Socket[bytes]:

@@ -387,6 +387,9 @@ def load_cached(path: Path, pinned: Sequence[bytes], threshold: int, network: st
     except FileNotFoundError:
         return None
     except (OSError, pki.InvalidDocument, pki.DocumentRefused) as exc:
-        LOG.warning("the cached document in %s is not used: %s", path, exc)
+        # An expired one is the normal end of a cached document; anything else is not.
+        expired = isinstance(exc, pki.DocumentRefused) and exc.kind == "expired"
+        LOG.log(logging.DEBUG if expired else logging.WARNING,
+                "the cached document in %s is not used: %s", path, exc)
         return None
     return doc, signed

@@ -203,7 +203,8 @@ class NodeProcess:
         if self.spec.role is Role.PROVIDER:
             self.mailbox = Mailbox(self.node_dir / "mailbox.sqlite",
                                    quota=self.topology.mailbox.quota, ttl=self.topology.mailbox.ttl)
-            self.provider = ProviderCore(self.view, self.spec.name, self.mailbox)
+            self.provider = ProviderCore(self.view, self.spec.name, self.mailbox,
+                                         wall=_wall_clock)
         return NodeCore(self.view, self.spec.name, self.rng, now, provider=self.provider,
                         replay=self.replay, wall=_wall_clock)
 
