@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from documents import document_for
 
 from zmix.bench.common import make_network
 from zmix.clientstore import (
@@ -21,6 +22,7 @@ from zmix.clientstore import (
 )
 from zmix.errors import ConfigError
 from zmix.runtime.client import ClientRuntime
+from zmix.topology_yaml import load_topology
 
 M1, M2 = b"\x01" * 16, b"\x02" * 16
 
@@ -74,7 +76,8 @@ def test_a_clients_directory_is_private_even_if_an_older_zmix_made_it(
     directory = state / "clients" / "alice"
     directory.mkdir(parents=True)  # as an older zmix made it
     assert mode(directory) == 0o755
-    with ClientRuntime(state, "alice"):
+    topology = load_topology(state / "topology.yaml")
+    with ClientRuntime(state, "alice", document=document_for(topology, state)):
         pass  # no node runs: nothing is sent, the store and its lock are made
     assert mode(directory) == 0o700
     assert mode(directory / "client.sqlite") == 0o600

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from documents import document_for
 
 from zmix.bench.common import make_network
 from zmix.contacts import Contact, contact_path, load_contacts, with_contacts, write_contact
@@ -93,7 +94,7 @@ def test_a_bad_contact_is_skipped_with_a_warning_and_stops_no_other_client(
     assert load_contacts(state, topology, problems) == []
     assert [p.path for p in problems] == [str(state / "contacts" / "junk.json")]
     with caplog.at_level("WARNING"):
-        runtime = ClientRuntime(state, "alice")
+        runtime = ClientRuntime(state, "alice", document=document_for(topology, state))
     assert runtime.spec.name == "alice" and "junk.json" in caplog.text
 
 
@@ -106,12 +107,13 @@ def test_a_client_whose_own_contact_is_broken_or_foreign_does_not_start(
     mine = create_private(state, topology.network, "dave", "client")
     path = write_contact(state, Contact("dave", mine.id, mine.public_key, mine.curve_public,
                                         "provider-2"))
-    assert ClientRuntime(state, "dave").spec.provider == "provider-2"
+    document = document_for(topology, state)
+    assert ClientRuntime(state, "dave", document=document).spec.provider == "provider-2"
     write_contact(state, dave(topology))  # someone else's keys under dave's name
     with pytest.raises(ConfigError) as info:
-        ClientRuntime(state, "dave")
+        ClientRuntime(state, "dave", document=document_for(topology, state))
     assert (info.value.path, info.value.key) == (str(path), "public_key")
     path.write_text("{}")
     with pytest.raises(ConfigError) as info:
-        ClientRuntime(state, "dave")
+        ClientRuntime(state, "dave", document=document_for(topology, state))
     assert info.value.path == str(path)

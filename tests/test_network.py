@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from documents import document_for
 from simnet import SimNet
 
 from zmix import crypto
@@ -304,7 +305,8 @@ def test_the_node_runtime_resolves_and_admits_the_current_network(net: SimNet) -
 def test_the_client_runtime_takes_a_newer_network_only(net: SimNet) -> None:
     from zmix.runtime.client import ClientRuntime
 
-    runtime = ClientRuntime(net.state, "alice")
+    runtime = ClientRuntime(net.state, "alice",
+                            document=document_for(net.view.current.topology, net.state))
     first = runtime.view.current
     with pytest.raises(LocalMisuse, match="not newer"):
         runtime.replace_network(first)

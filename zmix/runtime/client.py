@@ -48,7 +48,7 @@ from zmix.network import Network, NetworkView
 from zmix.pki import Document
 from zmix.runtime import links
 from zmix.runtime.directory import DirectoryUnavailable
-from zmix.runtime.keeper import NetworkKeeper
+from zmix.runtime.keeper import NetworkKeeper, utc
 from zmix.stats_schema import CLIENT_BY_NAME, ClientPart
 from zmix.topology import ClientSpec, Topology
 from zmix.topology_yaml import load_topology
@@ -61,10 +61,6 @@ DIRECTORY_TIMEOUT = 10.0  # seconds a client waits for a network document at sta
 
 class NetworkExpired(ZmixError):
     """The network document in use expired and no newer one came: nothing can be sent."""
-
-
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 _RUNTIME_STATISTICS = tuple(name for name, s in CLIENT_BY_NAME.items()
                             if s.part is ClientPart.RUNTIME)
 
@@ -77,7 +73,7 @@ class ClientRuntime:
     """Client ``name`` of the network in ``state_dir``, online while inside ``with``."""
 
     def __init__(self, state_dir: Path, name: str, *, rng: random.Random | None = None,
-                 drain: bool = False, network: Network | None = None,
+                 drain: bool = False, document: Document | None = None,
                  directory_timeout: float = DIRECTORY_TIMEOUT) -> None:
         """``drain``: fetch again at once while the provider says more mail waits (zmix-recv).
 
@@ -87,7 +83,8 @@ class ClientRuntime:
         The network comes from the directory authorities' documents (docs/pki.md): the last one
         cached in the client's directory if it is still valid, else fetched, waiting up to
         ``directory_timeout`` seconds; DirectoryUnavailable says why there is none (what each
-        authority answered, when the cached one expired). ``network`` gives one instead (tests).
+        authority answered, when the cached one expired). ``document`` gives the first document
+        instead (a verified one; tests of the runtime's other parts).
         """
         self.state_dir = state_dir
         declared = load_topology(state_dir / "topology.yaml")
@@ -112,7 +109,7 @@ class ClientRuntime:
                                         self.client_dir / "documents", self._network_of)
             # The current network; the core reads self.view.current whenever it makes a packet
             # (the keeper brings the next epoch's, replace_network takes it).
-            self.view = NetworkView(network if network is not None
+            self.view = NetworkView(self._network_of(document) if document is not None
                                     else self.keeper.wait_for_network(directory_timeout))
         except BaseException:
             self._ctx.destroy(linger=0)
@@ -274,7 +271,7 @@ class ClientRuntime:
         if expiry is not None and now > expiry:
             raise NetworkExpired(
                 f"cannot send: the network document in use (epoch {self.view.current.version}) "
-                f"expired at {_utc(expiry)} and no newer one came from the authorities "
+                f"expired at {utc(expiry)} and no newer one came from the authorities "
                 f"({self.keeper.status(now)})")
 
     def on_readable(self, now: float) -> list[ReceivedMessage]:

@@ -34,6 +34,11 @@ from zmix.topology import Topology
 
 LOG = logging.getLogger(__name__)
 
+
+def utc(t: float) -> str:
+    """Return unix time ``t`` as a UTC date and time, for messages."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
 KEEP_EPOCHS = 2  # cached documents older than the current epoch minus this are deleted
 
 
@@ -56,6 +61,7 @@ class NetworkKeeper:
         self.held: dict[int, pki.Document] = {}
         self._expired_warned: int | None = None
         self._offered = -1 << 62  # the newest epoch whose network newer_network returned
+        self._expired: tuple[int, int] | None = None  # (epoch, expiry) of the last one cached
         self._load_cache(time.time())
 
     # ------------------------------------------------------------------ the cache
@@ -69,9 +75,21 @@ class NetworkKeeper:
                 continue
             had = load_cached(path, pinned, threshold, self.local.network, self.local.epoch, now)
             if had is None:
+                self._note_expired(path, now)
                 path.unlink(missing_ok=True)  # expired or refused: load_cached said why
             else:
                 self.held[had[0].epoch] = had[0]
+
+    def _note_expired(self, path: Path, now: float) -> None:
+        """Remember the newest cached document that expired, for the message that says why
+        there is no network (its epoch and expiry, as the file says: it was verified when it
+        was cached)."""
+        try:
+            doc = pki.decode_document(pki.SignedDocument.decode(path.read_bytes()).body)
+        except (OSError, pki.InvalidDocument):
+            return
+        if doc.valid_until < now and (self._expired is None or doc.epoch > self._expired[0]):
+            self._expired = (doc.epoch, doc.valid_until)
 
     def _absorb(self, now: float) -> None:
         """Take every document the directory client verified since the last call."""
@@ -134,9 +152,9 @@ class NetworkKeeper:
         if doc is None:
             if self.held and self._expired_warned != self.schedule.epochs.epoch_at(now):
                 self._expired_warned = self.schedule.epochs.epoch_at(now)
-                LOG.error("no valid network document: the last one (epoch %d) expired at %d "
+                LOG.error("no valid network document: the last one (epoch %d) expired at %s "
                           "and no authority gave a newer one (%s)", max(self.held),
-                          self.held[max(self.held)].valid_until, self.status(now))
+                          utc(self.held[max(self.held)].valid_until), self.status(now))
             return None
         if doc.epoch <= max(version, self._offered):
             return None  # in use already, or offered and declined (a node it does not list)
@@ -171,8 +189,10 @@ class NetworkKeeper:
                 return network
             left = deadline - time.monotonic()
             if left <= 0:
-                cached = (f"; the cached document of epoch {max(self.held)} expired at "
-                          f"{self.held[max(self.held)].valid_until}" if self.held else "")
+                last = (max(self.held), self.held[max(self.held)].valid_until) if self.held \
+                    else self._expired
+                cached = (f"; the cached document of epoch {last[0]} expired at "
+                          f"{utc(last[1])}" if last is not None else "")
                 raise DirectoryUnavailable(
                     f"no valid network document for epoch {self.schedule.epochs.epoch_at(now)} "
                     f"from the authorities within {timeout:g} s ({self.status(now)}){cached}")
