@@ -142,7 +142,7 @@ def test_erase_is_idempotent_and_erasing_a_key_never_held_does_nothing(directory
 def test_accepted_gives_the_keys_to_try_in_the_schedules_order(directory: Path) -> None:
     store = EpochKeyStore(directory)
     store.ensure([1, 2, 3])
-    assert [e for e, _ in store.accepted(P, 1205.0)] == [2, 1, 3]
+    assert [e for e, _ in store.accepted(P, 1205.0)] == [2, 3, 1]
     assert [e for e, _ in store.accepted(P, 1250.0)] == [2, 3]
     assert dict(store.accepted(P, 1205.0))[1] == store.private(1)
     store.erase(3)

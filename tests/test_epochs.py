@@ -19,9 +19,20 @@ def test_an_epoch_covers_its_start_but_not_its_end() -> None:
 
 
 def test_the_previous_key_is_accepted_only_during_the_grace_after_a_boundary() -> None:
-    assert P.accepted(1205.0) == (2, 1, 3)
+    assert P.accepted(1205.0) == (2, 3, 1)
     assert P.accepted(1210.0) == (2, 3)
-    assert P.accepted(1299.0) == (2, 3)
+    assert P.accepted(1289.999) == (2, 3)
+
+
+def test_the_key_after_next_is_accepted_only_during_the_grace_before_a_boundary() -> None:
+    assert P.accepted(1290.0) == (2, 3, 4)
+    assert P.accepted(1299.999) == (2, 3, 4)
+    assert P.accepted(1300.0) == (3, 4, 2)
+
+
+def test_a_key_is_tried_from_the_grace_before_the_last_epoch_to_the_grace_after_its_own() -> None:
+    tried = [t for t in range(1000, 1500) if 3 in P.accepted(float(t))]
+    assert (tried[0], tried[-1]) == (1190, 1409)  # start(2) - grace .. end(3) + grace
 
 
 def test_a_key_is_erased_at_its_epochs_end_plus_the_grace() -> None:
@@ -34,16 +45,20 @@ def test_the_keys_held_are_the_current_epochs_and_those_ahead() -> None:
     assert list(P.wanted(1250.0)) == [2, 3, 4]
 
 
-def test_the_next_change_is_the_end_of_the_grace_then_the_next_boundary() -> None:
+def test_the_next_change_is_each_end_of_a_grace_and_each_boundary() -> None:
     assert P.next_change(1200.0) == 1210.0
-    assert P.next_change(1210.0) == 1300.0
-    assert P.next_change(1250.0) == 1300.0
+    assert P.next_change(1210.0) == 1290.0
+    assert P.next_change(1250.0) == 1290.0
+    assert P.next_change(1290.0) == 1300.0
     t = 1000.0
     seen = []
-    for _ in range(4):
+    for _ in range(6):
         t = P.next_change(t)
         seen.append(t)
-    assert seen == [1010.0, 1100.0, 1110.0, 1200.0]
+    assert seen == [1010.0, 1090.0, 1100.0, 1110.0, 1190.0, 1200.0]
+    # Between two changes the answers do not change.
+    for start, end in zip([1000.0, *seen], seen, strict=False):
+        assert P.accepted(start) == P.accepted(end - 0.001)
 
 
 def test_each_hop_uses_the_epoch_it_will_process_the_packet_in() -> None:

@@ -5,14 +5,17 @@ has one Sphinx key pair per epoch, made ``ahead`` epochs in advance; at time ``t
 a node accepts (tries, in this order) the keys of
 
 1. ``E``, the current epoch;
-2. ``E - 1`` while ``t < start(E) + grace``: a packet built for the last epoch and delayed past
+2. ``E + 1``: a packet built for the next epoch (a reply block, which always uses the next
+   epoch's keys, or a packet whose hop comes after the boundary);
+3. ``E - 1`` while ``t < start(E) + grace``: a packet built for the last epoch and delayed past
    its end (queues, links, a sender's clock behind the node's);
-3. ``E + 1``: a packet built for the next epoch (a reply block, which always uses the next
-   epoch's keys, or a sender's clock ahead of the node's).
+4. ``E + 2`` while ``t >= end(E) - grace``: a reply block made just after the boundary by a sender
+   whose clock runs ahead of the node's (or whose packet outran the node's own change of keys).
 
-The key of epoch ``e`` is erased at ``end(e) + grace``; a packet recorded earlier can no longer be
-processed after that (forward secrecy). ``grace`` is shorter than half an epoch, so at most three
-keys are ever accepted, and two once the grace after a boundary has passed.
+So the key of epoch ``e`` is tried from ``start(e - 1) - grace`` until ``end(e) + grace`` and
+erased then; a packet recorded earlier can no longer be processed after that (forward secrecy).
+``grace`` is shorter than half an epoch, so at most three keys are ever tried: two in the middle
+of an epoch, three within ``grace`` of a boundary.
 
 Senders pick, for each hop, the key of the epoch in which that hop will process the packet
 (:func:`EpochParams.hop_epochs`); a reply block uses the next epoch's keys for every hop
@@ -89,7 +92,9 @@ class EpochParams:
         module docstring)."""
         current = self.epoch_at(t)
         if t < self.start(current) + self.grace:
-            return (current, current - 1, current + 1)
+            return (current, current + 1, current - 1)
+        if t >= self.end(current) - self.grace:
+            return (current, current + 1, current + 2)
         return (current, current + 1)
 
     def expired(self, epoch: int, t: float) -> bool:
@@ -98,12 +103,12 @@ class EpochParams:
 
     def next_change(self, t: float) -> float:
         """Return the first time after ``t`` at which :meth:`accepted` or :meth:`wanted` gives
-        another answer: the end of the grace after this epoch's start, or the next epoch's
-        start."""
+        another answer: the end of the grace after this epoch's start, the start of the grace
+        before its end, or the next epoch's start."""
         current = self.epoch_at(t)
-        grace_end = self.start(current) + self.grace
-        if t < grace_end:
-            return grace_end
+        for change in (self.start(current) + self.grace, self.end(current) - self.grace):
+            if t < change:
+                return change
         return self.end(current)
 
     # ------------------------------------------------------------------ senders

@@ -111,6 +111,7 @@ class NodeProcess:
         self.replay: ReplayCache | None = None  # made by run(), once the node is locked
         self.keys: NodeKeys | None = None
         self.keys_made = self.keys_erased = 0  # Sphinx keys made and erased by this process
+        self.next_key_update = 0.0  # unix time of the next change of the key schedule
 
     @property
     def view(self) -> NetworkView:
@@ -327,7 +328,18 @@ class NodeProcess:
             self.replay.prepare(epoch)
         self.keys_made += len(update.made)
         self.keys_erased += len(update.erased)
+        self.next_key_update = self.keys.next_update(wall)
         return update
+
+    def keys_on_schedule(self, wall: float) -> None:
+        """Update the keys if the schedule changed since the last update (:meth:`update_keys`),
+        and send the new descriptor: a new key or an erased one changes it, and sent at every
+        change of the schedule it also reaches an authority that restarted and forgot it."""
+        if wall < self.next_key_update:
+            return
+        self.update_keys(wall)
+        assert self.keeper is not None
+        self.keeper.upload(self.descriptor(wall), wall)
 
     def descriptor(self, wall: float) -> bytes:
         """Return this node's descriptor, signed with its identity key, with the public Sphinx
@@ -356,6 +368,7 @@ class NodeProcess:
         next_note = time.monotonic() + WAIT_NOTE_INTERVAL
         while not self.stopping:
             wall = time.time()
+            self.keys_on_schedule(wall)  # a node waiting to be admitted keeps its keys current
             keeper.on_timer(wall)
             network = keeper.newer_network(wall, -1)
             if network is not None:
@@ -370,7 +383,8 @@ class NodeProcess:
                 next_note = time.monotonic() + WAIT_NOTE_INTERVAL
                 LOG.info("node %s waits for a network document from the authorities (%s)",
                          self.spec.name, keeper.status(wall))
-            wait = min(max(0.0, keeper.next_deadline(wall) - wall), POLL_CAP_MS / 1000)
+            wait = min(max(0.0, keeper.next_deadline(wall) - wall),
+                       max(0.0, self.next_key_update - wall), POLL_CAP_MS / 1000)
             if poller.poll(int(wait * 1000) + 1):
                 keeper.on_readable(time.time())
         return None
@@ -650,7 +664,6 @@ class _Directory:
         self.keeper = node.keeper
         self.keys, self.replay = node.keys, node.replay
         wall = time.time()
-        self._next_keys = self.keys.next_update(wall)
         self._next_fetch = wall
         self._next_flush = wall + REPLAY_FLUSH_INTERVAL
         self._held = set(self.keeper.held)
@@ -662,7 +675,7 @@ class _Directory:
 
     def due(self, wall: float) -> bool:
         """True if :meth:`on_timer` has something to do at ``wall``."""
-        return wall >= min(self._next_keys, self._next_fetch, self._next_flush)
+        return wall >= min(self.n.next_key_update, self._next_fetch, self._next_flush)
 
     def on_readable(self, wall: float) -> None:
         """Read the authorities' answers; change networks if a newer one is due."""
@@ -672,12 +685,7 @@ class _Directory:
 
     def on_timer(self, wall: float) -> None:
         """Update the keys, fetch documents, flush the replay filters: whatever is due."""
-        if wall >= self._next_keys:
-            self.n.update_keys(wall)
-            self._next_keys = self.keys.next_update(wall)
-            # A new key or an erased one changes the descriptor; sent at every change of the
-            # schedule, it also reaches an authority that restarted and forgot it.
-            self.keeper.upload(self.n.descriptor(wall), wall)
+        self.n.keys_on_schedule(wall)
         if wall >= self._next_fetch:
             self.keeper.on_timer(wall)
             self._next_fetch = self.keeper.next_deadline(wall)
