@@ -496,7 +496,7 @@ def test_names_ending_in_identity_are_refused_before_anything_is_written(tmp_pat
     with pytest.raises(ConfigError, match="not a valid name"):
         ensure_authority_keys(tmp_path / "b", ["../x"])
     path = tmp_path / "net.yaml"
-    path.write_text("network: keytest\nproviders: [p1]\nlayers: [[a1]]\n"
+    path.write_text("network: keytest\nproviders: [p1]\nlayers: [[a1]]\nauthorities: [auth]\n"
                     "clients: [{name: p1.identity, provider: p1}]\n")
     with pytest.raises(ConfigError, match="reserved"):
         ensure_keys(tmp_path / "c", load_topology(path))

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-START_TIMEOUT = 30.0  # seconds a node may take to answer ping
+# Seconds a node may take to answer ping: it answers once the authorities gave it a document,
+# which can take their bounded wait for allowlisted nodes that are not up (30 s) and more.
+START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 RESTART_PAUSE_MAX = 60.0
 
