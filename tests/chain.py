@@ -1,7 +1,9 @@
 """A chain of two real mixnodes, mix-a -> mix-b, with the test playing provider-1 at both ends.
 
 Shared by the integration tests of the node (test_node_integration, test_node_behaviour,
-test_link_recovery): they send packets into mix-a and read what mix-b forwards.
+test_link_recovery): they send packets into mix-a and read what mix-b forwards. The topology's
+authority runs as a real process; provider-1 is published like a real node (its epoch keys and
+signed descriptor: zmix.bench.common.play_node), and packets use the document's keys per epoch.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from typing import Any
 import zmq
 
 from zmix import wire
-from zmix.bench.common import make_network
+from zmix.bench.common import (
+    PlayedNode,
+    fetch_network,
+    hops_at,
+    make_network,
+    play_node,
+    start_authorities,
+)
 from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
-from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
+from zmix.sphinx import FinalDelivery, create_forward_packet
 from zmix.topology import Topology
 
 
@@ -38,11 +48,14 @@ class Chain:
     ctx: zmq.Context[zmq.Socket[bytes]]
     inbox: zmq.Socket[bytes]
     outbox: zmq.Socket[bytes]
+    network: Network  # of the authority's document when the chain started
+    played: PlayedNode  # provider-1, as the test plays it
+    authorities: Launcher
 
     def packet(self, message: bytes, delays: tuple[float, float] = (0.0, 0.0)) -> bytes:
-        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
-        route = [Hop(h.id, self.directory[h.name].public_key, int(d * 1e6))
-                 for h, d in zip(hops, (*delays, 0.0), strict=True)]
+        """A packet for mix-a -> mix-b -> provider-1 built now with the document's keys of the
+        epoch in which each hop will process it."""
+        route = hops_at(self.network, ("mix-a", "mix-b", "provider-1"), (*delays, 0.0))
         return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
 
     def send(self, packet: bytes) -> None:
@@ -58,8 +71,7 @@ class Chain:
             _, data = self.inbox.recv_multipart()
             frame = wire.decode(data, params=self.topology.sphinx, slots=8)
             if isinstance(frame, wire.Packet):
-                result = process_packet(self.topology.sphinx, self.provider.private_key,
-                                        frame.packet)
+                result = self.played.open(frame.packet)
                 assert isinstance(result, FinalDelivery)
                 got.append((time.monotonic(), result.message))
         return got
@@ -91,8 +103,16 @@ def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Ch
         tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
         loopix={"mix_loop_rate": 0.0}, workers=workers, **network)
     nodes = [topology.node("mix-a"), topology.node("mix-b")]
+    authorities = start_authorities(state, topology)  # allows mix-a, mix-b and provider-1
     launcher = Launcher(state, nodes, verbosity=1)
-    launcher.start()
+    try:
+        played = play_node(state, topology, "provider-1")
+        launcher.start()
+        net = fetch_network(state, topology)
+    except BaseException:
+        launcher.stop()
+        authorities.stop()
+        raise
     directory = load_directory(state, topology)
     provider = load_private(state, "provider-1")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -106,7 +126,8 @@ def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Ch
                                   directory["mix-a"].curve_public, provider.curve_public,
                                   provider.curve_private, max_frame=limit)
     try:
-        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
+        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox, net,
+                    played, authorities)
     finally:
         for pid in launcher.pids().values():  # a failed test may leave a node stopped
             with contextlib.suppress(ProcessLookupError):  # or a test stopped it for good
@@ -116,5 +137,6 @@ def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Ch
         auth.stop()
         ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
         launcher.stop()
+        authorities.stop()
 
 
