@@ -58,6 +58,12 @@ class Chain:
         route = hops_at(self.network, ("mix-a", "mix-b", "provider-1"), (*delays, 0.0))
         return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
 
+    def refresh(self) -> None:
+        """Publish provider-1's keys of the epochs now ahead, and take the network of the
+        current epoch's document (tests that run across epochs)."""
+        self.played.refresh()
+        self.network = fetch_network(self.state, self.topology)
+
     def send(self, packet: bytes) -> None:
         self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
 
@@ -96,12 +102,14 @@ class Chain:
 
 
 @contextlib.contextmanager
-def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Chain]:
-    """Run mix-a and mix-b as processes (``network``: more ``make_network`` options); the test
-    plays provider-1, sending into mix-a and receiving from mix-b."""
+def start_chain(tmp_path: Path, workers: int = 2, loopix: dict[str, float] | None = None,
+                **network: Any) -> Iterator[Chain]:
+    """Run mix-a and mix-b as processes (``loopix``: Loopix parameters besides mix loops off;
+    ``network``: more ``make_network`` options); the test plays provider-1, sending into mix-a
+    and receiving from mix-b."""
     topology, state = make_network(
         tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
-        loopix={"mix_loop_rate": 0.0}, workers=workers, **network)
+        loopix={"mix_loop_rate": 0.0, **(loopix or {})}, workers=workers, **network)
     nodes = [topology.node("mix-a"), topology.node("mix-b")]
     authorities = start_authorities(state, topology)  # allows mix-a, mix-b and provider-1
     launcher = Launcher(state, nodes, verbosity=1)
