@@ -103,15 +103,16 @@ class Chain:
 
 @contextlib.contextmanager
 def start_chain(tmp_path: Path, workers: int = 2, loopix: dict[str, float] | None = None,
-                **network: Any) -> Iterator[Chain]:
+                spare: tuple[str, ...] = (), **network: Any) -> Iterator[Chain]:
     """Run mix-a and mix-b as processes (``loopix``: Loopix parameters besides mix loops off;
     ``network``: more ``make_network`` options); the test plays provider-1, sending into mix-a
-    and receiving from mix-b."""
+    and receiving from mix-b. ``spare`` names more layer-0 mixnodes of the topology that are
+    neither started nor on the authority's allowlist (the test admits them)."""
     topology, state = make_network(
-        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
+        tmp_path, layers=(("mix-a", *spare), ("mix-b",)), providers=("provider-1",),
         loopix={"mix_loop_rate": 0.0, **(loopix or {})}, workers=workers, **network)
     nodes = [topology.node("mix-a"), topology.node("mix-b")]
-    authorities = start_authorities(state, topology)  # allows mix-a, mix-b and provider-1
+    authorities = start_authorities(state, topology, allow=["mix-a", "mix-b", "provider-1"])
     launcher = Launcher(state, nodes, verbosity=1)
     try:
         played = play_node(state, topology, "provider-1")

@@ -12,16 +12,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import zmq
 from chain import Chain, start_chain
 
+from zmix import wire
+from zmix.bench.common import fetch_network, hops_at
 from zmix.epochkeys import key_directory
 from zmix.epochs import EpochParams
-from zmix.runtime import metrics
-from zmix.runtime.launcher import authority_command
+from zmix.keys import load_private
+from zmix.runtime import links, metrics
+from zmix.runtime.launcher import authority_command, node_command
+from zmix.sphinx import create_forward_packet
 
 # 2 * max_hops (5) * max_delay (0.5 s) = 5 s <= the epoch length (docs/topology.md)
 LOOPIX = {"max_delay": 0.5}
@@ -222,3 +228,104 @@ def test_a_restarted_node_without_authorities_and_without_a_valid_cache_does_not
             proc.terminate()
             proc.wait(10)
 
+
+
+def authority_cli(chain: Chain, *args: str) -> str:
+    """Run ``zmix-authority --state STATE ARGS`` (allow, evict); return its output."""
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.authority", "--state",
+                           str(chain.state), *args], capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def in_first_part(params: EpochParams, margin: float) -> int:
+    """Return the current epoch once the time is at least ``margin`` seconds before the next
+    epoch's vote time (half an epoch before it), waiting for the next epoch's start if not:
+    an allowlist change made now affects the next epoch's document."""
+    now = time.time()
+    epoch = params.epoch_at(now)
+    if now > params.start(epoch) + params.length / 2 - margin:
+        epoch += 1
+        until(params.start(epoch) + 0.05)
+    return epoch
+
+
+def dial(chain: Chain, target: str, keys_of: str, message: bytes) -> zmq.Socket[bytes]:
+    """Connect to node ``target`` with node ``keys_of``'s CURVE keys and send it a packet for
+    ``target`` (-> mix-b) -> provider-1 carrying ``message``; return the socket (the caller
+    closes it)."""
+    keys = load_private(chain.state, keys_of)
+    sock = links.connect_dealer(chain.ctx, chain.topology.node(target).endpoint,
+                                chain.network.curve_key(target), keys.curve_public,
+                                keys.curve_private,
+                                max_frame=wire.node_frame_limit(chain.topology.sphinx))
+    names = (target, "provider-1") if target == "mix-b" else (target, "mix-b", "provider-1")
+    route = hops_at(chain.network, names, [0.0] * len(names))
+    packet = create_forward_packet(chain.topology.sphinx, route, chain.provider.id, message)
+    sock.send(wire.encode(wire.Packet(packet), params=chain.topology.sphinx, slots=8))
+    return sock
+
+
+@pytest.mark.slow  # two allowlist changes, each waiting for its epoch: about 30 s
+def test_a_mixnode_admitted_carries_traffic_from_the_next_epoch_and_an_evicted_one_none_after(
+        tmp_path: Path) -> None:
+    with start_chain(tmp_path, loopix=LOOPIX, epoch=SHORT, spare=("mix-a2",)) as chain:
+        params = chain.topology.epoch
+        authority = chain.authorities.pids()["authority-1"]
+        others = chain.launcher.pids()
+        log = chain.state / "nodes" / "mix-a2" / "node.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:  # it uploads, is refused (not allowed), and waits
+            spare = subprocess.Popen(node_command(chain.state, "mix-a2"), stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            # -------------------------------------------------------------- admitted
+            admitted = in_first_part(params, 2.0)
+            said = authority_cli(chain, "allow", "mix-a2")
+            assert said.startswith("authority-1: allowed mix-a2"), said
+            assert not fetch_network(chain.state, chain.topology).is_member("mix-a2")
+            assert metrics.query(chain.state, "mix-a2", "ping", 0.2) != "pong"  # not yet
+            until(params.start(admitted + 1) + 0.1)
+            deadline = time.monotonic() + 10
+            while metrics.query(chain.state, "mix-a2", "ping", 0.2) != "pong":
+                assert spare.poll() is None, f"mix-a2 exited: status {spare.returncode}"
+                assert time.monotonic() < deadline, "mix-a2 did not start in its first epoch"
+            chain.refresh()
+            assert chain.network.version == admitted + 1
+            assert chain.network.is_member("mix-a2")
+            sock = dial(chain, "mix-a2", "provider-1", b"through mix-a2")
+            got = messages(chain, 1)  # mix-a2 -> mix-b -> provider-1
+            assert got == [b"through mix-a2"], {
+                name: {k: v for k, v in chain.stats(name).items() if v and "cpu" not in k}
+                for name in ("mix-a2", "mix-b")}
+            sock.close(linger=0)
+            chain.wait_stats("mix-a2", lambda s: s["forwarded"] == 1, "mix-a2's packet counted")
+
+            # -------------------------------------------------------------- evicted
+            last = in_first_part(params, 2.0)
+            authority_cli(chain, "evict", "mix-a2")
+            chain.refresh()
+            assert chain.network.is_member("mix-a2")  # the documents already frozen keep it
+            until(params.erase_at(last) + 0.5)  # its last document expired
+            chain.refresh()
+            assert chain.network.version == last + 1
+            assert not chain.network.is_member("mix-a2")
+            deadline = time.monotonic() + 10
+            while "does not list node mix-a2" not in log.read_text():
+                assert time.monotonic() < deadline, "mix-a2 never said it was left out"
+                time.sleep(0.1)
+            # mix-b no longer admits a link with mix-a2's key; mix-a's is (the control).
+            before = chain.stats("mix-b")
+            refused = dial(chain, "mix-b", "mix-a2", b"from an evicted key")
+            chain.wait_stats("mix-b", lambda s: s["auth_denied"] > before["auth_denied"],
+                             "mix-a2's handshake refused")
+            admitted_sock = dial(chain, "mix-b", "mix-a", b"from a member's key")
+            assert messages(chain, 1) == [b"from a member's key"]
+            refused.close(linger=0)
+            admitted_sock.close(linger=0)
+            # No other process was restarted for either change.
+            assert chain.launcher.pids() == others
+            assert chain.authorities.pids()["authority-1"] == authority
+        finally:
+            spare.terminate()
+            spare.wait(10)
