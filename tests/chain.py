@@ -1,7 +1,9 @@
 """A chain of two real mixnodes, mix-a -> mix-b, with the test playing provider-1 at both ends.
 
 Shared by the integration tests of the node (test_node_integration, test_node_behaviour,
-test_link_recovery): they send packets into mix-a and read what mix-b forwards.
+test_link_recovery): they send packets into mix-a and read what mix-b forwards. The topology's
+authority runs as a real process; provider-1 is published like a real node (its epoch keys and
+signed descriptor: zmix.bench.common.play_node), and packets use the document's keys per epoch.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from typing import Any
 import zmq
 
 from zmix import wire
-from zmix.bench.common import make_network
+from zmix.bench.common import (
+    PlayedNode,
+    fetch_network,
+    hops_at,
+    make_network,
+    play_node,
+    start_authorities,
+)
 from zmix.keys import PrivateIdentity, PublicIdentity, load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
-from zmix.sphinx import FinalDelivery, Hop, create_forward_packet, process_packet
+from zmix.sphinx import FinalDelivery, create_forward_packet
 from zmix.topology import Topology
 
 
@@ -38,12 +48,21 @@ class Chain:
     ctx: zmq.Context[zmq.Socket[bytes]]
     inbox: zmq.Socket[bytes]
     outbox: zmq.Socket[bytes]
+    network: Network  # of the authority's document when the chain started
+    played: PlayedNode  # provider-1, as the test plays it
+    authorities: Launcher
 
     def packet(self, message: bytes, delays: tuple[float, float] = (0.0, 0.0)) -> bytes:
-        hops = [self.topology.node(n) for n in ("mix-a", "mix-b", "provider-1")]
-        route = [Hop(h.id, self.directory[h.name].public_key, int(d * 1e6))
-                 for h, d in zip(hops, (*delays, 0.0), strict=True)]
+        """A packet for mix-a -> mix-b -> provider-1 built now with the document's keys of the
+        epoch in which each hop will process it."""
+        route = hops_at(self.network, ("mix-a", "mix-b", "provider-1"), (*delays, 0.0))
         return create_forward_packet(self.topology.sphinx, route, self.provider.id, message)
+
+    def refresh(self) -> None:
+        """Publish provider-1's keys of the epochs now ahead, and take the network of the
+        current epoch's document (tests that run across epochs)."""
+        self.played.refresh()
+        self.network = fetch_network(self.state, self.topology)
 
     def send(self, packet: bytes) -> None:
         self.outbox.send(wire.encode(wire.Packet(packet), params=self.topology.sphinx, slots=8))
@@ -58,8 +77,7 @@ class Chain:
             _, data = self.inbox.recv_multipart()
             frame = wire.decode(data, params=self.topology.sphinx, slots=8)
             if isinstance(frame, wire.Packet):
-                result = process_packet(self.topology.sphinx, self.provider.private_key,
-                                        frame.packet)
+                result = self.played.open(frame.packet)
                 assert isinstance(result, FinalDelivery)
                 got.append((time.monotonic(), result.message))
         return got
@@ -84,15 +102,26 @@ class Chain:
 
 
 @contextlib.contextmanager
-def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Chain]:
-    """Run mix-a and mix-b as processes (``network``: more ``make_network`` options); the test
-    plays provider-1, sending into mix-a and receiving from mix-b."""
+def start_chain(tmp_path: Path, workers: int = 2, loopix: dict[str, float] | None = None,
+                spare: tuple[str, ...] = (), **network: Any) -> Iterator[Chain]:
+    """Run mix-a and mix-b as processes (``loopix``: Loopix parameters besides mix loops off;
+    ``network``: more ``make_network`` options); the test plays provider-1, sending into mix-a
+    and receiving from mix-b. ``spare`` names more layer-0 mixnodes of the topology that are
+    neither started nor on the authority's allowlist (the test admits them)."""
     topology, state = make_network(
-        tmp_path, layers=(("mix-a",), ("mix-b",)), providers=("provider-1",),
-        loopix={"mix_loop_rate": 0.0}, workers=workers, **network)
+        tmp_path, layers=(("mix-a", *spare), ("mix-b",)), providers=("provider-1",),
+        loopix={"mix_loop_rate": 0.0, **(loopix or {})}, workers=workers, **network)
     nodes = [topology.node("mix-a"), topology.node("mix-b")]
+    authorities = start_authorities(state, topology, allow=["mix-a", "mix-b", "provider-1"])
     launcher = Launcher(state, nodes, verbosity=1)
-    launcher.start()
+    try:
+        played = play_node(state, topology, "provider-1")
+        launcher.start()
+        net = fetch_network(state, topology)
+    except BaseException:
+        launcher.stop()
+        authorities.stop()
+        raise
     directory = load_directory(state, topology)
     provider = load_private(state, "provider-1")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -106,7 +135,8 @@ def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Ch
                                   directory["mix-a"].curve_public, provider.curve_public,
                                   provider.curve_private, max_frame=limit)
     try:
-        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox)
+        yield Chain(topology, state, launcher, directory, provider, ctx, inbox, outbox, net,
+                    played, authorities)
     finally:
         for pid in launcher.pids().values():  # a failed test may leave a node stopped
             with contextlib.suppress(ProcessLookupError):  # or a test stopped it for good
@@ -116,5 +146,6 @@ def start_chain(tmp_path: Path, workers: int = 2, **network: Any) -> Iterator[Ch
         auth.stop()
         ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
         launcher.stop()
+        authorities.stop()
 
 

@@ -25,10 +25,9 @@ import pytest
 import yaml
 
 from zmix import wire
-from zmix.bench.common import make_network
+from zmix.bench.common import make_network, network_launcher
 from zmix.runtime import metrics
 from zmix.runtime.client import ClientRuntime
-from zmix.runtime.launcher import Launcher
 from zmix.topology import Topology
 from zmix.wire import MailboxItem
 
@@ -158,7 +157,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
                                                                       ("mix-c",)), loopix={
         "payload_rate": 50.0, "loop_rate": 5.0, "drop_rate": 2.0, "mean_delay": 0.002,
         "fetch_interval": 0.05})
-    launcher = Launcher(state, list(topology.nodes()))
+    launcher = network_launcher(state, topology)  # the authority first, then every node
     launcher.start()
     recorder = LinkRecorder(topology.node("provider-1").port)
     try:

@@ -20,10 +20,9 @@ from chain import Chain, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto
-from zmix.bench.common import free_ports, make_network
+from zmix.bench.common import free_ports, make_network, network_launcher, play_node
 from zmix.runtime import links
 from zmix.runtime.client import ClientRuntime
-from zmix.runtime.launcher import Launcher
 
 # The heartbeat timeout closes a link to a stalled process within this long (the timeout runs
 # from the first unanswered ZMTP PING, sent within a heartbeat interval), with room to spare.
@@ -191,8 +190,12 @@ def test_a_client_fetches_again_after_its_provider_stalled_past_the_heartbeat_ti
     topology, state = make_network(
         tmp_path, layers=(("mix-a",),), providers=("provider-1",), clients={"alice": "provider-1"},
         loopix={"mix_loop_rate": 0.0, "fetch_interval": 60.0}, workers=1)
-    launcher = Launcher(state, [topology.node("provider-1")], verbosity=1)
-    launcher.start()
+    # provider-1 runs; mix-a is only published (the provider's network needs its layer).
+    def publish() -> None:
+        play_node(state, topology, "mix-a")
+
+    launcher = network_launcher(state, topology, ["provider-1"], allow=["provider-1", "mix-a"])
+    launcher.start(on_authority_up=lambda _: publish())
     provider = launcher.pids()["provider-1"]
     try:
         with ClientRuntime(state, "alice") as client:

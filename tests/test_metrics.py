@@ -17,12 +17,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zmix import wire
-from zmix.bench.common import free_ports, make_network
+from zmix.bench.common import (
+    authorities_running,
+    fetch_network,
+    free_ports,
+    hops_at,
+    make_network,
+    start_authorities,
+)
 from zmix.envelope import Envelope, encode_envelope
 from zmix.keys import load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
-from zmix.sphinx import Hop, answer_surb, create_forward_packet, create_surb
+from zmix.sphinx import answer_surb, create_forward_packet, create_surb
 from zmix.stats_schema import (
     BY_NAME,
     STATISTICS,
@@ -141,6 +149,7 @@ class Net:
     topology: Topology
     state: Path
     ports: dict[str, int]
+    network: Network  # of the authority's document
 
     def stats(self, name: str) -> dict[str, float]:
         values = metrics.statistics(self.state, name)
@@ -173,11 +182,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         clients={"alice": "provider-1"}, loopix={"mix_loop_rate": 20.0},
         mailbox={"quota": 1}, node_options={n: {"metrics_port": p} for n, p in ports.items()})
     launcher = Launcher(state, [topology.node(n) for n in NODES])
-    launcher.start()
-    try:
-        yield Net(topology, state, ports)
-    finally:
-        launcher.stop()
+    with authorities_running(state, topology, allow=NODES):
+        try:
+            launcher.start()
+            yield Net(topology, state, ports, fetch_network(state, topology))
+        finally:
+            launcher.stop()
 
 
 def test_a_running_node_reports_exactly_the_statistics_of_the_schema(net: Net) -> None:
@@ -213,7 +223,9 @@ def test_deliveries_refused_for_a_full_mailbox_or_a_stranger_count_as_drops_by_r
     params, provider = net.topology.sphinx, net.topology.node("provider-1")
     alice = load_private(net.state, "alice")
     public = load_directory(net.state, net.topology)["provider-1"]
-    route = [Hop(provider.id, public.public_key, 0)]
+    # Built and answered now: the provider processes them in this epoch (or, at a boundary,
+    # still with this key in its grace).
+    route = hops_at(net.network, ["provider-1"], [0.0])
     packets = [create_forward_packet(params, route, alice.id, encode_envelope(
         params, Envelope(None, b"message %d" % i))) for i in range(2)]
     surb, _ = create_surb(params, route, alice.id, b"\x42" * 16)
@@ -245,9 +257,10 @@ def test_a_node_answers_its_first_statistics_request_with_every_statistic(
         tmp_path: Path) -> None:
     # The control endpoint is published before the loop's first turn: a request arriving then
     # was answered with an empty snapshot (a restarted node's statistics without "pid").
-    _, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",),
-                            loopix={"mix_loop_rate": 0.0})
+    topology, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",),
+                                   loopix={"mix_loop_rate": 0.0})
     control = metrics.control_path(state, "mix-a")
+    authorities = start_authorities(state, topology, allow=["mix-a"])
     proc = subprocess.Popen([sys.executable, "-m", "zmix.cli.node", "--state", str(state),
                              "--name", "mix-a"], stderr=subprocess.DEVNULL)
     try:
@@ -264,3 +277,4 @@ def test_a_node_answers_its_first_statistics_request_with_every_statistic(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+        authorities.stop()

@@ -274,7 +274,8 @@ def test_the_node_runtime_resolves_and_admits_the_current_network(net: SimNet) -
     from zmix.runtime.links import user_id
     from zmix.runtime.node import NodeProcess
 
-    node = NodeProcess(net.state, "provider-1", workers=1)
+    # The network a running node takes from the authorities' documents, given here directly.
+    node = NodeProcess(net.state, "provider-1", workers=1, network=net.view.current)
     node._make_centre(0.0)
     try:
         gate = node._make_gate()

@@ -19,11 +19,19 @@ import zmq
 from chain import Chain, start_chain
 
 from zmix import crypto, wire
-from zmix.bench.common import make_network
+from zmix.bench.common import (
+    PlayedNode,
+    fetch_network,
+    hops_at,
+    make_network,
+    play_node,
+    start_authorities,
+)
 from zmix.keys import PrivateIdentity, load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
-from zmix.sphinx import ForwardHop, Hop, create_forward_packet, process_packet
+from zmix.sphinx import ForwardHop, create_forward_packet
 from zmix.topology import Topology
 
 HEARTBEAT_INTERVAL = 1.0  # docs/protocol.md: a HEARTBEAT on a link that sent nothing for 1 s
@@ -152,6 +160,8 @@ class RelayNet:
     ctx: zmq.Context[zmq.Socket[bytes]]
     mix_a: zmq.Socket[bytes]  # the ROUTER bound on mix-a's address
     mix_a_keys: PrivateIdentity
+    played: PlayedNode  # mix-a, published to the authority like a running node
+    network: Network  # of the authority's document
 
     def dealer(self, name: str) -> zmq.Socket[bytes]:
         """Connect to provider-1 with ``name``'s CURVE keys."""
@@ -163,9 +173,7 @@ class RelayNet:
 
     def packet(self, message: bytes) -> bytes:
         """A packet for the route mix-a -> provider-1 (it could be a reply block's answer)."""
-        directory = load_directory(self.state, self.topology)
-        route = [Hop(self.topology.node(n).id, directory[n].public_key, 0)
-                 for n in ("mix-a", "provider-1")]
+        route = hops_at(self.network, ("mix-a", "provider-1"), (0.0, 0.0))
         alice = self.topology.client("alice").id
         return create_forward_packet(self.topology.sphinx, route, alice, message)
 
@@ -205,12 +213,15 @@ def relay_net(tmp_path: Path) -> Iterator[RelayNet]:
     router = links.bind_router(ctx, topology.node("mix-a").endpoint, mix_a.curve_public,
                                mix_a.curve_private, topology.network,
                                max_frame=wire.node_frame_limit(topology.sphinx))
+    authorities = start_authorities(state, topology)  # allows mix-a and provider-1
     launcher = Launcher(state, [topology.node("provider-1")])
-    launcher.start()
     try:
-        yield RelayNet(topology, state, ctx, router, mix_a)
+        played = play_node(state, topology, "mix-a")
+        launcher.start()
+        yield RelayNet(topology, state, ctx, router, mix_a, played, fetch_network(state, topology))
     finally:
         launcher.stop()
+        authorities.stop()
         router.close(linger=0)
         auth.stop()
         ctx.destroy(linger=0)
@@ -228,7 +239,7 @@ def test_a_clients_relay_is_passed_unprocessed_to_its_first_hop_at_once(
     assert time.monotonic() - sent_at < 1.0  # not held for any delay
     assert forwarded == packet  # byte for byte: provider-1 did not process it
     # It is still the packet alice made: mix-a can process it, and it goes on to provider-1.
-    hop = process_packet(net.topology.sphinx, net.mix_a_keys.private_key, forwarded)
+    hop = net.played.open(forwarded)
     assert isinstance(hop, ForwardHop) and hop.next_hop == net.topology.node("provider-1").id
     after = wait_stats(net.state, "provider-1", lambda s: s["relayed"] > before["relayed"],
                        "RELAY counted")

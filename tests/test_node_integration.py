@@ -19,7 +19,7 @@ from chain import Chain, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto, wire
-from zmix.bench.common import free_ports, make_network
+from zmix.bench.common import authorities_running, free_ports, make_network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
 from zmix.runtime.node import MAX_IN_FLIGHT
@@ -292,11 +292,12 @@ def test_a_node_serves_prometheus_metrics(tmp_path: Path) -> None:
                                    loopix={"mix_loop_rate": 0.0},
                                    node_options={"mix-a": {"metrics_port": port}})
     launcher = Launcher(state, [topology.node("mix-a")])
-    launcher.start()
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    finally:
-        launcher.stop()
+    with authorities_running(state, topology, allow=["mix-a"]):
+        launcher.start()
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        finally:
+            launcher.stop()
     assert b'zmix_received_total{node="mix-a"}' in body
     assert b"zmix_queue_depth" in body
 
@@ -311,9 +312,11 @@ def test_ports_in_use_are_reported_by_the_launcher(tmp_path: Path) -> None:
         from zmix.runtime.launcher import LaunchError
 
         # The node must exit with the error, not hang in its shutdown (an unclosed socket once
-        # kept Context.term() waiting) until the launcher gives up on it.
-        with pytest.raises(LaunchError, match=r"^node mix-a cannot listen on tcp://127\.0\.0\.1:"
-                           r"\d+: address already in use$"):
+        # kept Context.term() waiting) until the launcher gives up on it. It binds once it has
+        # its network from the authority.
+        with authorities_running(state, topology, allow=["mix-a"]), pytest.raises(
+                LaunchError, match=r"^node mix-a cannot listen on tcp://127\.0\.0\.1:"
+                r"\d+: address already in use$"):
             launcher.start()
     finally:
         busy.close()

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from zmix import crypto, wire
-from zmix.bench.common import make_network
+from zmix.bench.common import make_network, network_launcher
 from zmix.keys import load_directory, load_private
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import Launcher
@@ -27,7 +27,7 @@ CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 def network(tmp_path: Path) -> Iterator[tuple[Topology, Path, Launcher]]:
     topology, state = make_network(tmp_path, clients=CLIENTS, loopix={
         "payload_rate": 50.0, "mean_delay": 0.002, "fetch_interval": 0.05})
-    launcher = Launcher(state, list(topology.nodes()))
+    launcher = network_launcher(state, topology)  # the authority first, then every node
     launcher.start()
     try:
         yield topology, state, launcher

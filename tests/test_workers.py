@@ -20,9 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmix import crypto, wire
-from zmix.bench.common import make_network
+from zmix.bench.common import fetch_network, hops_at, make_network, play_node, start_authorities
 from zmix.errors import DropReason, LocalMisuse
 from zmix.keys import load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.sphinx import (
     FinalDelivery,
@@ -281,8 +282,10 @@ class Node(NodeProcess):
     @property
     def stopping(self):
         flag = Path(sys.argv[3])
-        if flag.exists() and not self.sphinx_keys_version > 1:
-            self.set_sphinx_keys([(0, self.identity.private_key), (7, bytes.fromhex(sys.argv[4]))])
+        if flag.exists() and not self.sphinx_keys_version > 1:  # 1: the key store's set at start
+            # The store's keys stay; a key of an epoch the store never makes comes last.
+            extra = max(epoch for epoch, _ in self.sphinx_keys) + 2
+            self.set_sphinx_keys([*self.sphinx_keys, (extra, bytes.fromhex(sys.argv[4]))])
         return self._stop_signal is not None
 
 sys.exit(Node(Path(sys.argv[1]), sys.argv[2]).run())
@@ -297,9 +300,14 @@ def test_a_key_set_installed_in_a_running_node_reaches_its_workers(tmp_path: Pat
     directory = load_directory(state, topology)
     public7, private7 = crypto.x25519_keypair()
     flag = tmp_path / "new-keys"
+    document: list[Network] = []  # the authority's, once the node runs
 
-    def packet(public_key: bytes) -> bytes:
-        route = [Hop(node.id, public_key), Hop(nxt.id, directory[nxt.name].public_key)]
+    def packet(public_key: bytes | None) -> bytes:
+        """A packet for the node (with ``public_key``, or its document key of this epoch: the
+        control) and on to ``nxt``."""
+        route = hops_at(document[0], (node.name, nxt.name), (0.0, 0.0))
+        if public_key is not None:
+            route[0] = Hop(node.id, public_key)
         frame = wire.Packet(create_forward_packet(topology.sphinx, route, nxt.id, b"m"))
         return wire.encode(frame, params=topology.sphinx, slots=1)
 
@@ -312,18 +320,22 @@ def test_a_key_set_installed_in_a_running_node_reaches_its_workers(tmp_path: Pat
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}")
 
+    authorities = start_authorities(state, topology)  # mix-0, and the two the test plays
+    for played in ("provider-0", "mix-1"):
+        play_node(state, topology, played)
     proc = subprocess.Popen([sys.executable, "-c", _NODE_WITH_NEW_KEYS, str(state), node.name,
                              str(flag), private7.hex()], stdin=subprocess.DEVNULL)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         wait_stats(lambda s: s["workers"] == 2, "the node")
+        document.append(fetch_network(state, topology))
         me = load_private(state, "provider-0")
         gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
                                    me.curve_public, me.curve_private,
                                    max_frame=wire.node_frame_limit(topology.sphinx))
         gen.linger = 0
         gen.send(packet(public7))  # epoch 7's key is not installed yet
-        gen.send(packet(directory[node.name].public_key))  # the control: epoch 0's key
+        gen.send(packet(None))  # the control: the node's key of this epoch
         wait_stats(lambda s: s["dropped_bad_mac"] == 1 and s["forwarded"] == 1, "two packets")
         flag.touch()
         deadline = time.monotonic() + 20
@@ -332,9 +344,10 @@ def test_a_key_set_installed_in_a_running_node_reaches_its_workers(tmp_path: Pat
             gen.send(packet(public7))
             time.sleep(0.1)  # pacing: one packet per poll of the statistics
         before = wait_stats(lambda s: True, "statistics")
-        for _ in range(10):  # once installed, every worker opens epoch 7's packets, and 0's
+        for _ in range(10):  # once installed, every worker opens the new key's packets, and
+            # those of the store's keys
             gen.send(packet(public7))
-            gen.send(packet(directory[node.name].public_key))
+            gen.send(packet(None))
         stats = wait_stats(lambda s: s["forwarded"] >= before["forwarded"] + 20
                            and s["in_flight"] == 0, "20 more packets")
         assert stats["dropped_bad_mac"] == before["dropped_bad_mac"]
@@ -343,3 +356,4 @@ def test_a_key_set_installed_in_a_running_node_reaches_its_workers(tmp_path: Pat
         proc.terminate()
         proc.wait(10)
         ctx.destroy(linger=0)
+        authorities.stop()

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmix.bench.common import make_network
+from zmix.bench.common import make_network, network_launcher
 from zmix.runtime import metrics
 from zmix.runtime.client import ClientRuntime
-from zmix.runtime.launcher import Launcher
 
 HOPS = 5  # own provider, three layers, recipient's provider
 
@@ -65,7 +64,8 @@ def _phase(args: argparse.Namespace, mean_delay: float, with_file: bool) -> dict
             loopix={"mean_delay": mean_delay, "payload_rate": args.payload_rate,
                     "loop_rate": 2.0, "drop_rate": 2.0, "mix_loop_rate": args.mix_loop_rate,
                     "fetch_interval": args.fetch_interval, "max_delay": 60.0})
-        launcher = Launcher(state, list(topology.nodes()), verbosity=0)
+        # The authority first (every node on its allowlist), then every node, as zmix-up does.
+        launcher = network_launcher(state, topology, verbosity=0)
         launcher.start()
         try:
             bob_runtime = ClientRuntime(state, "bob", drain=True)

@@ -3,8 +3,10 @@
 The benchmark builds a two-layer network on loopback, runs the layer-0 mixnode as a real
 ``zmix-node`` process, and plays its neighbours itself: a load generator with the provider's CURVE
 key sends pre-built packets (route: the node, then a layer-1 node, zero delays, so creation cost is
-not measured), and a sink with the layer-1 node's keys counts what the node forwards. It reports,
-from one run:
+not measured), and a sink with the layer-1 node's keys counts what the node forwards. The
+network's authority runs as a real process; the two played nodes publish descriptors like real
+ones (zmix.bench.common.play_node), and the packets use the node's key of the current epoch from
+the authority's document. It reports, from one run:
 
 - forwarded packets/s at saturation (the generator sends as fast as the node takes them);
 - loss below saturation (the generator paces at a fraction of that rate; must be zero);
@@ -38,11 +40,13 @@ from typing import Any
 import zmq
 
 from zmix import crypto, wire
-from zmix.bench.common import make_network
+from zmix.bench.common import fetch_network, hops_at, make_network, play_node, start_authorities
+from zmix.epochkeys import EpochKeyStore, key_directory
 from zmix.keys import load_directory, load_private
+from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import node_command
-from zmix.sphinx import Hop, create_forward_packet, process_packet, process_packet_keys
+from zmix.sphinx import create_forward_packet, process_packet, process_packet_keys
 from zmix.topology import Topology
 
 
@@ -120,13 +124,21 @@ class _Sink:
         self.auth.stop()
 
 
-def _build_packets(topology: Topology, state: Path, count: int) -> list[bytes]:
-    directory = load_directory(state, topology)
+def _build_packets(topology: Topology, network: Network, count: int) -> tuple[int, list[bytes]]:
+    """Return the key epoch of the node under test and ``count`` packets for it and the next
+    layer, built now with the document's keys."""
     node, nxt = topology.layers[0][0], topology.layers[1][0]
-    route = [Hop(node.id, directory[node.name].public_key, 0),
-             Hop(nxt.id, directory[nxt.name].public_key, 0)]
+    now = time.time()
+    route = hops_at(network, (node.name, nxt.name), (0.0, 0.0), now)
     message = b"zmix-bench node"
-    return [create_forward_packet(topology.sphinx, route, nxt.id, message) for _ in range(count)]
+    return network.epochs.epoch_at(now), [
+        create_forward_packet(topology.sphinx, route, nxt.id, message) for _ in range(count)]
+
+
+def _node_key(state: Path, name: str, epoch: int) -> bytes:
+    """Return the running node ``name``'s Sphinx private key of ``epoch`` from its key
+    directory (what its workers hold)."""
+    return EpochKeyStore(key_directory(state, name)).private(epoch)
 
 
 _COUNTERS = ("cpu_seconds_node", "cpu_seconds_workers", "cpu_seconds_workers_sphinx",
@@ -149,31 +161,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers=args.workers, network="zmix-bench")
         paced_n = int(args.paced_seconds * 4_000)  # enough for 4,000 packets/s paced
         total = args.packets + paced_n
-        t0 = time.perf_counter()
-        packets = _build_packets(topology, state, total)
-        build_seconds = time.perf_counter() - t0
         node = topology.layers[0][0]
-        proc = subprocess.Popen(node_command(state, node.name, 0), stdin=subprocess.DEVNULL)
+        authorities = start_authorities(state, topology, verbosity=0)  # every node: 3
+        proc: subprocess.Popen[bytes] | None = None
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sink = _Sink(ctx, topology, state)
+        sink: _Sink | None = None
         try:
-            return _measure(args, topology, state, packets, ctx, sink, proc, build_seconds)
+            # The neighbours the benchmark plays are in the document like real nodes: the node
+            # admits their links and routes to them.
+            for played in (topology.providers[0].name, topology.layers[1][0].name):
+                play_node(state, topology, played)
+            proc = subprocess.Popen(node_command(state, node.name, 0), stdin=subprocess.DEVNULL)
+            sink = _Sink(ctx, topology, state)
+            _wait_started(state, node.name, proc)
+            t0 = time.perf_counter()
+            epoch, packets = _build_packets(topology, fetch_network(state, topology), total)
+            build_seconds = time.perf_counter() - t0
+            key = _node_key(state, node.name, epoch)
+            return _measure(args, topology, state, packets, ctx, sink, key, build_seconds)
         finally:
-            sink.close()
-            proc.terminate()
-            proc.wait(10)
+            if sink is not None:
+                sink.close()
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
             ctx.term()
+            authorities.stop()
 
 
-def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets: list[bytes],
-             ctx: zmq.Context[zmq.Socket[bytes]], sink: _Sink, proc: subprocess.Popen[bytes],
-             build_seconds: float) -> dict[str, Any]:
-    node = topology.layers[0][0]
-    deadline = time.monotonic() + 30
-    while metrics.query(state, node.name, "ping", 0.2) != "pong":
+def _wait_started(state: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the node answers on its control socket (it has its network); RuntimeError if
+    it exits or does not answer within 40 s."""
+    deadline = time.monotonic() + 40
+    while metrics.query(state, name, "ping", 0.2) != "pong":
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the node under test did not start")
         time.sleep(0.05)
+
+
+def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets: list[bytes],
+             ctx: zmq.Context[zmq.Socket[bytes]], sink: _Sink, key: bytes,
+             build_seconds: float) -> dict[str, Any]:
+    node = topology.layers[0][0]
     provider = topology.providers[0]
     me = load_private(state, provider.name)
     directory = load_directory(state, topology)
@@ -189,7 +218,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     before = _node_counters(state, node.name)
     # The Sphinx time is sampled just before and just after the load: the machine is shared, its
     # speed drifts, and the samples should see the speed the workers saw.
-    sphinx_samples = _sphinx_samples(topology, state, packets[:1_000])
+    sphinx_samples = _sphinx_samples(topology, key, packets[:1_000])
     saturated = frames[1:args.packets]
     base = sink.count
     t0 = time.perf_counter()
@@ -198,7 +227,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     sink.wait_for(base + len(saturated), 60)
     got = sink.count - base
     elapsed = sink.last - t0
-    sphinx_samples += _sphinx_samples(topology, state, packets[:1_000])
+    sphinx_samples += _sphinx_samples(topology, key, packets[:1_000])
     after = _node_counters(state, node.name)
     rate = got / elapsed if elapsed > 0 else 0.0
     forwarded = max(1.0, after["forwarded"] - before["forwarded"])
@@ -209,7 +238,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     in_workers = per_packet["cpu_seconds_workers_sphinx"]
     paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
     per_hop = stats.median(sphinx_samples)
-    first_key, second_key = _key_trial(topology, state, packets[:1_000])
+    first_key, second_key = _key_trial(topology, key, packets[:1_000])
     gen.close(linger=0)
     return {
         "workers": args.workers, "payload_bytes": args.payload,
@@ -250,13 +279,13 @@ def _paced_phase(args: argparse.Namespace, frames: list[bytes], gen: zmq.Socket[
     return {"rate": rate, "sent": count, "lost": max(0, count - (sink.count - base))}
 
 
-def _sphinx_samples(topology: Topology, state: Path, packets: list[bytes]) -> list[float]:
-    """Return the CPU time of ``process_packet`` per packet over 5 chunks of ``packets``.
+def _sphinx_samples(topology: Topology, key: bytes, packets: list[bytes]) -> list[float]:
+    """Return the CPU time of ``process_packet`` per packet over 5 chunks of ``packets`` (with
+    the node's Sphinx key ``key``).
 
     CPU time of this thread, like the node's figures it is compared with: wall time would also
     count whatever else the shared machine runs meanwhile.
     """
-    key = load_private(state, topology.layers[0][0].name).private_key
     samples = []
     for chunk in range(5):
         batch = packets[chunk * len(packets) // 5:(chunk + 1) * len(packets) // 5]
@@ -267,12 +296,11 @@ def _sphinx_samples(topology: Topology, state: Path, packets: list[bytes]) -> li
     return samples
 
 
-def _key_trial(topology: Topology, state: Path, packets: list[bytes]) -> tuple[float, float]:
+def _key_trial(topology: Topology, key: bytes, packets: list[bytes]) -> tuple[float, float]:
     """Return the median CPU time of ``process_packet_keys`` per packet when the node's key is
     tried first, and when another key is tried before it (every packet pays one miss).
 
     Ten chunks, the two orders alternating, so both see the same drift of the shared machine."""
-    key = load_private(state, topology.layers[0][0].name).private_key
     other = crypto.x25519_keypair()[1]
     orders = ([(1, key), (0, other)], [(0, other), (1, key)])
     samples: tuple[list[float], list[float]] = ([], [])

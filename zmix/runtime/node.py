@@ -368,7 +368,10 @@ class NodeProcess:
         next_note = time.monotonic() + WAIT_NOTE_INTERVAL
         while not self.stopping:
             wall = time.time()
-            self.keys_on_schedule(wall)  # a node waiting to be admitted keeps its keys current
+            # The schedule moves while the node waits (for its admission, say): the keys and the
+            # descriptor follow it, or the node would start with the keys of the epoch it began
+            # waiting in and, after `ahead` epochs, publish no key for the epochs voted on.
+            self.keys_on_schedule(wall)
             keeper.on_timer(wall)
             network = keeper.newer_network(wall, -1)
             if network is not None:
@@ -666,7 +669,7 @@ class _Directory:
         wall = time.time()
         self._next_fetch = wall
         self._next_flush = wall + REPLAY_FLUSH_INTERVAL
-        self._held = set(self.keeper.held)
+        self._held = {e for e, doc in self.keeper.held.items() if wall <= doc.valid_until}
         self._left_out: int | None = None  # the last epoch whose document did not list the node
 
     def sockets(self) -> list[zmq.Socket[bytes]]:
@@ -709,7 +712,9 @@ class _Directory:
                             "from the authorities' allowlist?): no node sends it traffic, and "
                             "it keeps the network of epoch %d", newer.version, self.n.spec.name,
                             self.n.view.current.version)
-        held = set(self.keeper.held)
+        # The documents still valid, not merely held: one that expired (an evicted node's last)
+        # stops admitting its nodes' new links now, not at the next document fetched.
+        held = {e for e, doc in self.keeper.held.items() if wall <= doc.valid_until}
         if held != self._held and self.n.gate is not None:
             self._held = held
             self.n.gate.replace(self.n._admitted_keys())
