@@ -12,6 +12,7 @@ learns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import shutil
 import socket
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from zmix import wire
 from zmix.bench.common import make_network, network_launcher
+from zmix.pki import Document
 from zmix.runtime import metrics
 from zmix.runtime.client import ClientRuntime
+from zmix.runtime.directory import authority_peers, fetch_document
 from zmix.topology import Topology
 from zmix.wire import MailboxItem
 
@@ -147,7 +149,8 @@ def _pump(src: socket.socket, dst: socket.socket, stream: ZmtpStream,
 class Net:
     topology: Topology
     state: Path
-    alice_state: Path  # alice's view: her provider's address is the recorder's
+    alice_state: Path  # alice's own state directory (her client files apart from bob's)
+    alice_document: Document  # alice's view: her provider's address is the recorder's
     recorder: LinkRecorder
 
 
@@ -161,24 +164,31 @@ def net(tmp_path: Path) -> Iterator[Net]:
     launcher.start()
     recorder = LinkRecorder(topology.node("provider-1").port)
     try:
-        yield Net(topology, state, _view_through(state, tmp_path / "alice", recorder.port),
-                  recorder)
+        yield Net(topology, state, _client_side(state, tmp_path / "alice"),
+                  _document_through(state, topology, recorder.port), recorder)
     finally:
         recorder.stop()
         launcher.stop()
 
 
-def _view_through(state: Path, view: Path, port: int) -> Path:
-    """Copy the state directory's client side, with provider-1 listening on ``port``."""
+def _client_side(state: Path, view: Path) -> Path:
+    """Copy the state directory's client side (the topology, the key files)."""
     view.mkdir()
     for part in ("public", "private"):
         shutil.copytree(state / part, view / part)
-    spec = yaml.safe_load((state / "topology.yaml").read_text())
-    for entry in spec["providers"]:
-        if entry["name"] == "provider-1":
-            entry["port"] = port
-    (view / "topology.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    shutil.copy(state / "topology.yaml", view / "topology.yaml")
     return view
+
+
+def _document_through(state: Path, topology: Topology, port: int) -> Document:
+    """The authority's document of this epoch, with provider-1 listening on ``port``: what
+    alice's client is given, so her link goes through the recorder."""
+    document = fetch_document(authority_peers(topology, state), topology.authority_threshold,
+                              topology.network, topology.epoch,
+                              topology.epoch.epoch_at(time.time()), 30.0)
+    return dataclasses.replace(document, nodes=tuple(
+        dataclasses.replace(e, port=port) if e.name == "provider-1" else e
+        for e in document.nodes))
 
 
 @dataclass
@@ -236,7 +246,8 @@ def test_a_capture_of_the_clients_link_shows_one_frame_length(net: Net) -> None:
     # 1. alice online with an empty mailbox: a fetch of 0 items, loops and drops.
     first = Session()
     sessions.append(first)
-    with ClientRuntime(net.alice_state, "alice", drain=True, rng=rng) as alice:
+    with ClientRuntime(net.alice_state, "alice", drain=True, rng=rng,
+                       document=net.alice_document) as alice:
         _watch(alice, first)
         alice.fetch_now()
         assert alice.run_until(lambda: alice.fetches >= 1 and not alice.fetch_pending, 20)
@@ -247,9 +258,9 @@ def test_a_capture_of_the_clients_link_shows_one_frame_length(net: Net) -> None:
     # 2. bob writes to alice: an anonymous question with a reply block, and a long letter.
     letter = random.Random(5).randbytes(20_000)  # 13 fragments: more than one answer holds
     with ClientRuntime(net.state, "bob") as bob:
-        question = bob.core.submit(time.monotonic(), "alice", b"who are you?", anonymous=True,
+        question = bob.core.submit(time.time(), "alice", b"who are you?", anonymous=True,
                                    reply_blocks=1)
-        long_one = bob.core.submit(time.monotonic(), "alice", letter)
+        long_one = bob.core.submit(time.time(), "alice", letter)
         assert bob.run_until(lambda: all(bob.core.progress(m).acked == bob.core.progress(m)
                                          .fragments for m in (question, long_one)), 60)
 
@@ -257,13 +268,14 @@ def test_a_capture_of_the_clients_link_shows_one_frame_length(net: Net) -> None:
     #    (a RELAY) and writes to bob (PACKETs, whose acks she fetches).
     second = Session()
     sessions.append(second)
-    with ClientRuntime(net.alice_state, "alice", drain=True, rng=rng) as alice:
+    with ClientRuntime(net.alice_state, "alice", drain=True, rng=rng,
+                       document=net.alice_document) as alice:
         _watch(alice, second)
         alice.fetch_now()
         assert alice.run_until(lambda: len(alice.core.inbox()) == 2, 60)
         [asked] = [m for m in alice.core.inbox() if m.reply_handle is not None]
         reply = alice.core.reply(time.monotonic(), asked.reply_handle, b"a friend")
-        hello = alice.core.submit(time.monotonic(), "bob", b"hello bob")
+        hello = alice.core.submit(time.time(), "bob", b"hello bob")
         assert alice.run_until(lambda: alice.core.progress(reply).acked == 1
                                and alice.core.progress(hello).acked == 1, 60)
     _close(alice, second)

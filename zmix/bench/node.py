@@ -20,7 +20,12 @@ the authority's document. It reports, from one run:
   time of ``process_packet_keys`` per packet when every packet opens with the first key tried
   and when every packet needs the second (the worst case of a boundary), measured in this
   process in alternating chunks over the same packets; ``key_trial_ratio`` is second / first,
-  and ``key_trial_cpu_ratio`` what the extra time makes of the node's whole CPU per packet.
+  and ``key_trial_cpu_ratio`` what the extra time makes of the node's whole CPU per packet;
+- the cost of the replay filters' persistence (docs/operations.md, "Replay protection"): replay
+  lookups per second with the filters in files (mmap, as the node keeps them) over lookups with
+  them in memory (``replay_file_ratio``, measured in this process in alternating rounds), a
+  flush of a full filter's dirty pages (``replay_flush_ms``, done every second by the node) and
+  its share of one second of the node's saturated throughput (``replay_flush_share``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import zmq
 
 from zmix import crypto, wire
 from zmix.bench.common import fetch_network, hops_at, make_network, play_node, start_authorities
+from zmix.bench.replay import measure as measure_replay
 from zmix.epochkeys import EpochKeyStore, key_directory
 from zmix.keys import load_directory, load_private
 from zmix.network import Network
@@ -239,6 +245,8 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
     per_hop = stats.median(sphinx_samples)
     first_key, second_key = _key_trial(topology, key, packets[:1_000])
+    # On the state directory's disk, where the node keeps its filters (a flush on tmpfs is free).
+    replay = measure_replay(50_000, directory=state)
     gen.close(linger=0)
     return {
         "workers": args.workers, "payload_bytes": args.payload,
@@ -258,6 +266,12 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "key_second_seconds": second_key,
         "key_trial_ratio": second_key / first_key,
         "key_trial_cpu_ratio": (cpu_per_packet + second_key - first_key) / cpu_per_packet,
+        "replay_memory_lookups_per_second": replay["memory_lookups_per_s"],
+        "replay_file_lookups_per_second": replay["file_lookups_per_s"],
+        "replay_file_ratio": replay["file_to_memory_ratio"],
+        "replay_flush_ms": replay["flush_ms"],
+        # A flush a second, against a second of forwarding at saturation on the node's CPU.
+        "replay_flush_share": replay["flush_ms"] / 1000 / (rate * cpu_per_packet),
         "packet_build_seconds": build_seconds,
         "loopix_reference_per_second": 570,
     }
@@ -341,6 +355,11 @@ def main(argv: list[str]) -> int:
           f"the 1st ({result['key_first_seconds'] * 1e6:.1f} -> "
           f"{result['key_second_seconds'] * 1e6:.1f} us); x"
           f"{result['key_trial_cpu_ratio']:.2f} the node's CPU per packet")
+    print(f"  replay filters in files   {result['replay_file_ratio']:10.2f}  x the lookups/s in "
+          f"memory ({result['replay_memory_lookups_per_second']:.0f} -> "
+          f"{result['replay_file_lookups_per_second']:.0f}); a flush "
+          f"{result['replay_flush_ms']:.1f} ms a second, "
+          f"{result['replay_flush_share'] * 100:.2f}% of a saturated second's CPU")
     return 0
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from zmix.runtime.directory import AuthorityPeer
 
 LOG = logging.getLogger("zmix.up")
+DEMO_EPOCH_WAIT = 60.0  # seconds: with epochs at most this long, --demo crosses a boundary
 
 EXAMPLES = """\
 examples:
@@ -266,7 +267,25 @@ def run_demo(topology: Topology, state_dir: Path) -> int:
     for _, recipient in pairs:
         status |= _demo_step(["zmix-recv", "--state", str(state_dir), "--as", recipient,
                               "--wait", "30"])
+    if topology.epoch.length <= DEMO_EPOCH_WAIT:
+        status |= _demo_next_epoch(topology, state_dir, *pairs[0])
     return 1 if status else 0
+
+
+def _demo_next_epoch(topology: Topology, state_dir: Path, sender: str, recipient: str) -> int:
+    """Wait for the next key epoch, then send one more message: under the nodes' new Sphinx
+    keys, and the network document of the new epoch."""
+    epochs = topology.epoch
+    following = epochs.epoch_at(time.time()) + 1
+    wait = max(0.0, epochs.start(following) - time.time())
+    print(f"demo: waiting {wait:.0f} s for key epoch {following}, when every node starts using "
+          "its next Sphinx key and the authorities' next network document", flush=True)
+    time.sleep(wait + 0.5)
+    text = f"hello {recipient}, this is {sender} again, in key epoch {following}"
+    return (_demo_step(["zmix-send", "--state", str(state_dir), "--from", sender,
+                        "--to", recipient, text, "--timeout", "60"])
+            | _demo_step(["zmix-recv", "--state", str(state_dir), "--as", recipient,
+                          "--wait", "30"]))
 
 
 def _demo_step(argv: list[str]) -> int:
