@@ -166,6 +166,14 @@ class ClientRuntime:
             self._ctx.destroy(linger=0)
             self._ctx = None
 
+    def __del__(self) -> None:
+        # A runtime dropped without going online (or without its exit) must not leave its
+        # context to the garbage collector: pyzmq's finalizer terminates a context whose
+        # sockets it may no longer reach, and that waits for ever.
+        if getattr(self, "_ctx", None) is not None and getattr(self, "_sock", None) is None:
+            with contextlib.suppress(Exception):
+                self.close_directory()
+
     def replace_network(self, newer: Network) -> None:
         """Make ``newer`` the network this client works with (:meth:`NetworkView.replace`: a
         newer version of the same network, else LocalMisuse and nothing changes). Packets made
