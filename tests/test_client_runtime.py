@@ -119,4 +119,5 @@ def test_an_offline_runtime_has_no_sockets_and_no_statistics(state: Path) -> Non
     with pytest.raises(RuntimeError, match="not online"):
         runtime.statistics()
     with runtime:
-        assert len(runtime.sockets()) == 1  # positive control: online, it has its DEALER
+        # Positive control: online, it has its DEALER to the provider and one to each authority.
+        assert len(runtime.sockets()) == 1 + len(runtime.local.authorities)

@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zmix.bench.common import HOST, free_ports, make_network
+from zmix.bench.common import (
+    HOST,
+    authorities_running,
+    free_ports,
+    make_network,
+    play_node,
+)
 from zmix.keys import load_directory
 from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
@@ -306,8 +312,10 @@ def test_a_timer_that_raises_is_logged_and_counted_and_the_node_keeps_running(
         tmp_path: Path) -> None:
     # A provider whose mix loops and mailbox expiry raise on every round: before the guard, the
     # first one took the whole node down (and zmix-up restarted it into the same fault).
-    _, state = make_network(tmp_path, **SMALL, loopix={"mix_loop_rate": 10.0})  # type: ignore[arg-type]
-    with (tmp_path / "node.log").open("wb") as log:
+    topology, state = make_network(tmp_path, **SMALL, loopix={"mix_loop_rate": 10.0})  # type: ignore[arg-type]
+    with (authorities_running(state, topology, allow=["provider-1", "mix-a"]),
+          (tmp_path / "node.log").open("wb") as log):
+        play_node(state, topology, "mix-a")  # the document needs a mixnode in its one layer
         node = subprocess.Popen([sys.executable, "-c", INJECT, "--state", str(state), "--name",
                                  "provider-1"], stdout=log, stderr=subprocess.STDOUT)
         try:

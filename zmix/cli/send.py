@@ -17,10 +17,13 @@ from zmix.cli.common import (
     fail,
     positive_float,
 )
+from zmix.client.sending import fragment_capacity
 from zmix.envelope import dated_surb_length
 from zmix.errors import ConfigError, LocalMisuse, ZmixError
 from zmix.fragment import MAX_REPLY_BLOCKS, reply_blocks_that_fit
 from zmix.runtime.client import ClientBusy, ClientRuntime, NetworkExpired
+from zmix.sphinx import SphinxParams
+from zmix.topology_yaml import load_topology
 
 EXAMPLES = """\
 examples:
@@ -100,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     data, filename = _read_input(parser, args)
 
     handle = _parse_handle(parser, args.reply)
+    # What the topology alone can refuse is refused before the authorities are asked.
+    try:
+        local = load_topology(args.state / "topology.yaml")
+        too_many = (None if handle is not None
+                    else _too_many_reply_blocks(local.sphinx, args.reply_blocks, filename))
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except LocalMisuse as exc:
+        return fail(str(exc), EXIT_USAGE)
+    if too_many is not None:
+        return fail(too_many, EXIT_USAGE)
     try:
         runtime = ClientRuntime(args.state, args.sender)
         if args.recipient is not None:
@@ -118,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
                 if handle is not None:
                     message_id = runtime.core.reply(now, handle, data)
                     return _wait_for_reply(runtime, message_id, args.timeout)
-                too_many = _too_many_reply_blocks(runtime, args.reply_blocks, filename)
-                if too_many is not None:
-                    return fail(too_many, EXIT_USAGE)
                 message_id = runtime.core.submit(
                     now, args.recipient, data, filename=filename,
                     anonymous=args.anonymous, reply_blocks=args.reply_blocks)
@@ -141,13 +152,13 @@ def _parse_handle(parser: argparse.ArgumentParser, text: str | None) -> bytes | 
     return None
 
 
-def _too_many_reply_blocks(runtime: ClientRuntime, wanted: int, filename: str | None
+def _too_many_reply_blocks(params: SphinxParams, wanted: int, filename: str | None
                            ) -> str | None:
     """Return why ``wanted`` reply blocks do not fit in the message's first packet, naming the
-    most that fit in this network (None if they fit). Raises LocalMisuse for a too long name."""
-    params = runtime.topology.sphinx
+    most that fit in a network of packets ``params`` (None if they fit). Raises LocalMisuse for
+    a too long name."""
     block = dated_surb_length(params)
-    fit = reply_blocks_that_fit(runtime.core.fragment_capacity(), block, filename)
+    fit = reply_blocks_that_fit(fragment_capacity(params), block, filename)
     if wanted <= fit:
         return None
     if fit == MAX_REPLY_BLOCKS:

@@ -22,6 +22,7 @@ from zmix.envelope import DatedSurb, SurbState, envelope_capacity
 from zmix.errors import InvalidPacket, LocalMisuse
 from zmix.fragment import CONTENT_OVERHEAD, HEADER_BYTES, MAX_REPLY_BLOCKS, split_message
 from zmix.network import NetworkView
+from zmix.sphinx import SphinxParams
 from zmix.topology import LoopixParams
 
 MAX_ATTEMPTS = 8  # sends of one fragment before its message fails
@@ -121,6 +122,12 @@ class _QueuedReply:
     expires: float  # when the reply block's keys are erased (inf: not known, an old store)
 
 
+def fragment_capacity(params: SphinxParams) -> int:
+    """Return the bytes of fragment (header included) one forward packet of a network with
+    packets ``params`` carries."""
+    return envelope_capacity(params, with_ack=True) - CONTENT_OVERHEAD
+
+
 class Sender:
     """The outgoing side of one client: what waits for the payload stream, and what it became.
 
@@ -156,7 +163,7 @@ class Sender:
 
     def fragment_capacity(self) -> int:
         """Return the bytes of fragment (header included) one forward packet carries."""
-        return envelope_capacity(self._params, with_ack=True) - CONTENT_OVERHEAD
+        return fragment_capacity(self._params)
 
     def submit(self, now: float, recipient: str, data: bytes, *, filename: str | None,
                anonymous: bool, reply_blocks: int) -> bytes:
