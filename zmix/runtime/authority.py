@@ -307,18 +307,4 @@ def query(state_dir: Path, name: str, request: str = "stats",
           timeout: float = 2.0) -> str | None:
     """Ask running authority ``name`` on its control socket (``ping`` or ``stats``); return its
     answer, or None if it did not answer in ``timeout`` seconds."""
-    try:
-        endpoint = (authority_dir(state_dir, name) / CONTROL).read_text().strip()
-    except OSError:
-        return None
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.linger = 0
-    try:
-        sock.connect(endpoint)
-        sock.send(request.encode())
-        if sock.poll(int(timeout * 1000)):
-            return bytes(sock.recv()).decode()
-        return None
-    finally:
-        sock.close()
+    return metrics.query_control(authority_dir(state_dir, name) / CONTROL, request, timeout)

@@ -96,8 +96,15 @@ def answer_control(sock: zmq.Socket[bytes], snapshot: Snapshot) -> None:
 
 def query(state_dir: Path, name: str, request: str = "stats", timeout: float = 2.0) -> str | None:
     """Ask a running node; return its answer, or None if it did not answer in ``timeout``."""
+    return query_control(control_path(state_dir, name), request, timeout)
+
+
+def query_control(path: Path, request: str = "stats", timeout: float = 2.0) -> str | None:
+    """Ask the process whose control endpoint is written in ``path`` (a node's, an
+    authority's); return its answer, or None if there is none or it did not answer in
+    ``timeout`` seconds."""
     try:
-        endpoint = control_path(state_dir, name).read_text().strip()
+        endpoint = path.read_text().strip()
     except OSError:
         return None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()

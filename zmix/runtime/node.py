@@ -224,40 +224,38 @@ class NodeProcess:
         there."""
         self._install_signals()
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        # The port is taken first, so that a node that cannot listen says so at once, not after
-        # its document came; its gate admits nobody until the node knows the network.
-        gate = self.gate = links.KeyGate({})
-        auth = links.start_authenticator(ctx, gate, self.local.network)
-        max_frame = wire.node_frame_limit(self.local.sphinx)
+        # A node that cannot listen says so at once, not after its document came: its address
+        # is tried now (bound and released). It is bound for good once the network is known,
+        # so that no peer's handshake meets a gate that does not know it yet (a refused
+        # handshake is not tried again by libzmq; a refused connection is).
         try:
-            router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
-                                       self.identity.curve_private, self.local.network,
-                                       max_frame=max_frame)
+            _try_to_bind(ctx, self.spec.endpoint)
             if not self._start_epochs(ctx):
-                router.close(linger=0)
-                auth.stop()
                 self._close_epochs()
                 ctx.destroy(linger=0)
                 LOG.info("node %s stopped before it had a network (signal %s)", self.spec.name,
                          self._stop_signal)
                 return 0
         except BaseException:
-            auth.stop()
             self._close_epochs()
             ctx.destroy(linger=0)
             raise
         centre = self._make_centre(time.monotonic())  # a provider's registered clients come along
         ipc_dir = Path(tempfile.mkdtemp(prefix="zmix-"))  # short path: ipc names are length-limited
-        gate.replace(self._admitted_keys())
-        gate.open_door = self._open_door()
+        gate = self._make_gate()
         if self.provider is not None:
             for client in self.provider.shadowed:
                 LOG.warning("registered client %s is void: the topology now gives its name or "
                             "key to a member", client.name)
+        auth = links.start_authenticator(ctx, gate, self.topology.network)
         pool: WorkerPool | None = None
-        sockets: list[zmq.Socket[bytes]] = [router]
+        sockets: list[zmq.Socket[bytes]] = []
         out: links.Links | None = None
         try:
+            max_frame = wire.node_frame_limit(self.topology.sphinx)
+            router = links.bind_router(ctx, self.spec.endpoint, self.identity.curve_public,
+                                       self.identity.curve_private, self.topology.network,
+                                       max_frame=max_frame)
             # The port is ours, so no other run of this node is alive: the socket directory that
             # a killed run left behind can go.
             _replace_ipc_record(self.node_dir / IPC_RECORD, ipc_dir)
@@ -738,6 +736,17 @@ class _Directory:
             "sphinx_keys_made": self.n.keys_made,
             "sphinx_keys_erased": self.n.keys_erased,
         }
+
+
+def _try_to_bind(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+    """Bind a plain socket on ``endpoint`` and release it at once: raises the ZMQError the
+    node's own bind would (an address in use, a host that is not this one's)."""
+    probe = ctx.socket(zmq.ROUTER)
+    try:
+        probe.bind(endpoint)
+        probe.unbind(endpoint)
+    finally:
+        probe.close(linger=0)
 
 
 def _replace_ipc_record(record: Path, current: Path) -> None:
