@@ -116,6 +116,47 @@ def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while
         ctx.destroy(linger=0)  # closes a monitor socket a failed test left open
 
 
+def test_a_link_refused_by_the_peers_gate_is_dialled_again_once_the_peer_admits_it() -> None:
+    # At an epoch's change a node may dial a peer whose gate does not know it yet (the peer has
+    # not got the document that lists it). libzmq does not try a refused handshake again by
+    # itself; the link is closed and made anew after a backoff, so it comes up once admitted.
+    server, node = crypto.x25519_keypair(), crypto.x25519_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = links.KeyGate({})
+    auth = links.start_authenticator(ctx, gate, "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1_024)
+    out = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=1_024)
+    poller = zmq.Poller()
+
+    def turn(now: float) -> dict[str, int]:
+        for monitor in out.take_new_monitors():
+            poller.register(monitor, zmq.POLLIN)
+        out.on_events(dict(poller.poll(50)))
+        for monitor in out.redial(now):  # closed: no longer polled
+            poller.unregister(monitor)
+        return out.statistics()
+
+    try:
+        assert out.send(b"peer", b"too early", time.monotonic())
+        deadline = time.monotonic() + 5
+        while turn(time.monotonic())["link_handshakes_failed"] < 1:
+            assert time.monotonic() < deadline, out.statistics()
+        assert not router.poll(200)  # refused: nothing arrives
+        gate.add(node[0], b"N" * 16)  # the peer learns of the node
+        deadline = time.monotonic() + 10
+        while turn(time.monotonic())["link_handshakes"] < 1:
+            assert time.monotonic() < deadline, out.statistics()
+            out.send(b"peer", b"admitted now", time.monotonic())
+        assert router.poll(5_000) and router.recv_multipart()[1] == b"admitted now"
+        assert out.statistics()["links_down"] == 0
+    finally:
+        out.close()
+        router.close(linger=0)
+        auth.stop()
+        ctx.destroy(linger=0)
+
+
 _FIRST_IDENTITY = """
 import zmq
 from zmix import crypto

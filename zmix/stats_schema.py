@@ -85,8 +85,9 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("link_handshakes", C, "connections of outbound links that completed their CURVE "
               "handshake: one per link at first, then one per re-dial that got through"),
     Statistic("link_handshakes_failed", C, "connection attempts on outbound links whose "
-              "handshake failed: refused by the next hop (this node's key not admitted there), "
-              "or not finished within 5 s (the next hop stalled or unreachable; tried again)"),
+              "handshake failed: refused by the next hop (this node's key not admitted there; "
+              "the link is dialled anew after a backoff of 1 to 30 s), or not finished within "
+              "5 s (the next hop stalled or unreachable; tried again)"),
     Statistic("link_queued_while_down", C, "frames (HEARTBEATs included) queued on an outbound "
               "link after its connection was lost and before the re-dialled one was up; they wait "
               "on the link (up to 50,000) and go out once it is"),

@@ -32,6 +32,8 @@ RECONNECT_MS = 100  # first reconnect attempt after a link drops
 RECONNECT_MAX_MS = 5_000  # backoff ceiling
 HEARTBEAT_MS = 1_000  # ZMTP PING interval on idle links
 HEARTBEAT_TIMEOUT_MS = 5_000  # a link with no traffic for this long is closed and re-dialled
+REDIAL_FIRST = 1.0  # seconds after a refused handshake before the link is dialled anew ...
+REDIAL_MAX = 30.0  # ... doubling up to this while the peer keeps refusing
 # A TCP connect or a CURVE handshake that has not finished in this long is given up and tried
 # again (the defaults, about 2 minutes of SYN retries and 30 s, would keep a link down that long
 # after a partition heals).
@@ -222,6 +224,7 @@ class _Link:
     monitor: zmq.Socket[bytes]
     up: bool = False  # a connection completed its handshake and has not been lost since
     lost: bool = False  # the last connection was lost, and no re-dialled one is up yet
+    refused_at: float | None = None  # when the peer's gate refused the handshake (not retried)
 
 
 class Links:
@@ -249,6 +252,7 @@ class Links:
         self._links: dict[bytes, _Link] = {}
         self._by_monitor: dict[zmq.Socket[bytes], _Link] = {}
         self._new_monitors: list[zmq.Socket[bytes]] = []
+        self._backoff: dict[bytes, float] = {}  # peer -> seconds before the next re-dial
         self.last_sent: dict[bytes, float] = {}
         self.counts = {"link_handshakes": 0, "link_disconnects": 0, "link_handshakes_failed": 0,
                        "link_queued_while_down": 0}
@@ -311,6 +315,7 @@ class Links:
         name = self._name(link.peer)
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.counts["link_handshakes"] += 1
+            self._backoff.pop(link.peer, None)
             if link.lost:
                 LOG.info("link to node %s is up again", name)
             link.up, link.lost = True, False
@@ -322,6 +327,39 @@ class Links:
         elif event & _HANDSHAKE_FAILED:
             self.counts["link_handshakes_failed"] += 1
             LOG.info("handshake on the link to node %s failed (event %#x)", name, event)
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and link.refused_at is None:
+                # libzmq does not try a refused handshake again: :meth:`redial` will.
+                link.refused_at = time.monotonic()
+
+    def redial(self, now: float) -> list[zmq.Socket[bytes]]:
+        """Close every link whose handshake the peer refused (its gate did not know this node:
+        at an epoch's change, the peer may get the document that lists it later) once its
+        backoff passed (1 s, doubling to 30 s while refusals go on); the next frame for that
+        peer dials it anew, resolved in the network of the moment. ``now`` is monotonic time.
+        Return the closed links' monitor sockets: the owner stops polling them."""
+        closed = []
+        for peer, link in list(self._links.items()):
+            if link.refused_at is None:
+                continue
+            wait = self._backoff.get(peer, REDIAL_FIRST)
+            if now < link.refused_at + wait:
+                continue
+            self._backoff[peer] = min(wait * 2, REDIAL_MAX)
+            LOG.info("link to node %s was refused by its gate; dialling it anew",
+                     self._name(peer))
+            if link.monitor in self._new_monitors:  # never handed over: nobody polls it
+                self._new_monitors.remove(link.monitor)
+            else:
+                closed.append(link.monitor)
+            self._drop(peer, link)
+        return closed
+
+    def _drop(self, peer: bytes, link: _Link) -> None:
+        del self._links[peer]
+        del self._by_monitor[link.monitor]
+        link.sock.disable_monitor()
+        link.monitor.close(linger=0)
+        link.sock.close(linger=0)
 
     def statistics(self) -> dict[str, int]:
         """Return the link counters and ``links_down`` (links without a live connection now)."""

@@ -480,6 +480,9 @@ class _Loop:
             now = time.monotonic()
             centre.pop_due(now)
             self._timers(now)
+            for monitor in self.out.redial(now):  # links refused by a peer's gate, closed
+                reading.unregister(monitor)
+                busy.unregister(monitor)
             for monitor in self.out.take_new_monitors():  # links made since the last poll
                 reading.register(monitor, zmq.POLLIN)
                 busy.register(monitor, zmq.POLLIN)
