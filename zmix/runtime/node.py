@@ -329,6 +329,10 @@ class NodeProcess:
                      wall - self.local.epoch.end(epoch))
         if update.changed:
             self.set_sphinx_keys(list(update.accepted))
+        if update.accepted:
+            # Filters of epochs older than every key tried are of no use (a restart after a
+            # crash between a key's erasure and its filters' deletion leaves such files).
+            self.replay.rotate(min(epoch for epoch, _ in update.accepted))
         for epoch, _ in update.accepted:
             self.replay.prepare(epoch)
         self.keys_made += len(update.made)
