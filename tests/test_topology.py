@@ -551,8 +551,25 @@ def test_an_epoch_exactly_twice_the_longest_route_delay_is_accepted(tmp_path: Pa
 
 
 def test_the_grace_may_come_just_under_half_an_epoch(tmp_path: Path) -> None:
-    topo = load_topology(write(tmp_path, MINIMAL + "epoch: {length: 1000, grace: 499.5}\n"))
-    assert topo.epoch.grace == 499.5
+    topo = load_topology(write(tmp_path, MINIMAL + "epoch: {length: 1000, grace: 499}\n"))
+    assert topo.epoch.grace == 499
+    with pytest.raises(ConfigError) as info:
+        load_topology(write(tmp_path, MINIMAL + "epoch: {length: 1000, grace: 500}\n"))
+    assert info.value.key == "epoch.grace"
+
+
+@pytest.mark.parametrize("key", ["length", "origin", "grace"])
+def test_epoch_times_are_whole_seconds_as_the_documents_carry_them(tmp_path: Path,
+                                                                   key: str) -> None:
+    whole = load_topology(write(tmp_path, MINIMAL + f"epoch: {{{key}: 1000.0}}\n"
+                                if key == "length" else
+                                MINIMAL + f"epoch: {{length: 3000, {key}: 20.0}}\n"))
+    assert whole.epoch.length in (1000.0, 3000.0)  # positive control: 1000.0 is whole
+    text = (f"epoch: {{{key}: 1000.5}}\n" if key == "length"
+            else f"epoch: {{length: 3000, {key}: 20.5}}\n")
+    with pytest.raises(ConfigError, match="whole number of seconds") as info:
+        load_topology(write(tmp_path, MINIMAL + text))
+    assert info.value.key == f"epoch.{key}"
 
 
 def test_the_shipped_topologies_keep_the_epoch_rule_and_local_rotates_within_the_demo() -> None:

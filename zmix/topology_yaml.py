@@ -20,6 +20,7 @@ import yaml
 
 from zmix.epochs import MIN_LENGTH, EpochParams
 from zmix.errors import ConfigError, LocalMisuse
+from zmix.pki import MAX_EPOCH
 from zmix.sphinx import SphinxParams
 from zmix.topology import (
     MAX_DELAY,
@@ -201,9 +202,9 @@ def _loopix(path: str, top: _Reader) -> LoopixParams:
 def _epoch(path: str, top: _Reader, sphinx: SphinxParams, loopix: LoopixParams) -> EpochParams:
     r = top.section("epoch")
     d = EpochParams()
-    length = r.get("length", _number(MIN_LENGTH), d.length)
-    origin = r.get("origin", _number(0.0), d.origin)
-    grace = r.get("grace", _number(0.0), d.grace)
+    length = r.get("length", _whole_seconds(int(MIN_LENGTH)), d.length)
+    origin = r.get("origin", _whole_seconds(0), d.origin)
+    grace = r.get("grace", _whole_seconds(0), d.grace)
     ahead = r.get("ahead", _int_range(1, 16), d.ahead)
     r.finish()
     if grace >= length / 2:
@@ -401,6 +402,18 @@ def _int_range(low: int, high: int) -> Callable[[str, object], int]:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError("", key, f"must be an integer from {low} to {high}, got {value!r}")
         return value
+    return check
+
+
+def _whole_seconds(low: int) -> Callable[[str, object], float]:
+    """A time in whole seconds (20 or 20.0): the network documents carry whole seconds."""
+    def check(key: str, value: object) -> float:
+        number = _number(low)(key, value)
+        if number != int(number) or number >= MAX_EPOCH:
+            raise ConfigError("", key, f"must be a whole number of seconds from {low} to "
+                              f"{MAX_EPOCH - 1} (the authorities' documents carry whole "
+                              f"seconds), got {value!r}")
+        return number
     return check
 
 
