@@ -38,7 +38,8 @@ an interrupted zmix-recv shows it again next time.
 """ + exit_status_help(
     (EXIT_OK, "at least one message was shown"),
     (EXIT_FAILURE, "a message could not be written or printed (it stays for the next run), "
-                   "or the client is in use by another zmix process"),
+                   "the client is in use by another zmix process, or there is no valid network "
+                   "document (none from the authorities, the cached one expired)"),
     (EXIT_NOTHING, "no message was shown: the mailbox was empty (also after --wait)"),
     usage="bad usage or configuration (an unknown client, --out not a directory); nothing was "
           "fetched")

@@ -50,7 +50,8 @@ the command again for a client already registered answers the same and changes n
 """ + exit_status_help(
     (EXIT_OK, "registered (or already registered with the same keys)"),
     (EXIT_FAILURE, "the provider refused (name_taken, key_taken, full, closed) or did not answer "
-                   "within --timeout seconds"),
+                   "within --timeout seconds, or no network document came from the "
+                   "authorities within --timeout seconds"),
     usage="bad usage or configuration (an unknown provider, registration closed, a name that "
           "is a member already); nothing was sent")
 

@@ -42,7 +42,8 @@ reply blocks; nothing acknowledges it, so zmix-send reports only that it left.
     (EXIT_OK, "sent: every fragment was acknowledged by the recipient's provider (--reply: "
               "the reply was handed to the link to the own provider)"),
     (EXIT_FAILURE, "not every fragment was acknowledged within --timeout seconds or after every "
-                   "retry, or the client is in use by another zmix process"),
+                   "retry, the client is in use by another zmix process, or there is no valid "
+                   "network document (none from the authorities, the cached one expired)"),
     usage="bad usage or configuration (an unknown client, more reply blocks than fit, a reply "
           "too long or without a reply block left); nothing was sent")
 
