@@ -18,15 +18,15 @@ Sans-IO: every method takes ``now`` (unix seconds); nothing here reads a clock o
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 from zmix import pki, wire
 from zmix.epochs import EpochParams
-from zmix.errors import ConfigError, LocalMisuse
+from zmix.errors import ConfigError
 from zmix.keys import IdentityKey
+from zmix.pki import WholeSeconds
 from zmix.sphinx import SphinxParams
 from zmix.topology import LoopixParams
 
@@ -43,25 +43,6 @@ REFUSE_NOT_ALLOWED = "not_allowed"
 REFUSALS = (REFUSE_INVALID, REFUSE_NETWORK, REFUSE_NOT_ALLOWED)
 
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True, slots=True)
-class WholeSeconds:
-    """An epoch schedule in whole seconds, as documents carry it (:class:`zmix.pki.EpochTiming`)."""
-
-    length: int
-    origin: int
-    grace: int
-
-    @staticmethod
-    def of(epochs: EpochParams) -> WholeSeconds:
-        """Return ``epochs`` in whole seconds; LocalMisuse if the length, origin or grace has a
-        fraction (a document could not carry it)."""
-        timing = (epochs.length, epochs.origin, epochs.grace)
-        if any(float(v) != math.floor(v) for v in timing):
-            raise LocalMisuse("network documents need the epoch length, origin and grace in "
-                              f"whole seconds, got {timing}")
-        return WholeSeconds(int(epochs.length), int(epochs.origin), int(epochs.grace))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,16 +21,37 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from zmix import crypto
+from zmix.epochs import EpochParams
 from zmix.errors import LocalMisuse, ZmixError
 from zmix.sphinx import SphinxParams
 from zmix.topology import MAX_DELAY, MAX_RATE, LoopixParams, entity_id, valid_name
 
-__all__ = ["DESCRIPTOR_CONTEXT", "DOCUMENT_CONTEXT", "KEY_EPOCHS", "SIGNED_DOCUMENT_MAGIC",
-           "Descriptor", "Document", "DocumentRefused", "EpochTiming", "InvalidDocument",
-           "NodeEntry", "SignedDocument", "build_document", "canonical_json", "decode_document",
-           "default_threshold", "document_problem", "encode_descriptor", "encode_document",
-           "merge_signatures",
-           "open_descriptor", "sign_descriptor", "sign_document", "verify_document"]
+__all__ = [
+    "DESCRIPTOR_CONTEXT",
+    "DOCUMENT_CONTEXT",
+    "KEY_EPOCHS",
+    "SIGNED_DOCUMENT_MAGIC",
+    "Descriptor",
+    "Document",
+    "DocumentRefused",
+    "EpochTiming",
+    "InvalidDocument",
+    "NodeEntry",
+    "SignedDocument",
+    "WholeSeconds",
+    "build_document",
+    "canonical_json",
+    "decode_document",
+    "default_threshold",
+    "document_problem",
+    "encode_descriptor",
+    "encode_document",
+    "merge_signatures",
+    "open_descriptor",
+    "sign_descriptor",
+    "sign_document",
+    "verify_document",
+]
 
 # Signatures cover a context string, a zero byte and the body, so that a signature made for one
 # purpose can never be taken for another (a descriptor for a document, or for what a later version
@@ -78,6 +99,30 @@ class EpochTiming(Protocol):
     def origin(self) -> int: ...
     @property
     def grace(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WholeSeconds:
+    """An epoch schedule in whole seconds, as documents carry it (an :class:`EpochTiming`)."""
+
+    length: int
+    origin: int
+    grace: int
+
+    @staticmethod
+    def of(epochs: EpochParams) -> WholeSeconds:
+        """Return ``epochs`` in whole seconds; LocalMisuse if the length, origin or grace has a
+        fraction (a document could not carry it)."""
+        timing = (epochs.length, epochs.origin, epochs.grace)
+        if any(float(v) != math.floor(v) for v in timing):
+            raise LocalMisuse("network documents need the epoch length, origin and grace in "
+                              f"whole seconds, got {timing}")
+        return WholeSeconds(int(epochs.length), int(epochs.origin), int(epochs.grace))
+
+    @staticmethod
+    def of_document(doc: Document) -> WholeSeconds:
+        """Return the schedule ``doc`` carries."""
+        return WholeSeconds(doc.epoch_length, doc.epoch_origin, doc.epoch_grace)
 
 
 # ---------------------------------------------------------------------------- canonical JSON
@@ -393,7 +438,7 @@ def document_problem(doc: Document) -> str | None:
     problem = _timing_problem(doc.epoch_length, doc.epoch_origin, doc.epoch_grace)
     if problem is not None:
         return problem
-    if (doc.valid_after, doc.valid_until) != _window(doc.epoch, _Timing.of(doc)):
+    if (doc.valid_after, doc.valid_until) != _window(doc.epoch, WholeSeconds.of_document(doc)):
         return (f"valid_after/valid_until ({doc.valid_after}, {doc.valid_until}) are not the "
                 f"start of epoch {doc.epoch} and its end plus the grace period")
     try:
@@ -421,17 +466,6 @@ def _nodes_problem(doc: Document) -> str | None:
         if problem is not None:
             return f"node {n.name!r}: {problem}"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Timing:
-    length: int
-    origin: int
-    grace: int
-
-    @staticmethod
-    def of(doc: Document) -> _Timing:
-        return _Timing(doc.epoch_length, doc.epoch_origin, doc.epoch_grace)
 
 
 def _entry_json(n: NodeEntry) -> dict[str, Any]:

@@ -34,9 +34,9 @@ import zmq
 from zmq.utils import z85
 
 from zmix import crypto, pki, wire
-from zmix.authority import WholeSeconds
 from zmix.epochs import EpochParams
 from zmix.errors import LocalMisuse, WireError, ZmixError
+from zmix.pki import WholeSeconds
 from zmix.runtime import links
 from zmix.topology import Topology
 
