@@ -18,6 +18,10 @@ def test_an_epoch_covers_its_start_but_not_its_end() -> None:
     assert (P.start(3), P.end(3), P.erase_at(3)) == (1300.0, 1400.0, 1410.0)
 
 
+def test_the_document_of_an_epoch_is_frozen_half_an_epoch_before_it_starts() -> None:
+    assert P.vote_time(3) == 1250.0
+
+
 def test_the_previous_key_is_accepted_only_during_the_grace_after_a_boundary() -> None:
     assert P.accepted(1205.0) == (2, 3, 1)
     assert P.accepted(1210.0) == (2, 3)

@@ -182,7 +182,7 @@ class AuthorityCore:
     def vote_time(self, epoch: int) -> float:
         """Return the earliest time the document of ``epoch`` is frozen: half an epoch before
         it starts."""
-        return self.epochs.start(epoch) - self.epochs.length / 2
+        return self.epochs.vote_time(epoch)
 
     def deadline(self, epoch: int) -> float:
         """Return the time the document of ``epoch`` is frozen at the latest."""

@@ -101,17 +101,12 @@ class DocumentSchedule:
     def __init__(self, epochs: EpochParams) -> None:
         self.epochs = epochs
 
-    def freeze_time(self, epoch: int) -> float:
-        """Return when the authorities freeze the document of ``epoch``: half an epoch before
-        it starts."""
-        return self.epochs.start(epoch) - self.epochs.length / 2
-
     def wanted(self, now: float, held: Iterable[int]) -> list[int]:
         """Return the epochs whose documents to fetch at ``now``, given those ``held``."""
         have = set(held)
         current = self.epochs.epoch_at(now)
         want = [current] if current not in have else []
-        if now >= self.freeze_time(current + 1) and current + 1 not in have:
+        if now >= self.epochs.vote_time(current + 1) and current + 1 not in have:
             want.append(current + 1)
         return want
 
@@ -119,7 +114,7 @@ class DocumentSchedule:
         """Return the next time :meth:`wanted` or :meth:`choose` may answer otherwise: the next
         freeze time or the next epoch's start, whichever comes first."""
         current = self.epochs.epoch_at(now)
-        freeze = self.freeze_time(current + 1)
+        freeze = self.epochs.vote_time(current + 1)
         return freeze if now < freeze else self.epochs.end(current)
 
     def choose(self, now: float, held: Mapping[int, Document]) -> Document | None:

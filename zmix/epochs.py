@@ -75,6 +75,11 @@ class EpochParams:
         """Return the time epoch ``epoch`` ends (the next one's start)."""
         return self.origin + (epoch + 1) * self.length
 
+    def vote_time(self, epoch: int) -> float:
+        """Return when the authorities freeze the network document of ``epoch``: half an epoch
+        before it starts (docs/pki.md, "Schedule")."""
+        return self.start(epoch) - self.length / 2
+
     def erase_at(self, epoch: int) -> float:
         """Return the time the key of ``epoch`` is erased: its end plus the grace."""
         return self.end(epoch) + self.grace
