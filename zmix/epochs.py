@@ -39,6 +39,12 @@ DEFAULT_AHEAD = 2  # keys made and published ahead of the current epoch
 MIN_LENGTH = 1.0  # seconds; below this the key files would churn faster than nodes can publish
 
 
+def same_clock(now: float) -> float:
+    """The wall clock of a core whose ``now`` already is unix time (tests, SimNet); the node
+    runtime gives its cores one that reads the real clock (its loop's ``now`` is monotonic)."""
+    return now
+
+
 @dataclass(frozen=True, slots=True)
 class EpochParams:
     """The key schedule of a network (the topology's ``epoch:`` section, docs/topology.md)."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zmix import crypto, routes
+from zmix.epochs import same_clock
 from zmix.errors import DropReason
 from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore, Store
@@ -38,11 +39,6 @@ Result = ForwardHop | FinalDelivery | SurbReply
 
 _LOOP_MARKER = b"zmix-mix-loop-v1"
 _MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
-
-
-def _same_time(now: float) -> float:
-    """The wall clock of a core whose ``now`` already is unix time (tests, SimNet)."""
-    return now
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +72,7 @@ class NodeCore:
         provider: ProviderCore | None = None,
         random_bytes: Callable[[int], bytes] = crypto.random_bytes,
         replay: ReplayCache | None = None,
-        wall: Callable[[float], float] = _same_time,
+        wall: Callable[[float], float] = same_clock,
     ) -> None:
         me = view.current.node(name)
         if (me.role is Role.PROVIDER) != (provider is not None):

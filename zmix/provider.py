@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zmix.envelope import ACK_PAYLOAD, DatedSurb, SurbState, decode_envelope
+from zmix.epochs import same_clock
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.network import NetworkView
@@ -66,16 +67,11 @@ _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "stor
              "fetch_refused", "registered", "registration_refused")
 
 
-def _same_time(now: float) -> float:
-    """The wall clock of a core whose ``now`` already is unix time (tests, SimNet)."""
-    return now
-
-
 class ProviderCore:
     """Mailbox logic of one provider; the mailbox is its only state besides counters."""
 
     def __init__(self, view: NetworkView, name: str, mailbox: Mailbox, *,
-                 wall: Callable[[float], float] = _same_time) -> None:
+                 wall: Callable[[float], float] = same_clock) -> None:
         """Provider ``name`` of the network ``view`` holds (:mod:`zmix.network`): its declared
         clients, its mailbox policy and the names and keys open registration must not give away
         are read from the current version when they are needed. ``wall`` turns the ``now`` the
