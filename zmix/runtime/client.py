@@ -138,6 +138,8 @@ class ClientRuntime:
                 "now") from None
         self._rng = rng or random.SystemRandom()
         self._lock: IO[str] | None = None
+        self._poller = zmq.Poller()  # made again by __enter__ with the sockets
+        self._directory_due = 0.0  # unix time the keeper's on_timer has work next
         self._sock: zmq.Socket[bytes] | None = None
         self.store: ClientStore | None = None
         self._core: ClientCore | None = None
@@ -200,6 +202,9 @@ class ClientRuntime:
             self.identity.curve_public, self.identity.curve_private,
             max_frame=wire.client_frame_limit(self.topology.sphinx,
                                               self.topology.mailbox.fetch_slots))
+        self._poller = zmq.Poller()  # step()'s: the sockets stay the same while online
+        for sock in self.sockets():
+            self._poller.register(sock, zmq.POLLIN)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -270,7 +275,9 @@ class ClientRuntime:
     def _follow_directory(self, now: float) -> None:
         """Ask the authorities for what the schedule wants, change to a newer network if one is
         due; raise NetworkExpired if the one in use expired."""
-        self.keeper.on_timer(now)
+        if now >= self._directory_due:  # a request to repeat, or a change of the schedule
+            self.keeper.on_timer(now)
+            self._directory_due = self.keeper.next_deadline(now)
         newer = self.keeper.newer_network(now, self.view.current.version)
         if newer is not None:
             self.replace_network(newer)
@@ -312,10 +319,7 @@ class ClientRuntime:
         turn of the poll loop an outer loop would run (:meth:`on_timer`, :meth:`on_readable`)."""
         self.on_timer(time.time())
         wake = min(until, self.next_deadline())
-        poller = zmq.Poller()
-        for sock in self.sockets():
-            poller.register(sock, zmq.POLLIN)
-        if poller.poll(max(0, int((wake - time.time()) * 1000))):
+        if self._poller.poll(max(0, int((wake - time.time()) * 1000))):
             return self.on_readable(time.time())
         return []
 
