@@ -603,8 +603,9 @@ class _Loop:
         heartbeats, worker checks and statistics, each guarded by the centre."""
         due = self.centre.on_timer(now)
         self._send_outbox(now)  # due packets and mix loops first: a link they use is not idle
-        if self.directory.due(time.time()):
-            self.centre.guarded("directory", self.directory.on_timer, time.time())
+        wall = time.time()  # the key schedule and the documents run on unix time
+        if self.directory.due(wall):
+            self.centre.guarded("directory", self.directory.on_timer, wall)
         if due.heartbeats:
             self.centre.guarded("heartbeats", self._heartbeats, now)
         if due.housekeeping:
