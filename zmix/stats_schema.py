@@ -248,6 +248,8 @@ class ClientPart(enum.Enum):
 
     CORE = "ClientCore"  # ClientCore.statistics(), and so ClientRuntime.statistics() too
     RUNTIME = "ClientRuntime"  # added by ClientRuntime.statistics()
+    DAEMON = "Daemon"  # added by the client daemon (zmix-client; docs/api.md)
+    API = "ApiServer"  # the daemon's local API (docs/api.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +332,31 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
 
 CLIENT_BY_NAME: dict[str, ClientStatistic] = {s.name: s for s in CLIENT_STATISTICS}
 
+DAEMON, API = ClientPart.DAEMON, ClientPart.API
+
+# What a client daemon adds to its client's statistics (the API's status op; docs/api.md's
+# table, ``python -m zmix.stats_schema daemon`` prints it). Tunnel services add their own
+# (docs/tunnel.md).
+DAEMON_STATISTICS: tuple[ClientStatistic, ...] = (
+    ClientStatistic("inbox", G, "received messages no API caller acknowledged yet", DAEMON),
+    ClientStatistic("messages_for_callers", C, "messages that arrived and were not a "
+                    "service's own (pushed to subscribers, kept in the inbox)", DAEMON),
+    ClientStatistic("api_connections", C, "API connections accepted (refused ones included)",
+                    API),
+    ClientStatistic("api_connections_open", G, "API connections open now", API),
+    ClientStatistic("subscribers", G, "API connections subscribed to events now", API),
+    ClientStatistic("api_requests", C, "requests that parsed as JSON objects", API),
+    ClientStatistic("api_errors", C, "answers with ok false (every error code of docs/api.md)",
+                    API),
+    ClientStatistic("api_refused", C, "connections or requests refused as unauthorized (another "
+                    "user, no token) or busy (too many connections)", API),
+    ClientStatistic("api_bad_frames", C, "frames refused as bad_frame, too_large or bad_json",
+                    API),
+    ClientStatistic("api_slow_closed", C, "connections closed because they left more than 64 "
+                    "MiB of answers and events unread", API),
+    ClientStatistic("events_sent", C, "events queued for subscribers", API),
+)
+
 
 def client_names(*, runtime: bool) -> tuple[str, ...]:
     """Return the names a client reports, in table order: ``ClientCore.statistics()``'s, or with
@@ -354,4 +381,6 @@ def client_markdown_table(statistics: Iterable[ClientStatistic] = CLIENT_STATIST
 if __name__ == "__main__":
     import sys
 
-    print(client_markdown_table() if sys.argv[1:] == ["client"] else markdown_table(), end="")
+    tables = {"client": client_markdown_table, "daemon": lambda: client_markdown_table(
+        DAEMON_STATISTICS)}
+    print(tables.get(sys.argv[1] if sys.argv[1:] else "", markdown_table)(), end="")

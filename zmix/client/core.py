@@ -108,6 +108,15 @@ class ClientCore:
         """
         return self.sender.progress(message_id)
 
+    def unfinished(self) -> list[bytes]:
+        """Return the ids of outgoing messages and replies not yet done nor failed, oldest
+        first: this run's and those resumed from the store."""
+        return self.sender.unfinished()
+
+    def queued(self) -> int:
+        """Return how many fragments and replies wait for the payload stream now."""
+        return self.sender.queued()
+
     # ------------------------------------------------------------------ sending
 
     def next_wakeup(self) -> float:

@@ -235,6 +235,16 @@ class Sender:
                 f"({epochs.length:g} s each); ask the sender for a new message")
         raise LocalMisuse("no unused reply block is left for that message")
 
+    def unfinished(self) -> list[bytes]:
+        """Return the ids of messages and replies neither done nor failed (this run's and those
+        resumed from the store), oldest first."""
+        return [mid for mid, (fragments, acked, failed) in self._progress.items()
+                if acked < fragments and not failed]
+
+    def queued(self) -> int:
+        """Return how many fragments and replies wait for the payload stream now."""
+        return len(self._queue)
+
     def progress(self, message_id: bytes) -> SendProgress:
         """Return the progress of an outgoing message or reply (unknown ids: 0 fragments)."""
         fragments, acked, failed = self._progress.get(message_id, [0, 0, 0])

@@ -1,0 +1,223 @@
+"""The client daemon with real processes: zmix-up runs the network, zmix-client serves the API."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemonnet import DaemonProcess, LocalNet, Raw, local_net, start_daemon
+
+from zmix.api.protocol import encode
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
+    with local_net(tmp_path_factory.mktemp("daemon")) as running:
+        yield running
+
+
+@pytest.fixture
+def alice(net: LocalNet) -> Iterator[DaemonProcess]:
+    daemon = start_daemon(net, "alice")
+    yield daemon
+    assert daemon.stop() == 0, "".join(daemon.log)
+
+
+@pytest.fixture
+def bob(net: LocalNet) -> Iterator[DaemonProcess]:
+    daemon = start_daemon(net, "bob", "--api-tcp", "127.0.0.1:0")
+    yield daemon
+    assert daemon.stop() == 0, "".join(daemon.log)
+
+
+def drain_inbox(path: str) -> None:
+    with Raw(path) as api:
+        for message in api.ok("inbox")["messages"]:
+            api.ok("ack", message_id=message["message_id"])
+
+
+def test_the_api_socket_is_private_to_the_daemons_user(alice: DaemonProcess) -> None:
+    path = Path(alice.field("api"))
+    assert stat.S_ISSOCK(path.lstat().st_mode)
+    assert stat.S_IMODE(path.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with Raw(path) as api:
+        hello = api.ok("hello")
+    assert (hello["client"], hello["api"], hello["provider"]) == ("alice", 1, "provider-1")
+    assert hello["reply_limit"] > 1000 and hello["max_reply_blocks"] == 4
+
+
+def test_a_message_is_pushed_to_a_subscriber_and_kept_until_acknowledged(
+        alice: DaemonProcess, bob: DaemonProcess) -> None:
+    drain_inbox(bob.field("api"))
+    with Raw(alice.field("api")) as a, Raw(bob.field("api")) as b:
+        a.ok("subscribe", events=["progress", "acknowledged"])
+        b.ok("subscribe")
+        sent = a.ok("send", to="bob", data=base64.b64encode(b"\x00binary\xff").decode())
+        message = b.event("message", message_id=sent["message_id"])
+        assert message["from"] == "alice" and "text" not in message
+        assert base64.b64decode(message["data"]) == b"\x00binary\xff"
+        a.event("acknowledged", message_id=sent["message_id"])
+        done = a.ok("progress", message_id=sent["message_id"])
+        assert done["done"] is True and done["acked"] == done["fragments"] == 1
+        # Not acknowledged yet: a second caller sees it in the inbox and in the backlog.
+        with Raw(bob.field("api")) as other:
+            assert [m["message_id"] for m in other.ok("inbox")["messages"]] == \
+                [sent["message_id"]]
+        b.ok("ack", message_id=sent["message_id"])
+        with Raw(bob.field("api")) as other:
+            assert other.ok("inbox")["messages"] == []
+            other.ok("subscribe", events=["message"])
+            assert other.ok("status")["inbox"] == 0
+            assert other.events == []  # no backlog: it was shown once, and acknowledged
+        assert b.call("ack", message_id=sent["message_id"])["error"] == "unknown_message"
+
+
+def test_an_anonymous_message_answered_through_its_handle_reaches_its_sender(
+        alice: DaemonProcess, bob: DaemonProcess) -> None:
+    drain_inbox(alice.field("api"))
+    with Raw(alice.field("api")) as a, Raw(bob.field("api")) as b:
+        a.ok("subscribe", events=["message"])
+        b.ok("subscribe", events=["message", "sent"])
+        sent = a.ok("send", to="bob", text="guess who", anonymous=True, reply_blocks=2)
+        got = b.event("message", message_id=sent["message_id"])
+        assert got["from"] is None and got["text"] == "guess who" and got["reply_handle"]
+        reply = b.ok("reply", handle=got["reply_handle"], text="no idea")
+        b.event("sent", message_id=reply["message_id"])
+        answer = a.event("message", message_id=reply["message_id"])
+        assert answer["from"] is None and answer["text"] == "no idea"
+        b.ok("reply", handle=got["reply_handle"], text="second")
+        refused = b.call("reply", handle=got["reply_handle"], text="third")
+        assert refused["ok"] is False and refused["error"] == "no_reply_block"
+
+
+def test_requests_the_daemon_cannot_serve_get_their_documented_errors(
+        alice: DaemonProcess) -> None:
+    with Raw(alice.field("api")) as api:
+        cases = [
+            ({"op": "fly"}, "unknown_op"),
+            ({}, "unknown_op"),
+            ({"op": "send", "to": "bob"}, "bad_request"),
+            ({"op": "send", "to": "bob", "text": "x", "data": "eA=="}, "bad_request"),
+            ({"op": "send", "to": "bob", "data": "not base64!"}, "bad_request"),
+            ({"op": "send", "to": "bob", "text": "x", "reply_blocks": 9}, "bad_request"),
+            ({"op": "send", "to": "bob", "text": "x", "anonymous": "yes"}, "bad_request"),
+            ({"op": "send", "to": "mallory", "text": "x"}, "unknown_recipient"),
+            ({"op": "send", "to": "bob", "text": "x", "filename": "n" * 256}, "too_long"),
+            ({"op": "reply", "handle": "00" * 16, "text": "x" * 5000}, "too_long"),
+            ({"op": "reply", "handle": "00" * 16, "text": "x"}, "no_reply_block"),
+            ({"op": "progress", "message_id": "00" * 16}, "unknown_message"),
+            ({"op": "progress", "message_id": "zz"}, "bad_request"),
+            ({"op": "subscribe", "events": ["everything"]}, "bad_request"),
+        ]
+        for request, code in cases:
+            api.sock.sendall(encode(request))
+            answer = api.answer()
+            assert (answer["ok"], answer.get("error")) == (False, code), (request, answer)
+            assert answer["message"]
+        assert api.ok("status")["online"] is True  # positive control, same connection
+
+
+def test_frames_that_break_the_stream_close_only_that_connection(alice: DaemonProcess) -> None:
+    path = alice.field("api")
+    with Raw(path) as api:
+        body = b"[1, 2]"
+        api.sock.sendall(struct.pack(">I", len(body)) + body)
+        assert api.answer()["error"] == "bad_json"
+        api.sock.sendall(struct.pack(">I", 3) + b"\xff\xfe\x00")
+        assert api.answer()["error"] == "bad_json"
+        assert api.ok("hello")["client"] == "alice"  # bad JSON keeps the connection
+    for prefix, code in ((struct.pack(">I", 16 * 1024 * 1024 + 1), "too_large"),
+                         (struct.pack(">I", 0), "bad_frame")):
+        with Raw(path) as api:
+            api.sock.sendall(prefix)
+            assert api.answer()["error"] == code
+            assert api.frame() is None  # closed: the stream cannot be resynchronised
+    with Raw(path) as api:
+        statistics = api.ok("status")["statistics"]
+    assert statistics["api_bad_frames"] >= 4 and statistics["api_errors"] >= 4
+
+
+def test_tcp_callers_must_say_hello_with_the_token_first(net: LocalNet, bob: DaemonProcess
+                                                         ) -> None:
+    host, port = bob.field("tcp").rsplit(":", 1)
+    address = (host, int(port))
+    token_file = net.state / "clients" / "bob" / "api.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    with Raw(address) as api:
+        assert api.call("status")["error"] == "unauthorized"
+        assert api.frame() is None
+    with Raw(address) as api:
+        assert api.call("hello", token="0" * 64)["error"] == "unauthorized"
+        assert api.frame() is None
+    with Raw(address) as api:
+        assert api.ok("hello", token=token)["client"] == "bob"
+        assert api.ok("status")["client"] == "bob"
+
+
+def test_a_non_loopback_api_address_is_refused_at_start(net: LocalNet) -> None:
+    done = net.cli("client", "--as", "carol", "--api-tcp", "0.0.0.0:0", timeout=30)
+    assert done.returncode == 2 and "not a loopback address" in done.stderr
+
+
+def test_a_second_daemon_of_the_same_client_is_refused(net: LocalNet, alice: DaemonProcess
+                                                       ) -> None:
+    done = net.cli("client", "--as", "alice", timeout=60)
+    assert done.returncode == 1 and "in use by another zmix process" in done.stderr
+    with Raw(alice.field("api")) as api:  # and the first one still serves
+        assert api.ok("hello")["client"] == "alice"
+
+
+def test_hostile_callers_leave_the_daemon_serving_and_its_messages_pending(
+        net: LocalNet) -> None:
+    carol = start_daemon(net, "carol", "--api-max-connections", "50")
+    try:
+        path = carol.field("api")
+        with Raw(path) as api:
+            sent = api.ok("send", to="bob", text="still here")
+        for _ in range(20):  # random bytes
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.sendall(os.urandom(4096))
+            s.close()
+        s = socket.socket(socket.AF_UNIX)  # a 10 MB "line" that claims to be one frame
+        s.connect(path)
+        s.sendall(struct.pack(">I", 10_000_000) + b"x" * 1_000_000)  # truncated
+        s.close()
+        deadline = time.monotonic() + 20
+        while True:  # the daemon saw every attacker go (only the asking connection is open)
+            with Raw(path) as api:
+                if api.ok("status")["connections"] == 1:
+                    break
+            assert time.monotonic() < deadline, "attacking connections are still open"
+            time.sleep(0.1)
+        held = []
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            held.append(s)
+        refused = 0
+        for s in held[50:]:
+            s.settimeout(10)
+            refused += b"busy" in s.recv(4096)
+        assert refused == 150  # each one over the bound was told, then closed
+        for s in held:
+            s.close()
+        with Raw(path) as api:
+            assert api.ok("progress", message_id=sent["message_id"])["fragments"] == 1
+            stats = api.ok("status")["statistics"]
+            assert stats["api_refused"] >= 150
+            deadline = time.monotonic() + 30
+            while not api.ok("progress", message_id=sent["message_id"])["done"]:
+                assert time.monotonic() < deadline, "the pending message never went out"
+                time.sleep(0.2)
+    finally:
+        assert carol.stop() == 0, "".join(carol.log)
