@@ -1,0 +1,247 @@
+"""An asyncio client of the client daemon's local API (docs/api.md, docs/apps.md).
+
+    client = await AsyncClient.connect(state=Path("net"), name="alice")
+    await client.subscribe()
+    async for event in client.events():
+        ...
+
+The same API as :class:`zmix.api.client.Client`, with coroutines. One reader task takes every
+frame the daemon sends: answers go to the futures of their requests (matched by ``id``, so several
+tasks may wait on requests at once), events to a queue that :meth:`AsyncClient.next_event` and
+:meth:`AsyncClient.events` read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from zmix.api.client import message_hex, not_running, payload, send_fields, where
+from zmix.api.session import FINAL_EVENTS, Answer, Session, subscription
+from zmix.api.types import (
+    DaemonGone,
+    Event,
+    Hello,
+    Message,
+    Progress,
+    Sent,
+    Status,
+    parse_hello,
+    parse_inbox,
+    parse_progress,
+    parse_reply,
+    parse_sent,
+    parse_status,
+)
+
+_READ = 1 << 16  # bytes asked of the stream at once
+
+
+class AsyncClient:
+    """An asyncio connection to a client daemon (see the module's docstring)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float) -> None:
+        """Wrap connected streams and start the reader task; use :meth:`connect`."""
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self._session = Session()
+        self._futures: dict[int, asyncio.Future[Answer]] = {}
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the end
+        self._changed = asyncio.Event()  # set by the reader task after each read
+        self._failure: Exception | None = None  # why reading ended, until someone is told
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.info: Hello | None = None
+
+    @classmethod
+    async def connect(cls, path: Path | str | None = None, *, state: Path | None = None,
+                      name: str | None = None, tcp: tuple[str, int] | None = None,
+                      token: str | None = None, timeout: float = 30.0) -> AsyncClient:
+        """Return a client connected to the daemon, after its ``hello`` (kept in ``info``);
+        the arguments and errors are :meth:`zmix.api.client.Client.connect`'s."""
+        unix, token = where(path, state, name, tcp, token)
+        try:
+            if unix is not None:
+                opening = asyncio.open_unix_connection(unix, limit=_READ)
+            else:
+                assert tcp is not None
+                opening = asyncio.open_connection(*tcp, limit=_READ)
+            reader, writer = await asyncio.wait_for(opening, timeout)
+        except (OSError, TimeoutError) as error:
+            raise not_running(unix or f"{tcp}", OSError(str(error))) from None
+        client = cls(reader, writer, timeout)
+        try:
+            await client.hello(token)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def hello(self, token: str | None = None) -> Hello:
+        """Return the daemon's :class:`Hello` (``token``: the TCP token)."""
+        self.info = parse_hello(await self._call("hello", {} if token is None
+                                                 else {"token": token}))
+        return self.info
+
+    async def send(self, to: str, data: bytes | str, *, filename: str | None = None,
+                   anonymous: bool = False, reply_blocks: int = 0) -> Sent:
+        """Send ``data`` to client ``to``; see :meth:`zmix.api.client.Client.send`."""
+        return parse_sent(await self._call("send", send_fields(to, data, filename, anonymous,
+                                                               reply_blocks)))
+
+    async def reply(self, handle: bytes | str, data: bytes | str) -> bytes:
+        """Answer through a reply handle; return the reply's message id."""
+        return parse_reply(await self._call("reply", {"handle": message_hex(handle),
+                                                      **payload(data)}))
+
+    async def progress(self, message_id: bytes | str) -> Progress:
+        """Return how far a sent message or reply got. Raises ApiError("unknown_message")."""
+        return parse_progress(await self._call("progress",
+                                               {"message_id": message_hex(message_id)}))
+
+    async def status(self) -> Status:
+        """Return the daemon's :class:`Status`."""
+        return parse_status(await self._call("status", {}))
+
+    async def inbox(self) -> list[Message]:
+        """Return every received message not yet acked, oldest first."""
+        return parse_inbox(await self._call("inbox", {}))
+
+    async def ack(self, message_id: bytes | str) -> None:
+        """Say that a received message was shown (no caller sees it again)."""
+        await self._call("ack", {"message_id": message_hex(message_id)})
+
+    async def subscribe(self, events: Iterable[str] | None = None) -> None:
+        """Ask for events of the kinds ``events`` names (None: all)."""
+        await self._call("subscribe", {"events": sorted(subscription(events))})
+
+    async def unsubscribe(self) -> None:
+        """Ask for no more events."""
+        await self._call("unsubscribe", {})
+
+    async def next_event(self, timeout: float | None = None) -> Event | None:
+        """Return the next event, waiting at most ``timeout`` seconds (None: without end);
+        None if none came. Raises DaemonGone when the connection is over."""
+        try:
+            event = await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return None
+        if event is None:
+            self._events.put_nowait(None)  # for the next reader too
+            raise self._told()
+        return event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield events as they come, without end. Raises DaemonGone when the connection ends."""
+        while True:
+            event = await self.next_event()
+            if event is not None:
+                yield event
+
+    async def wait_done(self, message_id: bytes | str, timeout: float) -> Progress:
+        """Return the progress of a sent message once it is done or failed (a reply: once it
+        left); see :meth:`zmix.api.client.Client.wait_done`. Raises TimeoutError."""
+        key = bytes.fromhex(message_hex(message_id))
+        self._session.watch(key)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                kinds = self._session.needs(frozenset(FINAL_EVENTS))
+                if kinds is not None:
+                    await self._call("subscribe", {"events": sorted(kinds)}, by_caller=False)
+                progress = await self.progress(key)
+                while not (progress.done or progress.failed):
+                    if self._session.final_event(key) is not None:
+                        return await self.progress(key)
+                    if self._task.done():
+                        raise self._told()
+                    self._changed.clear()
+                    await self._changed.wait()
+                return progress
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise TimeoutError(f"message {key.hex()} was not done after {timeout} s") from None
+        finally:
+            self._session.unwatch(key)
+
+    async def close(self) -> None:
+        """Close the connection and stop the reader task."""
+        self._session.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close()
+
+    async def _call(self, op: str, fields: dict[str, Any], *,
+                    by_caller: bool = True) -> dict[str, Any]:
+        """Send a request and return its answer's object. Raises ApiError if the daemon said
+        an error, TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
+        request_id, frame = self._session.request(op, fields, by_caller=by_caller)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = future
+        try:
+            # The daemon may have closed after saying why (busy): the reader task reports it.
+            with contextlib.suppress(OSError):
+                self._writer.write(frame)
+                await self._writer.drain()
+            try:
+                answer = await asyncio.wait_for(future, self.timeout)
+            except TimeoutError:
+                raise TimeoutError(f"the daemon did not answer {op!r} within "
+                                   f"{self.timeout} s") from None
+        finally:
+            self._futures.pop(request_id, None)
+            self._session.abandon(request_id)  # no-op once answered
+        if answer.error is not None:
+            raise answer.error
+        return answer.fields
+
+    def _told(self) -> Exception:
+        """Return why the connection ended: the first to ask gets the reason reading stopped
+        (a ProtocolViolation, a closing error), later ones DaemonGone."""
+        failure, self._failure = self._failure, None
+        return failure if failure is not None else self._session.end_of_stream()
+
+    async def _read_loop(self) -> None:
+        """Take every frame the daemon sends, until the end of the stream or a violation."""
+        failure: Exception
+        try:
+            while True:
+                data = await self._reader.read(_READ)
+                if not data:
+                    failure = self._session.end_of_stream()
+                    break
+                for item in self._session.receive(data):
+                    if isinstance(item, Answer):
+                        future = self._futures.get(item.request_id)
+                        if future is not None and not future.done():
+                            future.set_result(item)
+                    else:
+                        self._events.put_nowait(item)
+                self._changed.set()
+        except OSError as error:
+            failure = DaemonGone(f"the connection to the daemon broke: {error}")
+            self._session.end_of_stream()
+        except Exception as error:  # a ProtocolViolation: the session is closed
+            failure = error
+        self._failure = failure
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(self._told())
+        self._events.put_nowait(None)
+        self._changed.set()
+        self._writer.close()
