@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import stat
@@ -221,3 +222,66 @@ def test_hostile_callers_leave_the_daemon_serving_and_its_messages_pending(
                 time.sleep(0.2)
     finally:
         assert carol.stop() == 0, "".join(carol.log)
+
+
+def test_a_daemon_killed_in_the_middle_of_a_send_completes_it_when_restarted(
+        net: LocalNet) -> None:
+    data = os.urandom(300_000)  # about 190 fragments: several seconds of payload stream
+    alice = start_daemon(net, "alice")
+    with Raw(alice.field("api")) as api:
+        api.ok("subscribe", events=["progress"])
+        sent = api.ok("send", to="carol", data=base64.b64encode(data).decode())
+        api.event("progress", message_id=sent["message_id"])  # some fragments went, not all
+    alice.kill()
+    restarted = start_daemon(net, "alice")
+    try:
+        with Raw(restarted.field("api")) as api:
+            api.ok("subscribe", events=["acknowledged"])
+            before = api.ok("progress", message_id=sent["message_id"])
+            assert 0 < before["acked"] < before["fragments"], before
+            api.event("acknowledged", timeout=60, message_id=sent["message_id"])
+    finally:
+        assert restarted.stop() == 0, "".join(restarted.log)
+    carol = start_daemon(net, "carol")
+    try:
+        with Raw(carol.field("api")) as api:
+            api.ok("subscribe", events=["message"])
+            got = api.event("message", timeout=30, message_id=sent["message_id"])
+            assert base64.b64decode(got["data"]) == data
+            api.ok("ack", message_id=sent["message_id"])
+    finally:
+        assert carol.stop() == 0, "".join(carol.log)
+    again = start_daemon(net, "carol")
+    try:
+        with Raw(again.field("api")) as api:
+            api.ok("subscribe", events=["message"])
+            api.sock.settimeout(2)
+            with pytest.raises(TimeoutError):
+                api.frame()  # nothing is shown twice
+            assert api.events == []
+    finally:
+        assert again.stop() == 0, "".join(again.log)
+
+
+def test_zmix_send_and_zmix_recv_work_through_a_running_daemon_of_their_client(
+        net: LocalNet, alice: DaemonProcess, bob: DaemonProcess) -> None:
+    drain_inbox(bob.field("api"))
+    sent = net.cli("send", "--from", "alice", "--to", "bob", "--anonymous", "--reply-blocks",
+                   "1", "through the daemon", timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert "every one acknowledged by the recipient's provider" in sent.stdout
+    deadline = time.monotonic() + 30
+    while True:
+        got = net.cli("recv", "--as", "bob", "--json", "--wait", "5", timeout=60)
+        if got.returncode == 0:
+            break
+        assert got.returncode == 3 and time.monotonic() < deadline, got.stderr
+    [message] = [json.loads(line) for line in got.stdout.splitlines()]
+    assert message["text"] == "through the daemon" and message["from"] is None
+    replied = net.cli("send", "--from", "bob", "--reply", message["reply_handle"], "answer",
+                      timeout=60)
+    assert replied.returncode == 0 and "reply sent" in replied.stdout, replied.stderr
+    again = net.cli("recv", "--as", "bob", "--json", timeout=60)
+    assert again.returncode == 3 and again.stdout == ""  # shown once, acknowledged
+    unknown = net.cli("send", "--from", "alice", "--to", "mallory", "x", timeout=60)
+    assert unknown.returncode == 2 and "mallory" in unknown.stderr

@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zmix.api.client import Client
 
 # Exit statuses shared by every zmix command (docs/usage.md, "Exit statuses"). Like grep, a
 # command that worked but found nothing to show has its own status, so scripts can tell
@@ -59,3 +64,17 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return value
+
+
+def running_daemon(state: Path, name: str) -> Client | None:
+    """Return a connection to the daemon serving client ``name`` (``zmix-client``, docs/api.md),
+    or None if none runs (no socket, or a socket left by a daemon that was killed)."""
+    from zmix.api.client import Client, socket_path  # only the commands that ask need it
+    from zmix.api.types import DaemonGone
+
+    if not socket_path(state, name).exists():
+        return None
+    try:
+        return Client.connect(state=state, name=name, timeout=60)
+    except DaemonGone:
+        return None

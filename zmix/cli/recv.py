@@ -9,8 +9,12 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from zmix.api.client import Client
+from zmix.api.protocol import ApiError
+from zmix.api.types import DaemonGone, MessageEvent
 from zmix.cli.common import (
     EXIT_FAILURE,
     EXIT_NOTHING,
@@ -18,6 +22,7 @@ from zmix.cli.common import (
     configure_logging,
     exit_status_help,
     fail,
+    running_daemon,
 )
 from zmix.client import ReceivedMessage
 from zmix.errors import ConfigError, ZmixError
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_dir():
         parser.error(f"--out {args.out} is not a directory")
     configure_logging(args.verbose)
+    daemon = running_daemon(args.state, args.name)
+    if daemon is not None:  # the client is online in its daemon: take its inbox from it
+        with daemon:
+            return _receive_via_daemon(daemon, args)
     try:
         runtime = ClientRuntime(args.state, args.name, drain=True)
     except ConfigError as exc:
@@ -95,15 +104,41 @@ def _receive(runtime: ClientRuntime, args: argparse.Namespace) -> int:
     runtime.run_until(drained, timeout=max(args.wait, 10.0))
     while not runtime.core.inbox() and time.time() - start < args.wait:
         runtime.step(time.time() + 0.1)
+    return _show_all(runtime.core.inbox(), runtime.core.mark_delivered, args)
+
+
+def _receive_via_daemon(daemon: Client, args: argparse.Namespace) -> int:
+    """Show the daemon's inbox (waiting up to --wait for a first message), acknowledging each
+    message to the daemon once it is out."""
+    try:
+        daemon.subscribe(["message"])  # the inbox comes first, as message events
+        messages: list[ReceivedMessage] = []
+        deadline = time.monotonic() + args.wait
+        while True:
+            event = daemon.next_event(0.5 if not messages else 0.2)
+            if isinstance(event, MessageEvent):
+                m = event.message
+                messages.append(ReceivedMessage(m.message_id, m.sender, m.data, m.filename,
+                                                m.received_at, m.reply_handle))
+            elif event is None and (messages or time.monotonic() >= deadline):
+                break
+        return _show_all(messages, daemon.ack, args)
+    except (DaemonGone, TimeoutError, ApiError) as exc:
+        return fail(f"the daemon of {args.name} stopped answering: {exc}")
+
+
+def _show_all(messages: list[ReceivedMessage], delivered: Callable[[bytes], None],
+              args: argparse.Namespace) -> int:
+    """Show ``messages``, calling ``delivered`` with each one's id once it is out, whole."""
     shown = 0
-    for message in runtime.core.inbox():
+    for message in messages:
         try:
             _show(message, args)
         except OSError as exc:
             _quiet_broken_stdout(exc)
             return fail(f"could not show message {message.message_id.hex()}: {exc}; it stays "
                         f"in {args.name}'s inbox for the next zmix-recv")
-        runtime.core.mark_delivered(message.message_id)  # only once it is out, whole
+        delivered(message.message_id)
         shown += 1
     if shown == 0:
         if not args.json:

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zmix.api.client import Client
+from zmix.api.protocol import ApiError
+from zmix.api.types import DaemonGone
 from zmix.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -16,6 +19,7 @@ from zmix.cli.common import (
     exit_status_help,
     fail,
     positive_float,
+    running_daemon,
 )
 from zmix.client.sending import fragment_capacity
 from zmix.envelope import dated_surb_length
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), EXIT_USAGE)
     if too_many is not None:
         return fail(too_many, EXIT_USAGE)
+    daemon = running_daemon(args.state, args.sender)
+    if daemon is not None:  # the client is online in its daemon: send through it
+        with daemon:
+            return _send_via_daemon(daemon, args, data, filename, handle)
     try:
         runtime = ClientRuntime(args.state, args.sender)
         if args.recipient is not None:
@@ -141,6 +149,46 @@ def main(argv: list[str] | None = None) -> int:
             return _wait_for_acks(runtime, message_id, args.timeout, len(data))
     except (ClientBusy, NetworkExpired) as exc:
         return fail(str(exc))
+
+
+def _send_via_daemon(daemon: Client, args: argparse.Namespace, data: bytes,
+                     filename: str | None, handle: bytes | None) -> int:
+    """Send through the client's daemon and wait as the command does alone (same lines, same
+    statuses); what is not acknowledged in time the daemon keeps sending."""
+    try:
+        daemon.subscribe(["progress", "acknowledged", "failed", "sent"])
+        if handle is not None:
+            message_id = daemon.reply(handle, data)
+        else:
+            message_id = daemon.send(args.recipient, data, filename=filename,
+                                     anonymous=args.anonymous,
+                                     reply_blocks=args.reply_blocks).message_id
+        progress = daemon.progress(message_id)
+        bar = None if handle is not None else _progress_bar(progress.fragments, len(data))
+        shown, deadline = 0, time.monotonic() + args.timeout
+        while not (progress.done or progress.failed) and time.monotonic() < deadline:
+            daemon.next_event(min(1.0, max(0.0, deadline - time.monotonic())))
+            progress = daemon.progress(message_id)
+            if bar is not None and progress.acked > shown:
+                bar.update(progress.acked - shown)
+                shown = progress.acked
+        if bar is not None:
+            bar.close()
+    except ApiError as exc:
+        return fail(exc.message, EXIT_FAILURE if exc.code == "offline" else EXIT_USAGE)
+    except (DaemonGone, TimeoutError) as exc:
+        return fail(f"the daemon of {args.sender} stopped answering: {exc}")
+    if handle is not None:
+        if not progress.done:
+            return fail(f"timed out after {args.timeout:g} s before the reply left; the daemon "
+                        "sends it as soon as it can")
+        provider = daemon.info.provider if daemon.info is not None else "the provider"
+        print(f"reply sent: handed to the link to {provider}, on its way through one of the "
+              "message's reply blocks; a reply is not acknowledged, so whether it arrives is not "
+              "known here")
+        return EXIT_OK
+    return _outcome(progress.fragments, progress.acked, progress.failed, progress.done,
+                    args.timeout, f"the daemon of {args.sender} keeps sending the rest")
 
 
 def _parse_handle(parser: argparse.ArgumentParser, text: str | None) -> bytes | None:
@@ -201,16 +249,23 @@ def _wait_for_acks(runtime: ClientRuntime, message_id: bytes, timeout: float, si
     finished = runtime.run_until(done, timeout)
     if bar is not None:
         bar.close()
-    if finished and not progress.failed:
-        print(f"sent: {progress.fragments} fragment(s), every one acknowledged by the "
+    return _outcome(progress.fragments, progress.acked, progress.failed,
+                    finished and not progress.failed, timeout,
+                    "the rest will be resent the next time this client is online")
+
+
+def _outcome(fragments: int, acked: int, failed: bool, done: bool, timeout: float,
+             later: str) -> int:
+    """Say how the send ended and return its exit status."""
+    if done:
+        print(f"sent: {fragments} fragment(s), every one acknowledged by the "
               "recipient's provider")
         return EXIT_OK
-    if progress.failed:
-        return fail(f"gave up: {progress.fragments - progress.acked} of {progress.fragments} "
+    if failed:
+        return fail(f"gave up: {fragments - acked} of {fragments} "
                     "fragment(s) were never acknowledged after every retry")
-    return fail(f"timed out after {timeout:g} s: {progress.acked} of {progress.fragments} "
-                "fragment(s) acknowledged; the rest will be resent the next time this client "
-                "is online")
+    return fail(f"timed out after {timeout:g} s: {acked} of {fragments} "
+                f"fragment(s) acknowledged; {later}")
 
 
 def _progress_bar(fragments: int, size: int) -> Any:

@@ -58,6 +58,7 @@ class Connection:
         self.needs_token = needs_token  # TCP: nothing but hello with the token until it came
         self.events: frozenset[str] = frozenset()  # subscribed events (empty: none)
         self.closing = False  # close once ``out`` is written
+        self.after_answer: list[dict[str, Any]] = []  # frames that follow the current answer
 
     def queue(self, obj: dict[str, Any]) -> None:
         """Queue one frame for the caller."""
@@ -288,6 +289,10 @@ class ApiServer:
             self._answer_error(conn, request_id, exc)
             return
         conn.queue({"id": request_id, "ok": True, **answer})
+        for frame in conn.after_answer:  # a subscription's backlog comes after its answer
+            conn.queue(frame)
+            self._counts["events_sent"] += 1
+        conn.after_answer.clear()
         self._check_unread(conn)
 
     def _hello_with_token(self, request: dict[str, Any]) -> bool:

@@ -413,9 +413,9 @@ class Daemon:
             raise ApiError("bad_request", f"'events' must be a non-empty list of "
                                           f"{', '.join(EVENTS)}")
         conn.events = frozenset(events)
-        if "message" in conn.events:  # the backlog, after the answer
-            for message in self.runtime.core.inbox():
-                conn.queue({"event": "message", **message_object(message)})
+        if "message" in conn.events:  # the backlog, queued after the answer
+            conn.after_answer.extend({"event": "message", **message_object(message)}
+                                     for message in self.runtime.core.inbox())
         return {}
 
     def _op_unsubscribe(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
