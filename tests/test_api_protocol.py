@@ -1,4 +1,4 @@
-"""The local API's frames (zmix/api/protocol.py, docs/api.md "Framing"), and its documented table."""
+"""The local API's frames (zmix/api/protocol.py, docs/api.md) and its documented tables."""
 
 from __future__ import annotations
 
