@@ -8,6 +8,8 @@ import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,3 +287,39 @@ def test_zmix_send_and_zmix_recv_work_through_a_running_daemon_of_their_client(
     assert again.returncode == 3 and again.stdout == ""  # shown once, acknowledged
     unknown = net.cli("send", "--from", "alice", "--to", "mallory", "x", timeout=60)
     assert unknown.returncode == 2 and "mallory" in unknown.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_is_refused_even_where_the_socket_file_was_opened_up(
+        alice: DaemonProcess) -> None:
+    path = Path(alice.field("api"))
+    attempt = (
+        "import os, socket, struct, sys\n"
+        f"os.chdir({str(path.parent)!r})\n"  # as root; then only this folder's modes count
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        f"    s.connect({path.name!r})\n"
+        "except PermissionError:\n"
+        "    print('EACCES'); sys.exit(0)\n"
+        "s.settimeout(10)\n"
+        "print(s.recv(4096)[4:].decode())\n")
+
+    def as_nobody() -> str:
+        done = subprocess.run([sys.executable, "-c", attempt], capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert as_nobody().strip() == "EACCES"  # the file mode keeps other users out
+    modes = (path.parent.stat().st_mode, path.stat().st_mode)
+    os.chmod(path.parent, 0o711)
+    os.chmod(path, 0o666)
+    try:
+        answer = as_nobody()  # the daemon itself still refuses them
+    finally:
+        os.chmod(path.parent, stat.S_IMODE(modes[0]))
+        os.chmod(path, stat.S_IMODE(modes[1]))
+    assert '"error":"unauthorized"' in answer
+    with Raw(path) as api:  # and serves its own user
+        assert api.ok("status")["statistics"]["api_refused"] >= 1
