@@ -30,12 +30,6 @@ from zmix.api.types import (
     Progress,
     Sent,
     Status,
-    parse_hello,
-    parse_inbox,
-    parse_progress,
-    parse_reply,
-    parse_sent,
-    parse_status,
 )
 
 _READ = 1 << 16  # bytes asked of the stream at once
@@ -84,33 +78,38 @@ class AsyncClient:
 
     async def hello(self, token: str | None = None) -> Hello:
         """Return the daemon's :class:`Hello` (``token``: the TCP token)."""
-        self.info = parse_hello(await self._call("hello", {} if token is None
-                                                 else {"token": token}))
-        return self.info
+        info: Hello = await self._call("hello", {} if token is None else {"token": token})
+        self.info = info
+        return info
 
     async def send(self, to: str, data: bytes | str, *, filename: str | None = None,
                    anonymous: bool = False, reply_blocks: int = 0) -> Sent:
         """Send ``data`` to client ``to``; see :meth:`zmix.api.client.Client.send`."""
-        return parse_sent(await self._call("send", send_fields(to, data, filename, anonymous,
-                                                               reply_blocks)))
+        sent: Sent = await self._call("send", send_fields(to, data, filename, anonymous,
+                                                          reply_blocks))
+        return sent
 
     async def reply(self, handle: bytes | str, data: bytes | str) -> bytes:
         """Answer through a reply handle; return the reply's message id."""
-        return parse_reply(await self._call("reply", {"handle": message_hex(handle),
-                                                      **payload(data)}))
+        reply_id: bytes = await self._call("reply", {"handle": message_hex(handle),
+                                                     **payload(data)})
+        return reply_id
 
     async def progress(self, message_id: bytes | str) -> Progress:
         """Return how far a sent message or reply got. Raises ApiError("unknown_message")."""
-        return parse_progress(await self._call("progress",
-                                               {"message_id": message_hex(message_id)}))
+        progress: Progress = await self._call("progress",
+                                              {"message_id": message_hex(message_id)})
+        return progress
 
     async def status(self) -> Status:
         """Return the daemon's :class:`Status`."""
-        return parse_status(await self._call("status", {}))
+        status: Status = await self._call("status", {})
+        return status
 
     async def inbox(self) -> list[Message]:
         """Return every received message not yet acked, oldest first."""
-        return parse_inbox(await self._call("inbox", {}))
+        messages: list[Message] = await self._call("inbox", {})
+        return messages
 
     async def ack(self, message_id: bytes | str) -> None:
         """Say that a received message was shown (no caller sees it again)."""
@@ -187,9 +186,10 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, op: str, fields: dict[str, Any], *,
-                    by_caller: bool = True) -> dict[str, Any]:
-        """Send a request and return its answer's object. Raises ApiError if the daemon said
-        an error, TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
+                    by_caller: bool = True) -> Any:
+        """Send a request and return its answer's value (:data:`zmix.api.session.PARSERS`).
+        Raises ApiError if the daemon said an error, ProtocolViolation for a bad answer,
+        TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
         request_id, frame = self._session.request(op, fields, by_caller=by_caller)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
@@ -208,7 +208,7 @@ class AsyncClient:
             self._session.abandon(request_id)  # no-op once answered
         if answer.error is not None:
             raise answer.error
-        return answer.fields
+        return answer.value
 
     def _told(self) -> Exception:
         """Return why the connection ended: the first to ask gets the reason reading stopped

@@ -13,7 +13,7 @@ subscribe made by ``wait_done`` (which makes the daemon replay the inbox) shows 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,19 @@ from zmix.api.types import (
     SentEvent,
     event_kind,
     parse_event,
+    parse_hello,
+    parse_inbox,
+    parse_progress,
+    parse_reply,
+    parse_sent,
+    parse_status,
 )
 from zmix.errors import LocalMisuse
+
+# How the answer of each op that returns something becomes its value.
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "hello": parse_hello, "send": parse_sent, "reply": parse_reply, "progress": parse_progress,
+    "status": parse_status, "inbox": parse_inbox}
 
 # The events after which a message's progress changes no more.
 FINAL_EVENTS = ("acknowledged", "failed", "sent")
@@ -45,10 +56,11 @@ FINAL_EVENTS = ("acknowledged", "failed", "sent")
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The daemon's answer to request ``request_id``: its object, or the error it said."""
+    """The daemon's answer to request ``request_id``: its typed value (see :data:`PARSERS`;
+    None for the ops that answer nothing but ok), or the error it said."""
 
     request_id: int
-    fields: dict[str, Any]
+    value: Any
     error: ApiError | None
 
 
@@ -208,9 +220,12 @@ class Session:
             raise ProtocolViolation("bad_json", f"the daemon answered a request that was not "
                                                 f"sent (id {request_id!r})")
         pending = self._pending.pop(request_id)
-        if error is None:
-            self._applied(pending)
-        return Answer(request_id, obj, error)
+        if error is not None:
+            return Answer(request_id, None, error)
+        parse = PARSERS.get(pending.op)
+        value = None if parse is None else parse(obj)
+        self._applied(pending)
+        return Answer(request_id, value, None)
 
     def _applied(self, pending: _Pending) -> None:
         """Note the effect of a request the daemon carried out."""
