@@ -512,16 +512,20 @@ def test_a_message_event_parses_into_its_message() -> None:
 def test_the_python_examples_in_docs_apps_md_run(daemon: FakeDaemon, state: Path) -> None:
     text = (ROOT / "docs" / "apps.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) >= 2
+    assert len(blocks) == 3
     daemon.auto_ack = True
-    for block in blocks:
-        daemon.deliver(bytes.fromhex(MID), b"hello alice", reply_handle=b"\x05" * 8)
-        done = subprocess.run([sys.executable, "-c", block], cwd=state.parent,
-                              env={**os.environ, "PYTHONPATH": str(ROOT),
-                                   "ZMIX_STATE": str(state)},
-                              capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        assert "hello alice" in done.stdout
+    with tempfile.TemporaryDirectory(prefix="zapi", dir="/tmp") as where:
+        (Path(where) / "zmix-local").symlink_to(state)  # the state folder the examples name
+        for block in blocks:
+            daemon.deliver(bytes.fromhex(MID), b"hello alice", reply_handle=b"\x05" * 8)
+            done = subprocess.run([sys.executable, "-c", block], cwd=where,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            assert "bob hello alice" in done.stdout
+            assert daemon.inbox == []  # acked
+    ops = [request["op"] for request in daemon.requests]
+    assert ops.count("send") == 1 and ops.count("reply") == 1 and ops.count("ack") == 3
 
 
 def chat(state: Path, lines: str, *extra: str) -> subprocess.CompletedProcess[str]:

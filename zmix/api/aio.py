@@ -53,7 +53,7 @@ class AsyncClient:
         self.info: Hello | None = None
 
     @classmethod
-    async def connect(cls, path: Path | str | None = None, *, state: Path | None = None,
+    async def connect(cls, path: Path | str | None = None, *, state: Path | str | None = None,
                       name: str | None = None, tcp: tuple[str, int] | None = None,
                       token: str | None = None, timeout: float = 30.0) -> AsyncClient:
         """Return a client connected to the daemon, after its ``hello`` (kept in ``info``);

@@ -119,7 +119,7 @@ class Client:
         self.info: Hello | None = None  # the daemon's answer to hello, once connected
 
     @classmethod
-    def connect(cls, path: Path | str | None = None, *, state: Path | None = None,
+    def connect(cls, path: Path | str | None = None, *, state: Path | str | None = None,
                 name: str | None = None, tcp: tuple[str, int] | None = None,
                 token: str | None = None, timeout: float = 30.0) -> Client:
         """Return a client connected to the daemon, after its ``hello`` (kept in ``info``).
