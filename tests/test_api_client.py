@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +242,36 @@ def test_a_busy_daemon_refuses_at_connect(state: Path) -> None:
     assert raised.value.code == "busy"
 
 
+def test_a_busy_refusal_is_reported_even_when_the_first_write_fails(state: Path) -> None:
+    # The fake says busy and closes at once, so the client's hello often meets a closed socket
+    # (EPIPE or ECONNRESET); over a hundred tries both clients must still report busy.
+    path = state / "clients" / "alice" / "api.sock"
+    busy = {"id": None, "ok": False, "error": "busy", "message": "too many connections"}
+
+    async def refusals() -> list[str]:
+        codes = []
+        for _ in range(100):
+            with pytest.raises(ApiError) as raised:
+                await AsyncClient.connect(path)
+            codes.append(raised.value.code)
+        return codes
+
+    with FakeDaemon(unix_path=path, on_accept=[busy, CLOSE]) as daemon:
+        assert run(refusals()) == ["busy"] * 100
+        for _ in range(100):
+            with pytest.raises(ApiError) as raised:
+                Client.connect(path)
+            assert raised.value.code == "busy"
+        daemon.on_accept = []  # positive control: without the refusal, both connect
+        with Client.connect(path) as client:
+            assert client.info is not None
+
+        async def greeted() -> Hello | None:
+            async with await AsyncClient.connect(path) as client:
+                return client.info
+        assert run(greeted()) is not None
+
+
 def test_connecting_without_a_daemon_says_to_start_one(state: Path) -> None:
     with pytest.raises(DaemonGone, match="zmix-client --state"):
         connect(state)
@@ -311,8 +342,22 @@ def test_misuse_is_refused_before_anything_is_sent(daemon: FakeDaemon, state: Pa
         with pytest.raises(ValueError, match="bytes or str"):
             client.send("bob", 5)  # type: ignore[arg-type]
         assert client.status().online
+        with pytest.raises(ValueError, match="hexadecimal"):
+            client.ack("not hex")
+        assert client.status().online
     with pytest.raises(ValueError, match="say where"):
         Client.connect()
+
+
+def test_a_daemon_that_stops_ends_a_wait_for_events_with_daemon_gone(
+        daemon: FakeDaemon, state: Path) -> None:
+    with connect(state) as client:
+        client.subscribe()
+        threading.Timer(0.2, daemon.push, args=(CLOSE,)).start()
+        started = time.monotonic()
+        with pytest.raises(DaemonGone):
+            client.next_event()  # no timeout: only the end of the connection ends it
+        assert time.monotonic() - started < 5
 
 
 # --- TCP ------------------------------------------------------------------------------------
@@ -387,6 +432,27 @@ def test_the_async_client_times_out_and_waits_done(daemon: FakeDaemon, state: Pa
             daemon.acknowledge(sent.message_id.hex())
             assert (await waiting).done
             assert await client.next_event(0.1) is None
+    run(scenario())
+
+
+def test_the_async_client_is_refused_by_a_busy_daemon_and_ends_its_events_when_it_stops(
+        daemon: FakeDaemon, state: Path) -> None:
+    busy = {"id": None, "ok": False, "error": "busy", "message": "too many connections"}
+
+    async def scenario() -> None:
+        async with await AsyncClient.connect(state=state, name="alice") as client:
+            await client.subscribe()
+            daemon.on_accept = [busy, CLOSE]
+            with pytest.raises(ApiError) as raised:
+                await AsyncClient.connect(state=state, name="alice")
+            assert raised.value.code == "busy"
+            daemon.deliver(bytes.fromhex(MID), b"hi")  # positive control: events still come
+            threading.Timer(0.2, daemon.push, args=(CLOSE,)).start()
+            seen = []
+            with pytest.raises(DaemonGone):
+                async for event in client.events():
+                    seen.append(event)
+            assert [type(event) for event in seen] == [MessageEvent]
     run(scenario())
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +35,47 @@ from zmix.api.types import (
 )
 
 _READ = 1 << 16  # bytes asked of the stream at once
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, except that a failed write does not lose what is left to read.
+
+    A daemon that refuses a connection (``busy``) says so and closes. The first request's write
+    may then fail, and the stock transport would close the socket and make the reader raise that
+    error at once, dropping the refusal still unread. Here the rest is read first, then the
+    stream simply ends.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, loop=loop)
+        self._reader = reader
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, BrokenPipeError | ConnectionResetError):
+            self._read_rest()
+            exc = None
+        super().connection_lost(exc)
+
+    def _read_rest(self) -> None:
+        """Feed the reader what the socket still holds (it is closed right after this)."""
+        held = None if self._transport is None else self._transport.get_extra_info("socket")
+        if held is None:
+            return
+        with socket.socket(fileno=os.dup(held.fileno())) as sock:
+            sock.setblocking(False)
+            while True:
+                try:
+                    data = sock.recv(_READ)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self._reader.feed_data(data)
 
 
 class AsyncClient:
@@ -59,16 +102,19 @@ class AsyncClient:
         """Return a client connected to the daemon, after its ``hello`` (kept in ``info``);
         the arguments and errors are :meth:`zmix.api.client.Client.connect`'s."""
         unix, token = where(path, state, name, tcp, token)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ, loop=loop)
+        protocol = _Protocol(reader, loop=loop)
         try:
             if unix is not None:
-                opening = asyncio.open_unix_connection(unix, limit=_READ)
+                opening = loop.create_unix_connection(lambda: protocol, unix)
             else:
                 assert tcp is not None
-                opening = asyncio.open_connection(*tcp, limit=_READ)
-            reader, writer = await asyncio.wait_for(opening, timeout)
+                opening = loop.create_connection(lambda: protocol, *tcp)
+            transport, _ = await asyncio.wait_for(opening, timeout)
         except (OSError, TimeoutError) as error:
             raise not_running(unix or f"{tcp}", OSError(str(error))) from None
-        client = cls(reader, writer, timeout)
+        client = cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), timeout)
         try:
             await client.hello(token)
         except BaseException:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ from zmix.api.types import (
 from zmix.errors import LocalMisuse
 
 _READ = 1 << 16  # bytes asked of the socket at once
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
 def client_folder(state: Path | str, name: str) -> Path:
@@ -58,8 +60,13 @@ def read_token(state: Path | str, name: str) -> str:
 
 
 def message_hex(message_id: bytes | str) -> str:
-    """Return a message id (or reply handle) as the hexadecimal text the API carries."""
-    return message_id if isinstance(message_id, str) else message_id.hex()
+    """Return a message id (or reply handle), bytes or hexadecimal text, as the hexadecimal text
+    the API carries. Raises LocalMisuse for text that is not hexadecimal."""
+    if isinstance(message_id, bytes | bytearray | memoryview):
+        return bytes(message_id).hex()
+    if isinstance(message_id, str) and _HEX.fullmatch(message_id):
+        return message_id.lower()
+    raise LocalMisuse(f"a message id or handle is bytes or hexadecimal text, not {message_id!r}")
 
 
 def send_fields(to: str, data: bytes | str, filename: str | None, anonymous: bool,
