@@ -7,7 +7,8 @@ Type a line to send it to the other side. ``/anon TEXT`` sends TEXT anonymously 
 blocks; ``/reply HANDLE TEXT`` answers an anonymous message through its handle (the one shown in
 brackets). "(delivered)" follows once the other side's provider acknowledged a message, "(sent)"
 once a reply left. At the end of stdin (Ctrl-D, or a pipe's end) it exits once everything it sent
-was delivered, or after --timeout seconds with exit status 1.
+was delivered (and, with --expect N, once N messages arrived), or after --timeout seconds with
+exit status 1.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Chat:
         self.waiting: set[bytes] = set()  # ids of what we sent, until delivered or failed
         self.settled: set[bytes] = set()  # ids whose final event came (it may beat the answer)
         self.failed = 0
+        self.received = 0
         self.changed = asyncio.Event()
 
     async def show_events(self) -> None:
@@ -55,6 +57,8 @@ class Chat:
                 text = message.text if message.text is not None else f"<{len(message.data)} bytes>"
                 print(f"{who}: {text}", flush=True)
                 await self.client.ack(message.message_id)
+                self.received += 1
+                self.changed.set()
             elif isinstance(event, AcknowledgedEvent | SentEvent | FailedEvent):
                 failed = isinstance(event, FailedEvent)
                 self.failed += failed
@@ -76,9 +80,9 @@ class Chat:
         elif line:
             self.waiting.add((await self.client.send(self.to, line)).message_id)
 
-    async def all_delivered(self) -> None:
-        """Return once every message sent was delivered (or failed)."""
-        while not self.waiting <= self.settled:
+    async def finished(self, expect: int) -> None:
+        """Return once every message sent was delivered (or failed) and ``expect`` arrived."""
+        while not (self.waiting <= self.settled and self.received >= expect):
             self.changed.clear()
             await self.changed.wait()
 
@@ -90,7 +94,7 @@ def read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
     loop.call_soon_threadsafe(lines.put_nowait, None)
 
 
-async def main(state: Path, name: str, to: str, timeout: float) -> int:
+async def main(state: Path, name: str, to: str, timeout: float, expect: int) -> int:
     """Chat until the end of stdin; return the exit status."""
     try:
         client = await AsyncClient.connect(state=state, name=name)
@@ -112,10 +116,10 @@ async def main(state: Path, name: str, to: str, timeout: float) -> int:
         except (ApiError, ValueError) as error:  # e.g. no_reply_block, or a handle not in hex
             print(f"(not sent: {error})", flush=True)
     try:
-        await asyncio.wait_for(chat.all_delivered(), timeout)
+        await asyncio.wait_for(chat.finished(expect), timeout)
     except TimeoutError:
-        print(f"chat: {len(chat.waiting - chat.settled)} not delivered after {timeout} s",
-              file=sys.stderr)
+        print(f"chat: {len(chat.waiting - chat.settled)} not delivered and {chat.received} of "
+              f"{expect} expected received after {timeout} s", file=sys.stderr)
         return 1
     finally:
         shower.cancel()
@@ -129,7 +133,9 @@ if __name__ == "__main__":
     parser.add_argument("--as", dest="name", required=True, help="this side's client name")
     parser.add_argument("--to", required=True, help="the other side's client name")
     parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait at the end of stdin for deliveries (default 60)")
+                        help="seconds to wait at the end of stdin (default 60)")
+    parser.add_argument("--expect", type=int, default=0,
+                        help="at the end of stdin, also wait until this many messages arrived")
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(main(arguments.state, arguments.name, arguments.to,
-                              arguments.timeout)))
+    sys.exit(asyncio.run(main(arguments.state, arguments.name, arguments.to, arguments.timeout,
+                              arguments.expect)))

@@ -625,8 +625,19 @@ def test_the_chat_example_gives_up_after_its_timeout_when_nothing_is_delivered(
         daemon: FakeDaemon, state: Path) -> None:
     started = time.monotonic()
     done = chat(state, "hello\n", "--timeout", "0.5")
-    assert done.returncode == 1 and "not delivered" in done.stdout + done.stderr
+    assert done.returncode == 1 and "1 not delivered" in done.stderr
     assert time.monotonic() - started < 15
+
+
+def test_the_chat_example_waits_at_the_end_of_its_input_for_the_messages_it_expects(
+        daemon: FakeDaemon, state: Path) -> None:
+    daemon.auto_ack = True
+    threading.Timer(1.0, daemon.deliver, args=(bytes.fromhex(MID), b"late answer")).start()
+    done = chat(state, "/anon who am I\n", "--expect", "1", "--timeout", "10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.index("(delivered)") < done.stdout.index("bob: late answer")
+    done = chat(state, "", "--expect", "1", "--timeout", "0.5")  # negative: nothing comes
+    assert done.returncode == 1 and "0 of 1 expected" in done.stderr
 
 
 def test_the_chat_example_says_to_start_the_daemon_when_it_is_missing(state: Path) -> None:

@@ -13,6 +13,7 @@ subscribe made by ``wait_done`` (which makes the daemon replay the inbox) shows 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,7 @@ class Session:
         self._daemon_kinds: frozenset[str] = frozenset()  # the kinds the daemon sends
         self._shown: set[bytes] = set()  # messages handed out as events, not yet acked
         self._watched: dict[bytes, Event | None] = {}  # wait_done's ids -> their final event
+        self._watchers: collections.Counter[bytes] = collections.Counter()  # wait_done calls
         self.closed: Exception | None = None  # why the connection is over, once it is
 
     def request(self, op: str, fields: dict[str, Any] | None = None, *,
@@ -118,11 +120,6 @@ class Session:
         if self._pending.pop(request_id, None) is not None:
             self._abandoned.add(request_id)
 
-    @property
-    def pending(self) -> int:
-        """Return how many requests wait for their answer."""
-        return len(self._pending)
-
     def needs(self, kinds: frozenset[str]) -> frozenset[str] | None:
         """Return the kinds to subscribe to so that the daemon also sends ``kinds``, or None
         when it already does."""
@@ -131,14 +128,18 @@ class Session:
     def watch(self, message_id: bytes) -> None:
         """Start noting the final event (acknowledged, failed, sent) of ``message_id``."""
         self._watched.setdefault(message_id, None)
+        self._watchers[message_id] += 1
 
     def final_event(self, message_id: bytes) -> Event | None:
         """Return the final event noted for a watched ``message_id``, if it came."""
         return self._watched.get(message_id)
 
     def unwatch(self, message_id: bytes) -> None:
-        """Stop noting ``message_id``'s final event."""
-        self._watched.pop(message_id, None)
+        """Stop noting ``message_id``'s final event (once every watcher of it stopped)."""
+        self._watchers[message_id] -= 1
+        if self._watchers[message_id] <= 0:
+            del self._watchers[message_id]
+            self._watched.pop(message_id, None)
 
     def receive(self, data: bytes) -> list[Answer | Event]:
         """Take bytes read from the daemon; return the answers and caller's events they
