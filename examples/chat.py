@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import sys
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from zmix.api import (
     AcknowledgedEvent,
@@ -28,6 +30,8 @@ from zmix.api import (
     MessageEvent,
     SentEvent,
 )
+
+T = TypeVar("T")
 
 
 class Chat:
@@ -94,6 +98,19 @@ def read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
     loop.call_soon_threadsafe(lines.put_nowait, None)
 
 
+async def first(waiting: Awaitable[T], shower: asyncio.Task[None]) -> T:
+    """Return what ``waiting`` gives, unless the event task ends first: the daemon went away
+    (raise its DaemonGone)."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        await asyncio.wait({task, shower}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            shower.result()
+        return task.result()
+    finally:
+        task.cancel()
+
+
 async def main(state: Path, name: str, to: str, timeout: float, expect: int) -> int:
     """Chat until the end of stdin; return the exit status."""
     try:
@@ -102,28 +119,31 @@ async def main(state: Path, name: str, to: str, timeout: float, expect: int) -> 
         print(f"chat: {error}\n(is `zmix-client --state {state} --as {name}` running?)",
               file=sys.stderr)
         return 2
-    chat = Chat(client, to)
-    await client.subscribe()
-    shower = asyncio.create_task(chat.show_events())
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(target=read_lines, args=(asyncio.get_running_loop(), lines),
-                     daemon=True).start()
-    print(f"chatting as {name} with {to}: /anon TEXT, /reply HANDLE TEXT, Ctrl-D ends",
-          flush=True)
-    while (line := await lines.get()) is not None:
+    async with client:
+        chat = Chat(client, to)
+        await client.subscribe()
+        shower = asyncio.create_task(chat.show_events())
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=read_lines, args=(asyncio.get_running_loop(), lines),
+                         daemon=True).start()
+        print(f"chatting as {name} with {to}: /anon TEXT, /reply HANDLE TEXT, Ctrl-D ends",
+              flush=True)
         try:
-            await chat.say(line)
-        except (ApiError, ValueError) as error:  # e.g. no_reply_block, or a handle not in hex
-            print(f"(not sent: {error})", flush=True)
-    try:
-        await asyncio.wait_for(chat.finished(expect), timeout)
-    except TimeoutError:
-        print(f"chat: {len(chat.waiting - chat.settled)} not delivered and {chat.received} of "
-              f"{expect} expected received after {timeout} s", file=sys.stderr)
-        return 1
-    finally:
-        shower.cancel()
-        await client.close()
+            while (line := await first(lines.get(), shower)) is not None:
+                try:
+                    await chat.say(line)
+                except (ApiError, ValueError) as error:  # e.g. no_reply_block, a bad handle
+                    print(f"(not sent: {error})", flush=True)
+            await asyncio.wait_for(first(chat.finished(expect), shower), timeout)
+        except DaemonGone as error:
+            print(f"chat: {error}", file=sys.stderr)
+            return 3
+        except TimeoutError:
+            print(f"chat: {len(chat.waiting - chat.settled)} not delivered and {chat.received} "
+                  f"of {expect} expected received after {timeout} s", file=sys.stderr)
+            return 1
+        finally:
+            shower.cancel()
     return 1 if chat.failed else 0
 
 

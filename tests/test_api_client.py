@@ -640,6 +640,22 @@ def test_the_chat_example_waits_at_the_end_of_its_input_for_the_messages_it_expe
     assert done.returncode == 1 and "0 of 1 expected" in done.stderr
 
 
+def test_the_chat_example_says_so_when_its_daemon_stops(daemon: FakeDaemon,
+                                                         state: Path) -> None:
+    with subprocess.Popen([sys.executable, str(ROOT / "examples" / "chat.py"), "--state",
+                           str(state), "--as", "alice", "--to", "bob", "--expect", "1",
+                           "--timeout", "20"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().startswith("chatting as alice")  # it is connected
+        started = time.monotonic()
+        daemon.push(CLOSE)
+        _, errors = process.communicate(timeout=15)
+    assert process.returncode == 3 and "closed the connection" in errors, errors
+    assert time.monotonic() - started < 10
+
+
 def test_the_chat_example_says_to_start_the_daemon_when_it_is_missing(state: Path) -> None:
     done = chat(state, "")
     assert done.returncode == 2
