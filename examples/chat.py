@@ -52,11 +52,10 @@ class Chat:
         async for event in self.client.events():
             if isinstance(event, MessageEvent):
                 message = event.message
-                who = message.sender
-                if who is None:  # anonymous: show a short handle to /reply through
-                    short = message.reply_handle.hex()[:8] if message.reply_handle else "-"
-                    if message.reply_handle:
-                        self.handles[short] = message.reply_handle
+                who = message.sender or "anonymous"  # also a reply through our reply blocks
+                if message.sender is None and message.reply_handle:
+                    short = message.reply_handle.hex()[:8]  # shown, to /reply through
+                    self.handles[short] = message.reply_handle
                     who = f"anonymous [{short}]"
                 text = message.text if message.text is not None else f"<{len(message.data)} bytes>"
                 print(f"{who}: {text}", flush=True)

@@ -607,18 +607,20 @@ def test_the_chat_example_sends_lines_shows_messages_and_exits_once_delivered(
     daemon.auto_ack = True
     daemon.deliver(bytes.fromhex(MID), b"hi alice")
     daemon.deliver(bytes.fromhex("cd" * 16), b"psst", sender=None, reply_handle=b"\x09" * 8)
+    daemon.deliver(bytes.fromhex("ef" * 16), b"a reply to us", sender=None)
     done = chat(state, "hello bob\n/anon who am I\n/reply 09090909 answered\n")
     assert done.returncode == 0, done.stderr
     assert "bob: hi alice" in done.stdout
     assert "anonymous [09090909]: psst" in done.stdout
+    assert "\nanonymous: a reply to us" in done.stdout
     assert done.stdout.count("(delivered)") == 2
     sends = [r for r in daemon.requests if r["op"] in ("send", "reply")]
     assert sends[0] == {"op": "send", "id": sends[0]["id"], "to": "bob", "text": "hello bob",
                         "anonymous": False, "reply_blocks": 0}
     assert sends[1]["anonymous"] is True and sends[1]["reply_blocks"] == 2
     assert sends[2]["handle"] == "09" * 8 and sends[2]["text"] == "answered"
-    assert daemon.inbox == []  # both shown, so both acked
-    assert json.dumps(daemon.requests).count('"op": "ack"') == 2
+    assert daemon.inbox == []  # all shown, so all acked
+    assert json.dumps(daemon.requests).count('"op": "ack"') == 3
 
 
 def test_the_chat_example_gives_up_after_its_timeout_when_nothing_is_delivered(
