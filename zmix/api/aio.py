@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -30,15 +32,50 @@ from zmix.api.types import (
     Progress,
     Sent,
     Status,
-    parse_hello,
-    parse_inbox,
-    parse_progress,
-    parse_reply,
-    parse_sent,
-    parse_status,
 )
 
 _READ = 1 << 16  # bytes asked of the stream at once
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, except that a failed write does not lose what is left to read.
+
+    A daemon that refuses a connection (``busy``) says so and closes. The first request's write
+    may then fail, and the stock transport would close the socket and make the reader raise that
+    error at once, dropping the refusal still unread. Here the rest is read first, then the
+    stream simply ends.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, loop=loop)
+        self._reader = reader
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, BrokenPipeError | ConnectionResetError):
+            self._read_rest()
+            exc = None
+        super().connection_lost(exc)
+
+    def _read_rest(self) -> None:
+        """Feed the reader what the socket still holds (it is closed right after this)."""
+        held = None if self._transport is None else self._transport.get_extra_info("socket")
+        if held is None:
+            return
+        with socket.socket(fileno=os.dup(held.fileno())) as sock:
+            sock.setblocking(False)
+            while True:
+                try:
+                    data = sock.recv(_READ)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self._reader.feed_data(data)
 
 
 class AsyncClient:
@@ -59,22 +96,25 @@ class AsyncClient:
         self.info: Hello | None = None
 
     @classmethod
-    async def connect(cls, path: Path | str | None = None, *, state: Path | None = None,
+    async def connect(cls, path: Path | str | None = None, *, state: Path | str | None = None,
                       name: str | None = None, tcp: tuple[str, int] | None = None,
                       token: str | None = None, timeout: float = 30.0) -> AsyncClient:
         """Return a client connected to the daemon, after its ``hello`` (kept in ``info``);
         the arguments and errors are :meth:`zmix.api.client.Client.connect`'s."""
         unix, token = where(path, state, name, tcp, token)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_READ, loop=loop)
+        protocol = _Protocol(reader, loop=loop)
         try:
             if unix is not None:
-                opening = asyncio.open_unix_connection(unix, limit=_READ)
+                opening = loop.create_unix_connection(lambda: protocol, unix)
             else:
                 assert tcp is not None
-                opening = asyncio.open_connection(*tcp, limit=_READ)
-            reader, writer = await asyncio.wait_for(opening, timeout)
+                opening = loop.create_connection(lambda: protocol, *tcp)
+            transport, _ = await asyncio.wait_for(opening, timeout)
         except (OSError, TimeoutError) as error:
             raise not_running(unix or f"{tcp}", OSError(str(error))) from None
-        client = cls(reader, writer, timeout)
+        client = cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), timeout)
         try:
             await client.hello(token)
         except BaseException:
@@ -84,33 +124,38 @@ class AsyncClient:
 
     async def hello(self, token: str | None = None) -> Hello:
         """Return the daemon's :class:`Hello` (``token``: the TCP token)."""
-        self.info = parse_hello(await self._call("hello", {} if token is None
-                                                 else {"token": token}))
-        return self.info
+        info: Hello = await self._call("hello", {} if token is None else {"token": token})
+        self.info = info
+        return info
 
     async def send(self, to: str, data: bytes | str, *, filename: str | None = None,
                    anonymous: bool = False, reply_blocks: int = 0) -> Sent:
         """Send ``data`` to client ``to``; see :meth:`zmix.api.client.Client.send`."""
-        return parse_sent(await self._call("send", send_fields(to, data, filename, anonymous,
-                                                               reply_blocks)))
+        sent: Sent = await self._call("send", send_fields(to, data, filename, anonymous,
+                                                          reply_blocks))
+        return sent
 
     async def reply(self, handle: bytes | str, data: bytes | str) -> bytes:
         """Answer through a reply handle; return the reply's message id."""
-        return parse_reply(await self._call("reply", {"handle": message_hex(handle),
-                                                      **payload(data)}))
+        reply_id: bytes = await self._call("reply", {"handle": message_hex(handle),
+                                                     **payload(data)})
+        return reply_id
 
     async def progress(self, message_id: bytes | str) -> Progress:
         """Return how far a sent message or reply got. Raises ApiError("unknown_message")."""
-        return parse_progress(await self._call("progress",
-                                               {"message_id": message_hex(message_id)}))
+        progress: Progress = await self._call("progress",
+                                              {"message_id": message_hex(message_id)})
+        return progress
 
     async def status(self) -> Status:
         """Return the daemon's :class:`Status`."""
-        return parse_status(await self._call("status", {}))
+        status: Status = await self._call("status", {})
+        return status
 
     async def inbox(self) -> list[Message]:
         """Return every received message not yet acked, oldest first."""
-        return parse_inbox(await self._call("inbox", {}))
+        messages: list[Message] = await self._call("inbox", {})
+        return messages
 
     async def ack(self, message_id: bytes | str) -> None:
         """Say that a received message was shown (no caller sees it again)."""
@@ -187,9 +232,10 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, op: str, fields: dict[str, Any], *,
-                    by_caller: bool = True) -> dict[str, Any]:
-        """Send a request and return its answer's object. Raises ApiError if the daemon said
-        an error, TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
+                    by_caller: bool = True) -> Any:
+        """Send a request and return its answer's value (:data:`zmix.api.session.PARSERS`).
+        Raises ApiError if the daemon said an error, ProtocolViolation for a bad answer,
+        TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
         request_id, frame = self._session.request(op, fields, by_caller=by_caller)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
@@ -208,7 +254,7 @@ class AsyncClient:
             self._session.abandon(request_id)  # no-op once answered
         if answer.error is not None:
             raise answer.error
-        return answer.fields
+        return answer.value
 
     def _told(self) -> Exception:
         """Return why the connection ended: the first to ask gets the reason reading stopped

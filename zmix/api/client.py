@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -30,16 +31,11 @@ from zmix.api.types import (
     Progress,
     Sent,
     Status,
-    parse_hello,
-    parse_inbox,
-    parse_progress,
-    parse_reply,
-    parse_sent,
-    parse_status,
 )
 from zmix.errors import LocalMisuse
 
 _READ = 1 << 16  # bytes asked of the socket at once
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
 def client_folder(state: Path | str, name: str) -> Path:
@@ -64,12 +60,17 @@ def read_token(state: Path | str, name: str) -> str:
 
 
 def message_hex(message_id: bytes | str) -> str:
-    """Return a message id (or reply handle) as the hexadecimal text the API carries."""
-    return message_id if isinstance(message_id, str) else message_id.hex()
+    """Return a message id (or reply handle), bytes or hexadecimal text, as the hexadecimal text
+    the API carries. Raises LocalMisuse for text that is not hexadecimal."""
+    if isinstance(message_id, bytes | bytearray | memoryview):
+        return bytes(message_id).hex()
+    if isinstance(message_id, str) and _HEX.fullmatch(message_id):
+        return message_id.lower()
+    raise LocalMisuse(f"a message id or handle is bytes or hexadecimal text, not {message_id!r}")
 
 
 def send_fields(to: str, data: bytes | str, filename: str | None, anonymous: bool,
-                reply_blocks: int) -> dict[str, Any]:
+                reply_blocks: int) -> Any:
     """Return the fields of a ``send`` request (text goes as ``text``, bytes as ``data``)."""
     fields: dict[str, Any] = {"to": to, **payload(data), "anonymous": anonymous,
                               "reply_blocks": reply_blocks}
@@ -125,7 +126,7 @@ class Client:
         self.info: Hello | None = None  # the daemon's answer to hello, once connected
 
     @classmethod
-    def connect(cls, path: Path | str | None = None, *, state: Path | None = None,
+    def connect(cls, path: Path | str | None = None, *, state: Path | str | None = None,
                 name: str | None = None, tcp: tuple[str, int] | None = None,
                 token: str | None = None, timeout: float = 30.0) -> Client:
         """Return a client connected to the daemon, after its ``hello`` (kept in ``info``).
@@ -159,33 +160,38 @@ class Client:
     def hello(self, token: str | None = None) -> Hello:
         """Return the daemon's :class:`Hello` (``token``: the TCP token)."""
         fields = {} if token is None else {"token": token}
-        self.info = parse_hello(self._call("hello", fields))
-        return self.info
+        info: Hello = self._call("hello", fields)
+        self.info = info
+        return info
 
     def send(self, to: str, data: bytes | str, *, filename: str | None = None,
              anonymous: bool = False, reply_blocks: int = 0) -> Sent:
         """Send ``data`` (str goes as text) to client ``to``; return once it is sealed and in
         the client's store on disk. Raises ApiError (unknown_recipient, bad_request, too_long,
         offline, ...)."""
-        return parse_sent(self._call("send", send_fields(to, data, filename, anonymous,
-                                                         reply_blocks)))
+        sent: Sent = self._call("send", send_fields(to, data, filename, anonymous, reply_blocks))
+        return sent
 
     def reply(self, handle: bytes | str, data: bytes | str) -> bytes:
         """Send ``data`` anonymously through a received message's reply handle; return the
         reply's message id. Raises ApiError (no_reply_block, too_long, ...)."""
-        return parse_reply(self._call("reply", {"handle": message_hex(handle), **payload(data)}))
+        reply_id: bytes = self._call("reply", {"handle": message_hex(handle), **payload(data)})
+        return reply_id
 
     def progress(self, message_id: bytes | str) -> Progress:
         """Return how far a sent message or reply got. Raises ApiError("unknown_message")."""
-        return parse_progress(self._call("progress", {"message_id": message_hex(message_id)}))
+        progress: Progress = self._call("progress", {"message_id": message_hex(message_id)})
+        return progress
 
     def status(self) -> Status:
         """Return the daemon's :class:`Status`."""
-        return parse_status(self._call("status", {}))
+        status: Status = self._call("status", {})
+        return status
 
     def inbox(self) -> list[Message]:
         """Return every received message not yet acked, oldest first."""
-        return parse_inbox(self._call("inbox", {}))
+        messages: list[Message] = self._call("inbox", {})
+        return messages
 
     def ack(self, message_id: bytes | str) -> None:
         """Say that a received message was shown: the daemon forgets its data and no caller sees
@@ -251,9 +257,10 @@ class Client:
                  traceback: TracebackType | None) -> None:
         self.close()
 
-    def _call(self, op: str, fields: dict[str, Any], *, by_caller: bool = True) -> dict[str, Any]:
-        """Send a request and return its answer's object. Raises ApiError if the daemon said
-        an error, TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
+    def _call(self, op: str, fields: dict[str, Any], *, by_caller: bool = True) -> Any:
+        """Send a request and return its answer's value (:data:`zmix.api.session.PARSERS`).
+        Raises ApiError if the daemon said an error, ProtocolViolation for a bad answer,
+        TimeoutError after ``timeout`` seconds, DaemonGone if the connection ended."""
         request_id, frame = self._session.request(op, fields, by_caller=by_caller)
         # The daemon may have closed after saying why (busy, unauthorized): read that below.
         with contextlib.suppress(OSError):
@@ -269,7 +276,7 @@ class Client:
         answer = self._answers.pop(request_id)
         if answer.error is not None:
             raise answer.error
-        return answer.fields
+        return answer.value
 
     def _pump(self, deadline: float | None) -> bool:
         """Read once and file what came; return False if ``deadline`` passed first. Raises

@@ -13,7 +13,8 @@ subscribe made by ``wait_done`` (which makes the daemon replay the inbox) shows 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,19 @@ from zmix.api.types import (
     SentEvent,
     event_kind,
     parse_event,
+    parse_hello,
+    parse_inbox,
+    parse_progress,
+    parse_reply,
+    parse_sent,
+    parse_status,
 )
 from zmix.errors import LocalMisuse
+
+# How the answer of each op that returns something becomes its value.
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "hello": parse_hello, "send": parse_sent, "reply": parse_reply, "progress": parse_progress,
+    "status": parse_status, "inbox": parse_inbox}
 
 # The events after which a message's progress changes no more.
 FINAL_EVENTS = ("acknowledged", "failed", "sent")
@@ -45,10 +57,11 @@ FINAL_EVENTS = ("acknowledged", "failed", "sent")
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The daemon's answer to request ``request_id``: its object, or the error it said."""
+    """The daemon's answer to request ``request_id``: its typed value (see :data:`PARSERS`;
+    None for the ops that answer nothing but ok), or the error it said."""
 
     request_id: int
-    fields: dict[str, Any]
+    value: Any
     error: ApiError | None
 
 
@@ -82,6 +95,7 @@ class Session:
         self._daemon_kinds: frozenset[str] = frozenset()  # the kinds the daemon sends
         self._shown: set[bytes] = set()  # messages handed out as events, not yet acked
         self._watched: dict[bytes, Event | None] = {}  # wait_done's ids -> their final event
+        self._watchers: collections.Counter[bytes] = collections.Counter()  # wait_done calls
         self.closed: Exception | None = None  # why the connection is over, once it is
 
     def request(self, op: str, fields: dict[str, Any] | None = None, *,
@@ -106,11 +120,6 @@ class Session:
         if self._pending.pop(request_id, None) is not None:
             self._abandoned.add(request_id)
 
-    @property
-    def pending(self) -> int:
-        """Return how many requests wait for their answer."""
-        return len(self._pending)
-
     def needs(self, kinds: frozenset[str]) -> frozenset[str] | None:
         """Return the kinds to subscribe to so that the daemon also sends ``kinds``, or None
         when it already does."""
@@ -119,14 +128,18 @@ class Session:
     def watch(self, message_id: bytes) -> None:
         """Start noting the final event (acknowledged, failed, sent) of ``message_id``."""
         self._watched.setdefault(message_id, None)
+        self._watchers[message_id] += 1
 
     def final_event(self, message_id: bytes) -> Event | None:
         """Return the final event noted for a watched ``message_id``, if it came."""
         return self._watched.get(message_id)
 
     def unwatch(self, message_id: bytes) -> None:
-        """Stop noting ``message_id``'s final event."""
-        self._watched.pop(message_id, None)
+        """Stop noting ``message_id``'s final event (once every watcher of it stopped)."""
+        self._watchers[message_id] -= 1
+        if self._watchers[message_id] <= 0:
+            del self._watchers[message_id]
+            self._watched.pop(message_id, None)
 
     def receive(self, data: bytes) -> list[Answer | Event]:
         """Take bytes read from the daemon; return the answers and caller's events they
@@ -208,9 +221,12 @@ class Session:
             raise ProtocolViolation("bad_json", f"the daemon answered a request that was not "
                                                 f"sent (id {request_id!r})")
         pending = self._pending.pop(request_id)
-        if error is None:
-            self._applied(pending)
-        return Answer(request_id, obj, error)
+        if error is not None:
+            return Answer(request_id, None, error)
+        parse = PARSERS.get(pending.op)
+        value = None if parse is None else parse(obj)
+        self._applied(pending)
+        return Answer(request_id, value, None)
 
     def _applied(self, pending: _Pending) -> None:
         """Note the effect of a request the daemon carried out."""
