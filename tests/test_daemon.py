@@ -214,6 +214,14 @@ def test_hostile_callers_leave_the_daemon_serving_and_its_messages_pending(
         assert refused == 150  # each one over the bound was told, then closed
         for s in held:
             s.close()
+        deadline = time.monotonic() + 20
+        while True:  # the daemon notices the held connections close, and serves again
+            with Raw(path) as api:
+                answer = api.call("status")
+            if answer["ok"]:
+                break
+            assert answer["error"] == "busy" and time.monotonic() < deadline, answer
+            time.sleep(0.1)
         with Raw(path) as api:
             assert api.ok("progress", message_id=sent["message_id"])["fragments"] == 1
             stats = api.ok("status")["statistics"]
@@ -323,3 +331,46 @@ def test_another_user_is_refused_even_where_the_socket_file_was_opened_up(
     assert '"error":"unauthorized"' in answer
     with Raw(path) as api:  # and serves its own user
         assert api.ok("status")["statistics"]["api_refused"] >= 1
+
+
+def test_the_chat_example_exchanges_messages_and_answers_an_anonymous_one(
+        net: LocalNet, alice: DaemonProcess, bob: DaemonProcess) -> None:
+    drain_inbox(alice.field("api"))
+    drain_inbox(bob.field("api"))
+    chat = [sys.executable, str(Path(__file__).resolve().parent.parent / "examples" / "chat.py"),
+            "--state", str(net.state), "--timeout", "60"]
+    bob_side = subprocess.Popen([*chat, "--as", "bob", "--to", "alice"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    alice_side = subprocess.Popen([*chat, "--as", "alice", "--to", "bob", "--expect", "2"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    try:
+        assert alice_side.stdin is not None and bob_side.stdin is not None
+        alice_side.stdin.write("hello bob\n/anon who am I?\n")
+        alice_side.stdin.close()
+        alice_side.stdin = None  # closed: communicate() must not flush it
+        assert bob_side.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        handle = None
+        while handle is None:  # bob reads until the anonymous line shows its handle
+            assert time.monotonic() < deadline, f"bob saw only {seen}"
+            line = bob_side.stdout.readline()
+            assert line, f"bob's chat ended after {seen}"
+            seen.append(line.strip())
+            if line.startswith("anonymous [") and "who am I?" in line:
+                handle = line[len("anonymous ["):line.index("]")]
+        assert "alice: hello bob" in seen
+        bob_side.stdin.write(f"hi alice\n/reply {handle} you are a mystery\n")
+        bob_side.stdin.close()
+        bob_side.stdin = None
+        alice_out, alice_err = alice_side.communicate(timeout=90)
+        bob_out, _ = bob_side.communicate(timeout=90)
+    finally:
+        for side in (alice_side, bob_side):
+            if side.poll() is None:
+                side.kill()
+    assert alice_side.returncode == 0, alice_err
+    assert "bob: hi alice" in alice_out and "anonymous: you are a mystery" in alice_out
+    assert alice_out.count("(delivered)") == 2  # hello bob, and the anonymous question
+    assert bob_side.returncode == 0 and "(sent)" in bob_out

@@ -327,9 +327,18 @@ class ApiServer:
                 return
             del conn.out[:sent]
         if conn.closing:
-            self._drop(conn)
+            self._drop(conn, gracefully=True)
 
-    def _drop(self, conn: Connection) -> None:
+    def _drop(self, conn: Connection, *, gracefully: bool = False) -> None:
         fd = conn.sock.fileno()
         self._connections.pop(fd, None)
+        if gracefully:
+            # A TCP socket closed with unread input sends a reset, which can destroy the
+            # refusal just written before the caller reads it: read what waits, then close
+            # our sending side first.
+            with contextlib.suppress(OSError):
+                while conn.sock.recv(READ_CHUNK):
+                    pass
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
         conn.sock.close()
