@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmix.errors import ConfigError
+from zmix.errors import ConfigError, LocalMisuse
 from zmix.tunnel.policy import ExitPolicy
 
 
@@ -94,6 +94,10 @@ ADDRESS_CASES = [
     (["*.example.com:443"], "::ffff:127.0.0.1", 443, "www.example.com", False),
     (["*.example.com:443"], "64:ff9b::7f00:1", 443, "www.example.com", False),
     (["*.example.com:443"], "2002:7f00:1::1", 443, "www.example.com", False),
+    (["*.example.com:443"], "2002:0a00:0001::1", 443, "www.example.com", False),
+    (["*.example.com:443"], "2001:0:4136:e378:8000:63bf:3fff:fdd2", 443, "www.example.com",
+     False),  # Teredo
+    (["*.example.com:443"], "2002:5db8:d822::1", 443, "www.example.com", True),  # 6to4, public
     (["*.example.com:443"], "2606:4700::1111", 443, "www.example.com", True),
     (["*.example.com:443"], "93.184.216.34", 443, "example.org", False),
     (["*.example.com:443"], "93.184.216.34", 80, "www.example.com", False),
@@ -167,6 +171,12 @@ def test_good_patterns_parse_and_keep_their_text() -> None:
     assert ExitPolicy.from_patterns(patterns).patterns == tuple(patterns)
 
 
+def test_one_string_instead_of_a_list_of_patterns_is_misuse() -> None:
+    with pytest.raises(LocalMisuse):
+        ExitPolicy.from_patterns("example.com:443")  # type: ignore[arg-type]
+    assert ExitPolicy.from_patterns(["example.com:443"]).allows_name("example.com", 443)
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
@@ -215,9 +225,11 @@ def test_a_bad_policy_file_is_a_config_error_naming_file_key_and_problem(
     assert str(path) in str(caught.value) and key in str(caught.value)
 
 
-def test_a_missing_or_binary_policy_file_is_a_config_error(tmp_path: Path) -> None:
+def test_a_missing_unreadable_or_binary_policy_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         ExitPolicy.load(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="cannot read it"):
+        ExitPolicy.load(tmp_path)  # a directory
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"allow: [\xff]\n")
     with pytest.raises(ConfigError, match="not UTF-8"):

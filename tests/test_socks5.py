@@ -210,12 +210,17 @@ def test_receive_after_a_refusal_is_misuse() -> None:
         handshake.receive(b"\x05")
 
 
-def test_a_truncated_handshake_waits_without_answering_or_failing() -> None:
-    whole = GREETING + domain(b"example.com", 443)
+@pytest.mark.parametrize("whole", [
+    GREETING + domain(b"example.com", 443),
+    GREETING + request(1, bytes((10, 0, 0, 1)), 443),
+    GREETING + request(4, bytes(15) + b"\x01", 443),
+], ids=["name", "ipv4", "ipv6"])
+def test_a_truncated_handshake_waits_without_answering_or_failing(whole: bytes) -> None:
     for cut in range(len(whole)):
         out, found, handshake = feed([whole[:cut]])
         assert found is None and handshake.request is None
         assert out == (CHOSEN if cut >= len(GREETING) else b"")
+    assert feed([whole])[1] is not None  # positive control: the whole handshake completes
 
 
 def outcome(chunks: list[bytes]) -> tuple[str, bytes, ConnectRequest | None, bytes]:
@@ -272,11 +277,14 @@ def test_every_host_name_is_accepted_as_sent(name: str, port: int) -> None:
 
 
 def test_the_handshake_and_policy_modules_import_no_sockets_or_zmq() -> None:
+    import os
     import subprocess
     import sys
 
     code = ("import sys, zmix.tunnel.socks5, zmix.tunnel.policy; "
             "print(sorted(m for m in ('zmq', 'socket', 'selectors') if m in sys.modules))")
+    # without coverage's subprocess hook, which imports modules of its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=60)
+                          check=True, timeout=60, env=env)
     assert done.stdout.strip() == "[]"

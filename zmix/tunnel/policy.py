@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from zmix.errors import ConfigError
+from zmix.errors import ConfigError, LocalMisuse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,7 +65,10 @@ class ExitPolicy:
 
     @classmethod
     def from_patterns(cls, patterns: Iterable[str], source: str = "--allow") -> ExitPolicy:
-        """Return the policy of ``patterns``. Raises ConfigError(source, pattern, problem)."""
+        """Return the policy of ``patterns``. Raises ConfigError(source, pattern, problem),
+        and LocalMisuse for one string instead of a list of them."""
+        if isinstance(patterns, str):
+            raise LocalMisuse("ExitPolicy.from_patterns takes a list of patterns, not one string")
         rules = []
         for pattern in patterns:
             try:
@@ -168,9 +171,7 @@ def parse_pattern(text: str) -> Rule:
     low, high = _parse_ports(port_text)
     if host == "*":
         return Rule(text, HostKind.ANY, "", None, low, high)
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError("an IPv6 host is written in brackets: [2001:db8::1]:443")
+    if host.startswith("["):  # _split_pattern made sure the bracket closes before the colon
         return Rule(text, HostKind.NETWORK, "", _parse_network(host[1:-1], 6), low, high)
     if host and all(ch in "0123456789./" for ch in host):
         return Rule(text, HostKind.NETWORK, "", _parse_network(host, 4), low, high)
@@ -281,7 +282,10 @@ def _unwrap(address: IPAddress) -> IPAddress:
 
 
 def _embedded(address: IPAddress) -> list[IPAddress]:
-    """Return the address and every IPv4 address it carries (mapped, NAT64, 6to4, Teredo)."""
+    """Return the address and every IPv4 address it carries (mapped, NAT64, 6to4).
+
+    Teredo (2001::/32) needs no unwrapping: the whole block is not globally routable.
+    """""
     found: list[IPAddress] = [address]
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
@@ -290,8 +294,6 @@ def _embedded(address: IPAddress) -> list[IPAddress]:
             found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         if address.sixtofour is not None:
             found.append(address.sixtofour)
-        if address.teredo is not None:
-            found.extend(address.teredo)
     return found
 
 
