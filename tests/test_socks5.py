@@ -105,33 +105,29 @@ def test_the_method_choice_is_written_before_the_request_arrives() -> None:
     assert handshake.receive(domain(b"x.org")[5:]) == (b"", ConnectRequest("x.org", 80, 3))
 
 
-def test_bytes_after_the_request_are_kept_as_leftover_also_on_later_calls() -> None:
+def test_bytes_after_the_request_are_kept_as_leftover() -> None:
     handshake = SocksHandshake()
     written, found = handshake.receive(GREETING + domain(b"x.org") + b"GET / HTTP/1.0\r\n")
     assert (written, found) == (CHOSEN, ConnectRequest("x.org", 80, 3))
     assert handshake.leftover == b"GET / HTTP/1.0\r\n"
-    assert handshake.receive(b"\r\n") == (b"", None)
-    assert handshake.leftover == b"GET / HTTP/1.0\r\n\r\n"
 
 
-def test_the_longest_handshake_fits_and_early_data_up_to_the_bound_is_kept() -> None:
+def test_receive_after_the_request_is_misuse() -> None:
+    handshake = SocksHandshake()
+    handshake.receive(GREETING + domain(b"x.org"))
+    with pytest.raises(LocalMisuse):
+        handshake.receive(b"more")
+    assert handshake.leftover == b""
+
+
+def test_the_longest_handshake_fits_and_nothing_after_it_is_parsed() -> None:
     greeting = b"\x05\xff" + bytes(range(255))
     longest = domain(b".".join([b"a" * 63] * 3) + b"." + b"b" * 63, 65535)
     assert len(greeting + longest) == socks5.MAX_HANDSHAKE_BYTES
-    early = b"x" * socks5.MAX_EARLY_DATA
-    out, found, handshake = feed([greeting + longest + early])
+    after = b"\x05\x01\x00\xff" * 20_000  # looks like more requests: only stream data now
+    out, found, handshake = feed([greeting + longest + after])
     assert out == CHOSEN and found is not None and len(found.host) == 255
-    assert handshake.leftover == early
-
-
-def test_early_data_over_the_bound_is_too_long() -> None:
-    handshake = SocksHandshake()
-    handshake.receive(GREETING + domain(b"x.org") + b"x" * (socks5.MAX_EARLY_DATA - 1))
-    handshake.receive(b"x")  # positive control: exactly the bound is fine
-    with pytest.raises(SocksProtocolError) as caught:
-        handshake.receive(b"x")
-    assert caught.value.reason == "too_long"
-    assert caught.value.answer == socks5.reply(socks5.GENERAL_FAILURE)
+    assert handshake.leftover == after
 
 
 REFUSALS = [
@@ -183,7 +179,7 @@ def test_a_refused_handshake_says_why_and_what_to_answer(
 
 
 def test_every_reason_is_reachable_by_a_table_case() -> None:
-    assert {case[2] for case in REFUSALS} | {"too_long"} == set(socks5.REASONS)
+    assert {case[2] for case in REFUSALS} == set(socks5.REASONS)
 
 
 def test_a_refusal_after_an_earlier_method_choice_answers_only_the_reply() -> None:
@@ -224,19 +220,20 @@ def test_a_truncated_handshake_waits_without_answering_or_failing(whole: bytes) 
 
 
 def outcome(chunks: list[bytes]) -> tuple[str, bytes, ConnectRequest | None, bytes]:
-    """Feed chunks until done or refused: (how it ended, all bytes to write, request, leftover)."""
+    """Feed chunks until done or refused: (how it ended, all bytes to write, request, the
+    client's bytes after the request: the leftover plus the chunks not fed)."""
     handshake = SocksHandshake()
     out = b""
-    found = None
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         try:
             written, got = handshake.receive(chunk)
         except SocksProtocolError as error:
             assert error.reason in socks5.REASONS
-            return error.reason, out + error.answer, found, handshake.leftover
+            return error.reason, out + error.answer, None, b""
         out += written
-        found = found or got
-    return "ok", out, found, handshake.leftover
+        if got is not None:  # done: feeding more would be misuse, the rest is stream data
+            return "ok", out, got, handshake.leftover + b"".join(chunks[index + 1:])
+    return "ok", out, None, b""
 
 
 def splits(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -54,14 +54,12 @@ REPLY_TEXT = {
     ADDRESS_TYPE_NOT_SUPPORTED: "address type not supported",
 }
 
-# The longest greeting (255 methods) plus the longest request (a 255-byte name): the one-byte
-# length fields mean a handshake can never be longer, so the buffer is bounded by construction.
+# The longest greeting (255 methods) plus the longest request (a 255-byte name). The one-byte
+# length fields mean no handshake is longer: the parser reads exactly the lengths they give and
+# never holds more than this; bytes after the request are the caller's (``leftover``).
 MAX_GREETING_BYTES = 2 + 255
 MAX_REQUEST_BYTES = 4 + 1 + 255 + 2
 MAX_HANDSHAKE_BYTES = MAX_GREETING_BYTES + MAX_REQUEST_BYTES
-# Bytes a client may send after its request and before the proxy writes the reply (optimistic
-# data); more raises "too_long" so a client cannot make the proxy buffer without bound.
-MAX_EARLY_DATA = 64 * 1024
 
 # Host-name bytes accepted in a domain request: letters, digits, '-', '_' and the dots between
 # labels. Everything else (NUL, spaces, control bytes, '%', ':' ...) is "bad_domain".
@@ -70,7 +68,7 @@ _MAX_LABEL = 63
 
 # Every SocksProtocolError.reason, for counters (docs/tunnel.md lists them).
 REASONS = ("not_socks5", "no_acceptable_method", "bad_request", "bad_command",
-           "bad_address_type", "bad_domain", "bad_port", "too_long")
+           "bad_address_type", "bad_domain", "bad_port")
 
 
 class SocksProtocolError(ZmixError):
@@ -131,7 +129,8 @@ class SocksHandshake:
 
     Any split of the same bytes into :meth:`receive` calls gives the same bytes out (joined),
     the same request and the same error. After a SocksProtocolError the handshake is over:
-    write ``error.answer`` and close.
+    write ``error.answer`` and close. Once the request is returned the handshake is done too:
+    read the client's stream data from the socket (the first of it is in :attr:`leftover`).
     """
 
     def __init__(self) -> None:
@@ -153,15 +152,14 @@ class SocksHandshake:
     def receive(self, data: bytes) -> tuple[bytes, ConnectRequest | None]:
         """Take bytes read from the client; return (bytes to write now, the request or None).
 
-        The request is returned once, by the call that completes it; bytes after it go to
-        :attr:`leftover` (also on later calls, up to MAX_EARLY_DATA in all). Raises
-        SocksProtocolError for a refused handshake, LocalMisuse if called after one.
+        The request is returned once, by the call that completes it; the bytes of ``data``
+        after it are kept in :attr:`leftover`. Raises SocksProtocolError for a refused
+        handshake, LocalMisuse if called after a refusal or after the request.
         """
         if self._stage is _Stage.FAILED:
             raise LocalMisuse("this SOCKS5 handshake already failed; close the connection")
         if self._stage is _Stage.DONE:
-            self._keep_early(data, b"")
-            return b"", None
+            raise LocalMisuse("this SOCKS5 handshake is complete; the rest is stream data")
         self._buffer += data
         out = bytearray()
         try:
@@ -173,18 +171,11 @@ class SocksHandshake:
             raise SocksProtocolError(refusal.reason, bytes(out) + refusal.answer) from None
         if request is None:
             return bytes(out), None
-        self._keep_early(bytes(self._buffer), bytes(out))
+        self._leftover += self._buffer
         self._buffer.clear()
         self._request = request
         self._stage = _Stage.DONE
         return bytes(out), request
-
-    def _keep_early(self, data: bytes, unsent: bytes) -> None:
-        """Add client bytes after the request to the leftover, refusing more than the bound."""
-        if len(self._leftover) + len(data) > MAX_EARLY_DATA:
-            self._stage = _Stage.FAILED
-            raise SocksProtocolError("too_long", unsent + reply(GENERAL_FAILURE))
-        self._leftover += data
 
     def _take_greeting(self, out: bytearray) -> bool:
         """Consume a complete greeting, appending the method choice to ``out``; False if short."""
