@@ -87,7 +87,7 @@ def read_until_closed(sock: socket.socket, wait: float) -> tuple[bytes, bool, bo
             continue
         try:
             data = sock.recv(_CHUNK)
-        except (ConnectionResetError, BrokenPipeError):
+        except OSError:  # ECONNRESET mostly; any failure means the connection is gone
             return bytes(answer), True, True
         if not data:
             return bytes(answer), True, False
@@ -103,7 +103,8 @@ def send_then_read(addr: Address, data: bytes, *, wait: float = 2.0,
             answer, _, _ = _read_after_reset(sock)
             return Outcome(sent, answer, True, True)
         if half_close:
-            sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the server may have closed already
+                sock.shutdown(socket.SHUT_WR)
         answer, closed, was_reset = read_until_closed(sock, wait)
         return Outcome(sent, answer, closed, was_reset)
 
@@ -162,7 +163,7 @@ def _send_all(sock: socket.socket, data: bytes, deadline: float) -> tuple[int, b
             sent += sock.send(view[sent:sent + _CHUNK], socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             continue
-        except (ConnectionResetError, BrokenPipeError):
+        except OSError:  # ECONNRESET or EPIPE: the server closed while we were sending
             return sent, True
     return sent, False
 

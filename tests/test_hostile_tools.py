@@ -359,3 +359,11 @@ def test_hostile_input_to_the_minimal_proxy_is_answered_as_the_docs_say() -> Non
     assert bind.closed and bind.answer == b"\x05\x00" + socks5.reply(socks5.COMMAND_NOT_SUPPORTED)
     assert (half.closed, half.answer) == (False, b"\x05\x00")
     assert code == socks5.NOT_ALLOWED  # still serving after all of it
+
+
+def test_half_close_lets_a_server_that_reads_to_eof_finish() -> None:
+    with line_server() as addr:
+        finished = hostile.send_then_read(addr, b"PING\n", half_close=True, wait=2.0)
+        open_ended = hostile.send_then_read(addr, b"PING\n", wait=0.3)
+    assert (finished.answer, finished.closed) == (b"PONG\n", True)
+    assert (open_ended.answer, open_ended.closed) == (b"PONG\n", False)
