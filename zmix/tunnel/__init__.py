@@ -1,0 +1,1 @@
+"""TCP tunnels over the mixnet (docs/tunnel.md)."""
