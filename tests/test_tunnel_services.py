@@ -1,0 +1,498 @@
+"""The tunnel's services (zmix.runtime.tunnel) with real TCP sockets on 127.0.0.1, joined by an
+in-memory mixnet that loses, delays and reorders replies and whose reply blocks expire."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import itertools
+import math
+import random
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import zmq
+
+from zmix.bench.common import free_ports
+from zmix.client import ReceivedMessage, SendProgress
+from zmix.errors import LocalMisuse
+from zmix.runtime.tunnel import EXIT_STATISTICS, PROXY_STATISTICS, ExitService, ProxyService
+from zmix.tunnel import frames, socks5
+from zmix.tunnel.policy import ExitPolicy
+
+PACKET = 1616  # data bytes of a forward packet with no reply block (the local topology's)
+BLOCK = 301  # what each reply block costs of it
+REPLY = 1994
+MiB = 1024 * 1024
+
+
+@dataclass(order=True)
+class _InFlight:
+    due: float
+    seq: int
+    to: str = field(compare=False)
+    message: ReceivedMessage = field(compare=False)
+    message_id: bytes = field(compare=False)
+
+
+class FakeNet:
+    """Clients joined in memory. Each client's queue empties at ``rate`` packets per second;
+    forward messages always arrive (the client core retransmits them) after ``delay``; replies
+    are lost with probability ``loss``; every message takes a random delay, so they reorder."""
+
+    def __init__(self, seed: int = 1, *, rate: float = 1000.0, loss: float = 0.0,
+                 delay: tuple[float, float] = (0.002, 0.03), block_life: float = 60.0) -> None:
+        self.rng = random.Random(seed)
+        self.rate = rate
+        self.loss = loss
+        self.delay = delay
+        self.block_life = block_life
+        self.ports: dict[str, FakePort] = {}
+        self.blocks: dict[bytes, deque[tuple[float, str]]] = {}  # handle -> (expiry, owner)
+        self.flight: list[_InFlight] = []
+        self.seq = itertools.count()
+        self.lost = 0
+        self.fail_sends = False
+
+    def port(self, name: str) -> FakePort:
+        self.ports[name] = FakePort(self, name)
+        return self.ports[name]
+
+    def step(self, now: float, services: dict[str, object]) -> None:
+        """Let each client's payload stream emit what is due, and deliver what arrived."""
+        for port in self.ports.values():
+            port.emit(now)
+        while self.flight and self.flight[0].due <= now:
+            item = heapq.heappop(self.flight)
+            service = services[item.to]
+            taken = service.on_message(now, item.message)  # type: ignore[attr-defined]
+            if not taken:
+                self.ports[item.to].inbox.append(item.message)
+
+    def launch(self, now: float, to: str, message: ReceivedMessage, *, lossy: bool) -> None:
+        if lossy and self.rng.random() < self.loss:
+            self.lost += 1
+            return
+        due = now + self.rng.uniform(*self.delay)
+        heapq.heappush(self.flight, _InFlight(due, next(self.seq), to, message, b""))
+
+
+class FakePort:
+    """A MixnetPort of one client of a FakeNet."""
+
+    def __init__(self, net: FakeNet, name: str) -> None:
+        self.net = net
+        self._name = name
+        self.queue: deque[tuple[str, bytes, str, bytes, int]] = deque()
+        self.progress_of: dict[bytes, SendProgress] = {}
+        self.inbox: list[ReceivedMessage] = []
+        self.next_emit = -math.inf
+        self.sent = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def send(self, now: float, recipient: str, data: bytes, *, anonymous: bool,
+             reply_blocks: int) -> bytes:
+        assert anonymous
+        if recipient not in self.net.ports or not 0 <= reply_blocks <= 4:
+            raise LocalMisuse("unknown recipient or too many blocks")
+        if len(data) > self.forward_capacity(reply_blocks):
+            raise LocalMisuse("does not fit one packet")
+        message_id = self.net.rng.randbytes(16)
+        if reply_blocks:
+            self.net.blocks[message_id] = deque(
+                [(now + self.net.block_life, self._name)] * reply_blocks)
+        self.queue.append(("send", message_id, recipient, data, reply_blocks))
+        self.progress_of[message_id] = SendProgress(1, 0, False)
+        return message_id
+
+    def reply(self, now: float, handle: bytes, data: bytes) -> bytes:
+        if len(data) > REPLY:
+            raise LocalMisuse("too long")
+        blocks = self.net.blocks.get(handle)
+        while blocks and blocks[0][0] <= now:
+            blocks.popleft()
+        if not blocks:
+            raise LocalMisuse("no usable reply block")
+        _, owner = blocks.popleft()
+        message_id = self.net.rng.randbytes(16)
+        self.queue.append(("reply", message_id, owner, data, 0))
+        self.progress_of[message_id] = SendProgress(1, 0, False)
+        return message_id
+
+    def emit(self, now: float) -> None:
+        """The payload stream: one queued packet per 1/rate seconds."""
+        if self.next_emit == -math.inf:
+            self.next_emit = now
+        while self.next_emit <= now:
+            self.next_emit += 1.0 / self.net.rate
+            if not self.queue:
+                continue
+            kind, message_id, to, data, blocks = self.queue.popleft()
+            self.sent += 1
+            if kind == "send" and self.net.fail_sends:
+                self.progress_of[message_id] = SendProgress(1, 0, True)
+                continue
+            self.progress_of[message_id] = SendProgress(1, 1, False)
+            received = ReceivedMessage(message_id, None, data, None, now,
+                                       message_id if blocks else None)
+            self.net.launch(now, to, received, lossy=kind == "reply")
+
+    def progress(self, message_id: bytes) -> SendProgress:
+        return self.progress_of[message_id]
+
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def forward_capacity(self, reply_blocks: int) -> int:
+        return PACKET - BLOCK * reply_blocks
+
+    def reply_capacity(self) -> int:
+        return REPLY
+
+    def payload_rate(self) -> float:
+        return self.net.rate
+
+    def is_client(self, name: str) -> bool:
+        return name in self.net.ports
+
+
+class Rig:
+    """A proxy and an exit on a FakeNet, driven by a poll loop like the daemon's."""
+
+    def __init__(self, net: FakeNet, patterns: list[str], **proxy_options: object) -> None:
+        self.net = net
+        self.proxy_port = net.port("alice")
+        self.exit_port = net.port("exit")
+        self.exit = ExitService(self.exit_port, ExitPolicy.from_patterns(patterns),
+                                connect_timeout=2.0)
+        self.proxy = ProxyService(self.proxy_port, "exit", ("127.0.0.1", 0),
+                                  **proxy_options)  # type: ignore[arg-type]
+        self.services = {"alice": self.proxy, "exit": self.exit}
+
+    def turn(self) -> None:
+        poller = zmq.Poller()
+        owners: dict[int, object] = {}
+        for service in (self.proxy, self.exit):
+            for fd, mask in service.poll_items():
+                poller.register(fd, mask)
+                owners[fd] = service
+        now = time.monotonic()
+        wake = min(self.proxy.next_deadline(), self.exit.next_deadline(),
+                   self.net.flight[0].due if self.net.flight else math.inf,
+                   self.proxy_port.next_emit if self.proxy_port.queue else math.inf,
+                   self.exit_port.next_emit if self.exit_port.queue else math.inf)
+        timeout = max(0.0, min(0.02, wake - now))
+        ready = dict(poller.poll(int(timeout * 1000)))
+        now = time.monotonic()
+        for service in (self.proxy, self.exit):
+            mine = {fd: ev for fd, ev in ready.items() if owners.get(fd) is service}
+            if mine:
+                service.on_ready(now, mine)
+        self.net.step(now, self.services)
+        for service in (self.proxy, self.exit):
+            if service.next_deadline() <= now:
+                service.on_timer(now)
+
+    def run_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: proxy "
+                                     f"{self.proxy.statistics()} exit {self.exit.statistics()}")
+            self.turn()
+
+    def close(self) -> None:
+        self.proxy.close()
+        self.exit.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[socket.socket]]:
+    made: list[socket.socket] = []
+    yield made
+    for sock in made:
+        sock.close()
+
+
+def serve(servers: list[socket.socket], handler: Callable[[socket.socket], None]) -> int:
+    """Start a destination server on 127.0.0.1 that runs ``handler`` per connection in a
+    thread; return its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    servers.append(listener)
+    listener.settimeout(0.2)
+
+    def loop() -> None:
+        while listener.fileno() >= 0:
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            conn.settimeout(30)
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def socks_connect(proxy: tuple[str, int], host: str, port: int) -> tuple[socket.socket, int]:
+    """Connect through the SOCKS5 proxy; return the socket and the reply code."""
+    sock = socket.create_connection(proxy, timeout=30)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    name = host.encode()
+    sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
+    answer = b""
+    while len(answer) < 10:
+        chunk = sock.recv(10 - len(answer))
+        if not chunk:
+            break
+        answer += chunk
+    assert len(answer) == 10, answer
+    return sock, answer[1]
+
+
+class Client(threading.Thread):
+    """A SOCKS client in a thread: connects, sends ``upload`` then half-closes, reads to EOF."""
+
+    def __init__(self, proxy: tuple[str, int], host: str, port: int, upload: bytes = b"") -> None:
+        super().__init__(daemon=True)
+        self.args = (proxy, host, port)
+        self.upload = upload
+        self.code: int | None = None
+        self.received = bytearray()
+        self.finished = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            sock, self.code = socks_connect(*self.args)
+            with sock:
+                if self.code == 0:
+                    sock.sendall(self.upload)
+                    sock.shutdown(socket.SHUT_WR)
+                while chunk := sock.recv(65536):
+                    self.received += chunk
+        except BaseException as error:
+            self.error = error
+        self.finished = True
+
+
+def body_server(body: bytes) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(body)
+    return handle
+
+
+def digest_server(conn: socket.socket) -> None:
+    """Read to EOF, then answer the sha256 of what came (half-close in both directions)."""
+    with conn:
+        digest = hashlib.sha256()
+        while chunk := conn.recv(65536):
+            digest.update(chunk)
+        conn.sendall(digest.hexdigest().encode())
+
+
+def test_a_1_mib_download_arrives_whole_under_reply_loss_and_reordering(
+        servers: list[socket.socket]) -> None:
+    body = random.Random(7).randbytes(MiB)
+    port = serve(servers, body_server(body))
+    rig = Rig(FakeNet(loss=0.1), [f"127.0.0.1:{port}"])
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        rig.run_until(lambda: client.finished, 60, "the download")
+        assert client.error is None and client.code == 0
+        assert hashlib.sha256(client.received).hexdigest() == hashlib.sha256(body).hexdigest()
+        assert rig.net.lost > 0 and rig.exit.statistics()["retransmissions"] > 0
+        rig.run_until(lambda: not rig.proxy.statistics()["circuits"]
+                      and not rig.exit.statistics()["circuits"], 20, "both ends to close")
+        assert rig.proxy.statistics()["circuits_closed"] == 1
+        assert rig.exit.statistics()["circuits_closed"] == 1
+    finally:
+        rig.close()
+
+
+def test_a_1_mib_upload_arrives_whole_and_the_answer_comes_back_after_half_close(
+        servers: list[socket.socket]) -> None:
+    body = random.Random(8).randbytes(MiB)
+    port = serve(servers, digest_server)
+    rig = Rig(FakeNet(loss=0.1, seed=2), [f"127.0.0.1:{port}"])
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port, upload=body)
+        client.start()
+        rig.run_until(lambda: client.finished, 60, "the upload")
+        assert client.error is None and client.code == 0
+        assert client.received.decode() == hashlib.sha256(body).hexdigest()
+        assert rig.proxy.statistics()["bytes_up"] == MiB
+        assert rig.exit.statistics()["bytes_up"] == MiB
+    finally:
+        rig.close()
+
+
+def test_several_circuits_share_the_mixnet_and_each_gets_its_own_bytes(
+        servers: list[socket.socket]) -> None:
+    bodies = [random.Random(i).randbytes(100_000 + i) for i in range(4)]
+    ports = [serve(servers, body_server(body)) for body in bodies]
+    rig = Rig(FakeNet(loss=0.05, seed=3), [f"127.0.0.1:{p}" for p in ports])
+    try:
+        clients = [Client(rig.proxy.address, "127.0.0.1", p) for p in ports]
+        for client in clients:
+            client.start()
+        rig.run_until(lambda: all(c.finished for c in clients), 60, "four downloads")
+        for client, body in zip(clients, bodies, strict=True):
+            assert client.error is None and bytes(client.received) == body
+    finally:
+        rig.close()
+
+
+def _refusal(rig: Rig, host: str, port: int) -> int:
+    client = Client(rig.proxy.address, host, port)
+    client.start()
+    rig.run_until(lambda: client.finished, 30, f"the answer for {host}:{port}")
+    assert client.error is None and client.code is not None
+    return client.code
+
+
+def test_refused_and_not_allowed_destinations_get_their_socks_codes(
+        servers: list[socket.socket]) -> None:
+    accepted: list[int] = []
+    port = serve(servers, lambda conn: (accepted.append(1), conn.close()))
+    closed_port = free_ports(1)[0]
+    rig = Rig(FakeNet(), [f"127.0.0.1:{closed_port}", f"127.0.0.1:{port}"])
+    try:
+        assert _refusal(rig, "127.0.0.1", closed_port) == socks5.CONNECTION_REFUSED
+        assert _refusal(rig, "127.0.0.1", port + 1 if port + 1 != closed_port else port + 2) \
+            == socks5.NOT_ALLOWED
+        assert _refusal(rig, "localhost", port) == socks5.NOT_ALLOWED  # names need a pattern
+        assert accepted == []  # nothing was connected for the refused ones
+        assert _refusal(rig, "127.0.0.1", port) == socks5.REPLY_SUCCEEDED  # positive control
+        rig.run_until(lambda: accepted == [1], 10, "the allowed connection")
+        stats = rig.exit.statistics()
+        assert stats["circuits_not_allowed"] == 2 and stats["circuits_failed"] == 1
+        assert rig.proxy.statistics()["circuits_refused"] == 3
+    finally:
+        rig.close()
+
+
+def test_a_name_that_does_not_resolve_gets_host_unreachable() -> None:
+    rig = Rig(FakeNet(), ["*.invalid:80"])
+    try:
+        assert _refusal(rig, "no-such-host.invalid", 80) == socks5.HOST_UNREACHABLE
+    finally:
+        rig.close()
+
+
+def test_non_tunnel_messages_go_to_the_inbox_and_malformed_ones_are_counted() -> None:
+    rig = Rig(FakeNet(), [])
+    try:
+        plain = ReceivedMessage(b"1" * 16, "bob", b"hello", None, 0.0, None)
+        assert rig.exit.on_message(0.0, plain) is False
+        assert rig.proxy.on_message(0.0, plain) is False
+        broken = ReceivedMessage(b"2" * 16, None, frames.MAGIC + b"\x01junk", None, 0.0, None)
+        assert rig.exit.on_message(0.0, broken) is True
+        assert rig.proxy.on_message(0.0, broken) is True
+        assert rig.exit.statistics()["malformed"] == 1
+        assert rig.proxy.statistics()["malformed"] == 1
+    finally:
+        rig.close()
+
+
+def test_hostile_socks_input_is_counted_and_the_proxy_keeps_serving(
+        servers: list[socket.socket]) -> None:
+    body = b"still serving" * 1000
+    port = serve(servers, body_server(body))
+    rig = Rig(FakeNet(), [f"127.0.0.1:{port}"], max_connections=64, handshake_timeout=1.0)
+    hostile: list[socket.socket] = []
+    try:
+        address = rig.proxy.address
+
+        def attack() -> None:
+            for payload in (random.Random(1).randbytes(4096), b"\x05\x01\x00\x05\x01",
+                            b"\x04\x01\x00\x50" + b"A" * 100, b"\x05" + b"\xff" * 300):
+                sock = socket.create_connection(address)
+                with sock:
+                    sock.sendall(payload)
+                    sock.shutdown(socket.SHUT_WR)
+                    sock.settimeout(5)
+                    while sock.recv(4096):
+                        pass
+            sock = socket.create_connection(address)
+            with sock, contextlib.suppress(OSError):  # the proxy may close it midway
+                sock.sendall(b"x" * (10 * MiB))  # a 10 MB line
+            for _ in range(100):  # more connections than the limit, each idle
+                hostile.append(socket.create_connection(address))
+
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        rig.run_until(lambda: not attacker.is_alive(), 30, "the attack")
+        stats = rig.proxy.statistics()
+        assert stats["socks_errors"] >= 5 and stats["socks_refused"] > 0
+        assert stats["connections"] <= 64
+        rig.run_until(lambda: rig.proxy.statistics()["handshake_timeouts"] > 0, 10,
+                      "the idle connections to time out")
+        for sock in hostile:
+            sock.close()
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        rig.run_until(lambda: client.finished, 30, "a download after the attack")
+        assert client.error is None and bytes(client.received) == body
+    finally:
+        rig.close()
+
+
+def test_an_idle_circuit_outlives_its_reply_blocks_and_still_carries_data(
+        servers: list[socket.socket]) -> None:
+    ready = threading.Event()
+
+    def late_server(conn: socket.socket) -> None:
+        with conn:
+            ready.wait(10)
+            conn.sendall(b"late answer")
+    port = serve(servers, late_server)
+    rig = Rig(FakeNet(block_life=0.6), [f"127.0.0.1:{port}"], block_lifetime=0.6)
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        rig.run_until(lambda: client.code is not None, 10, "the circuit to open")
+        start = time.monotonic()
+        rig.run_until(lambda: time.monotonic() - start > 3.0, 10, "five block lifetimes")
+        ready.set()
+        rig.run_until(lambda: client.finished, 10, "the late answer")
+        assert bytes(client.received) == b"late answer"
+        assert rig.proxy.statistics()["blocks_granted"] > 4 * 3  # refreshed, several times
+    finally:
+        rig.close()
+
+
+def test_a_mixnet_send_failure_resets_the_circuit(servers: list[socket.socket]) -> None:
+    port = serve(servers, digest_server)
+    rig = Rig(FakeNet(), [f"127.0.0.1:{port}"])
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port, upload=b"x" * 200_000)
+        client.start()
+        rig.run_until(lambda: client.code is not None, 10, "the circuit to open")
+        rig.net.fail_sends = True
+        rig.run_until(lambda: client.finished, 20, "the reset")
+        assert rig.proxy.statistics()["send_failures"] >= 1
+        assert client.received == bytearray()
+    finally:
+        rig.close()
+
+
+def test_statistics_report_exactly_the_documented_names() -> None:
+    rig = Rig(FakeNet(), [])
+    try:
+        assert tuple(rig.proxy.statistics()) == PROXY_STATISTICS
+        assert tuple(rig.exit.statistics()) == EXIT_STATISTICS
+    finally:
+        rig.close()
