@@ -496,3 +496,60 @@ def test_statistics_report_exactly_the_documented_names() -> None:
         assert tuple(rig.exit.statistics()) == EXIT_STATISTICS
     finally:
         rig.close()
+
+
+def test_a_download_survives_a_spell_where_every_reply_is_lost(
+        servers: list[socket.socket]) -> None:
+    body = random.Random(9).randbytes(300_000)
+    port = serve(servers, body_server(body))
+    net = FakeNet(seed=4)
+    rig = Rig(net, [f"127.0.0.1:{port}"])
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        rig.run_until(lambda: len(client.received) > 50_000, 20, "the download to start")
+        net.loss = 1.0  # the exit's blocks are spent on replies that never arrive
+        start = time.monotonic()
+        rig.run_until(lambda: time.monotonic() - start > 1.5, 5, "a lossy spell")
+        net.loss = 0.0
+        rig.run_until(lambda: client.finished, 60, "the rest of the download")
+        assert bytes(client.received) == body
+        assert rig.proxy.statistics()["nudges"] > 0  # the proxy asked the silent exit
+    finally:
+        rig.close()
+
+
+def test_a_name_resolving_to_loopback_is_not_allowed_without_an_address_pattern(
+        servers: list[socket.socket]) -> None:
+    accepted: list[int] = []
+    port = serve(servers, lambda conn: (accepted.append(1), conn.close()))
+    rig = Rig(FakeNet(), [f"localhost:{port}"])
+    try:
+        assert _refusal(rig, "localhost", port) == socks5.NOT_ALLOWED
+        assert accepted == [] and rig.exit.statistics()["circuits_not_allowed"] == 1
+    finally:
+        rig.close()
+    rig = Rig(FakeNet(), [f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"])
+    try:  # positive control: with the address allowed too, it connects
+        assert _refusal(rig, "localhost", port) == socks5.REPLY_SUCCEEDED
+    finally:
+        rig.close()
+
+
+def test_a_destination_that_resets_ends_the_socks_connection(
+        servers: list[socket.socket]) -> None:
+    def rude(conn: socket.socket) -> None:
+        conn.sendall(b"partial")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    port = serve(servers, rude)
+    rig = Rig(FakeNet(), [f"127.0.0.1:{port}"])
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port, upload=b"q" * 100_000)
+        client.start()
+        rig.run_until(lambda: client.finished, 20, "the connection to end")
+        rig.run_until(lambda: not rig.proxy.statistics()["circuits"], 10, "the circuit to end")
+        assert rig.exit.statistics()["circuits_reset"] == 1
+        assert rig.proxy.statistics()["circuits_reset"] == 1
+    finally:
+        rig.close()

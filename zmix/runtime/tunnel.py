@@ -57,6 +57,7 @@ RECV_CHUNK = 16 * 1024
 TOMBSTONE_SECONDS = 120.0  # how long an ended circuit's last word is repeated to late messages
 MAX_TOMBSTONES = 4096
 KEEPALIVE = 60.0  # the proxy sends at least one message per circuit this often
+NUDGE_MIN = 2.0  # first wait (s) before asking a silent exit for an answer, doubling to KEEPALIVE
 PROGRESS_CHECK = 1.0  # seconds between the proxy's checks of its messages' progress
 CREDIT_RESERVE = 2  # blocks the proxy keeps at the exit while a circuit is open
 CREDIT_MAX = 24  # blocks the proxy grants beyond the reserve, at most (and at most its window)
@@ -69,8 +70,9 @@ PROXY_STATISTICS = (
     "socks_accepted", "socks_refused", "socks_errors", "handshake_timeouts", "connections",
     "circuits", "circuits_opened", "circuits_connected", "circuits_refused", "circuits_closed",
     "circuits_reset", "open_timeouts", "send_failures", "messages_sent", "messages_received",
-    "malformed", "unknown_circuit", "blocks_granted", "bytes_up", "bytes_down", "segments_sent",
-    "retransmissions", "duplicates", "out_of_window", "bad_acks", "probes", "gave_up",
+    "malformed", "unknown_circuit", "blocks_granted", "nudges", "bytes_up", "bytes_down",
+    "segments_sent", "retransmissions", "duplicates", "out_of_window", "bad_acks", "probes",
+    "gave_up",
 )
 EXIT_STATISTICS = (
     "circuits", "circuits_opened", "circuits_connected", "circuits_not_allowed",
@@ -256,6 +258,8 @@ class _ProxyConn:
     probe_at: float = math.inf  # next ask for the OPEN_RESULT
     probe_wait: float = 0.0
     last_sent: float = 0.0
+    nudge_at: float = math.inf  # when to ask a silent exit for an answer (with a block)
+    nudge_wait: float = NUDGE_MIN
     pending_ids: list[bytes] = field(default_factory=list)  # messages whose failure ends it
     reset: ResetReason | None = None  # a RESET to send, then forget the circuit
 
@@ -334,6 +338,9 @@ class ProxyService:
             return True
         assert conn.ledger is not None and conn.stream is not None
         conn.ledger.report(decoded.used)
+        if any(isinstance(s, (Data, Fin)) for s in decoded.segments):
+            conn.nudge_wait = max(NUDGE_MIN, 2 * conn.stream.rto)
+        conn.nudge_at = now + conn.nudge_wait
         for segment in _ordered(decoded.segments):
             if conn.circuit not in self._circuits:
                 break
@@ -370,7 +377,7 @@ class ProxyService:
                 times.extend((conn.open_deadline, conn.probe_at))
             elif conn.state is _ProxyState.OPEN and conn.stream and conn.ledger:
                 times.extend((conn.stream.next_deadline(), conn.last_sent + KEEPALIVE,
-                              conn.ledger.next_stale(self._last_turn)))
+                              conn.ledger.next_stale(self._last_turn), conn.nudge_at))
         return max(min(times), self._last_turn + _tick(self.port))
 
     def statistics(self) -> dict[str, int]:
@@ -488,6 +495,7 @@ class ProxyService:
             self.counters["circuits_connected"] += 1
             conn.state = _ProxyState.OPEN
             conn.probe_at = math.inf
+            conn.nudge_at = now + conn.nudge_wait
         else:
             self.counters["circuits_refused"] += 1
             self._end(conn)
@@ -634,7 +642,13 @@ class ProxyService:
         if conn.state is not _ProxyState.OPEN or conn.stream is None:
             return False
         return (conn.stream.wants_to_send(now) or self._wanted_blocks(now, conn) > 0
-                or now >= conn.last_sent + KEEPALIVE)
+                or now >= conn.last_sent + KEEPALIVE or self._nudge_due(now, conn))
+
+    def _nudge_due(self, now: float, conn: _ProxyConn) -> bool:
+        """Return True if the exit was silent too long while it may still send: it may have
+        lost its blocks (or the reports of their use), so ask it to answer, with a block."""
+        assert conn.stream is not None
+        return now >= conn.nudge_at and not conn.stream.eof
 
     def _send_one(self, now: float, conn: _ProxyConn) -> bool:
         """Send ``conn``'s next message if one is due; return True if one was sent."""
@@ -649,13 +663,18 @@ class ProxyService:
             return self._send_open(now, conn)
         assert conn.stream is not None and conn.ledger is not None
         blocks = self._wanted_blocks(now, conn)
-        if conn.stream.probe_due(now):
+        nudge = self._nudge_due(now, conn)
+        if nudge:
+            self.counters["nudges"] += 1
+            conn.nudge_wait = min(2 * conn.nudge_wait, KEEPALIVE)
+            conn.nudge_at = now + conn.nudge_wait
+        if conn.stream.probe_due(now) or nudge:
             blocks = max(blocks, 1)
         room = self.port.forward_capacity(blocks) - frames.HEADER_BYTES
         batch = conn.stream.take(now, room)
         if not batch.segments and not blocks and now < conn.last_sent + KEEPALIVE:
             return False
-        flags = FLAG_RESULT_SEEN | (FLAG_ANSWER if batch.answer else 0)
+        flags = FLAG_RESULT_SEEN | (FLAG_ANSWER if batch.answer or nudge else 0)
         message = Message(conn.circuit, flags, blocks, segments=batch.segments)
         return self._send_tracked(now, conn, message, blocks,
                                   any(isinstance(s, (Data, Fin)) for s in batch.segments))
