@@ -417,8 +417,11 @@ def test_hostile_socks_input_is_counted_and_the_proxy_keeps_serving(
         address = rig.proxy.address
 
         def attack() -> None:
-            for payload in (random.Random(1).randbytes(4096), b"\x05\x01\x00\x05\x01",
-                            b"\x04\x01\x00\x50" + b"A" * 100, b"\x05" + b"\xff" * 300):
+            for payload in (b"\x16" + random.Random(1).randbytes(4096),  # random bytes
+                            b"\x05\x01\x00\x05\x01",  # a truncated request, then EOF
+                            b"\x04\x01\x00\x50" + b"A" * 100,  # SOCKS4
+                            b"\x05\x01\x00\x05\x02\x00\x01" + bytes(6),  # BIND
+                            b"\x05" + b"\xff" * 300):  # a greeting without method 0
                 sock = socket.create_connection(address)
                 with sock:
                     sock.sendall(payload)
@@ -436,7 +439,9 @@ def test_hostile_socks_input_is_counted_and_the_proxy_keeps_serving(
         attacker.start()
         rig.run_until(lambda: not attacker.is_alive(), 30, "the attack")
         stats = rig.proxy.statistics()
-        assert stats["socks_errors"] >= 5 and stats["socks_refused"] > 0
+        assert stats["socks_errors"] >= 4 and stats["socks_refused"] > 0
+        assert stats["not_socks5"] == 3 and stats["bad_command"] == 1
+        assert stats["no_acceptable_method"] == 1 and stats["handshake_abandoned"] >= 1
         assert stats["connections"] <= 64
         rig.run_until(lambda: rig.proxy.statistics()["handshake_timeouts"] > 0, 10,
                       "the idle connections to time out")

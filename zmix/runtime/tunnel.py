@@ -67,7 +67,8 @@ PROXY_STREAM = StreamConfig(resend_data=False)
 EXIT_STREAM = StreamConfig(resend_data=True)
 
 PROXY_STATISTICS = (
-    "socks_accepted", "socks_refused", "socks_errors", "handshake_timeouts", "connections",
+    "socks_accepted", "socks_refused", "socks_errors", *socks5.REASONS, "handshake_abandoned",
+    "handshake_timeouts", "connections",
     "circuits", "circuits_opened", "circuits_connected", "circuits_refused", "circuits_closed",
     "circuits_reset", "open_timeouts", "send_failures", "messages_sent", "messages_received",
     "malformed", "unknown_circuit", "blocks_granted", "nudges", "bytes_up", "bytes_down",
@@ -447,13 +448,14 @@ class ProxyService:
         except OSError:
             data = b""
         if not data:
-            self.counters["socks_errors"] += 1
+            self.counters["handshake_abandoned"] += 1
             self._drop(conn)
             return
         try:
             answer, request = conn.handshake.receive(data)
         except socks5.SocksProtocolError as error:
             self.counters["socks_errors"] += 1
+            self.counters[error.reason] += 1
             conn.out += error.answer
             conn.state = _ProxyState.CLOSING
             if not conn.out:
