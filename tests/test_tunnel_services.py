@@ -558,3 +558,68 @@ def test_a_destination_that_resets_ends_the_socks_connection(
         assert rig.proxy.statistics()["circuits_reset"] == 1
     finally:
         rig.close()
+
+
+def _exit_message(port: FakePort, message: frames.Message) -> ReceivedMessage:
+    """Return ``message`` as the exit receives it from the proxy (its blocks behind a handle)."""
+    message_id = port.net.rng.randbytes(16)
+    if message.blocks:
+        port.net.blocks[message_id] = deque([(math.inf, "alice")] * message.blocks)
+    return ReceivedMessage(message_id, None, frames.encode(message), None, 0.0,
+                           message_id if message.blocks else None)
+
+
+def _replies(port: FakePort) -> list[frames.Message]:
+    """Return the tunnel messages the exit queued, decoded, and empty its queue."""
+    out = [frames.decode(data) for _, _, _, data, _ in port.queue]
+    port.queue.clear()
+    return out
+
+
+def test_the_exit_answers_a_message_of_an_unknown_circuit_with_a_reset() -> None:
+    rig = Rig(FakeNet(), ["127.0.0.1:9"])
+    try:
+        circuit = bytes(16)
+        probe = frames.Message(circuit, frames.FLAG_ANSWER, blocks=1)
+        assert rig.exit.on_message(1.0, _exit_message(rig.exit_port, probe)) is True
+        answers = _replies(rig.exit_port)
+        assert [m.segments for m in answers] == [
+            (frames.Reset(frames.ResetReason.UNKNOWN_CIRCUIT),)]
+        assert answers[0].from_exit and rig.exit.statistics()["unknown_circuit"] == 1
+        blockless = frames.Message(circuit, frames.FLAG_ANSWER, blocks=0)
+        rig.exit.on_message(1.0, _exit_message(rig.exit_port, blockless))
+        assert _replies(rig.exit_port) == []  # nothing to answer with
+    finally:
+        rig.close()
+
+
+def test_a_refused_open_is_answered_again_to_a_late_probe() -> None:
+    rig = Rig(FakeNet(), ["127.0.0.1:9"])
+    try:
+        circuit = b"c" * 16
+        opening = frames.Message(circuit, blocks=4, segments=(frames.Open("10.1.2.3", 80),))
+        rig.exit.on_message(1.0, _exit_message(rig.exit_port, opening))
+        first = _replies(rig.exit_port)
+        assert [m.segments for m in first] == [(frames.OpenResult(socks5.NOT_ALLOWED),)]
+        assert first[0].used == 1 and first[0].held == 3
+        probe = frames.Message(circuit, frames.FLAG_ANSWER, blocks=1)
+        rig.exit.on_message(2.0, _exit_message(rig.exit_port, probe))
+        assert [m.segments for m in _replies(rig.exit_port)] == [
+            (frames.OpenResult(socks5.NOT_ALLOWED),)]
+        assert rig.exit.statistics()["circuits"] == 0
+    finally:
+        rig.close()
+
+
+def test_the_open_carries_four_blocks_and_fits_one_packet_even_with_a_long_name() -> None:
+    rig = Rig(FakeNet(), [])
+    try:
+        client = Client(rig.proxy.address, ("a" * 63 + ".") * 3 + "b" * 63, 443)
+        client.start()
+        rig.run_until(lambda: bool(rig.proxy_port.sent), 10, "the OPEN to leave")
+        stats = rig.proxy.statistics()
+        assert stats["circuits_opened"] == 1 and stats["blocks_granted"] == 4
+        rig.run_until(lambda: client.finished, 10, "the refusal")
+        assert client.code == socks5.NOT_ALLOWED
+    finally:
+        rig.close()

@@ -694,9 +694,15 @@ class ProxyService:
         conn.probe_wait = max(4.0, self.stream_config.rto_initial)
         conn.probe_at = now + conn.probe_wait
         self.counters["circuits_opened"] += 1
-        open_segment = Open(conn.request.host, conn.request.port)
-        return self._send_tracked(now, conn, Message(conn.circuit, 0, MAX_BLOCKS,
-                                                     segments=(open_segment,)), MAX_BLOCKS, True)
+        message = Message(conn.circuit, 0, 0, segments=(Open(conn.request.host,
+                                                              conn.request.port),))
+        size = len(frames.encode(message))
+        # As many blocks as fit beside the OPEN (4 at the default geometry, even with a
+        # 255-byte host name), at least one: without a block the exit cannot answer.
+        blocks = max([n for n in range(1, MAX_BLOCKS + 1)
+                      if self.port.forward_capacity(n) >= size] or [1])
+        message = Message(conn.circuit, 0, blocks, segments=message.segments)
+        return self._send_tracked(now, conn, message, blocks, True)
 
     def _send_tracked(self, now: float, conn: _ProxyConn, message: Message, blocks: int,
                       track: bool) -> bool:
