@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 
 from hypothesis import given, settings
@@ -302,3 +304,12 @@ def test_the_purse_spends_the_oldest_handle_first_and_drops_beyond_its_limit() -
     assert purse.unusable() == 3 and purse.first() is None and purse.used == 5
     purse.add(b"h3", 4)
     assert purse.add(b"h4", 4) == 4 and purse.first() == b"h4"  # h3 dropped to stay within 6
+
+
+def test_the_tunnels_sans_io_modules_import_no_zmq_and_no_socket() -> None:
+    code = ("import sys\nimport zmix.tunnel.frames, zmix.tunnel.stream\n"
+            "assert 'zmq' not in sys.modules and 'socket' not in sys.modules, "
+            "sorted(m for m in sys.modules if 'zmq' in m or m == 'socket')\n"
+            # the same check sees socket once the services are imported: it can fail
+            "import zmix.runtime.tunnel\nassert 'socket' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
