@@ -419,6 +419,7 @@ class ProxyService:
         try:
             if conn.out:
                 self._flush(conn)
+                self._settle(now, conn)
             elif conn.state is _ProxyState.HANDSHAKE:
                 self._read_handshake(now, conn)
             elif conn.state is _ProxyState.OPEN and conn.pipe is not None:
@@ -506,9 +507,9 @@ class ProxyService:
     def _on_reset(self, conn: _ProxyConn, reason: ResetReason) -> None:
         """The exit ended the circuit."""
         assert conn.stream is not None
-        if reason is ResetReason.CLOSED and conn.stream.eof and not conn.stream.unacknowledged:
-            self._finish(conn)  # the exit's FIN and the ack of ours crossed: a normal end
-            return
+        if reason is ResetReason.CLOSED and conn.stream.peer_finished():
+            return  # the exit ended normally after our FIN; the last bytes may still be written
+
         self.counters["circuits_reset"] += 1
         if conn.state is _ProxyState.OPENING:
             self._end(conn)
@@ -531,13 +532,18 @@ class ProxyService:
         stream = conn.stream
         if stream is None or conn.circuit not in self._circuits:
             return
+        if conn.out and not stream.failed:
+            return  # the SOCKS reply goes out first; _on_conn settles again after it
         if conn.pipe is not None and conn.state is _ProxyState.OPEN:
             conn.pipe.shut_if_done()
         if stream.failed:
             self._abort(conn, ResetReason.TIMEOUT)
         elif stream.done:
+            last = stream.ack()
+            if stream.ack_owed:  # the exit waits for this ack of its FIN: send it before going
+                self._send(now, Message(conn.circuit, FLAG_RESULT_SEEN, segments=(last,)), 0)
             self._finish(conn)
-            self._tombstones.add(now, conn.circuit, (stream.ack(),))
+            self._tombstones.add(now, conn.circuit, (last,))
 
     def _finish(self, conn: _ProxyConn) -> None:
         """Both directions ended normally: close the connection."""
@@ -1034,6 +1040,8 @@ class ExitService:
         if circuit.stream.failed:
             self._forget(now, circuit, ResetReason.TIMEOUT, abort=True)
         elif circuit.stream.done:
+            if circuit.stream.ack_owed:  # the proxy waits for this ack of its FIN
+                self._reply(now, circuit, (circuit.stream.ack(),))
             self.counters["circuits_closed"] += 1
             self._forget(now, circuit, None)
             self._tombstones.add(now, circuit.circuit, (Reset(ResetReason.CLOSED),))
@@ -1121,7 +1129,8 @@ class ExitService:
                 self._remove(now, circuit)
             return sent
         room = self.port.reply_capacity() - frames.HEADER_BYTES - frames.OPEN_RESULT_BYTES
-        batch = circuit.stream.take(now, room, force_ack=circuit.answer_owed)
+        # Every exit message carries an ack: replies may be lost, and the next one repairs it.
+        batch = circuit.stream.take(now, room, force_ack=True)
         circuit.answer_owed = False
         segments.extend(batch.segments)
         if not segments:

@@ -166,9 +166,24 @@ class Stream:
         return self.fin_acked and self.eof
 
     @property
+    def ack_owed(self) -> bool:
+        """Return True if something arrived that our last ack did not cover."""
+        return self._ack_owed
+
+    @property
     def unacknowledged(self) -> bool:
         """Return True if something sent or to send waits for its ack."""
         return bool(self._flight or self._pending) or (self._finish and self._fin_seq is None)
+
+    def peer_finished(self) -> bool:
+        """The peer says the circuit ended normally (RESET(CLOSED)): it had our FIN, so what we
+        sent needs no more acks. Return True if that is consistent (we sent our FIN and have the
+        peer's in order), else False (the caller resets)."""
+        if self._fin_seq is None or not self._rx.fin:
+            return False
+        self._flight.clear()
+        self._probe_at = math.inf
+        return True
 
     # ---- segments from the peer ---------------------------------------------------------------
 
