@@ -229,6 +229,35 @@ class Rig:
         self.exit.close()
 
 
+class VirtualRig(Rig):
+    """A Rig whose services and mixnet run on a virtual clock, 10 ms a turn, so that a transfer
+    at a mixnet's pace (20 packets per second, a second or so each way) takes seconds of test."""
+
+    def __init__(self, *args: object, **options: object) -> None:
+        super().__init__(*args, **options)  # type: ignore[arg-type]
+        self.now = 1000.0
+
+    def turn(self) -> None:
+        poller = zmq.Poller()
+        owners: dict[int, object] = {}
+        for service in (self.proxy, self.exit):
+            for fd, mask in service.poll_items():
+                poller.register(fd, mask)
+                owners[fd] = service
+        ready = dict(poller.poll(0))
+        if not ready:
+            time.sleep(0.0005)  # the client and server threads get their turn
+        self.now += 0.01
+        for service in (self.proxy, self.exit):
+            mine = {fd: ev for fd, ev in ready.items() if owners.get(fd) is service}
+            if mine:
+                service.on_ready(self.now, mine)
+        self.net.step(self.now, self.services)
+        for service in (self.proxy, self.exit):
+            if service.next_deadline() <= self.now:
+                service.on_timer(self.now)
+
+
 @pytest.fixture
 def servers() -> Iterator[list[socket.socket]]:
     made: list[socket.socket] = []
@@ -634,5 +663,26 @@ def test_the_open_carries_four_blocks_and_fits_one_packet_even_with_a_long_name(
         assert stats["circuits_opened"] == 1 and stats["blocks_granted"] == 4
         rig.run_until(lambda: client.finished, 10, "the refusal")
         assert client.code == socks5.NOT_ALLOWED
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_at_a_mixnets_pace_a_download_comes_near_the_payload_rate_bound(
+        servers: list[socket.socket], loss: float) -> None:
+    body = random.Random(11).randbytes(MiB)
+    port = serve(servers, body_server(body))
+    net = FakeNet(seed=5, rate=20.0, loss=loss, delay=(0.3, 1.5), block_life=25.0)
+    rig = VirtualRig(net, [f"127.0.0.1:{port}"], block_lifetime=20.0)
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        start = rig.now
+        rig.run_until(lambda: client.finished, 120, "the download")
+        assert bytes(client.received) == body
+        bound = MiB / (20 * 1943)  # lambda_P x the most data one reply carries (docs/tunnel.md)
+        assert rig.now - start < 1.5 * bound + 5, (rig.now - start, bound)
+        stats = rig.exit.statistics()
+        assert stats["no_block"] == 0 and stats["gave_up"] == 0
     finally:
         rig.close()

@@ -98,16 +98,17 @@ def test_lost_segments_are_retransmitted_until_they_arrive() -> None:
 
 
 def test_a_loss_is_repaired_by_a_later_ack_before_the_timeout() -> None:
-    a, b = Stream(EXIT, 0.0), Stream(PROXY, 0.0)
+    a = Stream(StreamConfig(resend_data=True, rto_initial=5.0, rto_min=5.0), 0.0)
+    b = Stream(PROXY, 0.0)
     a.write(b"z" * 4000)
     first = a.take(0.0, 500)  # segment 0 (lost)
-    later = a.take(0.1, 3000)  # segments 1..
+    later = a.take(0.6, 500)  # segment 1, sent well after it
     assert first.segments and later.segments
     for segment in later.segments:
-        b.receive(0.2, segment)
-    a.receive(0.3, b.ack())  # the ack shows 1.. arrived, 0 did not
-    assert a.wants_to_send(0.3) and a.rto > 0.3  # due before any timeout
-    resent = a.take(0.3, 500).segments
+        b.receive(0.7, segment)
+    a.receive(0.8, b.ack())  # the ack shows 1 arrived, 0 did not (RTT 0.2 s: 0 is lost)
+    assert a.wants_to_send(0.8) and a.rto > 0.8  # due before its timeout
+    resent = a.take(0.8, 500).segments
     assert Data(0, first.segments[0].payload) in resent  # type: ignore[union-attr]
 
 
@@ -283,11 +284,11 @@ def test_the_ledger_counts_blocks_fresh_until_half_their_lifetime() -> None:
     ledger.grant(0.0, 4)
     ledger.grant(5.0, 4)
     assert ledger.fresh(5.0) == 8
-    ledger.report(3)
+    ledger.report(5.0, 3)
     assert ledger.fresh(5.0) == 5  # the exit spends the oldest first
     assert ledger.fresh(10.0) == 4  # the first grant's last block is no longer trusted
     assert ledger.next_stale(10.0) == 15.0
-    ledger.report(2)  # an older report arriving late changes nothing
+    ledger.report(6.0, 2)  # an older report arriving late changes nothing
     assert ledger.fresh(10.0) == 4
     assert ledger.fresh(15.0) == 0 and ledger.next_stale(15.0) == math.inf
 

@@ -52,7 +52,7 @@ POLLOUT = 2  # zmq.POLLOUT
 POLLERR = 4  # zmq.POLLERR
 
 MAX_BLOCKS = 4  # reply blocks one proxy message carries at most (the client's limit)
-QUEUE_SECONDS = 1.0  # keep the client's payload queue under this many seconds of lambda_P
+QUEUE_SECONDS = 0.25  # keep the client's payload queue under this many seconds of lambda_P
 RECV_CHUNK = 16 * 1024
 TOMBSTONE_SECONDS = 120.0  # how long an ended circuit's last word is repeated to late messages
 MAX_TOMBSTONES = 4096
@@ -60,7 +60,9 @@ KEEPALIVE = 60.0  # the proxy sends at least one message per circuit this often
 NUDGE_MIN = 2.0  # first wait (s) before asking a silent exit for an answer, doubling to KEEPALIVE
 PROGRESS_CHECK = 1.0  # seconds between the proxy's checks of its messages' progress
 CREDIT_RESERVE = 2  # blocks the proxy keeps at the exit while a circuit is open
-CREDIT_MAX = 24  # blocks the proxy grants beyond the reserve, at most (and at most its window)
+CREDIT_MAX = 64  # blocks the proxy grants beyond the reserve, at most (and at most its window)
+CREDIT_BURST = 8  # blocks beyond what the exit's usage asks for, while the circuit is busy
+CREDIT_HORIZON = 4.0  # seconds of the exit's recent block usage the proxy keeps granted ahead
 GRANT_BATCH = MAX_BLOCKS  # a message only for blocks waits until this many are wanted
 
 PROXY_STREAM = StreamConfig(resend_data=False)
@@ -255,6 +257,7 @@ class _ProxyConn:
     pipe: _Pipe | None = None
     ledger: BlockLedger | None = None
     open_sent: bool = False
+    opened_at: float = 0.0
     open_deadline: float = math.inf
     probe_at: float = math.inf  # next ask for the OPEN_RESULT
     probe_wait: float = 0.0
@@ -338,7 +341,7 @@ class ProxyService:
             self._on_unknown(now, decoded)
             return True
         assert conn.ledger is not None and conn.stream is not None
-        conn.ledger.report(decoded.used)
+        conn.ledger.report(now, decoded.used)
         if any(isinstance(s, (Data, Fin)) for s in decoded.segments):
             conn.nudge_wait = max(NUDGE_MIN, 2 * conn.stream.rto)
         conn.nudge_at = now + conn.nudge_wait
@@ -497,6 +500,7 @@ class ProxyService:
         if code == socks5.REPLY_SUCCEEDED:
             self.counters["circuits_connected"] += 1
             conn.state = _ProxyState.OPEN
+            conn.opened_at = now
             conn.probe_at = math.inf
             conn.nudge_at = now + conn.nudge_wait
         else:
@@ -635,7 +639,10 @@ class ProxyService:
         if conn.stream.eof:
             target = 1 if conn.stream.unacknowledged else 0  # only its acks are still to come
         else:
-            target = CREDIT_RESERVE + min(CREDIT_MAX, conn.stream.window_free())
+            rate = conn.ledger.rate(now)
+            busy = rate > 0 or now - conn.opened_at < conn.ledger.usage_window
+            demand = math.ceil(rate * CREDIT_HORIZON) + (CREDIT_BURST if busy else 0)
+            target = CREDIT_RESERVE + min(CREDIT_MAX, conn.stream.window_free(), demand)
         fresh = conn.ledger.fresh(now)
         want = target - fresh
         if want >= GRANT_BATCH or (fresh < min(target, CREDIT_RESERVE) and want > 0):
@@ -787,7 +794,7 @@ class ExitService:
 
     def __init__(self, port: MixnetPort, policy: ExitPolicy, *, connect_timeout: float = 10.0,
                  max_circuits: int = 256, idle_timeout: float = 5 * KEEPALIVE,
-                 max_blocks_held: int = 64, resolver_threads: int = 4,
+                 max_blocks_held: int = 128, resolver_threads: int = 4,
                  stream_config: StreamConfig = EXIT_STREAM) -> None:
         self.port = port
         self.policy = policy

@@ -40,7 +40,7 @@ Counters = collections.Counter[str]
 class StreamConfig:
     """The numbers of one stream end (docs/tunnel.md, "The numbers")."""
 
-    window: int = 64  # segments the receiver holds: it accepts seq < consumed + window
+    window: int = 128  # segments the receiver holds: it accepts seq < consumed + window
     send_buffer: int = 128 * 1024  # bytes taken from the TCP side and not yet cut into segments
     resend_data: bool = True  # False: never resend a segment, probe for an ack instead
     rto_initial: float = 4.0  # seconds before the first retransmission, until an RTT is measured
@@ -214,7 +214,6 @@ class Stream:
         rx.early[seq] = payload
         if payload is None:
             rx.fin_seq = seq
-        in_order = seq == rx.next
         while rx.next in rx.early and not rx.fin:
             piece = rx.early.pop(rx.next)
             rx.next += 1
@@ -225,7 +224,9 @@ class Stream:
                 rx.ready.append(piece)
         self._consume_fin()
         self._unacked_rx += 1
-        if not in_order or rx.fin or self._unacked_rx >= self.config.ack_every:
+        # Out of order waits like in order: mix delays reorder most segments, and every ack
+        # costs a packet (and, from the exit, a reply block); the selective ranges tell the rest.
+        if rx.fin or self._unacked_rx >= self.config.ack_every:
             self._ack_now(now)
         else:
             self._ack_owed = True
@@ -302,7 +303,7 @@ class Stream:
         (RACK, RFC 8985: a loss shows after one round trip, not after a timeout)."""
         if not self.config.resend_data:
             return []
-        reorder = max(0.01, (self._srtt or self._rto) / 4, self._rttvar)
+        reorder = max(0.01, (self._srtt or self._rto) / 2, 2 * self._rttvar)
         return sorted(seq for seq, sent in self._flight.items()
                       if self._retry_due(sent) <= now or sent.last_sent + reorder < self._rack)
 
@@ -441,9 +442,11 @@ class BlockLedger:
     ``lifetime`` (the shortest life a reply block has: one key epoch), after which the proxy
     sends new ones rather than trust it."""
 
-    def __init__(self, lifetime: float) -> None:
+    def __init__(self, lifetime: float, usage_window: float = 4.0) -> None:
         self.lifetime = lifetime
+        self.usage_window = usage_window
         self._grants: deque[tuple[float, int]] = deque()  # (time sent, blocks), oldest first
+        self._reports: deque[tuple[float, int]] = deque()  # (time, used): the recent reports
         self.granted = 0
         self.used = 0
 
@@ -453,9 +456,21 @@ class BlockLedger:
             self._grants.append((now, blocks))
             self.granted += blocks
 
-    def report(self, used: int) -> None:
-        """The exit said it used ``used`` blocks so far (reports may arrive out of order)."""
+    def report(self, now: float, used: int) -> None:
+        """The exit said at ``now`` it used ``used`` blocks so far (reports may arrive out of
+        order: the largest counts)."""
         self.used = min(self.granted, max(self.used, used))
+        self._reports.append((now, self.used))
+        while now - self._reports[0][0] > self.usage_window:
+            self._reports.popleft()
+
+    def rate(self, now: float) -> float:
+        """Return the blocks per second the exit used over the last ``usage_window`` seconds."""
+        while self._reports and now - self._reports[0][0] > self.usage_window:
+            self._reports.popleft()
+        if not self._reports:
+            return 0.0
+        return (self.used - self._reports[0][1]) / self.usage_window
 
     def fresh(self, now: float) -> int:
         """Return how many blocks the exit should hold that are not used and not near expiry."""
