@@ -686,3 +686,21 @@ def test_at_a_mixnets_pace_a_download_comes_near_the_payload_rate_bound(
         assert stats["no_block"] == 0 and stats["gave_up"] == 0
     finally:
         rig.close()
+
+
+def test_at_a_mixnets_pace_an_upload_comes_near_the_payload_rate_bound(
+        servers: list[socket.socket]) -> None:
+    body = random.Random(12).randbytes(MiB // 2)
+    port = serve(servers, digest_server)
+    net = FakeNet(seed=6, rate=20.0, loss=0.05, delay=(0.3, 1.5), block_life=25.0)
+    rig = VirtualRig(net, [f"127.0.0.1:{port}"], block_lifetime=20.0)
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port, upload=body)
+        client.start()
+        start = rig.now
+        rig.run_until(lambda: client.finished, 120, "the upload")
+        assert client.received.decode() == hashlib.sha256(body).hexdigest()
+        bound = len(body) / (20 * 1569)  # lambda_P x the most data one proxy message carries
+        assert rig.now - start < 1.5 * bound + 5, (rig.now - start, bound)
+    finally:
+        rig.close()
