@@ -704,3 +704,15 @@ def test_at_a_mixnets_pace_an_upload_comes_near_the_payload_rate_bound(
         assert rig.now - start < 1.5 * bound + 5, (rig.now - start, bound)
     finally:
         rig.close()
+
+
+def test_an_exit_name_the_network_does_not_know_gives_general_failure(
+        servers: list[socket.socket]) -> None:
+    port = serve(servers, body_server(b"x"))
+    rig = Rig(FakeNet(), [f"127.0.0.1:{port}"])
+    rig.proxy.exit_name = "nobody"
+    try:
+        assert _refusal(rig, "127.0.0.1", port) == socks5.GENERAL_FAILURE
+        assert rig.proxy.statistics()["send_failures"] == 1
+    finally:
+        rig.close()

@@ -570,7 +570,12 @@ class ProxyService:
         message_id = self._send(now, message, blocks)
         if message_id is None:
             self.counters["send_failures"] += 1
-            self._abort(conn, ResetReason.SEND_FAILED)
+            if conn.state is _ProxyState.OPENING:  # e.g. the exit is not a client of the network
+                self._end(conn)
+                conn.out += socks5.reply(socks5.GENERAL_FAILURE)
+                conn.state = _ProxyState.CLOSING
+            else:
+                self._abort(conn, ResetReason.SEND_FAILED)
             return False
         assert conn.ledger is not None
         conn.ledger.grant(now, blocks)
