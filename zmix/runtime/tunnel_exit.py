@@ -307,9 +307,17 @@ class ExitService:
     def _connect(self, now: float, circuit: _ExitCircuit) -> None:
         """Start a non-blocking connect to the circuit's first allowed address."""
         family, address = circuit.addresses[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors or buffers: this circuit fails, not the exit
+            log.warning("tunnel exit: no socket for a connection: %s", exc)
+            self._open_failed(circuit, socks5.GENERAL_FAILURE)
+            return
         sock.setblocking(False)
-        error = sock.connect_ex(address)
+        try:
+            error = sock.connect_ex(address)
+        except OSError as exc:
+            error = exc.errno or errno.EINVAL
         if error not in (0, errno.EINPROGRESS):
             sock.close()
             self._open_failed(circuit, _CONNECT_ERRORS.get(error, socks5.GENERAL_FAILURE))
