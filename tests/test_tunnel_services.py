@@ -235,9 +235,10 @@ class VirtualRig(Rig):
     """A Rig whose services and mixnet run on a virtual clock, 10 ms a turn, so that a transfer
     at a mixnet's pace (20 packets per second, a second or so each way) takes seconds of test."""
 
-    def __init__(self, *args: object, **options: object) -> None:
+    def __init__(self, *args: object, step: float = 0.01, **options: object) -> None:
         super().__init__(*args, **options)  # type: ignore[arg-type]
         self.now = 1000.0
+        self.step = step
 
     def turn(self) -> None:
         poller = zmq.Poller()
@@ -249,7 +250,7 @@ class VirtualRig(Rig):
         ready = dict(poller.poll(0))
         if not ready:
             time.sleep(0.0005)  # the client and server threads get their turn
-        self.now += 0.01
+        self.now += self.step
         for service in (self.proxy, self.exit):
             mine = {fd: ev for fd, ev in ready.items() if owners.get(fd) is service}
             if mine:
@@ -744,3 +745,29 @@ def _documented_statistics(service: str) -> set[str]:
 def test_the_documented_statistics_are_exactly_the_reported_ones() -> None:
     assert _documented_statistics("ProxyService") == set(PROXY_STATISTICS)
     assert _documented_statistics("ExitService") == set(EXIT_STATISTICS)
+
+
+def test_an_idle_circuit_at_a_mixnets_pace_costs_a_message_every_few_seconds(
+        servers: list[socket.socket]) -> None:
+    ready = threading.Event()
+
+    def late_server(conn: socket.socket) -> None:
+        with conn:
+            ready.wait(30)
+            conn.sendall(b"after five idle minutes")
+    port = serve(servers, late_server)
+    net = FakeNet(seed=7, rate=20.0, delay=(0.3, 1.5), block_life=25.0)
+    rig = VirtualRig(net, [f"127.0.0.1:{port}"], block_lifetime=20.0, step=0.1)
+    try:
+        client = Client(rig.proxy.address, "127.0.0.1", port)
+        client.start()
+        rig.run_until(lambda: client.code == 0, 20, "the circuit to open")
+        start, sent = rig.now, rig.proxy_port.sent
+        rig.run_until(lambda: rig.now - start > 300, 60, "five idle minutes")
+        # refreshing 4 blocks every block_lifetime / 2 = 10 s, nudges and keepalives
+        assert rig.proxy_port.sent - sent <= 50, rig.proxy_port.sent - sent
+        ready.set()
+        rig.run_until(lambda: client.finished, 30, "the late answer")
+        assert bytes(client.received) == b"after five idle minutes"
+    finally:
+        rig.close()

@@ -103,7 +103,7 @@ class _ProxyConn:
     pipe: Pipe | None = None
     ledger: BlockLedger | None = None
     open_sent: bool = False
-    opened_at: float = 0.0
+    busy_at: float = 0.0  # the last time data moved either way (or the circuit opened)
     open_deadline: float = math.inf
     probe_at: float = math.inf  # next ask for the OPEN_RESULT
     probe_wait: float = 0.0
@@ -189,6 +189,7 @@ class ProxyService:
         assert conn.ledger is not None and conn.stream is not None
         conn.ledger.report(now, decoded.used)
         if any(isinstance(s, (Data, Fin)) for s in decoded.segments):
+            conn.busy_at = now
             conn.nudge_wait = max(NUDGE_MIN, 2 * conn.stream.rto)
         conn.nudge_at = now + conn.nudge_wait
         for segment in ordered(decoded.segments):
@@ -346,7 +347,7 @@ class ProxyService:
         if code == socks5.REPLY_SUCCEEDED:
             self.counters["circuits_connected"] += 1
             conn.state = _ProxyState.OPEN
-            conn.opened_at = now
+            conn.busy_at = now
             conn.probe_at = math.inf
             conn.nudge_at = now + conn.nudge_wait
         else:
@@ -486,13 +487,17 @@ class ProxyService:
             target = 1 if conn.stream.unacknowledged else 0  # only its acks are still to come
         else:
             rate = conn.ledger.rate(now)
-            busy = rate > 0 or now - conn.opened_at < conn.ledger.usage_window
+            busy = now - conn.busy_at < conn.ledger.usage_window
             demand = math.ceil(rate * CREDIT_HORIZON) + (CREDIT_BURST if busy else 0)
             target = CREDIT_RESERVE + min(CREDIT_MAX, conn.stream.window_free(), demand)
         fresh = conn.ledger.fresh(now)
         want = target - fresh
-        if want >= GRANT_BATCH or (fresh < min(target, CREDIT_RESERVE) and want > 0):
+        if want >= GRANT_BATCH:
             return min(MAX_BLOCKS, want)
+        if fresh < min(target, CREDIT_RESERVE) and want > 0:
+            # A message goes for the reserve anyway: fill it with blocks unless data needs the
+            # room, so that an idle circuit refreshes its blocks in fewer messages.
+            return min(MAX_BLOCKS, want) if conn.stream.unsent else MAX_BLOCKS
         return 0
 
     def _due(self, now: float, conn: _ProxyConn) -> bool:
@@ -537,8 +542,10 @@ class ProxyService:
             return False
         flags = FLAG_RESULT_SEEN | (FLAG_ANSWER if batch.answer or nudge else 0)
         message = Message(conn.circuit, flags, blocks, segments=batch.segments)
-        return self._send_tracked(now, conn, message, blocks,
-                                  any(isinstance(s, (Data, Fin)) for s in batch.segments))
+        carries_data = any(isinstance(s, (Data, Fin)) for s in batch.segments)
+        if carries_data:
+            conn.busy_at = now
+        return self._send_tracked(now, conn, message, blocks, carries_data)
 
     def _send_open(self, now: float, conn: _ProxyConn) -> bool:
         """Send the OPEN, or ask again for its result."""

@@ -166,6 +166,11 @@ class Stream:
         return self.fin_acked and self.eof
 
     @property
+    def unsent(self) -> bool:
+        """Return True if bytes (or the FIN) wait to be cut into segments and sent."""
+        return bool(self._pending) or (self._finish and self._fin_seq is None)
+
+    @property
     def ack_owed(self) -> bool:
         """Return True if something arrived that our last ack did not cover."""
         return self._ack_owed
