@@ -771,3 +771,59 @@ def test_an_idle_circuit_at_a_mixnets_pace_costs_a_message_every_few_seconds(
         assert bytes(client.received) == b"after five idle minutes"
     finally:
         rig.close()
+
+
+def _optimistic(address: tuple[str, int], port: int, data: bytes) -> socket.socket:
+    """Send the greeting, the request, ``data`` and the end of the upload at once, without
+    waiting for any answer (optimistic data); return the socket."""
+    sock = socket.create_connection(address, timeout=30)
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                 + struct.pack(">H", port) + data)
+    sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+def _read_all(rig: Rig, sock: socket.socket) -> bytes:
+    """Read ``sock`` to its end while the rig runs."""
+    got = bytearray()
+    sock.setblocking(False)
+
+    def done() -> bool:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+        got.extend(chunk)
+        return not chunk
+    rig.run_until(done, 30, "the end of the connection")
+    return bytes(got)
+
+
+def test_data_and_the_end_sent_before_the_reply_are_carried_once_open(
+        servers: list[socket.socket]) -> None:
+    port = serve(servers, digest_server)
+    rig = Rig(FakeNet(delay=(0.2, 0.3)), [f"127.0.0.1:{port}"])
+    try:
+        early = random.Random(13).randbytes(60_000)
+        with _optimistic(rig.proxy.address, port, early) as sock:
+            answer = _read_all(rig, sock)
+        assert answer[:2] == b"\x05\x00" and answer[2:4] == b"\x05\x00"  # method, succeeded
+        assert answer[12:].decode() == hashlib.sha256(early).hexdigest()
+    finally:
+        rig.close()
+
+
+def test_more_than_64_kib_before_the_reply_is_refused(servers: list[socket.socket]) -> None:
+    port = serve(servers, digest_server)
+    rig = Rig(FakeNet(delay=(0.5, 0.6)), [f"127.0.0.1:{port}"])
+    try:
+        with _optimistic(rig.proxy.address, port, bytes(70_000)) as sock:
+            answer = _read_all(rig, sock)
+        assert answer[2:4] == b"\x05\x01"  # general failure
+        assert rig.proxy.statistics()["too_long"] == 1
+        rig.run_until(lambda: not rig.proxy.statistics()["circuits"]
+                      and not rig.exit.statistics()["circuits"], 10, "the circuit to end")
+    finally:
+        rig.close()

@@ -103,6 +103,7 @@ class _ProxyConn:
     pipe: Pipe | None = None
     ledger: BlockLedger | None = None
     open_sent: bool = False
+    early_eof: bool = False
     busy_at: float = 0.0  # the last time data moved either way (or the circuit opened)
     open_deadline: float = math.inf
     probe_at: float = math.inf  # next ask for the OPEN_RESULT
@@ -160,7 +161,8 @@ class ProxyService:
         """Return the events ``conn`` waits for."""
         if conn.out:
             return POLLOUT
-        if conn.state is _ProxyState.HANDSHAKE:
+        if conn.state is _ProxyState.HANDSHAKE or (conn.state is _ProxyState.OPENING
+                                                   and not conn.early_eof):
             return POLLIN
         if conn.state is _ProxyState.OPEN and conn.pipe is not None:
             return conn.pipe.mask()
@@ -270,7 +272,7 @@ class ProxyService:
             if conn.out:
                 self._flush(conn)
                 self._settle(now, conn)
-            elif conn.state is _ProxyState.HANDSHAKE:
+            elif conn.state in (_ProxyState.HANDSHAKE, _ProxyState.OPENING):
                 self._read_handshake(now, conn)
             elif conn.state is _ProxyState.OPEN and conn.pipe is not None:
                 conn.pipe.on_ready(now, events, self.counters, "bytes_up", "bytes_down")
@@ -288,7 +290,7 @@ class ProxyService:
             raise Broken() from None
         del conn.out[:sent]
         if not conn.out and conn.state is _ProxyState.CLOSING:
-            self._drop(conn)
+            self._drop(conn, keep_circuit=conn.reset is not None)
 
     def _read_handshake(self, now: float, conn: _ProxyConn) -> None:
         """Feed the client's bytes to the SOCKS5 handshake; start the circuit once asked."""
@@ -298,6 +300,9 @@ class ProxyService:
             return
         except OSError:
             data = b""
+        if not data and conn.state is _ProxyState.OPENING:
+            conn.early_eof = True  # the client's FIN before the reply: sent once open
+            return
         if not data:
             self.counters["handshake_abandoned"] += 1
             self._drop(conn)
@@ -307,10 +312,14 @@ class ProxyService:
         except socks5.SocksProtocolError as error:
             self.counters["socks_errors"] += 1
             self.counters[error.reason] += 1
+            if conn.open_sent:
+                conn.reset = ResetReason.ABORTED  # the pump sends it, then forgets the circuit
+            else:
+                self._end(conn)
             conn.out += error.answer
             conn.state = _ProxyState.CLOSING
             if not conn.out:
-                self._drop(conn)
+                self._drop(conn, keep_circuit=conn.reset is not None)
             return
         conn.out += answer
         if request is not None:
@@ -321,7 +330,6 @@ class ProxyService:
         conn.request = request
         conn.circuit = crypto.random_bytes(frames.CIRCUIT_ID_BYTES)
         conn.stream = Stream(self.stream_config, now, self.counters)
-        conn.stream.write(conn.handshake.leftover)
         conn.pipe = Pipe(conn.sock, conn.stream)
         conn.ledger = BlockLedger(self.block_lifetime)
         conn.state = _ProxyState.OPENING
@@ -346,6 +354,7 @@ class ProxyService:
         conn.out += socks5.reply(code)
         if code == socks5.REPLY_SUCCEEDED:
             self.counters["circuits_connected"] += 1
+            self._take_early_data(conn)
             conn.state = _ProxyState.OPEN
             conn.busy_at = now
             conn.probe_at = math.inf
@@ -354,6 +363,16 @@ class ProxyService:
             self.counters["circuits_refused"] += 1
             self._end(conn)
             conn.state = _ProxyState.CLOSING
+
+    def _take_early_data(self, conn: _ProxyConn) -> None:
+        """Put what the client sent before the reply (at most the handshake's 64 KiB, less than
+        the stream's send buffer) into the stream, and its end if it came."""
+        assert conn.stream is not None and conn.pipe is not None
+        early = conn.handshake.leftover
+        self.counters["bytes_up"] += conn.stream.write(early)
+        if conn.early_eof:
+            conn.pipe.read_eof = True
+            conn.stream.finish()
 
     def _on_reset(self, conn: _ProxyConn, reason: ResetReason) -> None:
         """The exit ended the circuit."""
