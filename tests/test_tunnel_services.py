@@ -801,7 +801,7 @@ def _read_all(rig: Rig, sock: socket.socket) -> bytes:
     return bytes(got)
 
 
-def test_data_and_the_end_sent_before_the_reply_are_carried_once_open(
+def test_data_and_the_end_sent_with_the_request_are_carried_once_open(
         servers: list[socket.socket]) -> None:
     port = serve(servers, digest_server)
     rig = Rig(FakeNet(delay=(0.2, 0.3)), [f"127.0.0.1:{port}"])
@@ -811,19 +811,5 @@ def test_data_and_the_end_sent_before_the_reply_are_carried_once_open(
             answer = _read_all(rig, sock)
         assert answer[:2] == b"\x05\x00" and answer[2:4] == b"\x05\x00"  # method, succeeded
         assert answer[12:].decode() == hashlib.sha256(early).hexdigest()
-    finally:
-        rig.close()
-
-
-def test_more_than_64_kib_before_the_reply_is_refused(servers: list[socket.socket]) -> None:
-    port = serve(servers, digest_server)
-    rig = Rig(FakeNet(delay=(0.5, 0.6)), [f"127.0.0.1:{port}"])
-    try:
-        with _optimistic(rig.proxy.address, port, bytes(70_000)) as sock:
-            answer = _read_all(rig, sock)
-        assert answer[2:4] == b"\x05\x01"  # general failure
-        assert rig.proxy.statistics()["too_long"] == 1
-        rig.run_until(lambda: not rig.proxy.statistics()["circuits"]
-                      and not rig.exit.statistics()["circuits"], 10, "the circuit to end")
     finally:
         rig.close()

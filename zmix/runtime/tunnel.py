@@ -103,7 +103,6 @@ class _ProxyConn:
     pipe: Pipe | None = None
     ledger: BlockLedger | None = None
     open_sent: bool = False
-    early_eof: bool = False
     busy_at: float = 0.0  # the last time data moved either way (or the circuit opened)
     open_deadline: float = math.inf
     probe_at: float = math.inf  # next ask for the OPEN_RESULT
@@ -161,9 +160,8 @@ class ProxyService:
         """Return the events ``conn`` waits for."""
         if conn.out:
             return POLLOUT
-        if conn.state is _ProxyState.HANDSHAKE or (conn.state is _ProxyState.OPENING
-                                                   and not conn.early_eof):
-            return POLLIN
+        if conn.state is _ProxyState.HANDSHAKE:
+            return POLLIN  # not while OPENING: later bytes wait in the socket until the reply
         if conn.state is _ProxyState.OPEN and conn.pipe is not None:
             return conn.pipe.mask()
         return 0
@@ -272,7 +270,7 @@ class ProxyService:
             if conn.out:
                 self._flush(conn)
                 self._settle(now, conn)
-            elif conn.state in (_ProxyState.HANDSHAKE, _ProxyState.OPENING):
+            elif conn.state is _ProxyState.HANDSHAKE:
                 self._read_handshake(now, conn)
             elif conn.state is _ProxyState.OPEN and conn.pipe is not None:
                 conn.pipe.on_ready(now, events, self.counters, "bytes_up", "bytes_down")
@@ -300,9 +298,6 @@ class ProxyService:
             return
         except OSError:
             data = b""
-        if not data and conn.state is _ProxyState.OPENING:
-            conn.early_eof = True  # the client's FIN before the reply: sent once open
-            return
         if not data:
             self.counters["handshake_abandoned"] += 1
             self._drop(conn)
@@ -312,14 +307,10 @@ class ProxyService:
         except socks5.SocksProtocolError as error:
             self.counters["socks_errors"] += 1
             self.counters[error.reason] += 1
-            if conn.open_sent:
-                conn.reset = ResetReason.ABORTED  # the pump sends it, then forgets the circuit
-            else:
-                self._end(conn)
             conn.out += error.answer
             conn.state = _ProxyState.CLOSING
             if not conn.out:
-                self._drop(conn, keep_circuit=conn.reset is not None)
+                self._drop(conn)
             return
         conn.out += answer
         if request is not None:
@@ -365,14 +356,10 @@ class ProxyService:
             conn.state = _ProxyState.CLOSING
 
     def _take_early_data(self, conn: _ProxyConn) -> None:
-        """Put what the client sent before the reply (at most the handshake's 64 KiB, less than
-        the stream's send buffer) into the stream, and its end if it came."""
-        assert conn.stream is not None and conn.pipe is not None
-        early = conn.handshake.leftover
-        self.counters["bytes_up"] += conn.stream.write(early)
-        if conn.early_eof:
-            conn.pipe.read_eof = True
-            conn.stream.finish()
+        """Put what the client sent together with its request (at most one read, less than the
+        stream's send buffer) into the stream; the rest waited in the socket."""
+        assert conn.stream is not None
+        self.counters["bytes_up"] += conn.stream.write(conn.handshake.leftover)
 
     def _on_reset(self, conn: _ProxyConn, reason: ResetReason) -> None:
         """The exit ended the circuit."""
