@@ -66,12 +66,14 @@ CREDIT_MAX = 64  # blocks the proxy grants beyond the reserve, at most (and at m
 CREDIT_BURST = 8  # blocks beyond what the exit's usage asks for, while the circuit is busy
 CREDIT_HORIZON = 4.0  # seconds of the exit's recent block usage the proxy keeps granted ahead
 GRANT_BATCH = MAX_BLOCKS  # a message only for blocks waits until this many are wanted
+CLOSE_GRACE = 10.0  # seconds a refused client has to read its answer (after the time-outs)
+ACCEPT_PAUSE = 0.5  # seconds the listener rests after accept failed (out of descriptors)
 
 PROXY_STREAM = StreamConfig(resend_data=False)
 
 PROXY_STATISTICS = (
-    "socks_accepted", "socks_refused", "socks_errors", *socks5.REASONS, "handshake_abandoned",
-    "handshake_timeouts", "connections",
+    "socks_accepted", "socks_refused", "accept_errors", "socks_errors", *socks5.REASONS,
+    "handshake_abandoned", "handshake_timeouts", "connections",
     "circuits", "circuits_opened", "circuits_connected", "circuits_refused", "circuits_closed",
     "circuits_reset", "open_timeouts", "send_failures", "messages_sent", "messages_received",
     "malformed", "unknown_circuit", "blocks_granted", "nudges", "bytes_up", "bytes_down",
@@ -138,6 +140,7 @@ class ProxyService:
         self._retry_at = math.inf  # when the pump tries again after the queue was full
         self._check_at = math.inf
         self._last_turn = -math.inf
+        self._listen_again = -math.inf  # the listener is not polled before this time
 
     @property
     def address(self) -> tuple[str, int]:
@@ -149,7 +152,7 @@ class ProxyService:
 
     def poll_items(self) -> list[tuple[int, int]]:
         """Return the listener and every connection with the events it waits for."""
-        items = [(self._listener.fileno(), POLLIN)]
+        items = [] if self._last_turn < self._listen_again else [(self._listener.fileno(), POLLIN)]
         for fd, conn in self._conns.items():
             mask = self._mask(conn)
             if mask:
@@ -210,6 +213,8 @@ class ProxyService:
             elif conn.state is _ProxyState.OPENING and now >= conn.open_deadline:
                 self.counters["open_timeouts"] += 1
                 self._answer_and_close(conn, socks5.TTL_EXPIRED, ResetReason.TIMEOUT)
+            elif conn.state is _ProxyState.CLOSING and now >= self._closing_deadline(conn):
+                self._drop(conn, keep_circuit=conn.reset is not None)  # it does not read
             elif conn.stream is not None and conn.state is _ProxyState.OPEN:
                 conn.stream.on_timer(now)
                 self._settle(now, conn)
@@ -221,15 +226,24 @@ class ProxyService:
         """Return the earliest time something is due (never before the next payload tick after
         the last turn: what is due but waits for the client's queue is tried then)."""
         times = [self._retry_at, self._check_at]
+        if self._listen_again > self._last_turn:
+            times.append(self._listen_again)
         for conn in self._conns.values():
             if conn.state is _ProxyState.HANDSHAKE:
                 times.append(conn.accepted_at + self.handshake_timeout)
             elif conn.state is _ProxyState.OPENING:
                 times.extend((conn.open_deadline, conn.probe_at))
+            elif conn.state is _ProxyState.CLOSING:
+                times.append(self._closing_deadline(conn))
             elif conn.state is _ProxyState.OPEN and conn.stream and conn.ledger:
                 times.extend((conn.stream.next_deadline(), conn.last_sent + KEEPALIVE,
                               conn.ledger.next_stale(self._last_turn), conn.nudge_at))
         return max(min(times), self._last_turn + tick(self.port))
+
+    def _closing_deadline(self, conn: _ProxyConn) -> float:
+        """Return when a connection still writing its last SOCKS answer is closed anyway (only
+        connections that never opened get there: by the handshake and open time-outs)."""
+        return conn.accepted_at + self.handshake_timeout + self.open_timeout + CLOSE_GRACE
 
     def statistics(self) -> dict[str, int]:
         """Return the proxy's statistics (docs/tunnel.md's table)."""
@@ -254,8 +268,10 @@ class ProxyService:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # e.g. out of descriptors: the listener stays, the client waits or goes
+            except OSError:  # out of descriptors: rest, rather than spin on a readable listener
+                self.counters["accept_errors"] += 1
+                self._listen_again = now + ACCEPT_PAUSE
+                return
             if len(self._conns) >= self.max_connections:
                 self.counters["socks_refused"] += 1
                 close_socket(sock, abort=True)
