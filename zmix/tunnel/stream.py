@@ -308,9 +308,12 @@ class Stream:
         (RACK, RFC 8985: a loss shows after one round trip, not after a timeout)."""
         if not self.config.resend_data:
             return []
+        return sorted(seq for seq, sent in self._flight.items() if self._lost(now, sent))
+
+    def _lost(self, now: float, sent: _Sent) -> bool:
+        """Return True if ``sent`` is due again: its timeout passed, or RACK says it is lost."""
         reorder = max(0.01, (self._srtt or self._rto) / 2, 2 * self._rttvar)
-        return sorted(seq for seq, sent in self._flight.items()
-                      if self._retry_due(sent) <= now or sent.last_sent + reorder < self._rack)
+        return self._retry_due(sent) <= now or sent.last_sent + reorder < self._rack
 
     def _can_send_new(self) -> bool:
         """Return True if a new DATA or the FIN may go now (window and something to send)."""
@@ -323,8 +326,9 @@ class Stream:
         or probe)."""
         if self.failed:
             return False
-        return (self._ack_at <= now or self._can_send_new() or bool(self._resends(now))
-                or self._probe_at <= now)
+        return (self._ack_at <= now or self._can_send_new() or self._probe_at <= now
+                or (self.config.resend_data
+                    and any(self._lost(now, sent) for sent in self._flight.values())))
 
     def take(self, now: float, room: int, *, force_ack: bool = False) -> Batch:
         """Return the segments for one message of at most ``room`` bytes: an ack if one is owed
