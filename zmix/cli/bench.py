@@ -13,6 +13,8 @@ BENCHMARKS = {
     "node": ("zmix.bench.node", "one mixnode process under load: packets/s, loss, CPU/packet"),
     "mailbox": ("zmix.bench.mailbox", "durable mailbox store and fetch throughput"),
     "e2e": ("zmix.bench.e2e", "a whole local network: latency, per-hop overhead, goodput"),
+    "socks": ("zmix.bench.socks", "a download through zmix-socks and zmix-exit: time to first "
+                                  "byte, throughput against the payload rate's bound"),
 }
 
 USAGE = "usage: zmix-bench {" + ",".join(BENCHMARKS) + "} [options]   (zmix-bench NAME --help)"
@@ -23,7 +25,8 @@ def help_text() -> str:
     lines = [USAGE, "", "benchmarks:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in BENCHMARKS.items()]
     lines += ["", "examples:", "  zmix-bench sphinx", "  zmix-bench node --json",
-              "  zmix-bench e2e --messages 100 --mean-delay 0.02", ""]
+              "  zmix-bench e2e --messages 100 --mean-delay 0.02",
+              "  zmix-bench socks --size-kib 1024", ""]
     lines += exit_status_help(
         (EXIT_OK, "the benchmark ran and printed its figures"),
         (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start or a message "

@@ -68,6 +68,8 @@ class Connection:
 class ApiServer:
     """The listeners and connections of the API; ``handle`` answers each request."""
 
+    statistics_prefix = ""  # its names start with api_ already
+
     def __init__(self, unix_path: Path, handle: Handler, *, tcp: tuple[str, int] | None = None,
                  token: str | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
         """Listen on ``unix_path`` (made 0600; a stale socket file there is replaced) and, with

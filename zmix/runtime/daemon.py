@@ -309,7 +309,8 @@ class Daemon:
         stats["inbox"] = len(self.runtime.core.inbox())
         stats["messages_for_callers"] = self._counts["messages_for_callers"]
         for service in self.services:
-            stats.update(service.statistics())
+            prefix = service.statistics_prefix
+            stats.update((prefix + name, value) for name, value in service.statistics().items())
         return stats
 
     # ------------------------------------------------------------------ the API's requests

@@ -62,6 +62,10 @@ class MixnetPort(Protocol):
 class Service(Protocol):
     """A part of the daemon with descriptors and timers of its own."""
 
+    #: What the daemon puts before the names of :meth:`statistics` in its own (``proxy_``,
+    #: ``exit_``), so that no service's figure shadows the client's or another's.
+    statistics_prefix: str
+
     def poll_items(self) -> list[tuple[int, int]]:
         """Return the (file descriptor, zmq.POLLIN | zmq.POLLOUT mask) pairs to wait on now."""
         ...

@@ -119,6 +119,8 @@ class _ProxyConn:
 class ProxyService:
     """The SOCKS5 side of the tunnel: a service of the client daemon (docs/tunnel.md)."""
 
+    statistics_prefix = "proxy_"  # in the daemon's statistics (the API's status)
+
     def __init__(self, port: MixnetPort, exit_name: str, listen: tuple[str, int] = ("127.0.0.1",
                  1080), *, max_connections: int = 256, handshake_timeout: float = 10.0,
                  open_timeout: float = 60.0, block_lifetime: float = 20.0,

@@ -107,6 +107,8 @@ _CONNECT_ERRORS = {
 class ExitService:
     """The exit side of the tunnel: a service of the client daemon (docs/tunnel.md)."""
 
+    statistics_prefix = "exit_"  # in the daemon's statistics (the API's status)
+
     def __init__(self, port: MixnetPort, policy: ExitPolicy, *, connect_timeout: float = 10.0,
                  max_circuits: int = 256, idle_timeout: float = 5 * KEEPALIVE,
                  max_blocks_held: int = 128, resolver_threads: int = 4,
