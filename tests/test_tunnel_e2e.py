@@ -16,7 +16,6 @@ import pytest
 from daemonnet import DaemonProcess, LocalNet, Raw, local_net, start_daemon
 from hostile import (
     CountingListener,
-    http_get,
     huge_line,
     many_connections,
     random_bytes_conn,
@@ -63,6 +62,19 @@ def _echo_sha256_server() -> tuple[socket.socket, int]:
 
     threading.Thread(target=serve, daemon=True).start()
     return server, server.getsockname()[1]
+
+
+def response_start(sock: socket.socket, size: int = 64 * 1024) -> bytes:
+    """GET / on a tunnelled socket; return the response's first ``size`` bytes (headers
+    included): enough to know the destination answers, at a fraction of the body's time."""
+    sock.settimeout(120)
+    sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(65536)
+        assert chunk, f"the response ended after {len(data)} bytes"
+        data += chunk
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +134,7 @@ def test_a_destination_off_the_allowlist_is_refused_and_nothing_connects(tunnel:
     code, sock = socks_connect(tunnel.socks, "127.0.0.1", tunnel.http_port, timeout=60)
     with sock:  # positive control: an allowed destination answers
         assert code == socks5.REPLY_SUCCEEDED
-        status, body = http_get(sock, "127.0.0.1", timeout=120)
-    assert status == 200 and hashlib.sha256(body).hexdigest() == tunnel.body_sha256
+        assert response_start(sock).startswith(b"HTTP/1.0 200")
 
 
 def test_a_refused_destination_gets_connection_refused(tunnel: Tunnel) -> None:
@@ -164,8 +175,7 @@ def test_hostile_socks_input_leaves_the_proxy_serving(tunnel: Tunnel) -> None:
     code, sock = socks_connect(tunnel.socks, "127.0.0.1", tunnel.http_port, timeout=60)
     with sock:
         assert code == socks5.REPLY_SUCCEEDED
-        status, body = http_get(sock, "127.0.0.1", timeout=120)
-    assert status == 200 and len(body) == MIB
+        assert response_start(sock).startswith(b"HTTP/1.0 200")
     with Raw(tunnel.proxy.field("api")) as api:
         stats = api.ok("status")["statistics"]
     assert stats["proxy_socks_errors"] >= 10 and stats["proxy_not_socks5"] >= 1, stats
