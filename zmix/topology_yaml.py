@@ -41,6 +41,12 @@ T = TypeVar("T")
 
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file; raises ConfigError (file, key path, problem)."""
+    return parse_topology(read_yaml_file(path), str(path))
+
+
+def read_yaml_file(path: str | Path) -> object:
+    """Return the YAML document in file ``path``, parsed (any YAML value). Raises ConfigError
+    naming the file and "(file)" (missing, unreadable, not UTF-8) or "(yaml)" (with the line)."""
     where = str(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -58,7 +64,7 @@ def load_topology(path: str | Path) -> Topology:
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise ConfigError(where, "(yaml)", f"{line}not valid YAML: "
                           f"{getattr(exc, 'problem', None) or exc}") from None
-    return parse_topology(data, where)
+    return data
 
 
 class _Reader:

@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from zmix.errors import ConfigError, LocalMisuse
+from zmix.topology_yaml import read_yaml_file
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -86,7 +85,7 @@ class ExitPolicy:
         than ``allow``, lacks ``allow``, or holds anything but a list of valid patterns.
         """
         where = str(path)
-        return cls.from_mapping(_read_yaml(path), where)
+        return cls.from_mapping(read_yaml_file(path), where)
 
     @classmethod
     def from_mapping(cls, data: object, where: str) -> ExitPolicy:
@@ -301,26 +300,6 @@ def _is_public(address: IPAddress) -> bool:
     """Return True if ``address`` (and every IPv4 address inside it) is globally routable
     unicast; loopback, private, link-local, shared, reserved, multicast and unspecified are not."""
     return all(inner.is_global and not inner.is_multicast for inner in _embedded(address))
-
-
-def _read_yaml(path: Path) -> object:
-    """Return the parsed YAML of a policy file; ConfigError(file, "(file)"/"(yaml)", problem)."""
-    where = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(where, "(file)", "no such file") from None
-    except OSError as exc:
-        raise ConfigError(where, "(file)", f"cannot read it: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(where, "(file)", f"not UTF-8 text (offset {exc.start})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(where, "(yaml)", f"{line}not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
 
 
 def _kind(value: object) -> str:
