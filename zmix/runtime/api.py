@@ -336,11 +336,10 @@ class ApiServer:
         self._connections.pop(fd, None)
         if gracefully:
             # A TCP socket closed with unread input sends a reset, which can destroy the
-            # refusal just written before the caller reads it: read what waits, then close
-            # our sending side first.
+            # refusal just written before the caller reads it: read what waits (one read, so
+            # a caller that keeps sending cannot hold the loop), then close our side first.
             with contextlib.suppress(OSError):
-                while conn.sock.recv(READ_CHUNK):
-                    pass
+                conn.sock.recv(READ_CHUNK)
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
         conn.sock.close()
