@@ -17,6 +17,9 @@ import pytest
 
 from zmix.bench.common import make_network
 from zmix.cli import authority, bench, node, recv, register, send, up
+from zmix.cli import client as client_cli
+from zmix.cli import exit as exit_cli
+from zmix.cli import socks as socks_cli
 from zmix.envelope import dated_surb_length, envelope_capacity
 from zmix.errors import LocalMisuse
 from zmix.fragment import (
@@ -32,7 +35,8 @@ ROOT = Path(__file__).parent.parent
 PARSERS: dict[str, Callable[[], object]] = {
     "zmix-up": up.build_parser, "zmix-node": node.build_parser, "zmix-send": send.build_parser,
     "zmix-recv": recv.build_parser, "zmix-register": register.build_parser,
-    "zmix-authority": authority.build_parser,
+    "zmix-authority": authority.build_parser, "zmix-client": client_cli.build_parser,
+    "zmix-socks": socks_cli.build_parser, "zmix-exit": exit_cli.build_parser,
 }
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 
@@ -67,7 +71,8 @@ def test_the_usage_doc_has_the_same_exit_statuses_as_each_commands_help() -> Non
 
 def test_every_example_in_the_help_texts_parses_with_its_command() -> None:
     checked = 0
-    for command in ("zmix-send", "zmix-recv", "zmix-register"):
+    for command in ("zmix-send", "zmix-recv", "zmix-register", "zmix-client", "zmix-socks",
+                    "zmix-exit"):
         for line in help_of(command).splitlines():
             if not line.startswith("  ") or "zmix-" not in line:
                 continue
@@ -81,7 +86,7 @@ def test_every_example_in_the_help_texts_parses_with_its_command() -> None:
             except SystemExit:
                 pytest.fail(f"{command} --help shows an example that {words[0]} refuses: {line}")
             checked += 1
-    assert checked >= 8  # the examples were found at all
+    assert checked >= 12  # the examples were found at all
     assert "--from carol" in help_of("zmix-register")
 
 

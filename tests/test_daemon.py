@@ -74,7 +74,13 @@ def test_a_message_is_pushed_to_a_subscriber_and_kept_until_acknowledged(
         with Raw(bob.field("api")) as other:
             assert [m["message_id"] for m in other.ok("inbox")["messages"]] == \
                 [sent["message_id"]]
+        piece = b.ok("read", message_id=sent["message_id"], offset=2, length=3)
+        assert (piece["offset"], piece["bytes"]) == (2, 8)
+        assert base64.b64decode(piece["data"]) == b"\x00binary\xff"[2:5]
+        past = b.call("read", message_id=sent["message_id"], offset=9, length=3)
+        assert past["error"] == "bad_request"
         b.ok("ack", message_id=sent["message_id"])
+        assert b.call("read", message_id=sent["message_id"])["error"] == "unknown_message"
         with Raw(bob.field("api")) as other:
             assert other.ok("inbox")["messages"] == []
             other.ok("subscribe", events=["message"])

@@ -12,6 +12,7 @@ from zmix.api.types import (
     Message,
     MessageEvent,
     NetworkEvent,
+    Piece,
     Progress,
     ProgressEvent,
     ProtocolViolation,
@@ -21,5 +22,5 @@ from zmix.api.types import (
 )
 
 __all__ = ["AcknowledgedEvent", "ApiError", "AsyncClient", "Client", "DaemonGone", "Event",
-           "FailedEvent", "Hello", "Message", "MessageEvent", "NetworkEvent", "Progress",
+           "FailedEvent", "Hello", "Message", "MessageEvent", "NetworkEvent", "Piece", "Progress",
            "ProgressEvent", "ProtocolViolation", "Sent", "SentEvent", "Status"]

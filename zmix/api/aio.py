@@ -22,16 +22,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from zmix.api.client import message_hex, not_running, payload, send_fields, where
+from zmix.api.client import READ_PIECE, message_hex, not_running, payload, send_fields, where
 from zmix.api.session import FINAL_EVENTS, Answer, Session, subscription
 from zmix.api.types import (
     DaemonGone,
     Event,
     Hello,
     Message,
+    MessageEvent,
+    Piece,
     Progress,
     Sent,
     Status,
+    whole,
 )
 
 _READ = 1 << 16  # bytes asked of the stream at once
@@ -153,9 +156,29 @@ class AsyncClient:
         return status
 
     async def inbox(self) -> list[Message]:
-        """Return every received message not yet acked, oldest first."""
+        """Return every received message not yet acked, oldest first (the data of messages
+        the daemon did not send inline read with :meth:`read`)."""
         messages: list[Message] = await self._call("inbox", {})
-        return messages
+        return [await self._complete(message) for message in messages]
+
+    async def read(self, message_id: bytes | str, offset: int = 0, length: int = READ_PIECE
+                   ) -> Piece:
+        """Return up to ``length`` bytes of an inbox message's data from ``offset``. Raises
+        ApiError("unknown_message") if it is not in the inbox."""
+        piece: Piece = await self._call("read", {"message_id": message_hex(message_id),
+                                                 "offset": offset, "length": length})
+        return piece
+
+    async def _complete(self, message: Message) -> Message:
+        """Return ``message`` with its data, reading it if the daemon did not send it inline."""
+        pieces: list[Piece] = []
+        offset = 0
+        while not message.complete and (not pieces or offset < pieces[0].size):
+            pieces.append(await self.read(message.message_id, offset))
+            if pieces[-1].offset != offset or not pieces[-1].data:
+                break  # not what was asked, or no progress: whole() says so
+            offset += len(pieces[-1].data)
+        return message if message.complete else whole(message, pieces)
 
     async def ack(self, message_id: bytes | str) -> None:
         """Say that a received message was shown (no caller sees it again)."""
@@ -179,6 +202,8 @@ class AsyncClient:
         if event is None:
             self._events.put_nowait(None)  # for the next reader too
             raise self._told()
+        if isinstance(event, MessageEvent) and not event.message.complete:
+            return MessageEvent(await self._complete(event.message))
         return event
 
     async def events(self) -> AsyncIterator[Event]:

@@ -28,13 +28,17 @@ from zmix.api.types import (
     Event,
     Hello,
     Message,
+    MessageEvent,
+    Piece,
     Progress,
     Sent,
     Status,
+    whole,
 )
 from zmix.errors import LocalMisuse
 
 _READ = 1 << 16  # bytes asked of the socket at once
+READ_PIECE = 8 * 1024 * 1024  # bytes of a large message's data one read asks for (the most)
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
@@ -189,9 +193,29 @@ class Client:
         return status
 
     def inbox(self) -> list[Message]:
-        """Return every received message not yet acked, oldest first."""
+        """Return every received message not yet acked, oldest first (the data of messages
+        the daemon did not send inline read with :meth:`read`)."""
         messages: list[Message] = self._call("inbox", {})
-        return messages
+        return [self._complete(message) for message in messages]
+
+    def read(self, message_id: bytes | str, offset: int = 0, length: int = READ_PIECE
+             ) -> Piece:
+        """Return up to ``length`` bytes of an inbox message's data from ``offset``. Raises
+        ApiError("unknown_message") if it is not in the inbox."""
+        piece: Piece = self._call("read", {"message_id": message_hex(message_id),
+                                           "offset": offset, "length": length})
+        return piece
+
+    def _complete(self, message: Message) -> Message:
+        """Return ``message`` with its data, reading it if the daemon did not send it inline."""
+        pieces: list[Piece] = []
+        offset = 0
+        while not message.complete and (not pieces or offset < pieces[0].size):
+            pieces.append(self.read(message.message_id, offset))
+            if pieces[-1].offset != offset or not pieces[-1].data:
+                break  # not what was asked, or no progress: whole() says so
+            offset += len(pieces[-1].data)
+        return message if message.complete else whole(message, pieces)
 
     def ack(self, message_id: bytes | str) -> None:
         """Say that a received message was shown: the daemon forgets its data and no caller sees
@@ -214,7 +238,10 @@ class Client:
         while not self._events:
             if not self._pump(deadline):
                 return None
-        return self._events.popleft()
+        event = self._events.popleft()
+        if isinstance(event, MessageEvent) and not event.message.complete:
+            return MessageEvent(self._complete(event.message))
+        return event
 
     def events(self) -> Iterator[Event]:
         """Yield events as they come, without end. Raises DaemonGone when the connection ends."""

@@ -40,6 +40,7 @@ from zmix.api.types import (
     parse_hello,
     parse_inbox,
     parse_progress,
+    parse_read,
     parse_reply,
     parse_sent,
     parse_status,
@@ -49,7 +50,7 @@ from zmix.errors import LocalMisuse
 # How the answer of each op that returns something becomes its value.
 PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "hello": parse_hello, "send": parse_sent, "reply": parse_reply, "progress": parse_progress,
-    "status": parse_status, "inbox": parse_inbox}
+    "status": parse_status, "inbox": parse_inbox, "read": parse_read}
 
 # The events after which a message's progress changes no more.
 FINAL_EVENTS = ("acknowledged", "failed", "sent")

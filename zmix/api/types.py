@@ -10,7 +10,7 @@ newer daemon that adds some does not break an older client.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from zmix.api.protocol import ApiError, b64decode
@@ -73,6 +73,9 @@ class Message:
     filename: str | None
     received_at: float  # unix time
     reply_handle: bytes | None  # pass to reply() to answer through the sender's reply blocks
+    # False only inside the clients: the daemon sent no data (over 8 MiB, docs/api.md "read");
+    # the clients read it before they hand the message out.
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,23 +255,72 @@ def parse_message(obj: dict[str, Any]) -> Message:
     """Return the :class:`Message` in a MESSAGE object (docs/api.md). Raises ProtocolViolation,
     also when ``bytes`` or ``text`` disagree with ``data``."""
     what = "message"
+    size = _count(obj, what, "bytes")
+    encoded = _field(obj, what, "data", (str,), optional=True)
+    if encoded is None:  # too large to travel inline: read with the read op
+        if "text" in obj:
+            raise _bad(what, "text", "is given without the data")
+        return _message(obj, what, b"", None, complete=size == 0)
     try:
-        data = b64decode(_field(obj, what, "data", (str,)), "data")
+        data = b64decode(encoded, "data")
     except ApiError:
         raise _bad(what, "data", "is not standard base64") from None
-    if _count(obj, what, "bytes") != len(data):
+    if size != len(data):
         raise _bad(what, "bytes", f"is not the length of its data ({len(data)})")
     text = obj.get("text")
     if text is not None and (not isinstance(text, str) or text.encode("utf-8", "surrogatepass")
                              != data):
         raise _bad(what, "text", "is not its data")
+    return _message(obj, what, data, text, complete=True)
+
+
+def _message(obj: dict[str, Any], what: str, data: bytes, text: str | None, *,
+             complete: bool) -> Message:
     received_at = _time(obj, what, "received_at")
     assert received_at is not None  # not optional
     return Message(message_id=_message_id(obj, what),
                    sender=_field(obj, what, "from", (str,), optional=True), data=data,
                    text=text, filename=_field(obj, what, "filename", (str,), optional=True),
                    received_at=received_at,
-                   reply_handle=_hex(obj, what, "reply_handle", optional=True))
+                   reply_handle=_hex(obj, what, "reply_handle", optional=True),
+                   complete=complete)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """The answer to ``read``: ``data`` from ``offset`` of a message of ``size`` bytes."""
+
+    offset: int
+    size: int
+    data: bytes
+
+
+def parse_read(obj: dict[str, Any]) -> Piece:
+    """Return the :class:`Piece` in an answer to ``read``. Raises ProtocolViolation."""
+    what = "read"
+    try:
+        data = b64decode(_field(obj, what, "data", (str,)), "data")
+    except ApiError:
+        raise _bad(what, "data", "is not standard base64") from None
+    offset, size = _count(obj, what, "offset"), _count(obj, what, "bytes")
+    if offset + len(data) > size:
+        raise _bad(what, "data", "runs past the message's size")
+    return Piece(offset, size, data)
+
+
+def whole(message: Message, pieces: list[Piece]) -> Message:
+    """Return ``message`` with the data read in ``pieces`` (in order, from offset 0, adding up to
+    the size). Raises ProtocolViolation if they do not."""
+    data = b"".join(piece.data for piece in pieces)
+    if not pieces or len(data) != pieces[0].size or any(
+            piece.offset != sum(len(p.data) for p in pieces[:i]) for i, piece in
+            enumerate(pieces)):
+        raise _bad("read", "data", "the pieces read do not make up the message")
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return replace(message, data=data, text=text, complete=True)
 
 
 def parse_inbox(obj: dict[str, Any]) -> list[Message]:

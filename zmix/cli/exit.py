@@ -19,8 +19,8 @@ from zmix.tunnel.policy import ExitPolicy
 
 EXAMPLES = """\
 examples:
-  zmix-exit --state zmix-local --as exit-1 --allow '*.example.org:443' --allow '127.0.0.1:8080'
-  zmix-exit --state zmix-local --as exit-1 --policy exit-policy.yaml
+  zmix-exit --state zmix-local --as dave --allow '*.example.org:443' --allow '127.0.0.1:8080'
+  zmix-exit --state zmix-local --as dave --policy exit-policy.yaml
 
 Nothing is allowed by default. A destination named by a domain is resolved by the exit; an address
 that is loopback, private, link-local or multicast is reached only when an address pattern allows

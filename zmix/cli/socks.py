@@ -19,7 +19,7 @@ from zmix.topology_yaml import load_topology
 
 EXAMPLES = """\
 example:
-  zmix-socks --state zmix-local --as alice --exit exit-1
+  zmix-socks --state zmix-local --as alice --exit dave
   curl --socks5-hostname 127.0.0.1:1080 http://example.org/
 
 Each TCP connection becomes a circuit to the exit service (a zmix-exit client of the network),
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES + EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_daemon_arguments(parser)
     parser.add_argument("--exit", dest="exit_name", required=True, metavar="SERVICE",
-                        help="the exit's client name (it runs zmix-exit)")
+                        help="client name of the exit service (docs/tunnel.md)")
     parser.add_argument("--listen", type=address, default=("127.0.0.1", 1080),
                         metavar="HOST:PORT",
                         help="the SOCKS5 port, on a loopback address (default 127.0.0.1:1080)")

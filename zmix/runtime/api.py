@@ -290,7 +290,12 @@ class ApiServer:
         except ApiError as exc:
             self._answer_error(conn, request_id, exc)
             return
-        conn.queue({"id": request_id, "ok": True, **answer})
+        try:
+            conn.queue({"id": request_id, "ok": True, **answer})
+        except ApiError as exc:  # an answer over the frame limit: said, not sent
+            conn.after_answer.clear()
+            self._answer_error(conn, request_id, exc)
+            return
         for frame in conn.after_answer:  # a subscription's backlog comes after its answer
             conn.queue(frame)
             self._counts["events_sent"] += 1

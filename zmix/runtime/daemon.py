@@ -44,6 +44,8 @@ from zmix.runtime.services import MixnetPort, Service
 
 LOG = logging.getLogger(__name__)
 
+INLINE_BYTES = 8 * 1024 * 1024  # message bytes an event or an inbox answer carries (docs/api.md)
+BACKLOG_INLINE_BYTES = 32 * 1024 * 1024  # inline bytes of a subscription's backlog, in all
 OFFLINE_RETRY = 0.5  # seconds between attempts while the network document is expired
 POLL_CAP = 0.5  # seconds: the loop wakes at least this often (to see a stop request)
 
@@ -253,7 +255,8 @@ class Daemon:
     def _arrived(self, now: float, message: ReceivedMessage) -> None:
         if not self._offer(now, message):
             self._counts["messages_for_callers"] += 1
-            self.api.publish({"event": "message", **message_object(message)})
+            inline = len(message.data) <= INLINE_BYTES
+            self.api.publish({"event": "message", **message_object(message, inline)})
 
     def _offer(self, now: float, message: ReceivedMessage) -> bool:
         """Return True if a service took ``message`` (it is then marked delivered)."""
@@ -397,7 +400,22 @@ class Daemon:
                 "statistics": stats}
 
     def _op_inbox(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
-        return {"messages": [message_object(m) for m in self.runtime.core.inbox()]}
+        return {"messages": _inlined(self.runtime.core.inbox(), INLINE_BYTES)}
+
+    def _op_read(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
+        message_id = _hex(request, "message_id", length=16)
+        offset = _integer(request, "offset", 0, 2**53)
+        length = _integer(request, "length", 1, INLINE_BYTES)
+        for message in self.runtime.core.inbox():
+            if message.message_id == message_id:
+                if offset > len(message.data):
+                    raise ApiError("bad_request", f"'offset' {offset} is past the message's "
+                                                  f"{len(message.data)} bytes")
+                return {"message_id": message_id.hex(), "offset": offset,
+                        "bytes": len(message.data),
+                        "data": b64encode(message.data[offset:offset + length])}
+        raise ApiError("unknown_message", f"no message {message_id.hex()} in the inbox "
+                                          "(acknowledged already, or never received)")
 
     def _op_ack(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         message_id = _hex(request, "message_id", length=16)
@@ -415,8 +433,9 @@ class Daemon:
                                           f"{', '.join(EVENTS)}")
         conn.events = frozenset(events)
         if "message" in conn.events:  # the backlog, queued after the answer
-            conn.after_answer.extend({"event": "message", **message_object(message)}
-                                     for message in self.runtime.core.inbox())
+            conn.after_answer.extend(
+                {"event": "message", **obj}
+                for obj in _inlined(self.runtime.core.inbox(), BACKLOG_INLINE_BYTES))
         return {}
 
     def _op_unsubscribe(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
@@ -427,21 +446,35 @@ class Daemon:
 _OPS: dict[str, Callable[[Daemon, Connection, dict[str, Any]], dict[str, Any]]] = {
     "hello": Daemon._op_hello, "send": Daemon._op_send, "reply": Daemon._op_reply,
     "progress": Daemon._op_progress, "status": Daemon._op_status, "inbox": Daemon._op_inbox,
-    "ack": Daemon._op_ack, "subscribe": Daemon._op_subscribe,
+    "ack": Daemon._op_ack, "read": Daemon._op_read, "subscribe": Daemon._op_subscribe,
     "unsubscribe": Daemon._op_unsubscribe,
 }
 
 
-def message_object(message: ReceivedMessage) -> dict[str, Any]:
-    """Return a received message as docs/api.md's MESSAGE object."""
+def message_object(message: ReceivedMessage, inline: bool = True) -> dict[str, Any]:
+    """Return a received message as docs/api.md's MESSAGE object, with its data (and text)
+    if ``inline``, else with "data" null (the caller reads it with the read op)."""
     obj: dict[str, Any] = {
         "message_id": message.message_id.hex(), "from": message.sender,
-        "bytes": len(message.data), "data": b64encode(message.data),
+        "bytes": len(message.data), "data": b64encode(message.data) if inline else None,
         "filename": message.filename, "received_at": message.received_at,
         "reply_handle": None if message.reply_handle is None else message.reply_handle.hex()}
-    with contextlib.suppress(UnicodeDecodeError):
-        obj["text"] = message.data.decode("utf-8")
+    if inline:
+        with contextlib.suppress(UnicodeDecodeError):
+            obj["text"] = message.data.decode("utf-8")
     return obj
+
+
+def _inlined(messages: list[ReceivedMessage], budget: int) -> list[dict[str, Any]]:
+    """Return MESSAGE objects of ``messages``, in order, with the data of each one that fits
+    in what is left of ``budget`` bytes (so no frame passes the frame limit)."""
+    objects = []
+    for message in messages:
+        inline = len(message.data) <= min(budget, INLINE_BYTES)
+        if inline:
+            budget -= len(message.data)
+        objects.append(message_object(message, inline))
+    return objects
 
 
 # ---------------------------------------------------------------------- request fields
