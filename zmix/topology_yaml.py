@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from zmix.epochs import MIN_LENGTH, EpochParams
 from zmix.errors import ConfigError, LocalMisuse
 from zmix.pki import MAX_EPOCH
@@ -36,35 +34,13 @@ from zmix.topology import (
     entity_id,
     valid_name,
 )
+from zmix.yamlfile import read_yaml_file
 
 T = TypeVar("T")
 
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file; raises ConfigError (file, key path, problem)."""
     return parse_topology(read_yaml_file(path), str(path))
-
-
-def read_yaml_file(path: str | Path) -> object:
-    """Return the YAML document in file ``path``, parsed (any YAML value). Raises ConfigError
-    naming the file and "(file)" (missing, unreadable, not UTF-8) or "(yaml)" (with the line)."""
-    where = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(where, "(file)", "no such file") from None
-    except OSError as exc:
-        raise ConfigError(where, "(file)", f"cannot read it: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(where, "(file)", f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
-                          f"at offset {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(where, "(yaml)", f"{line}not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
-    return data
 
 
 class _Reader:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zmix.errors import ConfigError, LocalMisuse
-from zmix.topology_yaml import read_yaml_file
+from zmix.yamlfile import read_yaml_file
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
