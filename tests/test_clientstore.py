@@ -146,8 +146,12 @@ def test_a_completed_message_moves_from_reassembly_to_the_inbox() -> None:
     store.complete(InboxEntry(M1, "alice", "f.txt", b"abcdef", 1.0, None), [])
     assert store.is_completed(M1) and store.meta(M1) is None and store.fragment_count(M1) == 0
     assert [e.data for e in store.inbox()] == [b"abcdef"]
+    entry = store.inbox_entry(M1)
+    assert entry is not None and (entry.data, entry.filename) == (b"abcdef", "f.txt")
+    assert store.inbox_count() == 1
     store.mark_delivered(M1)
     assert store.inbox() == [] and store.is_completed(M1)
+    assert store.inbox_entry(M1) is None and store.inbox_count() == 0
 
 
 def test_a_reply_stays_pending_until_sent() -> None:

@@ -378,6 +378,18 @@ class ClientStore:
         return [InboxEntry(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4],
                            None if r[5] is None else bytes(r[5])) for r in rows]
 
+    def inbox_entry(self, message_id: bytes) -> InboxEntry | None:
+        """Return the finished, undelivered message ``message_id``, or None."""
+        r = self._db.execute("SELECT message_id, sender, filename, data, received_at, "
+                             "reply_handle FROM inbox WHERE message_id=?", (message_id,)
+                             ).fetchone()
+        return None if r is None else InboxEntry(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4],
+                                                 None if r[5] is None else bytes(r[5]))
+
+    def inbox_count(self) -> int:
+        """Return how many finished messages are not yet marked delivered."""
+        return int(self._db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+
     def mark_delivered(self, message_id: bytes) -> None:
         """Drop a shown message's data from the inbox (its id stays, to drop duplicates)."""
         self._db.execute("DELETE FROM inbox WHERE message_id=?", (message_id,))

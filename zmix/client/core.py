@@ -163,6 +163,15 @@ class ClientCore:
         """Return finished messages not yet marked delivered, oldest first."""
         return self.receiver.inbox()
 
+    def inbox_message(self, message_id: bytes) -> ReceivedMessage | None:
+        """Return the inbox's undelivered message ``message_id``, or None (delivered already,
+        or never received)."""
+        return self.receiver.inbox_message(message_id)
+
+    def inbox_count(self) -> int:
+        """Return how many finished messages are not yet marked delivered."""
+        return self.receiver.inbox_count()
+
     def mark_delivered(self, message_id: bytes) -> None:
         """Forget a shown message's data (its reply blocks stay usable)."""
         self.receiver.mark_delivered(message_id)

@@ -160,6 +160,16 @@ class Receiver:
         return [ReceivedMessage(e.message_id, e.sender, e.data, e.filename, e.received_at,
                                 e.reply_handle) for e in self._store.inbox()]
 
+    def inbox_message(self, message_id: bytes) -> ReceivedMessage | None:
+        """Return the undelivered message ``message_id`` of the inbox, or None."""
+        e = self._store.inbox_entry(message_id)
+        return None if e is None else ReceivedMessage(e.message_id, e.sender, e.data, e.filename,
+                                                      e.received_at, e.reply_handle)
+
+    def inbox_count(self) -> int:
+        """Return how many messages wait in the inbox."""
+        return self._store.inbox_count()
+
     def mark_delivered(self, message_id: bytes) -> None:
         """Forget a shown message's data (its reply blocks stay usable)."""
         self._store.mark_delivered(message_id)

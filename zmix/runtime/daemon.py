@@ -309,7 +309,7 @@ class Daemon:
     def statistics(self) -> dict[str, int]:
         """Return the client's statistics, the daemon's and every service's."""
         stats = self.runtime.statistics()
-        stats["inbox"] = len(self.runtime.core.inbox())
+        stats["inbox"] = self.runtime.core.inbox_count()
         stats["messages_for_callers"] = self._counts["messages_for_callers"]
         for service in self.services:
             prefix = service.statistics_prefix
@@ -406,20 +406,19 @@ class Daemon:
         message_id = _hex(request, "message_id", length=16)
         offset = _integer(request, "offset", 0, 2**53)
         length = _integer(request, "length", 1, INLINE_BYTES)
-        for message in self.runtime.core.inbox():
-            if message.message_id == message_id:
-                if offset > len(message.data):
-                    raise ApiError("bad_request", f"'offset' {offset} is past the message's "
-                                                  f"{len(message.data)} bytes")
-                return {"message_id": message_id.hex(), "offset": offset,
-                        "bytes": len(message.data),
-                        "data": b64encode(message.data[offset:offset + length])}
-        raise ApiError("unknown_message", f"no message {message_id.hex()} in the inbox "
-                                          "(acknowledged already, or never received)")
+        message = self.runtime.core.inbox_message(message_id)
+        if message is None:
+            raise ApiError("unknown_message", f"no message {message_id.hex()} in the inbox "
+                                              "(acknowledged already, or never received)")
+        if offset > len(message.data):
+            raise ApiError("bad_request", f"'offset' {offset} is past the message's "
+                                          f"{len(message.data)} bytes")
+        return {"message_id": message_id.hex(), "offset": offset, "bytes": len(message.data),
+                "data": b64encode(message.data[offset:offset + length])}
 
     def _op_ack(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         message_id = _hex(request, "message_id", length=16)
-        if all(m.message_id != message_id for m in self.runtime.core.inbox()):
+        if self.runtime.core.inbox_message(message_id) is None:
             raise ApiError("unknown_message", f"no message {message_id.hex()} in the inbox "
                                               "(acknowledged already, or never received)")
         self.runtime.core.mark_delivered(message_id)
