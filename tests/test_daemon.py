@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hostile
 import pytest
@@ -382,3 +383,47 @@ def test_the_chat_example_exchanges_messages_and_answers_an_anonymous_one(
     assert "bob: hi alice" in alice_out and "anonymous: you are a mystery" in alice_out
     assert alice_out.count("(delivered)") == 2  # hello bob, and the anonymous question
     assert bob_side.returncode == 0 and "(sent)" in bob_out
+
+
+def test_a_unix_caller_may_send_a_file_by_its_path_and_a_tcp_caller_may_not(
+        net: LocalNet, tmp_path: Path, bob: DaemonProcess) -> None:
+    drain_inbox(bob.field("api"))
+    path = tmp_path / "notes.bin"
+    path.write_bytes(b"\x01\x02 file contents")
+    host, port = bob.field("tcp").rsplit(":", 1)
+    token = (net.state / "clients" / "bob" / "api.token").read_text().strip()
+    with Raw((host, int(port))) as api:
+        api.ok("hello", token=token)
+        refused = api.call("send", to="alice", file=str(path))
+        assert refused["error"] == "bad_request" and "Unix socket" in refused["message"]
+    with Raw(bob.field("api")) as api:
+        assert api.call("send", to="alice", file="notes.bin")["error"] == "bad_request"
+        missing = api.call("send", to="alice", file=str(tmp_path / "none"))
+        assert missing["error"] == "bad_request" and "cannot read" in missing["message"]
+        sent = api.ok("send", to="carol", file=str(path), filename="notes.bin")
+        assert api.ok("progress", message_id=sent["message_id"])["fragments"] == 1
+
+
+def test_zmix_send_hands_a_daemon_large_data_through_a_private_file(tmp_path: Path) -> None:
+    from zmix.cli import send as send_cli
+
+    calls: list[tuple[str, object, bytes | None]] = []
+
+    class Recorder:
+        def send(self, to: str, data: object, **options: object) -> Any:
+            content = data.read_bytes() if isinstance(data, Path) else None
+            if isinstance(data, Path):
+                assert stat.S_IMODE(data.stat().st_mode) == 0o600
+            calls.append((to, data, content))
+            return type("Sent", (), {"message_id": b"x" * 16})()
+
+    folder = tmp_path / "clients" / "alice"
+    folder.mkdir(parents=True)
+    args = send_cli.build_parser().parse_args(
+        ["--state", str(tmp_path), "--from", "alice", "--to", "bob", "x"])
+    big = b"b" * (send_cli.INLINE_SEND + 1)
+    send_cli._daemon_send(Recorder(), args, b"small", None)  # type: ignore[arg-type]
+    send_cli._daemon_send(Recorder(), args, big, None)  # type: ignore[arg-type]
+    assert calls[0] == ("bob", b"small", None)
+    assert isinstance(calls[1][1], Path) and calls[1][2] == big
+    assert list(folder.iterdir()) == []  # the temporary file is gone once sent

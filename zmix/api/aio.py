@@ -131,7 +131,7 @@ class AsyncClient:
         self.info = info
         return info
 
-    async def send(self, to: str, data: bytes | str, *, filename: str | None = None,
+    async def send(self, to: str, data: bytes | str | Path, *, filename: str | None = None,
                    anonymous: bool = False, reply_blocks: int = 0) -> Sent:
         """Send ``data`` to client ``to``; see :meth:`zmix.api.client.Client.send`."""
         sent: Sent = await self._call("send", send_fields(to, data, filename, anonymous,

@@ -73,10 +73,13 @@ def message_hex(message_id: bytes | str) -> str:
     raise LocalMisuse(f"a message id or handle is bytes or hexadecimal text, not {message_id!r}")
 
 
-def send_fields(to: str, data: bytes | str, filename: str | None, anonymous: bool,
+def send_fields(to: str, data: bytes | str | Path, filename: str | None, anonymous: bool,
                 reply_blocks: int) -> Any:
-    """Return the fields of a ``send`` request (text goes as ``text``, bytes as ``data``)."""
-    fields: dict[str, Any] = {"to": to, **payload(data), "anonymous": anonymous,
+    """Return the fields of a ``send`` request (text goes as ``text``, bytes as ``data``, a
+    path as ``file``: the daemon reads it, docs/api.md)."""
+    content = ({"file": str(Path(data).resolve())} if isinstance(data, Path)
+               else payload(data))
+    fields: dict[str, Any] = {"to": to, **content, "anonymous": anonymous,
                               "reply_blocks": reply_blocks}
     if filename is not None:
         fields["filename"] = filename
@@ -168,11 +171,12 @@ class Client:
         self.info = info
         return info
 
-    def send(self, to: str, data: bytes | str, *, filename: str | None = None,
+    def send(self, to: str, data: bytes | str | Path, *, filename: str | None = None,
              anonymous: bool = False, reply_blocks: int = 0) -> Sent:
-        """Send ``data`` (str goes as text) to client ``to``; return once it is sealed and in
-        the client's store on disk. Raises ApiError (unknown_recipient, bad_request, too_long,
-        offline, ...)."""
+        """Send ``data`` (str goes as text; a Path's file is read by the daemon, any size, over
+        the Unix socket only) to client ``to``; return once it is sealed and in the client's
+        store on disk. Raises ApiError (unknown_recipient, bad_request, too_long, too_large
+        for bytes over about 12 MiB: give a Path, offline, ...)."""
         sent: Sent = self._call("send", send_fields(to, data, filename, anonymous, reply_blocks))
         return sent
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from zmix.fragment import MAX_REPLY_BLOCKS, reply_blocks_that_fit
 from zmix.runtime.client import ClientBusy, ClientRuntime, NetworkExpired
 from zmix.sphinx import SphinxParams
 from zmix.topology_yaml import load_topology
+
+INLINE_SEND = 8 * 1024 * 1024  # bytes zmix-send hands a daemon in a frame (its limit: 16 MiB)
 
 EXAMPLES = """\
 examples:
@@ -160,9 +163,7 @@ def _send_via_daemon(daemon: Client, args: argparse.Namespace, data: bytes,
         if handle is not None:
             message_id = daemon.reply(handle, data)
         else:
-            message_id = daemon.send(args.recipient, data, filename=filename,
-                                     anonymous=args.anonymous,
-                                     reply_blocks=args.reply_blocks).message_id
+            message_id = _daemon_send(daemon, args, data, filename)
         progress = daemon.progress(message_id)
         bar = None if handle is not None else _progress_bar(progress.fragments, len(data))
         shown, deadline = 0, time.monotonic() + args.timeout
@@ -189,6 +190,23 @@ def _send_via_daemon(daemon: Client, args: argparse.Namespace, data: bytes,
         return EXIT_OK
     return _outcome(progress.fragments, progress.acked, progress.failed, progress.done,
                     args.timeout, f"the daemon of {args.sender} keeps sending the rest")
+
+
+def _daemon_send(daemon: Client, args: argparse.Namespace, data: bytes,
+                 filename: str | None) -> bytes:
+    """Send through the daemon: a --file by its path, which the daemon reads (no frame limit),
+    other data inline up to INLINE_SEND bytes and through a private temporary file beyond."""
+    options = {"filename": filename, "anonymous": args.anonymous,
+               "reply_blocks": args.reply_blocks}
+    if args.file is not None:
+        return daemon.send(args.recipient, args.file, **options).message_id
+    if len(data) <= INLINE_SEND:
+        return daemon.send(args.recipient, data, **options).message_id
+    folder = args.state / "clients" / args.sender  # 0700, the client's own
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".send-") as fh:
+        fh.write(data)
+        fh.flush()
+        return daemon.send(args.recipient, Path(fh.name), **options).message_id
 
 
 def _parse_handle(parser: argparse.ArgumentParser, text: str | None) -> bytes | None:

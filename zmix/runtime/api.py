@@ -55,6 +55,7 @@ class Connection:
         self.peer = peer
         self.reader = FrameReader(MAX_FRAME)
         self.out = bytearray()
+        self.tcp = needs_token  # a loopback TCP caller (else the Unix socket's)
         self.needs_token = needs_token  # TCP: nothing but hello with the token until it came
         self.events: frozenset[str] = frozenset()  # subscribed events (empty: none)
         self.closing = False  # close once ``out`` is written

@@ -335,7 +335,7 @@ class Daemon:
 
     def _op_send(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         to = _string(request, "to")
-        data = _data(request)
+        data = _data(request, files=not conn.tcp)
         filename = _string(request, "filename", required=False)
         anonymous = _flag(request, "anonymous")
         blocks = _integer(request, "reply_blocks", 0, MAX_REPLY_BLOCKS)
@@ -501,11 +501,20 @@ def _integer(request: dict[str, Any], key: str, low: int, high: int) -> int:
     return value
 
 
-def _data(request: dict[str, Any]) -> bytes:
-    """Return the request's "data" (base64) or "text"; exactly one must be given."""
-    data, text = request.get("data"), request.get("text")
-    if (data is None) == (text is None):
-        raise ApiError("bad_request", "give exactly one of 'data' (base64) and 'text'")
+def _data(request: dict[str, Any], *, files: bool = False) -> bytes:
+    """Return the request's "data" (base64) or "text", or with ``files`` the bytes of its
+    "file" (an absolute path the daemon reads); exactly one must be given."""
+    data, text, path = request.get("data"), request.get("text"), request.get("file")
+    given = [key for key, value in (("data", data), ("text", text), ("file", path))
+             if value is not None]
+    if path is not None and not files:
+        raise ApiError("bad_request", "'file' goes with send, from a caller on the Unix "
+                                      "socket; give the bytes as 'data'")
+    if len(given) != 1:
+        names = "'data' (base64), 'text' or 'file'" if files else "'data' (base64) and 'text'"
+        raise ApiError("bad_request", f"give exactly one of {names}")
+    if path is not None:
+        return _file(path)
     if text is not None:
         if not isinstance(text, str):
             raise ApiError("bad_request", "'text' must be a string")
@@ -516,6 +525,19 @@ def _data(request: dict[str, Any]) -> bytes:
     if not isinstance(data, str):
         raise ApiError("bad_request", "'data' must be a base64 string")
     return b64decode(data, "data")
+
+
+def _file(path: object) -> bytes:
+    """Return the bytes of the file at absolute path ``path`` (read as the daemon's user, who
+    is the caller's: the Unix socket admits no one else)."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ApiError("bad_request", "'file' must be an absolute path")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ApiError("bad_request", f"cannot read 'file' {path}: "
+                                      f"{exc.strerror or exc}") from None
 
 
 def _hex(request: dict[str, Any], key: str, *, length: int | None = None) -> bytes:
