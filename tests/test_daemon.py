@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
 import stat
 import struct
 import subprocess
@@ -427,3 +429,24 @@ def test_zmix_send_hands_a_daemon_large_data_through_a_private_file(tmp_path: Pa
     assert calls[0] == ("bob", b"small", None)
     assert isinstance(calls[1][1], Path) and calls[1][2] == big
     assert list(folder.iterdir()) == []  # the temporary file is gone once sent
+
+
+def test_a_caller_that_never_reads_its_answers_is_closed_not_waited_for(
+        alice: DaemonProcess) -> None:
+    path = alice.field("api")
+    request = encode({"op": "status"})
+    with Raw(path) as api:
+        size = len(encode({"id": None, "ok": True, **api.ok("status")}))
+    count = (64 * 1024 * 1024) // size + 2000  # answers past the 64 MiB of unread output
+    hog = socket.socket(socket.AF_UNIX)
+    hog.connect(path)
+    hog.settimeout(60)
+    # Write them all and read nothing; the daemon may close it while we still write.
+    with contextlib.suppress(OSError):
+        hog.sendall(request * count)
+    with Raw(path) as api:  # meanwhile the daemon serves everyone else
+        deadline = time.monotonic() + 60
+        while api.ok("status")["statistics"]["api_slow_closed"] < 1:
+            assert time.monotonic() < deadline, "the caller that reads nothing was not closed"
+            time.sleep(0.2)
+    hog.close()
