@@ -34,6 +34,7 @@ from zmix.api.types import (
     Progress,
     Sent,
     Status,
+    next_offset,
     whole,
 )
 
@@ -172,12 +173,8 @@ class AsyncClient:
     async def _complete(self, message: Message) -> Message:
         """Return ``message`` with its data, reading it if the daemon did not send it inline."""
         pieces: list[Piece] = []
-        offset = 0
-        while not message.complete and (not pieces or offset < pieces[0].size):
+        while (offset := next_offset(message, pieces)) is not None:
             pieces.append(await self.read(message.message_id, offset))
-            if pieces[-1].offset != offset or not pieces[-1].data:
-                break  # not what was asked, or no progress: whole() says so
-            offset += len(pieces[-1].data)
         return message if message.complete else whole(message, pieces)
 
     async def ack(self, message_id: bytes | str) -> None:

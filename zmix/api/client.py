@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from zmix.api.protocol import b64encode
+from zmix.api.protocol import SOCKET_FILE, TOKEN_FILE, b64encode
 from zmix.api.session import FINAL_EVENTS, Answer, Session, subscription
 from zmix.api.types import (
     DaemonGone,
@@ -33,6 +33,7 @@ from zmix.api.types import (
     Progress,
     Sent,
     Status,
+    next_offset,
     whole,
 )
 from zmix.errors import LocalMisuse
@@ -49,13 +50,13 @@ def client_folder(state: Path | str, name: str) -> Path:
 
 def socket_path(state: Path | str, name: str) -> Path:
     """Return where the daemon of client ``name`` listens: ``STATE/clients/NAME/api.sock``."""
-    return client_folder(state, name) / "api.sock"
+    return client_folder(state, name) / SOCKET_FILE
 
 
 def read_token(state: Path | str, name: str) -> str:
     """Return the TCP token of client ``name``'s daemon (``STATE/clients/NAME/api.token``).
     Raises DaemonGone if it is not there."""
-    path = client_folder(state, name) / "api.token"
+    path = client_folder(state, name) / TOKEN_FILE
     try:
         return path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as error:
@@ -213,12 +214,8 @@ class Client:
     def _complete(self, message: Message) -> Message:
         """Return ``message`` with its data, reading it if the daemon did not send it inline."""
         pieces: list[Piece] = []
-        offset = 0
-        while not message.complete and (not pieces or offset < pieces[0].size):
+        while (offset := next_offset(message, pieces)) is not None:
             pieces.append(self.read(message.message_id, offset))
-            if pieces[-1].offset != offset or not pieces[-1].data:
-                break  # not what was asked, or no progress: whole() says so
-            offset += len(pieces[-1].data)
         return message if message.complete else whole(message, pieces)
 
     def ack(self, message_id: bytes | str) -> None:

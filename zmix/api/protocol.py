@@ -16,6 +16,8 @@ from typing import Any
 from zmix.errors import ZmixError
 
 API_VERSION = 1
+SOCKET_FILE = "api.sock"  # in the client's folder STATE/clients/NAME (docs/api.md)
+TOKEN_FILE = "api.token"  # noqa: S105 - a file name, not a secret: where the TCP token is
 MAX_FRAME = 16 * 1024 * 1024  # bytes of JSON in one frame (docs/api.md, "Framing")
 _LENGTH = struct.Struct(">I")
 

@@ -308,6 +308,19 @@ def parse_read(obj: dict[str, Any]) -> Piece:
     return Piece(offset, size, data)
 
 
+def next_offset(message: Message, pieces: list[Piece]) -> int | None:
+    """Return the offset of ``message``'s data to read next after ``pieces``, or None when
+    nothing more is to be read: the message came whole, the pieces reach its size, or the
+    last piece was not the one asked for or brought nothing (then :func:`whole` refuses)."""
+    if message.complete:
+        return None
+    offset = sum(len(piece.data) for piece in pieces)
+    if pieces and (offset >= pieces[0].size or not pieces[-1].data
+                   or pieces[-1].offset != offset - len(pieces[-1].data)):
+        return None
+    return offset
+
+
 def whole(message: Message, pieces: list[Piece]) -> Message:
     """Return ``message`` with the data read in ``pieces`` (in order, from offset 0, adding up to
     the size). Raises ProtocolViolation if they do not."""

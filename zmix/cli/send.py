@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zmix.api.client import Client
+from zmix.api.client import Client, client_folder
 from zmix.api.protocol import ApiError
 from zmix.api.types import DaemonGone
 from zmix.cli.common import (
@@ -202,7 +202,7 @@ def _daemon_send(daemon: Client, args: argparse.Namespace, data: bytes,
         return daemon.send(args.recipient, args.file, **options).message_id
     if len(data) <= INLINE_SEND:
         return daemon.send(args.recipient, data, **options).message_id
-    folder = args.state / "clients" / args.sender  # 0700, the client's own
+    folder = client_folder(args.state, args.sender)  # 0700, the client's own
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".send-") as fh:
         fh.write(data)
         fh.flush()

@@ -25,7 +25,16 @@ from typing import Any
 
 import zmq
 
-from zmix.api.protocol import API_VERSION, EVENTS, MAX_FRAME, ApiError, b64decode, b64encode
+from zmix.api.protocol import (
+    API_VERSION,
+    EVENTS,
+    MAX_FRAME,
+    SOCKET_FILE,
+    TOKEN_FILE,
+    ApiError,
+    b64decode,
+    b64encode,
+)
 from zmix.client import ReceivedMessage
 from zmix.client.results import SendProgress
 from zmix.client.sending import fragment_capacity
@@ -52,14 +61,9 @@ POLL_CAP = 0.5  # seconds: the loop wakes at least this often (to see a stop req
 ServiceFactory = Callable[[MixnetPort], list[Service]]
 
 
-def api_socket_path(client_dir: Path) -> Path:
-    """Return where a client's daemon serves the API (docs/api.md)."""
-    return client_dir / "api.sock"
-
-
 def api_token(client_dir: Path) -> str:
     """Return the client's API token from ``api.token`` (0600), made at the first call."""
-    path = client_dir / "api.token"
+    path = client_dir / TOKEN_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -135,7 +139,7 @@ class Daemon:
         try:
             client_dir = self.runtime.client_dir
             token = api_token(client_dir) if api_tcp is not None else None
-            self.api = ApiServer(api_socket_path(client_dir), self._handle, tcp=api_tcp,
+            self.api = ApiServer(client_dir / SOCKET_FILE, self._handle, tcp=api_tcp,
                                  token=token, max_connections=max_connections)
         except BaseException:
             self.runtime.__exit__(None, None, None)
