@@ -152,8 +152,7 @@ class Daemon:
         self._epoch = self.runtime.view.current.version
         self._poller = zmq.Poller()
         self._registered: dict[int, int] = {}  # fd -> mask in the poller
-        self._zmq = self.runtime.sockets()
-        for sock in self._zmq:
+        for sock in self.runtime.sockets():  # the same while online
             self._poller.register(sock, zmq.POLLIN)
         try:
             extra = services(self.port) if services is not None else []
