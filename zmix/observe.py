@@ -34,11 +34,10 @@ from typing import Any
 
 from zmix import looploss
 from zmix.errors import ZmixError
-from zmix.stats_schema import STATISTICS
+from zmix.stats_schema import LABELLED_STATISTICS, STATISTICS
 from zmix.topology import NodeSpec, Role, Topology
 
 WINDOW = 120  # seconds: the nodes' loop records cover the loops resolved in this last window
-LABELS = ("route", "peer")  # the one label besides ``node`` a labelled statistic carries
 Counts = dict[tuple[str, ...], tuple[int, int]]  # a loop route -> (returned, lost)
 
 
@@ -126,14 +125,15 @@ def parse_labelled(text: str | None) -> dict[str, dict[str, float]]:
     return result
 
 
-_FLAT_NAMES = {s.prometheus_name: s.name for s in STATISTICS}
+_NAMES: dict[str, str] = {s.prometheus_name: s.name for s in STATISTICS}
+_NAMES.update((s.prometheus_name, s.name) for s in LABELLED_STATISTICS)
 
 
 def _statistic_name(sample: str, family_type: str) -> str:
     """Return the statistic a Prometheus sample carries: the schema's name for its sample
     name, else the name without ``zmix_`` (and a counter's without ``_total``)."""
-    if sample in _FLAT_NAMES:
-        return _FLAT_NAMES[sample]
+    if sample in _NAMES:
+        return _NAMES[sample]
     name = sample.removeprefix("zmix_")
     if family_type == "counter":
         name = name.removesuffix("_total")
@@ -142,8 +142,9 @@ def _statistic_name(sample: str, family_type: str) -> str:
 
 def parse_metrics(text: str, node: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Return node ``node``'s flat and labelled statistics from a Prometheus text page (the
-    samples ``zmix_*`` labelled ``node="NODE"``; a labelled one also carries ``route`` or
-    ``peer``). Raises MetricsError if the page does not parse or has no sample of ``node``."""
+    samples ``zmix_*`` labelled ``node="NODE"``; a labelled one carries one more label, its
+    ``route`` or ``peer``). Raises MetricsError if the page does not parse or has no sample of
+    ``node``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     flat: dict[str, float] = {}
@@ -161,7 +162,8 @@ def parse_metrics(text: str, node: str) -> tuple[dict[str, float], dict[str, dic
                 if value is None:
                     continue
                 name = _statistic_name(sample.name, family.type)
-                label = next((sample.labels[k] for k in LABELS if k in sample.labels), None)
+                # A labelled statistic's one other label: its route or its peer (the schema's).
+                label = next((v for k, v in sorted(sample.labels.items()) if k != "node"), None)
                 if label is None:
                     flat[name] = value
                 else:
