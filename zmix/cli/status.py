@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "traffic, drops, queue, loops and loop loss.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", type=Path, required=True,
-                        help="the state folder (zmix-up's --state)")
+                        help="the state folder (the --state of zmix-up)")
     parser.add_argument("--topology", type=Path, default=None,
                         help="the topology file (default: STATE/topology.yaml)")
     parser.add_argument("--watch", type=positive_float, nargs="?", const=0.0, default=None,
