@@ -330,6 +330,8 @@ def test_a_client_daemons_loop_routes_are_read_in_either_form_and_bad_entries_le
         tuple(good.split(">")): (2, 0)}
     assert observe.parse_client_loops({good: [1], "a>b": [1, 1], good + ">": [1, 1]}) == {}
     assert observe.parse_client_loops(None) == {}
+    assert observe.parse_client_loops({tuple(good.split(">")): (1, 2)}) == {
+        tuple(good.split(">")): (1, 2)}
 
 
 # ---------------------------------------------------------------------- where nodes are read
@@ -347,3 +349,25 @@ def test_a_node_with_no_private_key_here_and_no_metrics_port_is_unknown(tmp_path
     assert sample.nodes["mix-a1"].state is DOWN
     assert "http://127.0.0.1:1/metrics" in (sample.nodes["mix-a1"].error or "")
     assert observe.observable(net, tmp_path) == ["mix-a1", "mix-b1"]
+
+
+# ---------------------------------------------------------------------- the docs
+
+
+def documented_fields(table_after: str) -> set[str]:
+    """Return the field names of the first table after the line ``table_after`` in
+    docs/monitoring.md's zmix-status section (a cell may name several: `a`, `b`)."""
+    doc = (Path(__file__).parent.parent / "docs" / "monitoring.md").read_text()
+    section = doc.split("## zmix-status", 1)[1].split("\n## ", 1)[0]
+    rest = section.split(table_after, 1)[1]
+    table = rest[rest.index("| field |"):].split("\n\n", 1)[0]
+    cells = [line.split("|")[1] for line in table.splitlines()[2:]]
+    return {name.strip().strip("`") for cell in cells for name in cell.split(",")}
+
+
+def test_the_monitoring_doc_lists_exactly_the_reports_fields() -> None:
+    current = sample(1.0, [up("mix-a1", labelled=loops({ROUTE_B1: (1, 0)}))])
+    report = observe.report(NET, None, current)
+    assert documented_fields("**The JSON report**") == set(report)
+    assert documented_fields("Each entry of `nodes`:") == set(report["nodes"][0])
+    assert documented_fields("Each entry of `links`") == set(report["links"][0])

@@ -178,7 +178,8 @@ def parse_metrics(text: str, node: str) -> tuple[dict[str, float], dict[str, dic
 
 def parse_client_loops(value: object) -> Counts:
     """Return the loop counts in the ``loop_routes`` field of a client daemon's status:
-    ``{"ROUTE": [returned, lost]}`` or ``{"ROUTE": {"returned": n, "lost": n}}``. Entries that
+    ``{"ROUTE": [returned, lost]}`` or ``{"ROUTE": {"returned": n, "lost": n}}`` (a ROUTE may
+    also be a tuple of names). Entries that
     are neither, or whose route does not parse, are left out (the field is optional)."""
     counts: Counts = {}
     if not isinstance(value, Mapping):
@@ -190,7 +191,9 @@ def parse_client_loops(value: object) -> Counts:
             continue
         returned, lost = (_number(n) for n in pair)
         try:
-            route = looploss.parse_route(str(label))
+            # The label as the API carries it, or a route the thin client already split.
+            route = (looploss.parse_route(looploss.route_label(label))
+                     if isinstance(label, tuple) else looploss.parse_route(str(label)))
         except ValueError:
             continue
         if returned is not None and lost is not None and returned >= 0 and lost >= 0:
