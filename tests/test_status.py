@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from zmix import observe
+from zmix import looploss, observe
 from zmix.bench.common import free_ports, make_network, network_launcher
 from zmix.runtime.launcher import Launcher
 from zmix.topology import Topology
@@ -172,3 +172,96 @@ def test_a_killed_mixnode_is_shown_down_its_loop_loss_rises_and_the_others_stay_
     assert any(line.split()[:4] == ["mix-b1", "mix", "L1", "DOWN"]
                for line in table.stdout.splitlines())
     assert "mix-b1: down: no answer on its control socket" in table.stdout
+
+
+# ---------------------------------------------------------------------- without a network
+
+
+def status_of(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zmix.cli.status", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_a_state_folder_or_topology_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    missing = status_of("--state", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+    empty = status_of("--state", str(tmp_path))
+    assert empty.returncode == 2 and "topology.yaml: topology: no such file" in empty.stderr
+    _, state = make_network(tmp_path / "net", layers=(("mix-a",),), providers=("provider-1",))
+    observer = tmp_path / "observer"  # the topology, no private key, no metrics_port
+    observer.mkdir()
+    shutil.copy(state / "topology.yaml", observer / "topology.yaml")
+    blind = status_of("--state", str(observer))
+    assert blind.returncode == 2 and "none can be read from here" in blind.stderr
+    given = status_of("--state", str(observer), "--topology", str(state / "topology.yaml"),
+                      "--timeout", "0.2", "--interval", "0.1")
+    assert given.returncode == 2  # the same topology, still nothing local in that folder
+    # Positive control: from the nodes' own folder they can be read (and are down: not running).
+    down = status_of("--state", str(state), "--timeout", "0.2", "--interval", "0.1")
+    assert down.returncode == 1 and "2 nodes: 0 up, 2 down, 0 unknown" in down.stdout
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_watch_prints_one_json_line_per_refresh_and_exits_with_the_last_ones_status(
+        tmp_path: Path, stop: signal.Signals) -> None:
+    _, state = make_network(tmp_path, layers=(("mix-a",),), providers=("provider-1",))
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "zmix.cli.status", "--state", str(state), "--json", "--watch",
+         "0.2", "--timeout", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watcher.stdout is not None
+    try:
+        lines = [watcher.stdout.readline() for _ in range(3)]  # blocks until each refresh
+        watcher.send_signal(stop)
+        rest, err = watcher.communicate(timeout=20)
+    finally:
+        watcher.kill()
+        watcher.wait()
+    reports = [json.loads(line) for line in lines + rest.splitlines()]
+    assert len(reports) >= 3 and all(r["down"] == ["provider-1", "mix-a"] for r in reports)
+    assert all(0.15 < r["interval"] < 2 for r in reports)
+    assert [r["time"] for r in reports] == sorted(r["time"] for r in reports)
+    assert watcher.returncode == 1, err  # both nodes were down at the last refresh
+    assert "Traceback" not in err
+
+
+def test_the_table_shows_missing_figures_as_dashes_nonzero_drops_and_lossy_links() -> None:
+    from zmix.cli.status import render
+    from zmix.observe import Reading, Sample, State
+
+    net = make_topology()
+    stats = {"uptime_seconds": 3725.0, "pid": 1.0, "received": 10.0, "sent": 5.0,
+             "dropped_replay": 3.0, "dropped_bad_mac": 0.0, "dropped_total": 3.0,
+             "queue_depth": 4.0, "workers": 2.0, "loops_sent": 9.0, "loops_returned": 7.0,
+             "loops_lost": 2.0, "mailbox_items": 1.0, "clients_online": 0.0}
+    loops = {"loop_route_returned": {"provider-1>mix-a>provider-1": 1.0},
+             "loop_route_lost": {"provider-1>mix-a>provider-1": 3.0}}
+    current = Sample(5.0, {
+        "provider-1": Reading("provider-1", State.UP, observe.Source.CONTROL, None, stats,
+                              loops),
+        "mix-a": Reading("mix-a", State.DOWN, None, "no answer")})
+    text = render(observe.report(net, None, current), threshold=5.0)
+    lines = text.splitlines()
+    assert "2 nodes: 1 up, 1 down, 0 unknown  no rates yet" in lines[0]
+    provider = next(line for line in lines if line.startswith("provider-1 ")).split()
+    # provider-1 is the loops' sender, not a segment of them: no loss of its own
+    assert provider == ["provider-1", "provider", "up", "1h02m", "-", "-", "4", "2", "9/7/2",
+                        "1", "0", "-", "replay:3"]
+    # mix-a is down (no figures) and the one node the lost loops went through
+    fit = looploss.fit({("provider-1", "mix-a", "provider-1"): (1, 3)})
+    assert next(line for line in lines if line.startswith("mix-a ")).split() == [
+        "mix-a", "mix", "L0", "DOWN", *["-"] * 8, f"{100 * fit.nodes['mix-a'].loss:.1f}%",
+        "of", "4", "-"]
+    assert "links with loop loss above 5% (2 of 2, 2 with loop samples):" in text
+    link = fit.links["provider-1", "mix-a"].loss
+    assert f"provider-1 -> mix-a  {100 * link:.1f}% of 4  -" in text
+    assert lines[-1] == "mix-a: down: no answer"
+
+
+def make_topology() -> Topology:
+    from zmix.topology_yaml import parse_topology
+
+    return parse_topology({
+        "network": "zmix-table", "defaults": {"host": "127.0.0.1"},
+        "layers": [[{"name": "mix-a", "port": 7001}]],
+        "providers": [{"name": "provider-1", "port": 7002}],
+        "authorities": [{"name": "authority-1", "port": 7003}]}, "table.yaml")
