@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,23 @@ def test_the_monitoring_doc_lists_exactly_the_reports_fields() -> None:
     assert documented_fields("**The JSON report**") == set(report)
     assert documented_fields("Each entry of `nodes`:") == set(report["nodes"][0])
     assert documented_fields("Each entry of `links`") == set(report["links"][0])
+
+
+def test_thirty_silent_nodes_are_read_at_once_in_about_one_timeout(tmp_path: Path) -> None:
+    names = [f"mix-{i}" for i in range(30)]
+    net = parse_topology({
+        "network": "zmix-wide", "defaults": {"host": "127.0.0.1"},
+        "layers": [[{"name": n, "port": 8000 + i} for i, n in enumerate(names)]],
+        "providers": [{"name": "provider-1", "port": 7999}],
+        "authorities": [{"name": "authority-1", "port": 7998}]}, "wide.yaml")
+    (tmp_path / "private").mkdir()
+    for name in names:  # local, with a control endpoint nobody answers on: each read times out
+        (tmp_path / "private" / f"{name}.json").write_text("{}")
+        metrics.control_path(tmp_path, name).parent.mkdir(parents=True)
+        metrics.control_path(tmp_path, name).write_text(f"ipc://{tmp_path}/{name}.ipc")
+    started = time.monotonic()
+    sample = observe.collect(net, tmp_path, timeout=0.5)
+    took = time.monotonic() - started
+    assert all(sample.nodes[name].state is DOWN for name in names)
+    assert sample.nodes["provider-1"].state is UNKNOWN
+    assert 0.5 <= took < 3.0, f"30 reads of 0.5 s took {took:.1f} s: not read at once"
