@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     # network uses is written before the lock is ours.
     try:
         topology = load_topology(args.topology)
+        from zmix.runtime.proctitle import set_title
+        set_title("zmix-up", topology.network, "zmix-up")
         nodes = select_nodes(topology, args.only)
         authorities = select_authorities(topology, args.only)
         state_dir = state_dir_of(topology, args.state)
