@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 import yaml
 
 from zmix import monitoring
+from zmix.bench.common import free_ports, make_network
 from zmix.stats_schema import LABELLED_STATISTICS, STATISTICS
 from zmix.topology import Topology
 from zmix.topology_yaml import load_topology
@@ -307,3 +312,64 @@ def test_export_monitoring_refuses_the_options_that_start_or_prepare_a_network(
         assert done.returncode == 2, extra
         assert extra[0] in done.stderr and "--export-monitoring" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------------- a real Prometheus
+
+
+def prometheus_query(port: int, expr: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        body = json.load(answer)
+    assert body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def filled(expr: str, network: str) -> str:
+    """The expression as Grafana sends it with every node chosen."""
+    return (expr.replace("$network", network).replace("$node", ".*")
+            .replace("$__rate_interval", "20s"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="prometheus is not installed (Debian: apt install prometheus)")
+def test_prometheus_scrapes_a_running_network_and_every_panel_draws_series(
+        tmp_path: Path) -> None:
+    names = ("provider-1", "mix-a1", "mix-b1")
+    *metrics_ports, web = free_ports(len(names) + 1)
+    topology, state = make_network(
+        tmp_path, layers=(("mix-a1",), ("mix-b1",)), providers=("provider-1",),
+        clients={"alice": "provider-1"}, loopix={"mix_loop_rate": 10.0},
+        node_options={n: {"metrics_port": p} for n, p in zip(names, metrics_ports, strict=True)},
+        network="zmix-prom")
+    assert export(tmp_path / "topology.yaml", tmp_path / "mon").returncode == 0
+    up = subprocess.Popen([sys.executable, "-m", "zmix.cli.up", str(tmp_path / "topology.yaml"),
+                           "--state", str(state)], stdout=subprocess.PIPE, text=True)
+    assert up.stdout is not None
+    assert any("ready" in line for line in up.stdout)
+    with (tmp_path / "prometheus.log").open("w") as log:
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'mon' / monitoring.PROMETHEUS_FILE}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        exprs = {(p["title"], t["legendFormat"]): filled(t["expr"], topology.network)
+                 for p in monitoring.dashboard(topology)["panels"] for t in p["targets"]}
+        empty = dict(exprs)
+        deadline = time.monotonic() + 90  # two scrapes for rate(), and the loops' first round
+        while empty:
+            with contextlib.suppress(OSError):  # Prometheus is not listening yet
+                empty = {k: e for k, e in empty.items() if not prometheus_query(web, e)}
+            assert time.monotonic() < deadline, f"panels with no series: {sorted(empty)}"
+            time.sleep(1)
+        targets = {r["metric"]["node"]: r["value"][1] for r in prometheus_query(web, "up")}
+        assert targets == dict.fromkeys(names, "1")
+        for alert in monitoring.alerts():  # each rule's expression runs (a healthy network)
+            prometheus_query(web, alert.expr)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        up.terminate()
+        assert up.wait(30) == 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from zmix.stats_schema import BY_NAME, LABELLED_STATISTICS
+from zmix.stats_schema import BY_NAME, LABELLED_BY_NAME
 from zmix.topology import NodeSpec, Role, Topology
 
 JOB = "zmix"  # the scrape job's name; the dashboard and the rules select on it
@@ -36,7 +36,6 @@ RATE = "[$__rate_interval]"  # Grafana's window for rate(): at least four scrape
 # each target on each scrape (1 if the scrape worked, 0 if not).
 PROMETHEUS_SERIES = frozenset({"up"})
 DROP_PREFIX = "dropped_"
-_LABELLED = {s.name: s for s in LABELLED_STATISTICS}
 
 
 def metric(name: str) -> str:
@@ -44,7 +43,7 @@ def metric(name: str) -> str:
     exports it. Raises KeyError if :mod:`zmix.stats_schema` declares no such statistic."""
     if name in BY_NAME:
         return BY_NAME[name].prometheus_name
-    return _LABELLED[name].prometheus_name
+    return LABELLED_BY_NAME[name].prometheus_name
 
 
 def drop_reasons() -> tuple[str, ...]:
