@@ -93,7 +93,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """zmix-up running a provider and a mixnode (two workers each) and one authority."""
     tmp = tmp_path_factory.mktemp("titles")
     _, state = make_network(tmp, layers=(("mix-a",),), providers=("provider-1",),
-                            clients={"alice": "provider-1"}, workers=2, network=NETWORK)
+                            clients={"alice": "provider-1", "bob": "provider-1",
+                                     "carol": "provider-1"}, workers=2, network=NETWORK)
     up = start(["zmix.cli.up", str(tmp / "topology.yaml"), "--state", str(state)], "ready")
     try:
         yield Running(state, up)
@@ -131,14 +132,20 @@ def test_the_authority_is_titled_zmix_authority_and_its_name(running: Running) -
     assert comm(pid) == "authority-1"
 
 
-def test_a_client_daemon_is_titled_zmix_client_and_its_name(running: Running) -> None:
-    client = start(["zmix.cli.client", "--state", str(running.state), "--as", "alice"],
+@pytest.mark.parametrize(("program", "name", "extra"), [
+    ("client", "alice", []),
+    ("exit", "bob", ["--allow", "127.0.0.1:9"]),
+    ("socks", "carol", ["--exit", "bob", "--listen", "127.0.0.1:0"]),
+])
+def test_a_client_daemon_is_titled_with_its_command_and_its_name(
+        running: Running, program: str, name: str, extra: list[str]) -> None:
+    daemon = start([f"zmix.cli.{program}", "--state", str(running.state), "--as", name, *extra],
                    "ready api=")
     try:
-        assert title(client.pid) == "zmix-client alice"
-        assert comm(client.pid) == "alice"
+        assert title(daemon.pid) == f"zmix-{program} {name}"
+        assert comm(daemon.pid) == name
     finally:
-        assert stop(client) == 0
+        assert stop(daemon) == 0
 
 
 @pytest.mark.skipif(shutil.which("ps") is None, reason="ps is not installed")
