@@ -367,10 +367,10 @@ def _variables(topology: Topology) -> list[dict[str, Any]]:
         {"name": "datasource", "label": "Prometheus", "type": "datasource",
          "query": "prometheus", "hide": 0},
         {"name": "network", "label": "Network", "type": "query", "datasource": DATASOURCE,
-         "query": networks, "definition": networks, "refresh": 1, "hide": 0,
+         "query": networks, "refresh": 1, "hide": 0,
          "current": {"text": topology.network, "value": topology.network}},
         {"name": "node", "label": "Node", "type": "query", "datasource": DATASOURCE,
-         "query": nodes, "definition": nodes, "refresh": 2, "hide": 0, "multi": True,
+         "query": nodes, "refresh": 2, "hide": 0, "multi": True,
          "includeAll": True, "allValue": ".*", "sort": 1,
          "current": {"text": ["All"], "value": ["$__all"]}},
     ]
