@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zmix import monitoring
 from zmix.bench.common import free_ports, make_network
 from zmix.stats_schema import LABELLED_STATISTICS, STATISTICS
 from zmix.topology import Topology
-from zmix.topology_yaml import load_topology
+from zmix.topology_yaml import load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "monitoring.md"
@@ -373,3 +375,30 @@ def test_prometheus_scrapes_a_running_network_and_every_panel_draws_series(
         prometheus.wait(10)
         up.terminate()
         assert up.wait(30) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["127.0.0.1", "::1", "10.0.0.7",
+                                                          "node.example"])),
+                min_size=3, max_size=9),
+       st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True), st.text(max_size=20))
+def test_any_topology_gives_a_target_for_each_metrics_port_and_none_other(
+        nodes: list[tuple[bool, str]], network: str, path: str) -> None:
+    # Providers first, then one mixnode per layer; every node on its own port, metrics or not.
+    names = [f"n{i}" for i in range(len(nodes))]
+    specs = [{"name": name, "host": host, "port": 42000 + i,
+              **({"metrics_port": 43000 + i} if scraped else {})}
+             for i, (name, (scraped, host)) in enumerate(zip(names, nodes, strict=True))]
+    topology = parse_topology({
+        "network": network, "sphinx": {"payload_length": 1024, "max_hops": len(nodes) + 1},
+        "providers": specs[:1], "layers": [[spec] for spec in specs[1:]],
+        "authorities": [{"name": "authority-1", "host": "127.0.0.1", "port": 44000}],
+    }, path)
+    config = yaml.safe_load(monitoring.prometheus_yaml(topology))
+    wanted = {(f"[{s['host']}]" if ":" in str(s["host"]) else str(s["host"]))
+              + f":{s['metrics_port']}": s["name"] for s in specs if "metrics_port" in s}
+    assert {t: labels["node"] for t, labels in scrape_targets(config).items()} == wanted
+    board = json.loads(monitoring.files(topology)[monitoring.DASHBOARD_FILE])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", board["uid"])
+    assert {v["name"]: v for v in board["templating"]["list"]}["network"]["current"][
+        "value"] == network

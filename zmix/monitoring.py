@@ -2,7 +2,7 @@
 
 ``zmix-up TOPOLOGY --export-monitoring DIR`` writes what :func:`files` returns: a Prometheus scrape
 configuration with one target per node that has a ``metrics_port``, the alerting rules it loads,
-and a Grafana dashboard whose panels are :data:`PANELS`. Every PromQL expression names its
+and a Grafana dashboard whose panels are :func:`panels`. Every PromQL expression names its
 metrics through :func:`metric`, so a statistic renamed in :mod:`zmix.stats_schema` breaks here
 at once rather than in a blank Grafana panel. docs/monitoring.md lists the panels and the alerts
 as ``python -m zmix.monitoring`` prints them, and a test keeps the two in step.
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from zmix.errors import LocalMisuse
 from zmix.stats_schema import BY_NAME, LABELLED_BY_NAME
 from zmix.topology import NodeSpec, Role, Topology
 
@@ -58,8 +59,9 @@ def drop_reasons() -> tuple[str, ...]:
 
 def target(node: NodeSpec) -> str:
     """Return the ``host:port`` Prometheus scrapes for ``node`` (an IPv6 host in brackets).
-    The node must have a metrics port."""
-    assert node.metrics_port is not None
+    Raises LocalMisuse if the node has no metrics port."""
+    if node.metrics_port is None:
+        raise LocalMisuse(f"node {node.name} has no metrics port to scrape")
     host = f"[{node.host}]" if ":" in node.host else node.host
     return f"{host}:{node.metrics_port}"
 
@@ -109,8 +111,10 @@ def _describe(node: NodeSpec) -> str:
 def prometheus_yaml(topology: Topology) -> str:
     """Return :func:`prometheus_config` as YAML, after comments saying where it comes from and
     naming the nodes it cannot scrape (no metrics port)."""
+    # One comment line of characters YAML reads, whatever the path holds.
+    source = "".join(c if c.isprintable() else "?" for c in str(topology.path))
     lines = [f"# Prometheus scrape configuration of zmix network {topology.network}, written by",
-             f"# zmix-up --export-monitoring from {topology.path}.",
+             f"# zmix-up --export-monitoring from {source}.",
              f"# Alerting rules: {RULES_FILE} (beside this file). Run:",
              f"#   prometheus --config.file={PROMETHEUS_FILE}"]
     missing = unscraped(topology)
