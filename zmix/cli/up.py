@@ -326,6 +326,8 @@ def export_monitoring(topology_file: Path, directory: Path) -> int:
     except ConfigError as exc:
         return fail(str(exc), 2)
     written = monitoring.files(topology)
+    if directory.exists() and not directory.is_dir():
+        return fail(f"cannot write into {directory}: it is not a directory", 2)
     path = directory
     try:
         directory.mkdir(parents=True, exist_ok=True)
