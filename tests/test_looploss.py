@@ -262,3 +262,17 @@ def test_the_fit_is_pure_it_imports_no_zmq_and_no_sockets() -> None:
             "assert not {'zmq', 'socket'} & set(sys.modules), 'zmix.looploss imported I/O'\n"
             "import zmix.runtime.links\nassert 'zmq' in sys.modules\n")  # the check can fail
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_worked_example_of_docs_monitoring_gives_the_figures_it_shows() -> None:
+    got = fit({("s", "x", "y", "s"): (90, 10), ("s", "x", "z", "s"): (0, 20),
+               ("s", "w", "y", "s"): (50, 0)})
+    nodes = {name: round(segment.loss, 3) for name, segment in got.nodes.items()}
+    assert nodes == {"x": 0.1, "y": 0.0, "z": 1.0, "w": 0.0}
+    assert (got.nodes["x"].loops, got.nodes["x"].lost) == (120, 30)
+    assert (got.nodes["y"].loops, got.nodes["y"].lost) == (150, 10)
+    links = {link: round(segment.loss, 3) for link, segment in got.links.items()}
+    assert links == {("x", "z"): 1.0, ("z", "s"): 1.0, ("s", "w"): 0.0, ("w", "y"): 0.0,
+                     ("y", "s"): 0.0, ("s", "x"): 0.051, ("x", "y"): 0.051}
+    alone = fit({("s", "x", "y", "s"): (90, 10)}).nodes
+    assert round(alone["x"].loss, 3) == round(alone["y"].loss, 3) == 0.051
