@@ -9,7 +9,8 @@ import pytest
 
 from zmix.bench.common import make_network
 from zmix.keys import PublicIdentity, load_directory, load_private
-from zmix.mixnode import LOOP_WINDOW, NodeCore, Scheduled
+from zmix.looploss import LOOP_WINDOW
+from zmix.mixnode import NodeCore, Scheduled
 from zmix.network import Network, NetworkView
 from zmix.sphinx import FinalDelivery, ForwardHop, Hop, create_forward_packet, process_packet
 from zmix.topology import Topology

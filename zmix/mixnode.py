@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from zmix import crypto, routes
 from zmix.epochs import same_clock
 from zmix.errors import DropReason
+from zmix.looploss import LOOP_WINDOW
 from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
@@ -43,7 +44,6 @@ _MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
 # A mix loop is counted lost when it is not back this long after the sum of the delays drawn for
 # its hops: the hops' processing and the links' transit, with room for a busy node's queues.
 LOOP_SLACK = 2.0
-LOOP_WINDOW = 120.0  # seconds of resolved loops that loop_routes() counts, per route
 _MAX_RESOLVED = 200_000  # resolved loops kept for the window (lambda_M up to ~1,600/s)
 
 

@@ -340,7 +340,12 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
                     "times without an acknowledgement", CORE),
     ClientStatistic("loops_sent", C, "loop packets sent to the client itself (Loopix lambda_L)",
                     CORE),
-    ClientStatistic("loops_returned", C, "the client's own loops that came back", CORE),
+    ClientStatistic("loops_returned", C, "the client's own loops that came back by their "
+                    "deadline, or sent by an earlier run of the client and came back", CORE),
+    ClientStatistic("loops_lost", C, "the client's own loops not back by their deadline (the "
+                    "delays drawn for their hops, plus a fetch interval, plus 2 s)", CORE),
+    ClientStatistic("loops_late", C, "loops counted lost that came back later (also in "
+                    "loops_lost, not in loops_returned)", CORE),
     ClientStatistic("unknown_loops", C, "loops that came back with an id not outstanding "
                     "(already returned, or expired)", CORE),
     ClientStatistic("drops_sent", C, "drop cover packets sent: the drop stream (Loopix "
