@@ -80,15 +80,32 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         loopix={"mix_loop_rate": 8.0, "mean_delay": 0.001},
         node_options={n: {"metrics_port": p} for n, p in ports.items()})
     launcher = network_launcher(state, topology)
+    daemon: subprocess.Popen[str] | None = None
     try:
         launcher.start()
+        # alice's client daemon: its loops count too (the status op's loop_routes)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "zmix.cli.client", "--state", str(state), "--as", "alice"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert daemon.stdout is not None
+        ready = daemon.stdout.readline()  # printed once online (EOF if it exits)
+        assert ready.startswith("ready api="), f"zmix-client said {ready!r}"
         yield Net(topology, state, launcher)
     finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
         launcher.stop()
 
 
 def test_every_node_is_shown_up_and_its_figures_move_between_two_runs(net: Net) -> None:
-    net.wait_report(lambda r: r["loops"]["returned"] >= 20, "mix loops back")
+    net.wait_report(lambda r: r["loops"]["returned"] >= 20 and any(
+        link["from"] == "alice" and link["loop_samples"] for link in r["links"]),
+        "mix loops and alice's loops back")
     status, first = net.report()
     sent = subprocess.run(
         [sys.executable, "-m", "zmix.cli.send", "--state", str(net.state), "--from", "alice",
@@ -120,6 +137,10 @@ def test_every_node_is_shown_up_and_its_figures_move_between_two_runs(net: Net) 
     assert all(link["packets_per_s"] is not None for link in links)
     assert sum(link["packets_per_s"] for link in links) > 0
     assert second["loops"]["returned"] > first["loops"]["returned"]
+    # alice's daemon's loops: her link with her provider is seen, after the stratified ones
+    client_link = next(link for link in second["links"]
+                       if (link["from"], link["to"]) == ("alice", "provider-1"))
+    assert client_link["loop_samples"] > 0 and client_link["packets_per_s"] is None
 
 
 def test_the_table_names_every_node_and_says_up(net: Net) -> None:

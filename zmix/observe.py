@@ -37,7 +37,7 @@ from zmix.errors import ZmixError
 from zmix.stats_schema import LABELLED_STATISTICS, STATISTICS
 from zmix.topology import NodeSpec, Role, Topology
 
-WINDOW = 120  # seconds: the nodes' loop records cover the loops resolved in this last window
+WINDOW = int(looploss.LOOP_WINDOW)  # seconds: the loop counts cover the loops resolved in it
 Counts = dict[tuple[str, ...], tuple[int, int]]  # a loop route -> (returned, lost)
 
 
@@ -434,7 +434,7 @@ def read_client_loops(state_dir: Path, name: str, timeout: float) -> Counts:
             status = client.status()
     except (ZmixError, OSError):
         return {}
-    return parse_client_loops(getattr(status, "loop_routes", None))
+    return parse_client_loops(status.loop_routes)
 
 
 def collect(topology: Topology, state_dir: Path, *, timeout: float) -> Sample:
