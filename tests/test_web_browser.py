@@ -1,0 +1,174 @@
+"""The web view in a real headless browser (Debian's chromium and chromedriver, driven by
+selenium): a real network runs under ``zmix-up --web``, and the page must load without console
+errors, show every node, show figures that move while traffic flows, and show a killed node as
+down. A screenshot is saved (the path is printed; also under $ZMIX_ARTIFACTS if set)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zmix.bench.common import free_ports, make_network
+from zmix.runtime.launcher import NODE_LOCK
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+LAYERS = (("mix-a1", "mix-a2"), ("mix-b1",))
+PROVIDERS = ("provider-1", "provider-2")
+NODES = (*PROVIDERS, *(n for layer in LAYERS for n in layer))
+VICTIM = "mix-a2"  # run by its own zmix-node, so zmix-up does not restart it once killed
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                "(pip install selenium; it is in the test extras)")
+if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip("chromium and chromedriver are not installed (Debian: apt-get install chromium "
+                "chromium-driver; .ci/run installs them)", allow_module_level=True)
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float,
+             why: Callable[[], str] = lambda: "") -> Any:
+    """Return ``check()``'s first true value; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}. {why()}")
+        time.sleep(0.1)
+
+
+def spawn(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ,
+                                                               "PYTHONUNBUFFERED": "1"})
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """Run a small network: zmix-up --web runs every node but VICTIM, which zmix-node runs;
+    yield (the web view's URL, the state directory, zmix-up's output file)."""
+    topology, state = make_network(tmp_path / "net", layers=LAYERS, providers=PROVIDERS,
+                                   clients={"alice": "provider-1", "bob": "provider-2"},
+                                   loopix={"mix_loop_rate": 4.0})
+    port = free_ports(1)[0]
+    others = [n for n in (*NODES, "authority-1") if n != VICTIM]
+    up_log = tmp_path / "zmix-up.out"
+    up = spawn("zmix.cli.up", [topology.path, "--state", str(state), "--web", str(port),
+                               "--only", *others], up_log)
+    victim = spawn("zmix.cli.node", ["--state", str(state), "--name", VICTIM],
+                   tmp_path / "victim.out")
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for(lambda: f"web view at {url}" in up_log.read_text(), "zmix-up to serve", 30,
+                 lambda: up_log.read_text()[-2000:])
+        wait_for(lambda: "ready" in up_log.read_text() or up.poll() is not None,
+                 "the network to start", 90, lambda: up_log.read_text()[-2000:])
+        assert up.poll() is None, up_log.read_text()[-2000:]
+        yield url, state, up_log
+    finally:
+        stop(victim)
+        stop(up)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1500,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def rows(driver: Any) -> dict[str, dict[str, str | None]]:
+    """Return, per node row of the table, its data attributes and its state cell's text."""
+    script = """return Array.from(document.querySelectorAll('#nodes tr[data-node]')).map(
+        (r) => [r.dataset.node, r.dataset.state, r.dataset.received, r.children[3].textContent]);"""
+    return {name: {"state": state, "received": received, "text": text}
+            for name, state, received, text in driver.execute_script(script)}
+
+
+def map_states(driver: Any) -> dict[str, set[str]]:
+    """Return, per node drawn on the map, the states of its boxes (providers have two)."""
+    script = """return Array.from(document.querySelectorAll('#map g.node')).map(
+        (g) => [g.dataset.node, g.dataset.state, g.querySelector('.state').textContent]);"""
+    states: dict[str, set[str]] = {}
+    for name, state, text in driver.execute_script(script):
+        states.setdefault(name, set()).add(f"{state}:{text}")
+    return states
+
+
+def severe(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def save_screenshot(driver: Any, tmp_path: Path) -> Path:
+    path = tmp_path / "zmix-web-view.png"
+    assert driver.save_screenshot(str(path)), "the screenshot was not saved"
+    print(f"screenshot: {path}")
+    artifacts = os.environ.get("ZMIX_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        copy = Path(artifacts) / path.name
+        shutil.copyfile(path, copy)
+        print(f"screenshot: {copy}")
+    return path
+
+
+def test_the_web_view_shows_every_node_live_and_a_killed_node_as_down(
+        network: tuple[str, Path, Path], browser: Any, tmp_path: Path) -> None:
+    url, state, up_log = network
+    browser.get(url)
+    wait_for(lambda: browser.execute_script(
+        "return document.getElementById('connection').dataset.state") == "live",
+        "the page to receive a report", 20)
+    assert set(rows(browser)) == set(NODES)
+    assert set(map_states(browser)) == set(NODES)
+    assert len(browser.find_elements("css selector", "#map line.link")) == 2 * 2 + 2 + 2
+    wait_for(lambda: all(r["state"] == "up" for r in rows(browser).values()),
+             "every node shown up", 30, lambda: str(rows(browser)))
+
+    # Mix loops flow (each node sends its own, 4 per second): every node's figures move.
+    before = {name: int(r["received"] or 0) for name, r in rows(browser).items()}
+    wait_for(lambda: all(int(r["received"] or 0) > before[name]
+                         for name, r in rows(browser).items()),
+             "every node's received count to grow", 20, lambda: f"{before} -> {rows(browser)}")
+    assert severe(browser) == []
+
+    pid = int((state / "nodes" / VICTIM / NODE_LOCK).read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: rows(browser)[VICTIM]["state"] == "down", f"{VICTIM} shown down", 20,
+             lambda: str(rows(browser)))
+    shown = rows(browser)
+    assert shown[VICTIM]["text"] == "DOWN"  # in words, not only in colour
+    assert map_states(browser)[VICTIM] == {"down:DOWN"}
+    assert all(r["state"] == "up" for name, r in shown.items() if name != VICTIM), shown
+    save_screenshot(browser, tmp_path)
+    assert severe(browser) == []
