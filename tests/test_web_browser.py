@@ -144,7 +144,7 @@ def save_screenshot(driver: Any, tmp_path: Path) -> Path:
 
 def test_the_web_view_shows_every_node_live_and_a_killed_node_as_down(
         network: tuple[str, Path, Path], browser: Any, tmp_path: Path) -> None:
-    url, state, up_log = network
+    url, state, _ = network
     browser.get(url)
     wait_for(lambda: browser.execute_script(
         "return document.getElementById('connection').dataset.state") == "live",

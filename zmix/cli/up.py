@@ -33,6 +33,8 @@ EXAMPLES = """\
 examples:
   zmix-up topologies/local.yaml                 keys into ./zmix-local, run every node
   zmix-up topologies/local.yaml --demo          the same, send a few messages, shut down
+  zmix-up topologies/local.yaml --web 8470      the same, with a live web view of the network
+                                                at http://127.0.0.1:8470/
   zmix-up topologies/local.yaml --keys-only     make the keys of every member, start nothing
   zmix-up topologies/local.yaml --state /srv/zmix --only authority-1 mix-a1 provider-1
                                                 run only this host's share of the network
@@ -50,7 +52,7 @@ exit status:
      failed
   2  refused before anything started: bad usage or configuration (the topology, a key file,
      --only), the state directory, a node or an authority in use by another run, an address that
-     cannot be bound
+     cannot be bound (the --web port included)
 """
 
 

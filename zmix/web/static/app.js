@@ -129,7 +129,11 @@ function updateNode(node, graph) {
     g.setAttribute("data-packets-in", node.packets_in_per_s ?? "");
     g.setAttribute("data-received", received ?? "");
     g.querySelector(".state").textContent = stateText(s);
-    g.querySelector("title").textContent = node.error ? `${node.name}: ${node.error}` : node.name;
+    g.querySelector("title").textContent = `${node.name}: ${stateText(s)}` +
+      (node.error ? ` (${node.error})` : "") +
+      `, ${fmtRate(node.packets_in_per_s)} packets/s in, ${fmtRate(node.packets_out_per_s)} out,` +
+      ` queue ${fmtInt(node.queue)}, drops ${dropsText(node)},` +
+      ` loop loss ${fmtLoss(node.loop_loss)} over ${node.loop_samples || 0} loops`;
     g.querySelector(".rates").textContent = `in ${fmtRate(node.packets_in_per_s)}/s · out ${fmtRate(node.packets_out_per_s)}/s`;
     g.querySelector(".queue").textContent = `queue ${fmtInt(node.queue)} · drops ${fmtInt(node.dropped_total)}`;
     g.querySelector(".loss").textContent = `loop loss ${fmtLoss(node.loop_loss)} (${node.loop_samples || 0} loops)`;
