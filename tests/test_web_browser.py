@@ -10,15 +10,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_web import fake_report, topology_of
 
 from zmix.bench.common import free_ports, make_network
 from zmix.runtime.launcher import NODE_LOCK
+from zmix.web.pages import network_graph
+from zmix.web.server import WebServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -172,3 +176,41 @@ def test_the_web_view_shows_every_node_live_and_a_killed_node_as_down(
     assert all(r["state"] == "up" for name, r in shown.items() if name != VICTIM), shown
     save_screenshot(browser, tmp_path)
     assert severe(browser) == []
+
+
+def test_the_page_says_stale_without_updates_reconnects_and_shows_text_as_text(
+        browser: Any) -> None:
+    """Against a fake source: a report whose error text is markup is shown as text; no report
+    for 5 s makes the page say "stale"; a server that comes back is reconnected to."""
+    topology = topology_of()
+    paused = threading.Event()
+    hostile = "<img src=x data-injected=1> no answer"
+
+    def source() -> dict[str, Any]:
+        if paused.is_set():
+            raise RuntimeError("no report now")
+        report = fake_report(topology, 1, down=("mix-b1",))
+        report["nodes"][4]["error"] = hostile
+        return report
+
+    port = free_ports(1)[0]
+    web = WebServer("127.0.0.1", port, network_graph(topology), source, interval=0.2)
+    web.start()
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        connection = "return document.getElementById('connection').dataset.state"
+        wait_for(lambda: browser.execute_script(connection) == "live", "live", 15)
+        cell = browser.find_element("css selector", '#nodes tr[data-node="mix-b1"] td:last-child')
+        assert cell.text == hostile
+        assert browser.find_elements("css selector", "[data-injected]") == []
+        assert severe(browser) == []
+        paused.set()
+        wait_for(lambda: browser.execute_script(connection) == "stale", "stale", 15)
+        assert "stale: no update for" in browser.find_element("id", "connection").text
+        web.close()
+        paused.clear()
+        web = WebServer("127.0.0.1", port, network_graph(topology), source, interval=0.2)
+        web.start()
+        wait_for(lambda: browser.execute_script(connection) == "live", "live again", 20)
+    finally:
+        web.close()
