@@ -364,6 +364,17 @@ def test_a_request_without_a_host_header_is_refused(serve: Callable[..., WebServ
     assert request(web, "GET", "/api/network")[0] == 200  # the positive control
 
 
+def test_a_request_with_two_host_headers_is_refused(serve: Callable[..., WebServer]) -> None:
+    web = serve()
+    with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+        sock.sendall(f"GET /api/network HTTP/1.0\r\nHost: 127.0.0.1:{web.port}\r\n"
+                     "Host: rebind.evil.example\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 403 ")
+
+
 def test_the_status_is_unavailable_until_the_first_report(
         serve: Callable[..., WebServer]) -> None:
     release = threading.Event()

@@ -207,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         web = self.server.web
-        if not host_allowed(self.headers.get("Host"), web.host):
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not host_allowed(hosts[0], web.host):
             self._reply(HTTPStatus.FORBIDDEN, b"this Host is not served (DNS rebinding guard)\n",
                         "text/plain; charset=utf-8", body)
             return
