@@ -96,7 +96,13 @@ function drawTable(graph) {
   }
 }
 
-function nodeState(node) { return !node ? "unknown" : node.up ? "up" : "down"; }
+// A report's node is "up", "down" or "unknown" (not readable from here: neither local nor with a
+// metrics_port); a report without "state" says only up or not.
+function nodeState(node) {
+  if (!node || node.up === undefined) return "unknown";
+  if (node.state === "up" || node.state === "down" || node.state === "unknown") return node.state;
+  return node.up ? "up" : "down";
+}
 function stateText(s) { return s === "up" ? "UP" : s === "down" ? "DOWN" : "NO DATA"; }
 
 function rateClass(v) {
@@ -170,10 +176,13 @@ function applyReport(report) {
   for (const node of graph.nodes) updateNode(byName.get(node.name) || { name: node.name, role: node.role, layer: node.layer }, graph);
   for (const link of report.links) updateLink(link);
   const down = report.down || [];
+  const unknown = report.unknown || [];
+  const up = report.nodes.filter((n) => n.up).length;
   const loops = report.loops || { returned: 0, lost: 0 };
   document.getElementById("summary").textContent =
-    `${graph.nodes.length} nodes, ${graph.nodes.length - down.length} up` +
+    `${graph.nodes.length} nodes, ${up} up` +
     (down.length ? `, down: ${down.join(", ")}` : "") +
+    (unknown.length ? `, not readable from here: ${unknown.join(", ")}` : "") +
     ` · loops returned ${loops.returned}, lost ${loops.lost} (last ${report.window} s)`;
   document.getElementById("window").textContent = String(report.window);
   state.lastUpdate = Date.now();
