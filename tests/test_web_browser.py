@@ -82,6 +82,7 @@ def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
                                "--only", *others], up_log)
     victim = spawn("zmix.cli.node", ["--state", str(state), "--name", VICTIM],
                    tmp_path / "victim.out")
+    client: subprocess.Popen[bytes] | None = None
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_for(lambda: f"web view at {url}" in up_log.read_text(), "zmix-up to serve", 30,
@@ -89,8 +90,13 @@ def network(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         wait_for(lambda: "ready" in up_log.read_text() or up.poll() is not None,
                  "the network to start", 90, lambda: up_log.read_text()[-2000:])
         assert up.poll() is None, up_log.read_text()[-2000:]
+        # Traffic: alice's daemon keeps her online, her Poisson streams running through it.
+        client = spawn("zmix.cli.client", ["--state", str(state), "--as", "alice"],
+                       tmp_path / "alice.out")
         yield url, state, up_log
     finally:
+        if client is not None:
+            stop(client)
         stop(victim)
         stop(up)
 
@@ -159,11 +165,19 @@ def test_the_web_view_shows_every_node_live_and_a_killed_node_as_down(
     wait_for(lambda: all(r["state"] == "up" for r in rows(browser).values()),
              "every node shown up", 30, lambda: str(rows(browser)))
 
-    # Mix loops flow (each node sends its own, 4 per second): every node's figures move.
+    # Mix loops (each node sends 4 per second) and alice's streams flow: every node's figures
+    # move, links carry packets, and alice is online at her provider.
     before = {name: int(r["received"] or 0) for name, r in rows(browser).items()}
     wait_for(lambda: all(int(r["received"] or 0) > before[name]
                          for name, r in rows(browser).items()),
              "every node's received count to grow", 20, lambda: f"{before} -> {rows(browser)}")
+    wait_for(lambda: browser.execute_script(
+        "return Array.from(document.querySelectorAll('#map line.link')).some("
+        "(l) => Number(l.dataset.packetsPerS) > 0)"), "a link to show packets", 20)
+    clients = '#map g.node[data-node="provider-1"] .clients'
+    wait_for(lambda: browser.find_element("css selector", clients).text.startswith(
+        "clients online 1 / 1 declared"), "alice online at provider-1", 30,
+        lambda: browser.find_element("css selector", clients).text)
     assert severe(browser) == []
 
     pid = int((state / "nodes" / VICTIM / NODE_LOCK).read_text().split()[0])
