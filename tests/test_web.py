@@ -435,6 +435,21 @@ def test_events_start_with_a_retry_hint_then_stream_each_refresh(
         viewer.close()
 
 
+def test_head_on_events_answers_the_stream_headers_only_and_frees_its_place(
+        serve: Callable[..., WebServer]) -> None:
+    web = serve(max_viewers=1)
+    for _ in range(3):  # each HEAD gives its one place back
+        status, headers, body = request(web, "HEAD", "/events")
+        assert status == 200 and body == b""
+        assert headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    viewer = Viewer(web)
+    try:
+        viewer.blocks(2)
+        assert request(web, "HEAD", "/events")[0] == 503  # the positive control: it is taken
+    finally:
+        viewer.close()
+
+
 def test_a_quiet_stream_sends_keep_alive_comments(serve: Callable[..., WebServer]) -> None:
     web = serve(interval=60.0, keepalive=0.1)
     viewer = Viewer(web)
