@@ -34,7 +34,8 @@ HELLO = {"api": 1, "client": "alice", "network": "zmix-fake", "provider": "provi
 STATUS = {"client": "alice", "provider": "provider-1", "online": True,
           "online_since": 1790000000.5, "epoch": 123, "document_epoch": 123,
           "document_valid_until": 1790000040.0, "inbox": 0, "subscribers": 0,
-          "connections": 1, "statistics": {"queued": 0, "loops_sent": 4}}
+          "connections": 1, "statistics": {"queued": 0, "loops_sent": 4},
+          "loop_routes": {"alice>provider-1>mix-a1>provider-1>alice": [3, 1]}}
 
 
 def message_object(message_id: bytes, data: bytes, sender: str | None = "bob",

@@ -116,6 +116,8 @@ def test_inbox_status_progress_and_ack_give_typed_results(daemon: FakeDaemon,
         status = client.status()
         assert isinstance(status, Status) and status.inbox == 1
         assert status.statistics == {"queued": 0, "loops_sent": 4}
+        assert status.loop_routes == {("alice", "provider-1", "mix-a1", "provider-1", "alice"):
+                                      (3, 1)}
         sent = client.send("bob", b"x")
         assert client.progress(sent.message_id) == Progress(sent.message_id, 1, 0, False, False)
         client.ack(message.message_id)
@@ -306,6 +308,10 @@ BROKEN: dict[str, Any] = {
     "an answer without its fields": lambda request: {"id": request["id"], "ok": True},
     "an answer with a field of the wrong type": lambda request: {
         "id": request["id"], "ok": True, **STATUS, "online": "yes"},
+    "a status whose loop routes hold a label that is no route": lambda request: {
+        "id": request["id"], "ok": True, **STATUS, "loop_routes": {"alice>bob": [1, 0]}},
+    "a status whose loop routes hold negative counts": lambda request: {
+        "id": request["id"], "ok": True, **STATUS, "loop_routes": {"a>b>a": [1, -1]}},
     "an error without a message": encode({"id": None, "ok": False, "error": "busy"}),
     "an object that is neither answer nor event": encode({"id": None, "hello": 1}),
     "a known event with bad fields": encode({"event": "progress", "message_id": "zz"}),

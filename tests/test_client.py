@@ -26,15 +26,18 @@ from zmix import crypto, wire
 from zmix.bench.common import make_network
 from zmix.client import (
     FETCH_RETRY,
+    LOOP_SLACK,
     MAX_ATTEMPTS,
     Ack,
     AckTimers,
     ClientCore,
     FetchSchedule,
+    LoopRoutes,
     Outgoing,
     PacketMaker,
     PoissonStreams,
     Receiver,
+    Return,
     Sender,
     SendProgress,
     Stream,
@@ -45,6 +48,7 @@ from zmix.envelope import ACK_PAYLOAD
 from zmix.errors import LocalMisuse
 from zmix.fragment import encode_fragment, seal_signed
 from zmix.keys import load_private
+from zmix.looploss import LOOP_WINDOW, fit
 from zmix.sphinx import FinalDelivery, ForwardHop, SphinxParams, answer_surb
 from zmix.stats_schema import (
     CLIENT_BY_NAME,
@@ -410,6 +414,145 @@ def test_stale_ack_keys_and_lost_loops_are_forgotten(tmp_path: Path) -> None:
     net.run({"alice": alice}, 10.0, 10.0 + 3 * 86_400, step=3600.0)
     assert store.surb_count() == 0  # the message failed long ago; its ack keys are useless
     assert alice.statistics()["expired"] >= early_loops + 1
+
+
+# ---------------------------------------------------------------------------- loops' routes
+
+
+def loop_path(net: SimNet, out: Outgoing) -> tuple[tuple[str, ...], float]:
+    """Return the names of the nodes a loop packet visits and the seconds of delay its hops
+    were given (every hop's, the last one's too)."""
+    names = {n.id: n.name for n in net.topology.nodes()}
+    visited, delays, hop, packet = [], 0, out.first_hop, out.packet
+    while True:
+        visited.append(names[hop])
+        result = net.nodes[hop].process(packet)
+        assert isinstance(result, ForwardHop | FinalDelivery)
+        delays += result.delay_us
+        if isinstance(result, FinalDelivery):
+            return tuple(visited), delays / 1_000_000
+        hop, packet = result.next_hop, result.packet
+
+
+def test_a_loop_through_a_node_that_drops_everything_is_lost_on_its_route_after_the_deadline(
+        tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=1e-9, drop_rate=0.0, loop_rate=5.0)
+    alice = net.client("alice", 41)
+    dead = net.topology.layers[1][0].name
+    net.lost = {net.topology.layers[1][0].id}
+    net.run({"alice": alice}, 0.0, 20.0)
+    assert alice.loops.in_flight() > 0  # the last loops through the dead node: not yet due
+    early_lost = sum(lost for _, lost in alice.loop_routes(20.0).values())
+    routes = alice.loop_routes(30.0)  # every deadline has passed
+    through = {r: c for r, c in routes.items() if dead in r}
+    around = {r: c for r, c in routes.items() if dead not in r}
+    assert through and around
+    assert all(returned == 0 and lost > 0 for returned, lost in through.values()), through
+    assert all(returned > 0 and lost == 0 for returned, lost in around.values()), around
+    for route in routes:  # the client, its provider, one mixnode per layer, back to the client
+        assert len(route) == 7 and route[0] == route[-1] == "alice"
+        assert route[1] == route[-2] == "provider-1"
+    stats = alice.statistics()
+    lost = sum(lost for _, lost in routes.values())
+    assert early_lost < lost == stats["loops_lost"]
+    assert sum(returned for returned, _ in routes.values()) == stats["loops_returned"]
+    assert stats["loops_sent"] == stats["loops_returned"] + stats["loops_lost"] > 50
+    # The client's routes alone single out the dead node.
+    losses = {name: segment.loss for name, segment in fit(routes).nodes.items()}
+    assert losses.pop(dead) == 1.0 and set(losses.values()) == {0.0}
+
+
+def test_a_loop_is_lost_only_once_its_delays_a_fetch_interval_and_the_slack_have_passed(
+        tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=1e-9, drop_rate=0.0, loop_rate=0.0)
+    store = ClientStore(":memory:")
+    alice = net.client("alice", 42, store)
+    assert alice.loops.next_deadline() == math.inf  # nothing in flight
+    with store:
+        out = alice.sender.emit(Stream.LOOP, 1.0)
+    visited, delays = loop_path(net, out)
+    route = ("alice", *visited, "alice")
+    deadline = 1.0 + delays + net.topology.loopix.fetch_interval + LOOP_SLACK
+    assert alice.next_wakeup() == pytest.approx(deadline)  # the core wakes to count it
+    assert alice.poll(deadline - 0.001) == [] and alice.loop_routes(deadline - 0.001) == {}
+    assert alice.statistics()["loops_lost"] == 0  # positive control: not yet
+    alice.poll(deadline)
+    assert alice.statistics()["loops_lost"] == 1 and alice.loops.next_deadline() == math.inf
+    assert alice.loop_routes(deadline + 1.0) == {route: (0, 1)}
+    # It comes back after all: late, not returned, and still lost on its route.
+    net.send(alice, [out], deadline + 1.0)
+    net.fetch(alice, "alice", deadline + 1.0)
+    stats = alice.statistics()
+    assert (stats["loops_late"], stats["loops_returned"], stats["loops_lost"]) == (1, 0, 1)
+    assert alice.loop_routes(deadline + 1.0) == {route: (0, 1)}
+
+
+def test_a_loop_back_in_time_is_returned_on_the_route_it_took(tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=1e-9, drop_rate=0.0, loop_rate=0.0)
+    store = ClientStore(":memory:")
+    alice = net.client("alice", 43, store)
+    with store:
+        out = alice.sender.emit(Stream.LOOP, 1.0)
+    visited, _ = loop_path(net, out)
+    net.send(alice, [out], 1.0)
+    net.fetch(alice, "alice", 1.0)
+    assert alice.loop_routes(100.0) == {("alice", *visited, "alice"): (1, 0)}
+    stats = alice.statistics()
+    assert (stats["loops_returned"], stats["loops_lost"], stats["loops_late"]) == (1, 0, 0)
+
+
+def test_a_loop_sent_before_a_restart_counts_as_returned_in_no_route(tmp_path: Path) -> None:
+    net = make_net(tmp_path, payload_rate=1e-9, drop_rate=0.0, loop_rate=0.0)
+    store = ClientStore(tmp_path / "alice.sqlite")
+    before = net.client("alice", 44, store)
+    with store:
+        out = before.sender.emit(Stream.LOOP, 1.0)
+    after = net.client("alice", 45, store, now=1.5)  # the same store, a new run
+    net.send(after, [out], 1.5)
+    net.fetch(after, "alice", 1.5)
+    stats = after.statistics()
+    assert (stats["loops_returned"], stats["unknown_loops"], stats["loops_lost"]) == (1, 0, 0)
+    assert after.loop_routes(100.0) == {}
+    # Positive control: a loop of alice's that this store never held is unknown.
+    elsewhere = ClientStore(":memory:")
+    other = net.client("alice", 46, elsewhere, now=2.0)
+    with elsewhere:
+        stranger = other.sender.emit(Stream.LOOP, 2.0)
+    net.send(after, [stranger], 2.0)
+    net.fetch(after, "alice", 2.0)
+    assert after.statistics()["unknown_loops"] == 1
+
+
+def test_loop_routes_count_the_loops_resolved_in_the_last_two_minutes() -> None:
+    loops, route = LoopRoutes(), ("c", "p", "m", "p", "c")
+    loops.sent(b"1", route, 0.0, 3.0)
+    loops.sent(b"2", route, 0.0, 3.0)
+    assert loops.next_deadline() == 3.0
+    assert loops.returned(b"1", 1.0) is Return.IN_TIME
+    assert loops.routes(2.9) == {route: (1, 0)}  # the other is out, not yet due
+    assert loops.routes(3.0) == {route: (1, 1)}
+    assert loops.routes(1.0 + LOOP_WINDOW) == {route: (1, 1)}
+    assert loops.routes(1.1 + LOOP_WINDOW) == {route: (0, 1)}
+    assert loops.routes(3.1 + LOOP_WINDOW) == {}
+    assert loops.returned(b"2", 200.0) is Return.LATE
+    assert loops.returned(b"2", 200.0) is Return.UNTRACKED  # reported once
+    assert loops.statistics() == {"loops_lost": 1}
+
+
+def test_a_loop_back_after_its_deadline_but_before_any_expiry_is_late() -> None:
+    loops, route = LoopRoutes(), ("c", "p", "m", "p", "c")
+    loops.sent(b"1", route, 0.0, 3.0)
+    assert loops.returned(b"1", 3.5) is Return.LATE
+    assert loops.routes(4.0) == {route: (0, 1)} and loops.statistics() == {"loops_lost": 1}
+
+
+def test_past_ten_thousand_loops_in_flight_the_oldest_counts_as_lost() -> None:
+    loops, route = LoopRoutes(), ("c", "p", "m", "p", "c")
+    for i in range(10_001):
+        loops.sent(i.to_bytes(4, "big"), route, 0.0, 1e9)
+    assert loops.in_flight() == 10_000 and loops.statistics() == {"loops_lost": 1}
+    assert loops.returned((0).to_bytes(4, "big"), 1.0) is Return.LATE
+    assert loops.returned((1).to_bytes(4, "big"), 1.0) is Return.IN_TIME
 
 
 @settings(max_examples=60, deadline=None,

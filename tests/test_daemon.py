@@ -60,6 +60,26 @@ def test_the_api_socket_is_private_to_the_daemons_user(alice: DaemonProcess) -> 
     assert hello["reply_limit"] > 1000 and hello["max_reply_blocks"] == 4
 
 
+def test_status_gives_the_loops_of_each_route_the_client_took(alice: DaemonProcess) -> None:
+    deadline = time.monotonic() + 30
+    with Raw(alice.field("api")) as api:
+        while True:  # loops leave at loop_rate 1/s; the first come back within a second
+            status = api.ok("status")
+            routes = status["loop_routes"]
+            if any(returned for returned, _ in routes.values()):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+    for label, (returned, lost) in routes.items():
+        names = label.split(">")  # the client, its provider, a mixnode per layer, and back
+        assert len(names) == 7 and names[0] == names[-1] == "alice"
+        assert names[1] == names[-2] == "provider-1" and returned >= 0 and lost >= 0
+    stats = status["statistics"]
+    # loops_returned also counts loops of an earlier run of alice, which are in no route
+    assert 0 < sum(returned for returned, _ in routes.values()) <= stats["loops_returned"]
+    assert sum(lost for _, lost in routes.values()) == stats["loops_lost"]
+
+
 def test_a_message_is_pushed_to_a_subscriber_and_kept_until_acknowledged(
         alice: DaemonProcess, bob: DaemonProcess) -> None:
     drain_inbox(bob.field("api"))

@@ -33,11 +33,15 @@ from zmix.runtime.launcher import Launcher
 from zmix.sphinx import answer_surb, create_forward_packet, create_surb
 from zmix.stats_schema import (
     BY_NAME,
+    LABELLED_BY_NAME,
+    LABELLED_STATISTICS,
+    LABELLED_TABLE_HEADER,
     STATISTICS,
     TABLE_HEADER,
     Kind,
     Reported,
     expected_names,
+    labelled_markdown_table,
     table_row,
 )
 from zmix.topology import Topology
@@ -46,19 +50,57 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 NODES = ("mix-a", "provider-1")
 
 
-def parse(text: str) -> dict[str, tuple[str, str, dict[str, str], float]]:
-    """Return, per sample name of a Prometheus text page, (type, HELP, labels, value)."""
+Sample = tuple[str, str, dict[str, str], float]
+
+
+def parse(text: str) -> dict[str, Sample]:
+    """Return, per sample name of a Prometheus text page, (type, HELP, labels, value); the
+    samples of labelled statistics (a label besides ``node``) are left out: see
+    :func:`parse_labelled`."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if set(sample.labels) != {"node"}:
+                continue
             assert sample.name not in samples, f"{sample.name} is exported twice"
             samples[sample.name] = (family.type, family.documentation, sample.labels,
                                     sample.value)
     return samples
 
 
-def check_export(samples: dict[str, tuple[str, str, dict[str, str], float]],
-                 values: dict[str, float], node: str) -> None:
+def parse_labelled(text: str) -> dict[tuple[str, str], Sample]:
+    """Return, per (sample name, value of its second label), the samples of labelled
+    statistics."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if set(sample.labels) == {"node"}:
+                continue
+            [label] = set(sample.labels) - {"node"}
+            key = (sample.name, sample.labels[label])
+            assert key not in samples, f"{key} is exported twice"
+            samples[key] = (family.type, family.documentation, sample.labels, sample.value)
+    return samples
+
+
+def check_labelled_export(samples: dict[tuple[str, str], Sample],
+                          labelled: dict[str, dict[str, float]], node: str) -> None:
+    """Assert that ``samples`` are the labelled statistics ``labelled``, each typed, described
+    and labelled as zmix.stats_schema's LABELLED_STATISTICS say."""
+    wanted = {(LABELLED_BY_NAME[name].prometheus_name, label): (name, label, value)
+              for name, by_label in labelled.items() for label, value in by_label.items()}
+    assert set(samples) == set(wanted), (
+        f"exported, not in the snapshot: {sorted(set(samples) - set(wanted))}; in the "
+        f"snapshot, not exported: {sorted(set(wanted) - set(samples))}")
+    for key, (kind, doc, labels, value) in samples.items():
+        name, label, expected = wanted[key]
+        statistic = LABELLED_BY_NAME[name]
+        assert kind == statistic.kind.value and doc == statistic.help, key
+        assert labels == {"node": node, statistic.label: label}, key
+        assert value == expected, key
+
+
+def check_export(samples: dict[str, Sample], values: dict[str, float], node: str) -> None:
     """Assert that ``samples`` are ``values``, each typed and described as the schema says."""
     wanted = {BY_NAME[key].prometheus_name: key for key in values}
     assert set(samples) == set(wanted), (
@@ -87,6 +129,29 @@ def test_every_statistic_is_declared_once_with_a_kind_a_help_text_and_its_own_pr
         assert not set(statistic.help) & set("|`\n\\"), statistic.name
     assert BY_NAME["replay_tags"].kind is Kind.GAUGE  # levels, not running totals
     assert BY_NAME["dropped_mailbox_full"].kind is Kind.COUNTER
+
+
+def test_every_labelled_statistic_is_declared_once_with_a_label_and_a_name_of_its_own() -> None:
+    names = [s.name for s in LABELLED_STATISTICS]
+    assert len(names) == len(set(names)) and not set(names) & set(BY_NAME)
+    exported = {s.prometheus_name for s in LABELLED_STATISTICS}
+    assert not exported & {s.prometheus_name for s in STATISTICS}
+    for statistic in LABELLED_STATISTICS:
+        assert statistic.label not in ("node", "") and statistic.label.isidentifier()
+        assert statistic.help and not set(statistic.help) & set("|`\n\\"), statistic.name
+    assert LABELLED_BY_NAME["link_packets_sent"].prometheus_name == (
+        "zmix_link_packets_sent_total")
+    assert LABELLED_BY_NAME["loop_route_lost"].prometheus_name == "zmix_loop_route_lost"
+
+
+def test_the_operations_doc_lists_every_labelled_statistic_as_the_schema_says() -> None:
+    text = DOCS.read_text()
+    assert LABELLED_TABLE_HEADER[0] in text
+    start = text.index(LABELLED_TABLE_HEADER[0])
+    table = labelled_markdown_table()
+    assert text[start:start + len(table)] == table, (
+        "docs/operations.md's labelled statistics differ from zmix/stats_schema.py "
+        "(python -m zmix.stats_schema labelled prints the table)")
 
 
 def test_counters_are_exported_with_total_suffix_once() -> None:
@@ -124,10 +189,15 @@ def test_the_operations_doc_lists_every_statistic_with_the_schemas_kind_and_mean
 def test_the_prometheus_export_types_and_describes_each_statistic_as_the_schema_says() -> None:
     snapshot = metrics.Snapshot("mix-x")
     values = {s.name: float(index) + 0.5 for index, s in enumerate(STATISTICS)}
-    snapshot.update(values)
+    labelled = {s.name: {f"{s.label}-{i}": float(i) for i in range(3)}
+                for s in LABELLED_STATISTICS}
+    labelled["loop_route_lost"]["mix-x>mix-y>provider-1>mix-x"] = 2.0  # a route as a label
+    snapshot.update(values, labelled)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.Collector(snapshot))
-    check_export(parse(generate_latest(registry).decode()), values, "mix-x")
+    page = generate_latest(registry).decode()
+    check_export(parse(page), values, "mix-x")
+    check_labelled_export(parse_labelled(page), labelled, "mix-x")
 
 
 def test_a_statistic_missing_from_the_schema_is_exported_untyped_not_as_a_counter() -> None:
@@ -209,11 +279,19 @@ def test_the_prometheus_page_of_a_running_node_is_its_control_socket_answer(net:
         while True:
             # The snapshot is refreshed four times a second (uptime_seconds always moves): two
             # equal control answers around the page mean the page shows that same snapshot.
-            before, page, after = net.stats(name), net.prometheus(name), net.stats(name)
+            before, labelled = net.stats(name), metrics.labelled_statistics(net.state, name)
+            page, after = net.prometheus(name), net.stats(name)
             if before == after:
                 break
             assert time.monotonic() < deadline, "the snapshot never held still for one request"
         check_export(parse(page), before, name)
+        assert labelled is not None
+        check_labelled_export(parse_labelled(page), labelled, name)
+        # mix loops went round this two-node network, and each node sent packets to the other
+        routes = set(labelled["loop_route_returned"]) | set(labelled["loop_route_lost"])
+        assert routes and all(r.split(">")[0] == r.split(">")[-1] == name for r in routes)
+        other = next(n for n in NODES if n != name)
+        assert labelled["link_packets_sent"].get(other, 0) > 0
 
 
 def test_deliveries_refused_for_a_full_mailbox_or_a_stranger_count_as_drops_by_reason(

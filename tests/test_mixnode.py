@@ -9,6 +9,7 @@ import pytest
 
 from zmix.bench.common import make_network
 from zmix.keys import PublicIdentity, load_directory, load_private
+from zmix.looploss import LOOP_WINDOW
 from zmix.mixnode import NodeCore, Scheduled
 from zmix.network import Network, NetworkView
 from zmix.sphinx import FinalDelivery, ForwardHop, Hop, create_forward_packet, process_packet
@@ -135,13 +136,85 @@ def test_mix_loops_go_around_the_network_and_are_counted_when_they_return(
             result = process_at(net, node.name, packet)
             if isinstance(result, FinalDelivery):
                 assert node.name == "mix-b2"
-                core.on_result(200.0, result)
+                core.on_result(due + 5.5, result)  # half a second after they left: in time
                 break
             assert isinstance(result, ForwardHop)
             hop, packet = result.next_hop, result.packet
     stats = core.statistics()
     assert stats["loops_sent"] == stats["loops_returned"] == len(loops)
+    assert stats["loops_lost"] == stats["loops_in_flight"] == 0
     assert stats["loop_rtt_us_median"] > 0
+    routes = core.loop_routes(due + 6.0)
+    assert sum(back for back, _ in routes.values()) == len(loops)
+    for route, (_, lost) in routes.items():
+        assert route[0] == route[-1] == "mix-b2" and lost == 0
+        assert [topology.node(n).layer for n in route[1:-1] if n.startswith("mix")] == [2, 0]
+
+
+def walk_loop(net: tuple[Topology, Path], loop: Scheduled, drop_at: str | None = None
+              ) -> tuple[list[str], FinalDelivery | None]:
+    """Carry a mix loop from hop to hop; return the names it visited and its final delivery
+    (None if the node ``drop_at`` swallowed it)."""
+    topology, _ = net
+    hop, packet, names = loop.next_hop, loop.packet, []
+    while True:
+        node = topology.by_id(hop)
+        assert node is not None
+        names.append(node.name)
+        if node.name == drop_at:
+            return names, None
+        result = process_at(net, node.name, packet)
+        if isinstance(result, FinalDelivery):
+            return names, result
+        assert isinstance(result, ForwardHop)
+        hop, packet = result.next_hop, result.packet
+
+
+def test_a_mix_loop_not_back_by_its_deadline_is_counted_lost_on_the_route_it_took(
+        net: tuple[Topology, Path]) -> None:
+    core = core_for(net, "mix-a1", seed=3)
+    due = core.next_loop_due()
+    assert due is not None
+    loops = core.poll_loops(due + 10.0)
+    assert len(loops) >= 10
+    sent_at = due + 10.0
+    visited = []
+    for loop in loops:
+        names, final = walk_loop(net, loop, drop_at="mix-b1")
+        visited.append(tuple(names))
+        if final is not None:
+            core.on_result(sent_at + 0.5, final)
+    through_b1 = sum(1 for names in visited if "mix-b1" in names)
+    assert 0 < through_b1 < len(loops)  # the control: some loops avoid mix-b1 and come back
+    stats = core.statistics()
+    assert stats["loops_in_flight"] == through_b1 and stats["loops_lost"] == 0
+    # max_delay is 1 s a hop: 4 hops + the 2 s slack are over by 6 s after the send
+    routes = core.loop_routes(sent_at + 6.1)
+    stats = core.statistics()
+    assert stats["loops_lost"] == through_b1 and stats["loops_in_flight"] == 0
+    assert stats["loops_returned"] == len(loops) - through_b1
+    for route, (back, lost) in routes.items():
+        # those through mix-b1 were walked only up to it
+        assert route[0] == "mix-a1" and (route[1:] in visited or route[1] == "mix-b1")
+        assert (lost > 0) == ("mix-b1" in route) and (back > 0) == ("mix-b1" not in route)
+    # the window: 120 s later those loops no longer count
+    assert core.loop_routes(sent_at + 6.1 + LOOP_WINDOW + 1) == {}
+
+
+def test_a_loop_back_after_its_deadline_counts_as_lost_and_late_not_as_a_strangers(
+        net: tuple[Topology, Path]) -> None:
+    core = core_for(net, "mix-c2", seed=5)
+    due = core.next_loop_due()
+    assert due is not None
+    loops = core.poll_loops(due)
+    assert len(loops) == 1
+    _, final = walk_loop(net, loops[0])
+    assert final is not None
+    core.on_result(due + 30.0, final)  # long after its deadline
+    stats = core.statistics()
+    assert (stats["loops_lost"], stats["loops_late"], stats["loops_returned"]) == (1, 1, 0)
+    assert stats["dropped_unexpected_delivery"] == 0
+    assert [lost for _, lost in core.loop_routes(due + 30.0).values()] == [1]
 
 
 def test_a_forged_loop_marker_is_not_counted_as_a_returned_loop(

@@ -164,8 +164,9 @@ def test_a_killed_worker_is_replaced_and_the_node_keeps_forwarding(chain: Chain)
 
 def _worker(node_pid: int, index: int) -> int:
     for pid in _children(node_pid):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if argv[argv.index(b"--index") + 1] == str(index).encode():
+        # A worker's title is "zmix-worker NODE/INDEX" (docs/monitoring.md, Process titles).
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
+        if title.endswith(f"/{index}"):
             return pid
     raise AssertionError(f"no worker {index} under {node_pid}")
 

@@ -592,3 +592,12 @@ def test_zmix_up_refuses_a_malformed_web_address(text: str) -> None:
     done = zmix_up("topologies/local.yaml", "--web", text)
     assert done.returncode == 2
     assert "argument --web: " in done.stderr and repr(text) in done.stderr
+
+
+def test_zmix_up_export_monitoring_takes_no_web(tmp_path: Path) -> None:
+    done = zmix_up("topologies/local.yaml", "--export-monitoring", str(tmp_path / "m"),
+                   "--web", "8470")
+    assert done.returncode == 2
+    assert done.stderr == ("error: --export-monitoring writes files and starts nothing: it "
+                           "takes no --web\n")
+    assert not (tmp_path / "m").exists()

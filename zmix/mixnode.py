@@ -15,6 +15,7 @@ them; counting how many return tells an operator whether the network drops packe
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 import random
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from zmix import crypto, routes
 from zmix.epochs import same_clock
 from zmix.errors import DropReason
+from zmix.looploss import LOOP_WINDOW
 from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
@@ -39,6 +41,20 @@ Result = ForwardHop | FinalDelivery | SurbReply
 
 _LOOP_MARKER = b"zmix-mix-loop-v1"
 _MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
+# A mix loop is counted lost when it is not back this long after the sum of the delays drawn for
+# its hops: the hops' processing and the links' transit, with room for a busy node's queues.
+LOOP_SLACK = 2.0
+_MAX_RESOLVED = 200_000  # resolved loops kept for the window (lambda_M up to ~1,600/s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loop:
+    """A mix loop in flight: when it left, its hops, its route's node names, its deadline."""
+
+    sent: float
+    hops: int
+    route: tuple[str, ...]
+    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +107,14 @@ class NodeCore:
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
         self._next_loop = self._draw_next_loop(now)
-        # loop id -> (time sent, hops); bounded: loops lost in the network must not pile up.
-        self._loops_out: collections.OrderedDict[bytes, tuple[float, int]] = (
-            collections.OrderedDict())
+        # loop id -> the loop; bounded: loops lost in the network must not pile up.
+        self._loops_out: collections.OrderedDict[bytes, _Loop] = collections.OrderedDict()
+        self._deadlines: list[tuple[float, bytes]] = []  # heap of (deadline, loop id)
+        # ids of loops counted lost, to tell a late one from a stranger's (bounded like _loops_out)
+        self._lost: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        # (when resolved, route, came back) of the loops resolved in the last LOOP_WINDOW
+        self._resolved: collections.deque[tuple[float, tuple[str, ...], bool]] = (
+            collections.deque(maxlen=_MAX_RESOLVED))
         self._loop_latency: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
         # deliveries a provider stores at the next commit, with their due times
         self._pending: list[tuple[float, Store]] = []
@@ -212,6 +233,7 @@ class NodeCore:
 
         The next loop is drawn before this one is made, so a loop that cannot be made (an
         exception raised here) costs that loop only: the next call does not meet it again."""
+        self.expire_loops(now)
         out: list[Scheduled] = []
         while self._next_loop is not None and self._next_loop <= now:
             self._next_loop = self._draw_next_loop(self._next_loop)
@@ -232,25 +254,67 @@ class NodeCore:
 
     def _make_loop(self, now: float) -> Scheduled:
         network = self._view.current
-        route = routes.hops(self._loop_route(network), network, self._delays(), self._rng,
-                            self._wall(now))
+        nodes = self._loop_route(network)
+        route = routes.hops(nodes, network, self._delays(), self._rng, self._wall(now))
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
             network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
         )
         self._counts["loops_sent"] += 1
-        self._loops_out[loop_id] = (now, len(route))
-        if len(self._loops_out) > _MAX_LOOPS_OUT:
-            self._loops_out.popitem(last=False)
+        deadline = now + sum(hop.delay_us for hop in route) / 1_000_000 + LOOP_SLACK
+        names = (self._name, *(node.name for node in nodes))
+        self._loops_out[loop_id] = _Loop(now, len(route), names, deadline)
+        heapq.heappush(self._deadlines, (deadline, loop_id))
+        if len(self._loops_out) > _MAX_LOOPS_OUT:  # the oldest, long overdue: lost
+            old_id, old = self._loops_out.popitem(last=False)
+            self._count_lost(now, old_id, old)
         return Scheduled(now, route[0].node_id, packet)
 
+    def expire_loops(self, now: float) -> None:
+        """Count the loops in flight whose deadline passed by ``now`` as lost."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, loop_id = heapq.heappop(self._deadlines)
+            loop = self._loops_out.pop(loop_id, None)
+            if loop is not None:  # not back yet (one that came back is gone from _loops_out)
+                self._count_lost(now, loop_id, loop)
+
+    def _count_lost(self, now: float, loop_id: bytes, loop: _Loop) -> None:
+        self._counts["loops_lost"] += 1
+        if loop.route:
+            self._resolved.append((now, loop.route, False))
+        self._lost[loop_id] = None
+        if len(self._lost) > _MAX_LOOPS_OUT:
+            self._lost.popitem(last=False)
+
     def _loop_returned(self, now: float, loop_id: bytes) -> None:
-        sent = self._loops_out.pop(loop_id, None)
-        if sent is None:  # not ours, or forgotten: a forged loop marker must not count
-            self._drop(DropReason.UNEXPECTED_DELIVERY)
+        loop = self._loops_out.get(loop_id)
+        if loop is not None and now > loop.deadline:  # back, but after its deadline: lost
+            self.expire_loops(loop.deadline)
+            loop = None
+        if loop is None:
+            if loop_id in self._lost:
+                del self._lost[loop_id]
+                self._counts["loops_late"] += 1
+            else:  # not ours, or forgotten: a forged loop marker must not count
+                self._drop(DropReason.UNEXPECTED_DELIVERY)
             return
+        del self._loops_out[loop_id]  # its heap entry is skipped when its deadline comes
         self._counts["loops_returned"] += 1
-        self._loop_latency.append((now - sent[0], sent[1]))
+        self._resolved.append((now, loop.route, True))
+        self._loop_latency.append((now - loop.sent, loop.hops))
+
+    def loop_routes(self, now: float) -> dict[tuple[str, ...], tuple[int, int]]:
+        """Return, per route, how many of the node's own mix loops came back and how many were
+        counted lost in the ``LOOP_WINDOW`` seconds before ``now`` (the route's node names from
+        this node back to it)."""
+        self.expire_loops(now)
+        while self._resolved and self._resolved[0][0] < now - LOOP_WINDOW:
+            self._resolved.popleft()
+        counts: dict[tuple[str, ...], list[int]] = {}
+        for _, route, returned in self._resolved:
+            entry = counts.setdefault(route, [0, 0])
+            entry[0 if returned else 1] += 1
+        return {route: (back, lost) for route, (back, lost) in counts.items()}
 
     def loop_latency(self) -> tuple[float, float] | None:
         """Return (median round trip, median per hop) of the last 1,000 mix loops, in seconds."""
@@ -259,6 +323,12 @@ class NodeCore:
         trips = sorted(t for t, _ in self._loop_latency)
         per_hop = sorted(t / hops for t, hops in self._loop_latency)
         return trips[len(trips) // 2], per_hop[len(per_hop) // 2]
+
+    @property
+    def fetch_interval(self) -> float:
+        """The current network's ``loopix.fetch_interval``: how often an online client asks its
+        provider for mail."""
+        return self._view.current.topology.loopix.fetch_interval
 
     def loop_route(self) -> list[NodeSpec]:
         """Return a Loopix mix-loop route that starts after this node and ends at it
@@ -287,7 +357,8 @@ class NodeCore:
         reason."""
         stats = {name: self._counts[name] for name in
                  ("forwarded", "delivered", "replies", "loops_sent", "loops_returned",
-                  "loops_unbuilt")}
+                  "loops_unbuilt", "loops_lost", "loops_late")}
+        stats["loops_in_flight"] = len(self._loops_out)
         # A provider refuses some deliveries itself (a full mailbox, a stranger's message).
         refused = self._provider.drops() if self._provider is not None else {}
         for reason in DropReason:

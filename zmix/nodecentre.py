@@ -134,6 +134,7 @@ class NodeCentre:
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._drops = {reason.value: 0 for reason in DropReason}
         self._last_seen: dict[bytes, float] = {}
+        self._sent_to: dict[bytes, int] = {}  # next hop -> packet frames sent to it
         self._next_heartbeat = self._next_housekeeping = self._next_expire = now
 
     # ------------------------------------------------------------------ inbound frames
@@ -318,11 +319,14 @@ class NodeCentre:
         replies, self.replies = self.replies, []
         return replies
 
-    def count_sent(self, sent: int, failed: int) -> None:
-        """Count packet frames handed to links (``sent``) and refused by them
-        (``link_send_failed``)."""
+    def count_sent(self, sent: int, failed: int,
+                   per_peer: Mapping[bytes, int] | None = None) -> None:
+        """Count packet frames handed to links (``sent``, and ``per_peer`` of them to each next
+        hop) and refused by them (``link_send_failed``)."""
         self._counts["sent"] += sent
         self._counts["link_send_failed"] += failed
+        for peer, count in (per_peer or {}).items():
+            self._sent_to[peer] = self._sent_to.get(peer, 0) + count
 
     def woke(self) -> None:
         """Count one turn of the runtime's loop."""
@@ -410,6 +414,24 @@ class NodeCentre:
         stats["queue_high_water"] = queue["high_water"]
         stats["in_flight"] = self.dispatch.in_flight
         stats["peers_alive"] = sum(1 for t in self._last_seen.values() if now - t < PEER_ALIVE)
+        if self._provider is not None:
+            online = max(PEER_ALIVE, 3 * self.core.fetch_interval)
+            stats["clients_online"] = sum(1 for peer, t in self._last_seen.items()
+                                          if now - t < online and self._provider.serves(peer))
         if self._mailbox is not None:
             stats.update({f"mailbox_{k}": v for k, v in self._mailbox.statistics().items()})
         return stats
+
+    def labelled_statistics(self, now: float,
+                            name: Callable[[bytes], str]) -> dict[str, dict[str, float]]:
+        """Return the labelled statistics (:data:`zmix.stats_schema.LABELLED_STATISTICS`): the
+        node's own mix loops per route over the last ``LOOP_WINDOW`` seconds, and the packet
+        frames sent per next hop (``name`` turns a node id into its name)."""
+        returned: dict[str, float] = {}
+        lost: dict[str, float] = {}
+        for route, (back, gone) in self.core.loop_routes(now).items():
+            label = ">".join(route)  # both, 0 included: a route's two samples come together
+            returned[label], lost[label] = back, gone
+        sent = {name(peer): float(count) for peer, count in self._sent_to.items()}
+        return {"loop_route_returned": returned, "loop_route_lost": lost,
+                "link_packets_sent": sent}

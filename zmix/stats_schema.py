@@ -73,6 +73,13 @@ STATISTICS: tuple[Statistic, ...] = (
               "first hop is not a node of the topology also counts in link_send_failed)"),
     Statistic("loops_sent", C, "the node's own mix loops sent (Loopix lambda_M)"),
     Statistic("loops_returned", C, "the node's own mix loops that came back"),
+    Statistic("loops_lost", C, "the node's own mix loops not back by their deadline (the sum "
+              "of the delays drawn for their hops plus 2 s), counted lost then; "
+              "docs/monitoring.md, Loop loss per segment"),
+    Statistic("loops_late", C, "the node's own mix loops that came back after they were "
+              "counted lost (also in loops_lost, not in loops_returned)"),
+    Statistic("loops_in_flight", G, "the node's own mix loops sent and neither back nor lost "
+              "yet"),
     Statistic("loops_unbuilt", C, "the node's own mix loops not sent because the network "
               "document in use has no Sphinx key of a hop for the epoch it would process the "
               "loop in (the document expired and no newer one came from the authorities)"),
@@ -129,6 +136,9 @@ STATISTICS: tuple[Statistic, ...] = (
               "heartbeats, statistics, expiry) waits for its next turn (a bug: the traceback is "
               "in node.log)"),
     Statistic("peers_alive", G, "peers heard from (any frame) in the last 5 s"),
+    Statistic("clients_online", G, "this provider's clients heard from (any frame, a fetch "
+              "most often) in the last 5 s, or in the last 3 loopix.fetch_interval if that is "
+              "longer", P),
     # ---------------------------------------------------------------- the node loop
     Statistic("queue_depth", G, "packets in the delay queue now"),
     Statistic("queue_high_water", G, "the most packets the delay queue held at once"),
@@ -212,6 +222,44 @@ STATISTICS: tuple[Statistic, ...] = (
 BY_NAME: dict[str, Statistic] = {s.name: s for s in STATISTICS}
 
 
+@dataclass(frozen=True, slots=True)
+class LabelledStatistic:
+    """A statistic with one value per value of a label (a route, a peer), besides the node's
+    name: served by the control socket's ``labelled`` request and exported to Prometheus with
+    the labels ``node`` and :attr:`label`. A label value that no longer occurs is not reported
+    (a route no loop took in the window has no sample, not a 0)."""
+
+    name: str
+    kind: Kind
+    label: str
+    help: str
+    reported: Reported = Reported.ALWAYS
+
+    @property
+    def prometheus_name(self) -> str:
+        """Return the name of its Prometheus samples, as :attr:`Statistic.prometheus_name`."""
+        name = f"zmix_{self.name}"
+        if self.kind is Kind.COUNTER and not name.endswith("_total"):
+            name += "_total"
+        return name
+
+
+LOOP_WINDOW_HELP = "in the last 120 s"
+
+LABELLED_STATISTICS: tuple[LabelledStatistic, ...] = (
+    LabelledStatistic("loop_route_returned", G, "route", "the node's own mix loops that came "
+                      "back, per route, " + LOOP_WINDOW_HELP + " (the route is the names of "
+                      "the nodes it went through joined by >, from this node back to it)"),
+    LabelledStatistic("loop_route_lost", G, "route", "the node's own mix loops counted lost "
+                      "(loops_lost), per route, " + LOOP_WINDOW_HELP),
+    LabelledStatistic("link_packets_sent", C, "peer", "packet frames sent on the outbound link "
+                      "to node peer (forwarded packets, acknowledgements, loops, relays; "
+                      "heartbeats not counted): their sum is sent"),
+)
+
+LABELLED_BY_NAME: dict[str, LabelledStatistic] = {s.name: s for s in LABELLED_STATISTICS}
+
+
 def expected_names(*, provider: bool, loop_returned: bool) -> frozenset[str]:
     """Return the names a node reports: a provider's or a mixnode's, before or after one of
     its mix loops came back."""
@@ -235,6 +283,18 @@ def table_row(statistic: Statistic) -> str:
 def markdown_table(statistics: Iterable[Statistic] = STATISTICS) -> str:
     """Return the table of docs/operations.md's "Statistics" section, one row per statistic."""
     return "\n".join([*TABLE_HEADER, *(table_row(s) for s in statistics)]) + "\n"
+
+
+LABELLED_TABLE_HEADER = ("| name | kind | label | reported by | meaning |",
+                         "|---|---|---|---|---|")
+
+
+def labelled_markdown_table(
+        statistics: Iterable[LabelledStatistic] = LABELLED_STATISTICS) -> str:
+    """Return the table of docs/operations.md's labelled statistics, one row per statistic."""
+    rows = [f"| `{s.name}` | {s.kind.value} | `{s.label}` | {s.reported.value} | {s.help} |"
+            for s in statistics]
+    return "\n".join([*LABELLED_TABLE_HEADER, *rows]) + "\n"
 
 
 
@@ -280,7 +340,12 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
                     "times without an acknowledgement", CORE),
     ClientStatistic("loops_sent", C, "loop packets sent to the client itself (Loopix lambda_L)",
                     CORE),
-    ClientStatistic("loops_returned", C, "the client's own loops that came back", CORE),
+    ClientStatistic("loops_returned", C, "the client's own loops that came back by their "
+                    "deadline, or sent by an earlier run of the client and came back", CORE),
+    ClientStatistic("loops_lost", C, "the client's own loops not back by their deadline (the "
+                    "delays drawn for their hops, plus a fetch interval, plus 2 s)", CORE),
+    ClientStatistic("loops_late", C, "loops counted lost that came back later (also in "
+                    "loops_lost, not in loops_returned)", CORE),
     ClientStatistic("unknown_loops", C, "loops that came back with an id not outstanding "
                     "(already returned, or expired)", CORE),
     ClientStatistic("drops_sent", C, "drop cover packets sent: the drop stream (Loopix "
@@ -382,5 +447,5 @@ if __name__ == "__main__":
     import sys
 
     tables = {"client": client_markdown_table, "daemon": lambda: client_markdown_table(
-        DAEMON_STATISTICS)}
+        DAEMON_STATISTICS), "labelled": labelled_markdown_table}
     print(tables.get(sys.argv[1] if sys.argv[1:] else "", markdown_table)(), end="")

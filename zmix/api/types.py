@@ -15,6 +15,7 @@ from typing import Any
 
 from zmix.api.protocol import ApiError, b64decode
 from zmix.errors import ZmixError
+from zmix.looploss import RouteError, parse_route
 
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
@@ -94,6 +95,9 @@ class Status:
     subscribers: int
     connections: int
     statistics: dict[str, int]
+    # this run's loops of the last 120 s per route (names from the client back to it):
+    # (returned, lost); docs/client.md, Loops and their routes
+    loop_routes: dict[tuple[str, ...], tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +252,24 @@ def parse_status(obj: dict[str, Any]) -> Status:
         document_epoch=_field(obj, what, "document_epoch", (int,), optional=True),
         document_valid_until=_time(obj, what, "document_valid_until", optional=True),
         inbox=_count(obj, what, "inbox"), subscribers=_count(obj, what, "subscribers"),
-        connections=_count(obj, what, "connections"), statistics=_statistics(obj, what))
+        connections=_count(obj, what, "connections"), statistics=_statistics(obj, what),
+        loop_routes=_loop_routes(obj, what))
+
+
+def _loop_routes(obj: dict[str, Any], what: str) -> dict[tuple[str, ...], tuple[int, int]]:
+    """Return ``obj["loop_routes"]``: route labels -> [returned, lost], as route tuples."""
+    value: dict[str, Any] = _field(obj, what, "loop_routes", (dict,))
+    routes: dict[tuple[str, ...], tuple[int, int]] = {}
+    for label, pair in value.items():
+        try:
+            route = parse_route(label)
+        except RouteError as exc:
+            raise _bad(what, "loop_routes", f"holds {label!r}, not a route: {exc}") from None
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)):
+            raise _bad(what, "loop_routes", f"gives {label!r} no [returned, lost] counts")
+        routes[route] = (pair[0], pair[1])
+    return routes
 
 
 def parse_message(obj: dict[str, Any]) -> Message:

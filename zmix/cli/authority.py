@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(state: Path, name: str) -> int:
     """Run authority ``name`` until SIGTERM or SIGINT; return the exit status."""
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-authority", name)
     import zmq
 
     from zmix.runtime.authority import LOCK, AuthorityProcess, authority_dir

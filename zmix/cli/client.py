@@ -119,7 +119,10 @@ def serve(args: argparse.Namespace, services: ServiceFactory | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     """Run zmix-client; return its exit status."""
-    return serve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-client", args.name)
+    return serve(args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run zmix-exit; return its exit status."""
     args = build_parser().parse_args(argv)
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-exit", args.name)
     try:
         policy = (ExitPolicy.load(args.policy) if args.policy is not None
                   else ExitPolicy.from_patterns(args.allow))

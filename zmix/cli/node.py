@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     taken), with one line on stderr saying why."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-node", args.name)  # before the slow start: ps names the node from the outset
     import zmq
 
     from zmix.runtime import metrics

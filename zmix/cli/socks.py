@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run zmix-socks; return its exit status."""
     args = build_parser().parse_args(argv)
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-socks", args.name)
     try:
         # A reply block made at t lives until the end of the epoch after t's, plus the grace:
         # at least one epoch length, the lifetime the proxy counts on.

@@ -36,6 +36,8 @@ examples:
   zmix-up topologies/local.yaml --web 8470      the same, with a live web view of the network
                                                 at http://127.0.0.1:8470/
   zmix-up topologies/local.yaml --keys-only     make the keys of every member, start nothing
+  zmix-up topologies/medium.yaml --export-monitoring monitoring
+                                                write Prometheus and Grafana files, start nothing
   zmix-up topologies/local.yaml --state /srv/zmix --only authority-1 mix-a1 provider-1
                                                 run only this host's share of the network
 
@@ -47,12 +49,13 @@ While it runs, send and fetch messages with zmix-send and zmix-recv.
 
 exit status:
   0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received;
-     --keys-only: the keys were made)
+     --keys-only: the keys were made; --export-monitoring: the files were written)
   1  a node or authority did not start (its error and log tail are printed), or a --demo step
      failed
   2  refused before anything started: bad usage or configuration (the topology, a key file,
      --only), the state directory, a node or an authority in use by another run, an address that
-     cannot be bound (the --web port included)
+     cannot be bound (the --web port included; --export-monitoring: the topology, or a DIR that
+     cannot be written)
 """
 
 
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generate the missing keys (of the --only nodes and authorities, or "
                              "of every node, authority and client), then exit without starting "
                              "anything")
+    parser.add_argument("--export-monitoring", type=Path, default=None, metavar="DIR",
+                        help="write a Prometheus configuration (prometheus.yml, zmix-rules.yml) "
+                             "and a Grafana dashboard (grafana-dashboard.json) for the "
+                             "topology's metrics ports into DIR, then exit without starting "
+                             "anything (docs/monitoring.md)")
     parser.add_argument("--demo", action="store_true",
                         help="send a few messages between the declared clients, then stop")
     parser.add_argument("--web", metavar="[HOST:]PORT", type=web_address, default=None,
@@ -216,12 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run zmix-up; return its exit status (0, 1 or 2, as the epilog says)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    if args.export_monitoring is not None:
+        given = [option for option, value in (("--state", args.state), ("--only", args.only),
+                                              ("--keys-only", args.keys_only),
+                                              ("--demo", args.demo), ("--web", args.web))
+                 if value]
+        if given:  # it starts nothing and reads only the topology: these would mean nothing
+            return fail(f"--export-monitoring writes files and starts nothing: it takes no "
+                        f"{', '.join(given)}", 2)
+        return export_monitoring(args.topology, args.export_monitoring)
     from zmix.runtime.launcher import StartRefused, check_addresses, check_nodes_free, lock_state
 
     # Everything that can refuse runs before the first node starts, and nothing that a running
     # network uses is written before the lock is ours.
     try:
         topology = load_topology(args.topology)
+        from zmix.runtime.proctitle import set_title
+        set_title("zmix-up", topology.network, "zmix-up")
         nodes = select_nodes(topology, args.only)
         authorities = select_authorities(topology, args.only)
         state_dir = state_dir_of(topology, args.state)
@@ -354,6 +373,38 @@ def _demo_step(argv: list[str]) -> int:
 
 def _quote(arg: str) -> str:
     return f"'{arg}'" if " " in arg else arg
+
+
+def export_monitoring(topology_file: Path, directory: Path) -> int:
+    """Write the Prometheus and Grafana files of the topology into ``directory`` (made if
+    missing); return 0, or 2 with one line on stderr if the topology is bad or a file cannot be
+    written. Reads nothing but the topology file, starts nothing."""
+    from zmix import monitoring
+
+    try:
+        topology = load_topology(topology_file)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    written = monitoring.files(topology)
+    if directory.exists() and not directory.is_dir():
+        return fail(f"cannot write into {directory}: it is not a directory", 2)
+    path = directory
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in written.items():
+            path = directory / name
+            tmp = directory / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+    except OSError as exc:
+        return fail(f"cannot write {exc.filename or path}: {exc.strerror or exc}", 2)
+    print(f"zmix-up: wrote {', '.join(written)} for network "
+          f"{topology.network} in {directory}", flush=True)
+    missing = monitoring.unscraped(topology)
+    if missing:
+        print(f"zmix-up: no metrics_port, not scraped: {', '.join(n.name for n in missing)}",
+              flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -5,21 +5,24 @@
 ``streams``    :class:`PoissonStreams` (lambda_P, lambda_L, lambda_D), :class:`FetchSchedule`
 ``sending``    :class:`Sender`: queue, acks awaited (:class:`AckTimers`), retransmission
 ``receiving``  :class:`Receiver`: acks, SURB replies, loops, reassembly, inbox
+``loops``      :class:`LoopRoutes`: each loop's route and deadline, returned and lost per route
 ``packets``    :class:`PacketMaker`: routes and delays (:mod:`zmix.routes`), SURBs, sealing
 ``results``    :class:`Outgoing`, :class:`ReceivedMessage`, :class:`SendProgress`
 =============  ==========================================================================
 """
 
 from zmix.client.core import DAY, EXPIRY_INTERVAL, LONG_LIFETIME, ClientCore
-from zmix.client.packets import NewSurb, PacketMaker
+from zmix.client.loops import LOOP_SLACK, LoopRoutes, Return, loop_deadline
+from zmix.client.packets import NewLoop, NewSurb, PacketMaker
 from zmix.client.receiving import Ack, Receiver, TakenIn
 from zmix.client.results import Outgoing, ReceivedMessage, SendProgress
 from zmix.client.sending import BACKOFF_CAP, MAX_ATTEMPTS, AckTimers, Sender
 from zmix.client.streams import FETCH_RETRY, STALL_RESET, FetchSchedule, PoissonStreams, Stream
 
 __all__ = [
-    "BACKOFF_CAP", "DAY", "EXPIRY_INTERVAL", "FETCH_RETRY", "LONG_LIFETIME", "MAX_ATTEMPTS",
-    "STALL_RESET", "Ack", "AckTimers", "ClientCore", "FetchSchedule", "NewSurb", "Outgoing",
-    "PacketMaker", "PoissonStreams", "ReceivedMessage", "Receiver", "SendProgress", "Sender",
-    "Stream", "TakenIn",
+    "BACKOFF_CAP", "DAY", "EXPIRY_INTERVAL", "FETCH_RETRY", "LONG_LIFETIME", "LOOP_SLACK",
+    "MAX_ATTEMPTS", "STALL_RESET", "Ack", "AckTimers", "ClientCore", "FetchSchedule",
+    "LoopRoutes", "NewLoop", "NewSurb", "Outgoing", "PacketMaker", "PoissonStreams",
+    "ReceivedMessage", "Receiver", "Return", "SendProgress", "Sender", "Stream", "TakenIn",
+    "loop_deadline",
 ]

@@ -16,8 +16,10 @@ traffic.
 The core is made of parts with their own state: :class:`~zmix.client.streams.PoissonStreams`
 (when), :class:`~zmix.client.sending.Sender` (what leaves: queue, acks awaited, retries),
 :class:`~zmix.client.receiving.Receiver` (what arrives: acks, replies, reassembly, inbox) and
-:class:`~zmix.client.packets.PacketMaker` (routes, SURBs, sealing). The core holds one store
-transaction around each call, so everything is on disk before a packet or an answer leaves it.
+:class:`~zmix.client.packets.PacketMaker` (routes, SURBs, sealing), with
+:class:`~zmix.client.loops.LoopRoutes` (each loop's route and deadline, shared by the sender and
+the receiver). The core holds one store transaction around each call, so everything is on disk
+before a packet or an answer leaves it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from zmix import crypto
+from zmix.client.loops import LoopRoutes
 from zmix.client.packets import PacketMaker
 from zmix.client.receiving import Receiver
 from zmix.client.results import Outgoing, ReceivedMessage, SendProgress
@@ -60,8 +63,10 @@ class ClientCore:
                  random_bytes: Callable[[int], bytes] = crypto.random_bytes) -> None:
         self._store = store
         packets = PacketMaker(view, identity, rng, random_bytes)
-        self.sender = Sender(view, store, packets)
-        self.receiver = Receiver(view, identity, store)
+        # One memory of the loops' routes: the sender notes each loop, the receiver its return.
+        self.loops = LoopRoutes()
+        self.sender = Sender(view, store, packets, self.loops)
+        self.receiver = Receiver(view, identity, store, self.loops)
         loopix = view.current.topology.loopix
         rates = {Stream.PAYLOAD: loopix.payload_rate, Stream.LOOP: loopix.loop_rate,
                  Stream.DROP: loopix.drop_rate}
@@ -121,7 +126,8 @@ class ClientCore:
 
     def next_wakeup(self) -> float:
         """Return the absolute time at which :meth:`poll` next has something to do."""
-        return min(self.streams.next_due(), self.sender.next_deadline())
+        return min(self.streams.next_due(), self.sender.next_deadline(),
+                   self.loops.next_deadline())
 
     def poll(self, now: float) -> list[Outgoing]:
         """Return the packets due by ``now``, in order, to hand to the own provider.
@@ -131,6 +137,7 @@ class ClientCore:
         """
         if now < self.next_wakeup() and now < self._next_expiry:
             return []
+        self.loops.expire(now)
         with self._store:
             self._expire(now)
             self.sender.retransmit(now)
@@ -176,10 +183,17 @@ class ClientCore:
         """Forget a shown message's data (its reply blocks stay usable)."""
         self.receiver.mark_delivered(message_id)
 
+    def loop_routes(self, now: float) -> dict[tuple[str, ...], tuple[int, int]]:
+        """Return, per route, (returned, lost) of this run's loops resolved in the last
+        ``zmix.looploss.LOOP_WINDOW`` seconds before ``now``; a route is the names from this
+        client through its provider, the layers and its provider back to it. Loops past their
+        deadline by ``now`` are counted lost first (docs/client.md, Loops and their routes)."""
+        return self.loops.routes(now)
+
     def statistics(self) -> dict[str, int]:
         """Return the client's counters, the queue length and the fragments awaiting an ack: the
         names of ``zmix.stats_schema.CLIENT_STATISTICS`` reported by the core, in its order."""
         parts = {**self.sender.statistics(), **self.receiver.statistics(),
-                 "expired": self._expired}
+                 **self.loops.statistics(), "expired": self._expired}
         return {name: parts[name] for name in _CORE_STATISTICS}
 

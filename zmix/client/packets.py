@@ -49,6 +49,17 @@ class NewSurb:
         return DatedSurb(self.epoch, self.surb.to_bytes())
 
 
+@dataclass(frozen=True, slots=True)
+class NewLoop:
+    """A fresh loop packet (``out``), its id, its route's names (this client, its provider, one
+    mixnode per layer, its provider, this client) and the seconds of delay drawn for its hops."""
+
+    loop_id: bytes
+    out: Outgoing
+    route: tuple[str, ...]
+    delays: float
+
+
 class PacketMaker:
     """Builds one client's packets; every packet leaves through the client's own provider.
 
@@ -110,15 +121,24 @@ class PacketMaker:
 
     def loop(self, now: float) -> tuple[bytes, Outgoing]:
         """Return a fresh loop id and a loop packet carrying it back to this client."""
+        traced = self.traced_loop(now)
+        return traced.loop_id, traced.out
+
+    def traced_loop(self, now: float) -> NewLoop:
+        """Return a fresh loop packet carrying its id back to this client, with its route and
+        the delays drawn for its hops."""
         loop_id = self.new_id()
         body = seal_loop(self._me.public_key, loop_id, self.random_bytes)
         envelope = encode_envelope(self._params, Envelope(None, body))
         network = self._view.current
         provider = self._provider(network)
         route = routes.forward_route(network.layers, provider, provider, self._rng)
-        packet = create_forward_packet(self._params, self._hops(network, route, now), self._me.id,
-                                       envelope, self.random_bytes)
-        return loop_id, Outgoing(provider.id, packet)
+        hops = self._hops(network, route, now)
+        packet = create_forward_packet(self._params, hops, self._me.id, envelope,
+                                       self.random_bytes)
+        names = (self._me.name, *(node.name for node in route), self._me.name)
+        delays = sum(hop.delay_us for hop in hops) / 1_000_000
+        return NewLoop(loop_id, Outgoing(provider.id, packet), names, delays)
 
     def drop(self, now: float) -> Outgoing:
         """Return a drop packet: random filler to a random provider, which discards it."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from zmix import crypto
+from zmix.client.loops import LoopRoutes, Return
 from zmix.client.results import ReceivedMessage
 from zmix.clientstore import SURB_ACK, ClientStore, InboxEntry, IncomingMeta, StoredSurb
 from zmix.envelope import ACK_PAYLOAD, dated_surb_length
@@ -24,9 +25,9 @@ from zmix.network import NetworkView
 from zmix.sphinx import SurbKeys, open_surb_reply
 from zmix.wire import ItemKind, MailboxItem
 
-STATISTICS = ("loops_returned", "unknown_loops", "messages_received", "duplicates_dropped",
-              "inconsistent_fragments", "undecryptable", "unknown_sender", "unknown_surb",
-              "bad_reassembly")
+STATISTICS = ("loops_returned", "loops_late", "unknown_loops", "messages_received",
+              "duplicates_dropped", "inconsistent_fragments", "undecryptable", "unknown_sender",
+              "unknown_surb", "bad_reassembly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,14 @@ class Receiver:
     current version of the network ``view`` holds.
     """
 
-    def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore) -> None:
+    def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore,
+                 loops: LoopRoutes | None = None) -> None:
         self._view = view
         self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
         self._block_length = dated_surb_length(self._params)  # a reply block in fragment 0
         self._store = store
+        self.loops = LoopRoutes() if loops is None else loops  # whose loops come back here
         self._counts: Counter[str] = Counter()
 
     def take_in(self, now: float, items: Sequence[MailboxItem]) -> TakenIn:
@@ -101,8 +104,7 @@ class Receiver:
     def _on_message(self, now: float, payload: bytes) -> list[ReceivedMessage]:
         content = open_content(self._me.public_key, self._me.private_key, payload)
         if content.kind is ContentKind.LOOP:
-            returned = self._store.take_loop(content.ident) is not None
-            self._counts["loops_returned" if returned else "unknown_loops"] += 1
+            self._on_loop(now, content.ident)
             return []
         sender: str | None = None
         plain = content.rest
@@ -114,6 +116,15 @@ class Receiver:
                 return []
             plain = verify_signed(network.client_key(sender), self._me.private_key, content.rest)
         return self._deliver(now, parse_fragment(plain, self._block_length), sender)
+
+    def _on_loop(self, now: float, loop_id: bytes) -> None:
+        """Count a loop of ours that came back: returned (on its route if this run sent it),
+        late (already counted lost), or unknown (not in the store)."""
+        if self._store.take_loop(loop_id) is None:
+            self._counts["unknown_loops"] += 1
+            return
+        late = self.loops.returned(loop_id, now) is Return.LATE
+        self._counts["loops_late" if late else "loops_returned"] += 1
 
     def _deliver(self, now: float, f: Fragment, sender: str | None) -> list[ReceivedMessage]:
         """Store a fragment; return the message if it was the last one missing."""

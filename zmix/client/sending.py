@@ -14,6 +14,7 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass
 
+from zmix.client.loops import LoopRoutes, loop_deadline
 from zmix.client.packets import PacketMaker
 from zmix.client.results import Outgoing, SendProgress
 from zmix.client.streams import Stream
@@ -135,12 +136,14 @@ class Sender:
     ack timers are drawn up from the version current when it is made.
     """
 
-    def __init__(self, view: NetworkView, store: ClientStore, packets: PacketMaker) -> None:
+    def __init__(self, view: NetworkView, store: ClientStore, packets: PacketMaker,
+                 loops: LoopRoutes | None = None) -> None:
         topology = view.current.topology
         self._view = view
         self._params = topology.sphinx
         self._store = store
         self._packets = packets
+        self.loops = LoopRoutes() if loops is None else loops  # routes of the loops it sends
         base = round_trip_timeout(len(topology.layers), topology.loopix)
         self.timers = AckTimers(base, max(BACKOFF_CAP, 4 * base))
         self._counts: Counter[str] = Counter()
@@ -302,10 +305,13 @@ class Sender:
         return item.out
 
     def _loop_packet(self, now: float) -> Outgoing:
-        loop_id, out = self._packets.loop(now)
-        self._store.add_loop(loop_id, now)
+        loop = self._packets.traced_loop(now)
+        self._store.add_loop(loop.loop_id, now)
+        fetch_interval = self._view.current.topology.loopix.fetch_interval
+        self.loops.sent(loop.loop_id, loop.route, now,
+                        loop_deadline(now, loop.delays, fetch_interval))
         self._counts["loops_sent"] += 1
-        return out
+        return loop.out
 
     # ------------------------------------------------------------------ acks and retries
 

@@ -47,6 +47,7 @@ from zmix.fragment import (
     encode_metadata,
     reply_blocks_that_fit,
 )
+from zmix.looploss import route_label
 from zmix.runtime.api import MAX_CONNECTIONS, ApiServer, Connection
 from zmix.runtime.client import ClientRuntime, NetworkExpired
 from zmix.runtime.services import MixnetPort, Service
@@ -394,13 +395,17 @@ class Daemon:
     def _op_status(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         runtime, now = self.runtime, time.time()
         network = runtime.view.current
+        # First: it counts the loops overdue by now as lost, which statistics() then shows too.
+        loop_routes = runtime.core.loop_routes(now)
         stats = self.statistics()
         return {"client": runtime.spec.name, "provider": runtime.provider.name,
                 "online": self.offline is None, "online_since": runtime.online_since,
                 "epoch": network.epochs.epoch_at(now), "document_epoch": network.version,
                 "document_valid_until": network.valid_until, "inbox": stats["inbox"],
                 "subscribers": self.api.subscribers(), "connections": self.api.connections(),
-                "statistics": stats}
+                "statistics": stats, "loop_routes": {
+                    route_label(route): [returned, lost]
+                    for route, (returned, lost) in loop_routes.items()}}
 
     def _op_inbox(self, conn: Connection, request: dict[str, Any]) -> dict[str, Any]:
         return {"messages": _inlined(self.runtime.core.inbox(), INLINE_BYTES)}

@@ -1,8 +1,9 @@
 """A node's statistics seen from outside: a control socket and a Prometheus endpoint.
 
-The node loop refreshes one snapshot (a flat ``dict[str, float]``) a few times a second; the
-control socket (a REP socket on a local ipc path, named in ``STATE/nodes/NAME/control``) answers
-``ping`` and ``stats`` (JSON), and, when the topology gives the node a ``metrics_port``, the
+The node loop refreshes one snapshot a few times a second: a flat ``dict[str, float]`` and the
+labelled statistics (name -> label value -> number). The control socket (a REP socket on a
+local ipc path, named in ``STATE/nodes/NAME/control``) answers ``ping``, ``stats`` and
+``labelled`` (JSON), and, when the topology gives the node a ``metrics_port``, the
 prometheus_client HTTP server serves the same snapshot in the Prometheus text format, each
 statistic typed and described as :mod:`zmix.stats_schema` declares it.
 """
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from zmix.stats_schema import BY_NAME, Kind
+from zmix.stats_schema import BY_NAME, LABELLED_BY_NAME, Kind
 
 UNDECLARED_HELP = "not declared in zmix.stats_schema (a bug: its kind is unknown)"
 
@@ -31,16 +32,25 @@ class Snapshot:
         self.node = node
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
+        self._labelled: dict[str, dict[str, float]] = {}
 
-    def update(self, values: dict[str, float]) -> None:
-        """Replace the snapshot."""
+    def update(self, values: dict[str, float],
+               labelled: dict[str, dict[str, float]] | None = None) -> None:
+        """Replace the snapshot (the labelled statistics too, when given)."""
         with self._lock:
             self._values = dict(values)
+            if labelled is not None:
+                self._labelled = {name: dict(by) for name, by in labelled.items()}
 
     def values(self) -> dict[str, float]:
-        """Return a copy of the snapshot."""
+        """Return a copy of the snapshot's flat statistics."""
         with self._lock:
             return dict(self._values)
+
+    def labelled(self) -> dict[str, dict[str, float]]:
+        """Return a copy of the snapshot's labelled statistics."""
+        with self._lock:
+            return {name: dict(by) for name, by in self._labelled.items()}
 
 
 class Collector:
@@ -51,10 +61,26 @@ class Collector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield one metric family per statistic, labelled with the node's name."""
+        node = self._snapshot.node
         for key, value in sorted(self._snapshot.values().items()):
             family = _family(key)
-            family.add_metric([self._snapshot.node], value)
+            family.add_metric([node], value)
             yield family
+        for key, by_label in sorted(self._snapshot.labelled().items()):
+            statistic = LABELLED_BY_NAME.get(key)
+            labelled: CounterMetricFamily | GaugeMetricFamily | UnknownMetricFamily
+            if statistic is None:
+                labelled = UnknownMetricFamily(f"zmix_{key}", UNDECLARED_HELP,
+                                               labels=["node", "label"])
+            elif statistic.kind is Kind.GAUGE:
+                labelled = GaugeMetricFamily(f"zmix_{key}", statistic.help,
+                                             labels=["node", statistic.label])
+            else:
+                labelled = CounterMetricFamily(f"zmix_{key}", statistic.help,
+                                               labels=["node", statistic.label])
+            for label, value in sorted(by_label.items()):
+                labelled.add_metric([node, label], value)
+            yield labelled
 
 
 def _family(key: str) -> CounterMetricFamily | GaugeMetricFamily | UnknownMetricFamily:
@@ -88,10 +114,12 @@ def answer_control(sock: zmq.Socket[bytes], snapshot: Snapshot) -> None:
     request = sock.recv()
     if request == b"stats":
         sock.send(json.dumps(snapshot.values(), sort_keys=True).encode())
+    elif request == b"labelled":
+        sock.send(json.dumps(snapshot.labelled(), sort_keys=True).encode())
     elif request == b"ping":
         sock.send(b"pong")
     else:
-        sock.send(b'{"error": "unknown request; use ping or stats"}')
+        sock.send(b'{"error": "unknown request; use ping, stats or labelled"}')
 
 
 def query(state_dir: Path, name: str, request: str = "stats", timeout: float = 2.0) -> str | None:
@@ -128,3 +156,13 @@ def statistics(state_dir: Path, name: str, timeout: float = 2.0) -> dict[str, fl
         return None
     value = json.loads(text)
     return value if isinstance(value, dict) else None
+
+
+def labelled_statistics(state_dir: Path, name: str,
+                        timeout: float = 2.0) -> dict[str, dict[str, float]] | None:
+    """Return a running node's labelled statistics, or None if it does not answer."""
+    text = query(state_dir, name, "labelled", timeout)
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) and "error" not in value else None

@@ -462,7 +462,8 @@ class _Loop:
                 poller.register(sock, zmq.POLLIN)
         centre, dispatch = self.centre, self.centre.dispatch
         # The control endpoint is already published: the first request must find every statistic.
-        self.n.snapshot.update(self.statistics(time.monotonic()))
+        now = time.monotonic()
+        self.n.snapshot.update(self.statistics(now), self.labelled(now))
         while not self.n.stopping:
             now = time.monotonic()
             poller = reading if dispatch.accepting() else busy
@@ -593,10 +594,12 @@ class _Loop:
             return
         send, encode, params, sent = self.out.send, wire.encode_packet, self.params, 0
         outbox = self.centre.take_outbox()
+        per_peer: dict[bytes, int] = {}
         for next_hop, packet in outbox:
             if send(next_hop, encode(packet, params=params), now):
                 sent += 1
-        self.centre.count_sent(sent, len(outbox) - sent)
+                per_peer[next_hop] = per_peer.get(next_hop, 0) + 1
+        self.centre.count_sent(sent, len(outbox) - sent, per_peer)
 
     def _timers(self, now: float) -> None:
         """Run what the centre says is due: its own timers (mix loops, mailbox expiry), then
@@ -619,7 +622,7 @@ class _Loop:
                 LOG.warning("worker %d died holding %d packets; they are lost", index, lost)
 
     def _refresh_statistics(self, now: float) -> None:
-        self.n.snapshot.update(self.statistics(now))
+        self.n.snapshot.update(self.statistics(now), self.labelled(now))
 
     def _heartbeats(self, now: float) -> None:
         beat = self.centre.heartbeat()
@@ -656,6 +659,17 @@ class _Loop:
         stats["uptime_seconds"] = now - self.n.started
         stats["pid"] = os.getpid()
         return stats
+
+    def labelled(self, now: float) -> dict[str, dict[str, float]]:
+        """Return the labelled statistics (:data:`zmix.stats_schema.LABELLED_STATISTICS`), next
+        hops named as the current network names them."""
+        network = self.n.view.current
+
+        def name(node_id: bytes) -> str:
+            node = network.node_by_id(node_id)
+            return node.name if node is not None else node_id.hex()
+
+        return self.centre.labelled_statistics(now, name)
 
     def _worker_utilisation(self, now: float) -> float:
         busy = 0.0

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None,
                         help="the node's pid: the worker exits when its parent is another")
     args = parser.parse_args(argv)
+    from zmix.runtime.proctitle import set_title
+    set_title("zmix-worker", f"{args.name}/{args.index}")
     # Ctrl-C in a terminal reaches the whole process group; the node decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The node stops its workers with SIGTERM: leave through run_worker's cleanup (keys zeroed).
