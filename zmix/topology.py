@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # at run time the loader comes through __getattr__ (an import
     from zmix.topology_yaml import load_topology, parse_topology
 
 __all__ = ["MAX_DELAY", "MAX_RATE", "AuthoritySpec", "ClientSpec", "LoopixParams",
-           "MailboxParams", "NodeParams", "NodeSpec", "Role", "Topology", "entity_id",
+           "MailboxParams", "NodeParams", "NodeSpec", "Role", "Topology", "WebParams", "entity_id",
            "load_topology", "parse_topology", "valid_name"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -127,6 +127,15 @@ class NodeParams:
 
 
 @dataclass(frozen=True, slots=True)
+class WebParams:
+    """Where ``zmix-up`` serves the live web view (the YAML's ``web:``; docs/monitoring.md).
+    Loopback by default: the view is unauthenticated."""
+
+    port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     """A whole network, as validated from one YAML file."""
 
@@ -144,6 +153,7 @@ class Topology:
     # Signatures a network document needs. 1 when there is no authority (a Topology built by
     # hand): never 0, which would accept an unsigned document.
     authority_threshold: int = 1
+    web: WebParams | None = None  # the web view's address; None: none unless zmix-up --web
 
     def __post_init__(self) -> None:
         top = max(1, len(self.authorities))

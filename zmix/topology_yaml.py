@@ -31,6 +31,7 @@ from zmix.topology import (
     NodeSpec,
     Role,
     Topology,
+    WebParams,
     entity_id,
     valid_name,
 )
@@ -116,6 +117,7 @@ def parse_topology(data: object, path: str) -> Topology:
     raw_clients: list[object] = top.get("clients", _list, [])
     raw_authorities = top.optional("authorities", _list)
     raw_threshold = top.optional("authority_threshold", _int_range(1, 1000))
+    web = _web(top)
     top.finish()
     if not raw_layers:
         raise ConfigError(path, "layers", "needs at least one layer of mixnodes")
@@ -136,12 +138,13 @@ def parse_topology(data: object, path: str) -> Topology:
     specs, authorities = _members(path, network, entries, raw_authorities, host, base_port,
                                   workers)
     threshold = _threshold(path, raw_threshold, len(authorities))
+    _web_address_free(path, web, specs, authorities)
     providers = tuple(s for s in specs if s.role is Role.PROVIDER)
     layers = tuple(tuple(s for s in specs if s.layer == li) for li in range(len(raw_layers)))
     clients = _clients(path, network, raw_clients, {p.name for p in providers},
                        {s.name for s in specs}, {a.name for a in authorities})
     return Topology(path, network, sphinx, layers, providers, clients, loopix, mailbox, node,
-                    epoch, authorities, threshold)
+                    epoch, authorities, threshold, web)
 
 
 # The refusal of a file without authorities says what to add (docs/topology.md, "authorities").
@@ -213,6 +216,38 @@ def _threshold(path: str, raw: int | None, members: int) -> int:
         raise ConfigError(path, "authority_threshold", f"must be at most the number of "
                           f"authorities ({members}), got {raw}")
     return raw
+
+
+# The web view is unauthenticated: it listens on loopback unless the file says otherwise, whatever
+# defaults.host is.
+DEFAULT_WEB_HOST = "127.0.0.1"
+
+
+def _web(top: _Reader) -> WebParams | None:
+    """Return the ``web:`` section (the address of zmix-up's web view), or None if absent."""
+    if top.data.get("web") is None:
+        top.used.add("web")
+        return None
+    r = top.section("web")
+    params = WebParams(port=r.get("port", _int_range(1, 65535), required=True),
+                       host=r.get("host", _host, DEFAULT_WEB_HOST))
+    r.finish()
+    return params
+
+
+def _web_address_free(path: str, web: WebParams | None, nodes: list[NodeSpec],
+                      authorities: tuple[AuthoritySpec, ...]) -> None:
+    """Raise ConfigError if the web view's address is a node's or an authority's."""
+    if web is None:
+        return
+    taken: list[tuple[str, int | None, str]] = [(n.host, n.port, f"node {n.name}'s port")
+                                                for n in nodes]
+    taken += [(n.host, n.metrics_port, f"node {n.name}'s metrics_port") for n in nodes]
+    taken += [(a.host, a.port, f"authority {a.name}'s port") for a in authorities]
+    for host, port, what in taken:
+        if (host, port) == (web.host, web.port):
+            raise ConfigError(path, "web.port", f"duplicate address '{host}:{port}' (also "
+                              f"{what})")
 
 
 def _mailbox(path: str, top: _Reader) -> MailboxParams:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import filecmp
 import logging
 import os
@@ -23,6 +24,7 @@ from zmix.topology_yaml import load_topology
 
 if TYPE_CHECKING:
     from zmix.runtime.directory import AuthorityPeer
+    from zmix.web.server import WebServer
 
 LOG = logging.getLogger("zmix.up")
 DEMO_EPOCH_WAIT = 60.0  # seconds: with epochs at most this long, --demo crosses a boundary
@@ -31,6 +33,8 @@ EXAMPLES = """\
 examples:
   zmix-up topologies/local.yaml                 keys into ./zmix-local, run every node
   zmix-up topologies/local.yaml --demo          the same, send a few messages, shut down
+  zmix-up topologies/local.yaml --web 8470      the same, with a live web view of the network
+                                                at http://127.0.0.1:8470/
   zmix-up topologies/local.yaml --keys-only     make the keys of every member, start nothing
   zmix-up topologies/medium.yaml --export-monitoring monitoring
                                                 write Prometheus and Grafana files, start nothing
@@ -50,7 +54,8 @@ exit status:
      failed
   2  refused before anything started: bad usage or configuration (the topology, a key file,
      --only), the state directory, a node or an authority in use by another run, an address that
-     cannot be bound (--export-monitoring: the topology, or a DIR that cannot be written)
+     cannot be bound (the --web port included; --export-monitoring: the topology, or a DIR that
+     cannot be written)
 """
 
 
@@ -76,8 +81,54 @@ def build_parser() -> argparse.ArgumentParser:
                              "anything (docs/monitoring.md)")
     parser.add_argument("--demo", action="store_true",
                         help="send a few messages between the declared clients, then stop")
+    parser.add_argument("--web", metavar="[HOST:]PORT", type=web_address, default=None,
+                        help="serve the live web view at http://HOST:PORT/ (HOST: 127.0.0.1 "
+                             "unless given; instead of the topology's web: key)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser
+
+
+def web_address(text: str) -> tuple[str, int]:
+    """argparse type of --web: ``(host, port)`` from ``[HOST:]PORT``."""
+    from zmix.errors import LocalMisuse
+    from zmix.web.pages import parse_web_address
+
+    try:
+        return parse_web_address(text)
+    except LocalMisuse as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def open_web(topology: Topology, state_dir: Path,
+             address: tuple[str, int] | None) -> WebServer | None:
+    """Bind the web view's port (``address``, else the topology's ``web:``; None if neither)
+    without serving yet; raises StartRefused if it cannot be bound or a node or authority of the
+    topology has that address."""
+    from zmix.runtime.launcher import StartRefused
+    from zmix.web.pages import network_graph, url_of
+    from zmix.web.server import WebServer, report_source
+
+    if address is None and topology.web is not None:
+        address = (topology.web.host, topology.web.port)
+    if address is None:
+        return None
+    host, port = address
+    members: list[tuple[str, int | None, str]] = [(n.host, n.port, f"node {n.name}")
+                                                  for n in topology.nodes()]
+    members += [(n.host, n.metrics_port, f"node {n.name} (metrics)") for n in topology.nodes()]
+    members += [(a.host, a.port, f"authority {a.name}") for a in topology.authorities]
+    for member_host, member_port, who in members:
+        if (member_host, member_port) == (host, port):
+            raise StartRefused(f"the web view cannot listen on {url_of(host, port)}: {who} "
+                               "listens there")
+    try:
+        return WebServer(host, port, network_graph(topology),
+                         report_source(topology, state_dir))
+    except OSError as exc:
+        problem = "address already in use" if exc.errno == errno.EADDRINUSE else (
+            exc.strerror or str(exc))
+        raise StartRefused(f"the web view cannot listen on {url_of(host, port)}: "
+                           f"{problem}") from None
 
 
 def state_dir_of(topology: Topology, state: Path | None) -> Path:
@@ -176,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.export_monitoring is not None:
         given = [option for option, value in (("--state", args.state), ("--only", args.only),
                                               ("--keys-only", args.keys_only),
-                                              ("--demo", args.demo)) if value]
+                                              ("--demo", args.demo), ("--web", args.web))
+                 if value]
         if given:  # it starts nothing and reads only the topology: these would mean nothing
             return fail(f"--export-monitoring writes files and starts nothing: it takes no "
                         f"{', '.join(given)}", 2)
@@ -198,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 2)
     except OSError as exc:  # the state directory cannot be made or locked
         return fail(f"{exc.filename or args.state}: {exc.strerror or exc}", 2)
+    web: WebServer | None = None
     try:
         try:
             check_nodes_free(state_dir, nodes, authorities)
@@ -210,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             authorities = select_authorities(topology, args.only)
             check_keys(state_dir, topology, nodes, authorities)
             check_addresses([*authorities, *nodes])
+            web = open_web(topology, state_dir, args.web)
             written = write_allowlists(state_dir, topology, authorities)
             if written:
                 LOG.info("wrote the allowlists of %s", ", ".join(written))
@@ -221,16 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # a key file or the topology copy cannot be written
             return fail(f"{exc.filename or state_dir}: {exc.strerror or exc}", 2)
         return run(topology, state_dir, nodes, demo=args.demo, verbose=args.verbose,
-                   authorities=peers)
+                   authorities=peers, web=web)
     finally:
+        if web is not None:
+            web.close()
         lock.release()
 
 
 def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: bool,
-        verbose: int, authorities: Sequence[AuthorityPeer] = ()) -> int:
-    """Start ``authorities``, then ``nodes``, then run the demo or wait for a signal; stop them
-    all (the authorities last); return the exit status (0, or 1 if a process did not start or
-    the demo failed)."""
+        verbose: int, authorities: Sequence[AuthorityPeer] = (),
+        web: WebServer | None = None) -> int:
+    """Start serving ``web`` (if given), then start ``authorities``, then ``nodes``, then run
+    the demo or wait for a signal; stop them all (the authorities last); return the exit status
+    (0, or 1 if a process did not start or the demo failed)."""
     from zmix.runtime.launcher import Launcher, LaunchError
 
     stop: list[int] = []
@@ -242,6 +299,9 @@ def run(topology: Topology, state_dir: Path, nodes: list[NodeSpec], *, demo: boo
     signal.signal(signal.SIGINT, on_signal)
     launcher = Launcher(state_dir, nodes, verbosity=max(1, verbose), authorities=authorities)
     print(f"zmix-up: network {topology.network}, state in {state_dir}", flush=True)
+    if web is not None:
+        web.start()
+        print(f"zmix-up: web view at {web.url}", flush=True)
     try:
         launcher.start(lambda spec: print(
             f"  {spec.role.value:<9} {spec.name:<16} up at {spec.endpoint}", flush=True),
