@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from zmix.bench.common import free_ports
 from zmix.errors import ConfigError, LocalMisuse
+from zmix.observe import stratified_links
 from zmix.topology import Topology, WebParams
 from zmix.topology_yaml import parse_topology
 from zmix.web.pages import (
     host_allowed,
-    links_of,
     network_graph,
     parse_web_address,
     split_host,
@@ -59,7 +59,7 @@ def fake_report(topology: Topology, tick: int, down: tuple[str, ...] = ()) -> di
               "clients_online": None, "loop_loss": 0.0, "loop_samples": tick,
               "stats": {"received": tick}} for n in topology.nodes()]
     links = [{"from": a, "to": b, "packets_per_s": float(tick), "loop_loss": None,
-              "loop_samples": 0} for a, b in links_of(topology)]
+              "loop_samples": 0} for a, b in stratified_links(topology)]
     return {"network": topology.network, "time": 1e9 + tick, "interval": 1.0, "window": 120,
             "nodes": nodes, "links": links, "loops": {"returned": tick, "lost": 0},
             "down": list(down)}
@@ -166,7 +166,7 @@ def event_report(block: str) -> dict[str, Any]:
 
 
 def test_the_links_are_every_link_of_the_stratified_topology() -> None:
-    links = links_of(topology_of())
+    links = stratified_links(topology_of())
     providers, first, last = ("provider-1", "provider-2"), ("mix-a1", "mix-a2"), ("mix-b1",)
     expected = ([(p, m) for p in providers for m in first] + [(m, "mix-b1") for m in first]
                 + [(m, p) for m in last for p in providers])

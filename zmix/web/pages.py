@@ -4,25 +4,15 @@ headers are served, and the ``[HOST:]PORT`` syntax of ``--web``. Nothing here op
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
 from typing import Any
 
 from zmix.errors import LocalMisuse
-from zmix.topology import NodeSpec, Topology
+from zmix.observe import stratified_links
+from zmix.topology import Topology
 
 DEFAULT_HOST = "127.0.0.1"
 RETRY_MS = 2000  # the reconnect delay a viewer's EventSource is told to use after a drop
-
-
-def links_of(topology: Topology) -> list[tuple[str, str]]:
-    """Return every link of the stratified topology, in drawing order: each provider to each
-    node of the first layer, each node of a layer to each node of the next, each node of the
-    last layer to each provider."""
-    stages: list[tuple[NodeSpec, ...]] = [topology.providers, *topology.layers,
-                                           topology.providers]
-    return [(a.name, b.name) for here, there in itertools.pairwise(stages)
-            for a in here for b in there]
 
 
 def network_graph(topology: Topology) -> dict[str, Any]:
@@ -35,7 +25,7 @@ def network_graph(topology: Topology) -> dict[str, Any]:
         "layers": [[n.name for n in layer] for layer in topology.layers],
         "nodes": [{"name": n.name, "role": n.role.value, "layer": n.layer,
                    "address": f"{n.host}:{n.port}"} for n in topology.nodes()],
-        "links": [{"from": a, "to": b} for a, b in links_of(topology)],
+        "links": [{"from": a, "to": b} for a, b in stratified_links(topology)],
         "clients": {p.name: [c.name for c in topology.clients_of(p.name)]
                     for p in topology.providers},
     }
