@@ -149,3 +149,15 @@ def start_chain(tmp_path: Path, workers: int = 2, loopix: dict[str, float] | Non
         authorities.stop()
 
 
+def child_pids(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is ``pid`` (read from /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids

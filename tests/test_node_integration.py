@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from chain import Chain, start_chain
+from chain import Chain, child_pids, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto, wire
@@ -137,33 +137,20 @@ def _intruder_sends(chain: Chain) -> None:
         sock.close(linger=0)
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
 def test_a_killed_worker_is_replaced_and_the_node_keeps_forwarding(chain: Chain) -> None:
     node_pid = chain.launcher.pids()["mix-a"]
-    workers = _children(node_pid)
+    workers = child_pids(node_pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     chain.wait_stats("mix-a", lambda s: s["worker_restarts"] >= 1, "worker restart")
     for i in range(20):
         chain.send(chain.packet(f"m{i}".encode()))
     assert len(chain.receive(20)) == 20
-    assert len(_children(node_pid)) == 2
+    assert len(child_pids(node_pid)) == 2
 
 
 def _worker(node_pid: int, index: int) -> int:
-    for pid in _children(node_pid):
+    for pid in child_pids(node_pid):
         # A worker's title is "zmix-worker NODE/INDEX" (docs/monitoring.md, Process titles).
         title = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode()
         if title.endswith(f"/{index}"):
@@ -198,7 +185,7 @@ def test_packets_held_by_a_dead_worker_are_written_off_not_waited_for(chain: Cha
 
 def test_a_node_whose_workers_are_stuck_stops_reading_and_does_not_spin(chain: Chain) -> None:
     node_pid = chain.launcher.pids()["mix-a"]
-    stuck = _children(node_pid)
+    stuck = child_pids(node_pid)
     packet = chain.packet(b"again and again")  # processing would drop the copies as replays
     for pid in stuck:
         os.kill(pid, signal.SIGSTOP)
@@ -245,7 +232,7 @@ def test_a_node_restarted_mid_stream_does_not_take_the_chain_down(chain: Chain) 
 
 def test_sigterm_stops_a_node_and_its_workers(chain: Chain) -> None:
     child = chain.launcher.children["mix-a"]
-    workers = _children(child.proc.pid)
+    workers = child_pids(child.proc.pid)
     record = chain.state / "nodes" / "mix-a" / "ipc-dir"
     sockets = Path(record.read_text().strip())
     child.proc.send_signal(signal.SIGTERM)
@@ -267,7 +254,7 @@ def _gone(pid: int) -> bool:
 
 def test_workers_of_a_node_killed_with_sigkill_exit_on_their_own(chain: Chain) -> None:
     child = chain.launcher.children["mix-a"]
-    workers = _children(child.proc.pid)
+    workers = child_pids(child.proc.pid)
     assert len(workers) == 2
     child.proc.kill()
     child.proc.wait()

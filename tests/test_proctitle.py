@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from chain import child_pids
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
@@ -31,19 +31,6 @@ def title(pid: int) -> str:
 
 def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -112,16 +99,16 @@ def test_each_node_process_is_titled_zmix_node_and_its_name(running: Running) ->
         pid = running.node_pid(name)
         assert title(pid) == f"zmix-node {name}"
         assert comm(pid) == name
-        assert pid in children(running.up.pid)
+        assert pid in child_pids(running.up.pid)
 
 
 def test_each_worker_is_titled_with_its_node_and_its_index(running: Running) -> None:
     for name in NODES:
         node = running.node_pid(name)
         wanted = {f"zmix-worker {name}/0", f"zmix-worker {name}/1"}
-        wait_for(lambda n=node, w=wanted: {title(p) for p in children(n)} == w,
+        wait_for(lambda n=node, w=wanted: {title(p) for p in child_pids(n)} == w,
                  f"the two workers of {name} to be titled {sorted(wanted)}")
-        assert sorted(comm(p) for p in children(node)) == [f"{name}/0", f"{name}/1"]
+        assert sorted(comm(p) for p in child_pids(node)) == [f"{name}/0", f"{name}/1"]
 
 
 def test_the_authority_is_titled_zmix_authority_and_its_name(running: Running) -> None:

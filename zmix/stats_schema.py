@@ -46,10 +46,15 @@ class Statistic:
     def prometheus_name(self) -> str:
         """Return the name of its Prometheus sample: ``zmix_<name>``, and counters end in
         ``_total`` (``dropped_total`` already does, so it is ``zmix_dropped_total``)."""
-        name = f"zmix_{self.name}"
-        if self.kind is Kind.COUNTER and not name.endswith("_total"):
-            name += "_total"
-        return name
+        return prometheus_name(self.name, self.kind)
+
+
+def prometheus_name(name: str, kind: Kind) -> str:
+    """Return the Prometheus sample name of statistic ``name`` of ``kind``."""
+    exported = f"zmix_{name}"
+    if kind is Kind.COUNTER and not exported.endswith("_total"):
+        exported += "_total"
+    return exported
 
 
 C, G = Kind.COUNTER, Kind.GAUGE
@@ -238,10 +243,7 @@ class LabelledStatistic:
     @property
     def prometheus_name(self) -> str:
         """Return the name of its Prometheus samples, as :attr:`Statistic.prometheus_name`."""
-        name = f"zmix_{self.name}"
-        if self.kind is Kind.COUNTER and not name.endswith("_total"):
-            name += "_total"
-        return name
+        return prometheus_name(self.name, self.kind)
 
 
 LOOP_WINDOW_HELP = "in the last 120 s"
