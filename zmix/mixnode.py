@@ -15,7 +15,6 @@ them; counting how many return tells an operator whether the network drops packe
 from __future__ import annotations
 
 import collections
-import heapq
 import math
 import random
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from zmix import crypto, routes
 from zmix.epochs import same_clock
 from zmix.errors import DropReason
-from zmix.looploss import LOOP_WINDOW
+from zmix.looptrack import LoopRoutes, Return, loop_deadline
 from zmix.network import Network, NetworkView, NoKeyForEpoch
 from zmix.provider import ProviderCore, Store
 from zmix.replay import ReplayCache
@@ -40,21 +39,6 @@ from zmix.topology import NodeSpec, Role
 Result = ForwardHop | FinalDelivery | SurbReply
 
 _LOOP_MARKER = b"zmix-mix-loop-v1"
-_MAX_LOOPS_OUT = 10_000  # loops remembered while in flight
-# A mix loop is counted lost when it is not back this long after the sum of the delays drawn for
-# its hops: the hops' processing and the links' transit, with room for a busy node's queues.
-LOOP_SLACK = 2.0
-_MAX_RESOLVED = 200_000  # resolved loops kept for the window (lambda_M up to ~1,600/s)
-
-
-@dataclass(frozen=True, slots=True)
-class _Loop:
-    """A mix loop in flight: when it left, its hops, its route's node names, its deadline."""
-
-    sent: float
-    hops: int
-    route: tuple[str, ...]
-    deadline: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +91,9 @@ class NodeCore:
         self._drops: collections.Counter[str] = collections.Counter()
         self._counts: collections.Counter[str] = collections.Counter()
         self._next_loop = self._draw_next_loop(now)
-        # loop id -> the loop; bounded: loops lost in the network must not pile up.
-        self._loops_out: collections.OrderedDict[bytes, _Loop] = collections.OrderedDict()
-        self._deadlines: list[tuple[float, bytes]] = []  # heap of (deadline, loop id)
-        # ids of loops counted lost, to tell a late one from a stranger's (bounded like _loops_out)
-        self._lost: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        # (when resolved, route, came back) of the loops resolved in the last LOOP_WINDOW
-        self._resolved: collections.deque[tuple[float, tuple[str, ...], bool]] = (
-            collections.deque(maxlen=_MAX_RESOLVED))
+        # the loops out (bounded: those lost in the network must not pile up), and per route
+        # those resolved in the window
+        self._loops = LoopRoutes()
         self._loop_latency: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
         # deliveries a provider stores at the next commit, with their due times
         self._pending: list[tuple[float, Store]] = []
@@ -261,60 +240,33 @@ class NodeCore:
             network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
         )
         self._counts["loops_sent"] += 1
-        deadline = now + sum(hop.delay_us for hop in route) / 1_000_000 + LOOP_SLACK
+        # the route from this node back to it; lost if not back by its delays + LOOP_SLACK
         names = (self._name, *(node.name for node in nodes))
-        self._loops_out[loop_id] = _Loop(now, len(route), names, deadline)
-        heapq.heappush(self._deadlines, (deadline, loop_id))
-        if len(self._loops_out) > _MAX_LOOPS_OUT:  # the oldest, long overdue: lost
-            old_id, old = self._loops_out.popitem(last=False)
-            self._count_lost(now, old_id, old)
+        delays = sum(hop.delay_us for hop in route) / 1_000_000
+        self._loops.sent(loop_id, names, now, loop_deadline(now, delays))
         return Scheduled(now, route[0].node_id, packet)
 
     def expire_loops(self, now: float) -> None:
         """Count the loops in flight whose deadline passed by ``now`` as lost."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, loop_id = heapq.heappop(self._deadlines)
-            loop = self._loops_out.pop(loop_id, None)
-            if loop is not None:  # not back yet (one that came back is gone from _loops_out)
-                self._count_lost(now, loop_id, loop)
-
-    def _count_lost(self, now: float, loop_id: bytes, loop: _Loop) -> None:
-        self._counts["loops_lost"] += 1
-        if loop.route:
-            self._resolved.append((now, loop.route, False))
-        self._lost[loop_id] = None
-        if len(self._lost) > _MAX_LOOPS_OUT:
-            self._lost.popitem(last=False)
+        self._loops.expire(now)
 
     def _loop_returned(self, now: float, loop_id: bytes) -> None:
-        loop = self._loops_out.get(loop_id)
-        if loop is not None and now > loop.deadline:  # back, but after its deadline: lost
-            self.expire_loops(loop.deadline)
-            loop = None
-        if loop is None:
-            if loop_id in self._lost:
-                del self._lost[loop_id]
-                self._counts["loops_late"] += 1
-            else:  # not ours, or forgotten: a forged loop marker must not count
-                self._drop(DropReason.UNEXPECTED_DELIVERY)
-            return
-        del self._loops_out[loop_id]  # its heap entry is skipped when its deadline comes
-        self._counts["loops_returned"] += 1
-        self._resolved.append((now, loop.route, True))
-        self._loop_latency.append((now - loop.sent, loop.hops))
+        loop = self._loops.pending(loop_id)
+        back = self._loops.returned(loop_id, now)
+        if back is Return.LATE:
+            self._counts["loops_late"] += 1
+        elif back is Return.UNTRACKED or loop is None:
+            # not ours, or forgotten: a forged loop marker must not count
+            self._drop(DropReason.UNEXPECTED_DELIVERY)
+        else:
+            self._counts["loops_returned"] += 1
+            self._loop_latency.append((now - loop.sent, len(loop.route) - 1))
 
     def loop_routes(self, now: float) -> dict[tuple[str, ...], tuple[int, int]]:
         """Return, per route, how many of the node's own mix loops came back and how many were
         counted lost in the ``LOOP_WINDOW`` seconds before ``now`` (the route's node names from
         this node back to it)."""
-        self.expire_loops(now)
-        while self._resolved and self._resolved[0][0] < now - LOOP_WINDOW:
-            self._resolved.popleft()
-        counts: dict[tuple[str, ...], list[int]] = {}
-        for _, route, returned in self._resolved:
-            entry = counts.setdefault(route, [0, 0])
-            entry[0 if returned else 1] += 1
-        return {route: (back, lost) for route, (back, lost) in counts.items()}
+        return self._loops.routes(now)
 
     def loop_latency(self) -> tuple[float, float] | None:
         """Return (median round trip, median per hop) of the last 1,000 mix loops, in seconds."""
@@ -357,8 +309,9 @@ class NodeCore:
         reason."""
         stats = {name: self._counts[name] for name in
                  ("forwarded", "delivered", "replies", "loops_sent", "loops_returned",
-                  "loops_unbuilt", "loops_lost", "loops_late")}
-        stats["loops_in_flight"] = len(self._loops_out)
+                  "loops_unbuilt", "loops_late")}
+        stats.update(self._loops.statistics())  # loops_lost
+        stats["loops_in_flight"] = self._loops.in_flight()
         # A provider refuses some deliveries itself (a full mailbox, a stranger's message).
         refused = self._provider.drops() if self._provider is not None else {}
         for reason in DropReason:

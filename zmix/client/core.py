@@ -17,7 +17,7 @@ The core is made of parts with their own state: :class:`~zmix.client.streams.Poi
 (when), :class:`~zmix.client.sending.Sender` (what leaves: queue, acks awaited, retries),
 :class:`~zmix.client.receiving.Receiver` (what arrives: acks, replies, reassembly, inbox) and
 :class:`~zmix.client.packets.PacketMaker` (routes, SURBs, sealing), with
-:class:`~zmix.client.loops.LoopRoutes` (each loop's route and deadline, shared by the sender and
+:class:`~zmix.looptrack.LoopRoutes` (each loop's route and deadline, shared by the sender and
 the receiver). The core holds one store transaction around each call, so everything is on disk
 before a packet or an answer leaves it.
 """
@@ -28,7 +28,6 @@ import random
 from collections.abc import Callable, Sequence
 
 from zmix import crypto
-from zmix.client.loops import LoopRoutes
 from zmix.client.packets import PacketMaker
 from zmix.client.receiving import Receiver
 from zmix.client.results import Outgoing, ReceivedMessage, SendProgress
@@ -36,6 +35,7 @@ from zmix.client.sending import MAX_ATTEMPTS, Sender
 from zmix.client.streams import PoissonStreams, Stream
 from zmix.clientstore import ClientStore
 from zmix.keys import PrivateIdentity
+from zmix.looptrack import LoopRoutes
 from zmix.network import NetworkView
 from zmix.stats_schema import client_names
 from zmix.wire import MailboxItem

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from zmix import crypto
-from zmix.client.loops import LoopRoutes, Return
 from zmix.client.results import ReceivedMessage
 from zmix.clientstore import SURB_ACK, ClientStore, InboxEntry, IncomingMeta, StoredSurb
 from zmix.envelope import ACK_PAYLOAD, dated_surb_length
 from zmix.errors import InvalidPacket
 from zmix.fragment import ContentKind, Fragment, open_content, parse_fragment, verify_signed
 from zmix.keys import PrivateIdentity
+from zmix.looptrack import LoopRoutes, Return
 from zmix.network import NetworkView
 from zmix.sphinx import SurbKeys, open_surb_reply
 from zmix.wire import ItemKind, MailboxItem

@@ -14,7 +14,6 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from zmix.client.loops import LoopRoutes, loop_deadline
 from zmix.client.packets import PacketMaker
 from zmix.client.results import Outgoing, SendProgress
 from zmix.client.streams import Stream
@@ -22,6 +21,7 @@ from zmix.clientstore import SURB_ACK, SURB_REPLY, ClientStore, StoredSurb
 from zmix.envelope import DatedSurb, SurbState, envelope_capacity
 from zmix.errors import InvalidPacket, LocalMisuse
 from zmix.fragment import CONTENT_OVERHEAD, HEADER_BYTES, MAX_REPLY_BLOCKS, split_message
+from zmix.looptrack import LoopRoutes, loop_deadline
 from zmix.network import NetworkView
 from zmix.sphinx import SphinxParams
 from zmix.topology import LoopixParams

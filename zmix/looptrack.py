@@ -1,19 +1,21 @@
-"""Which route each of the client's loops took, and whether it came back in time (sans-IO).
+"""Which route each loop took, and whether it came back in time (sans-IO): the bookkeeping of
+the nodes' mix loops (zmix/mixnode.py) and the clients' loops (zmix/client/) alike.
 
-:class:`LoopRoutes` remembers, in memory only, each loop in flight: the names of its route
-(the client, its provider, one mixnode per layer, its provider, the client) and a deadline. A loop
-back by its deadline counts as returned on its route; one not back by then as lost; one that
-comes back after it was counted lost as late. :meth:`LoopRoutes.routes` gives, per route, the
-loops resolved in the last :data:`~zmix.looploss.LOOP_WINDOW` seconds, the counts
+:class:`LoopRoutes` remembers, in memory only, each loop in flight: the names of its route (from
+the sender back to it: a node's mix loop ``mix-a1>mix-b2>mix-c1>provider-1>mix-a1``, a client's
+loop ``alice>provider-1>mix-a1>...>provider-1>alice``), when it left and its deadline. A loop back
+by its deadline counts as returned on its route; one not back by then as lost; one that comes
+back after it was counted lost as late. :meth:`LoopRoutes.routes` gives, per route, the loops
+resolved in the last :data:`~zmix.looploss.LOOP_WINDOW` seconds, the counts
 :func:`zmix.looploss.fit` takes (docs/monitoring.md).
 
 The deadline of a loop sent at ``now`` (:func:`loop_deadline`) is ``now`` plus the delays drawn
-for its hops, plus one fetch interval (the loop waits in the mailbox for the client's next fetch),
-plus :data:`LOOP_SLACK` for the hops' processing, the links and the fetch's round trip: the node
-side's rule (zmix/mixnode.py) with the fetch added.
+for its hops, plus the time it waits at its end (a client's loop waits in the mailbox for the
+next fetch: one fetch interval; a node's mix loop does not wait), plus :data:`LOOP_SLACK` for the
+hops' processing, the links (and a fetch's round trip).
 
-A loop sent by an earlier run of the client (its id is in the store, its route was never in this
-memory) is not here: the receiving side counts it returned as before, in no route.
+A loop sent by an earlier run (its id may be in a client's store, its route was never in this
+memory) is not here: the caller counts it returned as before, in no route.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ STATISTICS = ("loops_lost",)
 Route = tuple[str, ...]
 
 
-def loop_deadline(now: float, delays: float, fetch_interval: float) -> float:
-    """Return when a loop sent at ``now`` whose hops were given ``delays`` seconds in all is
-    declared lost if it is not back."""
-    return now + delays + fetch_interval + LOOP_SLACK
+def loop_deadline(now: float, delays: float, wait: float = 0.0) -> float:
+    """Return when a loop sent at ``now`` whose hops were given ``delays`` seconds in all, and
+    that waits ``wait`` seconds at its end (a client's fetch interval), is declared lost if it is
+    not back."""
+    return now + delays + wait + LOOP_SLACK
 
 
 class Return(Enum):
@@ -49,8 +52,11 @@ class Return(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class _InFlight:
+class InFlight:
+    """A loop out: its route, when it left and its deadline."""
+
     route: Route
+    sent: float
     deadline: float
 
 
@@ -58,7 +64,7 @@ class LoopRoutes:
     """The client's loops in flight with their routes, and those resolved in the window."""
 
     def __init__(self) -> None:
-        self._in_flight: collections.OrderedDict[bytes, _InFlight] = collections.OrderedDict()
+        self._in_flight: collections.OrderedDict[bytes, InFlight] = collections.OrderedDict()
         self._deadlines: list[tuple[float, bytes]] = []  # heap; entries of gone loops are stale
         self._lost: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         # (when resolved, route, came back in time), oldest first
@@ -68,7 +74,7 @@ class LoopRoutes:
 
     def sent(self, loop_id: bytes, route: Route, now: float, deadline: float) -> None:
         """Remember loop ``loop_id``, sent at ``now`` along ``route``, due back by ``deadline``."""
-        self._in_flight[loop_id] = _InFlight(route, deadline)
+        self._in_flight[loop_id] = InFlight(route, now, deadline)
         heapq.heappush(self._deadlines, (deadline, loop_id))
         if len(self._in_flight) > MAX_IN_FLIGHT:  # the oldest, long overdue
             old_id, old = self._in_flight.popitem(last=False)
@@ -82,7 +88,7 @@ class LoopRoutes:
             if loop is not None:  # still out (one that came back is gone from _in_flight)
                 self._count_lost(now, loop_id, loop)
 
-    def _count_lost(self, now: float, loop_id: bytes, loop: _InFlight) -> None:
+    def _count_lost(self, now: float, loop_id: bytes, loop: InFlight) -> None:
         self._counts["loops_lost"] += 1
         self._resolved.append((now, loop.route, False))
         self._lost[loop_id] = None
@@ -114,6 +120,10 @@ class LoopRoutes:
             entry = counts.setdefault(route, [0, 0])
             entry[0 if back else 1] += 1
         return {route: (back, lost) for route, (back, lost) in counts.items()}
+
+    def pending(self, loop_id: bytes) -> InFlight | None:
+        """Return loop ``loop_id`` if it is out (sent, neither back nor counted lost)."""
+        return self._in_flight.get(loop_id)
 
     def in_flight(self) -> int:
         """Return how many loops are out and not yet past their deadline (as of the last
