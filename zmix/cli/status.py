@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,14 +190,6 @@ def exit_status(report: dict[str, Any]) -> int:
 # ==================================================================== the command
 
 
-class Stopped(Exception):
-    """SIGTERM arrived during --watch."""
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise Stopped
-
-
 def load(args: argparse.Namespace) -> Topology:
     """Return the topology to observe. Raises ConfigError for a state folder or topology that
     cannot be read, or a network no node of which can be read from here."""
@@ -227,25 +220,28 @@ def show(report: dict[str, Any], args: argparse.Namespace, watching: bool) -> No
     sys.stdout.flush()
 
 
-def run(topology: Topology, args: argparse.Namespace) -> int:
-    """Sample, wait, sample and show; with --watch again every interval until stopped. Return
-    the exit status of the last refresh shown (0 if none was)."""
+def run(topology: Topology, args: argparse.Namespace,
+        stop: threading.Event | None = None) -> int:
+    """Sample, wait, sample and show; with --watch again every interval until ``stop`` is set
+    (by SIGINT or SIGTERM). Return the exit status of the last refresh shown (0 if none was)."""
+    stop = stop or threading.Event()
     watching = args.watch is not None
     interval = args.watch or args.interval if watching else args.interval
     status = EXIT_OK
-    try:
-        previous = observe.collect(topology, args.state, timeout=args.timeout)
-        while True:
-            time.sleep(max(0.0, previous.time + interval - time.time()))
-            current = observe.collect(topology, args.state, timeout=args.timeout)
-            report = observe.report(topology, previous, current)
-            show(report, args, watching)
-            status = exit_status(report)
-            if not watching:
-                return status
-            previous = current
-    except (KeyboardInterrupt, Stopped):
-        return status
+    previous = observe.collect(topology, args.state, timeout=args.timeout)
+    # A signal sets the flag and the loop ends at its next check: raising from the handler
+    # could interrupt the reads' thread pool while it holds a lock, and never exit.
+    while not stop.wait(max(0.0, previous.time + interval - time.time())):
+        current = observe.collect(topology, args.state, timeout=args.timeout)
+        if stop.is_set():  # stopped during the reads: the refresh is not shown
+            break
+        report = observe.report(topology, previous, current)
+        show(report, args, watching)
+        status = exit_status(report)
+        if not watching:
+            break
+        previous = current
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,8 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         topology = load(args)
     except ConfigError as error:
         return fail(str(error), EXIT_USAGE)
-    signal.signal(signal.SIGTERM, _stop)
-    return run(topology, args)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run(topology, args, stop)
 
 
 if __name__ == "__main__":
