@@ -252,12 +252,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"too many viewers\n",
                         "text/plain; charset=utf-8", body, extra=(("Retry-After", "5"),))
             return
+        if not body:  # HEAD: what a GET would get now, and no place held once it has its answer
+            web.viewers.release()
+            self.send_response(HTTPStatus.OK)
+            self._headers("text/event-stream; charset=utf-8")
+            self.end_headers()
+            return
         try:
             self.send_response(HTTPStatus.OK)
             self._headers("text/event-stream; charset=utf-8")
             self.end_headers()
-            if body:
-                self._stream(web)
+            self._stream(web)
         except OSError:  # the viewer left, or did not read for WRITE_TIMEOUT
             LOG.debug("viewer %s left", self.address_string())
         finally:
