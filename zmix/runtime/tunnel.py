@@ -31,12 +31,12 @@ from zmix.runtime.tunnel_relay import (
     RECV_CHUNK,
     Broken,
     Pipe,
+    Pump,
     Tombstones,
     close_socket,
     decode_message,
     named_statistics,
     ordered,
-    queue_limit,
     tick,
 )
 from zmix.tunnel import frames, socks5
@@ -138,10 +138,8 @@ class ProxyService:
         self._conns: dict[int, _ProxyConn] = {}  # by file descriptor
         self._circuits: dict[bytes, _ProxyConn] = {}
         self._tombstones = Tombstones()
-        self._turn = 0
-        self._retry_at = math.inf  # when the pump tries again after the queue was full
+        self._pump_turn: Pump[_ProxyConn] = Pump()
         self._check_at = math.inf
-        self._last_turn = -math.inf
         self._listen_again = -math.inf  # the listener is not polled before this time
 
     @property
@@ -154,7 +152,8 @@ class ProxyService:
 
     def poll_items(self) -> list[tuple[int, int]]:
         """Return the listener and every connection with the events it waits for."""
-        items = [] if self._last_turn < self._listen_again else [(self._listener.fileno(), POLLIN)]
+        listening = self._pump_turn.last_turn >= self._listen_again
+        items = [(self._listener.fileno(), POLLIN)] if listening else []
         for fd, conn in self._conns.items():
             mask = self._mask(conn)
             if mask:
@@ -227,8 +226,8 @@ class ProxyService:
     def next_deadline(self) -> float:
         """Return the earliest time something is due (never before the next payload tick after
         the last turn: what is due but waits for the client's queue is tried then)."""
-        times = [self._retry_at, self._check_at]
-        if self._listen_again > self._last_turn:
+        times = [self._pump_turn.retry_at, self._check_at]
+        if self._listen_again > self._pump_turn.last_turn:
             times.append(self._listen_again)
         for conn in self._conns.values():
             if conn.state is _ProxyState.HANDSHAKE:
@@ -239,8 +238,8 @@ class ProxyService:
                 times.append(self._closing_deadline(conn))
             elif conn.state is _ProxyState.OPEN and conn.stream and conn.ledger:
                 times.extend((conn.stream.next_deadline(), conn.last_sent + KEEPALIVE,
-                              conn.ledger.next_stale(self._last_turn), conn.nudge_at))
-        return max(min(times), self._last_turn + tick(self.port))
+                              conn.ledger.next_stale(self._pump_turn.last_turn), conn.nudge_at))
+        return max(min(times), self._pump_turn.last_turn + tick(self.port))
 
     def _closing_deadline(self, conn: _ProxyConn) -> float:
         """Return when a connection still writing its last SOCKS answer is closed anyway (only
@@ -482,25 +481,11 @@ class ProxyService:
 
     def _pump(self, now: float) -> None:
         """Send due messages, round robin over circuits, while the client's queue is short."""
-        self._retry_at = math.inf
-        self._last_turn = now
-        limit = queue_limit(self.port)
-        while True:
-            order = list(self._circuits.values())
-            if not order:
-                return
-            self._turn = (self._turn + 1) % len(order)
-            order = order[self._turn:] + order[:self._turn]
-            sent = False
-            for conn in order:
-                if self.port.queued() >= limit:
-                    if any(self._due(now, c) for c in order):
-                        self._retry_at = now + 1.0 / max(self.port.payload_rate(), 0.01)
-                    return
-                if conn.circuit in self._circuits and self._send_one(now, conn):
-                    sent = True
-            if not sent:
-                return
+        self._pump_turn.run(
+            now, self.port, lambda: list(self._circuits.values()),
+            lambda conn: conn.circuit in self._circuits,
+            lambda conn: self._send_one(now, conn),
+            lambda order: any(self._due(now, conn) for conn in order))
 
     def _wanted_blocks(self, now: float, conn: _ProxyConn) -> int:
         """Return how many reply blocks the exit should get now (0..MAX_BLOCKS)."""

@@ -27,11 +27,11 @@ from zmix.runtime.tunnel_relay import (
     POLLOUT,
     Broken,
     Pipe,
+    Pump,
     Tombstones,
     close_socket,
     decode_message,
     named_statistics,
-    queue_limit,
     tick,
 )
 from zmix.tunnel import frames, socks5
@@ -131,9 +131,7 @@ class ExitService:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._turn = 0
-        self._retry_at = math.inf
-        self._last_turn = -math.inf
+        self._pump_turn: Pump[_ExitCircuit] = Pump()
 
     # ---- Service --------------------------------------------------------------------------------
 
@@ -195,14 +193,14 @@ class ExitService:
     def next_deadline(self) -> float:
         """Return the earliest time something is due (never before the next payload tick after
         the last turn, as for the proxy)."""
-        times = [self._retry_at]
+        times = [self._pump_turn.retry_at]
         for circuit in self._circuits.values():
             times.append(circuit.last_heard + self.idle_timeout)
             if circuit.state is _ExitState.CONNECTING:
                 times.append(circuit.connect_deadline)
             elif circuit.state is _ExitState.OPEN and circuit.purse.held:
                 times.append(circuit.stream.next_deadline())
-        return max(min(times), self._last_turn + tick(self.port))
+        return max(min(times), self._pump_turn.last_turn + tick(self.port))
 
     def statistics(self) -> dict[str, int]:
         """Return the exit's statistics (docs/tunnel.md's table)."""
@@ -418,24 +416,11 @@ class ExitService:
 
     def _pump(self, now: float) -> None:
         """Send due messages, round robin over circuits, while the client's queue is short."""
-        self._retry_at = math.inf
-        self._last_turn = now
-        limit = queue_limit(self.port)
-        while True:
-            order = [c for c in self._circuits.values() if self._due(now, c)]
-            if not order:
-                return
-            self._turn = (self._turn + 1) % len(order)
-            order = order[self._turn:] + order[:self._turn]
-            sent = False
-            for circuit in order:
-                if self.port.queued() >= limit:
-                    self._retry_at = now + 1.0 / max(self.port.payload_rate(), 0.01)
-                    return
-                if circuit.circuit in self._circuits and self._send_one(now, circuit):
-                    sent = True
-            if not sent:
-                return
+        self._pump_turn.run(
+            now, self.port, lambda: [c for c in self._circuits.values() if self._due(now, c)],
+            lambda circuit: circuit.circuit in self._circuits,
+            lambda circuit: self._send_one(now, circuit),
+            lambda _order: True)  # every circuit of the order was due
 
     def _due(self, now: float, circuit: _ExitCircuit) -> bool:
         """Return True if ``circuit`` has something to say and a block to say it with."""

@@ -11,7 +11,9 @@ import math
 import socket
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from zmix.client import ReceivedMessage
 from zmix.runtime.services import MixnetPort
@@ -122,6 +124,48 @@ def tick(port: MixnetPort) -> float:
     """Return the shortest wait between two turns of a service: one payload-stream interval
     (at most 0.5 s), so that a service with something due but a full queue does not spin."""
     return min(0.5, 1.0 / max(port.payload_rate(), 2.0))
+
+
+C = TypeVar("C")
+
+
+class Pump(Generic[C]):
+    """A service's sending turn: round robin over its circuits, one message each per round,
+    while the client's payload queue is short (:func:`queue_limit`). It remembers where the
+    last round began (so no circuit always goes first), when the last turn ran, and when to try
+    again after the queue was full."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self.retry_at = math.inf  # when to try again after the queue was full
+        self.last_turn = -math.inf
+
+    def run(self, now: float, port: MixnetPort, candidates: Callable[[], list[C]],
+            live: Callable[[C], bool], send_one: Callable[[C], bool],
+            waiting: Callable[[list[C]], bool]) -> None:
+        """Send rounds until no circuit of ``candidates()`` sends (``send_one``; a circuit
+        that ended during the round, not ``live``, is skipped) or the queue is full; then, if
+        ``waiting(order)`` says a circuit still has something due, ask to be run again after
+        one payload-stream interval."""
+        self.retry_at = math.inf
+        self.last_turn = now
+        limit = queue_limit(port)
+        while True:
+            order = candidates()
+            if not order:
+                return
+            self.turn = (self.turn + 1) % len(order)
+            order = order[self.turn:] + order[:self.turn]
+            sent = False
+            for circuit in order:
+                if port.queued() >= limit:
+                    if waiting(order):
+                        self.retry_at = now + 1.0 / max(port.payload_rate(), 0.01)
+                    return
+                if live(circuit) and send_one(circuit):
+                    sent = True
+            if not sent:
+                return
 
 
 class Tombstones:
