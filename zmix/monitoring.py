@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from zmix.errors import LocalMisuse
+from zmix.looploss import LOOP_WINDOW
 from zmix.stats_schema import BY_NAME, LABELLED_BY_NAME
 from zmix.topology import NodeSpec, Role, Topology
 
@@ -251,7 +252,8 @@ def _loop_panels() -> tuple[Panel, ...]:
              "coming back"),
         _one("Loop loss by route", f"{route_lost} / ({route_returned} + {route_lost})",
              "per route a node's loops took (sender > hops > sender), the share lost over the "
-             "last 120 s: the routes that lose loops share the node or link at fault",
+             f"last {LOOP_WINDOW:.0f} s: the routes that lose loops share the node or link at "
+             "fault",
              "percentunit", "{{route}}"),
         _one("Loop round trip", _gauge("loop_rtt_us_median"),
              "median round trip of the node's own mix loops (the last 1,000) in microseconds: "

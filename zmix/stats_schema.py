@@ -17,6 +17,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from zmix.looploss import LOOP_WINDOW
+
 
 class Kind(enum.Enum):
     """What a number is: a running total since the node started, or a level now."""
@@ -246,7 +248,7 @@ class LabelledStatistic:
         return prometheus_name(self.name, self.kind)
 
 
-LOOP_WINDOW_HELP = "in the last 120 s"
+LOOP_WINDOW_HELP = f"in the last {LOOP_WINDOW:.0f} s"
 
 LABELLED_STATISTICS: tuple[LabelledStatistic, ...] = (
     LabelledStatistic("loop_route_returned", G, "route", "the node's own mix loops that came "
