@@ -95,8 +95,8 @@ def test_a_packet_built_with_the_keys_of_an_erased_epoch_is_dropped_at_its_mac(
     maker = PacketMaker(net.view, load_private(net.state, "alice"), random.Random(7),
                         crypto.random_bytes)
     provider = net.topology.node("provider-1")
-    _, in_grace = maker.loop(0.0)  # every hop with epoch 0's keys
-    _, too_late = maker.loop(0.0)
+    in_grace = maker.loop(0.0).out  # every hop with epoch 0's keys
+    too_late = maker.loop(0.0).out
     # The control: in the grace after epoch 0 (4 s to 5 s) its key is still accepted.
     net.walk(in_grace.first_hop, in_grace.packet, 4.5)
     assert net.statistics("provider-1")["dropped_bad_mac"] == 0

@@ -193,7 +193,7 @@ def test_a_node_added_to_a_layer_is_used_by_new_client_routes(net: SimNet) -> No
     net.replace_network(newer)
     new_id = newer.node("mix-b3").id
     extra = {new_id: private}
-    loops = [visited(net, extra, *dataclasses.astuple(maker.loop(0.0)[1])) for _ in range(60)]
+    loops = [visited(net, extra, *dataclasses.astuple(maker.loop(0.0).out)) for _ in range(60)]
     surbs = [visited(net, extra, *answer_surb(net.topology.sphinx, maker.surb(0.0).surb, b"r"))
              for _ in range(60)]
     # One of three in layer 1: about 20 of 60 each.

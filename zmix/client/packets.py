@@ -119,12 +119,7 @@ class PacketMaker:
                                        envelope, self.random_bytes)
         return ack, Outgoing(first.id, packet)
 
-    def loop(self, now: float) -> tuple[bytes, Outgoing]:
-        """Return a fresh loop id and a loop packet carrying it back to this client."""
-        traced = self.traced_loop(now)
-        return traced.loop_id, traced.out
-
-    def traced_loop(self, now: float) -> NewLoop:
+    def loop(self, now: float) -> NewLoop:
         """Return a fresh loop packet carrying its id back to this client, with its route and
         the delays drawn for its hops."""
         loop_id = self.new_id()

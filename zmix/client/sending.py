@@ -305,7 +305,7 @@ class Sender:
         return item.out
 
     def _loop_packet(self, now: float) -> Outgoing:
-        loop = self._packets.traced_loop(now)
+        loop = self._packets.loop(now)
         self._store.add_loop(loop.loop_id, now)
         fetch_interval = self._view.current.topology.loopix.fetch_interval
         self.loops.sent(loop.loop_id, loop.route, now,
