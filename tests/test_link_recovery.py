@@ -157,6 +157,60 @@ def test_a_link_refused_by_the_peers_gate_is_dialled_again_once_the_peer_admits_
         ctx.destroy(linger=0)
 
 
+def test_packets_held_on_a_link_down_longer_than_the_hold_are_dropped_and_counted_not_sent_late(
+        ) -> None:
+    # A next hop unreachable for long (a host's cable pulled) must not get, when it is back, a
+    # burst of packets held past any delay the network allows: their keys may be erased by then
+    # and their timing gives them away. The hold is loopix.max_delay; 0.5 s here.
+    server, node = crypto.x25519_keypair(), crypto.x25519_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({node[0]: b"N" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nobody listens there yet
+    short = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=1_024, hold=0.5)
+    long = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=1_024, hold=30)
+    poller = zmq.Poller()
+    router = None
+
+    def turn(out: links.Links) -> dict[str, int]:
+        for monitor in out.take_new_monitors():
+            poller.register(monitor, zmq.POLLIN)
+        out.on_events(dict(poller.poll(20)))
+        for monitor in out.redial(time.monotonic()):
+            poller.unregister(monitor)
+        return out.statistics()
+
+    try:
+        for text in (b"held 1", b"held 2", b"held 3"):
+            assert short.send(b"peer", text, time.monotonic())
+        assert short.send(b"peer", b"heartbeat", time.monotonic(), packet=False)
+        assert long.send(b"peer", b"held within the hold", time.monotonic())
+        deadline = time.monotonic() + 5
+        while turn(short)["dropped_link_down"] == 0:
+            assert time.monotonic() < deadline, short.statistics()
+        assert short.statistics()["dropped_link_down"] == 3  # packets only, not the heartbeat
+        assert short.peers() == []  # closed with what it held
+        router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1_024)
+        assert short.send(b"peer", b"after the hold", time.monotonic())  # dialled anew
+        got = set()
+        deadline = time.monotonic() + 10
+        while got != {b"after the hold", b"held within the hold"}:
+            assert time.monotonic() < deadline, got
+            turn(short)
+            turn(long)
+            if router.poll(50):
+                got.add(router.recv_multipart()[1])
+        assert not router.poll(300), "a packet held past the hold was sent late"
+        assert long.statistics()["dropped_link_down"] == 0  # the control: held, then sent
+        assert short.statistics()["dropped_link_down"] == 3
+    finally:
+        for out in (short, long):
+            out.close()
+        if router is not None:
+            router.close(linger=0)
+        auth.stop()
+        ctx.destroy(linger=0)
+
+
 _FIRST_IDENTITY = """
 import zmq
 from zmix import crypto

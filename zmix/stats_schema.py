@@ -104,7 +104,8 @@ STATISTICS: tuple[Statistic, ...] = (
               "5 s (the next hop stalled or unreachable; tried again)"),
     Statistic("link_queued_while_down", C, "frames (HEARTBEATs included) queued on an outbound "
               "link after its connection was lost and before the re-dialled one was up; they wait "
-              "on the link (up to 50,000) and go out once it is"),
+              "on the link (up to 50,000) and go out once it is, unless the link stays down for "
+              "loopix.max_delay (then they are dropped: dropped_link_down)"),
     Statistic("links_down", G, "outbound links with no connection up now: lost and not yet "
               "re-dialled, or not yet connected"),
     # ---------------------------------------------------------------- drops by reason
@@ -131,6 +132,11 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("dropped_shutdown", C, "packets still in the delay queue when the node stopped "
               "without node.drain_on_shutdown"),
     Statistic("dropped_worker_lost", C, "packets held by a worker that died"),
+    Statistic("dropped_link_down", C, "packets dropped with an outbound link that had no "
+              "connection for loopix.max_delay seconds (its next hop unreachable, stalled or "
+              "refusing this node): the link is closed with the packets queued on it since it "
+              "was last up, and the next packet for that hop dials it anew (also counted in "
+              "sent, when they were queued)"),
     Statistic("dropped_total", C, "the sum of every dropped_ statistic above"),
     # ---------------------------------------------------------------- links and errors
     Statistic("auth_denied", C, "CURVE handshakes refused (keys not in the topology)"),

@@ -8,6 +8,10 @@ identity of its own: the receiving ROUTER gives every connection a fresh one, so
 never meets the identity of the connection it replaces (the receiver knows its peer by the CURVE
 key, never by the routing identity). A socket monitor on each outbound link tells when its
 connection is lost and when the re-dialled one is up; :meth:`Links.statistics` counts both.
+Frames wait on a link without a connection for a bounded time only (``hold``, the network's
+``loopix.max_delay``): a link down longer than that is closed with what it holds, so a next hop
+that comes back is not sent a burst of packets held past any delay the network allows (their
+keys may be erased by then, their timing is a give-away); the next packet dials it anew.
 """
 
 from __future__ import annotations
@@ -222,9 +226,11 @@ class _Link:
     peer: bytes
     sock: zmq.Socket[bytes]
     monitor: zmq.Socket[bytes]
+    down_since: float  # monotonic: when it was made, or lost its connection; while not up
     up: bool = False  # a connection completed its handshake and has not been lost since
     lost: bool = False  # the last connection was lost, and no re-dialled one is up yet
     refused_at: float | None = None  # when the peer's gate refused the handshake (not retried)
+    held: int = 0  # packet frames queued since the link was last up (or made)
 
 
 class Links:
@@ -235,15 +241,20 @@ class Links:
     misbehaving peer sends is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM`` parts)
     and never read. The owner polls the monitor sockets (:meth:`take_new_monitors` hands each
     over once) and passes what its poll returned to :meth:`on_events`, so the link states are
-    current when frames are counted against them.
+    current when frames are counted against them, and calls :meth:`redial` every turn.
     """
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], curve_public: bytes, curve_private: bytes,
         resolve: Callable[[bytes], tuple[str, bytes] | None], *, max_frame: int,
-        name: Callable[[bytes], str] = bytes.hex,
+        name: Callable[[bytes], str] = bytes.hex, hold: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``name(node_id)`` is how the log calls a next hop."""
+        """``name(node_id)`` is how the log calls a next hop. A link that has had no connection
+        for ``hold`` seconds (since it was made or lost it) is closed with the frames it holds
+        (:meth:`redial`); ``clock`` is the monotonic clock of ``now`` arguments."""
+        self._hold = hold
+        self._clock = clock
         self._ctx = ctx
         self._max_frame = max_frame
         self._keys = (curve_public, curve_private)
@@ -253,9 +264,10 @@ class Links:
         self._by_monitor: dict[zmq.Socket[bytes], _Link] = {}
         self._new_monitors: list[zmq.Socket[bytes]] = []
         self._backoff: dict[bytes, float] = {}  # peer -> seconds before the next re-dial
+        self._closed_down: set[bytes] = set()  # peers whose link was closed for being down
         self.last_sent: dict[bytes, float] = {}
         self.counts = {"link_handshakes": 0, "link_disconnects": 0, "link_handshakes_failed": 0,
-                       "link_queued_while_down": 0}
+                       "link_queued_while_down": 0, "dropped_link_down": 0}
 
     def socket(self, node_id: bytes) -> zmq.Socket[bytes] | None:
         """Return the DEALER to ``node_id``, connecting it now if needed; None if unknown."""
@@ -271,14 +283,16 @@ class Links:
             sock = connect_dealer(self._ctx, target[0], target[1], *self._keys,
                                   max_frame=self._max_frame, rcvhwm=NODE_LINK_RCVHWM)
             # Watched before the first connection can complete: no event is missed.
-            link = _Link(node_id, sock, sock.get_monitor_socket(_LINK_EVENTS))
+            link = _Link(node_id, sock, sock.get_monitor_socket(_LINK_EVENTS), self._clock())
             self._links[node_id] = link
             self._by_monitor[link.monitor] = link
             self._new_monitors.append(link.monitor)
         return link
 
-    def send(self, node_id: bytes, frame: bytes, now: float) -> bool:
-        """Queue ``frame`` for ``node_id``; return False if the link is unknown or full."""
+    def send(self, node_id: bytes, frame: bytes, now: float, packet: bool = True) -> bool:
+        """Queue ``frame`` for ``node_id``; return False if the link is unknown or full.
+        ``packet`` False: a frame that is not a packet (a HEARTBEAT), not counted as one when
+        the link is closed with it."""
         link = self._link(node_id)
         if link is None:
             return False
@@ -286,6 +300,8 @@ class Links:
             link.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             return False
+        if not link.up and packet:
+            link.held += 1
         if link.lost:
             self.counts["link_queued_while_down"] += 1
         self.last_sent[node_id] = now
@@ -318,12 +334,13 @@ class Links:
             self._backoff.pop(link.peer, None)
             if link.lost:
                 LOG.info("link to node %s is up again", name)
-            link.up, link.lost = True, False
+            link.up, link.lost, link.held = True, False, 0
+            self._closed_down.discard(link.peer)
         elif event == zmq.EVENT_DISCONNECTED and link.up:  # not a failed attempt: a lost link
             self.counts["link_disconnects"] += 1
             LOG.warning("link to node %s lost; re-dialling (frames in flight on it may be lost)",
                         name)
-            link.up, link.lost = False, True
+            link.up, link.lost, link.down_since = False, True, self._clock()
         elif event & _HANDSHAKE_FAILED:
             self.counts["link_handshakes_failed"] += 1
             LOG.info("handshake on the link to node %s failed (event %#x)", name, event)
@@ -334,19 +351,29 @@ class Links:
     def redial(self, now: float) -> list[zmq.Socket[bytes]]:
         """Close every link whose handshake the peer refused (its gate did not know this node:
         at an epoch's change, the peer may get the document that lists it later) once its
-        backoff passed (1 s, doubling to 30 s while refusals go on); the next frame for that
-        peer dials it anew, resolved in the network of the moment. ``now`` is monotonic time.
-        Return the closed links' monitor sockets: the owner stops polling them."""
+        backoff passed (1 s, doubling to 30 s while refusals go on), and every link that has
+        had no connection for ``hold`` seconds, with the packets it holds (counted as
+        ``dropped_link_down``); the next frame for that peer dials it anew, resolved in the
+        network of the moment. ``now`` is monotonic time. Return the closed links' monitor
+        sockets: the owner stops polling them."""
         closed = []
         for peer, link in list(self._links.items()):
-            if link.refused_at is None:
+            if link.refused_at is not None:
+                wait = self._backoff.get(peer, REDIAL_FIRST)
+                if now < link.refused_at + wait:
+                    continue
+                self._backoff[peer] = min(wait * 2, REDIAL_MAX)
+                LOG.info("link to node %s was refused by its gate; dialling it anew",
+                         self._name(peer))
+            elif link.up or now < link.down_since + self._hold:
                 continue
-            wait = self._backoff.get(peer, REDIAL_FIRST)
-            if now < link.refused_at + wait:
-                continue
-            self._backoff[peer] = min(wait * 2, REDIAL_MAX)
-            LOG.info("link to node %s was refused by its gate; dialling it anew",
-                     self._name(peer))
+            else:  # a warning once per outage, then info lines while it goes on
+                log = LOG.info if peer in self._closed_down else LOG.warning
+                log("link to node %s has had no connection for %.3g s; %d packet(s) held on it "
+                    "dropped, dialling it anew with the next one", self._name(peer),
+                    now - link.down_since, link.held)
+                self._closed_down.add(peer)
+            self.counts["dropped_link_down"] += link.held
             if link.monitor in self._new_monitors:  # never handed over: nobody polls it
                 self._new_monitors.remove(link.monitor)
             else:

@@ -275,7 +275,8 @@ class NodeProcess:
                               f"ipc://{ipc_dir}/work-{{}}", f"ipc://{ipc_dir}/results")
             pool.start()
             out = links.Links(ctx, self.identity.curve_public, self.identity.curve_private,
-                              self._resolve, max_frame=max_frame, name=self._name)
+                              self._resolve, max_frame=max_frame, name=self._name,
+                              hold=self.topology.loopix.max_delay)
             if self.spec.metrics_port is not None:
                 metrics.serve_prometheus(self.snapshot, self.spec.host, self.spec.metrics_port)
             LOG.info("node %s listening on %s with %d workers", self.spec.name,
@@ -627,7 +628,7 @@ class _Loop:
     def _heartbeats(self, now: float) -> None:
         beat = self.centre.heartbeat()
         for peer in self.centre.idle_links(now, self.out.peers(), self.out.last_sent):
-            self.out.send(peer, beat, now)
+            self.out.send(peer, beat, now, packet=False)
 
     def _drain_on_stop(self) -> None:
         pending = self.centre.drain()
@@ -652,6 +653,7 @@ class _Loop:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         stats["cpu_seconds_node"] = usage.ru_utime + usage.ru_stime
         stats.update(self.out.statistics())
+        stats["dropped_total"] += stats["dropped_link_down"]  # a drop the links count
         stats["auth_denied"] = self.gate.denied
         stats["auth_unregistered"] = self.gate.unregistered
         stats["auth_throttled"] = self.gate.throttled
