@@ -16,6 +16,8 @@ from simnet import SimNet
 from zmix import crypto
 from zmix.bench.common import free_ports, make_network
 from zmix.client import PacketMaker
+from zmix.client.core import ClientCore
+from zmix.clientstore import ClientStore
 from zmix.contacts import Contact
 from zmix.envelope import Envelope, encode_envelope
 from zmix.errors import LocalMisuse
@@ -331,3 +333,60 @@ def test_the_nodes_epoch_keys_are_a_checked_read_only_copy(net: SimNet) -> None:
         Network(2, first.topology, first.keys, {"alice": {7: b"\x05" * 32}})
     with pytest.raises(LocalMisuse, match="epoch 7 is not 32 bytes"):
         Network(2, first.topology, first.keys, {"mix-a1": {7: b"\x05" * 31}})
+
+
+# ---------------------------------------------------------------------------- nodes short of keys
+
+
+def short_of_keys(network: Network, names: list[str], epochs: list[int]) -> Network:
+    """Return the next version of ``network`` in which nodes ``names`` have keys for ``epochs``
+    only: a node cut off from the authorities, whose last descriptor's keys run out while the
+    document still lists it."""
+    epoch_keys = {name: ({e: k for e, k in by_epoch.items() if e in epochs}
+                         if name in names else by_epoch)
+                  for name, by_epoch in network.epoch_keys.items()}
+    return Network(network.version + 1, network.topology, network.keys, epoch_keys)
+
+
+def test_a_node_without_a_key_for_an_epoch_a_route_may_meet_is_left_out_of_the_draw(
+        net: SimNet) -> None:
+    network = net.view.current
+    epochs = network.epochs
+    now = epochs.start(epochs.epoch_at(1_000.0))
+    current = epochs.epoch_at(now)
+    names = ["mix-a1", "mix-b1"]
+    view = NetworkView(short_of_keys(network, names, [current]))
+    maker = PacketMaker(view, load_private(net.state, "alice"), random.Random(5),
+                        crypto.random_bytes)
+    cut = {network.node(name).id for name in names}
+    # Early in the epoch every hop of a packet falls in it: the two nodes are drawn (control).
+    early = [maker.loop(now).route for _ in range(40)]
+    assert {"mix-a1", "mix-b1"} <= {name for route in early for name in route}
+    # Near its end a hop may fall in the next epoch, for which they have no key; a SURB always
+    # uses the next epoch's keys.
+    late = epochs.end(current) - 1.0
+    assert not {"mix-a1", "mix-b1"} & {name for _ in range(40)
+                                       for name in maker.loop(late).route}
+    firsts = {answer_surb(network.topology.sphinx, maker.surb(now).surb, b"r")[0]
+              for _ in range(40)}
+    assert not firsts & cut and len(firsts) == 1  # only mix-a2 of layer 0 is left
+    assert maker.drop(late).first_hop == network.node("provider-1").id  # built, not raised
+
+
+def test_a_client_whose_network_has_no_keyed_node_in_a_layer_sends_nothing_and_keeps_its_fragment(
+        net: SimNet) -> None:
+    network = net.view.current
+    epochs = network.epochs
+    now = epochs.start(epochs.epoch_at(1_000.0))
+    layer1 = [n.name for n in network.topology.layers[1]]
+    view = NetworkView(short_of_keys(network, layer1, [epochs.epoch_at(now)]))
+    core = ClientCore(view, load_private(net.state, "alice"), ClientStore(":memory:"),
+                      random.Random(6), now)
+    core.submit(now, "bob", b"wait for the keys")
+    core.poll(now + 60)  # loops and drops go (this epoch's keys); the fragment's ack SURB
+    stats = core.statistics()  # needs the next epoch's keys, which layer 1 lacks
+    assert stats["packets_unbuilt"] > 0 and stats["real_sent"] == 0
+    assert core.queued() == 1  # the fragment waits, first in line
+    view.replace(Network(view.current.version + 1, network.topology, network.keys,
+                         network.epoch_keys))  # the keys come (a newer document)
+    assert core.poll(now + 120) and core.statistics()["real_sent"] == 1

@@ -233,7 +233,7 @@ class NodeCore:
 
     def _make_loop(self, now: float) -> Scheduled:
         network = self._view.current
-        nodes = self._loop_route(network)
+        nodes = self._loop_route(network, self._wall(now))
         route = routes.hops(nodes, network, self._delays(), self._rng, self._wall(now))
         loop_id = self._random_bytes(16)
         packet = create_forward_packet(
@@ -282,10 +282,11 @@ class NodeCore:
         provider for mail."""
         return self._view.current.topology.loopix.fetch_interval
 
-    def loop_route(self) -> list[NodeSpec]:
+    def loop_route(self, now: float = 0.0) -> list[NodeSpec]:
         """Return a Loopix mix-loop route that starts after this node and ends at it
-        (:func:`zmix.routes.mix_loop_route`) in the current network."""
-        return self._loop_route(self._view.current)
+        (:func:`zmix.routes.mix_loop_route`) in the current network, for a loop sent at ``now``
+        (monotonic, as every ``now`` of the core)."""
+        return self._loop_route(self._view.current, self._wall(now))
 
     def _hop(self, node: NodeSpec, now: float) -> Hop:
         """A hop of a mix loop sent at ``now`` with a delay drawn as every sender draws it
@@ -296,11 +297,16 @@ class NodeCore:
     def _delays(self) -> routes.Delays:
         return self._view.current.delays
 
-    def _loop_route(self, network: Network) -> list[NodeSpec]:
+    def _loop_route(self, network: Network, wall: float) -> list[NodeSpec]:
         # The node's own spec from the same version as the layers: a newer version may have
-        # moved it to another layer.
+        # moved it to another layer. Nodes without a key for an epoch the loop may meet are
+        # left out of the draw (zmix.routes.keyed).
         me = network.node(self._name)
-        return routes.mix_loop_route(network.layers, network.providers, me, self._rng)
+        epochs = routes.forward_epochs(network.epochs, wall, len(network.layers) + 2,
+                                       network.topology.loopix.max_delay)
+        return routes.mix_loop_route(routes.keyed_layers(network.layers, network, epochs),
+                                     routes.keyed(network.providers, network, epochs), me,
+                                     self._rng)
 
     # ------------------------------------------------------------------ statistics
 

@@ -25,6 +25,13 @@ keys of the next epoch (:meth:`~zmix.epochs.EpochParams.surb_epoch`): a SURB wai
 replier for an unknown time, and the next epoch's keys are accepted from now until that epoch's
 end plus the grace.
 
+A node that has no key for an epoch a route may need it in (it was cut off from the authorities
+and its last descriptor's keys run out before the document that lists it does) is left out of
+the draw: :func:`keyed` keeps, of each layer, the nodes with a key for every such epoch
+(:func:`forward_epochs` for packets sent now, the SURB epoch for SURBs). A layer none of whose
+nodes has them is kept whole, and building the hops then raises NoKeyForEpoch: there is no
+route to send on.
+
 All randomness comes from the injected ``rng`` (a ``random.Random``-like object; production:
 ``random.SystemRandom``), in a fixed order, so the same seed gives the same routes and delays.
 """
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from zmix.epochs import EpochParams
+from zmix.errors import ZmixError
 from zmix.sphinx import MAX_DELAY_US, Hop
 from zmix.topology import LoopixParams, NodeSpec
 
@@ -84,6 +92,36 @@ class Delays:
         delay_us = rng.expovariate(1 / self.mean) * 1_000_000
         # Compared as a float first: a huge draw (even inf) is clamped, never passed to int().
         return self.max_us if delay_us >= self.max_us else int(delay_us)
+
+
+def has_keys(network: NodeKeys, name: str, epochs: Sequence[int]) -> bool:
+    """Tell whether node ``name`` has a Sphinx key for every epoch of ``epochs``."""
+    for epoch in epochs:
+        try:
+            network.node_key(name, epoch)
+        except ZmixError:  # NoKeyForEpoch (zmix.network imports this module)
+            return False
+    return True
+
+
+def keyed(nodes: Sequence[NodeSpec], network: NodeKeys, epochs: Sequence[int]
+          ) -> Sequence[NodeSpec]:
+    """Return the nodes of ``nodes`` with a key for every epoch of ``epochs``, or all of
+    ``nodes`` if none has (the hops then raise NoKeyForEpoch)."""
+    usable = [node for node in nodes if has_keys(network, node.name, epochs)]
+    return usable if usable else nodes
+
+
+def keyed_layers(layers: Layers, network: NodeKeys, epochs: Sequence[int]
+                 ) -> list[Sequence[NodeSpec]]:
+    """Return ``layers`` with each layer's nodes cut to those :func:`keyed` keeps."""
+    return [keyed(layer, network, epochs) for layer in layers]
+
+
+def forward_epochs(epochs: EpochParams, now: float, hops: int, max_delay: float) -> list[int]:
+    """Return the epochs in which the ``hops`` hops of a packet sent at ``now`` may process
+    it: from ``now``'s to the one ``hops`` times ``max_delay`` later (the longest it can take)."""
+    return list(range(epochs.epoch_at(now), epochs.epoch_at(now + hops * max_delay) + 1))
 
 
 def stratified(layers: Layers, rng: random.Random) -> list[NodeSpec]:

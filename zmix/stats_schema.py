@@ -367,6 +367,10 @@ CLIENT_STATISTICS: tuple[ClientStatistic, ...] = (
                     "left (that reply fails)", CORE),
     ClientStatistic("reply_blocks_invalid", C, "reply blocks dropped when replying because they "
                     "do not parse or are dated after the next epoch", CORE),
+    ClientStatistic("packets_unbuilt", C, "stream events (payload, loop or drop) that sent "
+                    "nothing because some layer had no node with a Sphinx key for an epoch the "
+                    "packet would meet (the network document in use does not cover it); a "
+                    "fragment waiting for that event stays first in the queue", CORE),
     # ---------------------------------------------------------------- receiving
     ClientStatistic("messages_received", C, "messages reassembled and put in the inbox, replies "
                     "included", CORE),

@@ -141,7 +141,8 @@ class ClientCore:
         with self._store:
             self._expire(now)
             self.sender.retransmit(now)
-            return [self.sender.emit(stream, now) for stream in self.streams.due(now)]
+            due = (self.sender.emit(stream, now) for stream in self.streams.due(now))
+            return [packet for packet in due if packet is not None]
 
     def _expire(self, now: float) -> None:
         if now < self._next_expiry:

@@ -13,7 +13,7 @@ They raise NoKeyForEpoch if the current network has no key for a node in the epo
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from zmix import routes
@@ -88,12 +88,20 @@ class PacketMaker:
     def _hops(self, network: Network, route: list[NodeSpec], now: float) -> list[Hop]:
         return routes.hops(route, network, network.delays, self._rng, now)
 
+    def _forward_layers(self, network: Network, now: float) -> list[Sequence[NodeSpec]]:
+        """The layers' nodes with a key for every epoch a packet sent at ``now`` may meet."""
+        epochs = routes.forward_epochs(network.epochs, now, len(network.layers) + 2,
+                                       network.topology.loopix.max_delay)
+        return routes.keyed_layers(network.layers, network, epochs)
+
     def surb(self, now: float) -> NewSurb:
         """Return a fresh SURB made at ``now`` whose answers come back to this client through
         its provider."""
         surb_id = self.new_id()
         network = self._view.current
-        path = routes.surb_route(network.layers, self._provider(network), self._rng)
+        layers = routes.keyed_layers(network.layers, network,
+                                     [network.epochs.surb_epoch(now)])
+        path = routes.surb_route(layers, self._provider(network), self._rng)
         epoch, route = routes.surb_hops(path, network, network.delays, self._rng, now)
         surb, keys = create_surb(self._params, route, self._me.id, surb_id, self.random_bytes)
         return NewSurb(surb_id, surb, keys, epoch)
@@ -114,7 +122,7 @@ class PacketMaker:
         spec, first = network.client(recipient), self._provider(network)
         envelope = encode_envelope(self._params, Envelope(ack.dated(), body))
         last = network.node(spec.provider)
-        route = routes.forward_route(network.layers, first, last, self._rng)
+        route = routes.forward_route(self._forward_layers(network, now), first, last, self._rng)
         packet = create_forward_packet(self._params, self._hops(network, route, now), spec.id,
                                        envelope, self.random_bytes)
         return ack, Outgoing(first.id, packet)
@@ -127,7 +135,8 @@ class PacketMaker:
         envelope = encode_envelope(self._params, Envelope(None, body))
         network = self._view.current
         provider = self._provider(network)
-        route = routes.forward_route(network.layers, provider, provider, self._rng)
+        route = routes.forward_route(self._forward_layers(network, now), provider, provider,
+                                     self._rng)
         hops = self._hops(network, route, now)
         packet = create_forward_packet(self._params, hops, self._me.id, envelope,
                                        self.random_bytes)
@@ -139,7 +148,11 @@ class PacketMaker:
         """Return a drop packet: random filler to a random provider, which discards it."""
         network = self._view.current
         provider = self._provider(network)
-        route = routes.drop_route(network.layers, provider, network.providers, self._rng)
+        layers = self._forward_layers(network, now)
+        epochs = routes.forward_epochs(network.epochs, now, len(layers) + 2,
+                                       network.topology.loopix.max_delay)
+        route = routes.drop_route(layers, provider,
+                                  routes.keyed(network.providers, network, epochs), self._rng)
         filler = self.random_bytes(self._params.max_message_length)
         packet = create_forward_packet(self._params, self._hops(network, route, now), route[-1].id,
                                        filler, self.random_bytes)

@@ -22,7 +22,7 @@ from zmix.envelope import DatedSurb, SurbState, envelope_capacity
 from zmix.errors import InvalidPacket, LocalMisuse
 from zmix.fragment import CONTENT_OVERHEAD, HEADER_BYTES, MAX_REPLY_BLOCKS, split_message
 from zmix.looptrack import LoopRoutes, loop_deadline
-from zmix.network import NetworkView
+from zmix.network import NetworkView, NoKeyForEpoch
 from zmix.sphinx import SphinxParams
 from zmix.topology import LoopixParams
 
@@ -33,7 +33,7 @@ FragmentKey = tuple[bytes, int]  # (message id, fragment index)
 
 STATISTICS = ("messages_submitted", "real_sent", "retransmissions", "acks_received",
               "duplicate_acks", "messages_failed", "loops_sent", "drops_sent", "replies_sent",
-              "reply_blocks_expired", "reply_blocks_invalid")
+              "reply_blocks_expired", "reply_blocks_invalid", "packets_unbuilt")
 GAUGES = ("queued", "in_flight")
 
 
@@ -255,18 +255,24 @@ class Sender:
 
     # ------------------------------------------------------------------ sending
 
-    def emit(self, stream: Stream, now: float) -> Outgoing:
+    def emit(self, stream: Stream, now: float) -> Outgoing | None:
         """Return the packet of one stream event: a loop, the next queued fragment or reply (the
-        payload stream), or a drop packet (the drop stream, or nothing queued)."""
-        if stream is Stream.LOOP:
-            return self._loop_packet(now)
-        while stream is Stream.PAYLOAD and self._queue:
-            item = self._queue.popleft()
-            out = (self._reply_out(now, item) if isinstance(item, _QueuedReply)
-                   else self._fragment_packet(now, *item))
-            if out is not None:
-                return out
-        out = self._packets.drop(now)
+        payload stream), or a drop packet (the drop stream, or nothing queued); None if no route
+        has the Sphinx keys it needs (``packets_unbuilt``; the fragment stays first in line)."""
+        try:
+            if stream is Stream.LOOP:
+                return self._loop_packet(now)
+            while stream is Stream.PAYLOAD and self._queue:
+                item = self._queue[0]
+                out = (self._reply_out(now, item) if isinstance(item, _QueuedReply)
+                       else self._fragment_packet(now, *item))
+                self._queue.popleft()  # built (or given up): out of the queue
+                if out is not None:
+                    return out
+            out = self._packets.drop(now)
+        except NoKeyForEpoch:
+            self._counts["packets_unbuilt"] += 1
+            return None
         self._counts["drops_sent"] += 1
         return out
 
