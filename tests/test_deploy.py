@@ -4,11 +4,13 @@ systemd and compose files pass the tools' own checks."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -24,7 +26,7 @@ from zmix.keys import load_identity_public
 from zmix.topology_yaml import load_topology
 
 HOST_A, HOST_B = "198.51.100.1", "198.51.100.2"  # documentation addresses: never bound here
-VENV_BIN = Path(sys.executable).parent  # where this zmix's commands are installed
+COMMANDS = {"zmix-node": "zmix.cli.node", "zmix-authority": "zmix.cli.authority"}
 
 
 def topology_file(path: Path, host_a: str = HOST_A, host_b: str = HOST_B,
@@ -67,8 +69,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     base = tmp_path_factory.mktemp("export")
     topology = topology_file(base / "net.yaml")
     done = up(topology, "--state", base / "state", "--export-hosts", base / "bundles",
-              "--zmix-bin", VENV_BIN)
+              "--zmix-bin", install_commands(base / "bin"))
     return topology, base / "state", base / "bundles", done
+
+
+def install_commands(folder: Path) -> Path:
+    """Put zmix-node and zmix-authority into ``folder`` as a host has them: executables that
+    run this zmix (systemd-analyze verify checks that ExecStart is one)."""
+    folder.mkdir()
+    for command, module in COMMANDS.items():
+        path = folder / command
+        path.write_text(f"#!/bin/sh\nexec {sys.executable} -m {module} \"$@\"\n")
+        path.chmod(0o755)
+    return folder
 
 
 # ---------------------------------------------------------------------------- the folders
@@ -333,8 +346,8 @@ def test_a_host_with_a_slash_is_a_config_error_of_the_plan(tmp_path: Path) -> No
 def test_the_units_pass_systemd_analyze_verify(
         exported: tuple[Path, Path, Path, subprocess.CompletedProcess[str]],
         tmp_path: Path) -> None:
-    """The bundle was made with --zmix-bin of this zmix's own commands: verify checks that
-    ExecStart is an executable, as a host with zmix installed there has it."""
+    """The bundle was made with --zmix-bin naming a folder that holds the commands: verify
+    checks that ExecStart is an executable, as on a host with zmix installed there."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
     units = sorted((exported[2] / "hosts" / HOST_A / "systemd").iterdir())
@@ -345,7 +358,7 @@ def test_the_units_pass_systemd_analyze_verify(
     bad = tmp_path / "zmix-deploy-test-mix-a1.service"
     text = (exported[2] / "hosts" / HOST_A / "systemd" / bad.name).read_text()
     bad.write_text(text.replace("ProtectSystem=", "ProtectSystm=").replace(
-        str(VENV_BIN), "/nonexistent/bin"))
+        str(exported[0].parent / "bin"), "/nonexistent/bin"))
     done = subprocess.run(["systemd-analyze", "verify", str(bad)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert "Unknown key 'ProtectSystm'" in done.stderr
@@ -503,3 +516,57 @@ def test_the_docs_three_host_walkthrough_prints_what_the_doc_shows(tmp_path: Pat
             "/usr/sbin/nologin zmix") in sysusers  # the line the doc gives without sysusers
     assert ("`useradd --system --user-group --home-dir /var/lib/zmix --shell\n/usr/sbin/nologin "
             "zmix`") in DOC.read_text()
+
+
+def unit_process(unit: Path, state: Path, run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start what ``unit`` runs (its ExecStart and Environment), with the host's state folder
+    at ``state`` instead of /var/lib/zmix/NETWORK and /run/zmix at ``run_dir``."""
+    lines = unit.read_text().splitlines()
+    (command,) = (line.removeprefix("ExecStart=") for line in lines
+                  if line.startswith("ExecStart="))
+    (environment,) = (line.removeprefix("Environment=") for line in lines
+                      if line.startswith("Environment="))
+    assert environment == "TMPDIR=/run/zmix"
+    argv = command.replace("/var/lib/zmix/deploy-test", str(state)).split()
+    return subprocess.Popen(argv, env={**os.environ, "TMPDIR": str(run_dir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def status_of(host: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zmix.cli.status", "--state", str(host),
+                           "--json"], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_units_commands_run_each_host_and_zmix_status_reaches_them_through_tmpdir(
+        tmp_path: Path) -> None:
+    ports = free_ports(3) + free_ports(2, "127.0.0.2")
+    order = [ports[0], ports[3], ports[1], ports[4], ports[2]]
+    topology = topology_file(tmp_path / "net.yaml", "127.0.0.1", "127.0.0.2", order)
+    done = up(topology, "--state", tmp_path / "state", "--export-hosts", tmp_path / "out",
+              "--zmix-bin", install_commands(tmp_path / "bin"))
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"  # /run/zmix of the units: one per host, shared by its services
+    hosts = [tmp_path / "out" / "hosts" / h for h in ("127.0.0.1", "127.0.0.2")]
+    local = {hosts[0]: ["nodes/provider-1", "nodes/mix-a1", "authorities/authority-1"],
+             hosts[1]: ["nodes/provider-2", "nodes/mix-b1"]}
+    processes = []
+    try:
+        assert status_of(hosts[0]).returncode == 1  # positive control: down before the start
+        for host in hosts:
+            (run_dir / host.name).mkdir(parents=True)
+            processes += [unit_process(unit, host, run_dir / host.name)
+                          for unit in sorted((host / "systemd").glob("*.service"))]
+        assert len(processes) == 5
+        deadline = time.monotonic() + 60
+        for host in hosts:
+            while (status := status_of(host)).returncode != 0:  # every local node answered
+                assert time.monotonic() < deadline, f"{host.name}: {status.stdout[-500:]}"
+                time.sleep(0.5)
+            for member in local[host]:  # their sockets are in the units' TMPDIR
+                assert (host / member / "control").read_text().startswith(
+                    f"ipc://{run_dir / host.name}/")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)  # the units' KillSignal
+        codes = [process.wait(30) for process in processes]
+    assert codes == [0] * 5  # every one stopped cleanly on SIGTERM
