@@ -232,7 +232,11 @@ def test_zmix_bin_must_be_absolute_and_goes_with_export_hosts_only(tmp_path: Pat
     topology = topology_file(tmp_path / "net.yaml")
     done = up(topology, "--export-hosts", tmp_path / "out", "--zmix-bin", "opt/zmix/bin")
     assert done.returncode == 2
-    assert "--zmix-bin: 'opt/zmix/bin' is not an absolute folder" in done.stderr
+    assert "--zmix-bin: 'opt/zmix/bin': must be absolute" in done.stderr
+    done = up(topology, "--export-hosts", tmp_path / "out", "--zmix-bin", "/opt/my zmix/%h")
+    assert done.returncode == 2
+    assert ("--zmix-bin: '/opt/my zmix/%h': must hold no white space, quotes, '%', '$' or "
+            "backslashes") in done.stderr
     done = up(topology, "--state", tmp_path / "state", "--keys-only", "--zmix-bin", "/opt/x")
     assert (done.returncode, done.stderr) == (2, "error: --zmix-bin goes with --export-hosts\n")
     assert not (tmp_path / "state").exists()
@@ -253,6 +257,20 @@ def test_a_host_that_cannot_name_a_folder_is_refused_before_any_key_is_made(
                            "so --export-hosts cannot give it a folder\n")
     assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
     assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("old, new", [("network: deploy-test", "network: '..'"),
+                                      ("name: alice", "name: ."), ("name: mix-a1", "name: ..")])
+def test_a_name_that_cannot_name_a_folder_is_refused_before_any_key_is_made(
+        tmp_path: Path, old: str, new: str) -> None:
+    topology = topology_file(tmp_path / "net.yaml")
+    text = topology.read_text()
+    assert old in text  # positive control: this topology exports (the tests above)
+    topology.write_text(text.replace(old, new))
+    done = up(topology, "--state", tmp_path / "state", "--export-hosts", tmp_path / "out")
+    assert done.returncode == 2
+    assert "cannot name a folder, so --export-hosts cannot use it\n" in done.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
 
 
 def test_a_loopback_host_is_exported_with_a_warning(tmp_path: Path) -> None:
@@ -283,6 +301,18 @@ def test_any_host_string_gives_an_answer_and_never_an_exception(host: str) -> No
     if problem is None:  # a folder of its own, directly under hosts/
         assert host not in ("", ".", "..")
         assert PurePosixPath("hosts", host).parent == PurePosixPath("hosts")
+
+
+@given(st.text(max_size=80))
+def test_any_zmix_bin_is_refused_with_a_reason_or_names_one_word_of_execstart(
+        folder: str) -> None:
+    problem = deploy.zmix_bin_problem(folder)
+    assert problem is None or isinstance(problem, str)
+    if problem is None:
+        member = deploy.Member("mix-a1", deploy.Kind.NODE, "mixnode")
+        argv = deploy.command(member, "net", PurePosixPath(folder))
+        assert " ".join(argv).split() == argv  # systemd splits ExecStart= where we do
+        assert not set(folder) & set("%$\\'\"")
 
 
 # ---------------------------------------------------------------------------- the plan

@@ -150,6 +150,28 @@ def folder_problem(host: str) -> str | None:
     return None
 
 
+def zmix_bin_problem(folder: str) -> str | None:
+    """Return why ``folder`` cannot be the zmix commands' folder of the units (None if it can):
+    it must be absolute, and free of what systemd reads specially in ExecStart= (white space and
+    quotes split or join words, ``%`` starts a specifier, ``$`` a variable, ``\\`` an escape)."""
+    if not folder.startswith("/"):
+        return "must be absolute"
+    if any(c.isspace() or c in "\"'%$\\" or ord(c) < 0x20 for c in folder):
+        return "must hold no white space, quotes, '%', '$' or backslashes"
+    return None
+
+
+def _check_names(topology: Topology) -> None:
+    """Raise ConfigError for a network, member or client name that cannot name a folder of
+    its own (``.`` and ``..`` are valid names, but /var/lib/zmix/.. is no state folder)."""
+    names = [("network", topology.network), *(("name", n) for n in topology.names()),
+             *(("name", a.name) for a in topology.authorities)]
+    for key, name in names:
+        if name in (".", ".."):
+            raise ConfigError(topology.path, key, f"{name!r} cannot name a folder, so "
+                              "--export-hosts cannot use it")
+
+
 def members_by_host(topology: Topology) -> dict[str, list[Member]]:
     """Return the nodes and authorities of each host (a ``host`` string as written), hosts in
     the order they first appear, members in the topology's order (nodes, then authorities)."""
@@ -167,8 +189,10 @@ def plan(topology: Topology, zmix_bin: PurePosixPath = DEFAULT_ZMIX_BIN) -> Plan
     """Return what an export of ``topology`` writes; the systemd units run the commands in
     ``zmix_bin``, an absolute folder on the hosts (LocalMisuse if it is relative). Raises
     ConfigError (naming the topology) for a host that cannot name a folder."""
-    if not zmix_bin.is_absolute():
-        raise LocalMisuse(f"the folder of the zmix commands must be absolute, not {zmix_bin}")
+    problem = zmix_bin_problem(str(zmix_bin))
+    if problem is not None:
+        raise LocalMisuse(f"the folder of the zmix commands {problem}, not {zmix_bin}")
+    _check_names(topology)
     hosts = []
     for host, members in members_by_host(topology).items():
         problem = folder_problem(host)

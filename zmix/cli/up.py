@@ -103,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def absolute_folder(text: str) -> PurePosixPath:
-    """argparse type of --zmix-bin: an absolute folder."""
-    path = PurePosixPath(text)
-    if not path.is_absolute():
-        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute folder")
-    return path
+    """argparse type of --zmix-bin: an absolute folder that a systemd unit can name as is."""
+    from zmix.deploy import zmix_bin_problem
+
+    problem = zmix_bin_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return PurePosixPath(text)
 
 
 def web_address(text: str) -> tuple[str, int]:
