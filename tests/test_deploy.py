@@ -395,6 +395,31 @@ def test_the_units_pass_systemd_analyze_verify(
     assert "/nonexistent/bin/zmix-node is not executable" in done.stderr
 
 
+def test_systemd_rates_every_units_exposure_at_most_2_5(
+        exported: tuple[Path, Path, Path, subprocess.CompletedProcess[str]],
+        tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+
+    def exposure_within(units: list[Path]) -> bool:
+        done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=25",
+                               *map(str, units)], capture_output=True, text=True, timeout=60,
+                              check=False)
+        return done.returncode == 0
+
+    if subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True,
+                      text=True, timeout=60, check=False).stdout.find("--offline") < 0:
+        pytest.skip("this systemd-analyze cannot rate unit files offline (systemd < 250)")
+    units = sorted((exported[2] / "hosts" / HOST_A / "systemd").glob("*.service"))
+    assert exposure_within(units)
+    # Positive control: the same unit without its hardening is rated above the bound.
+    text = units[0].read_text()
+    bare = tmp_path / units[0].name
+    bare.write_text(text.split("NoNewPrivileges=")[0] + "\n[Install]\n" +
+                    text.split("[Install]\n")[1])
+    assert not exposure_within([bare])
+
+
 def test_the_sysusers_file_makes_the_zmix_user(
         exported: tuple[Path, Path, Path, subprocess.CompletedProcess[str]],
         tmp_path: Path) -> None:
