@@ -620,8 +620,20 @@ def test_the_units_commands_run_each_host_and_zmix_status_reaches_them_through_t
             for member in local[host]:  # their sockets are in the units' TMPDIR
                 assert (host / member / "control").read_text().startswith(
                     f"ipc://{run_dir / host.name}/")
+        assert [health(hosts[0], name) for name in ("provider-1", "authority-1")] == [0, 0]
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)  # the units' KillSignal
         codes = [process.wait(30) for process in processes]
     assert codes == [0] * 5  # every one stopped cleanly on SIGTERM
+    assert health(hosts[0], "provider-1") == 1  # positive control: unhealthy once stopped
+
+
+def health(host: Path, service: str) -> int:
+    """Run the healthcheck of ``service`` in ``host``'s compose.yaml here (its python and the
+    state folder where they are on this machine); return its exit status."""
+    services = yaml.safe_load((host / "compose.yaml").read_text())["services"]
+    python, *argv = services[service]["healthcheck"]["test"][1:]
+    assert python == "/opt/zmix/bin/python3"
+    argv = [a.replace("/var/lib/zmix/deploy-test", str(host)) for a in argv]
+    return subprocess.run([sys.executable, *argv], timeout=60, check=False).returncode
