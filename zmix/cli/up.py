@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,10 @@ examples:
                                                 write Prometheus and Grafana files, start nothing
   zmix-up topologies/local.yaml --state /srv/zmix --only authority-1 mix-a1 provider-1
                                                 run only this host's share of the network
+  zmix-up net.yaml --state net --export-hosts bundles
+                                                write a folder per host (its keys only, systemd
+                                                units, compose.yaml) and per client, start
+                                                nothing (docs/deploy.md)
 
 Keys are generated on first use (private keys mode 0600); with --only, only the named nodes' and
 authorities' keys are, and every other member's public file must be there already. The directory
@@ -49,13 +53,14 @@ While it runs, send and fetch messages with zmix-send and zmix-recv.
 
 exit status:
   0  stopped cleanly by Ctrl-C or SIGTERM (--demo: every demo message was sent and received;
-     --keys-only: the keys were made; --export-monitoring: the files were written)
+     --keys-only: the keys were made; --export-monitoring, --export-hosts: the files were
+     written)
   1  a node or authority did not start (its error and log tail are printed), or a --demo step
      failed
   2  refused before anything started: bad usage or configuration (the topology, a key file,
      --only), the state directory, a node or an authority in use by another run, an address that
      cannot be bound (the --web port included; --export-monitoring: the topology, or a DIR that
-     cannot be written)
+     cannot be written; --export-hosts: also a folder of DIR that exists already)
 """
 
 
@@ -79,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "and a Grafana dashboard (grafana-dashboard.json) for the "
                              "topology's metrics ports into DIR, then exit without starting "
                              "anything (docs/monitoring.md)")
+    parser.add_argument("--export-hosts", type=Path, default=None, metavar="DIR",
+                        help="write DIR/hosts/HOST/ for each host of the topology (a state "
+                             "folder with that host's private keys only, systemd units, a "
+                             "Dockerfile and compose.yaml) and DIR/clients/NAME/ for each "
+                             "client, from the keys in --state (made there if missing), then "
+                             "exit without starting anything (docs/deploy.md)")
+    parser.add_argument("--zmix-bin", type=absolute_folder, default=None, metavar="DIR",
+                        help="with --export-hosts: the folder of the zmix commands on the "
+                             "hosts, for the systemd units (default: /opt/zmix/bin)")
     parser.add_argument("--demo", action="store_true",
                         help="send a few messages between the declared clients, then stop")
     parser.add_argument("--web", metavar="[HOST:]PORT", type=web_address, default=None,
@@ -86,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "unless given; instead of the topology's web: key)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     return parser
+
+
+def absolute_folder(text: str) -> PurePosixPath:
+    """argparse type of --zmix-bin: an absolute folder that a systemd unit can name as is."""
+    from zmix.deploy import zmix_bin_problem
+
+    problem = zmix_bin_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return PurePosixPath(text)
 
 
 def web_address(text: str) -> tuple[str, int]:
@@ -224,15 +248,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run zmix-up; return its exit status (0, 1 or 2, as the epilog says)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    if args.zmix_bin is not None and args.export_hosts is None:
+        return fail("--zmix-bin goes with --export-hosts", 2)
     if args.export_monitoring is not None:
         given = [option for option, value in (("--state", args.state), ("--only", args.only),
                                               ("--keys-only", args.keys_only),
-                                              ("--demo", args.demo), ("--web", args.web))
+                                              ("--demo", args.demo), ("--web", args.web),
+                                              ("--export-hosts", args.export_hosts))
                  if value]
         if given:  # it starts nothing and reads only the topology: these would mean nothing
             return fail(f"--export-monitoring writes files and starts nothing: it takes no "
                         f"{', '.join(given)}", 2)
         return export_monitoring(args.topology, args.export_monitoring)
+    if args.export_hosts is not None:
+        given = [option for option, value in (("--only", args.only),
+                                              ("--keys-only", args.keys_only),
+                                              ("--demo", args.demo), ("--web", args.web))
+                 if value]
+        if given:  # it exports every host and client and starts nothing
+            return fail(f"--export-hosts writes files and starts nothing: it takes no "
+                        f"{', '.join(given)}", 2)
+        return export_hosts(args.topology, args.state, args.export_hosts, args.zmix_bin)
     from zmix.runtime.launcher import StartRefused, check_addresses, check_nodes_free, lock_state
 
     # Everything that can refuse runs before the first node starts, and nothing that a running
@@ -404,6 +440,56 @@ def export_monitoring(topology_file: Path, directory: Path) -> int:
     if missing:
         print(f"zmix-up: no metrics_port, not scraped: {', '.join(n.name for n in missing)}",
               flush=True)
+    return 0
+
+
+def export_hosts(topology_file: Path, state: Path | None, directory: Path,
+                 zmix_bin: PurePosixPath | None) -> int:
+    """Write the deployment bundles of the topology into ``directory`` (docs/deploy.md) from the
+    keys in the state folder, made there first if missing, as --keys-only makes them, under
+    zmix-up's lock; return 0, or 2 with one line on stderr (the topology, a key file, the lock,
+    a folder of ``directory`` that exists already, a file that cannot be written)."""
+    from zmix import deploy
+    from zmix.keys import load_private
+    from zmix.runtime.launcher import StartRefused, lock_state
+
+    try:
+        topology = load_topology(topology_file)
+        deploy.check_free(deploy.plan(topology, zmix_bin or deploy.DEFAULT_ZMIX_BIN), directory)
+        state_dir = state_dir_of(topology, state)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_state(state_dir)
+    except (ConfigError, StartRefused, deploy.ExportRefused) as exc:
+        return fail(str(exc), 2)
+    except OSError as exc:  # the state directory cannot be made or locked
+        return fail(f"{exc.filename or state}: {exc.strerror or exc}", 2)
+    try:
+        topology, generated = prepare_state(topology, state_dir)
+        check_keys(state_dir, topology, list(topology.nodes()), list(topology.authorities))
+        for client in topology.clients:
+            load_private(state_dir, client.name)
+        bundles = deploy.plan(topology, zmix_bin or deploy.DEFAULT_ZMIX_BIN)
+        written = deploy.write_bundles(bundles, state_dir, directory, lambda folder, host: (
+            write_allowlists(folder, topology, [topology.authority(n) for n in host.authorities])))
+    except (ConfigError, deploy.ExportRefused) as exc:
+        return fail(str(exc), 2)
+    except OSError as exc:
+        return fail(f"cannot write {exc.filename or directory}: {exc.strerror or exc}", 2)
+    finally:
+        lock.release()
+    for loopback in bundles.loopback_hosts():
+        print(f"warning: host {loopback} is a loopback address: its nodes and authorities "
+              "cannot be reached from another machine", file=sys.stderr)
+    print(f"zmix-up: keys of network {topology.network} are in {state_dir} (generated now: "
+          f"{', '.join(generated) or 'none'})", flush=True)
+    for bundle in bundles.hosts:
+        print(f"  host {bundle.host:<16} {' '.join(m.name for m in bundle.members)} -> "
+              f"{directory / deploy.HOSTS / bundle.host}", flush=True)
+    for name in (c.name for c in bundles.clients):
+        print(f"  client {name:<14} -> {directory / deploy.CLIENTS / name}", flush=True)
+    print(f"zmix-up: wrote {len(written)} folder(s); the private keys are still in "
+          f"{state_dir / 'private'}: delete them once the folders are on their hosts",
+          flush=True)
     return 0
 
 
