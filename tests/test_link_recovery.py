@@ -6,6 +6,7 @@ connection must be taken by the receiving ROUTER, and the lost connection must s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,7 +87,7 @@ def test_a_node_s_links_count_handshakes_refusals_losses_and_frames_queued_while
 
     def until(out: links.Links, ok: Callable[[dict[str, int]], bool]) -> dict[str, int]:
         """Feed ``out`` its monitors' events until ``ok(out.statistics())``; fail after 5 s."""
-        for monitor in out.take_new_monitors():
+        for monitor in out.take_new_sockets():
             poller.register(monitor, zmq.POLLIN)
         deadline = time.monotonic() + 5
         while not ok(stats := out.statistics()):
@@ -130,7 +131,7 @@ def test_a_link_refused_by_the_peers_gate_is_dialled_again_once_the_peer_admits_
     poller = zmq.Poller()
 
     def turn(now: float) -> dict[str, int]:
-        for monitor in out.take_new_monitors():
+        for monitor in out.take_new_sockets():
             poller.register(monitor, zmq.POLLIN)
         out.on_events(dict(poller.poll(50)))
         for monitor in out.redial(now):  # closed: no longer polled
@@ -172,7 +173,7 @@ def test_packets_held_on_a_link_down_longer_than_the_hold_are_dropped_and_counte
     router = None
 
     def turn(out: links.Links) -> dict[str, int]:
-        for monitor in out.take_new_monitors():
+        for monitor in out.take_new_sockets():
             poller.register(monitor, zmq.POLLIN)
         out.on_events(dict(poller.poll(20)))
         for monitor in out.redial(time.monotonic()):
@@ -207,6 +208,44 @@ def test_packets_held_on_a_link_down_longer_than_the_hold_are_dropped_and_counte
             out.close()
         if router is not None:
             router.close(linger=0)
+        auth.stop()
+        ctx.destroy(linger=0)
+
+
+def test_a_next_hop_that_talks_back_on_a_link_neither_stalls_nor_drops_it() -> None:
+    # Nothing legitimate comes back on a node's outbound link. Left unread, what a peer sends
+    # anyway fills the link's queue; libzmq then stops reading the connection, heartbeats
+    # included, and drops it at the heartbeat time-out, again and again.
+    server, node = crypto.x25519_keypair(), crypto.x25519_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({node[0]: b"N" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1_024)
+    out = links.Links(ctx, *node, lambda _: (endpoint, server[0]), max_frame=1_024)
+    poller = zmq.Poller()
+    try:
+        assert out.send(b"peer", b"first", time.monotonic())
+        assert router.poll(5_000)
+        routing_id, _ = router.recv_multipart()
+        received = 0
+        end = time.monotonic() + (links.HEARTBEAT_TIMEOUT_MS + 2 * links.HEARTBEAT_MS) / 1000
+        while time.monotonic() < end:
+            with contextlib.suppress(zmq.Again):
+                router.send_multipart([routing_id, b"talking back"], zmq.NOBLOCK)
+            for sock in out.take_new_sockets():
+                poller.register(sock, zmq.POLLIN)
+            out.on_events(dict(poller.poll(10)))
+            out.send(b"peer", b"packet", time.monotonic())
+            while router.poll(0):
+                router.recv_multipart()
+                received += 1
+        stats = out.statistics()
+        assert stats["link_disconnects"] == 0 and stats["links_down"] == 0, stats
+        assert stats["link_frames_discarded"] > links.NODE_LINK_RCVHWM  # read, and discarded
+        assert received > 100  # packets kept flowing the whole time
+    finally:
+        out.close()
+        router.close(linger=0)
         auth.stop()
         ctx.destroy(linger=0)
 

@@ -496,7 +496,7 @@ RUNTIME_ONLY = {"workers", "worker_utilisation", "worker_processed", "cpu_second
                 "cpu_seconds_workers_sphinx", "cpu_seconds_node", "auth_denied",
                 "auth_unregistered", "auth_throttled", "uptime_seconds", "pid", "links_down",
                 "link_handshakes", "link_handshakes_failed", "link_disconnects",
-                "link_queued_while_down", "dropped_link_down",
+                "link_queued_while_down", "dropped_link_down", "link_frames_discarded",
                 # the key schedule and the documents: the runtime's directory side
                 "epoch", "document_epoch", "document_valid_seconds", "sphinx_keys_accepted",
                 "sphinx_keys_made", "sphinx_keys_erased"}

@@ -217,6 +217,34 @@ def _connect(net: testbed.TestbedNetwork, name: str) -> Client | None:
         return None
 
 
+def test_a_mixnode_host_back_after_three_epochs_with_its_old_state_rejoins(
+        net: testbed.TestbedNetwork) -> None:
+    # A host down for longer than its keys and documents last comes back with a stale state:
+    # its cached network document expired, its Sphinx keys of the epochs it missed never
+    # published, the others' documents without it. It must catch up by itself.
+    h4 = net.bed.host("mix-b2")
+    net.crash(h4)
+    epoch = net.topology.epoch.length
+    time.sleep(3 * epoch)  # 60 s: the documents of three epochs are made without mix-b2
+    down = node(status(net, "h1"), "mix-b2")
+    assert down["state"] == "down"
+    net.start(h4)
+    started = time.monotonic()
+
+    def carries() -> dict[str, Any] | None:
+        report = status(net, "h4")
+        b2 = node(report, "mix-b2")
+        return report if b2["state"] == "up" and (b2["loops_returned"] or 0) > 0 and (
+            b2["stats"]["received"] > 0) else None
+
+    until("mix-b2 carries traffic and its own loops come back", carries, 3 * epoch)
+    print(f"mix-b2 rejoined {time.monotonic() - started:.1f} s after its host started")
+    for i in range(4):  # messages cross layer 1: through mix-b2 about half the time
+        sent = send(net, "h1", "carol", "dave", f"after the stale host came back {i}")
+        assert sent.returncode == 0, sent.stderr
+    assert len(receive(net, "h2", "dave")) == 4
+
+
 def test_delay_and_loss_on_a_host_s_link_slow_messages_but_lose_none(
         net: testbed.TestbedNetwork) -> None:
     reason = testbed.netem_available()

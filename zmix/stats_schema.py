@@ -106,6 +106,9 @@ STATISTICS: tuple[Statistic, ...] = (
               "link after its connection was lost and before the re-dialled one was up; they wait "
               "on the link (up to 50,000) and go out once it is, unless the link stays down for "
               "loopix.max_delay (then they are dropped: dropped_link_down)"),
+    Statistic("link_frames_discarded", C, "frames a next hop sent back on an outbound link "
+              "(nothing legitimate comes back on one): read and discarded, so that they cannot "
+              "stall the link"),
     Statistic("links_down", G, "outbound links with no connection up now: lost and not yet "
               "re-dialled, or not yet connected"),
     # ---------------------------------------------------------------- drops by reason

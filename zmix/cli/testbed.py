@@ -24,16 +24,15 @@ DEFAULT_DIR = Path("zmix-testbed")
 
 EXAMPLES = """\
 examples:
-  zmix-testbed up topologies/testbed.yaml       4 hosts, 198.51.100.1-4, folder ./zmix-testbed
-  zmix-testbed status                           hosts, their cables, their processes
+  zmix-testbed up topologies/testbed.yaml     # 4 hosts, 198.51.100.1-4, folder ./zmix-testbed
+  zmix-testbed status                         # hosts, their cables, their processes
   zmix-testbed exec h1 -- zmix-status --state zmix-testbed/bundles/hosts/198.51.100.1
-  zmix-testbed exec h3 -- zmix-send --state zmix-testbed/bundles/clients/alice \\
-      --from alice --to bob "hello from host 3"
-  zmix-testbed link h3 down                     pull mix-b1's host's cable (and: up)
-  zmix-testbed crash provider-2                 SIGKILL every process of provider-2's host
-  zmix-testbed start provider-2                 start that host's share again
-  zmix-testbed netem h4 --delay 50 --loss 5     where the kernel has netem
-  zmix-testbed down                             stop everything, remove the namespaces
+  zmix-testbed exec h4 -- zmix-recv --state zmix-testbed/bundles/clients/bob --as bob
+  zmix-testbed link h3 down                   # pull mix-b1's host's cable (and: up)
+  zmix-testbed crash provider-2               # SIGKILL every process of provider-2's host
+  zmix-testbed start provider-2               # start that host's share again
+  zmix-testbed netem h4 --delay 50 --loss 5   # where the kernel has netem
+  zmix-testbed down                           # stop everything, remove the namespaces
 
 A HOST is a host's short name (h1, h2 ... in the order of the topology file), its address or
 the name of a node or authority it runs. Needs root and iproute2. The folder holds the keys,
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "machine, one per host, and inject faults.", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                        help="the test bed's folder (default: ./zmix-testbed)")
+                        help="the folder of the test bed (default: ./zmix-testbed)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = commands.add_parser("up", help="make the hosts and start every host's share")

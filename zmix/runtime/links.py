@@ -44,7 +44,7 @@ REDIAL_MAX = 30.0  # ... doubling up to this while the peer keeps refusing
 CONNECT_TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
 INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
-NODE_LINK_RCVHWM = 16  # a node never reads its outbound links: nothing legitimate comes back
+NODE_LINK_RCVHWM = 16  # frames a next hop sent back wait this many deep to be read and discarded
 # What CURVE adds to a frame on the wire, where libzmq checks its size limit: the MESSAGE
 # command's name (8 bytes), its nonce (8), a flags byte and the Poly1305 tag (16).
 CURVE_FRAME_OVERHEAD = 33
@@ -237,11 +237,14 @@ class Links:
     """One DEALER per next hop, created on first use, each watched by a socket monitor.
 
     ``resolve(node_id)`` returns ``(endpoint, server_curve_public)`` for a node, or None if the id
-    is not a node this one may send to. Nodes send nothing back on these links, so what a
-    misbehaving peer sends is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM`` parts)
-    and never read. The owner polls the monitor sockets (:meth:`take_new_monitors` hands each
-    over once) and passes what its poll returned to :meth:`on_events`, so the link states are
-    current when frames are counted against them, and calls :meth:`redial` every turn.
+    is not a node this one may send to. Nodes send nothing back on these links; what a
+    misbehaving peer sends anyway is bounded (``max_frame`` bytes a part, ``NODE_LINK_RCVHWM``
+    parts waiting) and read only to be discarded and counted (``link_frames_discarded``):
+    left unread, a full queue would stop libzmq reading the connection at all, its heartbeats
+    included, and the link would be dropped and re-dialled every heartbeat time-out. The owner
+    polls the sockets :meth:`take_new_sockets` hands over once (each link's monitor and DEALER)
+    and passes what its poll returned to :meth:`on_events`, so the link states are current when
+    frames are counted against them, and calls :meth:`redial` every turn.
     """
 
     def __init__(
@@ -262,12 +265,14 @@ class Links:
         self._name = name
         self._links: dict[bytes, _Link] = {}
         self._by_monitor: dict[zmq.Socket[bytes], _Link] = {}
-        self._new_monitors: list[zmq.Socket[bytes]] = []
+        self._by_socket: dict[zmq.Socket[bytes], _Link] = {}
+        self._new_sockets: list[zmq.Socket[bytes]] = []
         self._backoff: dict[bytes, float] = {}  # peer -> seconds before the next re-dial
         self._closed_down: set[bytes] = set()  # peers whose link was closed for being down
         self.last_sent: dict[bytes, float] = {}
         self.counts = {"link_handshakes": 0, "link_disconnects": 0, "link_handshakes_failed": 0,
-                       "link_queued_while_down": 0, "dropped_link_down": 0}
+                       "link_queued_while_down": 0, "dropped_link_down": 0,
+                       "link_frames_discarded": 0}
 
     def socket(self, node_id: bytes) -> zmq.Socket[bytes] | None:
         """Return the DEALER to ``node_id``, connecting it now if needed; None if unknown."""
@@ -286,7 +291,8 @@ class Links:
             link = _Link(node_id, sock, sock.get_monitor_socket(_LINK_EVENTS), self._clock())
             self._links[node_id] = link
             self._by_monitor[link.monitor] = link
-            self._new_monitors.append(link.monitor)
+            self._by_socket[link.sock] = link
+            self._new_sockets += [link.monitor, link.sock]
         return link
 
     def send(self, node_id: bytes, frame: bytes, now: float, packet: bool = True) -> bool:
@@ -307,16 +313,29 @@ class Links:
         self.last_sent[node_id] = now
         return True
 
-    def take_new_monitors(self) -> list[zmq.Socket[bytes]]:
-        """Return the monitor sockets of the links created since the last call (to be polled)."""
-        new, self._new_monitors = self._new_monitors, []
+    def take_new_sockets(self) -> list[zmq.Socket[bytes]]:
+        """Return the sockets of the links created since the last call, to be polled for
+        input: each link's monitor and its DEALER."""
+        new, self._new_sockets = self._new_sockets, []
         return new
 
     def on_events(self, ready: dict[zmq.Socket[bytes], int]) -> None:
-        """Read the events of every monitor in ``ready`` (a poll's result; others are ignored)."""
+        """Read the events of every monitor in ``ready`` (a poll's result; others are ignored),
+        and discard what a next hop sent back on a link in it."""
         for monitor, link in self._by_monitor.items():
             if monitor in ready:
                 self._drain(link)
+        for sock in self._by_socket:
+            if sock in ready:
+                self._discard(sock)
+
+    def _discard(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counts["link_frames_discarded"] += 1
 
     def _drain(self, link: _Link) -> None:
         while True:
@@ -354,8 +373,8 @@ class Links:
         backoff passed (1 s, doubling to 30 s while refusals go on), and every link that has
         had no connection for ``hold`` seconds, with the packets it holds (counted as
         ``dropped_link_down``); the next frame for that peer dials it anew, resolved in the
-        network of the moment. ``now`` is monotonic time. Return the closed links' monitor
-        sockets: the owner stops polling them."""
+        network of the moment. ``now`` is monotonic time. Return the closed links' sockets
+        (monitor and DEALER) that were handed over: the owner stops polling them."""
         closed = []
         for peer, link in list(self._links.items()):
             if link.refused_at is not None:
@@ -374,16 +393,18 @@ class Links:
                     now - link.down_since, link.held)
                 self._closed_down.add(peer)
             self.counts["dropped_link_down"] += link.held
-            if link.monitor in self._new_monitors:  # never handed over: nobody polls it
-                self._new_monitors.remove(link.monitor)
-            else:
-                closed.append(link.monitor)
+            for sock in (link.monitor, link.sock):
+                if sock in self._new_sockets:  # never handed over: nobody polls it
+                    self._new_sockets.remove(sock)
+                else:
+                    closed.append(sock)
             self._drop(peer, link)
         return closed
 
     def _drop(self, peer: bytes, link: _Link) -> None:
         del self._links[peer]
         del self._by_monitor[link.monitor]
+        del self._by_socket[link.sock]
         link.sock.disable_monitor()
         link.monitor.close(linger=0)
         link.sock.close(linger=0)
@@ -405,3 +426,4 @@ class Links:
             link.sock.close(linger=linger_ms)
         self._links.clear()
         self._by_monitor.clear()
+        self._by_socket.clear()

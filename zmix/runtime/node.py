@@ -486,12 +486,12 @@ class _Loop:
             now = time.monotonic()
             centre.pop_due(now)
             self._timers(now)
-            for monitor in self.out.redial(now):  # links refused by a peer's gate, closed
-                reading.unregister(monitor)
-                busy.unregister(monitor)
-            for monitor in self.out.take_new_monitors():  # links made since the last poll
-                reading.register(monitor, zmq.POLLIN)
-                busy.register(monitor, zmq.POLLIN)
+            for sock in self.out.redial(now):  # links closed (refused, or down too long)
+                reading.unregister(sock)
+                busy.unregister(sock)
+            for sock in self.out.take_new_sockets():  # links made since the last poll
+                reading.register(sock, zmq.POLLIN)
+                busy.register(sock, zmq.POLLIN)
         self._drain_on_stop()
 
     # ------------------------------------------------------------------ inbound
