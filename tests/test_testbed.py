@@ -175,6 +175,8 @@ def test_a_mixnode_host_cut_off_for_20_s_during_a_transfer_rejoins_and_the_file_
     after = until("mix-b1's own loops come back", rejoined, 60)
     assert node(after, "mix-b1")["drops"].get("bad_mac", 0) == 0, (
         "packets held through the outage reached mix-b1 after their keys were erased")
+    held = {n["name"]: n["drops"].get("link_down", 0) for n in status(net, "h1")["nodes"]}
+    print(f"packets dropped with links down too long (dropped_link_down): {held}")
     b1 = node(after, "mix-b1")["stats"]
     assert b1["received"] > alone["stats"]["received"] and b1["sent"] > alone["stats"]["sent"]
 
@@ -198,8 +200,11 @@ def test_a_provider_host_killed_in_a_burst_loses_no_acknowledged_message_and_rep
             assert 5 <= len(seen) < len(ids), len(seen)  # the crash came in the burst
             time.sleep(3)
             net.start(h2)  # the host comes back from its own folder: mailbox.sqlite and keys
+            restarted = time.monotonic()
             until("every message acknowledged after the restart",
                   lambda: all(client.progress(i).done for i in ids), 180)
+            print(f"{len(seen)} of {len(ids)} acknowledged when h2 was killed; every one "
+                  f"{time.monotonic() - restarted:.1f} s after it started again")
     finally:
         daemon.terminate()
         daemon.wait(timeout=20)
