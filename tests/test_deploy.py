@@ -504,6 +504,7 @@ def stop(share: subprocess.Popen[str]) -> int:
             share.kill()
 
 
+@pytest.mark.slow  # real networks of two hosts, about 5-7 s each
 def test_two_host_folders_run_their_shares_unchanged_and_carry_a_message(
         tmp_path: Path) -> None:
     """Host A on 127.0.0.1 and host B on 127.0.0.2 (all of 127/8 is this machine's)."""
@@ -592,6 +593,7 @@ def status_of(host: Path) -> subprocess.CompletedProcess[str]:
                            "--json"], capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.slow  # real networks of two hosts, about 5-7 s each
 def test_the_units_commands_run_each_host_and_zmix_status_reaches_them_through_tmpdir(
         tmp_path: Path) -> None:
     ports = free_ports(3) + free_ports(2, "127.0.0.2")
