@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,3 +162,29 @@ def child_pids(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 kids.append(int(entry))
     return kids
+
+
+def read_until_ready(proc: subprocess.Popen[str], ready: str = "ready") -> list[str]:
+    """Return what ``proc`` printed up to its first line holding ``ready``; fail loudly with
+    all it printed if it exits first (zmix-up gives up on a process after 60 s)."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # ends when the process exits
+        lines.append(line)
+        if ready in line:
+            return lines
+    proc.wait(30)
+    raise AssertionError(f"{proc.args!r} did not get ready:\n" + "".join(lines))
+
+
+def stop_process(proc: subprocess.Popen[str]) -> int:
+    """Stop ``proc`` with SIGTERM and return its exit status (SIGKILL if it does not stop
+    within 30 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+from chain import read_until_ready, stop_process
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -481,29 +482,6 @@ def start_share(folder: Path, *names: str) -> subprocess.Popen[str]:
         text=True)
 
 
-def wait_ready(share: subprocess.Popen[str]) -> list[str]:
-    """Return the lines up to the ready line; fail loudly if zmix-up exits first (it gives up
-    on a process after 60 s)."""
-    assert share.stdout is not None
-    lines = []
-    for line in share.stdout:
-        lines.append(line)
-        if "ready" in line:
-            return lines
-    share.wait(30)
-    raise AssertionError("zmix-up did not get ready:\n" + "".join(lines))
-
-
-def stop(share: subprocess.Popen[str]) -> int:
-    if share.poll() is None:
-        share.send_signal(signal.SIGTERM)
-    try:
-        return share.wait(30)
-    finally:
-        if share.poll() is None:
-            share.kill()
-
-
 @pytest.mark.slow  # real networks of two hosts, about 5-7 s each
 def test_two_host_folders_run_their_shares_unchanged_and_carry_a_message(
         tmp_path: Path) -> None:
@@ -520,8 +498,8 @@ def test_two_host_folders_run_their_shares_unchanged_and_carry_a_message(
     try:
         share_a = start_share(host_a, "authority-1", "provider-1", "mix-a1")
         try:
-            assert "ready: 1 authority(ies) and 2 node(s) running" in wait_ready(share_a)[-1]
-            assert "ready: 0 authority(ies) and 2 node(s) running" in wait_ready(share_b)[-1]
+            assert "ready: 1 authority(ies) and 2 node(s) running" in read_until_ready(share_a)[-1]
+            assert "ready: 0 authority(ies) and 2 node(s) running" in read_until_ready(share_b)[-1]
             clients = tmp_path / "out" / "clients"
             sent = subprocess.run(
                 [sys.executable, "-m", "zmix.cli.send", "--state", str(clients / "alice"),
@@ -535,9 +513,9 @@ def test_two_host_folders_run_their_shares_unchanged_and_carry_a_message(
             assert got.returncode == 0, got.stderr
             assert "from alice: from one host folder to another" in got.stdout
         finally:
-            assert stop(share_a) == 0
+            assert stop_process(share_a) == 0
     finally:
-        assert stop(share_b) == 0
+        assert stop_process(share_b) == 0
     for host in (host_a, host_b):  # ran unchanged: no key made or replaced
         assert tree(host / "private") == before[host]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chain import read_until_ready, stop_process
 
 from zmix.bench.common import (
     HOST,
@@ -52,24 +53,8 @@ def start_up(topology: Path, state: Path, *extra: str) -> subprocess.Popen[str]:
     """Start zmix-up and return once it printed its ready line (fail loudly otherwise)."""
     up = subprocess.Popen(up_command(topology, state, *extra), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-    assert up.stdout is not None
-    lines = []
-    for line in up.stdout:  # ends when zmix-up exits; it gives up on a node after 30 s
-        lines.append(line)
-        if "ready" in line:
-            return up
-    up.wait(30)
-    raise AssertionError("zmix-up did not get ready:\n" + "".join(lines))
-
-
-def stop_up(up: subprocess.Popen[str]) -> int:
-    if up.poll() is None:
-        up.send_signal(signal.SIGTERM)
-    try:
-        return up.wait(30)
-    finally:
-        if up.poll() is None:
-            up.kill()
+    read_until_ready(up)
+    return up
 
 
 def node_pid(state: Path, name: str) -> int:
@@ -121,7 +106,7 @@ def running(small: tuple[Topology, Path, Path]) -> Iterator[tuple[Path, Path, in
     try:
         yield path, state, up.pid
     finally:
-        assert stop_up(up) == 0
+        assert stop_process(up) == 0
 
 
 # ---------------------------------------------------------------------------- a second run
@@ -175,7 +160,7 @@ def test_after_zmix_up_is_killed_its_orphans_are_named_and_a_new_run_starts_once
             os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not any(alive(p) for p in pids.values()), "the nodes to stop")
     again = start_up(path, state)  # the lock file left behind does not block
-    assert stop_up(again) == 0
+    assert stop_process(again) == 0
 
 
 # ---------------------------------------------------------------------------- checks first
@@ -199,7 +184,7 @@ def test_a_port_in_use_is_one_line_naming_node_and_address_and_starts_nothing(
                            "already in use\n")
     assert started_nodes(state) == []
     up = start_up(path, state)  # the port is free again: the same command works
-    assert stop_up(up) == 0
+    assert stop_process(up) == 0
 
 
 def test_a_node_on_a_host_name_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
@@ -417,9 +402,9 @@ def test_the_documented_several_hosts_steps_carry_a_message_between_two_hosts(
             assert got.returncode == 0, got.stderr
             assert "from alice: across two hosts" in got.stdout
         finally:
-            assert stop_up(up_a) == 0
+            assert stop_process(up_a) == 0
     finally:
-        assert stop_up(up_b) == 0
+        assert stop_process(up_b) == 0
 
 
 def test_only_refuses_to_start_without_the_other_members_public_files(tmp_path: Path) -> None:
@@ -480,7 +465,7 @@ def test_zmix_up_starts_the_authority_first_with_an_allowlist_of_every_node_and_
         (peer,) = authority_peers(topology, state)
         assert ping(peer, timeout=5)
     finally:
-        assert stop_up(up) == 0
+        assert stop_process(up) == 0
     stopped = last_log_time(state / "authorities" / "authority-1" / "authority.log",
                             "authority authority-1 stopped")
     for name in NODES:
@@ -493,5 +478,5 @@ def test_zmix_up_starts_the_authority_first_with_an_allowlist_of_every_node_and_
         assert "ready: 1 authority(ies) and 0 node(s) running" in lines[-1]
         assert [line.split()[1] for line in lines if " up at " in line] == ["authority-1"]
     finally:
-        assert stop_up(up) == 0
+        assert stop_process(up) == 0
     assert len(parse_allowlist(allowlist.read_text(), "")) == 1  # an allowlist is never replaced

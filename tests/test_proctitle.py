@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chain import child_pids
+from chain import child_pids, read_until_ready, stop_process
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
@@ -44,24 +43,8 @@ def start(argv: list[str], ready: str) -> subprocess.Popen[str]:
     """Start a zmix command and return once it printed a line containing ``ready``."""
     proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:  # ends if the command exits; zmix-up gives up on a node after 30 s
-        lines.append(line)
-        if ready in line:
-            return proc
-    proc.wait(30)
-    raise AssertionError(f"{argv[0]} did not get ready:\n" + "".join(lines))
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    read_until_ready(proc, ready)
+    return proc
 
 
 @dataclass
@@ -86,7 +69,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     try:
         yield Running(state, up)
     finally:
-        assert stop(up) == 0
+        assert stop_process(up) == 0
 
 
 def test_zmix_up_is_titled_with_its_network(running: Running) -> None:
@@ -132,7 +115,7 @@ def test_a_client_daemon_is_titled_with_its_command_and_its_name(
         assert title(daemon.pid) == f"zmix-{program} {name}"
         assert comm(daemon.pid) == name
     finally:
-        assert stop(daemon) == 0
+        assert stop_process(daemon) == 0
 
 
 @pytest.mark.skipif(shutil.which("ps") is None, reason="ps is not installed")
