@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from test_launch import start_up, stop_up
+from chain import stop_process
+from test_launch import start_up
 
 from zmix.api.protocol import FrameReader, decode_object, encode
 from zmix.bench.common import make_network
@@ -48,7 +49,7 @@ def local_net(tmp: Path, loopix: dict[str, float] | None = None) -> Iterator[Loc
     try:
         yield LocalNet(tmp / "topology.yaml", tmp / "state", up)
     finally:
-        stop_up(up)
+        stop_process(up)
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_launch import start_up, stop_up
+from chain import stop_process
+from test_launch import start_up
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
@@ -56,7 +57,7 @@ def network(tmp_path: Path) -> Iterator[Network]:
     try:
         yield Network(tmp_path / "topology.yaml", tmp_path / "state", up)
     finally:
-        stop_up(up)
+        stop_process(up)
 
 
 def test_a_text_reaches_a_recipient_who_was_offline(network: Network) -> None:
@@ -188,7 +189,7 @@ def test_zmix_up_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     pids += _descendants_of(pids)  # the workers
     assert len(pids) == 2 * len(nodes)
     assert all(_alive(p) for p in pids)
-    assert stop_up(up) == 0
+    assert stop_process(up) == 0
     deadline = time.monotonic() + 5  # zmix-up reaped the nodes; their workers follow them
     while survivors := [p for p in pids if _alive(p)]:
         assert time.monotonic() < deadline, f"still running 5 s after zmix-up stopped: {survivors}"

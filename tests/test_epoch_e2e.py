@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_launch import start_up, stop_up
+from chain import stop_process
+from test_launch import start_up
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
@@ -53,7 +54,7 @@ def network(tmp_path: Path, request: pytest.FixtureRequest,
     try:
         yield topology, state, up
     finally:
-        stop_up(up)
+        stop_process(up)
 
 
 def run_clients(alice: ClientRuntime, bob: ClientRuntime, done: object, timeout: float) -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import zmq
-from test_launch import start_up, stop_up
+from chain import stop_process
+from test_launch import start_up
 
 from zmix import wire
 from zmix.bench.common import free_ports, make_network
@@ -47,7 +48,7 @@ def open_network(tmp_path: Path) -> Iterator[tuple[Topology, Path]]:
     try:
         yield topology, state
     finally:
-        stop_up(up)
+        stop_process(up)
 
 
 def test_a_registered_client_mails_and_is_mailed_and_survives_a_provider_restart(
