@@ -330,7 +330,8 @@ class Links:
                 self._discard(sock)
 
     def _discard(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
+        # At most a queue's worth a turn: a peer that keeps talking cannot hold the loop here.
+        for _ in range(NODE_LINK_RCVHWM):
             try:
                 sock.recv(zmq.NOBLOCK)
             except zmq.Again:
