@@ -265,3 +265,43 @@ def test_delay_and_loss_on_a_host_s_link_slow_messages_but_lose_none(
     net.bed.clear_netem(h4)
     assert sorted(m["text"] for m in receive(net, "h2", "dave")) == [
         f"through a bad link {i}" for i in range(3)]
+
+
+def test_zmix_testbed_runs_the_walk_through_of_the_deploy_doc() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="ztc-", dir="/tmp"))
+    prefix = f"zc{os.getpid()}"
+
+    def testbed_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*zmix("testbed"), "--dir", str(folder / "bed"), *args],
+                              capture_output=True, text=True, timeout=180, check=False)
+
+    try:
+        up = testbed_cli("up", str(TOPOLOGY), "--prefix", prefix)
+        assert up.returncode == 0, up.stderr
+        assert "  h3  198.51.100.3    mix-b1\n" in up.stdout
+        again = testbed_cli("up", str(TOPOLOGY), "--prefix", prefix)
+        assert again.returncode == 2 and "down first" in again.stderr
+        bundles = folder / "bed" / "bundles"
+        sent = testbed_cli("exec", "h3", "--", *zmix("send"), "--state",
+                           str(bundles / "clients" / "alice"), "--from", "alice", "--to", "bob",
+                           "hello from host 3")
+        assert sent.returncode == 0, sent.stderr
+        got = testbed_cli("exec", "h4", "--", *zmix("recv"), "--state",
+                          str(bundles / "clients" / "bob"), "--as", "bob", "--wait", "30")
+        assert got.stdout == "from alice: hello from host 3\n", got.stderr
+        assert testbed_cli("link", "h3", "down").stdout == "h3 (198.51.100.3): cable out\n"
+        assert "h3    198.51.100.3     OUT" in testbed_cli("status").stdout
+        assert testbed_cli("link", "mix-b1", "up").returncode == 0
+        assert testbed_cli("crash", "provider-2").returncode == 0
+        assert "h2    198.51.100.2     in     0 " in testbed_cli("status").stdout
+        started = testbed_cli("start", "198.51.100.2")
+        assert started.stdout == "h2 (198.51.100.2): provider-2, mix-a2, mix-c2 started\n"
+        assert testbed_cli("exec", "h9", "--", "true").returncode == 2
+        netem = testbed_cli("netem", "h4", "--delay", "5")
+        assert netem.returncode == (0 if testbed.netem_available() is None else 1), netem.stderr
+        assert testbed_cli("netem", "h4", "--clear").returncode == 0
+    finally:
+        down = testbed_cli("down")
+        shutil.rmtree(folder, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in testbed.namespaces() if n.startswith(f"{prefix}-")]

@@ -11,6 +11,7 @@ or loses its traffic where the kernel can. docs/deploy.md, "The test bed", has t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -167,6 +168,11 @@ def down(directory: Path) -> int:
         net = testbed.TestbedNetwork.load(directory)
     except testbed.TestbedError as exc:
         return fail(str(exc), EXIT_USAGE)
+    except ConfigError as exc:  # its topology is unreadable now: remove the namespaces anyway
+        prefix = json.loads((directory / testbed.STATE_FILE).read_text())["prefix"]
+        removed = testbed.remove(prefix)
+        print(f"zmix-testbed: {exc}; removed namespaces {', '.join(removed) or 'none'}")
+        return EXIT_OK
     try:
         net.destroy()
     except testbed.TestbedError as exc:

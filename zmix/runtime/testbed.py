@@ -303,7 +303,10 @@ class TestbedNetwork:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise TestbedError(f"{path}: no test bed here (zmix-testbed up makes one)") from None
-        return cls(load_topology(saved["topology"]), directory, saved["prefix"])
+        # The copy zmix-up keeps: the file given to `up` may have changed or gone since.
+        copy = directory / "keys" / "topology.yaml"
+        topology = load_topology(copy if copy.exists() else Path(saved["topology"]))
+        return cls(topology, directory, saved["prefix"])
 
     @property
     def hosts(self) -> list[Host]:
