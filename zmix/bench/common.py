@@ -60,7 +60,7 @@ def make_network(
     loopix: Mapping[str, float] | None = None,
     mailbox: Mapping[str, Any] | None = None,
     node: Mapping[str, Any] | None = None,
-    sphinx: Mapping[str, int] | None = None,
+    sphinx: Mapping[str, Any] | None = None,
     workers: int = 1,
     network: str = "zmix-test",
     node_options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -26,6 +26,10 @@ the authority's document. It reports, from one run:
   them in memory (``replay_file_ratio``, measured in this process in alternating rounds), a
   flush of a full filter's dirty pages (``replay_flush_ms``, done every second by the node) and
   its share of one second of the node's saturated throughput (``replay_flush_share``).
+
+``--profile`` picks the Sphinx profile of the network (docs/sphinx.md); ``--profile all`` runs the
+whole benchmark once per wire profile, one after the other in the same run, and adds each
+profile's saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from zmix.keys import load_directory, load_private
 from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import node_command
-from zmix.sphinx import create_forward_packet, process_packet, process_packet_keys
+from zmix.sphinx import Profile, create_forward_packet, process_packet, process_packet_keys
 from zmix.topology import Topology
 
 
@@ -69,8 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes of the node (default: the machine's cores)")
     parser.add_argument("--payload", type=int, default=2048, help="Sphinx payload bytes")
+    parser.add_argument("--profile", choices=[*(p.value for p in WIRE_PROFILES), "all"],
+                        default=Profile.V1.value,
+                        help="the network's Sphinx profile, or all of them one after the other "
+                             "with ratios to v1 (default v1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
+
+
+WIRE_PROFILES = tuple(p for p in Profile if p is not Profile.SMC0)  # smc0 never goes on a wire
 
 
 class _Sink:
@@ -158,13 +169,16 @@ def _node_counters(state: Path, name: str) -> dict[str, float]:
     return {key: float(values.get(key, 0)) for key in _COUNTERS}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark; return its figures."""
+def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, Any]:
+    """Run the benchmark on a network of Sphinx profile ``profile``; return its figures."""
+    sphinx: dict[str, Any] = {"payload_length": args.payload, "max_hops": 5}
+    if profile is not Profile.V1:  # v1 is the default: a topology need not name it
+        sphinx["profile"] = profile.value
     with tempfile.TemporaryDirectory(prefix="zmix-bench-node-") as tmp:
         topology, state = make_network(
             Path(tmp), layers=(("mix-0",), ("mix-1",)), providers=("provider-0",),
-            loopix={"mix_loop_rate": 0.0}, sphinx={"payload_length": args.payload, "max_hops": 5},
-            workers=args.workers, network="zmix-bench")
+            loopix={"mix_loop_rate": 0.0}, sphinx=sphinx, workers=args.workers,
+            network="zmix-bench")
         paced_n = int(args.paced_seconds * 4_000)  # enough for 4,000 packets/s paced
         total = args.packets + paced_n
         node = topology.layers[0][0]
@@ -249,6 +263,7 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     replay = measure_replay(50_000, directory=state)
     gen.close(linger=0)
     return {
+        "profile": topology.sphinx.profile.value,
         "workers": args.workers, "payload_bytes": args.payload,
         "packet_bytes": topology.sphinx.packet_length,
         "saturation_sent": len(saturated), "saturation_forwarded": got,
@@ -331,11 +346,24 @@ def _key_trial(topology: Topology, key: bytes, packets: list[bytes]) -> tuple[fl
 def main(argv: list[str]) -> int:
     """Run ``zmix-bench node``; print the figures; return 0."""
     args = build_parser().parse_args(argv)
-    result = run(args)
+    profiles = WIRE_PROFILES if args.profile == "all" else (Profile(args.profile),)
+    results = [run(args, profile) for profile in profiles]
+    base = next((r for r in results if r["profile"] == Profile.V1.value), None)
+    for result in results:
+        if base is not None and result is not base:
+            result["forwarded_ratio_to_v1"] = (result["forwarded_per_second"]
+                                               / base["forwarded_per_second"])
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
-    print(f"zmix-bench node: 1 mixnode, {result['workers']} workers, "
+    for result in results:
+        show(result)
+    return 0
+
+
+def show(result: dict[str, Any]) -> None:
+    """Print one profile's figures."""
+    print(f"zmix-bench node: 1 mixnode, {result['workers']} workers, Sphinx {result['profile']}, "
           f"{result['payload_bytes']}-byte payloads ({result['packet_bytes']}-byte packets)")
     print(f"  forwarded at saturation   {result['forwarded_per_second']:10.0f} packets/s "
           f"({result['saturation_forwarded']}/{result['saturation_sent']}); "
@@ -360,7 +388,9 @@ def main(argv: list[str]) -> int:
           f"{result['replay_file_lookups_per_second']:.0f}); a flush "
           f"{result['replay_flush_ms']:.1f} ms a second, "
           f"{result['replay_flush_share'] * 100:.2f}% of a saturated second's CPU")
-    return 0
+    if "forwarded_ratio_to_v1" in result:
+        print(f"  packets/s against v1      {result['forwarded_ratio_to_v1']:10.2f}  x v1's "
+              "forwarded at saturation in this run")
 
 
 if __name__ == "__main__":
