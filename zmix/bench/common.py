@@ -50,6 +50,11 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
             sock.close()
 
 
+# The sphinx: section of every network make_network writes, unless the caller gives its own keys
+# (tests/conftest.py's --sphinx-profile sets "profile" here for a whole test run).
+DEFAULT_SPHINX: dict[str, Any] = {"payload_length": 2048, "max_hops": 5}
+
+
 def make_network(
     directory: Path,
     *,
@@ -84,7 +89,7 @@ def make_network(
 
     spec: dict[str, Any] = {
         "network": network,
-        "sphinx": dict(sphinx or {"payload_length": 2048, "max_hops": 5}),
+        "sphinx": {**DEFAULT_SPHINX, **(sphinx or {})},
         "loopix": {"mean_delay": 0.001, "payload_rate": 20.0, "loop_rate": 1.0,
                    "drop_rate": 1.0, "mix_loop_rate": 0.5, "fetch_interval": 0.1,
                    "max_delay": 30.0, **(loopix or {})},
