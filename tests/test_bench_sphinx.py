@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import pytest
 from hypothesis import given
@@ -172,6 +173,22 @@ def test_a_child_without_its_library_reports_it_not_installed_and_a_crash_as_fai
     assert crashed.error == "RuntimeError: the library broke at setup"
     chatty = run_child(CHATTY)
     assert chatty.state is PeerState.FAILED and "not a JSON line" in chatty.error
+
+
+def test_a_child_that_does_not_answer_in_time_is_failed_and_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peers_mod, "READY_SECONDS", 0.5)
+    assert run_child(HASHING).state is PeerState.MEASURED  # control: a prompt child, same budget
+    proc = PeerProcess(fake_peer("hanging", "time.sleep(30)\n"), sys.executable)
+    proc.start(256, 3)
+    child = proc.proc
+    assert child is not None
+    started = time.monotonic()
+    proc.wait_ready()
+    proc.close()
+    assert time.monotonic() - started < 5
+    assert proc.result().state is PeerState.FAILED and proc.result().error == "no answer in time"
+    assert child.returncode is not None  # ended, not left sleeping
 
 
 def test_an_interpreter_that_cannot_run_makes_the_peer_failed_not_the_bench() -> None:

@@ -371,10 +371,12 @@ class PeerProcess:
         return PeerResult(self.peer, self.python, state, self.version,
                           tuple(self.samples) if state is PeerState.MEASURED else (), self.error)
 
-    def close(self) -> None:
-        """End the child (closing its stdin ends its loop) and reap it."""
+    def close(self, kill: bool = False) -> None:
+        """End the child (closing its stdin ends its loop; ``kill``: at once) and reap it."""
         proc, self.proc = self.proc, None
         if proc is not None:
+            if kill:
+                proc.kill()
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     stream.close()
@@ -430,5 +432,6 @@ class PeerProcess:
         return lines[-1] if lines else ""
 
     def _fail(self, why: str) -> None:
+        # Killed: a child that hangs or talks nonsense is not trusted to stop when asked.
         self.outcome, self.error = PeerState.FAILED, why
-        self.close()
+        self.close(kill=True)
