@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -252,6 +254,20 @@ def test_json_holds_every_profile_and_each_peer_by_its_name(
                       "install": "install absent somehow"}
     assert bench.main(["--json", *QUICK]) == 0
     assert "peers" not in json.loads(capsys.readouterr().out)
+
+
+def test_the_json_fields_are_those_the_usage_doc_names(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "usage.md").read_text()
+    text = doc.split("With `--json` the figures", 1)[1].split("\n\n", 1)[0]
+    profile_part, top_part = text.split("v1's figures also stand at the top level", 1)
+    profile_fields = set(re.findall(r"`([a-z0-9_]+)`", profile_part)) - {"profiles"}
+    top_fields = set(re.findall(r"`([a-z0-9_]+)`", top_part))
+    monkeypatch.setattr(bench, "PEERS", (ABSENT,))
+    assert bench.main(["--peers", "--json", *QUICK]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures) == top_fields | {"profiles"}
+    assert set(figures["profiles"]["v1"]) == profile_fields  # v1 has a floor: every field
 
 
 def real_peer_pythons() -> dict[str, str]:
