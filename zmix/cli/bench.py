@@ -9,7 +9,8 @@ from zmix.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, exit_status_help,
 from zmix.errors import ZmixError
 
 BENCHMARKS = {
-    "sphinx": ("zmix.bench.sphinx", "per-hop processing against the crypto floor"),
+    "sphinx": ("zmix.bench.sphinx", "per-hop processing of each wire profile against the crypto "
+                                    "floor (--peers: against other Python Sphinx libraries)"),
     "node": ("zmix.bench.node", "one mixnode process under load: packets/s, loss, CPU/packet"),
     "mailbox": ("zmix.bench.mailbox", "durable mailbox store and fetch throughput"),
     "e2e": ("zmix.bench.e2e", "a whole local network: latency, per-hop overhead, goodput"),
@@ -24,13 +25,15 @@ def help_text() -> str:
     """Return the --help text."""
     lines = [USAGE, "", "benchmarks:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in BENCHMARKS.items()]
-    lines += ["", "examples:", "  zmix-bench sphinx", "  zmix-bench node --json",
+    lines += ["", "examples:", "  zmix-bench sphinx",
+              "  zmix-bench sphinx --peers --peer-python smc=VENV/bin/python",
+              "  zmix-bench node --json",
               "  zmix-bench e2e --messages 100 --mean-delay 0.02",
               "  zmix-bench socks --size-kib 1024", ""]
     lines += exit_status_help(
         (EXIT_OK, "the benchmark ran and printed its figures"),
-        (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start or a message "
-                       "did not arrive in time)"),
+        (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start, a message "
+                       "did not arrive in time, or an installed --peers library failed)"),
         usage="bad usage: an unknown benchmark or option; nothing ran").splitlines()
     return "\n".join(lines)
 
