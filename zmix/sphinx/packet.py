@@ -172,11 +172,12 @@ def _small_order(node_id: bytes) -> LocalMisuse:
 def _check_recipient(params: SphinxParams, recipient: object, *, surb: bool = False) -> bytes:
     """Return the recipient id as bytes; raises LocalMisuse if it cannot be carried as it is.
 
-    v1 carries exactly 16 bytes. smc0 (tests only) carries the vectors' ids: a forward recipient
-    of 1..16 bytes (max_message_length counts 16), a SURB recipient as a length byte n and n bytes
-    (n <= 31: with 16-byte k, the last hop's slot of a full route holds 48 bytes, 16 for the id).
+    v1 and kem1 carry exactly 16 bytes. smc0 (tests only) carries the vectors' ids: a forward
+    recipient of 1..16 bytes (max_message_length counts 16), a SURB recipient as a length byte n
+    and n bytes (n <= 31: with 16-byte k, the last hop's slot of a full route holds 48 bytes, 16
+    for the id).
     """
-    if params.profile is Profile.V1:
+    if params.profile is not Profile.SMC0:
         return _sized("a recipient id", recipient, ID_BYTES)
     data = _as_bytes("a recipient id", recipient)
     if surb and not (data and data[0] <= 31 and len(data) == data[0] + 1):
