@@ -8,7 +8,10 @@ test_sphinx.py, its vectors in test_sphinx_vectors.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -57,7 +60,8 @@ def private(node_id: bytes) -> bytes:
 
 
 def walk(params: SphinxParams, first: bytes, packet: bytes) -> tuple[list[ForwardHop], object]:
-    hops, hop = [], first
+    hops: list[ForwardHop] = []
+    hop = first
     while True:
         result = process_packet(params, private(hop), packet)
         if not isinstance(result, ForwardHop):
@@ -294,6 +298,80 @@ def test_a_hop_processed_from_docs_sphinx_md_alone_gives_what_the_code_gives() -
     assert (KEM1.mac_key(s), KEM1.stream_key(s), KEM1.payload_key(s), KEM1.replay_tag(s)) == (
         mu, rho, pi, tag)
     assert KEM1.header_stream(s, 72 * (r + 1)) == stream[224:]
+
+
+def _doc_rng(stream: bytes, offset: int) -> Callable[[int], bytes]:
+    """docs/sphinx.md's rng: the next bytes of the seed's keystream, from ``offset``."""
+    position = [offset]
+
+    def rng(n: int) -> bytes:
+        position[0] += n
+        return stream[position[0] - n:position[0]]
+    return rng
+
+
+def _doc_header(r: int, route_: list[Hop], final_slot: bytes,
+                rng: Callable[[int], bytes]) -> tuple[bytes, list[bytes]]:
+    """docs/sphinx.md, "Creating a kem1 header", with the bare primitives."""
+    v, c = len(route_), 72
+    e = [crypto.clamp(rng(32)) for _ in route_]
+    tail = final_slot + rng(c * (r - v))
+    alphas = [crypto.x25519_base(x) for x in e]
+    secrets = [crypto.x25519(x, hop.public_key) for x, hop in zip(e, route_, strict=True)]
+    mu = [_kdf(s, b"zmix-kem1 hop keys", 64)[:32] for s in secrets]
+    rho = [_kdf(s, b"zmix-kem1 hop keys", 64)[32:] for s in secrets]
+
+    def stream(i: int, n: int) -> bytes:
+        return _cs(rho[i], 224 + n)[224:]
+
+    def xor(a: bytes, b: bytes) -> bytes:
+        return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+    def mac(i: int, data: bytes) -> bytes:
+        return hashlib.blake2b(data, digest_size=16, key=mu[i]).digest()
+
+    phi = b""
+    for i in range(1, v):
+        phi = xor(phi + bytes(c), stream(i - 1, c * (r + 1))[c * (r + 1) - c * i:])
+    beta = xor(tail, stream(v - 1, c * (r + 1))[:len(tail)]) + phi
+    gamma = mac(v - 1, b"\x02" + alphas[v - 1] + beta)
+    for i in range(v - 2, -1, -1):
+        slot = _slot(CMD_FORWARD, route_[i + 1].node_id, route_[i].delay_us, gamma, alphas[i + 1])
+        beta = xor(slot + beta[:c * (r - 1)], stream(i, c * r))
+        gamma = mac(i, b"\x02" + alphas[i] + beta)
+    return b"\x02" + alphas[0] + beta + gamma, secrets
+
+
+def test_the_kem1_vectors_are_rebuilt_from_docs_sphinx_md_alone() -> None:
+    vectors = json.loads((Path(__file__).parent / "vectors" / "zmix_kem1.json").read_text())
+    r, size = vectors["max_hops"], vectors["payload_length"]
+    stream = crypto.chacha20_stream(bytes.fromhex(vectors["seed"]), 65536)
+    public = {n["id"]: bytes.fromhex(n["public_key"]) for n in vectors["nodes"]}
+    for name in ("forward_5", "forward_3", "surb"):
+        case = vectors[name]
+        rng = _doc_rng(stream, case["rng_offset"])
+        hops = [Hop(bytes.fromhex(i), public[i], d)
+                for i, d in zip(case["route"], case["route_delays_us"], strict=True)]
+        recipient = bytes.fromhex(case["recipient"])
+        if name == "surb":
+            final = _slot(CMD_SURB_REPLY, recipient, hops[-1].delay_us,
+                          bytes.fromhex(case["surb_id"]), bytes(32))
+            message = bytes.fromhex(case["reply"])
+        else:
+            final = _slot(CMD_DELIVER, recipient, hops[-1].delay_us, bytes(16), bytes(32))
+            message = bytes.fromhex(case["message"])
+        header, secrets = _doc_header(r, hops, final, rng)
+        body = bytes(16) + len(message).to_bytes(4, "big") + message
+        body += bytes(size - len(body))
+        if name == "surb":
+            ktilde = rng(32)
+            assert (hops[0].node_id + header + ktilde).hex() == case["surb"]
+            keys = [ktilde]
+        else:
+            keys = secrets[::-1]
+        for key in keys:
+            body = lioness.encrypt(_cs(_kdf(key, b"zmix-kem1 hop keys", 64)[32:], 192), body)
+        assert (header + body).hex() == case["hops"][0]["packet"], name
 
 
 def test_kem1_and_v1_share_no_key_for_the_same_shared_secret() -> None:
