@@ -1,4 +1,6 @@
-"""The v1 Sphinx core: round trips, tamper detection, SURBs, padding, arbitrary input."""
+"""The Sphinx core on both wire profiles (v1, kem1): round trips, tamper detection, SURBs,
+padding, arbitrary input. kem1's own parts (its slot, vectors, properties) are in
+test_sphinx_kem1.py."""
 
 from __future__ import annotations
 
@@ -29,9 +31,21 @@ from zmix.sphinx import (
     process_packet_keys,
 )
 from zmix.sphinx import packet as packet_module
-from zmix.sphinx.profiles import CMD_DELIVER, CMD_FORWARD, CMD_SURB_REPLY, SMC0, V1, Routing
+from zmix.sphinx.profiles import (
+    CMD_DELIVER,
+    CMD_FORWARD,
+    CMD_SURB_REPLY,
+    SMC0,
+    V1,
+    Routing,
+    implementation,
+)
 
 KEYS = [crypto.x25519_keypair() for _ in range(8)]
+# The tests about packets run on both wire profiles.
+WIRE = pytest.mark.parametrize("profile", [Profile.V1, Profile.KEM1], ids=["v1", "kem1"])
+# Each wire profile's version byte is the other's bad_version: 0x01 v1, 0x02 kem1.
+OTHER_VERSION = {Profile.V1: b"\x02", Profile.KEM1: b"\x01"}
 RECIPIENT = b"\xaa" * 16
 
 
@@ -54,9 +68,10 @@ def walk(params: SphinxParams, first: bytes, packet: bytes) -> tuple[list[Forwar
 
 
 @pytest.mark.parametrize(("hops", "payload"), list(itertools.product([1, 2, 3, 4, 5], [512, 2048])))
-def test_a_forward_packet_reaches_its_recipient_over_any_route_length(hops: int,
-                                                                      payload: int) -> None:
-    params = SphinxParams(max_hops=5, payload_length=payload)
+@WIRE
+def test_a_forward_packet_reaches_its_recipient_over_any_route_length(
+        profile: Profile, hops: int, payload: int) -> None:
+    params = SphinxParams(profile=profile, max_hops=5, payload_length=payload)
     message = crypto.random_bytes(params.max_message_length)
     packet = create_forward_packet(params, route(hops, 100), RECIPIENT, message)
     assert len(packet) == params.packet_length
@@ -68,15 +83,17 @@ def test_a_forward_packet_reaches_its_recipient_over_any_route_length(hops: int,
     assert final.delay_us == 100 + hops - 1
 
 
-def test_geometry_with_more_hops_works_too() -> None:
-    params = SphinxParams(max_hops=8, payload_length=1024)
+@WIRE
+def test_geometry_with_more_hops_works_too(profile: Profile) -> None:
+    params = SphinxParams(profile=profile, max_hops=8, payload_length=1024)
     packet = create_forward_packet(params, route(8), RECIPIENT, b"eight hops")
     _, final = walk(params, route(8)[0].node_id, packet)
     assert isinstance(final, FinalDelivery) and final.message == b"eight hops"
 
 
-def test_every_header_bit_is_covered_by_the_mac_at_the_first_hop() -> None:
-    params = SphinxParams()
+@WIRE
+def test_every_header_bit_is_covered_by_the_mac_at_the_first_hop(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(3), RECIPIENT, b"m")
     for bit in range(8, params.header_length * 8):  # every bit after the version byte
         tampered = bytearray(packet)
@@ -86,8 +103,9 @@ def test_every_header_bit_is_covered_by_the_mac_at_the_first_hop() -> None:
         assert err.value.reason in (DropReason.BAD_MAC, DropReason.BAD_POINT)
 
 
-def test_a_tampered_payload_is_caught_by_the_tag_at_the_exit() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_tampered_payload_is_caught_by_the_tag_at_the_exit(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(3), RECIPIENT, b"m")
     for byte in (0, 31, 32, 1000, params.payload_length - 1):
         tampered = bytearray(packet)
@@ -101,10 +119,12 @@ def test_a_tampered_payload_is_caught_by_the_tag_at_the_exit() -> None:
         assert err.value.reason is DropReason.BAD_TAG
 
 
-def test_wrong_size_version_and_key_are_rejected_with_their_reasons() -> None:
-    params = SphinxParams()
+@WIRE
+def test_wrong_size_version_and_key_are_rejected_with_their_reasons(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
-    cases = [(packet[:-1], DropReason.WRONG_SIZE), (b"\x02" + packet[1:], DropReason.BAD_VERSION),
+    cases = [(packet[:-1], DropReason.WRONG_SIZE), (OTHER_VERSION[profile] + packet[1:],
+                                                          DropReason.BAD_VERSION),
              (packet[:1] + bytes(32) + packet[33:], DropReason.BAD_POINT)]
     for data, reason in cases:
         with pytest.raises(InvalidPacket) as err:
@@ -115,8 +135,10 @@ def test_wrong_size_version_and_key_are_rejected_with_their_reasons() -> None:
     assert err.value.reason is DropReason.BAD_MAC
 
 
-def test_the_same_packet_has_the_same_replay_tag_and_different_packets_do_not() -> None:
-    params = SphinxParams()
+@WIRE
+def test_the_same_packet_has_the_same_replay_tag_and_different_packets_do_not(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     a = create_forward_packet(params, route(2), RECIPIENT, b"m")
     b = create_forward_packet(params, route(2), RECIPIENT, b"m")
     tag = process_packet(params, KEYS[0][1], a).replay_tag
@@ -124,8 +146,9 @@ def test_the_same_packet_has_the_same_replay_tag_and_different_packets_do_not() 
     assert process_packet(params, KEYS[0][1], b).replay_tag != tag
 
 
-def test_a_surb_reply_travels_back_and_only_its_keys_open_it() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_surb_reply_travels_back_and_only_its_keys_open_it(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     surb, keys = create_surb(params, route(4, 7), RECIPIENT, b"\x55" * 16)
     assert len(surb.to_bytes()) == params.surb_length
     surb = Surb.from_bytes(params, surb.to_bytes())
@@ -146,8 +169,9 @@ def test_a_surb_reply_travels_back_and_only_its_keys_open_it() -> None:
         open_surb_reply(params, keys, tampered)
 
 
-def test_unused_header_space_of_a_short_route_looks_random() -> None:
-    params = SphinxParams()
+@WIRE
+def test_unused_header_space_of_a_short_route_looks_random(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(1), RECIPIENT, b"m")
     result = process_packet(params, KEYS[0][1], packet)
     assert isinstance(result, FinalDelivery)
@@ -157,8 +181,9 @@ def test_unused_header_space_of_a_short_route_looks_random() -> None:
     assert again[33:33 + params.beta_length] != beta
 
 
-def test_misuse_is_refused_before_anything_is_built() -> None:
-    params = SphinxParams()
+@WIRE
+def test_misuse_is_refused_before_anything_is_built(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     with pytest.raises(LocalMisuse):
         create_forward_packet(params, route(6) if params.max_hops < 6 else [], RECIPIENT, b"m")
     with pytest.raises(LocalMisuse):
@@ -166,11 +191,12 @@ def test_misuse_is_refused_before_anything_is_built() -> None:
     with pytest.raises(LocalMisuse):
         create_forward_packet(params, [Hop(b"x", KEYS[0][0])], RECIPIENT, b"m")
     with pytest.raises(LocalMisuse):
-        SphinxParams(max_hops=0)
+        SphinxParams(profile=profile, max_hops=0)
 
 
-def test_surbs_and_surb_keys_from_garbage_are_invalid_packets() -> None:
-    params = SphinxParams()
+@WIRE
+def test_surbs_and_surb_keys_from_garbage_are_invalid_packets(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     with pytest.raises(InvalidPacket):
         Surb.from_bytes(params, b"short")
     with pytest.raises(InvalidPacket):
@@ -260,8 +286,10 @@ class CountingRandom:
         return crypto.random_bytes(n)
 
 
-def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward() -> None:
-    params = SphinxParams()
+@WIRE
+def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     for recipient in (b"", b"\xaa" * 15, b"\xaa" * 17, b"\xaa" * 32):
         rng = CountingRandom()
         with pytest.raises(LocalMisuse):
@@ -276,8 +304,10 @@ def test_create_surb_refuses_a_recipient_of_the_wrong_length_like_create_forward
     assert isinstance(final, SurbReply) and final.recipient == RECIPIENT
 
 
-def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work() -> None:
-    params = SphinxParams()
+@WIRE
+def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     good = route(3)
     bad_routes = [
         [good[0], Hop(b"\x02" * 15, KEYS[1][0]), good[2]],  # node id too short
@@ -319,8 +349,10 @@ def test_every_argument_of_packet_and_surb_creation_is_checked_before_any_work()
     assert isinstance(reply, SurbReply) and reply.delay_us == MAX_DELAY_US
 
 
-def test_a_private_key_of_the_wrong_length_is_local_misuse_not_an_invalid_packet() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_private_key_of_the_wrong_length_is_local_misuse_not_an_invalid_packet(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
     for key in (b"", KEYS[0][1][:31], KEYS[0][1] + b"\0", "k" * 32):
         with pytest.raises(LocalMisuse) as err:
@@ -330,8 +362,10 @@ def test_a_private_key_of_the_wrong_length_is_local_misuse_not_an_invalid_packet
     assert isinstance(process_packet(params, bytearray(KEYS[0][1]), packet), ForwardHop)
 
 
-def test_a_packet_given_as_bytearray_or_memoryview_is_processed_as_its_bytes() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_packet_given_as_bytearray_or_memoryview_is_processed_as_its_bytes(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     forward = create_forward_packet(params, route(2), RECIPIENT, b"m")
     exit_packet = process_packet(params, KEYS[0][1], forward)
     assert isinstance(exit_packet, ForwardHop)
@@ -349,8 +383,10 @@ def test_a_packet_given_as_bytearray_or_memoryview_is_processed_as_its_bytes() -
 
 
 @pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
-def test_a_hop_public_key_of_small_order_is_refused_as_local_misuse(point: bytes) -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_hop_public_key_of_small_order_is_refused_as_local_misuse(
+        profile: Profile, point: bytes) -> None:
+    params = SphinxParams(profile=profile)
     for position in range(3):
         bad = route(3)
         bad[position] = Hop(bad[position].node_id, point)
@@ -377,17 +413,20 @@ def test_the_small_order_list_is_exactly_the_points_x25519_refuses() -> None:
         assert crypto.x25519(KEYS[0][1], point) != bytes(32)
 
 
+@WIRE
 def test_a_small_order_key_missing_from_the_list_is_still_local_misuse(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(crypto, "has_small_order", lambda point: False)
     bad = [*route(2), Hop(b"\x03" * 16, bytes(32))]
     with pytest.raises(LocalMisuse, match="small order"):
-        create_forward_packet(SphinxParams(), bad, RECIPIENT, b"m")
+        create_forward_packet(SphinxParams(profile=profile), bad, RECIPIENT, b"m")
 
 
 @pytest.mark.parametrize("point", LOW_ORDER_POINTS, ids=lambda p: p.hex()[:8] + p.hex()[-2:])
-def test_a_packet_whose_alpha_has_small_order_is_an_invalid_packet(point: bytes) -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_packet_whose_alpha_has_small_order_is_an_invalid_packet(
+        profile: Profile, point: bytes) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
     assert isinstance(process_packet(params, KEYS[0][1], packet), ForwardHop)
     with pytest.raises(InvalidPacket) as err:
@@ -402,7 +441,7 @@ def crafted(params: SphinxParams, hops: int, final: Routing, body: bytes) -> byt
     """A packet built by the real construction with a final slot and a body of our choosing."""
     checked = packet_module._check_route(params, route(hops))
     header, secrets = packet_module._header(params, checked, final, crypto.random_bytes)
-    return header + packet_module._encrypt_payload(V1, secrets, body)
+    return header + packet_module._encrypt_payload(implementation(params), secrets, body)
 
 
 def body(params: SphinxParams, message: bytes, length: int | None = None,
@@ -412,8 +451,10 @@ def body(params: SphinxParams, message: bytes, length: int | None = None,
     return head + (padding if padding is not None else bytes(params.payload_length - len(head)))
 
 
-def test_a_deliver_command_whose_16_byte_zero_field_is_not_zero_is_refused() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_deliver_command_whose_16_byte_zero_field_is_not_zero_is_refused(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     good = crafted(params, 2, Routing(CMD_DELIVER, RECIPIENT, 7, b""), body(params, b"m"))
     _, final = walk(params, route(2)[0].node_id, good)
     assert isinstance(final, FinalDelivery) and final.message == b"m" and final.delay_us == 7
@@ -424,8 +465,10 @@ def test_a_deliver_command_whose_16_byte_zero_field_is_not_zero_is_refused() -> 
         assert err.value.reason is DropReason.BAD_COMMAND
 
 
-def test_the_exit_refuses_a_body_with_a_bad_length_or_a_non_zero_byte_after_the_message() -> None:
-    params = SphinxParams(payload_length=512)
+@WIRE
+def test_the_exit_refuses_a_body_with_a_bad_length_or_a_non_zero_byte_after_the_message(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile, payload_length=512)
     room = params.max_message_length  # P - 20
     full = bytes(range(256)) * 2
     for message in (b"", b"m", full[:room]):  # positive controls, up to the longest message
@@ -449,10 +492,12 @@ def test_the_exit_refuses_a_body_with_a_bad_length_or_a_non_zero_byte_after_the_
         assert err.value.reason is DropReason.BAD_TAG
 
 
-def test_a_surb_reply_with_a_non_zero_byte_after_the_message_does_not_open() -> None:
-    params = SphinxParams(payload_length=512)
+@WIRE
+def test_a_surb_reply_with_a_non_zero_byte_after_the_message_does_not_open(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile, payload_length=512)
     surb, keys = create_surb(params, route(2), RECIPIENT, b"\x55" * 16)
-    pi = V1.payload_key(surb.ktilde)
+    pi = implementation(params).payload_key(surb.ktilde)
     for reply_body, expected in ((body(params, b"r"), b"r"),
                                  (body(params, b"r", padding=bytes(490) + b"\x01"), None)):
         packet = surb.header + lioness.encrypt(pi, reply_body)
@@ -468,9 +513,10 @@ def test_a_surb_reply_with_a_non_zero_byte_after_the_message_does_not_open() -> 
 
 @pytest.mark.parametrize(("max_hops", "payload_length"),
                          [(1, 64), (32, 64), (1, 1 << 20), (5, 2048)])
-def test_geometry_at_the_edges_of_the_allowed_ranges_carries_packets(max_hops: int,
-                                                                     payload_length: int) -> None:
-    params = SphinxParams(max_hops=max_hops, payload_length=payload_length)
+@WIRE
+def test_geometry_at_the_edges_of_the_allowed_ranges_carries_packets(
+        profile: Profile, max_hops: int, payload_length: int) -> None:
+    params = SphinxParams(profile=profile, max_hops=max_hops, payload_length=payload_length)
     assert params.max_message_length == payload_length - 20
     keys = [crypto.x25519_keypair() for _ in range(max_hops)]
     hops = [Hop(i.to_bytes(16, "big"), pk, i) for i, (pk, _) in enumerate(keys)]
@@ -492,12 +538,14 @@ def test_geometry_outside_the_allowed_ranges_is_refused() -> None:
     assert SphinxParams(max_hops=32).max_hops == 32  # positive control
 
 
-def test_every_sphinx_failure_is_one_opaque_invalid_packet_with_the_reason_aside() -> None:
-    params = SphinxParams()
+@WIRE
+def test_every_sphinx_failure_is_one_opaque_invalid_packet_with_the_reason_aside(
+        profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(1), RECIPIENT, b"m")
     failures = {
         DropReason.WRONG_SIZE: packet[:-1],
-        DropReason.BAD_VERSION: b"\x02" + packet[1:],
+        DropReason.BAD_VERSION: OTHER_VERSION[profile] + packet[1:],
         DropReason.BAD_POINT: packet[:1] + bytes(32) + packet[33:],
         DropReason.BAD_MAC: packet[:40] + bytes([packet[40] ^ 1]) + packet[41:],
         DropReason.BAD_COMMAND: crafted(params, 1, Routing(CMD_DELIVER, RECIPIENT, 0, b"\1" * 16),
@@ -517,8 +565,10 @@ def test_every_sphinx_failure_is_one_opaque_invalid_packet_with_the_reason_aside
 # ---------------------------------------------------------------------------- the cost line
 
 
-def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_hop_costs_what_docs_sphinx_md_says(
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
     calls: dict[str, int] = {}
     for name in ("x25519", "blake2b", "chacha20_stream", "chacha20_xor"):
@@ -529,13 +579,27 @@ def test_a_hop_costs_what_docs_sphinx_md_says(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(crypto, name, counted)
     forward = process_packet(params, KEYS[0][1], packet)
     assert isinstance(forward, ForwardHop)
-    # A forward hop: 2 X25519; 6 small BLAKE2b and 2 keystreams (240-byte header stream, 192-byte
-    # payload key); LIONESS adds 2 BLAKE2b and 2 ChaCha20 over the payload.
-    assert calls == {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    assert calls == HOP_COST[profile]
     calls.clear()
     assert isinstance(process_packet(params, KEYS[1][1], forward.packet), FinalDelivery)
-    # The exit blinds nothing: one X25519 and one BLAKE2b fewer.
-    assert calls == {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    assert calls == EXIT_COST[profile]
+
+
+# What docs/sphinx.md ("Cost") says a hop costs, in calls of each primitive.
+HOP_COST = {
+    # v1: 2 X25519; 6 small BLAKE2b and 2 keystreams (240-byte header stream, 192-byte payload
+    # key); LIONESS adds 2 BLAKE2b and 2 ChaCha20 over the payload.
+    Profile.V1: {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2},
+    # kem1: 1 X25519; 2 BLAKE2b (mu || rho, the MAC) and one ChaCha20 over 00*224 || beta || 00*72
+    # (payload key, replay tag, decrypted routing information); LIONESS as above.
+    Profile.KEM1: {"x25519": 1, "blake2b": 2 + 2, "chacha20_xor": 1 + 2},
+}
+EXIT_COST = {
+    # v1's exit blinds nothing: one X25519 and one BLAKE2b fewer.
+    Profile.V1: {"x25519": 1, "blake2b": 5 + 2, "chacha20_stream": 2, "chacha20_xor": 2},
+    # kem1's exit costs what its forward hop does.
+    Profile.KEM1: HOP_COST[Profile.KEM1],
+}
 
 
 def _count_crypto(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -563,9 +627,10 @@ def epoch_packet(params: SphinxParams, public_key: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("position", [0, 1, 2])
+@WIRE
 def test_the_key_that_opens_a_packet_is_found_at_any_position_and_its_epoch_returned(
-        position: int) -> None:
-    params = SphinxParams()
+        profile: Profile, position: int) -> None:
+    params = SphinxParams(profile=profile)
     epoch, (public, private_key) = EPOCH_KEYS[position]
     packet = epoch_packet(params, public)
     keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
@@ -575,9 +640,10 @@ def test_the_key_that_opens_a_packet_is_found_at_any_position_and_its_epoch_retu
     assert isinstance(result, ForwardHop) and result.next_hop == route(2)[1].node_id
 
 
+@WIRE
 def test_a_packet_for_a_key_the_node_does_not_hold_is_a_bad_mac_after_trying_every_key(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    params = SphinxParams()
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams(profile=profile)
     keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
     stranger = epoch_packet(params, crypto.x25519_keypair()[0])
     calls = _count_crypto(monkeypatch)
@@ -591,29 +657,33 @@ def test_a_packet_for_a_key_the_node_does_not_hold_is_a_bad_mac_after_trying_eve
     assert process_packet_keys(params, keys, epoch_packet(params, EPOCH_KEYS[2][1][0]))[0] == 42
 
 
+@WIRE
 def test_a_miss_costs_one_x25519_and_two_blake2b_on_top_of_the_hop(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    params = SphinxParams()
+        profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams(profile=profile)
     keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
     packets = [epoch_packet(params, public) for _, (public, _) in EPOCH_KEYS]
     calls = _count_crypto(monkeypatch)
     process_packet_keys(params, keys, packets[0])
     hit = dict(calls)
-    assert hit == {"x25519": 2, "blake2b": 6 + 2, "chacha20_stream": 2, "chacha20_xor": 2}
+    assert hit == HOP_COST[profile]
     for misses, packet in ((1, packets[1]), (2, packets[2])):
         calls.clear()
         process_packet_keys(params, keys, packet)
-        assert calls == {**hit, "x25519": 2 + misses, "blake2b": 8 + 2 * misses}
+        assert calls == {**hit, "x25519": hit["x25519"] + misses,
+                         "blake2b": hit["blake2b"] + 2 * misses}
 
 
 @pytest.mark.parametrize("reason", [DropReason.WRONG_SIZE, DropReason.BAD_VERSION,
                                     DropReason.BAD_POINT])
+@WIRE
 def test_a_failure_that_does_not_depend_on_the_key_stops_before_the_next_key(
-        reason: DropReason, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = SphinxParams()
+        profile: Profile, reason: DropReason, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SphinxParams(profile=profile)
     keys = [(e, k) for e, (_, k) in EPOCH_KEYS]
     packet = epoch_packet(params, EPOCH_KEYS[2][1][0])
-    bad = {DropReason.WRONG_SIZE: packet[:-1], DropReason.BAD_VERSION: b"\x02" + packet[1:],
+    bad = {DropReason.WRONG_SIZE: packet[:-1],
+           DropReason.BAD_VERSION: OTHER_VERSION[profile] + packet[1:],
            DropReason.BAD_POINT: packet[:1] + bytes(32) + packet[33:]}[reason]
     calls = _count_crypto(monkeypatch)
     with pytest.raises(InvalidPacket) as err:
@@ -624,8 +694,9 @@ def test_a_failure_that_does_not_depend_on_the_key_stops_before_the_next_key(
     assert process_packet_keys(params, keys, packet)[0] == 42  # the control
 
 
-def test_no_keys_or_a_malformed_key_is_local_misuse() -> None:
-    params = SphinxParams()
+@WIRE
+def test_no_keys_or_a_malformed_key_is_local_misuse(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     packet = epoch_packet(params, EPOCH_KEYS[0][1][0])
     for keys in ([], (), [(41, EPOCH_KEYS[0][1][1]), (40, b"short")]):
         with pytest.raises(LocalMisuse) as err:
@@ -634,8 +705,9 @@ def test_no_keys_or_a_malformed_key_is_local_misuse() -> None:
     assert process_packet_keys(params, [(41, memoryview(EPOCH_KEYS[0][1][1]))], packet)[0] == 41
 
 
-def test_a_bytearray_key_is_used_in_place_so_zeroing_it_retires_it() -> None:
-    params = SphinxParams()
+@WIRE
+def test_a_bytearray_key_is_used_in_place_so_zeroing_it_retires_it(profile: Profile) -> None:
+    params = SphinxParams(profile=profile)
     public, private_key = EPOCH_KEYS[0][1]
     packet = epoch_packet(params, public)
     key = bytearray(private_key)

@@ -1,4 +1,5 @@
-"""The smc0 profile reproduces every third-party vector; v1 reproduces our published vectors."""
+"""The smc0 profile reproduces every third-party vector; v1 and kem1 reproduce our published
+vectors."""
 
 from __future__ import annotations
 
@@ -111,20 +112,38 @@ def test_the_smc0_surb_reply_matches_at_the_check_hop_and_decrypts() -> None:
     assert open_surb_reply(SMC0_PARAMS, keys, result.payload) == h(v["reply_message_hex"])
 
 
-V1 = json.loads((VECTORS / "zmix_v1.json").read_text())
-V1_PARAMS = SphinxParams()
+# Our own vectors, one file per wire profile (tests/vectors/README.md).
+OURS = {p: json.loads((VECTORS / f"zmix_{p.value}.json").read_text())
+        for p in (Profile.V1, Profile.KEM1)}
+WIRE = pytest.mark.parametrize("profile", [Profile.V1, Profile.KEM1], ids=["v1", "kem1"])
 
 
-def test_the_v1_vectors_are_what_the_generator_produces() -> None:
-    assert generate() == V1
+@WIRE
+def test_our_vectors_are_what_the_generator_produces(profile: Profile) -> None:
+    assert generate(profile) == OURS[profile]
+    assert OURS[profile]["profile"] == profile.value
 
 
+def test_the_v1_and_kem1_vectors_share_their_nodes_and_nothing_else() -> None:
+    v1, kem1 = OURS[Profile.V1], OURS[Profile.KEM1]
+    assert v1["nodes"] == kem1["nodes"] and v1["seed"] == kem1["seed"]
+    for case in ("forward_5", "forward_3", "surb"):
+        assert v1[case]["route"] == kem1[case]["route"]
+        assert v1[case]["hops"][0]["packet"] != kem1[case]["hops"][0]["packet"]
+        assert v1[case]["hops"][0]["packet"][:2] == "01"
+        assert kem1[case]["hops"][0]["packet"][:2] == "02"
+
+
+@WIRE
 @pytest.mark.parametrize("case", ["forward_5", "forward_3", "surb"])
-def test_every_v1_vector_hop_processes_to_the_published_next_packet(case: str) -> None:
-    keys = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}
-    hops: list[dict[str, Any]] = V1[case]["hops"]
+def test_every_vector_hop_processes_to_the_published_next_packet(profile: Profile,
+                                                                 case: str) -> None:
+    vectors, params = OURS[profile], SphinxParams(profile=profile)
+    keys = {n["id"]: h(n["private_key"]) for n in vectors["nodes"]}
+    hops: list[dict[str, Any]] = vectors[case]["hops"]
     for current, following in zip(hops, [*hops[1:], None], strict=True):
-        result = process_packet(V1_PARAMS, keys[current["node"]], h(current["packet"]))
+        assert len(h(current["packet"])) == params.packet_length
+        result = process_packet(params, keys[current["node"]], h(current["packet"]))
         assert result.replay_tag.hex() == current["replay_tag"]
         assert result.delay_us == current["delay_us"]
         if following is None:
@@ -135,16 +154,17 @@ def test_every_v1_vector_hop_processes_to_the_published_next_packet(case: str) -
             assert result.next_hop.hex() == following["node"]
 
 
-def test_the_v1_surb_vector_opens_to_its_reply() -> None:
-    v = V1["surb"]
-    assert Surb.from_bytes(V1_PARAMS, h(v["surb"])).to_bytes() == h(v["surb"])
+@WIRE
+def test_the_surb_vector_opens_to_its_reply(profile: Profile) -> None:
+    v, params = OURS[profile]["surb"], SphinxParams(profile=profile)
+    assert Surb.from_bytes(params, h(v["surb"])).to_bytes() == h(v["surb"])
     keys = SurbKeys.from_bytes(h(v["keys"]))
-    assert open_surb_reply(V1_PARAMS, keys, h(v["hops"][-1]["payload"])) == h(v["reply"])
+    assert open_surb_reply(params, keys, h(v["hops"][-1]["payload"])) == h(v["reply"])
 
 
-def _rng_at(offset: int) -> Any:
+def _rng_at(profile: Profile, offset: int) -> Any:
     """docs/sphinx.md's rng, from the JSON alone: the seed's ChaCha20 keystream from ``offset``."""
-    stream, position = crypto.chacha20_stream(h(V1["seed"]), 65536), [offset]
+    stream, position = crypto.chacha20_stream(h(OURS[profile]["seed"]), 65536), [offset]
 
     def rng(n: int) -> bytes:
         position[0] += n
@@ -152,46 +172,52 @@ def _rng_at(offset: int) -> Any:
     return rng
 
 
-def _json_route(case: dict[str, Any]) -> list[Hop]:
-    public = {n["id"]: h(n["public_key"]) for n in V1["nodes"]}
+def _json_route(profile: Profile, case: dict[str, Any]) -> list[Hop]:
+    public = {n["id"]: h(n["public_key"]) for n in OURS[profile]["nodes"]}
     return [Hop(h(i), public[i], d)
             for i, d in zip(case["route"], case["route_delays_us"], strict=True)]
 
 
-def test_the_v1_nodes_are_the_first_draws_of_the_seeded_stream() -> None:
-    rng = _rng_at(0)
-    for node in V1["nodes"]:
+@WIRE
+def test_the_nodes_are_the_first_draws_of_the_seeded_stream(profile: Profile) -> None:
+    rng = _rng_at(profile, 0)
+    for node in OURS[profile]["nodes"]:
         private = crypto.clamp(rng(32))
         assert node["private_key"] == private.hex()
         assert node["public_key"] == crypto.x25519_base(private).hex()
 
 
+@WIRE
 @pytest.mark.parametrize("case", ["forward_5", "forward_3"])
-def test_each_v1_forward_vector_is_rebuilt_from_the_inputs_in_its_json(case: str) -> None:
-    v = V1[case]
-    packet = create_forward_packet(V1_PARAMS, _json_route(v), h(v["recipient"]), h(v["message"]),
-                                   _rng_at(v["rng_offset"]))
+def test_each_forward_vector_is_rebuilt_from_the_inputs_in_its_json(profile: Profile,
+                                                                    case: str) -> None:
+    vectors, params = OURS[profile], SphinxParams(profile=profile)
+    v = vectors[case]
+    packet = create_forward_packet(params, _json_route(profile, v), h(v["recipient"]),
+                                   h(v["message"]), _rng_at(profile, v["rng_offset"]))
     assert packet.hex() == v["hops"][0]["packet"] and v["hops"][0]["node"] == v["route"][0]
     assert [hop["node"] for hop in v["hops"]] == v["route"]
     assert [hop["delay_us"] for hop in v["hops"]] == v["route_delays_us"]
-    keys = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}
-    final = process_packet(V1_PARAMS, keys[v["route"][-1]], h(v["hops"][-1]["packet"]))
+    keys = {n["id"]: h(n["private_key"]) for n in vectors["nodes"]}
+    final = process_packet(params, keys[v["route"][-1]], h(v["hops"][-1]["packet"]))
     assert isinstance(final, FinalDelivery)
     assert final.recipient.hex() == v["recipient"] and final.message.hex() == v["message"]
 
 
-def test_the_v1_surb_vector_is_rebuilt_from_the_inputs_in_its_json() -> None:
-    v = V1["surb"]
-    surb, keys = create_surb(V1_PARAMS, _json_route(v), h(v["recipient"]), h(v["surb_id"]),
-                             _rng_at(v["rng_offset"]))
+@WIRE
+def test_the_surb_vector_is_rebuilt_from_the_inputs_in_its_json(profile: Profile) -> None:
+    vectors, params = OURS[profile], SphinxParams(profile=profile)
+    v = vectors["surb"]
+    surb, keys = create_surb(params, _json_route(profile, v), h(v["recipient"]),
+                             h(v["surb_id"]), _rng_at(profile, v["rng_offset"]))
     assert surb.to_bytes().hex() == v["surb"] and keys.to_bytes().hex() == v["keys"]
-    first, packet = answer_surb(V1_PARAMS, surb, h(v["reply"]))
+    first, packet = answer_surb(params, surb, h(v["reply"]))
     assert first.hex() == v["route"][0] and packet.hex() == v["hops"][0]["packet"]
     assert [hop["node"] for hop in v["hops"]] == v["route"]
     assert [hop["delay_us"] for hop in v["hops"]] == v["route_delays_us"]
     last = v["hops"][-1]
-    private = {n["id"]: h(n["private_key"]) for n in V1["nodes"]}[last["node"]]
-    reply = process_packet(V1_PARAMS, private, h(last["packet"]))
+    private = {n["id"]: h(n["private_key"]) for n in vectors["nodes"]}[last["node"]]
+    reply = process_packet(params, private, h(last["packet"]))
     assert isinstance(reply, SurbReply)
     assert reply.recipient.hex() == v["recipient"] and reply.surb_id.hex() == v["surb_id"]
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from zmix.epochs import EpochParams
 from zmix.errors import ConfigError, LocalMisuse
+from zmix.sphinx import Profile, SphinxParams
 from zmix.topology import (
     AuthoritySpec,
     LoopixParams,
@@ -126,12 +127,27 @@ def test_nodes_get_their_role_and_layer() -> None:
 
 def test_defaults_apply_when_sections_are_left_out(tmp_path: Path) -> None:
     topo = load_topology(write(tmp_path, MINIMAL))
+    assert topo.sphinx == SphinxParams() and topo.sphinx.profile is Profile.V1
     assert topo.loopix == LoopixParams()
     assert topo.mailbox == MailboxParams()
     assert topo.runtime == NodeParams()
     assert topo.clients == ()
     assert topo.node("p").port == 31000 and topo.node("a").port == 31001
     assert topo.node("a").host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("line", "profile"), [("sphinx: {profile: v1}\n", Profile.V1),
+                                               ("sphinx: {profile: kem1}\n", Profile.KEM1),
+                                               ("sphinx: {profile: null}\n", Profile.V1),
+                                               ("sphinx: {max_hops: 6}\n", Profile.V1)])
+def test_sphinx_profile_selects_the_packet_format_and_defaults_to_v1(
+        tmp_path: Path, line: str, profile: Profile) -> None:
+    topo = load_topology(write(tmp_path, MINIMAL + line))
+    assert topo.sphinx.profile is profile
+    hops = 6 if "max_hops" in line else 5
+    assert topo.sphinx == SphinxParams(max_hops=hops, profile=profile)
+    # the geometry follows the profile: a kem1 header is 32 bytes a hop longer
+    assert topo.sphinx.header_length == 1 + 32 + (72 if profile is Profile.KEM1 else 40) * hops + 16
 
 
 # ---------------------------------------------------------------------------- ids
@@ -275,6 +291,14 @@ BROKEN: list[tuple[str, str, str, str]] = [
      "3 layers make routes of 5 hops, more than sphinx.max_hops (4)"),
     ("max-hops-too-small", MINIMAL + "sphinx: {max_hops: 2}\n", "sphinx.max_hops",
      "must be an integer from 3 to 16"),
+    ("unknown-sphinx-profile", MINIMAL + "sphinx: {profile: v2}\n", "sphinx.profile",
+     "must be one of v1, kem1, got 'v2'"),
+    ("tests-only-sphinx-profile", MINIMAL + "sphinx: {profile: smc0}\n", "sphinx.profile",
+     "must be one of v1, kem1, got 'smc0'"),
+    ("sphinx-profile-in-capitals", MINIMAL + "sphinx: {profile: KEM1}\n", "sphinx.profile",
+     "must be one of v1, kem1, got 'KEM1'"),
+    ("sphinx-profile-a-number", MINIMAL + "sphinx: {profile: 1}\n", "sphinx.profile",
+     "must be one of v1, kem1, got 1"),
     ("bad-node-name", HEAD + "providers: ['p 1']\nlayers: [[a]]\n", "providers[0].name",
      "must be a name of 1-64 letters, digits"),
     ("bad-network-name", "network: zmix/evil\nproviders: [p]\nlayers: [[a]]\n", "network",
@@ -449,7 +473,8 @@ def test_an_empty_list_for_a_section_is_refused(tmp_path: Path, section: str) ->
 
 KEYS = ["network", "sphinx", "loopix", "mailbox", "node", "defaults", "providers", "layers",
         "clients", "name", "host", "port", "workers", "metrics_port", "provider", "max_hops",
-        "payload_length", "mean_delay", "payload_rate", "max_delay", "quota", "base_port"]
+        "payload_length", "profile", "mean_delay", "payload_rate", "max_delay", "quota",
+        "base_port"]
 
 # Integers reach beyond float range, where float() raises OverflowError.
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)

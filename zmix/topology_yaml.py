@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from zmix.epochs import MIN_LENGTH, EpochParams
 from zmix.errors import ConfigError, LocalMisuse
 from zmix.pki import MAX_EPOCH
-from zmix.sphinx import SphinxParams
+from zmix.sphinx import Profile, SphinxParams
 from zmix.topology import (
     MAX_DELAY,
     MAX_RATE,
@@ -156,9 +156,21 @@ NO_AUTHORITY = ("is required: every network runs at least one directory authorit
 def _sphinx(path: str, top: _Reader) -> SphinxParams:
     r = top.section("sphinx")
     params = SphinxParams(max_hops=r.get("max_hops", _int_range(3, 16), 5),
-                          payload_length=r.get("payload_length", _int_range(512, 1 << 20), 2048))
+                          payload_length=r.get("payload_length", _int_range(512, 1 << 20), 2048),
+                          profile=r.get("profile", _wire_profile, Profile.V1))
     r.finish()
     return params
+
+
+# The Sphinx profiles a network can run on; smc0 (tests only) is not one of them.
+WIRE_PROFILES = (Profile.V1, Profile.KEM1)
+
+
+def _wire_profile(key: str, value: object) -> Profile:
+    names = [p.value for p in WIRE_PROFILES]
+    if not isinstance(value, str) or value not in names:
+        raise ConfigError("", key, f"must be one of {', '.join(names)}, got {value!r}")
+    return Profile(value)
 
 
 def _loopix(path: str, top: _Reader) -> LoopixParams:

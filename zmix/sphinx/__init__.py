@@ -1,4 +1,5 @@
-"""The Sphinx packet format: one construction, profiles ``v1`` (the wire) and ``smc0`` (tests).
+"""The Sphinx packet format: one construction, wire profiles ``v1`` (the default) and ``kem1``
+(one X25519 a hop), and ``smc0`` (tests only); ``SphinxParams.profile`` chooses.
 
 See docs/sphinx.md for the byte layout and docs/architecture.md for how nodes and clients use it.
 """

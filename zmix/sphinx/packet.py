@@ -1,9 +1,10 @@
-"""The Sphinx construction, written once for both profiles: create, process, SURBs.
+"""The Sphinx construction, written once for every profile: create, process, SURBs.
 
 Notation follows the Sphinx paper: a route of v hops (v <= r), the sender's ephemeral scalar x, at
 hop i the group element alpha_i, the shared secret s_i and the blinding factor b_i; beta is the
-encrypted routing information, gamma its MAC, delta the LIONESS-encrypted payload. docs/sphinx.md
-gives the v1 bytes.
+encrypted routing information, gamma its MAC, delta the LIONESS-encrypted payload. kem1 replaces
+the one scalar x and the blinding chain by a fresh scalar e_i per hop: alpha_i = X(e_i, G), and
+hop i's routing slot carries alpha_{i+1}. docs/sphinx.md gives the v1 and kem1 bytes.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from dataclasses import dataclass
 from zmix import crypto
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.sphinx import lioness
+from zmix.sphinx.lioness import KEY_BYTES as LIONESS_KEY_BYTES
 from zmix.sphinx.params import ALPHA_BYTES, GAMMA_BYTES, ID_BYTES, KEY_BYTES, Profile, SphinxParams
 from zmix.sphinx.profiles import (
     CMD_DELIVER,
     CMD_FORWARD,
     CMD_SURB_REPLY,
+    KEM1,
+    KEM1_STREAM_OFFSET,
+    KEM1_VERSION,
     V1_VERSION,
     ProfileImpl,
     RandomBytes,
     Routing,
     implementation,
+    kem1_slot,
 )
 
 MAX_DELAY_US = 2**32 - 1  # a delay travels as a u32 of microseconds (about 71 minutes)
@@ -88,7 +94,8 @@ class Surb:
         if len(data) != params.surb_length:
             raise InvalidPacket(DropReason.WRONG_SIZE)
         header = data[ID_BYTES:ID_BYTES + params.header_length]
-        if params.profile is Profile.V1 and header[0] != V1_VERSION:
+        version = _VERSIONS[params.profile]
+        if version and header[0] != version[0]:
             raise InvalidPacket(DropReason.BAD_VERSION)
         return cls(data[:ID_BYTES], header, data[ID_BYTES + params.header_length:])
 
@@ -165,11 +172,12 @@ def _small_order(node_id: bytes) -> LocalMisuse:
 def _check_recipient(params: SphinxParams, recipient: object, *, surb: bool = False) -> bytes:
     """Return the recipient id as bytes; raises LocalMisuse if it cannot be carried as it is.
 
-    v1 carries exactly 16 bytes. smc0 (tests only) carries the vectors' ids: a forward recipient
-    of 1..16 bytes (max_message_length counts 16), a SURB recipient as a length byte n and n bytes
-    (n <= 31: with 16-byte k, the last hop's slot of a full route holds 48 bytes, 16 for the id).
+    v1 and kem1 carry exactly 16 bytes. smc0 (tests only) carries the vectors' ids: a forward
+    recipient of 1..16 bytes (max_message_length counts 16), a SURB recipient as a length byte n
+    and n bytes (n <= 31: with 16-byte k, the last hop's slot of a full route holds 48 bytes, 16
+    for the id).
     """
-    if params.profile is Profile.V1:
+    if params.profile is not Profile.SMC0:
         return _sized("a recipient id", recipient, ID_BYTES)
     data = _as_bytes("a recipient id", recipient)
     if surb and not (data and data[0] <= 31 and len(data) == data[0] + 1):
@@ -199,11 +207,25 @@ def _secrets(impl: ProfileImpl, route: Sequence[Hop], x: bytes) -> tuple[list[by
     return alphas, secrets
 
 
+def _kem_secrets(route: Sequence[Hop], scalars: Sequence[bytes],
+                 ) -> tuple[list[bytes], list[bytes]]:
+    """kem1: return (alphas, shared secrets), ``alpha_i = X(e_i, G)`` and ``s_i = X(e_i, y_i)``
+    for the fresh scalar ``e_i`` of each hop; no hop's secret depends on another's."""
+    alphas, secrets = [], []
+    for e, hop in zip(scalars, route, strict=True):
+        try:
+            secrets.append(crypto.x25519(e, hop.public_key))
+        except crypto.LowOrderPoint:  # as in _secrets
+            raise _small_order(hop.node_id) from None
+        alphas.append(crypto.x25519_base(e))
+    return alphas, secrets
+
+
 def _filler(params: SphinxParams, impl: ProfileImpl, secrets: Sequence[bytes]) -> bytes:
     c, total = params.slot_length, params.stream_length
     phi = b""
     for i in range(1, len(secrets)):
-        stream = crypto.chacha20_stream(impl.stream_key(secrets[i - 1]), total)
+        stream = impl.header_stream(secrets[i - 1], total)
         phi = crypto.xor(phi + bytes(c), stream[total - i * c:])
     return phi
 
@@ -215,24 +237,30 @@ def _header(params: SphinxParams, route: Sequence[Hop], final: Routing,
     ``route`` has been checked by _check_route.
     """
     impl = implementation(params)
-    x = crypto.clamp(random_bytes(32))
-    region = impl.final_region(params, len(route), final, random_bytes)
-    alphas, secrets = _secrets(impl, route, x)
+    if params.profile is Profile.KEM1:  # one scalar per hop, drawn in route order
+        scalars = [crypto.clamp(random_bytes(32)) for _ in route]
+        region = impl.final_region(params, len(route), final, random_bytes)
+        alphas, secrets = _kem_secrets(route, scalars)
+    else:
+        x = crypto.clamp(random_bytes(32))
+        region = impl.final_region(params, len(route), final, random_bytes)
+        alphas, secrets = _secrets(impl, route, x)
     v, c, beta_len = len(route), params.slot_length, params.beta_length
-    last_stream = crypto.chacha20_stream(impl.stream_key(secrets[-1]), params.stream_length)
+    last_stream = impl.header_stream(secrets[-1], params.stream_length)
     beta = crypto.xor(region, last_stream[:len(region)]) + _filler(params, impl, secrets)
-    prefix = _version(params)
+    prefix = _VERSIONS[params.profile]
     gamma = impl.mac(impl.mac_key(secrets[-1]), prefix + alphas[-1] + beta)
     for i in range(v - 2, -1, -1):
-        slot = impl.forward_slot(route[i + 1].node_id, route[i].delay_us, gamma)
-        stream = crypto.chacha20_stream(impl.stream_key(secrets[i]), beta_len)
+        slot = impl.forward_slot(route[i + 1].node_id, route[i].delay_us, gamma, alphas[i + 1])
+        stream = impl.header_stream(secrets[i], beta_len)
         beta = crypto.xor(slot + beta[:beta_len - c], stream)
         gamma = impl.mac(impl.mac_key(secrets[i]), prefix + alphas[i] + beta)
     return prefix + alphas[0] + beta + gamma, secrets
 
 
-def _version(params: SphinxParams) -> bytes:
-    return bytes([V1_VERSION]) if params.profile is Profile.V1 else b""
+# The version byte that starts a header (smc0 has none).
+_VERSIONS = {Profile.V1: bytes([V1_VERSION]), Profile.KEM1: bytes([KEM1_VERSION]),
+             Profile.SMC0: b""}
 
 
 def _encrypt_payload(impl: ProfileImpl, secrets: Sequence[bytes], body: bytes) -> bytes:
@@ -339,21 +367,25 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | 
         packet = _as_bytes("a packet", packet)
     if len(packet) != params.packet_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
-    start = 0
-    if params.profile is Profile.V1:
-        if packet[0] != V1_VERSION:
-            raise InvalidPacket(DropReason.BAD_VERSION)
-        start = 1
+    version = _VERSIONS[params.profile]
+    start = len(version)
+    if start and packet[0] != version[0]:
+        raise InvalidPacket(DropReason.BAD_VERSION)
     impl = implementation(params)
     beta_end = start + ALPHA_BYTES + params.beta_length
     alpha = packet[start:start + ALPHA_BYTES]
     header, gamma = packet[:beta_end], packet[beta_end:beta_end + GAMMA_BYTES]
+    kem1 = impl is KEM1
     for epoch, key in keys:
         try:
             s = crypto.x25519(key, alpha)
         except crypto.LowOrderPoint:  # all zeros under every key: the sender's doing
             raise InvalidPacket(DropReason.BAD_POINT) from None
-        if crypto.equal(impl.mac(impl.mac_key(s), header), gamma):
+        if kem1:  # mu and rho come out of one BLAKE2b: keep rho for the unwrap
+            hop_keys = KEM1.hop_keys(s)
+            if crypto.equal(crypto.blake2b(header, size=GAMMA_BYTES, key=hop_keys[:32]), gamma):
+                return epoch, _unwrap_kem1(params, packet, hop_keys[32:])
+        elif crypto.equal(impl.mac(impl.mac_key(s), header), gamma):
             return epoch, _unwrap(params, impl, packet, start, alpha, s)
     raise InvalidPacket(DropReason.BAD_MAC)
 
@@ -389,3 +421,25 @@ def _unwrap(params: SphinxParams, impl: ProfileImpl, packet: bytes, start: int, 
         return SurbReply(routing.node_id, routing.extra, routing.delay_us, payload, tag)
     recipient, message = impl.open_final(params, routing, payload)
     return FinalDelivery(recipient, routing.delay_us, message, tag)
+
+
+_KEM1_HEAD = bytes(KEM1_STREAM_OFFSET)  # where the payload key and the replay tag come out
+
+
+def _unwrap_kem1(params: SphinxParams, packet: bytes,
+                 rho: bytes) -> ForwardHop | FinalDelivery | SurbReply:
+    """kem1's _unwrap, given the hop's stream key ``rho``: one ChaCha20 call over
+    ``00*224 || beta || 00*c`` gives the payload key, the replay tag and the decrypted routing
+    information at once, and the next alpha comes out of the slot (no blinding, no X25519)."""
+    c = params.slot_length
+    beta_end = 1 + ALPHA_BYTES + params.beta_length
+    out = crypto.chacha20_xor(rho, _KEM1_HEAD + packet[1 + ALPHA_BYTES:beta_end] + bytes(c))
+    tag, b = out[LIONESS_KEY_BYTES:KEM1_STREAM_OFFSET], out[KEM1_STREAM_OFFSET:]
+    command, node_id, delay_us, extra, next_alpha = kem1_slot(b)
+    payload = lioness.decrypt(out[:LIONESS_KEY_BYTES], packet[beta_end + GAMMA_BYTES:])
+    if command == CMD_FORWARD:
+        return ForwardHop(node_id, delay_us, packet[:1] + next_alpha + b[c:] + extra + payload,
+                          tag)
+    if command == CMD_SURB_REPLY:
+        return SurbReply(node_id, extra, delay_us, payload, tag)
+    return FinalDelivery(node_id, delay_us, KEM1.open_reply(params, payload), tag)

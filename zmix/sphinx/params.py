@@ -16,6 +16,8 @@ KEY_BYTES = 32  # a SURB's ktilde, a hop's shared secret
 # v1 routing command slot: command (1) | id (16) | delay_us (4) | gamma or SURB id (16) | zero (3)
 V1_SLOT_BYTES = 40
 V1_LENGTH_BYTES = 4  # u32 message length after the tag
+# kem1 routing command slot: v1's first 37 bytes | next alpha (32) | zero (3)
+KEM1_SLOT_BYTES = 72
 
 # Allowed geometry (docs/sphinx.md, "Geometry"). A payload must hold the 20-byte v1 head and more;
 # 1 MiB and 32 hops bound the memory and the per-hop work a topology file can ask for.
@@ -34,6 +36,7 @@ class Profile(enum.Enum):
     """Which Sphinx construction a network uses."""
 
     V1 = "v1"  # the zmix wire format (docs/sphinx.md)
+    KEM1 = "kem1"  # the KEM wire format: one X25519 per hop, no blinding (docs/sphinx.md)
     SMC0 = "smc0"  # byte-exact with sphinxmixcrypto; tests only, never on the wire
 
 
@@ -71,10 +74,12 @@ class SphinxParams:
             raise LocalMisuse(f"profile must be a Profile, got {self.profile!r}")
         if self.profile is Profile.SMC0 and self.payload_length > 65535:
             raise LocalMisuse("smc0 payloads are at most 65535 bytes")
-        v1 = self.profile is Profile.V1
-        slot = V1_SLOT_BYTES if v1 else 2 * SMC0_K
-        beta = self.max_hops * V1_SLOT_BYTES if v1 else (2 * self.max_hops + 1) * SMC0_K
-        header = (1 if v1 else 0) + ALPHA_BYTES + beta + GAMMA_BYTES
+        if self.profile is Profile.SMC0:
+            slot, beta, version = 2 * SMC0_K, (2 * self.max_hops + 1) * SMC0_K, 0
+        else:  # v1 and kem1: a version byte and r slots; kem1's carry the next alpha too
+            slot = V1_SLOT_BYTES if self.profile is Profile.V1 else KEM1_SLOT_BYTES
+            beta, version = self.max_hops * slot, 1
+        header = version + ALPHA_BYTES + beta + GAMMA_BYTES
         for name, value in (("slot_length", slot), ("beta_length", beta),
                             ("stream_length", beta + slot), ("header_length", header),
                             ("packet_length", header + self.payload_length)):
@@ -83,14 +88,14 @@ class SphinxParams:
     @property
     def max_message_length(self) -> int:
         """Bytes a forward packet can deliver."""
-        if self.profile is Profile.V1:
+        if self.profile is not Profile.SMC0:  # v1 and kem1 share the body layout
             return self.payload_length - TAG_BYTES - V1_LENGTH_BYTES
         return self.payload_length - TAG_BYTES - 1 - ID_BYTES - 2
 
     @property
     def max_reply_length(self) -> int:
         """Bytes a SURB reply can carry."""
-        if self.profile is Profile.V1:
+        if self.profile is not Profile.SMC0:
             return self.payload_length - TAG_BYTES - V1_LENGTH_BYTES
         return self.payload_length - TAG_BYTES - 2
 

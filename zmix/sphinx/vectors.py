@@ -1,4 +1,6 @@
-"""Deterministic v1 test vectors: ``python -m zmix.sphinx.vectors > tests/vectors/zmix_v1.json``.
+"""Deterministic test vectors of the wire profiles:
+``python -m zmix.sphinx.vectors > tests/vectors/zmix_v1.json`` and
+``python -m zmix.sphinx.vectors kem1 > tests/vectors/zmix_kem1.json``.
 
 Every random byte comes from :class:`SeededRandom`, a ChaCha20 keystream of a 32-byte seed with
 the zero nonce, consumed in order (the same convention as the sphinxmixcrypto vectors), so any
@@ -21,7 +23,7 @@ from zmix.sphinx.packet import (
     create_surb,
     process_packet,
 )
-from zmix.sphinx.params import SphinxParams
+from zmix.sphinx.params import Profile, SphinxParams
 
 SEED = bytes(range(32))
 
@@ -84,19 +86,26 @@ def _inputs(route: list[Hop], recipient: bytes, offset: int) -> dict[str, Any]:
             "route_delays_us": [h.delay_us for h in route], "recipient": recipient.hex()}
 
 
-def generate() -> dict[str, Any]:
-    """Return the v1 vectors: a 5-hop forward packet, a 3-hop one, and a SURB reply.
+WIRE_PROFILES = (Profile.V1, Profile.KEM1)
+
+
+def generate(profile: Profile = Profile.V1) -> dict[str, Any]:
+    """Return the vectors of ``profile`` (v1 or kem1): a 5-hop forward packet, a 3-hop one, and
+    a SURB reply.
 
     Each case carries its inputs (route, delays, recipient, message or SURB id and reply, and
-    where in the seeded stream it starts), then the packet arriving at every hop.
+    where in the seeded stream it starts), then the packet arriving at every hop. Both profiles
+    use the same seed, so their nodes are the same.
     """
-    params = SphinxParams()
+    params = SphinxParams(profile=profile)
     rng = SeededRandom(SEED)
     nodes = _nodes(rng, 5)
     route = [Hop(bytes.fromhex(n["id"]), bytes.fromhex(n["public_key"]), 1000 * (i + 1))
              for i, n in enumerate(nodes)]
     recipient, surb_id = bytes([0xAA]) * 16, bytes([0xBB]) * 16
-    message, reply_message = b"zmix v1 test vector: forward", b"zmix v1 test vector: reply"
+    label = profile.value.encode()
+    message = b"zmix " + label + b" test vector: forward"
+    reply_message = b"zmix " + label + b" test vector: reply"
     cases: dict[str, Any] = {}
     for name, hops in (("forward_5", route), ("forward_3", route[:3])):
         cases[name] = _inputs(hops, recipient, rng.position) | {"message": message.hex()}
@@ -107,14 +116,26 @@ def generate() -> dict[str, Any]:
     first, reply = answer_surb(params, surb, reply_message)
     cases["surb"] |= {"surb": surb.to_bytes().hex(), "keys": keys.to_bytes().hex(),
                       "reply": reply_message.hex(), "hops": _walk(params, nodes, first, reply)}
-    return {
-        "profile": "v1", "max_hops": params.max_hops, "payload_length": params.payload_length,
-        "seed": SEED.hex(), "rng": RNG_TEXT, "nodes": nodes,
-        "recipient": recipient.hex(), "message": message.hex(),  # forward_5's, as in version 1
-        **cases,
+    head: dict[str, Any] = {
+        "profile": profile.value, "max_hops": params.max_hops,
+        "payload_length": params.payload_length, "seed": SEED.hex(), "rng": RNG_TEXT,
+        "nodes": nodes,
     }
+    if profile is Profile.V1:  # forward_5's, as in the first version of zmix_v1.json
+        head |= {"recipient": recipient.hex(), "message": message.hex()}
+    return head | cases
+
+
+def main(argv: list[str]) -> int:
+    """Print the vectors of the profile named in ``argv`` (v1 when none is)."""
+    names = [p.value for p in WIRE_PROFILES]
+    if len(argv) > 1 or (argv and argv[0] not in names):
+        sys.stderr.write(f"usage: python -m zmix.sphinx.vectors [{' | '.join(names)}]\n")
+        return 2
+    json.dump(generate(Profile(argv[0]) if argv else Profile.V1), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
 
 
 if __name__ == "__main__":
-    json.dump(generate(), sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    sys.exit(main(sys.argv[1:]))
