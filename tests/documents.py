@@ -31,4 +31,4 @@ def document_for(topology: Topology, state: Path, now: float | None = None) -> D
     return Document(topology.network, epoch, start, start + int(epochs.length + epochs.grace),
                     int(epochs.length), int(epochs.origin), int(epochs.grace),
                     topology.sphinx.max_hops, topology.sphinx.payload_length, topology.loopix,
-                    tuple(entries))
+                    tuple(entries), topology.sphinx.profile)

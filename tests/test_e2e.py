@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from chain import stop_process
 from test_launch import start_up
 
 from zmix.bench.common import make_network
 from zmix.runtime import metrics
+from zmix.sphinx import Profile
+from zmix.topology_yaml import load_topology
 
 CLIENTS = {"alice": "provider-1", "bob": "provider-2", "carol": "provider-1"}
 
@@ -245,3 +248,19 @@ def test_the_readme_demo_sends_messages_and_shuts_down(tmp_path: Path) -> None:
     assert "ready" in done.stdout
     assert "from alice: hello bob, this is alice speaking through the mixnet" in done.stdout
     assert "zmix-up: stopped" in done.stdout
+
+
+@pytest.mark.slow  # about 35 s: the demo waits for a key epoch
+def test_the_readme_demo_runs_on_a_kem1_network_across_a_key_epoch(tmp_path: Path) -> None:
+    spec = yaml.safe_load((Path(__file__).parent.parent / "topologies" / "local.yaml")
+                          .read_text())
+    spec["sphinx"]["profile"] = "kem1"  # one scalar multiplication per hop (docs/sphinx.md)
+    topology = tmp_path / "kem1.yaml"
+    topology.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([sys.executable, "-m", "zmix.cli.up", str(topology), "--demo",
+                           "--state", str(tmp_path / "demo")], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "from alice: hello bob, this is alice speaking through the mixnet" in done.stdout
+    assert "this is alice again, in key epoch" in done.stdout  # under the next epoch's keys
+    assert load_topology(tmp_path / "demo" / "topology.yaml").sphinx.profile is Profile.KEM1

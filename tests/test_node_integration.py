@@ -64,7 +64,8 @@ def test_garbage_is_dropped_and_counted_while_good_packets_still_flow(chain: Cha
     chain.outbox.send(packet_head + good[:-1])  # a truncated packet
     # Right size and Sphinx version, junk after: refused at the MAC. (A wholly random packet
     # is refused at its version byte first; the wait below, silent on timeout, hid that.)
-    chain.outbox.send(packet_head + b"\x01" + crypto.random_bytes(params.packet_length - 1))
+    version = good[:1]  # the network's Sphinx version byte (v1 0x01, kem1 0x02)
+    chain.outbox.send(packet_head + version + crypto.random_bytes(params.packet_length - 1))
     chain.outbox.send(crypto.random_bytes(100))  # not a frame at all
     chain.outbox.send(b"\x09\x01" + good)  # an unknown wire version
     # A good packet with parts after it, twice: a frame is one part, so both are refused whole.

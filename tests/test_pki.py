@@ -39,7 +39,7 @@ from zmix.pki import (
     sign_document,
     verify_document,
 )
-from zmix.sphinx import SphinxParams
+from zmix.sphinx import Profile, SphinxParams
 from zmix.topology import LoopixParams, entity_id
 
 NET = "pkitest"
@@ -366,6 +366,26 @@ def test_the_document_body_is_canonical_json_of_the_documented_fields(body: byte
     assert obj["loopix"] == dataclasses.asdict(LOOPIX)
     assert sorted(obj["nodes"][0]) == ["curve_public", "host", "id", "identity_public", "layer",
                                        "name", "port", "role", "sphinx_keys"]
+
+
+def test_a_kem1_document_names_its_profile_and_a_v1_one_leaves_it_out(nodes: list[Node]
+                                                                    ) -> None:
+    blobs = [n.signed() for n in nodes]
+    kem1 = build_document(NET, EPOCH, blobs, {n.public for n in nodes}, timing=TIMING,
+                          sphinx=SphinxParams(5, 1024, Profile.KEM1), loopix=LOOPIX)[0]
+    encoded = encode_document(kem1)
+    assert json.loads(encoded)["sphinx"] == {"max_hops": 5, "payload_length": 1024,
+                                             "profile": "kem1"}
+    assert decode_document(encoded) == kem1 and kem1.sphinx.profile is Profile.KEM1
+    v1 = build([n.signed() for n in nodes], nodes)[0]  # the control: no profile written
+    assert "profile" not in json.loads(encode_document(v1))["sphinx"]
+    assert decode_document(encode_document(v1)).profile is Profile.V1
+    for written in ("v1", "smc0", "KEM1", 2, None):  # v1 is left out, never written
+        obj = json.loads(encoded)
+        obj["sphinx"]["profile"] = written
+        raw = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        with pytest.raises(InvalidDocument, match="document sphinx: profile must be one of"):
+            decode_document(raw)
 
 
 def test_a_signed_document_round_trips_through_its_one_blob_form(body: bytes) -> None:

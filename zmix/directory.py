@@ -28,7 +28,6 @@ from zmix.errors import ZmixError
 from zmix.keys import PublicIdentity
 from zmix.network import Network
 from zmix.pki import Document
-from zmix.sphinx import SphinxParams
 from zmix.topology import NodeSpec, Role, Topology
 
 
@@ -50,11 +49,12 @@ def network_from_document(document: Document, local: Topology,
     geometry or the key schedule differ from ``local``'s, or a layer of ``local`` has no
     mixnode in the document.
     """
-    sphinx = SphinxParams(document.max_hops, document.payload_length)
+    sphinx = document.sphinx
     if sphinx != local.sphinx:
-        raise UnusableDocument(f"the document of epoch {document.epoch} has packets of "
-                               f"{document.max_hops} hops and {document.payload_length}-byte "
-                               f"payloads, this process {local.sphinx.max_hops} and "
+        raise UnusableDocument(f"the document of epoch {document.epoch} has {sphinx.profile.value} "
+                               f"packets of {document.max_hops} hops and "
+                               f"{document.payload_length}-byte payloads, this process "
+                               f"{local.sphinx.profile.value}, {local.sphinx.max_hops} and "
                                f"{local.sphinx.payload_length}")
     mine = local.epoch
     if (document.epoch_length, document.epoch_origin, document.epoch_grace) != (

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from zmix import crypto
 from zmix.epochs import EpochParams
 from zmix.errors import LocalMisuse, ZmixError
-from zmix.sphinx import SphinxParams
+from zmix.sphinx import Profile, SphinxParams
 from zmix.topology import MAX_DELAY, MAX_RATE, LoopixParams, entity_id, valid_name
 
 __all__ = [
@@ -69,6 +69,8 @@ MAX_EPOCH = 2**48  # bounds every epoch number and unix time, far beyond any rea
 MAX_HOST = 253
 _SIGNATURE_RECORD = crypto.ED25519_PUBLIC_BYTES + crypto.SIGNATURE_BYTES
 ROLES = ("mixnode", "provider")
+
+WIRE_PROFILES = tuple(p for p in Profile if p is not Profile.SMC0)  # smc0: tests only
 
 
 class InvalidDocument(ZmixError):
@@ -389,6 +391,12 @@ class Document:
     payload_length: int
     loopix: LoopixParams
     nodes: tuple[NodeEntry, ...]
+    profile: Profile = Profile.V1  # the Sphinx profile (docs/sphinx.md); v1 is not written
+
+    @property
+    def sphinx(self) -> SphinxParams:
+        """The packet geometry and profile the document gives (LocalMisuse if unusable)."""
+        return SphinxParams(self.max_hops, self.payload_length, self.profile)
 
     def node(self, name: str) -> NodeEntry:
         """Return the entry of node ``name``; KeyError if the document has none."""
@@ -441,8 +449,10 @@ def document_problem(doc: Document) -> str | None:
     if (doc.valid_after, doc.valid_until) != _window(doc.epoch, WholeSeconds.of_document(doc)):
         return (f"valid_after/valid_until ({doc.valid_after}, {doc.valid_until}) are not the "
                 f"start of epoch {doc.epoch} and its end plus the grace period")
+    if doc.profile not in WIRE_PROFILES:
+        return f"sphinx: profile {doc.profile!r} is not a wire profile"
     try:
-        SphinxParams(doc.max_hops, doc.payload_length)
+        doc.sphinx  # noqa: B018 - built to be checked
     except LocalMisuse as exc:
         return f"sphinx: {exc}"
     return _loopix_problem(doc.loopix) or _nodes_problem(doc)
@@ -486,9 +496,18 @@ def encode_document(doc: Document) -> bytes:
         "valid_after": doc.valid_after, "valid_until": doc.valid_until,
         "epoch_params": {"length": doc.epoch_length, "origin": doc.epoch_origin,
                          "grace": doc.epoch_grace},
-        "sphinx": {"max_hops": doc.max_hops, "payload_length": doc.payload_length},
+        "sphinx": _sphinx_json(doc),
         "loopix": {f.name: getattr(doc.loopix, f.name) for f in fields(LoopixParams)},
         "nodes": [_entry_json(n) for n in doc.nodes]})
+
+
+def _sphinx_json(doc: Document) -> dict[str, Any]:
+    """The document's ``sphinx`` object: ``profile`` only when it is not v1, so that a v1
+    document is the same bytes as before profiles existed."""
+    sphinx: dict[str, Any] = {"max_hops": doc.max_hops, "payload_length": doc.payload_length}
+    if doc.profile is not Profile.V1:
+        sphinx["profile"] = doc.profile.value
+    return sphinx
 
 
 _DOCUMENT_KEYS = ("type", "version", "network", "epoch", "valid_after", "valid_until",
@@ -509,7 +528,9 @@ def decode_document(body: bytes) -> Document:
         raise InvalidDocument("document: network must be a string")
     ep, sx, lx = (_object(obj, key) for key in ("epoch_params", "sphinx", "loopix"))
     _exact_keys(ep, ("length", "origin", "grace"), "document epoch_params")
-    _exact_keys(sx, ("max_hops", "payload_length"), "document sphinx")
+    _exact_keys(sx, ("max_hops", "payload_length", *(("profile",) if "profile" in sx else ())),
+                "document sphinx")
+    profile = _profile_field(sx)
     _exact_keys(lx, [f.name for f in fields(LoopixParams)], "document loopix")
     if not all(isinstance(v, float) for v in lx.values()):
         raise InvalidDocument("document: loopix values must be numbers with a fraction part")
@@ -524,7 +545,20 @@ def decode_document(body: bytes) -> Document:
                     _int_field(ep, "grace", "document epoch_params"),
                     _int_field(sx, "max_hops", "document sphinx"),
                     _int_field(sx, "payload_length", "document sphinx"),
-                    LoopixParams(**lx), tuple(_entry_from_json(n) for n in nodes))
+                    LoopixParams(**lx), tuple(_entry_from_json(n) for n in nodes), profile)
+
+
+def _profile_field(sx: dict[str, Any]) -> Profile:
+    """The profile of a document's ``sphinx`` object: v1 when absent; written only when it is
+    another wire profile (canonical: v1 is never written)."""
+    if "profile" not in sx:
+        return Profile.V1
+    value = sx["profile"]
+    named = {p.value: p for p in WIRE_PROFILES if p is not Profile.V1}
+    if not isinstance(value, str) or value not in named:
+        raise InvalidDocument(f"document sphinx: profile must be one of {sorted(named)} "
+                              "(v1 is written by leaving it out)")
+    return named[value]
 
 
 def _object(obj: dict[str, Any], key: str) -> dict[str, Any]:
@@ -593,7 +627,8 @@ def build_document(network: str, epoch: int, descriptors: Iterable[bytes],
     start, until = _window(epoch, timing)
     doc = Document(network, epoch, start, until, timing.length, timing.origin, timing.grace,
                    sphinx.max_hops, sphinx.payload_length, loopix,
-                   tuple(_entry(d, epoch) for d in sorted(chosen, key=lambda d: d.name)))
+                   tuple(_entry(d, epoch) for d in sorted(chosen, key=lambda d: d.name)),
+                   sphinx.profile)
     encode_document(doc)  # raises LocalMisuse now if the parameters are wrong
     return doc, tuple(sorted(left_out))
 
