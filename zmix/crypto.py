@@ -38,6 +38,25 @@ except (OSError, ValueError, AttributeError, ImportError) as _exc:  # pragma: no
         f"or 'brew install libsodium' (macOS), then try again ({_exc})"
     ) from None
 
+
+def _initialise(library: object) -> int:
+    """Call libsodium's ``sodium_init`` once; raise :class:`LibsodiumMissing` if it fails.
+
+    pysodium never calls it, and libsodium picks its fastest implementations for this CPU there:
+    until then X25519 runs the portable ref10 code instead of the AVX one (sandy2x) and ChaCha20
+    the portable code instead of the AVX2 one, 2.4 times slower on a 2 KiB payload here (the
+    section "X25519: which libsodium" of docs/performance.md has the figures). Results do not
+    change: every implementation computes the same function. Returns 0 on the first call, 1 if
+    the library was already initialised (by another binding in the same process).
+    """
+    status = int(library.sodium_init())  # type: ignore[attr-defined]
+    if status < 0:
+        raise LibsodiumMissing("libsodium failed to initialise (sodium_init returned -1)")
+    return status
+
+
+_initialise(_na.sodium)
+
 X25519_BYTES = 32  # group element and scalar length, bytes
 CHACHA20_KEY_BYTES = 32
 CHACHA20_NONCE_BYTES = 8  # original ChaCha20 (64-bit nonce), as in sphinxmixcrypto
