@@ -1,7 +1,8 @@
 """zmix.crypto initialises libsodium, which changes how X25519 and ChaCha20 are computed (the
-AVX and AVX2 code instead of the portable one) but never what they compute: RFC 7748's and
-RFC 7539's vectors, and the same results as the uninitialised library on random and edge inputs,
-with small-order points still refused."""
+AVX and AVX2 code instead of the portable one), and takes fixed-base X25519 from PyNaCl's newer
+libsodium, but never what they compute: RFC 7748's and RFC 7539's vectors, and the same results
+as the system's libsodium before and after sodium_init on random and edge inputs, with
+small-order points still refused."""
 
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def x25519_all():
         out.append(q.raw.hex() if rc == 0 else None)
     return out
 
+def base_all():
+    out = []
+    for scalar in job["base"]:
+        q = ctypes.create_string_buffer(32)
+        assert lib.crypto_scalarmult_curve25519_base(q, bytes.fromhex(scalar)) == 0
+        out.append(q.raw.hex())
+    return out
+
 def chacha_all():
     out = []
     for key, length in job["chacha20"]:
@@ -66,9 +75,9 @@ def chacha_all():
         out.append(c.raw[:length].hex())
     return out
 
-before = {"x25519": x25519_all(), "chacha20": chacha_all()}
+before = {"x25519": x25519_all(), "base": base_all(), "chacha20": chacha_all()}
 first_init = lib.sodium_init()
-after = {"x25519": x25519_all(), "chacha20": chacha_all()}
+after = {"x25519": x25519_all(), "base": base_all(), "chacha20": chacha_all()}
 json.dump({"before": before, "after": after, "first_init": first_init,
            "avx": lib.sodium_runtime_has_avx(), "avx2": lib.sodium_runtime_has_avx2()}, sys.stdout)
 """
@@ -135,7 +144,7 @@ def test_importing_zmix_crypto_initialises_libsodium_which_a_bare_load_does_not(
     assert outputs == {"bare": "0", "zmix": "1"}  # 0: initialised now; 1: it already was
 
 
-def test_initialised_libsodium_computes_what_the_portable_code_does_on_random_and_edge_inputs(
+def test_zmix_computes_what_the_uninitialised_system_libsodium_does_on_random_and_edge_inputs(
 ) -> None:
     rfc = [(bytes.fromhex(s), bytes.fromhex(p)) for s, p, _ in RFC7748_VECTORS]
     rfc.append((bytes.fromhex(ALICE_SK), bytes.fromhex(BOB_PK)))
@@ -145,16 +154,21 @@ def test_initialised_libsodium_computes_what_the_portable_code_does_on_random_an
     cases = rfc + randoms + edges + small
     lengths = [0, 1, 63, 64, 65, 255, 256, 257, 511, 512, 513, 2048, 2049, 4096]
     streams = [(os.urandom(32).hex(), n) for n in lengths] + [(bytes(32).hex(), 64)]
-    job = {"x25519": [(s.hex(), p.hex()) for s, p in cases], "chacha20": streams}
+    scalars = [bytes.fromhex(ALICE_SK), bytes.fromhex(BOB_SK), bytes(32), b"\xff" * 32]
+    scalars += [os.urandom(32) for _ in range(100)]
+    job = {"x25519": [(s.hex(), p.hex()) for s, p in cases], "base": [k.hex() for k in scalars],
+           "chacha20": streams}
 
     child = _in_bare_libsodium(job)
 
     assert child["first_init"] == 0, "the child's libsodium was initialised before it measured"
     mine = {"x25519": [_zmix_x25519(s, p) for s, p in cases],
+            "base": [crypto.x25519_base(k).hex() for k in scalars],
             "chacha20": [crypto.chacha20_stream(bytes.fromhex(k), n).hex() for k, n in streams]}
     cpu = f"AVX {child['avx']}, AVX2 {child['avx2']}"
     assert child["before"] == child["after"] == mine, cpu
     assert mine["chacha20"][-1] == CHACHA20_ZERO_BLOCK
+    assert mine["base"][:2] == [ALICE_PK, BOB_PK]
     results = mine["x25519"]
     assert results[:len(rfc)] == [e for _, _, e in RFC7748_VECTORS] + [SHARED]
     assert None not in results[:len(rfc) + len(randoms) + len(edges)]  # control: these all work
