@@ -37,6 +37,7 @@ except (OSError, ValueError, AttributeError, ImportError) as _exc:  # pragma: no
         "'apt-get install libsodium23' (Debian/Ubuntu), 'dnf install libsodium' (Fedora) "
         f"or 'brew install libsodium' (macOS), then try again ({_exc})"
     ) from None
+
 try:
     from nacl.bindings import crypto_scalarmult_base as _nacl_scalarmult_base
 except ImportError as _exc:  # pragma: no cover
@@ -53,8 +54,8 @@ def _initialise(library: object) -> int:
     the portable code instead of the AVX2 one, 2.2 times slower on a 2 KiB payload here (the
     section "X25519: which libsodium" of docs/performance.md has the figures; it is also why
     :func:`x25519_base` goes through PyNaCl). Results do not change: every implementation computes
-    the same function. Returns 0 on the first call, 1 if
-    the library was already initialised (by another binding in the same process).
+    the same function. Returns 0 on the first call, 1 if the library was already initialised (by
+    another binding in the same process).
     """
     status = int(library.sodium_init())  # type: ignore[attr-defined]
     if status < 0:
