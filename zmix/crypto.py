@@ -1,4 +1,4 @@
-"""Named, fixed-size cryptographic operations: the only module that imports pysodium.
+"""Named, fixed-size cryptographic operations: the only module that imports pysodium or PyNaCl.
 
 Every function checks the lengths of its arguments and raises :class:`LocalMisuse` on a wrong one,
 so a slicing bug elsewhere fails loudly instead of producing weak keys. BLAKE2b comes from
@@ -37,6 +37,33 @@ except (OSError, ValueError, AttributeError, ImportError) as _exc:  # pragma: no
         "'apt-get install libsodium23' (Debian/Ubuntu), 'dnf install libsodium' (Fedora) "
         f"or 'brew install libsodium' (macOS), then try again ({_exc})"
     ) from None
+
+try:
+    from nacl.bindings import crypto_scalarmult_base as _nacl_scalarmult_base
+except ImportError as _exc:  # pragma: no cover
+    raise LibsodiumMissing(
+        "zmix needs PyNaCl, one of its dependencies: reinstall zmix with "
+        f"'python3 -m pip install .' in its clone ({_exc})") from None
+
+
+def _initialise(library: object) -> int:
+    """Call libsodium's ``sodium_init`` once; raise :class:`LibsodiumMissing` if it fails.
+
+    pysodium never calls it, and libsodium picks its fastest implementations for this CPU there:
+    until then X25519 runs the portable ref10 code instead of the AVX one (sandy2x) and ChaCha20
+    the portable code instead of the AVX2 one, 2.2 times slower on a 2 KiB payload here (the
+    section "X25519: which libsodium" of docs/performance.md has the figures; it is also why
+    :func:`x25519_base` goes through PyNaCl). Results do not change: every implementation computes
+    the same function. Returns 0 on the first call, 1 if the library was already initialised (by
+    another binding in the same process).
+    """
+    status = int(library.sodium_init())  # type: ignore[attr-defined]
+    if status < 0:
+        raise LibsodiumMissing("libsodium failed to initialise (sodium_init returned -1)")
+    return status
+
+
+_initialise(_na.sodium)
 
 X25519_BYTES = 32  # group element and scalar length, bytes
 CHACHA20_KEY_BYTES = 32
@@ -119,9 +146,14 @@ def has_small_order(point: bytes) -> bool:
 
 
 def x25519_base(scalar: bytes) -> bytes:
-    """Return the public key X25519(scalar, 9) for a 32-byte private scalar."""
+    """Return the public key X25519(scalar, 9) for a 32-byte private scalar.
+
+    Computed by PyNaCl's libsodium (1.0.20), not the system's: once initialised, libsodium 1.0.18
+    (Debian 12 and 13) computes it with the general AVX ladder, 29 us here, where 1.0.20 keeps the
+    precomputed-table code, 13 us; the result is the same.
+    """
     _check("scalar", scalar, X25519_BYTES)
-    return bytes(_na.crypto_scalarmult_curve25519_base(scalar))
+    return _nacl_scalarmult_base(bytes(scalar))
 
 
 def x25519_keypair() -> tuple[bytes, bytes]:
@@ -176,7 +208,7 @@ def seal(recipient_public_key: bytes, message: bytes,
     """
     _check("public key", recipient_public_key, X25519_BYTES)
     esk = random_bytes(X25519_BYTES)  # as crypto_box_keypair makes it: random bytes, no hash
-    epk = bytes(_na.crypto_scalarmult_curve25519_base(esk))
+    epk = x25519_base(esk)
     nonce = hashlib.blake2b(epk + recipient_public_key, digest_size=BOX_NONCE_BYTES).digest()
     return epk + bytes(_na.crypto_box(message, nonce, recipient_public_key, esk))
 
