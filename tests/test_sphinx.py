@@ -205,20 +205,8 @@ def test_surbs_and_surb_keys_from_garbage_are_invalid_packets(profile: Profile) 
         SurbKeys.from_bytes(b"\x05" + bytes(10))
 
 
-SMALL = SphinxParams(max_hops=3, payload_length=128)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=SMALL.packet_length + 8),
-                 st.binary(min_size=SMALL.packet_length, max_size=SMALL.packet_length),
-                 st.binary(min_size=SMALL.packet_length - 1,
-                           max_size=SMALL.packet_length - 1).map(lambda b: b"\x01" + b)))
-def test_arbitrary_bytes_give_a_result_or_invalid_packet(data: bytes) -> None:
-    try:
-        result = process_packet(SMALL, KEYS[0][1], data)
-    except InvalidPacket:
-        return
-    assert isinstance(result, ForwardHop | FinalDelivery | SurbReply)
+SMALLS = {p: SphinxParams(max_hops=3, payload_length=128, profile=p)
+          for p in (Profile.V1, Profile.KEM1)}
 
 
 def _as_buffer(kind: str, data: bytes) -> bytes | bytearray | memoryview:
@@ -231,36 +219,76 @@ def _as_buffer(kind: str, data: bytes) -> bytes | bytearray | memoryview:
     return memoryview(b"\xff" + data + b"\xff")[1:-1]  # a view into a larger buffer
 
 
-_VALID_SMALL = create_forward_packet(SMALL, route(2), RECIPIENT, b"property")
+_VALID_SMALL = {p: create_forward_packet(params, route(2), RECIPIENT, b"property")
+                for p, params in SMALLS.items()}
 _KINDS = st.sampled_from(["bytes", "bytearray", "memoryview", "slice"])
 
 
+def _candidates(profile: Profile) -> st.SearchStrategy[bytes]:
+    """Any bytes; bytes of the right length behind the profile's version byte; and the valid
+    packet with one byte set to anything."""
+    small, valid = SMALLS[profile], _VALID_SMALL[profile]
+    return st.one_of(
+        st.binary(max_size=small.packet_length + 8),
+        st.binary(min_size=small.packet_length, max_size=small.packet_length),
+        st.binary(min_size=small.packet_length - 1,
+                  max_size=small.packet_length - 1).map(lambda b: valid[:1] + b),
+        st.tuples(st.integers(0, small.packet_length - 1), st.integers(0, 255)).map(
+            lambda c: valid[:c[0]] + bytes([c[1]]) + valid[c[0] + 1:]))
+
+
+@WIRE
 @settings(max_examples=300, deadline=None)
-@given(_KINDS, st.one_of(
-    st.binary(max_size=SMALL.packet_length + 8),
-    st.binary(min_size=SMALL.packet_length - 1,
-              max_size=SMALL.packet_length - 1).map(lambda b: b"\x01" + b),
-    st.tuples(st.integers(0, SMALL.packet_length - 1), st.integers(0, 255)).map(
-        lambda c: _VALID_SMALL[:c[0]] + bytes([c[1]]) + _VALID_SMALL[c[0] + 1:])))
+@given(data=st.data())
 def test_any_bytes_bytearray_or_memoryview_gives_a_result_or_invalid_packet(
-        kind: str, data: bytes) -> None:
+        profile: Profile, data: st.DataObject) -> None:
+    small, valid = SMALLS[profile], _VALID_SMALL[profile]
+    raw, kind = data.draw(_candidates(profile)), data.draw(_KINDS)
     try:
-        result = process_packet(SMALL, KEYS[0][1], _as_buffer(kind, data))
+        result = process_packet(small, KEYS[0][1], _as_buffer(kind, raw))
     except InvalidPacket:
-        assert data != _VALID_SMALL
+        assert raw != valid
         return
     assert isinstance(result, ForwardHop | FinalDelivery | SurbReply)
-    assert result == process_packet(SMALL, KEYS[0][1], data)
+    assert result == process_packet(small, KEYS[0][1], raw)
 
 
+@WIRE
 @settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=0, max_value=SMALL.packet_length - 1), st.integers(1, 255))
-def test_any_single_byte_change_is_rejected_somewhere_on_the_route(position: int,
-                                                                   flip: int) -> None:
-    packet = bytearray(create_forward_packet(SMALL, route(3), RECIPIENT, b"payload"))
-    packet[position] ^= flip
+@given(position=st.integers(min_value=0, max_value=SMALLS[Profile.KEM1].packet_length - 1),
+       flip=st.integers(1, 255))
+def test_any_single_byte_change_is_rejected_somewhere_on_the_route(
+        profile: Profile, position: int, flip: int) -> None:
+    small = SMALLS[profile]
+    packet = bytearray(create_forward_packet(small, route(3), RECIPIENT, b"payload"))
+    packet[position % small.packet_length] ^= flip
     with pytest.raises(InvalidPacket):
-        walk(SMALL, route(3)[0].node_id, bytes(packet))
+        walk(small, route(3)[0].node_id, bytes(packet))
+
+
+@WIRE
+@settings(max_examples=60, deadline=None)
+@given(max_hops=st.integers(1, 5), payload=st.sampled_from([64, 100, 512, 2048]),
+       data=st.data())
+def test_packets_and_surbs_round_trip_over_random_routes_delays_and_lengths(
+        profile: Profile, max_hops: int, payload: int, data: st.DataObject) -> None:
+    params = SphinxParams(max_hops=max_hops, payload_length=payload, profile=profile)
+    hops = data.draw(st.integers(1, max_hops))
+    order = data.draw(st.permutations(range(6)))[:hops]
+    delays = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=hops, max_size=hops))
+    path = [Hop(bytes([i + 1]) * 16, KEYS[i][0], d) for i, d in zip(order, delays, strict=True)]
+    message = data.draw(st.binary(max_size=params.max_message_length))
+    forwards, final = walk(params, path[0].node_id,
+                           create_forward_packet(params, path, RECIPIENT, message))
+    assert [f.next_hop for f in forwards] == [h.node_id for h in path[1:]]
+    assert [f.delay_us for f in forwards] == delays[:-1]
+    assert isinstance(final, FinalDelivery)
+    assert (final.message, final.delay_us) == (message, delays[-1])
+    surb, keys = create_surb(params, path, RECIPIENT, b"\x77" * 16)
+    reply = data.draw(st.binary(max_size=params.max_reply_length))
+    _, back = walk(params, *answer_surb(params, surb, reply))
+    assert isinstance(back, SurbReply) and back.delay_us == delays[-1]
+    assert open_surb_reply(params, keys, back.payload) == reply
 
 
 # ---------------------------------------------------------------------------- API edges

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from test_sphinx import KEYS, RECIPIENT, route, walk
 
 from zmix import crypto
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
@@ -46,28 +45,7 @@ from zmix.sphinx.profiles import (
 )
 
 KEM1_PARAMS = SphinxParams(profile=Profile.KEM1)
-KEYS = [crypto.x25519_keypair() for _ in range(6)]
-RECIPIENT = b"\xaa" * 16
 SLOT = 72
-
-
-def route(n: int, delay_us: int = 0) -> list[Hop]:
-    return [Hop(bytes([i + 1]) * 16, KEYS[i][0], delay_us + i) for i in range(n)]
-
-
-def private(node_id: bytes) -> bytes:
-    return KEYS[node_id[0] - 1][1]
-
-
-def walk(params: SphinxParams, first: bytes, packet: bytes) -> tuple[list[ForwardHop], object]:
-    hops: list[ForwardHop] = []
-    hop = first
-    while True:
-        result = process_packet(params, private(hop), packet)
-        if not isinstance(result, ForwardHop):
-            return hops, result
-        hops.append(result)
-        hop, packet = result.next_hop, result.packet
 
 
 def reason_at_first_hop(packet: bytes, params: SphinxParams = KEM1_PARAMS) -> DropReason:
@@ -449,60 +427,3 @@ def test_a_kem1_surb_with_another_version_byte_is_refused() -> None:
     with pytest.raises(InvalidPacket) as err:
         Surb.from_bytes(SphinxParams(), data)
     assert err.value.reason is DropReason.WRONG_SIZE
-
-
-# ---------------------------------------------------------------------------- properties
-
-SMALL = SphinxParams(max_hops=3, payload_length=128, profile=Profile.KEM1)
-_VALID = create_forward_packet(SMALL, route(2), RECIPIENT, b"property")
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(
-    st.binary(max_size=SMALL.packet_length + 8),
-    st.binary(min_size=SMALL.packet_length - 1,
-              max_size=SMALL.packet_length - 1).map(lambda b: b"\x02" + b),
-    st.tuples(st.integers(0, SMALL.packet_length - 1), st.integers(0, 255)).map(
-        lambda c: _VALID[:c[0]] + bytes([c[1]]) + _VALID[c[0] + 1:])),
-       st.sampled_from([bytes, bytearray, memoryview]))
-def test_any_bytes_give_a_kem1_result_or_invalid_packet(data: bytes, kind: type) -> None:
-    try:
-        result = process_packet(SMALL, KEYS[0][1], kind(data))
-    except InvalidPacket:
-        assert data != _VALID
-        return
-    assert isinstance(result, ForwardHop | FinalDelivery | SurbReply)
-    assert result == process_packet(SMALL, KEYS[0][1], data)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=0, max_value=SMALL.packet_length - 1), st.integers(1, 255))
-def test_any_single_byte_change_of_a_kem1_packet_is_rejected_somewhere(position: int,
-                                                                      mask: int) -> None:
-    packet = bytearray(create_forward_packet(SMALL, route(3), RECIPIENT, b"payload"))
-    packet[position] ^= mask
-    with pytest.raises(InvalidPacket):
-        walk(SMALL, route(3)[0].node_id, bytes(packet))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 5), st.sampled_from([64, 100, 512, 2048]), st.data())
-def test_kem1_round_trips_over_random_routes_and_lengths(max_hops: int, payload: int,
-                                                         data: st.DataObject) -> None:
-    params = SphinxParams(max_hops=max_hops, payload_length=payload, profile=Profile.KEM1)
-    hops = data.draw(st.integers(1, max_hops))
-    order = data.draw(st.permutations(range(6)))[:hops]
-    delays = data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=hops, max_size=hops))
-    path = [Hop(bytes([i + 1]) * 16, KEYS[i][0], d) for i, d in zip(order, delays, strict=True)]
-    message = data.draw(st.binary(max_size=params.max_message_length))
-    forwards, final = walk(params, path[0].node_id,
-                           create_forward_packet(params, path, RECIPIENT, message))
-    assert [f.next_hop for f in forwards] == [h.node_id for h in path[1:]]
-    assert [f.delay_us for f in forwards] == delays[:-1]
-    assert isinstance(final, FinalDelivery)
-    assert (final.message, final.delay_us) == (message, delays[-1])
-    surb, keys = create_surb(params, path, RECIPIENT, b"\x77" * 16)
-    reply = data.draw(st.binary(max_size=params.max_reply_length))
-    _, back = walk(params, *answer_surb(params, surb, reply))
-    assert isinstance(back, SurbReply) and back.delay_us == delays[-1]
-    assert open_surb_reply(params, keys, back.payload) == reply
