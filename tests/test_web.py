@@ -557,10 +557,19 @@ def zmix_up(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
                           text=True, timeout=timeout, check=False)
 
 
+def small_network(*ports: int) -> str:
+    """A one-mixnode network on the ports given (free ones: consecutive ports from a free
+    base_port may be another process's, and then the node's check fails before the web's)."""
+    provider, mix, authority = ports
+    return yaml.safe_dump({"network": "webtest",
+                           "providers": [{"name": "provider-1", "port": provider}],
+                           "layers": [[{"name": "mix-a1", "port": mix}]],
+                           "authorities": [{"name": "authority-1", "port": authority}],
+                           "defaults": {"workers": 1}})
+
+
 def test_zmix_up_refuses_a_web_port_in_use_before_starting_anything(tmp_path: Path) -> None:
-    data = yaml.safe_dump({"network": "webtest", "providers": ["provider-1"],
-                           "layers": [["mix-a1"]], "authorities": ["authority-1"],
-                           "defaults": {"base_port": free_ports(1)[0], "workers": 1}})
+    data = small_network(*free_ports(3))
     (tmp_path / "t.yaml").write_text(data)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -575,15 +584,12 @@ def test_zmix_up_refuses_a_web_port_in_use_before_starting_anything(tmp_path: Pa
 
 
 def test_zmix_up_refuses_a_web_address_a_node_listens_on(tmp_path: Path) -> None:
-    base = free_ports(1)[0]
-    data = yaml.safe_dump({"network": "webtest", "providers": ["provider-1"],
-                           "layers": [["mix-a1"]], "authorities": ["authority-1"],
-                           "defaults": {"base_port": base, "workers": 1}})
-    (tmp_path / "t.yaml").write_text(data)
+    ports = free_ports(3)
+    (tmp_path / "t.yaml").write_text(small_network(*ports))
     done = zmix_up(str(tmp_path / "t.yaml"), "--state", str(tmp_path / "s"), "--web",
-                   f"127.0.0.1:{base + 1}")
+                   f"127.0.0.1:{ports[1]}")
     assert done.returncode == 2
-    assert done.stderr == (f"error: the web view cannot listen on http://127.0.0.1:{base + 1}/: "
+    assert done.stderr == (f"error: the web view cannot listen on http://127.0.0.1:{ports[1]}/: "
                            "node mix-a1 listens there\n")
 
 
