@@ -212,6 +212,7 @@ def test_packets_held_on_a_link_down_longer_than_the_hold_are_dropped_and_counte
         ctx.destroy(linger=0)
 
 
+@pytest.mark.slow  # 7 s: past one heartbeat time-out while the peer talks back
 def test_a_next_hop_that_talks_back_on_a_link_neither_stalls_nor_drops_it() -> None:
     # Nothing legitimate comes back on a node's outbound link. Left unread, what a peer sends
     # anyway fills the link's queue; libzmq then stops reading the connection, heartbeats
