@@ -264,13 +264,14 @@ def test_a_host_that_cannot_name_a_folder_is_refused_before_any_key_is_made(
                                       ("name: alice", "name: ."), ("name: mix-a1", "name: ..")])
 def test_a_name_that_cannot_name_a_folder_is_refused_before_any_key_is_made(
         tmp_path: Path, old: str, new: str) -> None:
+    # The topology loader refuses . and .. as names (a folder's parent is no state folder).
     topology = topology_file(tmp_path / "net.yaml")
     text = topology.read_text()
     assert old in text  # positive control: this topology exports (the tests above)
     topology.write_text(text.replace(old, new))
     done = up(topology, "--state", tmp_path / "state", "--export-hosts", tmp_path / "out")
     assert done.returncode == 2
-    assert "cannot name a folder, so --export-hosts cannot use it\n" in done.stderr
+    assert "must be a name of 1-64 letters, digits, '_', '.' or '-' (not . or ..)" in done.stderr
     assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
 
 

@@ -161,17 +161,6 @@ def zmix_bin_problem(folder: str) -> str | None:
     return None
 
 
-def _check_names(topology: Topology) -> None:
-    """Raise ConfigError for a network, member or client name that cannot name a folder of
-    its own (``.`` and ``..`` are valid names, but /var/lib/zmix/.. is no state folder)."""
-    names = [("network", topology.network), *(("name", n) for n in topology.names()),
-             *(("name", a.name) for a in topology.authorities)]
-    for key, name in names:
-        if name in (".", ".."):
-            raise ConfigError(topology.path, key, f"{name!r} cannot name a folder, so "
-                              "--export-hosts cannot use it")
-
-
 def members_by_host(topology: Topology) -> dict[str, list[Member]]:
     """Return the nodes and authorities of each host (a ``host`` string as written), hosts in
     the order they first appear, members in the topology's order (nodes, then authorities)."""
@@ -192,7 +181,6 @@ def plan(topology: Topology, zmix_bin: PurePosixPath = DEFAULT_ZMIX_BIN) -> Plan
     problem = zmix_bin_problem(str(zmix_bin))
     if problem is not None:
         raise LocalMisuse(f"the folder of the zmix commands {problem}, not {zmix_bin}")
-    _check_names(topology)
     hosts = []
     for host, members in members_by_host(topology).items():
         problem = folder_problem(host)

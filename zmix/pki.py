@@ -240,7 +240,8 @@ class Descriptor:
 def _descriptor_problem(d: Descriptor) -> str | None:
     """Return what is wrong with ``d`` apart from its signature, or None."""
     if not valid_name(d.network) or not valid_name(d.name):
-        return "network and name must be names of 1-64 letters, digits, '_', '.' or '-'"
+        return ("network and name must be names of 1-64 letters, digits, '_', '.' or '-', "
+                "not . or ..")
     if d.id != entity_id(d.network, d.name):
         return f"id is not the id of {d.name!r} in network {d.network!r}"
     if d.role not in ROLES:

@@ -238,7 +238,8 @@ class ProviderCore:
         if frame.curve_public != link_key:
             return Error("bad_request", "the key must be the one of this link"), None
         if not valid_name(frame.name):
-            return Error("bad_request", "a name is 1-64 letters, digits, '_', '.' or '-'"), None
+            return Error("bad_request",
+                         "a name is 1-64 letters, digits, '_', '.' or '-', not . or .."), None
         if network.is_member(frame.name):
             return Error("name_taken", "that name is taken"), None
         if network.is_member_key(link_key):

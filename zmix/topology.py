@@ -33,8 +33,9 @@ MAX_RATE = 10_000.0
 
 
 def valid_name(name: object) -> bool:
-    """Return True if ``name`` may name a node or client: 1-64 letters, digits, '_', '.', '-'."""
-    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+    """Return True if ``name`` may name a node or client: 1-64 letters, digits, '_', '.', '-',
+    but not ``.`` or ``..`` (names become folders: STATE/nodes/NAME, ./NETWORK)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
 def entity_id(network: str, name: str) -> bytes:

@@ -395,8 +395,8 @@ def _unique(path: str, items: list[tuple[str, str]], what: str) -> None:
 
 def _name(key: str, value: object) -> str:
     if not isinstance(value, str) or not valid_name(value):
-        raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-', "
-                          f"got {value!r}")
+        raise ConfigError("", key, f"must be a name of 1-64 letters, digits, '_', '.' or '-' "
+                          f"(not . or ..), got {value!r}")
     return value
 
 

@@ -122,7 +122,8 @@ def _check(topology: Topology, args: argparse.Namespace) -> None:
         raise ConfigError(where, "mailbox.open_registration", "is off: the providers of this "
                           "network admit only the clients the topology declares")
     if not valid_name(args.name):
-        raise ConfigError("--name", "name", "must be 1-64 letters, digits, '_', '.' or '-'")
+        raise ConfigError("--name", "name",
+                          "must be 1-64 letters, digits, '_', '.' or '-', not . or ..")
     if args.name in topology.names():
         raise ConfigError(where, "clients", f"{args.name!r} is already a member of the network")
     existing = contact_path(args.state, args.name)
