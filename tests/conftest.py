@@ -9,13 +9,12 @@ from collections.abc import Iterator
 import pytest
 
 from zmix.bench import common
-from zmix.sphinx import Profile
-
-WIRE_PROFILES = [p.value for p in Profile if p is not Profile.SMC0]
+from zmix.sphinx import WIRE_PROFILES, Profile
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--sphinx-profile", choices=WIRE_PROFILES, default=Profile.V1.value,
+    parser.addoption("--sphinx-profile", choices=[p.value for p in WIRE_PROFILES],
+                     default=Profile.V1.value,
                      help="the Sphinx profile of the networks the tests make (default v1)")
 
 

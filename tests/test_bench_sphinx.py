@@ -39,7 +39,7 @@ from zmix.bench.peers import (
     ratios,
 )
 from zmix.cli import bench as bench_cli
-from zmix.sphinx import Profile
+from zmix.sphinx import WIRE_PROFILES, Profile
 
 QUICK = ["--iterations", "3", "--payload", "256"]
 
@@ -224,7 +224,7 @@ def test_with_peers_the_table_has_each_measured_missing_and_failed_peer_and_exit
     out = capsys.readouterr().out
     assert "zmix-bench sphinx: 256-byte payload" in out
     measured = next(line for line in out.splitlines() if line.startswith("  pytest"))
-    assert len(measured.split()) == 3 + len(bench.wire_profiles())  # name, version, us, ratios
+    assert len(measured.split()) == 3 + len(WIRE_PROFILES)  # name, version, us, ratios
     assert f"not installed in {sys.executable} (to install: install absent somehow)" in out
     monkeypatch.setattr(bench, "PEERS", (HASHING, CRASHING))
     assert bench.main(["--peers", *QUICK]) == 1
@@ -245,7 +245,7 @@ def test_json_holds_every_profile_and_each_peer_by_its_name(
     monkeypatch.setattr(bench, "PEERS", (HASHING, ABSENT))
     assert bench.main(["--peers", "--json", *QUICK]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert set(figures["profiles"]) == {p.value for p in bench.wire_profiles()}
+    assert set(figures["profiles"]) == {p.value for p in WIRE_PROFILES}
     hashing, absent = figures["peers"]["hashing"], figures["peers"]["absent"]
     assert hashing["state"] == "measured" and hashing["per_hop_seconds"] > 0
     assert set(hashing["ratio_to"]) == set(figures["profiles"])

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from zmix import crypto
 from zmix.epochs import EpochParams
 from zmix.errors import LocalMisuse, ZmixError
-from zmix.sphinx import Profile, SphinxParams
+from zmix.sphinx import WIRE_PROFILES, Profile, SphinxParams
 from zmix.topology import MAX_DELAY, MAX_RATE, LoopixParams, entity_id, valid_name
 
 __all__ = [
@@ -69,8 +69,6 @@ MAX_EPOCH = 2**48  # bounds every epoch number and unix time, far beyond any rea
 MAX_HOST = 253
 _SIGNATURE_RECORD = crypto.ED25519_PUBLIC_BYTES + crypto.SIGNATURE_BYTES
 ROLES = ("mixnode", "provider")
-
-WIRE_PROFILES = tuple(p for p in Profile if p is not Profile.SMC0)  # smc0: tests only
 
 
 class InvalidDocument(ZmixError):

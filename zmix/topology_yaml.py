@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from zmix.epochs import MIN_LENGTH, EpochParams
 from zmix.errors import ConfigError, LocalMisuse
 from zmix.pki import MAX_EPOCH
-from zmix.sphinx import Profile, SphinxParams
+from zmix.sphinx import WIRE_PROFILES, Profile, SphinxParams
 from zmix.topology import (
     MAX_DELAY,
     MAX_RATE,
@@ -160,10 +160,6 @@ def _sphinx(path: str, top: _Reader) -> SphinxParams:
                           profile=r.get("profile", _wire_profile, Profile.V1))
     r.finish()
     return params
-
-
-# The Sphinx profiles a network can run on; smc0 (tests only) is not one of them.
-WIRE_PROFILES = (Profile.V1, Profile.KEM1)
 
 
 def _wire_profile(key: str, value: object) -> Profile:

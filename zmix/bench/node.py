@@ -56,7 +56,13 @@ from zmix.keys import load_directory, load_private
 from zmix.network import Network
 from zmix.runtime import links, metrics
 from zmix.runtime.launcher import node_command
-from zmix.sphinx import Profile, create_forward_packet, process_packet, process_packet_keys
+from zmix.sphinx import (
+    WIRE_PROFILES,
+    Profile,
+    create_forward_packet,
+    process_packet,
+    process_packet_keys,
+)
 from zmix.topology import Topology
 
 
@@ -79,9 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "with ratios to v1 (default v1)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
-
-
-WIRE_PROFILES = tuple(p for p in Profile if p is not Profile.SMC0)  # smc0 never goes on a wire
 
 
 class _Sink:

@@ -36,6 +36,7 @@ from zmix.bench.peers import (
     peer_lines,
 )
 from zmix.sphinx import (
+    WIRE_PROFILES,
     Hop,
     Profile,
     SphinxParams,
@@ -50,11 +51,6 @@ ROUNDS = 7
 # A profile not listed here is measured and compared all the same, without a floor.
 FLOOR_X25519 = {"v1": 2, "kem1": 1}
 BASE = "v1"  # the profile every other figure is compared with
-
-
-def wire_profiles() -> tuple[Profile, ...]:
-    """Return the profiles a network can use on the wire (every one but the tests-only smc0)."""
-    return tuple(p for p in Profile if p is not Profile.SMC0)
 
 
 def _peer_python(text: str) -> tuple[str, str]:
@@ -168,7 +164,7 @@ def run(iterations: int, payload: int, hops: int,
     peers' outcomes (for :func:`zmix.bench.peers.peer_lines`) and ``zmix_samples`` each profile's
     per-round seconds per hop that the peers' ratios pair with.
     """
-    subjects = {p.value: _subject(p, payload, hops) for p in wire_profiles()}
+    subjects = {p.value: _subject(p, payload, hops) for p in WIRE_PROFILES}
     samples: dict[str, dict[str, list[float]]] = {
         name: {"process": [], "floor": [], "create": [], "surb": []} for name in subjects}
     for peer in peers:

@@ -19,10 +19,11 @@ from zmix.sphinx.packet import (
     process_packet,
     process_packet_keys,
 )
-from zmix.sphinx.params import Profile, SphinxParams
+from zmix.sphinx.params import WIRE_PROFILES, Profile, SphinxParams
 
 __all__ = [
     "MAX_DELAY_US",
+    "WIRE_PROFILES",
     "FinalDelivery",
     "ForwardHop",
     "Hop",

@@ -40,6 +40,11 @@ class Profile(enum.Enum):
     SMC0 = "smc0"  # byte-exact with sphinxmixcrypto; tests only, never on the wire
 
 
+# The profiles a network can run on, in the order they are listed and benchmarked; smc0 (tests
+# only) is not one of them.
+WIRE_PROFILES = (Profile.V1, Profile.KEM1)
+
+
 @dataclass(frozen=True, slots=True)
 class SphinxParams:
     """The geometry of every packet of one network: forward or reply, real or cover.

@@ -23,7 +23,7 @@ from zmix.sphinx.packet import (
     create_surb,
     process_packet,
 )
-from zmix.sphinx.params import Profile, SphinxParams
+from zmix.sphinx.params import WIRE_PROFILES, Profile, SphinxParams
 
 SEED = bytes(range(32))
 
@@ -85,8 +85,6 @@ def _inputs(route: list[Hop], recipient: bytes, offset: int) -> dict[str, Any]:
     return {"rng_offset": offset, "route": [h.node_id.hex() for h in route],
             "route_delays_us": [h.delay_us for h in route], "recipient": recipient.hex()}
 
-
-WIRE_PROFILES = (Profile.V1, Profile.KEM1)
 
 
 def generate(profile: Profile = Profile.V1) -> dict[str, Any]:
