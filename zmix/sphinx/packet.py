@@ -237,14 +237,11 @@ def _header(params: SphinxParams, route: Sequence[Hop], final: Routing,
     ``route`` has been checked by _check_route.
     """
     impl = implementation(params)
-    if params.profile is Profile.KEM1:  # one scalar per hop, drawn in route order
-        scalars = [crypto.clamp(random_bytes(32)) for _ in route]
-        region = impl.final_region(params, len(route), final, random_bytes)
-        alphas, secrets = _kem_secrets(route, scalars)
-    else:
-        x = crypto.clamp(random_bytes(32))
-        region = impl.final_region(params, len(route), final, random_bytes)
-        alphas, secrets = _secrets(impl, route, x)
+    kem1 = params.profile is Profile.KEM1  # kem1: one scalar per hop, drawn in route order
+    scalars = [crypto.clamp(random_bytes(32)) for _ in (route if kem1 else route[:1])]
+    region = impl.final_region(params, len(route), final, random_bytes)
+    alphas, secrets = (_kem_secrets(route, scalars) if kem1
+                       else _secrets(impl, route, scalars[0]))
     v, c, beta_len = len(route), params.slot_length, params.beta_length
     last_stream = impl.header_stream(secrets[-1], params.stream_length)
     beta = crypto.xor(region, last_stream[:len(region)]) + _filler(params, impl, secrets)
