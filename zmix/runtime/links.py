@@ -322,11 +322,11 @@ class Links:
     def on_events(self, ready: dict[zmq.Socket[bytes], int]) -> None:
         """Read the events of every monitor in ``ready`` (a poll's result; others are ignored),
         and discard what a next hop sent back on a link in it."""
-        for monitor, link in self._by_monitor.items():
-            if monitor in ready:
+        for sock in ready:  # a few sockets a turn, however many links there are
+            link = self._by_monitor.get(sock)
+            if link is not None:
                 self._drain(link)
-        for sock in self._by_socket:
-            if sock in ready:
+            elif sock in self._by_socket:
                 self._discard(sock)
 
     def _discard(self, sock: zmq.Socket[bytes]) -> None:
