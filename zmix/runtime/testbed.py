@@ -284,11 +284,9 @@ class TestbedNetwork:
     __test__ = False
 
     def __init__(self, topology: Topology, directory: Path, prefix: str = PREFIX) -> None:
-        from zmix.topology_yaml import load_topology
-
         self.directory = directory.resolve()
         self.topology_file = Path(topology.path).resolve()
-        self.topology = load_topology(self.topology_file)
+        self.topology = topology
         self.bed = Testbed(hosts_of(self.topology, prefix), prefix)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
