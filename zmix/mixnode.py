@@ -32,8 +32,8 @@ from zmix.sphinx import (
     ForwardHop,
     Hop,
     SurbReply,
-    create_forward_packet,
 )
+from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.topology import NodeSpec, Role
 
 Result = ForwardHop | FinalDelivery | SurbReply
@@ -58,8 +58,8 @@ class NodeCore:
     network takes effect at the next packet. ``provider`` is given on providers only. ``replay``
     is the replay cache to check tags in (default: a new one in memory); ``wall`` turns the
     ``now`` the core is given into unix time, which picks each hop's key epoch of a mix loop
-    (the node loop's ``now`` is its monotonic clock). Raises KeyError if ``name`` is not a node
-    of the current network.
+    (the node loop's ``now`` is its monotonic clock). ``sphinx`` makes the mix-loop packets
+    (:mod:`zmix.sphinx.ops`). Raises KeyError if ``name`` is not a node of the current network.
     """
 
     def __init__(
@@ -71,6 +71,7 @@ class NodeCore:
         *,
         provider: ProviderCore | None = None,
         random_bytes: Callable[[int], bytes] = crypto.random_bytes,
+        sphinx: SphinxOps = SPHINX,
         replay: ReplayCache | None = None,
         wall: Callable[[float], float] = same_clock,
     ) -> None:
@@ -82,6 +83,7 @@ class NodeCore:
         self._id = me.id  # ids derive from the network's name and the node's: never replaced
         self._rng = rng
         self._random_bytes = random_bytes
+        self._sphinx = sphinx
         self._provider = provider
         # Fixed for the life of the process (a newer network's value takes a restart). The node
         # runtime gives one whose filters are files (zmix.replay), kept across restarts.
@@ -236,7 +238,7 @@ class NodeCore:
         nodes = self._loop_route(network, self._wall(now))
         route = routes.hops(nodes, network, self._delays(), self._rng, self._wall(now))
         loop_id = self._random_bytes(16)
-        packet = create_forward_packet(
+        packet = self._sphinx.create_forward_packet(
             network.topology.sphinx, route, self._id, _LOOP_MARKER + loop_id, self._random_bytes
         )
         self._counts["loops_sent"] += 1

@@ -34,7 +34,8 @@ from zmix.epochs import same_clock
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.network import NetworkView
-from zmix.sphinx import FinalDelivery, Surb, SurbReply, answer_surb
+from zmix.sphinx import FinalDelivery, Surb, SurbReply
+from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.topology import entity_id, valid_name
 from zmix.wire import Error, Fetch, FetchReply, ItemKind, Register, Registered
 
@@ -71,16 +72,18 @@ class ProviderCore:
     """Mailbox logic of one provider; the mailbox is its only state besides counters."""
 
     def __init__(self, view: NetworkView, name: str, mailbox: Mailbox, *,
-                 wall: Callable[[float], float] = same_clock) -> None:
+                 wall: Callable[[float], float] = same_clock, sphinx: SphinxOps = SPHINX) -> None:
         """Provider ``name`` of the network ``view`` holds (:mod:`zmix.network`): its declared
         clients, its mailbox policy and the names and keys open registration must not give away
         are read from the current version when they are needed. ``wall`` turns the ``now`` the
         core is given into unix time, which says whether an ack SURB's keys are still live (the
-        node loop's ``now`` is its monotonic clock). Raises KeyError if ``name`` is not a node
+        node loop's ``now`` is its monotonic clock); ``sphinx`` answers ack SURBs
+        (:mod:`zmix.sphinx.ops`). Raises KeyError if ``name`` is not a node
         of the current network."""
         network = view.current
         self._view = view
         self._wall = wall
+        self._sphinx = sphinx  # answers ack SURBs
         self._name = name
         self._id = network.node(name).id
         # Fixed for the life of the process: the packet geometry (NetworkView.replace keeps it)
@@ -173,7 +176,7 @@ class ProviderCore:
             return None
         try:
             surb = Surb.from_bytes(self._params, dated.surb)
-            first_hop, packet = answer_surb(self._params, surb, ACK_PAYLOAD)
+            first_hop, packet = self._sphinx.answer_surb(self._params, surb, ACK_PAYLOAD)
         except (InvalidPacket, LocalMisuse):
             self._counts["bad_ack_surb"] += 1
             return None

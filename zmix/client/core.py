@@ -37,6 +37,7 @@ from zmix.clientstore import ClientStore
 from zmix.keys import PrivateIdentity
 from zmix.looptrack import LoopRoutes
 from zmix.network import NetworkView
+from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.stats_schema import client_names
 from zmix.wire import MailboxItem
 
@@ -51,7 +52,8 @@ class ClientCore:
 
     Every stream time, route and delay comes from ``rng``; every id and all key material from
     ``random_bytes`` (default: the operating system's, :func:`zmix.crypto.random_bytes`), so a
-    seeded rng and a deterministic ``random_bytes`` reproduce a run byte for byte.
+    seeded rng and a deterministic ``random_bytes`` reproduce a run byte for byte. ``sphinx``
+    makes and opens the packets (:mod:`zmix.sphinx.ops`; the simulator gives a stand-in).
     The network is the current version in ``view`` (:mod:`zmix.network`), read whenever a
     packet is made or a sender checked; the stream rates and ack timers are fixed from the
     version current when the core is made. Raises KeyError if ``identity`` is not a client of
@@ -60,13 +62,14 @@ class ClientCore:
 
     def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore,
                  rng: random.Random, now: float, *,
-                 random_bytes: Callable[[int], bytes] = crypto.random_bytes) -> None:
+                 random_bytes: Callable[[int], bytes] = crypto.random_bytes,
+                 sphinx: SphinxOps = SPHINX) -> None:
         self._store = store
-        packets = PacketMaker(view, identity, rng, random_bytes)
+        packets = PacketMaker(view, identity, rng, random_bytes, sphinx)
         # One memory of the loops' routes: the sender notes each loop, the receiver its return.
         self.loops = LoopRoutes()
         self.sender = Sender(view, store, packets, self.loops)
-        self.receiver = Receiver(view, identity, store, self.loops)
+        self.receiver = Receiver(view, identity, store, self.loops, sphinx)
         loopix = view.current.topology.loopix
         rates = {Stream.PAYLOAD: loopix.payload_rate, Stream.LOOP: loopix.loop_rate,
                  Stream.DROP: loopix.drop_rate}

@@ -27,7 +27,8 @@ from zmix.fragment import (
 )
 from zmix.keys import PrivateIdentity
 from zmix.network import Network, NetworkView
-from zmix.sphinx import Hop, Surb, SurbKeys, answer_surb, create_forward_packet, create_surb
+from zmix.sphinx import Hop, Surb, SurbKeys
+from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.topology import NodeSpec
 
 RandomBytes = Callable[[int], bytes]
@@ -69,13 +70,14 @@ class PacketMaker:
     """
 
     def __init__(self, view: NetworkView, identity: PrivateIdentity, rng: random.Random,
-                 random_bytes: RandomBytes) -> None:
+                 random_bytes: RandomBytes, sphinx: SphinxOps = SPHINX) -> None:
         view.current.client(identity.name)
         self._view = view
         self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
         self._rng = rng
         self.random_bytes = random_bytes
+        self._sphinx = sphinx
 
     def _provider(self, network: Network) -> NodeSpec:
         """This client's provider in ``network``."""
@@ -103,7 +105,8 @@ class PacketMaker:
                                      [network.epochs.surb_epoch(now)])
         path = routes.surb_route(layers, self._provider(network), self._rng)
         epoch, route = routes.surb_hops(path, network, network.delays, self._rng, now)
-        surb, keys = create_surb(self._params, route, self._me.id, surb_id, self.random_bytes)
+        surb, keys = self._sphinx.create_surb(self._params, route, self._me.id, surb_id,
+                                              self.random_bytes)
         return NewSurb(surb_id, surb, keys, epoch)
 
     def seal(self, recipient: str, fragment: bytes, *, anonymous: bool) -> bytes:
@@ -123,8 +126,8 @@ class PacketMaker:
         envelope = encode_envelope(self._params, Envelope(ack.dated(), body))
         last = network.node(spec.provider)
         route = routes.forward_route(self._forward_layers(network, now), first, last, self._rng)
-        packet = create_forward_packet(self._params, self._hops(network, route, now), spec.id,
-                                       envelope, self.random_bytes)
+        packet = self._sphinx.create_forward_packet(
+            self._params, self._hops(network, route, now), spec.id, envelope, self.random_bytes)
         return ack, Outgoing(first.id, packet)
 
     def loop(self, now: float) -> NewLoop:
@@ -138,8 +141,8 @@ class PacketMaker:
         route = routes.forward_route(self._forward_layers(network, now), provider, provider,
                                      self._rng)
         hops = self._hops(network, route, now)
-        packet = create_forward_packet(self._params, hops, self._me.id, envelope,
-                                       self.random_bytes)
+        packet = self._sphinx.create_forward_packet(self._params, hops, self._me.id, envelope,
+                                                    self.random_bytes)
         names = (self._me.name, *(node.name for node in route), self._me.name)
         delays = sum(hop.delay_us for hop in hops) / 1_000_000
         return NewLoop(loop_id, Outgoing(provider.id, packet), names, delays)
@@ -154,8 +157,8 @@ class PacketMaker:
         route = routes.drop_route(layers, provider,
                                   routes.keyed(network.providers, network, epochs), self._rng)
         filler = self.random_bytes(self._params.max_message_length)
-        packet = create_forward_packet(self._params, self._hops(network, route, now), route[-1].id,
-                                       filler, self.random_bytes)
+        packet = self._sphinx.create_forward_packet(
+            self._params, self._hops(network, route, now), route[-1].id, filler, self.random_bytes)
         return Outgoing(provider.id, packet)
 
     def reply(self, block: DatedSurb, message_id: bytes, data: bytes) -> Outgoing:
@@ -166,5 +169,5 @@ class PacketMaker:
         block does not parse."""
         surb = Surb.from_bytes(self._params, block.surb)
         plain = encode_fragment(message_id, 0, 1, len(data), data)
-        first_hop, packet = answer_surb(self._params, surb, plain)
+        first_hop, packet = self._sphinx.answer_surb(self._params, surb, plain)
         return Outgoing(first_hop, packet)

@@ -22,7 +22,8 @@ from zmix.fragment import ContentKind, Fragment, open_content, parse_fragment, v
 from zmix.keys import PrivateIdentity
 from zmix.looptrack import LoopRoutes, Return
 from zmix.network import NetworkView
-from zmix.sphinx import SurbKeys, open_surb_reply
+from zmix.sphinx import SurbKeys
+from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.wire import ItemKind, MailboxItem
 
 STATISTICS = ("loops_returned", "loops_late", "unknown_loops", "messages_received",
@@ -54,10 +55,11 @@ class Receiver:
     """
 
     def __init__(self, view: NetworkView, identity: PrivateIdentity, store: ClientStore,
-                 loops: LoopRoutes | None = None) -> None:
+                 loops: LoopRoutes | None = None, sphinx: SphinxOps = SPHINX) -> None:
         self._view = view
         self._params = view.current.topology.sphinx  # fixed: NetworkView.replace keeps it
         self._me = identity
+        self._sphinx = sphinx  # opens SURB replies
         self._block_length = dated_surb_length(self._params)  # a reply block in fragment 0
         self._store = store
         self.loops = LoopRoutes() if loops is None else loops  # whose loops come back here
@@ -85,7 +87,8 @@ class Receiver:
         if stored is None:
             self._counts["unknown_surb"] += 1
             return
-        content = open_surb_reply(self._params, SurbKeys.from_bytes(stored.keys), item.payload)
+        keys = SurbKeys.from_bytes(stored.keys)
+        content = self._sphinx.open_surb_reply(self._params, keys, item.payload)
         if stored.kind == SURB_ACK:
             self._on_ack(stored, content, taken)
             return
