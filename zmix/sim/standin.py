@@ -174,5 +174,15 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | 
     return epoch, FinalDelivery(recipient, delay_us, _message(payload, 0), tag)
 
 
+def final_routing(params: SphinxParams, packet: bytes) -> tuple[int, bytes]:
+    """Return the final command (``CMD_DELIVER`` or ``CMD_SURB_REPLY``) and the recipient id of a
+    stand-in packet: what the simulation reads to know what kind of packet a core made (ground
+    truth for the analysis; a real packet hides both). Raises InvalidPacket if ``packet`` is not
+    a stand-in packet of ``params``."""
+    if len(packet) != params.packet_length or packet[:5] != _prefix(params):
+        raise InvalidPacket(DropReason.BAD_VERSION)
+    return packet[6], packet[7:7 + ID_BYTES]
+
+
 STANDIN = SphinxOps(create_forward_packet, create_surb, answer_surb, open_surb_reply,
                     process_packet_keys)
