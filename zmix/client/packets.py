@@ -78,6 +78,10 @@ class PacketMaker:
         self._rng = rng
         self.random_bytes = random_bytes
         self._sphinx = sphinx
+        # Which nodes have keys for a set of epochs changes only with the network version: the
+        # filter is computed once per version and set of epochs, not once per packet.
+        self._keyed_network: Network | None = None
+        self._keyed: dict[tuple[str, tuple[int, ...]], Sequence[Sequence[NodeSpec]]] = {}
 
     def _provider(self, network: Network) -> NodeSpec:
         """This client's provider in ``network``."""
@@ -90,19 +94,43 @@ class PacketMaker:
     def _hops(self, network: Network, route: list[NodeSpec], now: float) -> list[Hop]:
         return routes.hops(route, network, network.delays, self._rng, now)
 
-    def _forward_layers(self, network: Network, now: float) -> list[Sequence[NodeSpec]]:
+    def _keyed_layers(self, network: Network, epochs: Sequence[int]
+                      ) -> Sequence[Sequence[NodeSpec]]:
+        """The layers' nodes with a key for every epoch of ``epochs`` (routes.keyed_layers)."""
+        return self._memo(network, "layers", epochs,
+                          lambda: routes.keyed_layers(network.layers, network, epochs))
+
+    def _keyed_providers(self, network: Network, epochs: Sequence[int]) -> Sequence[NodeSpec]:
+        """The providers with a key for every epoch of ``epochs`` (routes.keyed)."""
+        return self._memo(network, "providers", epochs,
+                          lambda: [routes.keyed(network.providers, network, epochs)])[0]
+
+    def _memo(self, network: Network, what: str, epochs: Sequence[int],
+              compute: Callable[[], Sequence[Sequence[NodeSpec]]],
+              ) -> Sequence[Sequence[NodeSpec]]:
+        if network is not self._keyed_network or len(self._keyed) > 16:
+            self._keyed_network = network
+            self._keyed.clear()
+        key = (what, tuple(epochs))
+        found = self._keyed.get(key)
+        if found is None:
+            found = self._keyed[key] = compute()
+        return found
+
+    def _forward_epochs(self, network: Network, now: float) -> list[int]:
+        return routes.forward_epochs(network.epochs, now, len(network.layers) + 2,
+                                     network.topology.loopix.max_delay)
+
+    def _forward_layers(self, network: Network, now: float) -> Sequence[Sequence[NodeSpec]]:
         """The layers' nodes with a key for every epoch a packet sent at ``now`` may meet."""
-        epochs = routes.forward_epochs(network.epochs, now, len(network.layers) + 2,
-                                       network.topology.loopix.max_delay)
-        return routes.keyed_layers(network.layers, network, epochs)
+        return self._keyed_layers(network, self._forward_epochs(network, now))
 
     def surb(self, now: float) -> NewSurb:
         """Return a fresh SURB made at ``now`` whose answers come back to this client through
         its provider."""
         surb_id = self.new_id()
         network = self._view.current
-        layers = routes.keyed_layers(network.layers, network,
-                                     [network.epochs.surb_epoch(now)])
+        layers = self._keyed_layers(network, [network.epochs.surb_epoch(now)])
         path = routes.surb_route(layers, self._provider(network), self._rng)
         epoch, route = routes.surb_hops(path, network, network.delays, self._rng, now)
         surb, keys = self._sphinx.create_surb(self._params, route, self._me.id, surb_id,
@@ -151,11 +179,9 @@ class PacketMaker:
         """Return a drop packet: random filler to a random provider, which discards it."""
         network = self._view.current
         provider = self._provider(network)
-        layers = self._forward_layers(network, now)
-        epochs = routes.forward_epochs(network.epochs, now, len(layers) + 2,
-                                       network.topology.loopix.max_delay)
-        route = routes.drop_route(layers, provider,
-                                  routes.keyed(network.providers, network, epochs), self._rng)
+        epochs = self._forward_epochs(network, now)
+        route = routes.drop_route(self._keyed_layers(network, epochs), provider,
+                                  self._keyed_providers(network, epochs), self._rng)
         filler = self.random_bytes(self._params.max_message_length)
         packet = self._sphinx.create_forward_packet(
             self._params, self._hops(network, route, now), route[-1].id, filler, self.random_bytes)

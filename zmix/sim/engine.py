@@ -153,6 +153,7 @@ class SimNode:
     core: NodeCore
     provider: ProviderCore | None
     keys: dict[int, bytes]
+    accepted: list[tuple[int, bytes]] = field(default_factory=list)  # the keys tried now
     held: int = 0  # packets in its delay queue now
     held_area: float = 0.0  # integral of ``held`` over time (for the mean)
     held_max: int = 0
@@ -200,6 +201,7 @@ class Simulation:
         self._seq = 0
         self._xid = 0
         self._origin_time: dict[int, float] = {}  # payload packets in flight: xid -> sent at
+        self._accepted_until = START  # when the nodes' accepted keys must be looked up again
         identities = self._identities(topo)
         self.network = Network.build(topo, {n: i.public() for n, i in identities.items()},
                                      epoch_keys=self._epoch_keys(topo))
@@ -238,6 +240,15 @@ class Simulation:
         self._epochs = range(first, last + 1)
         return {n.name: {e: crypto.x25519_base(self._node_private(n.name, e))
                          for e in self._epochs} for n in topo.nodes()}
+
+    def _rekey(self, t: float) -> None:
+        """Give every node the keys its workers try at ``t``, in the order they try them
+        (:meth:`EpochParams.accepted`), until the set next changes."""
+        epochs = self.topology.epoch
+        self._accepted_until = epochs.next_change(t)
+        accepted = epochs.accepted(t)
+        for node in self.nodes:
+            node.accepted = [(e, node.keys[e]) for e in accepted if e in node.keys]
 
     def _node(self, index: int, spec: NodeSpec) -> SimNode:
         topo = self.topology
@@ -379,7 +390,7 @@ class Simulation:
                   origin: Origin | None = None) -> int:
         xid = self._next_xid()
         if origin is not None:
-            self._record(dataclasses.replace(origin, xid=xid))
+            self._record(Origin(xid, origin.kind, origin.sender, origin.recipient, ""))
             if origin.kind == "payload":
                 self._origin_time[xid] = t
         elif parent in self._origin_time:
@@ -396,7 +407,9 @@ class Simulation:
         node = self.nodes[who]
         assert isinstance(item, bytes)
         node.received += 1
-        keys = [(e, node.keys[e]) for e in self.topology.epoch.accepted(t) if e in node.keys]
+        if t >= self._accepted_until:
+            self._rekey(t)
+        keys = node.accepted
         try:
             epoch, result = STANDIN.process_packet_keys(self.sphinx, keys, item)
         except InvalidPacket as exc:

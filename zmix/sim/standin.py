@@ -63,8 +63,11 @@ def _private_fingerprint(private_key: bytes) -> bytes:
     return fingerprint(crypto.x25519_base(private_key))
 
 
+_PREFIXES = {profile: bytes([version]) + MAGIC for profile, version in _VERSION.items()}
+
+
 def _prefix(params: SphinxParams) -> bytes:
-    return bytes([_VERSION[params.profile]]) + MAGIC
+    return _PREFIXES[params.profile]
 
 
 def _route(params: SphinxParams, route: Sequence[Hop]) -> None:
@@ -137,6 +140,15 @@ def open_surb_reply(params: SphinxParams, keys: SurbKeys, payload: bytes) -> byt
     return _message(payload, TAG_BYTES)
 
 
+def _opening_epoch(keys: Sequence[tuple[int, bytes | bytearray]], fp: bytes) -> int:
+    """The epoch of the first key of ``keys`` whose public key has the fingerprint ``fp``;
+    InvalidPacket (bad_mac, as a real hop under no matching key) if none has."""
+    for epoch, key in keys:
+        if _private_fingerprint(key if type(key) is bytes else bytes(key)) == fp:
+            return epoch
+    raise InvalidPacket(DropReason.BAD_MAC)
+
+
 def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | bytearray]],
                         packet: bytes) -> tuple[int, Result]:
     """Strip the first hop record of a stand-in packet with the first of ``keys`` whose public
@@ -147,19 +159,18 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | 
     """
     if not keys:
         raise LocalMisuse("process_packet_keys needs at least one private key to try")
-    packet = bytes(packet)
+    if type(packet) is not bytes:
+        packet = bytes(packet)
     if len(packet) != params.packet_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
-    if packet[:_HEAD - 1 - 1 - 2 * ID_BYTES] != _prefix(params):
+    if packet[:5] != _PREFIXES[params.profile]:
         raise InvalidPacket(DropReason.BAD_VERSION)
     left, command = packet[5], packet[6]
     if not 1 <= left <= params.max_hops or command not in (CMD_DELIVER, CMD_SURB_REPLY):
         raise InvalidPacket(DropReason.BAD_COMMAND)
     record = packet[_HEAD:_HEAD + _RECORD]
     fp = record[ID_BYTES + 4:ID_BYTES + 8]
-    epoch = next((e for e, key in keys if _private_fingerprint(bytes(key)) == fp), None)
-    if epoch is None:
-        raise InvalidPacket(DropReason.BAD_MAC)
+    epoch = _opening_epoch(keys, fp)
     delay_us = int.from_bytes(record[ID_BYTES:ID_BYTES + 4], "big")
     tag = record[ID_BYTES + 8:]
     payload = packet[params.header_length:]
