@@ -290,8 +290,11 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, who, item, xid))
 
-    def run(self) -> Tally:
-        """Run every event due by the end of the simulation; return what was measured."""
+    def run(self, progress: Callable[[float], None] | None = None) -> Tally:
+        """Run every event due by the end of the simulation; return what was measured.
+
+        ``progress`` is called with the simulated seconds done every 10,000 events and at the
+        end."""
         heap, end = self._heap, self.end
         handlers = (self._on_wake, self._on_submit, self._on_fetch, self._on_loops,
                     self._on_depart, self._on_arrive)
@@ -301,6 +304,10 @@ class Simulation:
             self.now = t
             handlers[kind](t, who, item, xid)
             events += 1
+            if progress is not None and not events % 10_000:
+                progress(t - START)
+        if progress is not None:
+            progress(end - START)
         self.now = end
         for node in self.nodes:
             node.hold(end, 0)

@@ -76,7 +76,7 @@ class SimReport:
     records: int
     packets: dict[str, int]  # made in the measured time, by kind
     message_latency: Spread  # submit -> reassembled at the recipient
-    network_latency: Spread  # a payload packet: into the first provider -> at the last one
+    network_latency: Spread  # a payload packet: sent by its client -> at the last provider
     messages_sent: int  # submitted in the measured time, settle seconds before the end
     messages_delivered: int
     client_up_bytes_per_s: Spread  # packets each client sent x packet size
@@ -147,12 +147,14 @@ def _privacy_lines(privacy: Mapping[str, Any]) -> list[str]:
 def simulate(topology: Topology, params: SimParams, *,
              observers: Sequence[Callable[[Record], None]] = (),
              settle: float = 10.0,
-             privacy: Callable[[], dict[str, Any]] | None = None) -> tuple[Simulation, SimReport]:
+             privacy: Callable[[], dict[str, Any]] | None = None,
+             progress: Callable[[float], None] | None = None) -> tuple[Simulation, SimReport]:
     """Run ``params`` on ``topology``; return the simulation and its report.
 
     Every record goes to each of ``observers`` as it happens; ``privacy`` is called after the
     run for the adversary's summary (None: no privacy section). Messages submitted in the last
-    ``settle`` seconds do not count towards loss.
+    ``settle`` seconds do not count towards loss. ``progress`` gets the simulated seconds done
+    now and then (:meth:`Simulation.run`).
     """
     def observe(record: Record) -> None:
         for fn in observers:
@@ -160,7 +162,7 @@ def simulate(topology: Topology, params: SimParams, *,
 
     sim = Simulation(topology, params, observe=observe if observers else None)
     started = time.perf_counter()
-    tally = sim.run()
+    tally = sim.run(progress)
     wall = time.perf_counter() - started
     measured = params.duration - params.warmup
     cutoff = sim.end - settle
