@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zmix import crypto
-from zmix.client import ClientCore, Outgoing
+from zmix import crypto, wire
+from zmix.client import ClientCore, FetchSchedule, Outgoing
 from zmix.clientstore import ClientStore
 from zmix.envelope import decode_envelope
 from zmix.errors import InvalidPacket, LocalMisuse
@@ -50,7 +50,6 @@ from zmix.sim.taps import Ending, Origin, Record, Transmission
 from zmix.sphinx import FinalDelivery, SphinxParams, SurbReply
 from zmix.sphinx.profiles import CMD_SURB_REPLY
 from zmix.topology import ClientSpec, NodeSpec, Role, Topology, entity_id
-from zmix.wire import Fetch
 
 START = 1_800_000_000.0  # the virtual clock's origin, in unix seconds (January 2027): fixed, so
 # that a seed repeats, and far from epoch 0
@@ -139,9 +138,8 @@ class SimClient:
     core: ClientCore
     provider: int  # index of its provider in Simulation.nodes
     rng: random.Random  # the workload's draws (when, to whom)
+    fetches: FetchSchedule  # when it fetches its mailbox, and what each FETCH acknowledges
     wake: float = float("inf")  # the time of the WAKE event in the heap
-    acks: tuple[int, ...] = ()  # mailbox items to acknowledge in the next fetch
-    request: int = 0
 
 
 @dataclass
@@ -268,8 +266,10 @@ class Simulation:
                           random.Random(_seed(seed, "client", spec.name)), self.now,
                           random_bytes=_Bytes(_seed(seed, "bytes", spec.name)), sphinx=STANDIN)
         provider = next(n.index for n in self.nodes if n.spec.name == spec.provider)
+        fetches = FetchSchedule(self.topology.loopix.fetch_interval, first_request_id=0,
+                                capacity=wire.fetch_ack_capacity(self.sphinx))
         return SimClient(index, spec.name, spec.id, core, provider,
-                         random.Random(_seed(seed, "workload", spec.name)))
+                         random.Random(_seed(seed, "workload", spec.name)), fetches)
 
     def _start_events(self) -> None:
         interval = self.topology.loopix.fetch_interval
@@ -278,6 +278,7 @@ class Simulation:
             if self.params.message_rate > 0:
                 self._push(self.now + client.rng.expovariate(self.params.message_rate),
                            _SUBMIT, client.index)
+            # clients came online at different times: their fetches are not in step
             self._push(self.now + client.rng.uniform(0, interval), _FETCH, client.index)
         for node in self.nodes:
             due = node.core.next_loop_due()
@@ -368,28 +369,27 @@ class Simulation:
         return "drop", ""
 
     def _on_fetch(self, t: float, who: int, item: object, xid: int) -> None:
+        """A client's FETCH, as its runtime makes them (FetchSchedule: one every
+        ``fetch_interval``, acknowledging the items of the last answer), answered at once."""
         client = self.clients[who]
         provider = self.nodes[client.provider]
         assert provider.provider is not None
-        measured = t >= self.measure_from
-        while True:
-            client.request += 1
-            reply = provider.provider.on_fetch(t, client.id, Fetch(client.request, client.acks))
-            client.acks = tuple(i.item_id for i in reply.items)
+        fetch = client.fetches.poll(t)
+        if fetch is not None:
+            reply = provider.provider.on_fetch(t, client.id, fetch)
             for got in reply.items:
                 parent = provider.stored.pop(got.payload, -1)
                 self._record(Transmission(t, provider.spec.name, client.name, self._next_xid(),
                                           parent))
-            if measured:
+            if t >= self.measure_from:
                 self.tally.fetched[client.name] += len(reply.items)
             for message in client.core.on_fetched(t, reply.items):
                 sent = self.tally.submitted.get(message.message_id)
                 if sent is not None:
                     self.tally.completed[message.message_id] = t - sent
-            if not reply.remaining:
-                break
-        self._push(t + self.topology.loopix.fetch_interval, _FETCH, who)
-        self._wake(client)  # acks may have ended retransmission timers
+            client.fetches.taken_in(t, reply)
+            self._wake(client)  # acks may have ended retransmission timers
+        self._push(client.fetches.next_due(), _FETCH, who)
 
     # ------------------------------------------------------------------ nodes
 
