@@ -43,7 +43,6 @@ _HELD = 3  # a corrupted node: the packet's own vector, revealed by the node
 
 _TARGET = 1  # flag: a sender target not yet measured
 _RESCALE = 1e-150  # a pool's lazy scale below this is folded back into its vector
-_CHECK_EVERY = 1024  # records between two looks for settled receiver targets
 _SOURCE = "records"
 
 
@@ -188,8 +187,6 @@ class Adversary:
             self._origin_record(record)  # type: ignore[arg-type]
         else:
             self._fail(f"not a record: {kind.__name__}")
-        if self._records % _CHECK_EVERY == 0 and self._k:
-            self._settle_targets()
 
     def _fail(self, problem: str) -> NoReturn:
         raise RecordError(_SOURCE, f"record {self._records}", problem)
@@ -415,6 +412,8 @@ class Adversary:
     def _take_slot(self, xid: int) -> int:
         if not self._k:
             return -1
+        if not self._free:
+            self._settle_targets()  # settling is looked at only when a slot is wanted
         if not self._free:
             self._skipped += 1
             return -1
