@@ -470,7 +470,30 @@ def test_a_target_dropped_inside_the_mixnet_is_counted_as_ended() -> None:
     assert (report.sender_targets, report.sender_ended, report.sender_pending) == ((), 1, 0)
 
 
+def test_packets_sent_before_measure_from_mix_but_are_not_targets() -> None:
+    tape = Tape()
+    x = tape.into(1, "a", "m")  # a's packet was first sent at 0.5
+    y = tape.into(2, "b", "m")
+    tape.hop(3, "m", "q", y)
+    tape.hop(4, "m", "q", x)
+    assert run(tape.records).sender_targets == (2, 0)  # positive control
+    late = run(tape.records, measure_from=1.0)
+    assert late.sender_targets == (2,) and late.sender_bits == (1.0,)
+    assert late.receiver_skipped == 0 and late.receiver_pending + len(late.receiver_targets) == 1
+
+
 # ---------------------------------------------------------------------------- receiver side
+
+def test_a_fetch_reply_a_provider_made_itself_takes_nothing_from_its_pool() -> None:
+    tape = Tape()
+    x = tape.made(0.5, "a", "pa", recipient="r2")
+    tape.made(0.7, "pa", "r1", kind="ack", recipient="r1")  # no parent: the provider's own
+    stored = tape.hop(2, "m", "q", tape.hop(1, "pa", "m", x))
+    tape.hop(3, "q", "r2", stored)
+    report = run(tape.records)
+    assert report.receiver_targets == (0,)
+    assert report.receiver_bits == (0.0,) and report.receiver_lost == (0.0,)
+
 
 def _two_payloads_into_q() -> tuple[Tape, int, int, int, int]:
     tape = Tape()

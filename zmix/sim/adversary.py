@@ -124,12 +124,15 @@ class Adversary:
     ``clients`` and ``nodes`` name every member (``providers`` the nodes that are providers,
     ``corrupted`` the nodes that reveal their input -> output mapping). ``receiver_targets``
     bounds how many receiver targets are tracked at once; a target is settled (and its slot
-    freed) once at least ``receiver_settle`` of its mass was fetched or ended. Bad records
+    freed) once at least ``receiver_settle`` of its mass was fetched or ended. Only packets
+    first sent at or after ``measure_from`` are targets (the pools fill from the first record
+    on: feed the whole stream, and skip a warm-up with this). Bad records
     raise :class:`~zmix.sim.taps.RecordError`; bad arguments :class:`LocalMisuse`."""
 
     def __init__(self, clients: Sequence[str], nodes: Sequence[str], *,
                  providers: Collection[str], corrupted: Collection[str] = (),
-                 receiver_targets: int = 32, receiver_settle: float = 0.999) -> None:
+                 receiver_targets: int = 32, receiver_settle: float = 0.999,
+                 measure_from: float = -math.inf) -> None:
         names = [*clients, *nodes]
         if not clients or len(set(names)) != len(names):
             raise LocalMisuse("clients and nodes must be distinct names, clients not empty")
@@ -142,6 +145,7 @@ class Adversary:
         self._d = d = len(names)
         self._k = k = receiver_targets
         self._settle = receiver_settle
+        self._measure_from = measure_from
         self._index = {name: i for i, name in enumerate(names)}
         self._names = names
         self._corrupted = tuple(n for n in nodes if n in set(corrupted))
@@ -226,7 +230,7 @@ class Adversary:
         if origin is not None and (origin.xid != xid or origin.sender != rec.src
                                    or rec.parent != -1):
             self._fail(f"Origin of xid {origin.xid} does not match the transmission")
-        made = self._made(rec, si, origin) if rec.parent == -1 else self._leaves(rec, si)
+        made = self._made(rec, si, di, origin) if rec.parent == -1 else self._leaves(rec, si)
         maker, flags, first, form, scale, vec, point, slot = made
         if flags & _TARGET and si >= c and not self._provider[si] and self._provider[di]:
             self._measure(first, form, scale, vec, point)
@@ -236,16 +240,16 @@ class Adversary:
         else:
             self._arrive(rec, xid, di, si, maker, flags, first, form, scale, vec, point, slot)
 
-    def _made(self, rec: Transmission, si: int, origin: Origin | None) -> _Made:
+    def _made(self, rec: Transmission, si: int, di: int, origin: Origin | None) -> _Made:
         """A packet ``rec.src`` made: a point mass on its maker, mixed into the pool of an
-        honest node (the adversary does not see when a node made it)."""
+        honest node on its way to a node (the adversary does not see when a node made it)."""
         flags, slot = 0, -1
         if si < self._c:
-            if origin is None or origin.kind == "payload":
+            if (origin is None or origin.kind == "payload") and rec.t >= self._measure_from:
                 flags = _TARGET
                 slot = self._take_slot(rec.xid)
             return (si, flags, rec.xid, 0, 1.0, _NOTHING, si, slot)
-        if self._honest[si]:
+        if self._honest[si] and di >= self._c:
             self._add_point(si, si, -1)  # joins the pool and leaves it at once
             self._n[si] -= 1
             return (si, flags, rec.xid, 1, self._s[si], self._v[si], si, -1)
@@ -271,9 +275,8 @@ class Adversary:
     def _arrive(self, rec: Transmission, xid: int, di: int, si: int, maker: int, flags: int,
                 first: int, form: int, scale: float, vec: Vector, point: int,
                 slot: int) -> None:
-        """Put an arriving packet where the adversary keeps it."""
-        if form == 2:
-            self._fail(f"a stored packet left {rec.src} for a node")
+        """Put an arriving packet where the adversary keeps it (never form 2: _leaves let a
+        stored packet go to a client only)."""
         c = self._c
         if not self._honest[di]:
             place, keep = _HELD, self._full(form, scale, vec, point, slot)
