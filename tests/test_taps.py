@@ -123,6 +123,24 @@ def test_any_json_object_gives_a_record_or_a_record_error(obj: dict[str, object]
             decode(line)
 
 
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([encode_record(r).encode() for r in SAMPLE]) | st.binary(
+    max_size=40), max_size=6))
+def test_any_file_reads_as_records_or_a_record_error_naming_its_line(
+        tmp_path: Path, lines: list[bytes]) -> None:
+    path = tmp_path / "any.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    read = 0
+    try:
+        for record in read_records(path):
+            assert isinstance(record, Transmission | Ending | Origin)
+            read += 1
+    except RecordError as exc:
+        assert exc.source == str(path) and exc.where.startswith("line ")
+        assert int(exc.where.split()[1]) > read
+
+
 def test_deeply_nested_json_is_a_record_error() -> None:
     with pytest.raises(RecordError):
         decode_record("[" * 100_000)
