@@ -19,6 +19,7 @@ from zmix.bench.common import make_network
 from zmix.cli import authority, bench, node, recv, register, send, up
 from zmix.cli import client as client_cli
 from zmix.cli import exit as exit_cli
+from zmix.cli import sim as sim_cli
 from zmix.cli import socks as socks_cli
 from zmix.cli import status as status_cli
 from zmix.cli import testbed as testbed_cli
@@ -40,6 +41,7 @@ PARSERS: dict[str, Callable[[], object]] = {
     "zmix-authority": authority.build_parser, "zmix-client": client_cli.build_parser,
     "zmix-socks": socks_cli.build_parser, "zmix-exit": exit_cli.build_parser,
     "zmix-status": status_cli.build_parser, "zmix-testbed": testbed_cli.build_parser,
+    "zmix-sim": sim_cli.build_parser,
 }
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 
@@ -75,7 +77,7 @@ def test_the_usage_doc_has_the_same_exit_statuses_as_each_commands_help() -> Non
 def test_every_example_in_the_help_texts_parses_with_its_command() -> None:
     checked = 0
     for command in ("zmix-send", "zmix-recv", "zmix-register", "zmix-client", "zmix-socks",
-                    "zmix-exit", "zmix-status", "zmix-testbed"):
+                    "zmix-exit", "zmix-status", "zmix-testbed", "zmix-sim"):
         for line in help_of(command).splitlines():
             if not line.startswith("  ") or "zmix-" not in line:
                 continue

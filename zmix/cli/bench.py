@@ -16,6 +16,8 @@ BENCHMARKS = {
     "e2e": ("zmix.bench.e2e", "a whole local network: latency, per-hop overhead, goodput"),
     "socks": ("zmix.bench.socks", "a download through zmix-socks and zmix-exit: time to first "
                                   "byte, throughput against the payload rate's bound"),
+    "sim": ("zmix.bench.sim", "the simulator (zmix-sim): events and simulated seconds per "
+                              "second at 100 and 1,000 clients, with and without the analysis"),
 }
 
 USAGE = "usage: zmix-bench {" + ",".join(BENCHMARKS) + "} [options]   (zmix-bench NAME --help)"
@@ -29,7 +31,8 @@ def help_text() -> str:
               "  zmix-bench sphinx --peers --peer-python smc=VENV/bin/python",
               "  zmix-bench node --json",
               "  zmix-bench e2e --messages 100 --mean-delay 0.02",
-              "  zmix-bench socks --size-kib 1024", ""]
+              "  zmix-bench socks --size-kib 1024",
+              "  zmix-bench sim --clients 100,1000 --duration 60", ""]
     lines += exit_status_help(
         (EXIT_OK, "the benchmark ran and printed its figures"),
         (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start, a message "

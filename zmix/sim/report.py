@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -17,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zmix.sim.engine import SimParams, Simulation
-from zmix.sim.taps import Record
+from zmix.errors import LocalMisuse
+from zmix.sim.adversary import Adversary, PrivacyReport, corrupt_sample
+from zmix.sim.engine import START, SimParams, Simulation, sim_topology
+from zmix.sim.taps import Record, merge_node_taps
 from zmix.topology import Topology
 
 
@@ -209,3 +212,91 @@ def write_report(directory: Path, report: SimReport) -> Path:
     path = directory / "report.json"
     path.write_text(report.to_json())
     return path
+
+
+def privacy_summary(report: PrivacyReport) -> dict[str, Any]:
+    """Return the adversary's report as the ``privacy`` section of a :class:`SimReport`: the
+    sender and receiver summaries (bits: count, mean, median, p5, p95, min, max; None when
+    nothing was measured), the most bits possible, the corrupted nodes and the counts of targets
+    not measured."""
+    return {
+        "sender": None if report.sender is None else asdict(report.sender),
+        "receiver": None if report.receiver is None else asdict(report.receiver),
+        "max_bits": report.max_bits,
+        "corrupted": list(report.corrupted),
+        "records": report.records,
+        "sender_node_mass_mean": (sum(report.sender_node_mass) / len(report.sender_node_mass)
+                                  if report.sender_node_mass else 0.0),
+        "sender_pending": report.sender_pending,
+        "sender_ended": report.sender_ended,
+        "receiver_pending": report.receiver_pending,
+        "receiver_skipped": report.receiver_skipped,
+    }
+
+
+def adversary_for(topology: Topology, *, corrupted: float = 0.0, seed: int = 0,
+                  measure_from: float = -math.inf) -> Adversary:
+    """Return the global passive adversary of ``topology``'s members, with ``corrupted`` (a
+    fraction) of its mixnodes drawn with ``seed`` revealing their mapping."""
+    mixnodes = [n.name for layer in topology.layers for n in layer]
+    bad = corrupt_sample(mixnodes, corrupted, random.Random(seed)) if corrupted else frozenset()
+    return Adversary([c.name for c in topology.clients], [n.name for n in topology.nodes()],
+                     providers=[p.name for p in topology.providers], corrupted=bad,
+                     measure_from=measure_from)
+
+
+def measure(topology: Topology, params: SimParams, *, corrupted: float = 0.0,
+            settle: float = 10.0, observers: Sequence[Callable[[Record], None]] = (),
+            progress: Callable[[float], None] | None = None) -> tuple[Simulation, SimReport]:
+    """Run ``params`` on ``topology`` with the adversary watching (``corrupted``: the fraction
+    of mixnodes, drawn with ``params.seed``, that reveal their mapping); return the simulation
+    and its report, whose ``privacy`` is :func:`privacy_summary` of what the adversary learned
+    about the messages sent after the warmup."""
+    adversary = adversary_for(sim_topology(topology, params), corrupted=corrupted,
+                              seed=params.seed, measure_from=START + params.warmup)
+    return simulate(topology, params, observers=[adversary.observe, *observers],
+                    settle=settle, progress=progress,
+                    privacy=lambda: privacy_summary(adversary.report()))
+
+
+@dataclass(frozen=True, slots=True)
+class TapsReport:
+    """The adversary's analysis of a real network's node taps (zmix-sim --from-taps)."""
+
+    directory: str
+    files: int
+    lines: int
+    unknown_members: int
+    unresolved: int
+    records: int
+    privacy: dict[str, Any]
+
+    def text(self) -> str:
+        """Return the report as a few lines a person reads."""
+        head = (f"{self.files} node taps in {self.directory}: {self.lines} lines, "
+                f"{self.records} records ({self.unknown_members} lines naming unknown members "
+                f"and {self.unresolved} without their parent packet skipped)")
+        return "\n".join([head, *_privacy_lines(self.privacy)]) + "\n"
+
+    def to_json(self) -> str:
+        """Return the report as JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def analyse_taps(topology: Topology, directory: Path, *, corrupted: float = 0.0,
+                 seed: int = 0) -> TapsReport:
+    """Merge the node taps a real network of ``topology`` wrote in ``directory`` (NODE.jsonl
+    for each node that has one) and run the adversary over them. Raises RecordError for a
+    malformed tap, LocalMisuse if ``directory`` holds no tap of a node of ``topology``."""
+    paths = {n.name: directory / f"{n.name}.jsonl" for n in topology.nodes()
+             if (directory / f"{n.name}.jsonl").is_file()}
+    if not paths:
+        raise LocalMisuse(f"{directory}: no node tap (NODE.jsonl) of a node of "
+                          f"{topology.path}")
+    merged = merge_node_taps(paths, topology.names())
+    adversary = adversary_for(topology, corrupted=corrupted, seed=seed)
+    for record in merged.records:
+        adversary.observe(record)
+    return TapsReport(str(directory), len(paths), merged.lines, merged.unknown_members,
+                      merged.unresolved, len(merged.records),
+                      privacy_summary(adversary.report()))

@@ -146,6 +146,26 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
     return count
 
 
+class RecordWriter:
+    """Writes records to a JSON-lines file one at a time, as a simulation makes them (the
+    format of :func:`write_records`); :meth:`close` when done."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._out = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        self.count = 0
+
+    def write(self, record: Record) -> None:
+        """Append ``record`` as one line."""
+        self._out.write(encode_record(record))
+        self._out.write("\n")
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._out.close()
+
+
 def read_records(path: str | Path) -> Iterator[Record]:
     """Yield the records of a JSON-lines file one at a time (blank lines are skipped).
 
