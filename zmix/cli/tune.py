@@ -28,6 +28,7 @@ from zmix.topology_yaml import load_topology
 from zmix.yamlfile import read_yaml_file
 
 WARMUP = 5.0  # simulated seconds before measuring (the pools fill)
+MESSAGES = 200  # messages the default duration aims to measure
 
 EXAMPLES = """\
 examples:
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_clients, default=200, metavar="N",
                    help="clients in each simulation (default: 200)")
     p.add_argument("--duration", type=positive_float, metavar="SECONDS",
-                   help="simulated seconds per candidate (default: 30, longer for long "
-                        "latency targets: 20 + 5 + max(10, 3 x latency))")
+                   help="simulated seconds per candidate (default: W + 5 + max(10, 3 x "
+                        "latency), W the time the clients take to submit 200 messages, "
+                        "within 20..120 s)")
     p.add_argument("--seed", type=int, default=0, help="the simulations' seed (default: 0)")
     p.add_argument("--message-rate", type=positive_float, metavar="PER_SECOND",
                    help="messages each client sends per second (default: the profile's, "
@@ -145,19 +147,26 @@ def settings(args: argparse.Namespace) -> tuple[Target, SimParams, float, Space]
         raise LocalMisuse("give a target: --profile, or both --entropy and --latency")
     target = Target(float(entropy), float(latency))
     settle = max(10.0, 3 * target.latency)
-    duration = args.duration if args.duration is not None else 20 + WARMUP + settle
+    rate = args.message_rate or (profile.message_rate if profile else 0.1)
+    size = args.message_bytes or (profile.message_bytes if profile else 1000)
+    duration = args.duration if args.duration is not None else \
+        measured_window(args.clients, rate) + WARMUP + settle
     if duration <= WARMUP + settle:
         raise LocalMisuse(f"--duration must be longer than {WARMUP + settle:g} s: {WARMUP:g} s "
                           f"of warm-up and {settle:g} s for the last messages to arrive "
                           f"(3 x the latency target, at least 10 s)")
-    rate = args.message_rate or (profile.message_rate if profile else 0.1)
-    size = args.message_bytes or (profile.message_bytes if profile else 1000)
     params = SimParams(clients=args.clients, duration=duration, seed=args.seed,
                        message_rate=rate, message_bytes=size, warmup=WARMUP)
     space = Space(loop_share=args.loop_share, drop_share=args.drop_share,
                   min_rate=args.min_rate, max_rate=args.max_rate,
                   mix_loop_rates=args.mix_loop_rates, max_runs=args.max_runs)
     return target, params, settle, space
+
+
+def measured_window(clients: int, message_rate: float) -> float:
+    """Seconds of submitted messages to measure by default: enough for about
+    :data:`MESSAGES` messages (a steady median), at least 20 s and at most 120 s."""
+    return min(120.0, max(20.0, MESSAGES / (clients * message_rate)))
 
 
 def describe(outcome: Outcome) -> str:
