@@ -4,6 +4,7 @@ best reached when none meets it; the command's options, errors and fragment."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_sim_sweep import SIM_YAML, analytic_report
 
 from zmix.cli import tune as cli
@@ -208,6 +211,32 @@ def test_a_fragment_with_other_sections_or_a_bad_rate_does_not_merge(
     with pytest.raises(ConfigError, match=r"loopix\.payload_rate"):
         tune.merged_topology(data, good.replace("payload_rate: 1.0", "payload_rate: 0"),
                              "sim.yaml")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=200),
+                 st.builds(lambda key, value: f"loopix:\n  {key}: {value}\n",
+                           st.sampled_from(["mean_delay", "payload_rate", "loop_rate",
+                                            "max_delay", "other"]),
+                           st.text(max_size=20))))
+def test_any_fragment_text_merges_into_a_topology_or_raises_config_error(text: str) -> None:
+    data = read_yaml_file(SIM_YAML)
+    try:
+        merged = tune.merged_topology(data, text, "sim.yaml")
+    except ConfigError:
+        return
+    assert merged.layers  # a topology came out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_any_option_text_parses_or_is_an_argument_error(text: str) -> None:
+    for parse in (cli._bits, cli._share, cli._ladder, cli._clients):
+        try:
+            value = parse(text)
+        except argparse.ArgumentTypeError:
+            continue
+        assert isinstance(value, float | int | tuple)
 
 
 # ---------------------------------------------------------------- the command

@@ -448,7 +448,10 @@ def merged_topology(data: object, fragment_text: str, path: str) -> Topology:
     from zmix.errors import ConfigError
     from zmix.topology_yaml import parse_topology
 
-    part = yaml.safe_load(fragment_text)
+    try:
+        part = yaml.safe_load(fragment_text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "loopix", f"the fragment is not YAML: {exc}") from None
     if not isinstance(data, dict) or not isinstance(part, dict) or set(part) != {"loopix"}:
         raise ConfigError(path, "loopix", "the fragment and the topology must be mappings, "
                           "the fragment holding only loopix:")
