@@ -354,6 +354,27 @@ def test_a_missing_or_bad_topology_exits_2(capsys: pytest.CaptureFixture[str],
     assert "loopix.payload_rate" in capsys.readouterr().err
 
 
+def test_the_search_tries_no_delay_the_topologys_epoch_cannot_hold_20_of(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    local = SIM_YAML.parent / "local.yaml"  # 20 s epochs, 5 hops: delays up to 0.1 s
+    seen: list[float] = []
+
+    def spy(topo: Topology, params: SimParams, **kw: Any) -> tuple[None, SimReport]:
+        seen.append(topo.loopix.mean_delay)
+        return analytic_report(topo, params, **kw)
+
+    status = cli.main([str(local), "--entropy", "5", "--latency", "10", "--max-rate", "2"],
+                      evaluate=spy)
+    assert seen and max(seen) <= 0.1 + 1e-12
+    assert status == 1  # the model needs longer delays than 0.1 s at 2 packets/s
+    # positive control: the sim topology (3600 s epochs) lets the search go past 0.1 s
+    seen.clear()
+    assert cli.main([str(SIM_YAML), "--entropy", "5", "--latency", "10", "--max-rate", "2"],
+                    evaluate=spy) == 0
+    assert max(seen) > 0.1
+    capsys.readouterr()
+
+
 def test_verbose_prints_each_candidate_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run_cli(capsys, "--profile", "chat", "-v")
     assert status == 0

@@ -4,6 +4,7 @@ least bandwidth per client, judged by simulations of the topology (docs/tune.md)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -21,7 +22,7 @@ from zmix.cli.common import (
 from zmix.errors import ConfigError, LocalMisuse
 from zmix.sim import tune
 from zmix.sim.engine import SimParams
-from zmix.sim.sweep import Evaluate, default_evaluate
+from zmix.sim.sweep import Evaluate, default_evaluate, longest_mean_delay
 from zmix.sim.tune import PROFILES, Outcome, Space, Target, TuneResult
 from zmix.topology import Topology
 from zmix.topology_yaml import load_topology
@@ -210,6 +211,9 @@ def run(topology: Topology, path: Path, args: argparse.Namespace,
     """Search with ``evaluate`` (default: :func:`zmix.sim.report.measure`), print the answer
     and write the fragment; return the exit status."""
     target, params, settle, space = settings(args)
+    # no delay whose max_delay (20 of them) the epoch cannot hold: clamping would skew them
+    space = dataclasses.replace(space, max_delay=min(space.max_delay,
+                                                     longest_mean_delay(topology)))
     most = math.log2(params.clients)
     if target.entropy > most:
         return fail(f"no candidate can meet sender entropy >= {target.entropy:g} bits: "

@@ -172,6 +172,12 @@ def with_loopix(topology: Topology, **changes: float) -> Topology:
     return dataclasses.replace(topology, loopix=dataclasses.replace(loopix, max_delay=wanted))
 
 
+def longest_mean_delay(topology: Topology) -> float:
+    """Return the longest mean delay whose :data:`CLAMP_FACTOR` multiple the epoch length
+    allows as ``max_delay`` (``epoch.length / (2 * max_hops * CLAMP_FACTOR)``)."""
+    return topology.epoch.length / (2 * topology.sphinx.max_hops) / CLAMP_FACTOR
+
+
 def configure(topology: Topology, base: SimParams, parameter: str,
               value: float) -> tuple[Topology, SimParams, float | None]:
     """Return the topology, SimParams and corrupted fraction (None: the caller's) of one point
