@@ -125,6 +125,7 @@ class NodeParams:
     queue_limit: int = 100_000
     drain_on_shutdown: bool = False
     replay_capacity: int = 1_000_000
+    taps: bool = False  # write STATE/taps/NAME.jsonl: measurement only (docs/privacy.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,6 +280,7 @@ def _node_params(path: str, top: _Reader) -> NodeParams:
         queue_limit=r.get("queue_limit", _int_range(1, 10**8), d.queue_limit),
         drain_on_shutdown=r.get("drain_on_shutdown", _bool, d.drain_on_shutdown),
         replay_capacity=r.get("replay_capacity", _int_range(1_000, 10**9), d.replay_capacity),
+        taps=r.get("taps", _bool, d.taps),
     )
     r.finish()
     return params
