@@ -328,3 +328,11 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
     # The workers' own Sphinx time is part of their CPU time, never more.
     assert 0 < figures["sphinx_in_workers_seconds"] < figures["cpu_seconds_per_packet_workers"]
     assert figures["cpu_over_sphinx_in_workers_ratio"] > 1.0
+    # The CPU of the saturation phase by thread: the node's loop, its workers and the bench's
+    # own threads all worked for every packet; the workers' share is what the node reported.
+    by_thread = figures["cpu_seconds_per_packet_by_thread"]
+    assert set(by_thread) == set(bench.THREAD_GROUPS)
+    for where in ("node loop", "node libzmq I/O", "workers", "bench generator", "bench sink",
+                  "bench libzmq I/O"):
+        assert by_thread[where] > 0, where
+    assert figures["cpu_seconds_per_packet_bench"] >= by_thread["bench generator"]

@@ -27,9 +27,23 @@ the authority's document. It reports, from one run:
   flush of a full filter's dirty pages (``replay_flush_ms``, done every second by the node) and
   its share of one second of the node's saturated throughput (``replay_flush_share``).
 
+- where the CPU of the saturation phase went, per forwarded packet, by thread
+  (``cpu_seconds_per_packet_by_thread``, read from Linux's ``/proc/PID/task/TID/schedstat``):
+  the node loop, the node's libzmq I/O thread, the workers, their libzmq I/O threads, and the
+  benchmark's own generator, sink and libzmq I/O thread (they share the cores with the node);
+  ``cpu_seconds_per_packet_bench`` is this process's whole CPU time over the phase.
+
+The generator sends the pre-encoded PACKET frames back to back on one CURVE link (the send blocks
+at the link's high-water mark: the node sets the pace). The sink counts PACKET frames; after
+draining what arrived it sleeps 1 ms instead of waiting in poll, so libzmq's I/O thread does not
+wake it for every few packets (the time of the last packet is then late by at most 1 ms).
+
 ``--profile`` picks the Sphinx profile of the network (docs/sphinx.md); ``--profile all`` runs the
 whole benchmark once per wire profile, one after the other in the same run, and adds each
-profile's saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``).
+profile's saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``) and its CPU per
+packet over all those threads as a ratio too (``cpu_ratio_to_v1``: v1's CPU per packet over this
+profile's, the packets/s ratio a machine with nothing else to run would show while the run is
+CPU-bound; on a shared machine the packets/s swing with the other load, the CPU much less).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics as stats
 import subprocess
 import sys
@@ -87,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SINK_NAP = 0.001  # seconds the sink sleeps before it drains what arrived (see _Sink._run)
+
+
 class _Sink:
     """The layer-1 node's ROUTER: counts packets that arrive, in a thread."""
 
@@ -107,15 +125,22 @@ class _Sink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        self.tid = self._thread.native_id  # for the CPU-by-thread figures
 
     def _run(self) -> None:
         # As little work per packet as counting allows: this thread shares the machine's cores
         # with the node under test. Two recv calls, not recv_multipart (which costs a
         # getsockopt per part), and one clock reading per drained batch, not per packet.
+        # After a drain it sleeps SINK_NAP instead of waiting in poll: a thread blocked in poll
+        # is woken by libzmq's I/O thread for each packet that finds it waiting (a system call
+        # and a wake-up on each side, about 4 us of the shared CPU a packet, measured), a
+        # napping one finds the packets of a millisecond queued. The last packet's time is
+        # then late by at most the nap: 0.05 % of a 2-second saturation phase.
         recv = self.sock.recv
         while not self._stop.is_set():
             if not self.sock.poll(50):
                 continue
+            time.sleep(SINK_NAP)
             got = 0
             while True:
                 try:
@@ -201,7 +226,8 @@ def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, An
             epoch, packets = _build_packets(topology, fetch_network(state, topology), total)
             build_seconds = time.perf_counter() - t0
             key = _node_key(state, node.name, epoch)
-            return _measure(args, topology, state, packets, ctx, sink, key, build_seconds)
+            return _measure(args, topology, state, packets, ctx, sink, key, build_seconds,
+                            proc.pid)
         finally:
             if sink is not None:
                 sink.close()
@@ -224,7 +250,7 @@ def _wait_started(state: Path, name: str, proc: subprocess.Popen[bytes]) -> None
 
 def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets: list[bytes],
              ctx: zmq.Context[zmq.Socket[bytes]], sink: _Sink, key: bytes,
-             build_seconds: float) -> dict[str, Any]:
+             build_seconds: float, node_pid: int) -> dict[str, Any]:
     node = topology.layers[0][0]
     provider = topology.providers[0]
     me = load_private(state, provider.name)
@@ -244,11 +270,16 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
     sphinx_samples = _sphinx_samples(topology, key, packets[:1_000])
     saturated = frames[1:args.packets]
     base = sink.count
+    bench_cpu = _process_cpu()
+    threads = _thread_cpu(node_pid, sink.tid)
     t0 = time.perf_counter()
     for frame in saturated:
         gen.send(frame)  # blocks at the high-water mark: the node sets the pace
     sink.wait_for(base + len(saturated), 60)
     got = sink.count - base
+    bench_cpu = (_process_cpu() - bench_cpu) / max(1, got)
+    by_thread = {where: seconds / max(1, got) for where, seconds in
+                 _thread_cpu(node_pid, sink.tid, since=threads).items()}
     elapsed = sink.last - t0
     sphinx_samples += _sphinx_samples(topology, key, packets[:1_000])
     after = _node_counters(state, node.name)
@@ -276,6 +307,8 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "cpu_seconds_per_packet_node_loop": node_per_packet,
         "cpu_seconds_per_packet_workers": workers_per_packet,
         "loop_wakeups_per_packet": per_packet["loop_wakeups"],
+        "cpu_seconds_per_packet_bench": bench_cpu,
+        "cpu_seconds_per_packet_by_thread": by_thread,
         "sphinx_in_workers_seconds": in_workers,
         "cpu_over_sphinx_in_workers_ratio": cpu_per_packet / in_workers if in_workers else 0.0,
         "sphinx_per_hop_seconds": per_hop,
@@ -293,6 +326,75 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "packet_build_seconds": build_seconds,
         "loopix_reference_per_second": 570,
     }
+
+
+def _process_cpu() -> float:
+    """Return the CPU seconds of this process so far, every thread (the generator, the sink,
+    libzmq's I/O thread) and the kernel's work for it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+THREAD_GROUPS = ("node loop", "node libzmq I/O", "workers", "workers' libzmq I/O",
+                 "bench generator", "bench sink", "bench libzmq I/O", "other threads")
+
+
+def _thread_cpu(node_pid: int, sink_tid: int | None,
+                since: dict[str, float] | None = None) -> dict[str, float]:
+    """Return the CPU seconds of every thread of the node under test, of its workers and of
+    this process, summed by :data:`THREAD_GROUPS` (minus ``since``, a previous reading).
+
+    Read from ``/proc/PID/task/TID/schedstat`` (nanoseconds on a CPU; Linux): libzmq's I/O
+    threads are the ones it names ``ZMQbg/IO/...``; the node's and each worker's main thread is
+    the one whose id is the process id. A machine without these files gives no figures."""
+    totals = dict.fromkeys(THREAD_GROUPS, 0.0)
+    processes = [(node_pid, "node"), *((pid, "workers") for pid in _children(node_pid)),
+                 (os.getpid(), "bench")]
+    for pid, group in processes:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    seconds = int(f.read().split()[0]) / 1e9
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+            except (OSError, ValueError, IndexError):
+                continue
+            totals[_thread_group(group, pid, tid, comm, sink_tid)] += seconds
+    if since is not None:
+        totals = {where: seconds - since.get(where, 0.0) for where, seconds in totals.items()}
+    return totals
+
+
+def _thread_group(group: str, pid: int, tid: int, comm: str, sink_tid: int | None) -> str:
+    """Return the :data:`THREAD_GROUPS` name of thread ``tid`` of process ``pid``."""
+    if comm.startswith("ZMQbg/IO"):
+        return {"node": "node libzmq I/O", "workers": "workers' libzmq I/O"}.get(
+            group, "bench libzmq I/O")
+    if group == "bench":
+        return ("bench generator" if tid == pid else
+                "bench sink" if tid == sink_tid else "other threads")
+    if tid == pid:
+        return "node loop" if group == "node" else "workers"
+    return "other threads"
+
+
+def _children(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is ``pid`` (the node's workers)."""
+    children = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                children.append(int(name))
+    return children
 
 
 def _paced_phase(args: argparse.Namespace, frames: list[bytes], gen: zmq.Socket[bytes],
@@ -356,12 +458,19 @@ def main(argv: list[str]) -> int:
         if base is not None and result is not base:
             result["forwarded_ratio_to_v1"] = (result["forwarded_per_second"]
                                                / base["forwarded_per_second"])
+            cpu, cpu_v1 = _all_threads(result), _all_threads(base)
+            result["cpu_ratio_to_v1"] = cpu_v1 / cpu if cpu and cpu_v1 else 0.0
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
     for result in results:
         show(result)
     return 0
+
+
+def _all_threads(result: dict[str, Any]) -> float:
+    """Return the CPU seconds per packet of every thread measured (0 without the figures)."""
+    return float(sum((result.get("cpu_seconds_per_packet_by_thread") or {}).values()))
 
 
 def show(result: dict[str, Any]) -> None:
@@ -377,6 +486,12 @@ def show(result: dict[str, Any]) -> None:
           f"(node loop {result['cpu_seconds_per_packet_node_loop'] * 1e6:.1f} us + workers "
           f"{result['cpu_seconds_per_packet_workers'] * 1e6:.1f} us)")
     print(f"  node loop turns per packet {result['loop_wakeups_per_packet']:9.2f}")
+    by_thread = result.get("cpu_seconds_per_packet_by_thread") or {}
+    if by_thread:
+        total = sum(by_thread.values())
+        print(f"  CPU per packet, all threads {total * 1e6:8.1f} us in the saturation phase: "
+              + ", ".join(f"{where} {seconds * 1e6:.1f}" for where, seconds in by_thread.items()
+                          if seconds * 1e6 >= 0.05))
     print(f"  Sphinx per-hop time       {result['sphinx_per_hop_seconds'] * 1e6:10.1f} us")
     print(f"  ratio CPU / Sphinx        {result['cpu_over_sphinx_ratio']:10.2f}  (target <= 1.3)")
     print(f"  Sphinx inside the workers {result['sphinx_in_workers_seconds'] * 1e6:10.1f} us "
@@ -394,6 +509,8 @@ def show(result: dict[str, Any]) -> None:
     if "forwarded_ratio_to_v1" in result:
         print(f"  packets/s against v1      {result['forwarded_ratio_to_v1']:10.2f}  x v1's "
               "forwarded at saturation in this run")
+        print(f"  CPU per packet against v1 {result['cpu_ratio_to_v1']:10.2f}  v1's CPU per "
+              "packet (all threads) over this profile's")
 
 
 if __name__ == "__main__":
