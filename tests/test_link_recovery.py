@@ -357,3 +357,51 @@ def _wait_event(monitor: zmq.Socket[bytes], event: int, timeout: float) -> None:
                 recv_monitor_message(monitor)["event"] == event):
             return
     raise AssertionError(f"no socket event {event:#x} within {timeout} s")
+
+
+def test_frames_sent_together_arrive_in_order_and_are_held_and_dropped_like_single_sends(
+        ) -> None:
+    # The node loop sends a round of results' packets per next hop in one call: the link must
+    # keep their order, and count them as held while it is down exactly as one send at a time.
+    server, node = crypto.x25519_keypair(), crypto.x25519_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = links.start_authenticator(ctx, links.KeyGate({node[0]: b"N" * 16}), "net")
+    endpoint = f"tcp://127.0.0.1:{free_ports(1)[0]}"  # nobody listens there yet
+    out = links.Links(ctx, *node, lambda peer: (endpoint, server[0]) if peer == b"peer" else None,
+                      max_frame=1_024, hold=0.5)
+    poller = zmq.Poller()
+    router = None
+
+    def turn() -> dict[str, int]:
+        for sock in out.take_new_sockets():
+            poller.register(sock, zmq.POLLIN)
+        out.on_events(dict(poller.poll(20)))
+        for sock in out.redial(time.monotonic()):
+            poller.unregister(sock)
+        return out.statistics()
+
+    try:
+        assert out.send_frames(b"nobody", [b"x"], time.monotonic()) == 0  # not a next hop
+        assert out.send_frames(b"peer", [b"held 1", b"held 2", b"held 3"], time.monotonic()) == 3
+        deadline = time.monotonic() + 5
+        while turn()["dropped_link_down"] == 0:
+            assert time.monotonic() < deadline, out.statistics()
+        assert out.statistics()["dropped_link_down"] == 3  # all three, as three sends would be
+        router = links.bind_router(ctx, endpoint, *server, "net", max_frame=1_024)
+        frames = [f"packet {i}".encode() for i in range(20)]
+        assert out.send_frames(b"peer", frames, time.monotonic()) == len(frames)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < len(frames):
+            assert time.monotonic() < deadline, got
+            turn()
+            if router.poll(50):
+                got.append(router.recv_multipart()[1])
+        assert got == frames
+        assert b"peer" in out.last_sent and out.statistics()["dropped_link_down"] == 3
+    finally:
+        out.close()
+        if router is not None:
+            router.close(linger=0)
+        auth.stop()
+        ctx.destroy(linger=0)

@@ -320,6 +320,8 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
                        "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["saturation_forwarded"] == figures["saturation_sent"] == 299
+    assert figures["saturation_rounds"] == len(figures["forwarded_per_second_rounds"]) == 5
+    assert all(rate > 0 for rate in figures["forwarded_per_second_rounds"])
     assert figures["paced_sent"] > 0 and figures["workers"] == 1
     # Every forwarded packet went through process_packet in a worker, so the node's CPU per
     # packet cannot be below the Sphinx time (if it is, the accounting lost someone's CPU).
@@ -328,3 +330,32 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
     # The workers' own Sphinx time is part of their CPU time, never more.
     assert 0 < figures["sphinx_in_workers_seconds"] < figures["cpu_seconds_per_packet_workers"]
     assert figures["cpu_over_sphinx_in_workers_ratio"] > 1.0
+    # The CPU of the saturation phase by thread: the node's loop, its workers and the bench's
+    # own threads all worked for every packet; the workers' share is what the node reported.
+    by_thread = figures["cpu_seconds_per_packet_by_thread"]
+    assert set(by_thread) == set(bench.THREAD_GROUPS)
+    for where in ("node loop", "node libzmq I/O", "workers", "bench generator", "bench sink",
+                  "bench libzmq I/O"):
+        assert by_thread[where] > 0, where
+    assert figures["cpu_seconds_per_packet_bench"] >= by_thread["bench generator"]
+
+
+@pytest.mark.slow  # two networks: about 25 s
+def test_the_node_benchmark_on_every_profile_takes_turns_and_gives_ratios_to_v1(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from zmix.bench import node as bench
+
+    assert bench.main(["--profile", "all", "--packets", "300", "--paced-seconds", "0.5",
+                       "--workers", "1", "--rounds", "3", "--json"]) == 0
+    v1, kem1 = json.loads(capsys.readouterr().out)
+    assert (v1["profile"], kem1["profile"]) == ("v1", "kem1")
+    for figures in (v1, kem1):
+        assert figures["saturation_forwarded"] == 299 and figures["saturation_rounds"] == 3
+    assert "forwarded_ratio_to_v1" not in v1  # v1 is the reference
+    rounds = zip(kem1["forwarded_per_second_rounds"], v1["forwarded_per_second_rounds"],
+                 strict=True)
+    assert kem1["forwarded_ratio_to_v1_rounds"] == pytest.approx([k / v for k, v in rounds])
+    assert kem1["forwarded_ratio_to_v1"] == pytest.approx(
+        kem1["forwarded_per_second"] / v1["forwarded_per_second"])
+    cpu = [sum(f["cpu_seconds_per_packet_by_thread"].values()) for f in (v1, kem1)]
+    assert kem1["cpu_ratio_to_v1"] == pytest.approx(cpu[0] / cpu[1])

@@ -21,7 +21,7 @@ from simnet import SimNet
 
 from zmix import crypto, wire
 from zmix.bench.common import make_network
-from zmix.dispatch import JOB_BATCH, MAX_IN_FLIGHT, WORKER_QUEUE, Dispatcher
+from zmix.dispatch import JOB_BATCH, LOW_WATER, MAX_IN_FLIGHT, WORKER_QUEUE, Dispatcher
 from zmix.envelope import ACK_PAYLOAD, DatedSurb, Envelope, encode_envelope
 from zmix.errors import DropReason
 from zmix.keys import load_directory, load_private
@@ -255,6 +255,30 @@ def test_packets_are_cut_into_batches_that_fit_what_each_worker_may_hold() -> No
     assert all(size == JOB_BATCH for _, size in sent)
     assert dispatch.outstanding == [WORKER_QUEUE, WORKER_QUEUE] and handed == 2 * WORKER_QUEUE
     assert len(dispatch.jobs) == 200 - handed and dispatch.in_flight == 200
+
+
+def test_a_busy_worker_gets_only_whole_batches_and_one_running_low_gets_what_waits() -> None:
+    dispatch = keyed(2)
+    dispatch.outstanding[:] = [LOW_WATER, LOW_WATER]  # both busy for a while yet
+    for _ in range(JOB_BATCH - 1):
+        dispatch.add(0.0, bytes(100))
+    sent, send = sender()
+    assert dispatch.dispatch(send) == 0 and not sent  # less than a batch: it waits
+    dispatch.add(0.0, bytes(100))  # a whole batch now: it goes to one worker at once
+    assert dispatch.dispatch(send) == JOB_BATCH and sent == [(0, JOB_BATCH)]
+    for _ in range(5):
+        dispatch.add(0.0, bytes(100))
+    assert dispatch.dispatch(send) == 0  # control: both busy, five wait ...
+    dispatch.returned(1, PID + 1, 1)  # ... until one runs low: it takes them all
+    assert dispatch.dispatch(send) == 5 and sent[-1] == (1, 5) and not dispatch.jobs
+
+
+def test_waiting_packets_are_shared_evenly_between_idle_workers_in_one_message_each() -> None:
+    dispatch = keyed(2)
+    for _ in range(10):
+        dispatch.add(0.0, bytes(100))
+    sent, send = sender()
+    assert dispatch.dispatch(send) == 10 and sorted(sent) == [(0, 5), (1, 5)]
 
 
 def test_a_batch_the_chosen_worker_cannot_take_goes_to_another_and_else_waits() -> None:

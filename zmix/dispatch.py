@@ -22,6 +22,7 @@ from zmix.workframes import encode_jobs
 MAX_IN_FLIGHT = 4_096  # packets handed to workers and not yet back
 JOB_BATCH = 32  # packets in one message to a worker, at most
 WORKER_QUEUE = 64  # packets given to one worker and not yet answered, at most
+LOW_WATER = 8  # a worker holding fewer packets than this is about to run dry: it gets any batch
 
 Job = tuple[float, bytes]  # (arrival, packet)
 SendJobs = Callable[[int, bytes], bool]  # (worker index, job message) -> sent?
@@ -54,19 +55,31 @@ class Dispatcher:
         """Hand the waiting packets to the workers, each batch to the worker holding the fewest;
         return how many packets were handed over.
 
-        A quiet node sends batches of one, at once. Under load packets wait here until a whole
-        batch (``JOB_BATCH``, or an even share of what waits) fits within the ``WORKER_QUEUE``
-        packets a worker may hold: the worker is still busy with the batch before, so waiting
-        costs nothing, and the batches stay large. A batch of 32 costs a worker about 5 us of
-        messaging per packet, a batch of one about 35 us (measured; docs/performance.md). A
-        batch the chosen worker cannot take goes to the next one that can; if none can, the
-        packets wait for the next call."""
+        A quiet node sends batches of one, at once: its workers hold nothing. A worker that
+        holds ``LOW_WATER`` packets or more is busy for a while yet, and gets only whole batches
+        (``JOB_BATCH``) that fit within the ``WORKER_QUEUE`` packets it may hold; fewer packets
+        wait for a whole batch, or for a worker to run low, which costs them nothing (no worker
+        would start on them sooner) and keeps the batches large under load. Each message costs
+        the node loop, its I/O thread and the worker a send, a receive and a wake-up: a batch of
+        32 costs a worker about 5 us of messaging per packet, a batch of one about 35 us
+        (measured; docs/performance.md). The workers running low share what waits evenly,
+        up to ``JOB_BATCH`` each. A batch the chosen worker cannot take goes to the next one
+        that can; if none can, the packets wait for the next call."""
         ready = [i for i, keyed in enumerate(self.has_keys) if keyed]
-        jobs, start, workers = self.jobs, 0, len(ready)
+        jobs, start = self.jobs, 0
+        outstanding = self.outstanding
+        low = sum(1 for i in ready if outstanding[i] < LOW_WATER)
+        share = min(JOB_BATCH, -(-len(jobs) // max(1, low)))  # ceil(waiting / workers low)
         while start < len(jobs) and ready:
-            index = min(ready, key=self.outstanding.__getitem__)
-            size = min(JOB_BATCH, -(-(len(jobs) - start) // workers))
-            if WORKER_QUEUE - self.outstanding[index] < size:
+            index = min(ready, key=outstanding.__getitem__)
+            held, waiting = outstanding[index], len(jobs) - start
+            if held < LOW_WATER:  # running low: it takes its share of what waits
+                size = min(share, waiting)
+            elif waiting >= JOB_BATCH:  # busy: a whole batch, or nothing
+                size = JOB_BATCH
+            else:
+                break
+            if WORKER_QUEUE - held < size:
                 break
             if not self._send(index, ready, jobs[start:start + size], send):
                 break

@@ -27,22 +27,46 @@ the authority's document. It reports, from one run:
   flush of a full filter's dirty pages (``replay_flush_ms``, done every second by the node) and
   its share of one second of the node's saturated throughput (``replay_flush_share``).
 
-``--profile`` picks the Sphinx profile of the network (docs/sphinx.md); ``--profile all`` runs the
-whole benchmark once per wire profile, one after the other in the same run, and adds each
-profile's saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``).
+- where the CPU of the saturation phase went, per forwarded packet, by thread
+  (``cpu_seconds_per_packet_by_thread``, read from Linux's ``/proc/PID/task/TID/schedstat``):
+  the node loop, the node's libzmq I/O thread, the workers, their libzmq I/O threads, and the
+  benchmark's own generator, sink and libzmq I/O thread (they share the cores with the node);
+  ``cpu_seconds_per_packet_bench`` is this process's whole CPU time over the phase.
+
+The generator sends the pre-encoded PACKET frames back to back on one CURVE link (the send blocks
+at the link's high-water mark: the node sets the pace). The sink counts PACKET frames; after
+draining what arrived it sleeps 1 ms instead of waiting in poll, so libzmq's I/O thread does not
+wake it for every few packets (the time of the last packet is then late by at most 1 ms).
+
+The saturation phase runs in ``--rounds`` rounds (5), each a share of the packets; the figures
+are summed over them, and ``forwarded_per_second_rounds`` gives each round's packets/s.
+
+``--profile`` picks the Sphinx profile of the network (docs/sphinx.md); ``--profile all`` runs one
+network per wire profile, all at once, their saturation rounds taking turns (v1's first round,
+kem1's first round, v1's second ...) so that the shared machine's drift falls on every profile
+alike; the rest of the benchmark follows one profile after the other. It adds each profile's
+saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``, and round by round in
+``forwarded_ratio_to_v1_rounds``) and its CPU per
+packet over all those threads as a ratio too (``cpu_ratio_to_v1``: v1's CPU per packet over this
+profile's, the packets/s ratio a machine with nothing else to run would show while the run is
+CPU-bound; on a shared machine the packets/s swing with the other load, the CPU much less).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import statistics as stats
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=Profile.V1.value,
                         help="the network's Sphinx profile, or all of them one after the other "
                              "with ratios to v1 (default v1)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the saturation phase in this many rounds; with several profiles "
+                             "their rounds take turns (default 5)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
+
+
+SINK_NAP = 0.001  # seconds the sink sleeps before it drains what arrived (see _Sink._run)
 
 
 class _Sink:
@@ -107,15 +137,22 @@ class _Sink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        self.tid = self._thread.native_id  # for the CPU-by-thread figures
 
     def _run(self) -> None:
         # As little work per packet as counting allows: this thread shares the machine's cores
         # with the node under test. Two recv calls, not recv_multipart (which costs a
         # getsockopt per part), and one clock reading per drained batch, not per packet.
+        # After a drain it sleeps SINK_NAP instead of waiting in poll: a thread blocked in poll
+        # is woken by libzmq's I/O thread for each packet that finds it waiting (a system call
+        # and a wake-up on each side, about 4 us of the shared CPU a packet, measured), a
+        # napping one finds the packets of a millisecond queued. The last packet's time is
+        # then late by at most the nap: 0.05 % of a 2-second saturation phase.
         recv = self.sock.recv
         while not self._stop.is_set():
             if not self.sock.poll(50):
                 continue
+            time.sleep(SINK_NAP)
             got = 0
             while True:
                 try:
@@ -174,6 +211,37 @@ def _node_counters(state: Path, name: str) -> dict[str, float]:
 
 def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, Any]:
     """Run the benchmark on a network of Sphinx profile ``profile``; return its figures."""
+    return run_profiles(args, [profile])[0]
+
+
+def run_profiles(args: argparse.Namespace, profiles: Sequence[Profile]) -> list[dict[str, Any]]:
+    """Run the benchmark on one network per profile of ``profiles``, all running at once, the
+    saturation phase in ``args.rounds`` rounds that take turns between them (the machine's
+    drift then falls on every profile alike); return each profile's figures."""
+    with contextlib.ExitStack() as stack:
+        benches = [stack.enter_context(_running(args, profile)) for profile in profiles]
+        return _measure(args, benches)
+
+
+@dataclass
+class _Bench:
+    """One network under test: its running node, the benchmark's sockets and packets."""
+
+    topology: Topology
+    state: Path
+    packets: list[bytes]
+    frames: list[bytes]
+    sink: _Sink
+    gen: zmq.Socket[bytes]
+    key: bytes
+    build_seconds: float
+    node_pid: int
+
+
+@contextlib.contextmanager
+def _running(args: argparse.Namespace, profile: Profile) -> Iterator[_Bench]:
+    """Set up a network of profile ``profile`` with its node running, its packets built and
+    its link warmed up; stop everything on leaving."""
     sphinx: dict[str, Any] = {"payload_length": args.payload, "max_hops": 5}
     if profile is not Profile.V1:  # v1 is the default: a topology need not name it
         sphinx["profile"] = profile.value
@@ -189,6 +257,7 @@ def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, An
         proc: subprocess.Popen[bytes] | None = None
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sink: _Sink | None = None
+        gen: zmq.Socket[bytes] | None = None
         try:
             # The neighbours the benchmark plays are in the document like real nodes: the node
             # admits their links and routes to them.
@@ -200,9 +269,18 @@ def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, An
             t0 = time.perf_counter()
             epoch, packets = _build_packets(topology, fetch_network(state, topology), total)
             build_seconds = time.perf_counter() - t0
-            key = _node_key(state, node.name, epoch)
-            return _measure(args, topology, state, packets, ctx, sink, key, build_seconds)
+            gen = _generator(ctx, topology, state)
+            frames = [wire.encode(wire.Packet(p), params=topology.sphinx, slots=1)
+                      for p in packets]
+            # Warm-up: the link and the workers are up before anything is timed.
+            gen.send(frames[0])
+            if not sink.wait_for(1, 30):
+                raise RuntimeError("the node forwarded nothing")
+            yield _Bench(topology, state, packets, frames, sink, gen,
+                         _node_key(state, node.name, epoch), build_seconds, proc.pid)
         finally:
+            if gen is not None:
+                gen.close(linger=0)
             if sink is not None:
                 sink.close()
             if proc is not None:
@@ -210,6 +288,19 @@ def run(args: argparse.Namespace, profile: Profile = Profile.V1) -> dict[str, An
                 proc.wait(10)
             ctx.term()
             authorities.stop()
+
+
+def _generator(ctx: zmq.Context[zmq.Socket[bytes]], topology: Topology,
+               state: Path) -> zmq.Socket[bytes]:
+    """Return the provider's CURVE link to the node under test (the load generator)."""
+    node, provider = topology.layers[0][0], topology.providers[0]
+    me = load_private(state, provider.name)
+    directory = load_directory(state, topology)
+    gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
+                               me.curve_public, me.curve_private,
+                               max_frame=wire.node_frame_limit(topology.sphinx))
+    gen.sndhwm = 1_000
+    return gen
 
 
 def _wait_started(state: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
@@ -222,60 +313,96 @@ def _wait_started(state: Path, name: str, proc: subprocess.Popen[bytes]) -> None
         time.sleep(0.05)
 
 
-def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets: list[bytes],
-             ctx: zmq.Context[zmq.Socket[bytes]], sink: _Sink, key: bytes,
-             build_seconds: float) -> dict[str, Any]:
-    node = topology.layers[0][0]
-    provider = topology.providers[0]
-    me = load_private(state, provider.name)
-    directory = load_directory(state, topology)
-    gen = links.connect_dealer(ctx, node.endpoint, directory[node.name].curve_public,
-                               me.curve_public, me.curve_private,
-                               max_frame=wire.node_frame_limit(topology.sphinx))
-    gen.sndhwm = 1_000
-    frames = [wire.encode(wire.Packet(p), params=topology.sphinx, slots=1) for p in packets]
-    # Warm-up: the link and the workers are up before anything is timed.
-    gen.send(frames[0])
-    if not sink.wait_for(1, 30):
-        raise RuntimeError("the node forwarded nothing")
-    before = _node_counters(state, node.name)
+@dataclass
+class _Saturation:
+    """What the saturation rounds of one network measured, summed over its rounds."""
+
+    sent: int = 0
+    got: int = 0
+    elapsed: float = 0.0
+    bench_cpu: float = 0.0
+    by_thread: dict[str, float] = field(default_factory=dict)
+    rates: list[float] = field(default_factory=list)  # packets/s of each round
+
+
+def _saturate(bench: _Bench, frames: list[bytes], into: _Saturation) -> None:
+    """Send ``frames`` as fast as the node takes them; add what it forwarded, the time it took
+    and the CPU spent to ``into``."""
+    sink, gen = bench.sink, bench.gen
+    base = sink.count
+    bench_cpu = _process_cpu()
+    threads = _thread_cpu(bench.node_pid, sink.tid)
+    t0 = time.perf_counter()
+    for frame in frames:
+        gen.send(frame)  # blocks at the high-water mark: the node sets the pace
+    sink.wait_for(base + len(frames), 60)
+    got = sink.count - base
+    elapsed = sink.last - t0 if got else 0.0
+    into.bench_cpu += _process_cpu() - bench_cpu
+    for where, seconds in _thread_cpu(bench.node_pid, sink.tid, since=threads).items():
+        into.by_thread[where] = into.by_thread.get(where, 0.0) + seconds
+    into.sent += len(frames)
+    into.got += got
+    into.elapsed += elapsed
+    into.rates.append(got / elapsed if elapsed > 0 else 0.0)
+
+
+def _measure(args: argparse.Namespace, benches: list[_Bench]) -> list[dict[str, Any]]:
+    """Measure every network of ``benches``: their saturation rounds take turns, the rest
+    (loss below saturation, key trial, replay filters) follows one network at a time."""
+    names = [bench.topology.layers[0][0].name for bench in benches]
+    before = [_node_counters(b.state, name) for b, name in zip(benches, names, strict=True)]
     # The Sphinx time is sampled just before and just after the load: the machine is shared, its
     # speed drifts, and the samples should see the speed the workers saw.
-    sphinx_samples = _sphinx_samples(topology, key, packets[:1_000])
-    saturated = frames[1:args.packets]
-    base = sink.count
-    t0 = time.perf_counter()
-    for frame in saturated:
-        gen.send(frame)  # blocks at the high-water mark: the node sets the pace
-    sink.wait_for(base + len(saturated), 60)
-    got = sink.count - base
-    elapsed = sink.last - t0
-    sphinx_samples += _sphinx_samples(topology, key, packets[:1_000])
-    after = _node_counters(state, node.name)
-    rate = got / elapsed if elapsed > 0 else 0.0
+    samples = [_sphinx_samples(b.topology, b.key, b.packets[:1_000]) for b in benches]
+    rounds = max(1, args.rounds)
+    saturations = [_Saturation() for _ in benches]
+    for index in range(rounds):
+        for bench, saturation in zip(benches, saturations, strict=True):
+            saturated = bench.frames[1:args.packets]
+            chunk = len(saturated) * index // rounds, len(saturated) * (index + 1) // rounds
+            _saturate(bench, saturated[chunk[0]:chunk[1]], saturation)
+    for bench, sample in zip(benches, samples, strict=True):
+        sample += _sphinx_samples(bench.topology, bench.key, bench.packets[:1_000])
+    after = [_node_counters(b.state, name) for b, name in zip(benches, names, strict=True)]
+    return [_figures(args, *each) for each in zip(benches, saturations, before, after, samples,
+                                                   strict=True)]
+
+
+def _figures(args: argparse.Namespace, bench: _Bench, saturation: _Saturation,
+             before: dict[str, float], after: dict[str, float],
+             sphinx_samples: list[float]) -> dict[str, Any]:
+    """Finish the measurements of one network (after its saturation rounds); return them."""
+    topology, key, packets = bench.topology, bench.key, bench.packets
+    got = saturation.got
+    rate = got / saturation.elapsed if saturation.elapsed > 0 else 0.0
     forwarded = max(1.0, after["forwarded"] - before["forwarded"])
     per_packet = {key: (after[key] - before[key]) / forwarded for key in _COUNTERS}
     node_per_packet = per_packet["cpu_seconds_node"]
     workers_per_packet = per_packet["cpu_seconds_workers"]
     cpu_per_packet = node_per_packet + workers_per_packet
     in_workers = per_packet["cpu_seconds_workers_sphinx"]
-    paced = _paced_phase(args, frames[args.packets:], gen, sink, rate)
+    paced = _paced_phase(args, bench.frames[args.packets:], bench.gen, bench.sink, rate)
     per_hop = stats.median(sphinx_samples)
     first_key, second_key = _key_trial(topology, key, packets[:1_000])
     # On the state directory's disk, where the node keeps its filters (a flush on tmpfs is free).
-    replay = measure_replay(50_000, directory=state)
-    gen.close(linger=0)
+    replay = measure_replay(50_000, directory=bench.state)
     return {
         "profile": topology.sphinx.profile.value,
         "workers": args.workers, "payload_bytes": args.payload,
         "packet_bytes": topology.sphinx.packet_length,
-        "saturation_sent": len(saturated), "saturation_forwarded": got,
+        "saturation_sent": saturation.sent, "saturation_forwarded": got,
         "forwarded_per_second": rate,
+        "saturation_rounds": len(saturation.rates),
+        "forwarded_per_second_rounds": saturation.rates,
         "paced_rate": paced["rate"], "paced_sent": paced["sent"], "paced_lost": paced["lost"],
         "cpu_seconds_per_packet": cpu_per_packet,
         "cpu_seconds_per_packet_node_loop": node_per_packet,
         "cpu_seconds_per_packet_workers": workers_per_packet,
         "loop_wakeups_per_packet": per_packet["loop_wakeups"],
+        "cpu_seconds_per_packet_bench": saturation.bench_cpu / max(1, got),
+        "cpu_seconds_per_packet_by_thread": {
+            where: saturation.by_thread.get(where, 0.0) / max(1, got) for where in THREAD_GROUPS},
         "sphinx_in_workers_seconds": in_workers,
         "cpu_over_sphinx_in_workers_ratio": cpu_per_packet / in_workers if in_workers else 0.0,
         "sphinx_per_hop_seconds": per_hop,
@@ -290,9 +417,78 @@ def _measure(args: argparse.Namespace, topology: Topology, state: Path, packets:
         "replay_flush_ms": replay["flush_ms"],
         # A flush a second, against a second of forwarding at saturation on the node's CPU.
         "replay_flush_share": replay["flush_ms"] / 1000 / (rate * cpu_per_packet),
-        "packet_build_seconds": build_seconds,
+        "packet_build_seconds": bench.build_seconds,
         "loopix_reference_per_second": 570,
     }
+
+
+def _process_cpu() -> float:
+    """Return the CPU seconds of this process so far, every thread (the generator, the sink,
+    libzmq's I/O thread) and the kernel's work for it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+THREAD_GROUPS = ("node loop", "node libzmq I/O", "workers", "workers' libzmq I/O",
+                 "bench generator", "bench sink", "bench libzmq I/O", "other threads")
+
+
+def _thread_cpu(node_pid: int, sink_tid: int | None,
+                since: dict[str, float] | None = None) -> dict[str, float]:
+    """Return the CPU seconds of every thread of the node under test, of its workers and of
+    this process, summed by :data:`THREAD_GROUPS` (minus ``since``, a previous reading).
+
+    Read from ``/proc/PID/task/TID/schedstat`` (nanoseconds on a CPU; Linux): libzmq's I/O
+    threads are the ones it names ``ZMQbg/IO/...``; the node's and each worker's main thread is
+    the one whose id is the process id. A machine without these files gives no figures."""
+    totals = dict.fromkeys(THREAD_GROUPS, 0.0)
+    processes = [(node_pid, "node"), *((pid, "workers") for pid in _children(node_pid)),
+                 (os.getpid(), "bench")]
+    for pid, group in processes:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    seconds = int(f.read().split()[0]) / 1e9
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+            except (OSError, ValueError, IndexError):
+                continue
+            totals[_thread_group(group, pid, tid, comm, sink_tid)] += seconds
+    if since is not None:
+        totals = {where: seconds - since.get(where, 0.0) for where, seconds in totals.items()}
+    return totals
+
+
+def _thread_group(group: str, pid: int, tid: int, comm: str, sink_tid: int | None) -> str:
+    """Return the :data:`THREAD_GROUPS` name of thread ``tid`` of process ``pid``."""
+    if comm.startswith("ZMQbg/IO"):
+        return {"node": "node libzmq I/O", "workers": "workers' libzmq I/O"}.get(
+            group, "bench libzmq I/O")
+    if group == "bench":
+        return ("bench generator" if tid == pid else
+                "bench sink" if tid == sink_tid else "other threads")
+    if tid == pid:
+        return "node loop" if group == "node" else "workers"
+    return "other threads"
+
+
+def _children(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is ``pid`` (the node's workers)."""
+    children = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                children.append(int(name))
+    return children
 
 
 def _paced_phase(args: argparse.Namespace, frames: list[bytes], gen: zmq.Socket[bytes],
@@ -350,18 +546,29 @@ def main(argv: list[str]) -> int:
     """Run ``zmix-bench node``; print the figures; return 0."""
     args = build_parser().parse_args(argv)
     profiles = WIRE_PROFILES if args.profile == "all" else (Profile(args.profile),)
-    results = [run(args, profile) for profile in profiles]
+    results = run_profiles(args, profiles)
     base = next((r for r in results if r["profile"] == Profile.V1.value), None)
     for result in results:
         if base is not None and result is not base:
             result["forwarded_ratio_to_v1"] = (result["forwarded_per_second"]
                                                / base["forwarded_per_second"])
+            result["forwarded_ratio_to_v1_rounds"] = [
+                mine / theirs if theirs else 0.0 for mine, theirs in
+                zip(result["forwarded_per_second_rounds"], base["forwarded_per_second_rounds"],
+                    strict=True)]
+            cpu, cpu_v1 = _all_threads(result), _all_threads(base)
+            result["cpu_ratio_to_v1"] = cpu_v1 / cpu if cpu and cpu_v1 else 0.0
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
     for result in results:
         show(result)
     return 0
+
+
+def _all_threads(result: dict[str, Any]) -> float:
+    """Return the CPU seconds per packet of every thread measured (0 without the figures)."""
+    return float(sum((result.get("cpu_seconds_per_packet_by_thread") or {}).values()))
 
 
 def show(result: dict[str, Any]) -> None:
@@ -377,6 +584,12 @@ def show(result: dict[str, Any]) -> None:
           f"(node loop {result['cpu_seconds_per_packet_node_loop'] * 1e6:.1f} us + workers "
           f"{result['cpu_seconds_per_packet_workers'] * 1e6:.1f} us)")
     print(f"  node loop turns per packet {result['loop_wakeups_per_packet']:9.2f}")
+    by_thread = result.get("cpu_seconds_per_packet_by_thread") or {}
+    if by_thread:
+        total = sum(by_thread.values())
+        print(f"  CPU per packet, all threads {total * 1e6:8.1f} us in the saturation phase: "
+              + ", ".join(f"{where} {seconds * 1e6:.1f}" for where, seconds in by_thread.items()
+                          if seconds * 1e6 >= 0.05))
     print(f"  Sphinx per-hop time       {result['sphinx_per_hop_seconds'] * 1e6:10.1f} us")
     print(f"  ratio CPU / Sphinx        {result['cpu_over_sphinx_ratio']:10.2f}  (target <= 1.3)")
     print(f"  Sphinx inside the workers {result['sphinx_in_workers_seconds'] * 1e6:10.1f} us "
@@ -393,7 +606,10 @@ def show(result: dict[str, Any]) -> None:
           f"{result['replay_flush_share'] * 100:.2f}% of a saturated second's CPU")
     if "forwarded_ratio_to_v1" in result:
         print(f"  packets/s against v1      {result['forwarded_ratio_to_v1']:10.2f}  x v1's "
-              "forwarded at saturation in this run")
+              "forwarded at saturation in this run; round by round "
+              + " ".join(f"{ratio:.2f}" for ratio in result["forwarded_ratio_to_v1_rounds"]))
+        print(f"  CPU per packet against v1 {result['cpu_ratio_to_v1']:10.2f}  v1's CPU per "
+              "packet (all threads) over this profile's")
 
 
 if __name__ == "__main__":

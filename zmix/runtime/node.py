@@ -571,9 +571,9 @@ class _Loop:
                 message = self.results.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            now = time.monotonic()
-            centre.on_results(now, message)
-            self._send_outbox(now)
+            centre.on_results(time.monotonic(), message)
+        # What this round of results made due goes out together (see _send_outbox).
+        self._send_outbox(time.monotonic())
         for report in centre.reports:
             self.pool.record(report)
         centre.reports.clear()
@@ -586,20 +586,28 @@ class _Loop:
     # ------------------------------------------------------------------ outbound and timers
 
     def _send_outbox(self, now: float) -> None:
-        """Send what the centre made due, back to back.
+        """Send what the centre made due, back to back, grouped by next hop.
 
         Sent one at a time, between the results, each packet found the link's I/O thread idle
         and woke it (a system call on each side, and a TCP write of one packet); sent together,
-        one wake-up and one write carry several packets."""
+        one wake-up and one write carry several packets. Packets for one next hop keep their
+        order; the links to different next hops are independent sockets."""
         if not self.centre.outbox:
             return
-        send, encode, params, sent = self.out.send, wire.encode_packet, self.params, 0
+        encode, params = wire.encode_packet, self.params
         outbox = self.centre.take_outbox()
-        per_peer: dict[bytes, int] = {}
+        by_hop: dict[bytes, list[bytes]] = {}
         for next_hop, packet in outbox:
-            if send(next_hop, encode(packet, params=params), now):
-                sent += 1
-                per_peer[next_hop] = per_peer.get(next_hop, 0) + 1
+            frames = by_hop.get(next_hop)
+            if frames is None:
+                frames = by_hop[next_hop] = []
+            frames.append(encode(packet, params=params))
+        per_peer: dict[bytes, int] = {}
+        for next_hop, frames in by_hop.items():
+            taken = self.out.send_frames(next_hop, frames, now)
+            if taken:
+                per_peer[next_hop] = taken
+        sent = sum(per_peer.values())
         self.centre.count_sent(sent, len(outbox) - sent, per_peer)
 
     def _timers(self, now: float) -> None:
