@@ -34,14 +34,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from zmix import wire
-from zmix.dispatch import Dispatcher
+from zmix.dispatch import Dispatcher, SendJobs
 from zmix.errors import DropReason, WireError
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore, Scheduled
+from zmix.nodetap import NodeTap
 from zmix.provider import ProviderCore
 from zmix.scheduler import DelayQueue
-from zmix.sphinx import SphinxParams
-from zmix.workframes import WorkerStats, decode_forward, decode_result, is_forward, split_results
+from zmix.sphinx import ForwardHop, SphinxParams
+from zmix.workframes import (
+    WorkerStats,
+    decode_forward,
+    decode_jobs,
+    decode_result,
+    is_forward,
+    split_results,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -109,14 +117,17 @@ class NodeCentre:
     """The decisions of one node process; see the module docstring for the contract.
 
     ``link_key`` turns a ZAP User-Id into the CURVE key it names (needed to register a
-    client); ``mailbox`` is the provider's, for expiry and its statistics.
+    client); ``mailbox`` is the provider's, for expiry and its statistics; ``tap`` is told
+    what crosses the node's links when the topology asks for taps (:mod:`zmix.nodetap`).
     """
 
     def __init__(self, core: NodeCore, params: SphinxParams, *, slots: int, workers: int,
                  queue_limit: int, drain_on_shutdown: bool, now: float,
                  provider: ProviderCore | None = None, mailbox: Mailbox | None = None,
-                 open_door: bool = False, link_key: Callable[[str], bytes]) -> None:
+                 open_door: bool = False, link_key: Callable[[str], bytes],
+                 tap: NodeTap | None = None) -> None:
         self.core = core
+        self.tap = tap  # the node's tap (topology node.taps; zmix.nodetap), or None
         self.dispatch = Dispatcher(workers)
         self.queue: DelayQueue[Scheduled] = DelayQueue(queue_limit)
         self.outbox: list[tuple[bytes, bytes]] = []  # (next hop, packet) to send now
@@ -154,6 +165,8 @@ class NodeCentre:
             if packet is not None:  # the hot path: ADMISSION's PACKET row for a known peer
                 self._counts["received"] += 1
                 self.dispatch.add(now, packet)
+                if self.tap is not None and self.role(peer) is PeerRole.CLIENT:
+                    self.tap.arrived_from_client(now, peer, packet)
                 return
             self._on_control(now, route, peer, uid, data)
         except Exception:  # a bug must cost one frame, not the node
@@ -213,10 +226,16 @@ class NodeCentre:
             self._register(now, route, uid, frame)
         elif action is Handler.FETCH:
             assert isinstance(frame, wire.Fetch) and self._provider is not None and peer
-            self._reply(route, self._provider.on_fetch(now, peer, frame))
+            reply = self._provider.on_fetch(now, peer, frame)
+            if self.tap is not None:
+                self.tap.fetched(now, peer, [item.payload for item in reply.items])
+            self._reply(route, reply)
         else:
             assert isinstance(frame, wire.Relay)
             self._counts["relayed"] += 1
+            if self.tap is not None and peer is not None:
+                self.tap.relayed(frame.packet,
+                                 self.tap.arrived_from_client(now, peer, frame.packet))
             self.outbox.append((frame.first_hop, frame.packet))
 
     def _register(self, now: float, route: bytes, uid: str, frame: wire.Register) -> None:
@@ -244,9 +263,10 @@ class NodeCentre:
         that packet, not the node. A provider's deliveries wait for :meth:`commit`."""
         index, pid, frames = split_results(message)
         packets = 0
+        handle = self._on_result if self.tap is None else self._tapped_result(index)
         for frame in frames:
             try:
-                packets += self._on_result(now, frame)
+                packets += handle(now, frame)
             except Exception:  # a bug must cost one packet, not the node
                 LOG.exception("error while handling a processed packet; dropped")
                 self._counts["internal_errors"] += 1
@@ -273,6 +293,61 @@ class NodeCentre:
         self._schedule_all(now, self.core.on_result(arrival, value, epoch))
         return True
 
+    def _tapped_result(self, index: int) -> Callable[[float, bytes], bool]:
+        """:meth:`_on_result` for a node with a tap: each packet's result is matched with the
+        packet worker ``index`` was given (its oldest job), and what became of it is told."""
+        tap = self.tap
+        assert tap is not None
+
+        def handle(now: float, frame: bytes) -> bool:
+            if is_forward(frame):
+                arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
+                parent = tap.result(index)
+                due = self.core.on_forward(arrival, next_hop, delay_us, tag, epoch)
+                if due is None:
+                    tap.ended(now, parent)
+                    return True
+                tap.forwarded(packet, parent)
+                self._schedule(now, due, next_hop, packet)
+                return True
+            arrival, epoch, value = decode_result(frame)
+            if isinstance(value, WorkerStats):
+                return self._on_result(now, frame)
+            parent = tap.result(index)
+            if isinstance(value, DropReason):
+                self.core.on_invalid(value)
+                tap.ended(now, parent)
+                return True
+            stored = self.core.pending_stores()
+            scheduled = self.core.on_result(arrival, value, epoch)
+            for item in scheduled:
+                tap.forwarded(item.packet, parent)
+            if not scheduled and self.core.pending_stores() > stored:
+                assert not isinstance(value, ForwardHop)
+                tap.delivered(value, parent)
+            elif not scheduled:
+                tap.ended(now, parent)
+            self._schedule_all(now, scheduled)
+            return True
+
+        return handle
+
+    def jobs_sender(self, send: SendJobs) -> SendJobs:
+        """Return ``send`` (the runtime's way of handing a job message to a worker), telling the
+        tap, if there is one, which packets went to which worker."""
+        tap = self.tap
+        if tap is None:
+            return send
+        length = self._params.packet_length
+
+        def sent(index: int, message: bytes) -> bool:
+            if not send(index, message):
+                return False
+            tap.handed_to_worker(index, [packet for _, packet in decode_jobs(message, length)])
+            return True
+
+        return sent
+
     def take_key_requests(self) -> list[int]:
         """Return the workers that reported being up and have not been sent the Sphinx key set
         (send it, then :meth:`Dispatcher.keyed`), and forget them."""
@@ -298,20 +373,27 @@ class NodeCentre:
             self.outbox.append((next_hop, packet))
         elif not self.queue.push(due, Scheduled(due, next_hop, packet)):
             self.core.on_invalid(DropReason.QUEUE_FULL)
+            if self.tap is not None:
+                self.tap.dropped(now, [packet])
 
     def worker_replaced(self, index: int, pid: int | None) -> int:
         """Write off the packets the dead worker at ``index`` held (``worker_lost``), record its
         successor ``pid``; return how many were lost."""
         lost = self.dispatch.replaced(index, pid)
+        if self.tap is not None:
+            self.tap.worker_replaced(index)
         self._drops[DropReason.WORKER_LOST.value] += lost
         self._counts["worker_restarts"] += 1
         return lost
 
     # ------------------------------------------------------------------ outbound and timers
 
-    def take_outbox(self) -> list[tuple[bytes, bytes]]:
-        """Return the (next hop, packet) pairs to send now, and forget them."""
+    def take_outbox(self, now: float | None = None) -> list[tuple[bytes, bytes]]:
+        """Return the (next hop, packet) pairs to send now (``now``: for the tap's lines), and
+        forget them."""
         outbox, self.outbox = self.outbox, []
+        if self.tap is not None and now is not None:
+            self.tap.sent(now, outbox)
         return outbox
 
     def take_replies(self) -> list[tuple[bytes, bytes]]:

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   zmix-sim topologies/sim.yaml --no-cover --message-rate 0.5   # Loopix without cover traffic
   zmix-sim topologies/sim.yaml --corrupted 0.1 --taps --out run2  # 10% of mixnodes corrupted
   zmix-sim topologies/local.yaml --from-taps STATE/taps      # a real network's taps
+  zmix-sim topologies/sim.yaml --sweep mean_delay=0.01,0.05,0.2 --out sweeps   # a table, a plot
 """
 
 
@@ -58,6 +59,20 @@ def _seed(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _sweep(text: str) -> tuple[str, list[float]]:
+    from zmix.sim.sweep import PARAMETERS
+
+    name, sep, values = text.partition("=")
+    if not sep or name not in PARAMETERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give PARAMETER=V1,V2,... with PARAMETER one of {', '.join(PARAMETERS)}")
+    try:
+        numbers = [float(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the values must be numbers") from None
+    return name, numbers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-taps", type=Path, default=None, metavar="DIR",
                         help="analyse the node taps a real network of TOPOLOGY recorded in DIR "
                              "(one NODE.jsonl each) instead of simulating")
+    parser.add_argument("--sweep", type=_sweep, default=None, metavar="PARAMETER=V1,V2,...",
+                        help="run one simulation per value of PARAMETER (payload_rate, "
+                             "loop_rate, drop_rate, mix_loop_rate, mean_delay, cover_scale, "
+                             "clients, corrupted) and print a table; with --out also "
+                             "OUT/sweep-PARAMETER.md, .json and .png")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="with --sweep: runs per value, with seeds SEED, SEED+1, ... "
+                             "(default 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -123,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.from_taps is not None:
             return _from_taps(args, topology)
+        if args.sweep is not None:
+            return _sweep_run(args, topology)
         return _simulate(args, topology)
     except LocalMisuse as exc:
         return fail(str(exc), EXIT_USAGE)
@@ -194,6 +219,30 @@ def _progress_bar(args: argparse.Namespace, total: float) -> _Bar | None:
     if args.quiet or not sys.stderr.isatty():
         return None
     return _Bar(total)
+
+
+def _sweep_run(args: argparse.Namespace, topology: Any) -> int:
+    from zmix.sim.sweep import sweep
+
+    parameter, values = args.sweep
+    quiet = args.quiet or not sys.stderr.isatty()
+
+    def progress(point: Any) -> None:
+        if not quiet:
+            print(f"{parameter} = {point.value:g}: sender median {point.sender_median:.2f} bits, "
+                  f"latency median {point.latency_median:.3f} s", file=sys.stderr)
+
+    result = sweep(topology, _params(args), parameter, values, seeds=args.seeds,
+                   corrupted=args.corrupted, progress=progress)
+    print(result.markdown(), end="")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"sweep-{parameter}"
+        stem.with_suffix(".md").write_text(result.markdown())
+        stem.with_suffix(".json").write_text(result.to_json())
+        result.plot(stem.with_suffix(".png"))
+        print(f"sweep written to {stem}.md, .json and .png")
+    return EXIT_OK
 
 
 def _from_taps(args: argparse.Namespace, topology: Any) -> int:

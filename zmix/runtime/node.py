@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import zmq
 
@@ -48,6 +49,7 @@ from zmix.mixnode import NodeCore
 from zmix.network import Network, NetworkView
 from zmix.nodecentre import NodeCentre
 from zmix.nodekeys import KeyUpdate, NodeKeys
+from zmix.nodetap import NodeTap
 from zmix.provider import ProviderCore
 from zmix.replay import ReplayCache
 from zmix.runtime import links, metrics
@@ -109,6 +111,7 @@ class NodeProcess:
         self.sphinx_keys_version = 0  # bumped by set_sphinx_keys: the loop sends the new set
         self.keeper: NetworkKeeper | None = None  # made by run()
         self.replay: ReplayCache | None = None  # made by run(), once the node is locked
+        self.tap_file: TextIO | None = None  # the tap's file (topology node.taps), or None
         self.keys: NodeKeys | None = None
         self.keys_made = self.keys_erased = 0  # Sphinx keys made and erased by this process
         self.next_key_update = 0.0  # unix time of the next change of the key schedule
@@ -195,7 +198,29 @@ class NodeProcess:
             workers=self.worker_count, queue_limit=self.topology.runtime.queue_limit,
             drain_on_shutdown=self.topology.runtime.drain_on_shutdown, now=now,
             provider=self.provider, mailbox=self.mailbox, open_door=self._open_door(),
-            link_key=links.curve_key)
+            link_key=links.curve_key, tap=self._make_tap())
+
+    def _make_tap(self) -> NodeTap | None:
+        """The node's tap when the topology asks for taps: lines appended to
+        STATE/taps/NAME.jsonl (docs/privacy.md, "Node taps")."""
+        if not self.topology.runtime.taps:
+            return None
+        folder = self.state_dir / "taps"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.tap_file = open(folder / f"{self.spec.name}.jsonl", "a",  # noqa: SIM115
+                             encoding="utf-8")
+        LOG.warning("node %s writes taps to %s: for measurement networks only (the file undoes "
+                    "this node's mixing)", self.spec.name, folder)
+        write = self.tap_file.write
+
+        def line(text: str) -> None:
+            write(text + "\n")
+
+        def name(member: bytes) -> str | None:
+            spec = self.view.current.topology.by_id(member)
+            return None if spec is None else spec.name
+
+        return NodeTap(line, name, _wall_clock, self.topology.sphinx)
 
     def _open_door(self) -> bool:
         return self.spec.role is Role.PROVIDER and self.topology.mailbox.open_registration
@@ -416,6 +441,8 @@ class NodeProcess:
         ctx.destroy(linger=0)  # closes any socket a failed start left open, then terminates
         if self.mailbox is not None:
             self.mailbox.close()
+        if self.tap_file is not None:
+            self.tap_file.close()
         metrics.control_path(self.state_dir, self.spec.name).unlink(missing_ok=True)
         shutil.rmtree(ipc_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -448,6 +475,7 @@ class _Loop:
         self._keys_version = node.sphinx_keys_version  # the key set the workers were sent
         for index in range(len(work)):
             centre.dispatch.started(index, pool.pid(index))
+        self._job_sender = centre.jobs_sender(self._send_jobs)
 
     def run(self) -> None:
         # While MAX_IN_FLIGHT packets are with the workers the ROUTER is not read, so it must not
@@ -482,7 +510,7 @@ class _Loop:
             if self.n.sphinx_keys_version != self._keys_version:
                 self._send_new_keys()
             if dispatch.jobs:  # left over when no worker could take them
-                dispatch.dispatch(self._send_jobs)
+                dispatch.dispatch(self._job_sender)
             now = time.monotonic()
             centre.pop_due(now)
             self._timers(now)
@@ -518,7 +546,7 @@ class _Loop:
                 break
         self._send_replies()
         if self.centre.dispatch.jobs:
-            self.centre.dispatch.dispatch(self._send_jobs)
+            self.centre.dispatch.dispatch(self._job_sender)
         self._send_outbox(time.monotonic())  # relayed packets
 
     def _discard_rest(self) -> None:
@@ -595,7 +623,7 @@ class _Loop:
         if not self.centre.outbox:
             return
         encode, params = wire.encode_packet, self.params
-        outbox = self.centre.take_outbox()
+        outbox = self.centre.take_outbox(now)
         by_hop: dict[bytes, list[bytes]] = {}
         for next_hop, packet in outbox:
             frames = by_hop.get(next_hop)
@@ -621,6 +649,8 @@ class _Loop:
         if due.heartbeats:
             self.centre.guarded("heartbeats", self._heartbeats, now)
         if due.housekeeping:
+            if self.n.tap_file is not None:
+                self.n.tap_file.flush()
             self.centre.guarded("worker check", self._check_workers, now)
             self.centre.guarded("statistics", self._refresh_statistics, now)
 
