@@ -98,3 +98,21 @@ def test_taps_of_a_real_network_are_read_or_refused_by_file_and_line(
     (taps / "mix-a1.jsonl").write_text("{not json\n")
     status, _, err = run([str(LOCAL), "--from-taps", str(taps)], capsys)
     assert status == 1 and "mix-a1.jsonl: line 1" in err
+
+
+def test_a_sweep_prints_its_table_and_writes_the_plot(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run([str(SIM), *SMALL, "--sweep", "mean_delay=0.01,0.2",
+                          "--out", str(tmp_path)], capsys)
+    assert status == 0
+    rows = [line for line in out.splitlines() if line.startswith("| 0.")]
+    assert [row.split("|")[1].strip() for row in rows] == ["0.01", "0.2"]
+    low, high = (float(row.split("|")[3]) for row in rows)  # sender mean
+    assert high > low  # longer delays, bigger pools
+    assert (tmp_path / "sweep-mean_delay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "sweep-mean_delay.json").read_text())
+    assert [p["value"] for p in data["points"]] == [0.01, 0.2]
+    with pytest.raises(SystemExit):
+        sim_cli.main([str(SIM), "--sweep", "speed=1,2"])
+    with pytest.raises(SystemExit):
+        sim_cli.main([str(SIM), "--sweep", "mean_delay=fast"])
