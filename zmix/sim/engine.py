@@ -206,7 +206,6 @@ class Simulation:
         self.view = NetworkView(self.network)
         self.nodes: list[SimNode] = [self._node(i, spec) for i, spec in enumerate(topo.nodes())]
         self._node_by_id = {n.spec.id: n for n in self.nodes}
-        self._providers = {n.spec.name: n for n in self.nodes if n.provider is not None}
         self.clients: list[SimClient] = [self._client(i, spec, identities[spec.name])
                                          for i, spec in enumerate(topo.clients)]
         self._client_by_id = {c.id: c for c in self.clients}
