@@ -280,6 +280,25 @@ def test_a_profile_sets_the_target_and_workload_and_options_override_it(
     assert status == 0 and "sender entropy >= 4.5 bits" in out
 
 
+@pytest.mark.parametrize("argv, seconds", [
+    (("--profile", "chat"), 35),  # 200 messages in 20 s, 10 s to settle
+    (("--profile", "files"), 100),  # 200 messages take 50 s; 45 s (3 x 15) to settle
+    (("--entropy", "3", "--latency", "2", "--clients", "10"), 135),  # 120 s at most
+    (("--entropy", "3", "--latency", "2", "--duration", "16"), 16),
+])
+def test_the_default_duration_measures_about_200_messages_and_lets_them_settle(
+        capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], seconds: int) -> None:
+    durations: set[float] = set()
+
+    def spy(topo: Topology, params: SimParams, **kw: Any) -> tuple[None, SimReport]:
+        durations.add(params.duration)
+        return analytic_report(topo, params, **kw)
+
+    cli.main([str(SIM_YAML), *argv], evaluate=spy)
+    assert durations == {seconds}
+    assert f"({seconds} simulated s each" in capsys.readouterr().out
+
+
 def test_every_documented_profile_exists() -> None:
     assert set(tune.PROFILES) == {"chat", "files", "max-anonymity"}
 
