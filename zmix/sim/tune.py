@@ -1,7 +1,8 @@
 """zmix-tune's search: the least bandwidth per client that meets an anonymity and latency target.
 
-A target is a sender entropy (median over the measured messages, bits) of at least ``entropy``
-and a median message latency of at most ``latency`` seconds (:class:`Target`). A candidate is a
+A target is a sender entropy (median over the measured packets of real messages, bits) of at
+least ``entropy`` and a median message latency of at most ``latency`` seconds
+(:class:`Target`). A candidate is a
 set of Loopix rates and a mean delay (:class:`Rates`); :func:`judge_with` runs it through an
 evaluation (:func:`zmix.sim.report.measure`, one fixed seed) and returns an :class:`Outcome`.
 The cost of a candidate is the bandwidth per client: what a client sends, plus its share of the
