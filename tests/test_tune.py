@@ -314,6 +314,22 @@ def test_a_target_no_candidate_meets_exits_1_saying_the_best_reached(
     assert not out_file.exists()
 
 
+def test_an_out_file_that_cannot_be_written_or_an_interrupt_exits_1(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = run_cli(capsys, "--profile", "chat", "--out",
+                             str(tmp_path / "no-such-dir" / "x.yaml"))
+    assert status == 1 and "error: cannot write" in err and "x.yaml" in err
+
+    def interrupted(*a: Any, **kw: Any) -> tuple[None, SimReport]:
+        raise KeyboardInterrupt
+
+    assert cli.main([str(SIM_YAML), "--profile", "chat"], evaluate=interrupted) == 1
+    assert "error: interrupted" in capsys.readouterr().err
+    # positive control: a folder that exists takes the file
+    status, _, _ = run_cli(capsys, "--profile", "chat", "--out", str(tmp_path / "x.yaml"))
+    assert status == 0 and (tmp_path / "x.yaml").exists()
+
+
 def test_an_entropy_above_log2_clients_exits_1_before_simulating(
         capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run_cli(capsys, "--entropy", "6", "--latency", "3", "--clients", "50")

@@ -80,12 +80,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
-    Profile("chat", 5.0, 2.0, 0.05, 300,
-            "short messages every 20 s or so; answers within a couple of seconds"),
-    Profile("files", 4.0, 15.0, 0.02, 20_000,
-            "20 kB messages (13 packets each) every 50 s; delivery within 15 s"),
-    Profile("max-anonymity", 7.0, 10.0, 0.05, 300,
-            "short messages, close to the most anonymity 200 clients can give (7.64 bits)"),
+    Profile("chat", 5.0, 2.0, 0.05, 300, "300-byte messages, one every 20 s"),
+    Profile("files", 4.0, 15.0, 0.02, 20_000, "20 kB messages, one every 50 s"),
+    Profile("max-anonymity", 7.0, 10.0, 0.05, 300, "300-byte messages, one every 20 s"),
 )}
 
 
