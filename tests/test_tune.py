@@ -280,6 +280,25 @@ def test_a_profile_sets_the_target_and_workload_and_options_override_it(
     assert status == 0 and "sender entropy >= 4.5 bits" in out
 
 
+@pytest.mark.parametrize("argv, seconds", [
+    (("--profile", "chat"), 35),  # 200 messages in 20 s, 10 s to settle
+    (("--profile", "files"), 100),  # 200 messages take 50 s; 45 s (3 x 15) to settle
+    (("--entropy", "3", "--latency", "2", "--clients", "10"), 135),  # 120 s at most
+    (("--entropy", "3", "--latency", "2", "--duration", "16"), 16),
+])
+def test_the_default_duration_measures_about_200_messages_and_lets_them_settle(
+        capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], seconds: int) -> None:
+    durations: set[float] = set()
+
+    def spy(topo: Topology, params: SimParams, **kw: Any) -> tuple[None, SimReport]:
+        durations.add(params.duration)
+        return analytic_report(topo, params, **kw)
+
+    cli.main([str(SIM_YAML), *argv], evaluate=spy)
+    assert durations == {seconds}
+    assert f"({seconds} simulated s each" in capsys.readouterr().out
+
+
 def test_every_documented_profile_exists() -> None:
     assert set(tune.PROFILES) == {"chat", "files", "max-anonymity"}
 
@@ -293,6 +312,22 @@ def test_a_target_no_candidate_meets_exits_1_saying_the_best_reached(
     assert "no candidate met sender entropy >= 2 bits with median latency <= 0.4 s" in err
     assert "best reached:" in err
     assert not out_file.exists()
+
+
+def test_an_out_file_that_cannot_be_written_or_an_interrupt_exits_1(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = run_cli(capsys, "--profile", "chat", "--out",
+                             str(tmp_path / "no-such-dir" / "x.yaml"))
+    assert status == 1 and "error: cannot write" in err and "x.yaml" in err
+
+    def interrupted(*a: Any, **kw: Any) -> tuple[None, SimReport]:
+        raise KeyboardInterrupt
+
+    assert cli.main([str(SIM_YAML), "--profile", "chat"], evaluate=interrupted) == 1
+    assert "error: interrupted" in capsys.readouterr().err
+    # positive control: a folder that exists takes the file
+    status, _, _ = run_cli(capsys, "--profile", "chat", "--out", str(tmp_path / "x.yaml"))
+    assert status == 0 and (tmp_path / "x.yaml").exists()
 
 
 def test_an_entropy_above_log2_clients_exits_1_before_simulating(

@@ -41,11 +41,11 @@ Each candidate is one simulation of the topology with --clients generated client
 the global passive adversary of zmix-sim (docs/privacy.md); docs/tune.md explains the search.
 profiles:
 """ + "".join(f"  {p.name:<14} sender entropy >= {p.entropy:g} bits, median latency <= "
-              f"{p.latency:g} s: {p.about}\n" for p in PROFILES.values()) + """
+              f"{p.latency:g} s;\n  {'':<14} {p.about}\n" for p in PROFILES.values()) + """
 exit status:
   0  a candidate met the target: its rates are printed (and written with --out)
-  1  no candidate met the target (the best reached is said), or the simulator has no
-     adversary analysis
+  1  no candidate met the target (the best reached is said), --out could not be written,
+     interrupted, or the simulator has no adversary analysis
   2  bad usage or configuration: a bad option or topology; nothing was simulated
 """
 

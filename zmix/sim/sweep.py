@@ -106,6 +106,7 @@ class Sweep:
         against the parameter; a log x axis when the values span more than a factor 10);
         return the path. Needs matplotlib (its Agg canvas: no display is used)."""
         from matplotlib.figure import Figure  # imported here: only plots need matplotlib
+        from matplotlib.ticker import NullFormatter
 
         xs = [p.value for p in self.points]
         fig = Figure(figsize=(12, 3.8), layout="constrained")
@@ -122,14 +123,18 @@ class Sweep:
         lat.set_ylabel("message latency (s)")
         band.plot(xs, [p.client_bytes_per_s / 1000 for p in self.points], "o-")
         band.set_ylabel("sent per client (kB/s)")
-        band.set_ylim(bottom=0)
+        top = max((p.client_bytes_per_s for p in self.points), default=0.0) / 1000
+        band.set_ylim(0, 1.1 * top if top > 0 else 1)
         anon.set_ylim(bottom=0)
-        positive = all(x > 0 for x in xs)
+        lat.set_ylim(bottom=0)
+        logarithmic = all(x > 0 for x in xs) and len(xs) > 1 and max(xs) > 10 * min(xs)
         for ax in (anon, lat, band):
             ax.set_xlabel(self.label)
             ax.grid(True, alpha=0.3)
-            if positive and len(xs) > 1 and max(xs) > 10 * min(xs):
+            if logarithmic:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks(xs, labels=[f"{x:g}" for x in xs])  # the values swept, as given
         anon.legend(fontsize="small")
         lat.legend(fontsize="small")
         fig.suptitle(title or f"zmix-sim: {self.label}")

@@ -1,7 +1,8 @@
 """zmix-tune's search: the least bandwidth per client that meets an anonymity and latency target.
 
-A target is a sender entropy (median over the measured messages, bits) of at least ``entropy``
-and a median message latency of at most ``latency`` seconds (:class:`Target`). A candidate is a
+A target is a sender entropy (median over the measured packets of real messages, bits) of at
+least ``entropy`` and a median message latency of at most ``latency`` seconds
+(:class:`Target`). A candidate is a
 set of Loopix rates and a mean delay (:class:`Rates`); :func:`judge_with` runs it through an
 evaluation (:func:`zmix.sim.report.measure`, one fixed seed) and returns an :class:`Outcome`.
 The cost of a candidate is the bandwidth per client: what a client sends, plus its share of the
@@ -79,12 +80,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
-    Profile("chat", 5.0, 2.0, 0.05, 300,
-            "short messages every 20 s or so; answers within a couple of seconds"),
-    Profile("files", 4.0, 15.0, 0.02, 20_000,
-            "20 kB messages (13 packets each) every 50 s; delivery within 15 s"),
-    Profile("max-anonymity", 7.0, 10.0, 0.05, 300,
-            "short messages, close to the most anonymity 200 clients can give (7.64 bits)"),
+    Profile("chat", 5.0, 2.0, 0.05, 300, "300-byte messages, one every 20 s"),
+    Profile("files", 4.0, 15.0, 0.02, 20_000, "20 kB messages, one every 50 s"),
+    Profile("max-anonymity", 7.0, 10.0, 0.05, 300, "300-byte messages, one every 20 s"),
 )}
 
 
