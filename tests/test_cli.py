@@ -23,6 +23,7 @@ from zmix.cli import sim as sim_cli
 from zmix.cli import socks as socks_cli
 from zmix.cli import status as status_cli
 from zmix.cli import testbed as testbed_cli
+from zmix.cli import tune as tune_cli
 from zmix.envelope import dated_surb_length, envelope_capacity
 from zmix.errors import LocalMisuse
 from zmix.fragment import (
@@ -41,7 +42,7 @@ PARSERS: dict[str, Callable[[], object]] = {
     "zmix-authority": authority.build_parser, "zmix-client": client_cli.build_parser,
     "zmix-socks": socks_cli.build_parser, "zmix-exit": exit_cli.build_parser,
     "zmix-status": status_cli.build_parser, "zmix-testbed": testbed_cli.build_parser,
-    "zmix-sim": sim_cli.build_parser,
+    "zmix-sim": sim_cli.build_parser, "zmix-tune": tune_cli.build_parser,
 }
 CLIENTS = {"alice": "provider-1", "bob": "provider-2"}
 
@@ -77,7 +78,7 @@ def test_the_usage_doc_has_the_same_exit_statuses_as_each_commands_help() -> Non
 def test_every_example_in_the_help_texts_parses_with_its_command() -> None:
     checked = 0
     for command in ("zmix-send", "zmix-recv", "zmix-register", "zmix-client", "zmix-socks",
-                    "zmix-exit", "zmix-status", "zmix-testbed", "zmix-sim"):
+                    "zmix-exit", "zmix-status", "zmix-testbed", "zmix-sim", "zmix-tune"):
         for line in help_of(command).splitlines():
             if not line.startswith("  ") or "zmix-" not in line:
                 continue

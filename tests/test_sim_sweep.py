@@ -207,14 +207,6 @@ def test_a_sweep_without_messages_shows_dashes_for_its_entropies(topology: Topol
     assert '"parameter": "clients"' in result.to_json()
 
 
-def _measure() -> sweeps.Evaluate | None:
-    try:
-        return sweeps.default_evaluate()
-    except LocalMisuse:
-        return None
-
-
-@pytest.mark.skipif(_measure() is None, reason="zmix.sim.report.measure is not in this tree")
 def test_a_real_small_sweep_of_the_mean_delay_raises_sender_entropy(topology: Topology,
                                                                     tmp_path: Path) -> None:
     result = sweeps.sweep(topology, SimParams(clients=60, duration=20), "mean_delay",

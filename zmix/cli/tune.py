@@ -45,7 +45,7 @@ profiles:
 exit status:
   0  a candidate met the target: its rates are printed (and written with --out)
   1  no candidate met the target (the best reached is said), --out could not be written,
-     interrupted, or the simulator has no adversary analysis
+     or interrupted
   2  bad usage or configuration: a bad option or topology; nothing was simulated
 """
 
