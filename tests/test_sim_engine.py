@@ -95,6 +95,7 @@ def test_records_come_in_time_order_and_every_packet_is_accounted_for(local: Top
     assert len(open_) >= stored
 
 
+@pytest.mark.slow  # 5 s: the default run is near its budget
 def test_payload_packets_spend_the_sum_of_four_exponential_delays_in_the_network(
         local: Topology) -> None:
     # provider, three mixnodes: the last provider stores a message on arrival (its delay only

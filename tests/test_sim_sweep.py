@@ -207,6 +207,7 @@ def test_a_sweep_without_messages_shows_dashes_for_its_entropies(topology: Topol
     assert '"parameter": "clients"' in result.to_json()
 
 
+@pytest.mark.slow  # a few seconds of simulation: the default run is near its budget
 def test_a_real_small_sweep_of_the_mean_delay_raises_sender_entropy(topology: Topology,
                                                                     tmp_path: Path) -> None:
     result = sweeps.sweep(topology, SimParams(clients=60, duration=20), "mean_delay",
