@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zmix.cli.common import number
 from zmix.sim.engine import SimParams
 from zmix.sim.report import measure, simulate
 from zmix.topology_yaml import load_topology
@@ -40,10 +41,7 @@ def _counts(text: str) -> list[int]:
 
 
 def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number(text)
     if not 2.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 2 seconds")
     return value

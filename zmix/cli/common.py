@@ -55,12 +55,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def number(text: str) -> float:
+    """Return ``text`` as a float; argparse.ArgumentTypeError naming it if it is not a number
+    (for the argparse types that add a range)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return value

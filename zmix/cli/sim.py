@@ -19,6 +19,7 @@ from zmix.cli.common import (
     EXIT_USAGE,
     exit_status_help,
     fail,
+    number,
     positive_float,
     positive_int,
 )
@@ -35,20 +36,14 @@ EXAMPLES = """examples:
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number(text)
     if not 0.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
     return value

@@ -16,6 +16,7 @@ from zmix.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     fail,
+    number,
     positive_float,
     positive_int,
 )
@@ -98,10 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bits(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number(text)
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} must be a number of bits >= 0")
     return value
@@ -115,10 +113,7 @@ def _clients(text: str) -> int:
 
 
 def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in [0, 1)")
     return value
