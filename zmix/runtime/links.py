@@ -299,26 +299,16 @@ class Links:
         """Queue ``frame`` for ``node_id``; return False if the link is unknown or full.
         ``packet`` False: a frame that is not a packet (a HEARTBEAT), not counted as one when
         the link is closed with it."""
-        link = self._link(node_id)
-        if link is None:
-            return False
-        try:
-            link.sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        if not link.up and packet:
-            link.held += 1
-        if link.lost:
-            self.counts["link_queued_while_down"] += 1
-        self.last_sent[node_id] = now
-        return True
+        return self.send_frames(node_id, [frame], now, packets=packet) == 1
 
-    def send_frames(self, node_id: bytes, frames: list[bytes], now: float) -> int:
-        """Queue the packet ``frames`` for ``node_id`` in order, back to back; return how many
-        the link took (it stops at the first it refuses: full; 0 if the link is unknown).
+    def send_frames(self, node_id: bytes, frames: list[bytes], now: float, *,
+                    packets: bool = True) -> int:
+        """Queue ``frames`` for ``node_id`` in order, back to back; return how many the link
+        took (it stops at the first it refuses: full; 0 if the link is unknown). ``packets``
+        False: frames that are not packets (see :meth:`send`).
 
-        :meth:`send` of each frame, with the link looked up once: the node loop's hot path
-        sends what a round of results made due, a few dozen packets for a few next hops."""
+        The node loop's hot path sends what a round of results made due this way, a few dozen
+        packets for a few next hops, with the link looked up once."""
         link = self._link(node_id)
         if link is None:
             return 0
@@ -330,7 +320,7 @@ class Links:
                 break
             taken += 1
         if taken:
-            if not link.up:
+            if not link.up and packets:
                 link.held += taken
             if link.lost:
                 self.counts["link_queued_while_down"] += taken
