@@ -28,8 +28,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 
-from zmix.envelope import decode_envelope
-from zmix.errors import InvalidPacket
+from zmix.provider import mailbox_payload
 from zmix.sphinx import FinalDelivery, SphinxParams, SurbReply
 
 Write = Callable[[str], None]
@@ -107,7 +106,7 @@ class NodeTap:
 
     def delivered(self, result: FinalDelivery | SurbReply, parent: str | None) -> None:
         """``parent``'s result is an item for a client's mailbox (a fetch hands it out)."""
-        payload = self._item_payload(result)
+        payload = mailbox_payload(self._params, result)
         if parent is not None and payload is not None:
             self._stored[payload] = parent
 
@@ -115,14 +114,6 @@ class NodeTap:
         """The packet ``parent`` left this node without a transmission."""
         if parent is not None:
             self._line(now, "end", h=parent)
-
-    def _item_payload(self, result: FinalDelivery | SurbReply) -> bytes | None:
-        if isinstance(result, SurbReply):
-            return result.payload
-        try:
-            return decode_envelope(self._params, result.message).body
-        except InvalidPacket:
-            return None
 
     # ------------------------------------------------------------------ packets out
 

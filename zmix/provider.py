@@ -34,7 +34,7 @@ from zmix.epochs import same_clock
 from zmix.errors import DropReason, InvalidPacket, LocalMisuse
 from zmix.mailbox import Mailbox, Registration, StorageError
 from zmix.network import NetworkView
-from zmix.sphinx import FinalDelivery, Surb, SurbReply
+from zmix.sphinx import FinalDelivery, SphinxParams, Surb, SurbReply
 from zmix.sphinx.ops import SPHINX, SphinxOps
 from zmix.topology import entity_id, valid_name
 from zmix.wire import Error, Fetch, FetchReply, ItemKind, Register, Registered
@@ -66,6 +66,19 @@ _COUNTERS = ("drops_received", UNEXPECTED, "bad_envelope", "refused_full", "stor
              "messages_stored", "replies_stored", "acks_sent", "bad_ack_surb",
              "ack_surb_expired", "fetches",
              "fetch_refused", "registered", "registration_refused")
+
+
+def mailbox_payload(params: SphinxParams, result: FinalDelivery | SurbReply) -> bytes | None:
+    """Return the payload a provider stores in a mailbox for the delivery ``result`` (what a
+    fetch hands back): a SURB reply's payload, a message's envelope body; None for a message
+    whose envelope does not parse (:meth:`ProviderCore.on_final` stores nothing for it). For
+    those who follow a delivery to its fetch: the simulator and the node taps."""
+    if isinstance(result, SurbReply):
+        return result.payload
+    try:
+        return decode_envelope(params, result.message).body
+    except InvalidPacket:
+        return None
 
 
 class ProviderCore:

@@ -37,17 +37,16 @@ from pathlib import Path
 from zmix import crypto, wire
 from zmix.client import ClientCore, FetchSchedule, Outgoing
 from zmix.clientstore import ClientStore
-from zmix.envelope import decode_envelope
 from zmix.errors import InvalidPacket, LocalMisuse
 from zmix.keys import PrivateIdentity
 from zmix.mailbox import Mailbox
 from zmix.mixnode import NodeCore, Scheduled
 from zmix.network import Network, NetworkView
-from zmix.provider import ProviderCore
+from zmix.provider import ProviderCore, mailbox_payload
 from zmix.sim import standin
 from zmix.sim.standin import STANDIN
 from zmix.sim.taps import Ending, Origin, Record, Transmission
-from zmix.sphinx import FinalDelivery, SphinxParams, SurbReply
+from zmix.sphinx import FinalDelivery, SurbReply
 from zmix.sphinx.profiles import CMD_SURB_REPLY
 from zmix.topology import ClientSpec, NodeSpec, Role, Topology, entity_id
 
@@ -436,7 +435,8 @@ class Simulation:
         """A provider's last hop: store what it keeps (mapped to ``xid`` for the fetch that
         hands it out), end the rest, and send the acks of what it committed."""
         if node.core.pending_stores():
-            key = _stored_payload(self.sphinx, result)
+            assert isinstance(result, FinalDelivery | SurbReply)  # only deliveries are stored
+            key = mailbox_payload(self.sphinx, result)
             if key is not None:
                 node.stored[key] = xid
         else:
@@ -488,14 +488,3 @@ class Simulation:
         if self._observe is not None:
             self._observe(record)
 
-
-def _stored_payload(params: SphinxParams, result: object) -> bytes | None:
-    """The mailbox payload a provider stores for a delivery (what a fetch hands back)."""
-    if isinstance(result, SurbReply):
-        return result.payload
-    if isinstance(result, FinalDelivery):
-        try:
-            return decode_envelope(params, result.message).body
-        except InvalidPacket:
-            return None
-    return None
