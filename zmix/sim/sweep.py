@@ -219,22 +219,16 @@ def point_of(value: float, reports: Sequence[SimReport]) -> Point:
         real = [v for v in values if not math.isnan(v)]
         return sum(real) / len(real) if real else math.nan
 
-    def side(report: SimReport, which: str, stat: str) -> float:
-        summary = (report.privacy or {}).get(which)
-        if not isinstance(summary, Mapping) or not summary.get("count"):
-            return math.nan
-        return float(summary[stat])
-
     def over(fn: Callable[[SimReport], float]) -> float:
         return mean([fn(r) for r in reports])
 
     return Point(
         value=value, seeds=len(reports),
-        sender_median=over(lambda r: side(r, "sender", "median")),
-        sender_mean=over(lambda r: side(r, "sender", "mean")),
-        receiver_median=over(lambda r: side(r, "receiver", "median")),
-        receiver_mean=over(lambda r: side(r, "receiver", "mean")),
-        max_bits=over(lambda r: float((r.privacy or {}).get("max_bits", math.log2(r.clients)))),
+        sender_median=over(lambda r: privacy_figure(r, "sender", "median")),
+        sender_mean=over(lambda r: privacy_figure(r, "sender", "mean")),
+        receiver_median=over(lambda r: privacy_figure(r, "receiver", "median")),
+        receiver_mean=over(lambda r: privacy_figure(r, "receiver", "mean")),
+        max_bits=over(max_bits),
         latency_median=over(lambda r: r.message_latency.median),
         latency_p95=over(lambda r: r.message_latency.p95),
         client_bytes_per_s=over(lambda r: r.client_up_bytes_per_s.mean),
@@ -242,6 +236,20 @@ def point_of(value: float, reports: Sequence[SimReport]) -> Point:
         loss=over(lambda r: r.loss),
         messages=sum(r.message_latency.count for r in reports),
         wall_s=sum(r.wall_s for r in reports))
+
+
+def privacy_figure(report: SimReport, side: str, stat: str) -> float:
+    """Return figure ``stat`` (median, mean, ...) of the ``side`` ("sender" or "receiver")
+    anonymity in ``report``, in bits; NaN when the report has none measured."""
+    summary = (report.privacy or {}).get(side)
+    if not isinstance(summary, Mapping) or not summary.get("count"):
+        return math.nan
+    return float(summary[stat])
+
+
+def max_bits(report: SimReport) -> float:
+    """Return the most bits any entropy of ``report`` can reach: log2(clients)."""
+    return float((report.privacy or {}).get("max_bits", math.log2(report.clients)))
 
 
 def busiest(report: SimReport) -> float:

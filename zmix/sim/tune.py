@@ -33,14 +33,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
 from zmix.errors import LocalMisuse
 from zmix.sim.engine import SimParams
 from zmix.sim.report import SimReport
-from zmix.sim.sweep import Evaluate, busiest, with_loopix
+from zmix.sim.sweep import Evaluate, busiest, max_bits, privacy_figure, with_loopix
 from zmix.topology import Topology
 
 MAX_LOSS = 0.02  # a candidate losing more of its measured messages than this fails the target
@@ -397,20 +396,16 @@ def judge_with(topology: Topology, params: SimParams, evaluate: Evaluate, *,
 
 def outcome_of(rates: Rates, report: SimReport) -> Outcome:
     """Read the :class:`Outcome` of ``rates`` off a simulation report."""
-    privacy: dict[str, Any] = report.privacy or {}
-    sender = privacy.get("sender") or {}
-    receiver = privacy.get("receiver") or {}
     measured = report.simulated_s - float(report.params.get("warmup", 0.0))
     loops = report.packets.get("mix_loop", 0)
     share = loops * report.packet_bytes / measured / report.clients if measured > 0 else 0.0
     node = max(report.node_load, key=lambda n: n.received_per_s, default=None)
-    nan = math.nan
     return Outcome(
         rates=rates,
-        sender_median=float(sender["median"]) if sender.get("count") else nan,
-        sender_mean=float(sender["mean"]) if sender.get("count") else nan,
-        receiver_median=float(receiver["median"]) if receiver.get("count") else nan,
-        max_bits=float(privacy.get("max_bits", math.log2(report.clients))),
+        sender_median=privacy_figure(report, "sender", "median"),
+        sender_mean=privacy_figure(report, "sender", "mean"),
+        receiver_median=privacy_figure(report, "receiver", "median"),
+        max_bits=max_bits(report),
         latency_median=report.message_latency.median,
         latency_p95=report.message_latency.p95,
         client_bytes_per_s=report.client_up_bytes_per_s.mean,
