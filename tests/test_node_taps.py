@@ -5,15 +5,12 @@ simulator of the same network and workload agree."""
 from __future__ import annotations
 
 import json
-import random
-import time
 from pathlib import Path
 
 import pytest
+from workload import run_workload
 
-from zmix.bench.common import make_network, network_launcher
 from zmix.nodetap import NodeTap, packet_hash
-from zmix.runtime.client import ClientRuntime
 from zmix.sim.adversary import analyse
 from zmix.sim.engine import SimParams, client_names, sim_topology
 from zmix.sim.report import analyse_taps, measure
@@ -50,32 +47,9 @@ def test_a_tap_follows_a_packet_through_its_node_in_the_order_workers_answer() -
 
 
 def _run_real(tmp: Path, duration: float) -> tuple[Topology, Path]:
-    names = client_names(CLIENTS)
-    topology, state = make_network(
-        tmp, clients={n: ("provider-1", "provider-2")[i % 2] for i, n in enumerate(names)},
-        loopix=LOOPIX, node={"taps": True}, network="zmix-taps")
-    launcher = network_launcher(state, topology, verbosity=0)
-    launcher.start()
-    rng = random.Random(3)
-    runtimes = [ClientRuntime(state, n) for n in names]
-    try:
-        for r in runtimes:
-            r.__enter__()
-        start = time.time()
-        next_submit = [start + rng.expovariate(0.3) for _ in names]
-        while time.time() < start + duration:
-            now = time.time()
-            for i, runtime in enumerate(runtimes):
-                if now >= next_submit[i]:
-                    runtime.core.submit(now, rng.choice([n for n in names if n != names[i]]),
-                                        b"measured")
-                    next_submit[i] += rng.expovariate(0.3)
-                for message in runtime.step(now + 0.002):
-                    runtime.core.mark_delivered(message.message_id)
-    finally:
-        for r in runtimes:
-            r.__exit__(None, None, None)
-        launcher.stop()
+    topology, state, _ = run_workload(
+        tmp, clients=CLIENTS, loopix=LOOPIX, node={"taps": True}, network="zmix-taps",
+        rate=0.3, duration=duration, seed=3, body=lambda rng: b"measured")
     return topology, state
 
 

@@ -3,16 +3,13 @@ latency distributions agree (two-sample Kolmogorov-Smirnov test at the 1% level)
 
 from __future__ import annotations
 
-import random
 import statistics
-import time
 from pathlib import Path
 
 import pytest
+from workload import run_workload
 
-from zmix.bench.common import make_network, network_launcher
-from zmix.runtime.client import ClientRuntime
-from zmix.sim.engine import SimParams, client_names
+from zmix.sim.engine import SimParams
 from zmix.sim.report import simulate
 from zmix.topology import Topology
 
@@ -35,39 +32,10 @@ def real_latencies(tmp: Path) -> tuple[list[float], Topology]:
     """Run the workload on real node processes: each client submits messages to random others
     as a Poisson process; return each delivered message's latency (submitted -> reassembled at
     its recipient's fetch) and the topology."""
-    names = client_names(CLIENTS)
-    topology, state = make_network(
-        tmp, clients={n: ("provider-1", "provider-2")[i % 2] for i, n in enumerate(names)},
-        loopix=LOOPIX, network="zmix-simcheck")
-    launcher = network_launcher(state, topology, verbosity=0)
-    launcher.start()
-    rng = random.Random(11)
-    submitted: dict[bytes, float] = {}
-    latencies: list[float] = []
-    runtimes = [ClientRuntime(state, n) for n in names]
-    try:
-        for r in runtimes:
-            r.__enter__()
-        start = time.time()
-        next_submit = [start + rng.expovariate(MESSAGE_RATE) for _ in names]
-        while time.time() < start + DURATION:
-            now = time.time()
-            for i, runtime in enumerate(runtimes):
-                if now >= next_submit[i]:
-                    other = rng.choice([n for n in names if n != names[i]])
-                    message_id = runtime.core.submit(now, other, rng.randbytes(200))
-                    if now >= start + WARMUP and now < start + DURATION - 10:
-                        submitted[message_id] = now
-                    next_submit[i] += rng.expovariate(MESSAGE_RATE)
-                for message in runtime.step(now + 0.002):
-                    sent = submitted.pop(message.message_id, None)
-                    if sent is not None:
-                        latencies.append(message.received_at - sent)
-                    runtime.core.mark_delivered(message.message_id)
-    finally:
-        for r in runtimes:
-            r.__exit__(None, None, None)
-        launcher.stop()
+    topology, _, latencies = run_workload(
+        tmp, clients=CLIENTS, loopix=LOOPIX, network="zmix-simcheck", rate=MESSAGE_RATE,
+        duration=DURATION, seed=11, body=lambda rng: rng.randbytes(200), measure_from=WARMUP,
+        measure_until=DURATION - 10)
     return latencies, topology
 
 
