@@ -77,8 +77,11 @@ class Chain:
                 continue
             _, data = self.inbox.recv_multipart()
             frame = wire.decode(data, params=self.topology.sphinx, slots=8)
-            if isinstance(frame, wire.Packet):
-                result = self.played.open(frame.packet)
+            # A node sends what is due for one next hop at once in one frame (PACKETS).
+            packets = ([frame.packet] if isinstance(frame, wire.Packet)
+                       else list(frame.packets) if isinstance(frame, wire.Packets) else [])
+            for packet in packets:
+                result = self.played.open(packet)
                 assert isinstance(result, FinalDelivery)
                 got.append((time.monotonic(), result.message))
         return got

@@ -95,13 +95,14 @@ def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
     try:
         assert _next_event(monitor) == zmq.EVENT_HANDSHAKE_SUCCEEDED
         before = chain.stats("mix-a")
-        # A frame of the longest length allowed is read (and refused: a mixnode takes no FETCH).
+        # A frame of the longest length allowed (a PACKETS frame's, 32 packets) is read, and
+        # refused: it is no FETCH of a client's length.
         fetch_head = bytes([wire.WIRE_VERSION, wire.FrameType.FETCH])
         sock.send(fetch_head + bytes(limit - 2))
         read = chain.wait_stats("mix-a",
-                           lambda s: s["dropped_bad_frame"] > before["dropped_bad_frame"],
+                           lambda s: s["dropped_wrong_size"] > before["dropped_wrong_size"],
                            "the longest allowed frame read and dropped")
-        assert read["dropped_bad_frame"] == before["dropped_bad_frame"] + 1
+        assert read["dropped_wrong_size"] == before["dropped_wrong_size"] + 1
         assert _next_event(monitor, timeout=0.5) is None  # still connected
         sock.send(fetch_head + bytes(limit - 1))  # one byte longer than the limit
         assert _next_event(monitor) == zmq.EVENT_DISCONNECTED
@@ -112,8 +113,8 @@ def test_a_frame_longer_than_any_valid_one_drops_the_link_before_it_is_read(
     chain.send(chain.packet(b"still flowing"))
     assert [m for _, m in chain.receive(1)] == [b"still flowing"]
     after = chain.stats("mix-a")  # the long frame was never read, so never counted
-    assert after["dropped_wrong_size"] == before["dropped_wrong_size"]
-    assert after["dropped_bad_frame"] == read["dropped_bad_frame"]
+    assert after["dropped_wrong_size"] == read["dropped_wrong_size"]
+    assert after["dropped_bad_frame"] == before["dropped_bad_frame"]
 
 
 def _next_event(monitor: zmq.Socket[bytes], timeout: float = 5.0) -> int | None:

@@ -122,6 +122,7 @@ def frame_bytes(world: World, kind: type[wire.Frame], role: PeerRole) -> bytes:
     packet = bytes(params.packet_length)
     examples: dict[type[wire.Frame], wire.Frame] = {
         wire.Packet: wire.Packet(packet),
+        wire.Packets: wire.Packets((packet, b"\x01" * len(packet), packet)),
         wire.Heartbeat: wire.Heartbeat(),
         wire.Fetch: wire.Fetch(1),
         wire.Relay: wire.Relay(world.id("mix-a1"), packet),
@@ -138,8 +139,8 @@ def frame_bytes(world: World, kind: type[wire.Frame], role: PeerRole) -> bytes:
 
 
 def test_the_admission_table_covers_every_frame_type_from_every_peer_role() -> None:
-    kinds = {wire.Packet, wire.Heartbeat, wire.Relay, wire.Fetch, wire.FetchReply, wire.Register,
-             wire.Registered, wire.Error}
+    kinds = {wire.Packet, wire.Packets, wire.Heartbeat, wire.Relay, wire.Fetch, wire.FetchReply,
+             wire.Register, wire.Registered, wire.Error}
     assert set(ADMISSION) == set(itertools.product(kinds, PeerRole))
 
 
@@ -172,6 +173,10 @@ def test_each_frame_from_each_peer_role_is_handled_or_dropped_as_the_table_says(
     assert after["dropped_total"] == before["dropped_total"]
     if action is Handler.PACKET:
         assert len(centre.dispatch.jobs) == 1 and after["received"] == 1
+    elif action is Handler.PACKETS:  # each packet of the frame, in order
+        packet = bytes(world.topology.sphinx.packet_length)
+        assert [p for _, p in centre.dispatch.jobs] == [packet, b"\x01" * len(packet), packet]
+        assert after["received"] == 3 and centre.dispatch.in_flight == 3
     elif action is Handler.HEARTBEAT:
         assert after["heartbeats_received"] == 1 and not replies
     elif action is Handler.RELAY:
@@ -203,13 +208,42 @@ def test_a_registered_stranger_is_let_through_the_gate_and_a_closed_door_drops_i
 def test_a_known_peers_malformed_frame_is_dropped_with_the_wire_reason(world: World) -> None:
     centre = world.centre("mix-a1")
     centre.on_frame(0.0, b"r", world.id("provider-1"), "uid", b"\x09\x01")
-    centre.on_frame(0.0, b"r", world.id("provider-1"), "uid", b"\x02\x02extra")
+    centre.on_frame(0.0, b"r", world.id("provider-1"), "uid", bytes([wire.WIRE_VERSION, 2]) + b"x")
     centre.on_frame(0.0, b"r", world.id("provider-1"), "uid", wire.encode(
         wire.Heartbeat(), params=world.topology.sphinx, slots=1))  # control: admitted
     stats = centre.statistics(0.0)
     assert stats["dropped_bad_version"] == 1 and stats["dropped_wrong_size"] == 1
     assert stats["heartbeats_received"] == 1 and stats["peers_alive"] == 1
     assert centre.statistics(10.0)["peers_alive"] == 0  # heard from 10 s ago: not alive
+
+
+def test_a_frame_read_as_a_view_of_the_message_is_handled_as_its_bytes(world: World) -> None:
+    # The node loop hands the centre a memoryview of each message it reads (zero-copy).
+    params = world.topology.sphinx
+    packets = [bytes([i]) * params.packet_length for i in range(1, 4)]
+    frames = [wire.encode_packets(packets, params=params),
+              wire.encode_packets(packets[:1], params=params),
+              wire.encode(wire.Heartbeat(), params=params, slots=1),
+              bytes([wire.WIRE_VERSION, 0x04]) + packets[0] + packets[1][:-1]]  # cut short
+    for centre_of, wrap in ((world.centre("mix-a1"), bytes), (world.centre("mix-a1"), memoryview)):
+        for data in frames:
+            centre_of.on_frame(0.0, b"r", world.id("provider-1"), "uid", wrap(data))
+        stats = centre_of.statistics(0.0)
+        assert [p for _, p in centre_of.dispatch.jobs] == [*packets, packets[0]]
+        assert all(type(p) is bytes for _, p in centre_of.dispatch.jobs)
+        assert stats["received"] == 4 and stats["heartbeats_received"] == 1
+        assert stats["dropped_wrong_size"] == 1
+
+
+def test_a_client_may_not_send_a_packets_frame(world: World) -> None:
+    centre = world.centre("provider-1")
+    params = world.topology.sphinx
+    data = wire.encode_packets([bytes(params.packet_length)] * 2, params=params)
+    centre.on_frame(0.0, b"r", world.id("alice"), "uid", memoryview(data))
+    centre.on_frame(0.0, b"r", world.id("mix-a1"), "uid", memoryview(data))  # control: a node
+    stats = centre.statistics(0.0)
+    assert stats["dropped_bad_frame"] == 1 and stats["received"] == 2
+    assert len(centre.dispatch.jobs) == 2
 
 
 # ---------------------------------------------------------------------------- dispatch

@@ -45,8 +45,11 @@ def frames(params: SphinxParams, slots: int) -> st.SearchStrategy[wire.Frame]:
     items = st.builds(wire.MailboxItem, u64, st.sampled_from(wire.ItemKind),
                       st.binary(min_size=16, max_size=16),
                       st.binary(max_size=wire.slot_length(params) - 29))
+    packet = st.binary(min_size=params.packet_length, max_size=params.packet_length)
     return st.one_of(
         client_frames(params),
+        st.lists(packet, min_size=2, max_size=wire.MAX_PACKETS_PER_FRAME).map(
+            lambda p: wire.Packets(tuple(p))),
         st.just(wire.Heartbeat()),
         st.builds(wire.FetchReply, u64, st.lists(items, max_size=slots).map(tuple),
                   st.integers(0, 2**32 - 1)),
@@ -69,8 +72,8 @@ def test_every_frame_round_trips(case: tuple[tuple[SphinxParams, int], wire.Fram
 
 def test_every_frame_type_is_covered_by_a_frame_class() -> None:
     examples: list[wire.Frame] = [
-        wire.Packet(bytes(P.packet_length)), wire.Heartbeat(),
-        wire.Relay(bytes(16), bytes(P.packet_length)), wire.Fetch(1, (2, 3)),
+        wire.Packet(bytes(P.packet_length)), wire.Packets((bytes(P.packet_length),) * 2),
+        wire.Heartbeat(), wire.Relay(bytes(16), bytes(P.packet_length)), wire.Fetch(1, (2, 3)),
         wire.FetchReply(1, (), 0), wire.Register(bytes(32), bytes(32), "alice"),
         wire.Registered("alice"), wire.Error("x", "y"),
     ]
@@ -227,7 +230,8 @@ def hostile_frames() -> st.SearchStrategy[tuple[tuple[SphinxParams, int], bytes]
 
     def framed(params: SphinxParams, slots: int) -> st.SearchStrategy[bytes]:
         lengths = [0, 1, params.packet_length, 16 + params.packet_length,
-                   wire.client_frame_length(params) - 2, wire.fetch_reply_length(params, slots)]
+                   wire.client_frame_length(params) - 2, wire.fetch_reply_length(params, slots),
+                   *(n * params.packet_length + d for n in (2, 3, 32, 33) for d in (-1, 0, 1))]
         return st.one_of(
             client_frame(params),
             st.binary(max_size=300),
@@ -278,6 +282,53 @@ def test_the_fast_packet_check_agrees_with_decode_on_any_bytes(
                         wire.encode_client(wire.Packet(expected), params=params))
 
 
+@settings(max_examples=1500, deadline=None)
+@given(hostile_frames())
+def test_the_fast_packets_check_agrees_with_decode_on_any_bytes(
+    case: tuple[tuple[SphinxParams, int], bytes],
+) -> None:
+    (params, slots), data = case
+    try:
+        frame: wire.Frame | None = wire.decode(data, params=params, slots=slots)
+    except WireError:
+        frame = None
+    expected = list(frame.packets) if isinstance(frame, wire.Packets) else None
+    assert wire.packets_of(data, params=params) == expected
+    assert wire.packets_of(memoryview(data), params=params) == expected  # as the node reads it
+    if expected is not None:  # in its one form
+        assert data == wire.encode_packets(expected, params=params)
+
+
+def test_a_node_sends_one_packet_as_a_packet_and_more_as_one_packets_frame() -> None:
+    packets = [bytes([i]) * P.packet_length for i in range(wire.MAX_PACKETS_PER_FRAME)]
+    one = wire.encode_packets(packets[:1], params=P)
+    assert one == wire.encode_packet(packets[0], params=P)
+    for count in (2, 7, wire.MAX_PACKETS_PER_FRAME):
+        data = wire.encode_packets([memoryview(p) for p in packets[:count]], params=P)
+        assert data[:2] == bytes([wire.WIRE_VERSION, wire.FrameType.PACKETS])
+        assert len(data) == wire.packets_frame_length(P, count) == 2 + count * P.packet_length
+        assert wire.decode(data, params=P, slots=SLOTS) == wire.Packets(tuple(packets[:count]))
+    for bad in ([], packets + packets[:1], [packets[0], packets[1][:-1]]):
+        with pytest.raises(LocalMisuse):
+            wire.encode_packets(bad, params=P)
+    for bad_frame in (wire.Packets(()), wire.Packets((packets[0],)),
+                      wire.Packets((*packets, packets[0]))):
+        with pytest.raises(LocalMisuse):
+            wire.encode(bad_frame, params=P, slots=SLOTS)
+
+
+def test_a_packets_frame_of_a_count_out_of_range_or_a_partial_packet_is_a_wrong_size_error(
+) -> None:
+    for count, extra in ((1, 0), (33, 0), (2, 1), (2, -1), (0, 0)):
+        data = head(0x04) + bytes(count * P.packet_length + extra)
+        with pytest.raises(WireError) as err:
+            wire.decode(data, params=P, slots=SLOTS)
+        assert err.value.reason is DropReason.WRONG_SIZE
+        assert wire.packets_of(data, params=P) is None
+    assert wire.packets_of(head(0x04) + bytes(2 * P.packet_length), params=P) == [
+        bytes(P.packet_length)] * 2  # the positive control
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(GEOMETRIES).flatmap(lambda g: st.tuples(st.just(g), frames(*g))))
 def test_every_valid_frame_fits_the_size_limit_of_its_receiver(
@@ -294,9 +345,10 @@ def test_every_valid_frame_fits_the_size_limit_of_its_receiver(
 
 def test_the_size_limits_are_those_of_the_longest_frames() -> None:
     for params in (P, SMALL, SphinxParams(payload_length=32 * 1024)):
-        assert wire.node_frame_limit(params) == wire.client_frame_length(params)
-    relay = wire.encode(wire.Relay(bytes(16), bytes(P.packet_length)), params=P, slots=1)
-    assert wire.node_frame_limit(P) == len(relay)
+        longest = wire.Packets((bytes(params.packet_length),) * wire.MAX_PACKETS_PER_FRAME)
+        assert wire.node_frame_limit(params) == len(wire.encode(longest, params=params, slots=1))
+        assert wire.node_frame_limit(params) > wire.client_frame_length(params)
+    assert wire.node_frame_limit(P) == 2 + 32 * 2297 == 73_506
     assert wire.client_frame_limit(P, SLOTS) == wire.fetch_reply_length(P, SLOTS)
     assert wire.client_frame_limit(SMALL, 0) == 2 + wire.MAX_CONTROL_BODY
 
@@ -318,7 +370,8 @@ def test_a_fetch_answer_of_the_wrong_size_is_a_wrong_size_error() -> None:
 
 def test_an_unknown_version_is_a_bad_version_error() -> None:
     for data in (b"\x01\x02", b"\x00\x01" + bytes(P.packet_length),
-                 b"\x01\x01" + bytes(P.packet_length)):  # version 1 is gone
+                 b"\x01\x01" + bytes(P.packet_length),  # version 1 is gone
+                 b"\x02\x01" + bytes(P.packet_length)):  # and version 2 (no PACKETS)
         with pytest.raises(WireError) as err:
             wire.decode(data, params=P, slots=SLOTS)
         assert err.value.reason is DropReason.BAD_VERSION

@@ -51,6 +51,11 @@ class Dispatcher:
         self.jobs.append((now, packet))
         self.in_flight += 1
 
+    def add_all(self, now: float, packets: list[bytes]) -> None:
+        """Take the packets of one frame that arrived at ``now``, as :meth:`add` each."""
+        self.jobs.extend([(now, packet) for packet in packets])
+        self.in_flight += len(packets)
+
     def dispatch(self, send: SendJobs) -> int:
         """Hand the waiting packets to the workers, each batch to the worker holding the fewest;
         return how many packets were handed over.

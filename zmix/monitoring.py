@@ -271,9 +271,9 @@ def _node_panels() -> tuple[Panel, ...]:
              "1 while Prometheus scrapes the node, 0 when it does not answer (stopped, crashed, "
              "or its metrics port unreachable)"),
         _one("Packets in", _rate("received"),
-             "packet frames received per second", "pps"),
+             "packets received per second", "pps"),
         _one("Packets out", _rate("sent"),
-             "frames sent on outbound links per second (forwarded packets, acknowledgements, "
+             "packets sent on outbound links per second (forwarded packets, acknowledgements, "
              "loops, relays)", "pps"),
         _one("Forwarded", _rate("forwarded"),
              "packets scheduled to a next hop per second: the node's share of the mixing",
@@ -303,7 +303,7 @@ def _provider_and_link_panels() -> tuple[Panel, ...]:
         _one("Clients online", _gauge("clients_online"),
              "the provider's clients heard from recently (providers only)"),
         _one("Link packets per peer", _rate("link_packets_sent"),
-             "packet frames sent per second on each outbound link, by next hop: a link that "
+             "packets sent per second on each outbound link, by next hop: a link that "
              "falls to 0 while its neighbours carry traffic is the one to look at", "pps",
              "{{node}} > {{peer}}"),
         _one("Links down", _gauge("links_down"),

@@ -74,6 +74,7 @@ class Handler(enum.Enum):
     """What the centre does with an admitted frame."""
 
     PACKET = "packet"  # to the workers
+    PACKETS = "packets"  # to the workers, each packet of the frame
     HEARTBEAT = "heartbeat"  # counted; the peer was heard from
     FETCH = "fetch"  # answered from the mailbox
     RELAY = "relay"  # a client's SURB answer, passed to the SURB's first hop
@@ -81,6 +82,7 @@ class Handler(enum.Enum):
 
 
 _BAD, _UNKNOWN = DropReason.BAD_FRAME, DropReason.UNKNOWN_PEER
+_PACKETS_TYPE = bytes([wire.FrameType.PACKETS])
 _H = Handler
 # Frame type x peer role -> the handler, or the reason the frame is dropped. A stranger gets
 # through ZAP only by a provider's open door (or with a key withdrawn since): it may register
@@ -89,6 +91,7 @@ _H = Handler
 _ROWS: dict[type[wire.Frame], tuple[Handler | DropReason, ...]] = {
     #                 from a NODE      from a CLIENT    from a STRANGER
     wire.Packet: (_H.PACKET, _H.PACKET, _UNKNOWN),
+    wire.Packets: (_H.PACKETS, _BAD, _UNKNOWN),
     wire.Heartbeat: (_H.HEARTBEAT, _H.HEARTBEAT, _UNKNOWN),
     wire.Fetch: (_BAD, _H.FETCH, _UNKNOWN),
     wire.Relay: (_BAD, _H.RELAY, _UNKNOWN),
@@ -145,22 +148,31 @@ class NodeCentre:
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._drops = {reason.value: 0 for reason in DropReason}
         self._last_seen: dict[bytes, float] = {}
-        self._sent_to: dict[bytes, int] = {}  # next hop -> packet frames sent to it
+        self._sent_to: dict[bytes, int] = {}  # next hop -> packets sent to it
         self._next_heartbeat = self._next_housekeeping = self._next_expire = now
 
     # ------------------------------------------------------------------ inbound frames
 
     def on_frame(self, now: float, route: bytes, peer: bytes | None, uid: str,
-                 data: bytes) -> None:
+                 data: wire.Buffer) -> None:
         """Admit or drop one frame that arrived on the ROUTER from routing id ``route``, whose
         link authenticated the key with ZAP User-Id ``uid``, known to the gate as ``peer``
-        (None: a stranger). See :data:`ADMISSION`. A bug met here is logged and counted in
-        ``internal_errors`` and costs that frame, not the node."""
+        (None: a stranger). See :data:`ADMISSION`. ``data`` may be a memoryview of the message
+        (a PACKETS frame's packets are then copied once each). A bug met here is logged and
+        counted in ``internal_errors`` and costs that frame, not the node."""
         try:
             if peer is None:
-                self._on_stranger(now, route, uid, data)
+                self._on_stranger(now, route, uid, bytes(data))
                 return
             self._last_seen[peer] = now
+            if data[1:2] == _PACKETS_TYPE and (self._provider is None
+                                                or not self._provider.serves(peer)):
+                packets = wire.packets_of(data, params=self._params)
+                if packets is not None:  # the hot path between nodes: ADMISSION's PACKETS row
+                    self._counts["received"] += len(packets)
+                    self.dispatch.add_all(now, packets)
+                    return
+            data = bytes(data)
             packet = wire.packet_of(data, params=self._params)
             if packet is not None:  # the hot path: ADMISSION's PACKET row for a known peer
                 self._counts["received"] += 1
@@ -219,6 +231,10 @@ class NodeCentre:
             assert isinstance(frame, wire.Packet)
             self._counts["received"] += 1
             self.dispatch.add(now, frame.packet)
+        elif action is Handler.PACKETS:  # packets_of takes every well-formed one first
+            assert isinstance(frame, wire.Packets)
+            self._counts["received"] += len(frame.packets)
+            self.dispatch.add_all(now, list(frame.packets))
         elif action is Handler.HEARTBEAT:
             self._counts["heartbeats_received"] += 1
         elif action is Handler.REGISTER:
@@ -403,7 +419,7 @@ class NodeCentre:
 
     def count_sent(self, sent: int, failed: int,
                    per_peer: Mapping[bytes, int] | None = None) -> None:
-        """Count packet frames handed to links (``sent``, and ``per_peer`` of them to each next
+        """Count packets handed to links (``sent``, and ``per_peer`` of them to each next
         hop) and refused by them (``link_send_failed``)."""
         self._counts["sent"] += sent
         self._counts["link_send_failed"] += failed

@@ -64,10 +64,11 @@ P, L = Reported.PROVIDERS, Reported.AFTER_LOOP
 
 STATISTICS: tuple[Statistic, ...] = (
     # ---------------------------------------------------------------- traffic
-    Statistic("received", C, "packet frames received"),
+    Statistic("received", C, "packets received (a PACKETS frame counts each of its packets)"),
     Statistic("forwarded", C, "packets scheduled to a next hop"),
-    Statistic("sent", C, "packet frames sent on outbound links (forwarded packets, "
-              "acknowledgements, loops, relays; heartbeats not counted)"),
+    Statistic("sent", C, "packets sent on outbound links (forwarded packets, "
+              "acknowledgements, loops, relays, each counted whether alone in a PACKET or in a "
+              "PACKETS frame; heartbeats not counted)"),
     Statistic("heartbeats_received", C, "HEARTBEAT frames received from peers"),
     Statistic("delivered", C, "final deliveries handed to the mailbox logic (providers only; "
               "the node's own returning loops are not counted here)"),
@@ -102,9 +103,10 @@ STATISTICS: tuple[Statistic, ...] = (
               "handshake failed: refused by the next hop (this node's key not admitted there; "
               "the link is dialled anew after a backoff of 1 to 30 s), or not finished within "
               "5 s (the next hop stalled or unreachable; tried again)"),
-    Statistic("link_queued_while_down", C, "frames (HEARTBEATs included) queued on an outbound "
+    Statistic("link_queued_while_down", C, "packets and HEARTBEATs queued on an outbound "
               "link after its connection was lost and before the re-dialled one was up; they wait "
-              "on the link (up to 50,000) and go out once it is, unless the link stays down for "
+              "on the link (up to 50,000 packets; packets past that are refused, as "
+              "link_send_failed) and go out once it is, unless the link stays down for "
               "loopix.max_delay (then they are dropped: dropped_link_down)"),
     Statistic("link_frames_discarded", C, "frames a next hop sent back on an outbound link "
               "(nothing legitimate comes back on one): read and discarded, so that they cannot "
@@ -265,7 +267,7 @@ LABELLED_STATISTICS: tuple[LabelledStatistic, ...] = (
                       "the nodes it went through joined by >, from this node back to it)"),
     LabelledStatistic("loop_route_lost", G, "route", "the node's own mix loops counted lost "
                       "(loops_lost), per route, " + LOOP_WINDOW_HELP),
-    LabelledStatistic("link_packets_sent", C, "peer", "packet frames sent on the outbound link "
+    LabelledStatistic("link_packets_sent", C, "peer", "packets sent on the outbound link "
                       "to node peer (forwarded packets, acknowledgements, loops, relays; "
                       "heartbeats not counted): their sum is sent"),
 )

@@ -1,11 +1,14 @@
 """Link frames between nodes and between clients and providers (docs/protocol.md).
 
-A frame is one ZeroMQ message part: ``version (0x02) || type (1 byte) || body``. Every frame a
+A frame is one ZeroMQ message part: ``version (0x03) || type (1 byte) || body``. Every frame a
 client sends (PACKET, RELAY, FETCH, REGISTER) is exactly :func:`client_frame_length` bytes, its
 content followed by zero padding, so that a watcher of the encrypted link cannot tell them apart;
-nodes send each other PACKETs of ``2 + packet_length`` bytes and HEARTBEATs. FETCH_REPLY has one
-length whatever it holds. Only the provider's answers to a registration (REGISTERED, ERROR) carry
-msgpack bodies of bounded size. This is the only module that imports msgpack.
+nodes send each other PACKETs of ``2 + packet_length`` bytes, PACKETS frames of 2 to
+:data:`MAX_PACKETS_PER_FRAME` packets back to back (what a node sends one next hop at once), and
+HEARTBEATs. The directory authorities' frames (below) keep their own version, 0x02.
+FETCH_REPLY has one length whatever it holds. Only the provider's answers to a registration
+(REGISTERED, ERROR) carry msgpack bodies of bounded size. This is the only module that
+imports msgpack.
 
 ``decode`` checks the length, the version and the type before anything else, unpacks msgpack
 with strict limits, checks every field's type and range, and turns every failure, msgpack's
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +29,13 @@ import msgpack
 from zmix import crypto
 from zmix.errors import DropReason, LocalMisuse, WireError
 
-WIRE_VERSION = 2  # 2: one length for every client frame, acknowledgements inside FETCH
+# 2: one length for every client frame, acknowledgements inside FETCH; 3: PACKETS between nodes
+WIRE_VERSION = 3
+Buffer = bytes | bytearray | memoryview
+AUTHORITY_VERSION = 2  # the authority frames' first byte (docs/pki.md); they did not change
+# The most Sphinx packets one PACKETS frame carries: 80 KB at the default geometry, and what a
+# node sends one next hop at once at 20,000 packets/s is rarely more (docs/protocol.md).
+MAX_PACKETS_PER_FRAME = 32
 ID_BYTES = 16  # node, client and SURB ids
 KEY_BYTES = 32  # X25519 and CURVE public keys
 MAX_TEXT_BYTES = 256  # UTF-8 bytes of a name, an error code or an error text
@@ -58,6 +67,7 @@ class FrameType(enum.IntEnum):
     PACKET = 0x01
     HEARTBEAT = 0x02
     RELAY = 0x03
+    PACKETS = 0x04  # version 3
     FETCH = 0x10
     FETCH_REPLY = 0x11
     # 0x12 and 0x13 were version 1's FETCH_ACK and FETCH_ACKED: retired, never reused.
@@ -78,6 +88,14 @@ class Packet:
     """A Sphinx packet for the receiving node to process; exactly ``packet_length`` bytes."""
 
     packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Packets:
+    """Node to node: 2 to :data:`MAX_PACKETS_PER_FRAME` Sphinx packets for the receiving node to
+    process, each exactly ``packet_length`` bytes, in the order they were sent."""
+
+    packets: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +164,14 @@ class Error:
     text: str
 
 
-Frame = Packet | Heartbeat | Relay | Fetch | FetchReply | Register | Registered | Error
+Frame = (Packet | Packets | Heartbeat | Relay | Fetch | FetchReply | Register | Registered
+         | Error)
 ClientFrame = Packet | Relay | Fetch | Register  # what a client sends: one length on the wire
 
 _PACKET_HEAD = bytes([WIRE_VERSION, FrameType.PACKET])
 _HEARTBEAT = bytes([WIRE_VERSION, FrameType.HEARTBEAT])
 _RELAY_HEAD = bytes([WIRE_VERSION, FrameType.RELAY])
+_PACKETS_HEAD = bytes([WIRE_VERSION, FrameType.PACKETS])
 _FETCH_HEAD = bytes([WIRE_VERSION, FrameType.FETCH])
 _REGISTER_HEAD = bytes([WIRE_VERSION, FrameType.REGISTER])
 _FETCH_REPLY_HEAD = bytes([WIRE_VERSION, FrameType.FETCH_REPLY])
@@ -161,7 +181,7 @@ _REGISTER_FIELDS = struct.Struct(">32s32sH")  # curve_public, public_key, name l
 _REPLY_HEAD = struct.Struct(">QBI")  # request_id u64, count u8, remaining u32
 _SLOT_HEAD = struct.Struct(">QB16sI")  # item_id u64, kind u8, surb_id 16, payload length u32
 _NO_SURB = bytes(ID_BYTES)
-_PACKET, _HEARTBEAT_TYPE, _FETCH_REPLY = 0x01, 0x02, 0x11  # plain ints: fast tests
+_PACKET, _HEARTBEAT_TYPE, _PACKETS, _FETCH_REPLY = 0x01, 0x02, 0x04, 0x11  # plain ints: fast tests
 
 
 def slot_length(params: Geometry) -> int:
@@ -186,10 +206,16 @@ def fetch_ack_capacity(params: Geometry) -> int:
 
 
 def node_frame_limit(params: Geometry) -> int:
-    """Return the length of the longest frame a node accepts (a client frame; the PACKETs of
-    other nodes are shorter): libzmq drops a connection that announces a longer one before
-    reading it, so no peer can make a node buffer more."""
-    return client_frame_length(params)
+    """Return the length of the longest frame a node accepts (a PACKETS frame of
+    :data:`MAX_PACKETS_PER_FRAME` packets; a client frame if the packets are tiny): libzmq drops
+    a connection that announces a longer one before reading it, so no peer can make a node
+    buffer more."""
+    return max(client_frame_length(params), packets_frame_length(params, MAX_PACKETS_PER_FRAME))
+
+
+def packets_frame_length(params: Geometry, count: int) -> int:
+    """Return the length of a PACKETS frame of ``count`` packets."""
+    return 2 + count * params.packet_length
 
 
 def client_frame_limit(params: Geometry, slots: int) -> int:
@@ -215,6 +241,10 @@ def encode(frame: Frame, *, params: Geometry, slots: int) -> bytes:
     """
     if isinstance(frame, Packet):
         return encode_packet(frame.packet, params=params)
+    if isinstance(frame, Packets):
+        _need(2 <= len(frame.packets) <= MAX_PACKETS_PER_FRAME,
+              f"a PACKETS frame carries 2 to {MAX_PACKETS_PER_FRAME} packets")
+        return encode_packets(list(frame.packets), params=params)
     if isinstance(frame, Heartbeat):
         return _HEARTBEAT
     if isinstance(frame, (Relay, Fetch, Register)):
@@ -236,6 +266,20 @@ def encode_packet(packet: bytes, *, params: Geometry) -> bytes:
     if len(packet) != params.packet_length:
         raise LocalMisuse(f"a packet is {params.packet_length} bytes, got {len(packet)}")
     return _PACKET_HEAD + packet
+
+
+def encode_packets(packets: Sequence[Buffer], *, params: Geometry) -> bytes:
+    """Return the one frame that carries ``packets`` (1 to :data:`MAX_PACKETS_PER_FRAME`, each
+    ``packet_length`` bytes) from a node to another: a PACKET for one, a PACKETS frame for more.
+    The node loop's hot path; the packets may be any bytes-like objects. Raises
+    :class:`LocalMisuse` for a count out of range or a packet of the wrong length."""
+    length = params.packet_length
+    if not 1 <= len(packets) <= MAX_PACKETS_PER_FRAME or any(
+            len(memoryview(p)) != length for p in packets):
+        raise LocalMisuse(f"a frame carries 1 to {MAX_PACKETS_PER_FRAME} packets of {length} "
+                          "bytes")
+    head = _PACKET_HEAD if len(packets) == 1 else _PACKETS_HEAD
+    return head + b"".join(packets)
 
 
 def encode_client(frame: ClientFrame, *, params: Geometry) -> bytes:
@@ -347,6 +391,17 @@ def packet_of(data: bytes, *, params: Geometry) -> bytes | None:
     return None
 
 
+def packets_of(data: Buffer, *, params: Geometry) -> list[bytes] | None:
+    """Return the Sphinx packets if ``data`` is a well-formed PACKETS frame, else None (then
+    :func:`decode` says why it is refused). The node loop's hot path, as :func:`packet_of`;
+    ``data`` may be a memoryview of the received message, so that each packet is copied once."""
+    length = params.packet_length
+    count, rest = divmod(len(data) - 2, length)
+    if rest or not 2 <= count <= MAX_PACKETS_PER_FRAME or data[:2] != _PACKETS_HEAD:
+        return None
+    return [bytes(data[at:at + length]) for at in range(2, len(data), length)]
+
+
 def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:
     """Parse one frame; raises :class:`WireError` (and nothing else) if ``data`` is not a valid
     frame: reason BAD_VERSION for another version, WRONG_SIZE for a frame of the wrong length,
@@ -358,6 +413,8 @@ def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:
     kind = data[1]
     if kind == _PACKET:  # the hot path first
         return _decode_packet(data, params)
+    if kind == _PACKETS:
+        return Packets(tuple(_packets(data, params)))
     if kind == _HEARTBEAT_TYPE:
         if len(data) != 2:
             raise WireError(DropReason.WRONG_SIZE)
@@ -384,6 +441,14 @@ def _decode_packet(data: bytes, params: Geometry) -> Packet:
     if len(data) != client_frame_length(params):
         raise WireError(DropReason.WRONG_SIZE)
     return Packet(_padded(data, end)[2:])
+
+
+def _packets(data: bytes, params: Geometry) -> list[bytes]:
+    length = params.packet_length
+    count, rest = divmod(len(data) - 2, length)
+    if rest or not 2 <= count <= MAX_PACKETS_PER_FRAME:
+        raise WireError(DropReason.WRONG_SIZE)
+    return [data[at:at + length] for at in range(2, len(data), length)]
 
 
 def _padded(data: bytes, end: int) -> bytes:
@@ -562,7 +627,7 @@ def encode_authority(frame: AuthorityFrame) -> bytes:
     :func:`decode_authority` would refuse (a field out of range, a blob too long)."""
     kind, body = _authority_body(frame)
     packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return bytes([WIRE_VERSION, kind]) + packed
+    return bytes([AUTHORITY_VERSION, kind]) + packed
 
 
 def _authority_body(frame: AuthorityFrame) -> tuple[AuthorityType, list[Any]]:
@@ -612,7 +677,7 @@ def decode_authority(data: bytes) -> AuthorityFrame:
     that is not the type's msgpack array, a field of the wrong type or out of range)."""
     if len(data) < 2:
         raise WireError(DropReason.BAD_FRAME)
-    if data[0] != WIRE_VERSION:
+    if data[0] != AUTHORITY_VERSION:
         raise WireError(DropReason.BAD_VERSION)
     if len(data) > AUTHORITY_ANSWER_LIMIT:
         raise WireError(DropReason.WRONG_SIZE)

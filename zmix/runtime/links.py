@@ -43,6 +43,7 @@ REDIAL_MAX = 30.0  # ... doubling up to this while the peer keeps refusing
 # after a partition heals).
 CONNECT_TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
+LINK_HOLD = 50_000  # packets a link without a connection takes, at most (Links.send_frames)
 INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
 NODE_LINK_RCVHWM = 16  # frames a next hop sent back wait this many deep to be read and discarded
 # What CURVE adds to a frame on the wire, where libzmq checks its size limit: the MESSAGE
@@ -230,7 +231,7 @@ class _Link:
     up: bool = False  # a connection completed its handshake and has not been lost since
     lost: bool = False  # the last connection was lost, and no re-dialled one is up yet
     refused_at: float | None = None  # when the peer's gate refused the handshake (not retried)
-    held: int = 0  # packet frames queued since the link was last up (or made)
+    held: int = 0  # packets queued since the link was last up (or made)
 
 
 class Links:
@@ -299,33 +300,43 @@ class Links:
         """Queue ``frame`` for ``node_id``; return False if the link is unknown or full.
         ``packet`` False: a frame that is not a packet (a HEARTBEAT), not counted as one when
         the link is closed with it."""
-        return self.send_frames(node_id, [frame], now, packets=packet) == 1
+        return self.send_frames(node_id, [frame], now, sizes=[1 if packet else 0]) == 1
 
     def send_frames(self, node_id: bytes, frames: list[bytes], now: float, *,
-                    packets: bool = True) -> int:
+                    sizes: list[int] | None = None) -> int:
         """Queue ``frames`` for ``node_id`` in order, back to back; return how many the link
-        took (it stops at the first it refuses: full; 0 if the link is unknown). ``packets``
-        False: frames that are not packets (see :meth:`send`).
+        took (it stops at the first it refuses: full; 0 if the link is unknown). ``sizes``
+        gives the packets in each frame (None: one each; 0 for a frame that is not a packet, a
+        HEARTBEAT, not counted as one when the link is closed with it).
 
-        The node loop's hot path sends what a round of results made due this way, a few dozen
-        packets for a few next hops, with the link looked up once."""
+        While the link has no connection it takes at most ``LINK_HOLD`` packets (since it was
+        made or lost its connection); the frame that would pass that is refused, as a full
+        link's is. The node loop's hot path sends what a round of results made due this way,
+        a few dozen packets for a few next hops, with the link looked up once."""
         link = self._link(node_id)
         if link is None:
             return 0
-        send, flags, taken = link.sock.send, zmq.NOBLOCK, 0
-        for frame in frames:
+        if sizes is None:
+            sizes = [1] * len(frames)
+        send, flags, taken, frames_taken, queued = link.sock.send, zmq.NOBLOCK, 0, 0, 0
+        up = link.up
+        for frame, size in zip(frames, sizes, strict=True):
+            if not up and link.held + taken + size > LINK_HOLD:
+                break
             try:
                 send(frame, flags)
             except zmq.Again:
                 break
-            taken += 1
-        if taken:
-            if not link.up and packets:
+            taken += size
+            queued += size or 1  # a HEARTBEAT counts as one
+            frames_taken += 1
+        if frames_taken:
+            if not up:
                 link.held += taken
             if link.lost:
-                self.counts["link_queued_while_down"] += taken
+                self.counts["link_queued_while_down"] += queued
             self.last_sent[node_id] = now
-        return taken
+        return frames_taken
 
     def take_new_sockets(self) -> list[zmq.Socket[bytes]]:
         """Return the sockets of the links created since the last call, to be polled for

@@ -539,9 +539,9 @@ class _Loop:
             if part.more:
                 self._discard_rest()
                 self.centre.on_multipart()
-            else:
+            else:  # a view of the message: a PACKETS frame's packets are copied once each
                 uid = str(part.get("User-Id"))
-                on_frame(time.monotonic(), route, entity(uid), uid, part.bytes)
+                on_frame(time.monotonic(), route, entity(uid), uid, part.buffer)
             if not accepting():
                 break
         self._send_replies()
@@ -614,25 +614,30 @@ class _Loop:
     # ------------------------------------------------------------------ outbound and timers
 
     def _send_outbox(self, now: float) -> None:
-        """Send what the centre made due, back to back, grouped by next hop.
+        """Send what the centre made due, grouped by next hop, in frames of up to
+        ``MAX_PACKETS_PER_FRAME`` packets (docs/protocol.md, "PACKETS").
 
         Sent one at a time, between the results, each packet found the link's I/O thread idle
         and woke it (a system call on each side, and a TCP write of one packet); sent together,
-        one wake-up and one write carry several packets. Packets for one next hop keep their
-        order; the links to different next hops are independent sockets."""
+        one wake-up and one write carry several packets, and in one frame they cost the node,
+        its I/O thread and the next hop one message instead of one each. Packets for one next
+        hop keep their order; the links to different next hops are independent sockets."""
         if not self.centre.outbox:
             return
-        encode, params = wire.encode_packet, self.params
+        encode, params, most = wire.encode_packets, self.params, wire.MAX_PACKETS_PER_FRAME
         outbox = self.centre.take_outbox(now)
         by_hop: dict[bytes, list[bytes]] = {}
         for next_hop, packet in outbox:
-            frames = by_hop.get(next_hop)
-            if frames is None:
-                frames = by_hop[next_hop] = []
-            frames.append(encode(packet, params=params))
+            packets = by_hop.get(next_hop)
+            if packets is None:
+                packets = by_hop[next_hop] = []
+            packets.append(packet)
         per_peer: dict[bytes, int] = {}
-        for next_hop, frames in by_hop.items():
-            taken = self.out.send_frames(next_hop, frames, now)
+        for next_hop, packets in by_hop.items():
+            sizes = [min(most, len(packets) - at) for at in range(0, len(packets), most)]
+            frames = [encode(packets[at:at + most], params=params)
+                      for at in range(0, len(packets), most)]
+            taken = sum(sizes[:self.out.send_frames(next_hop, frames, now, sizes=sizes)])
             if taken:
                 per_peer[next_hop] = taken
         sent = sum(per_peer.values())
