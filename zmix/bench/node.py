@@ -33,10 +33,14 @@ the authority's document. It reports, from one run:
   benchmark's own generator, sink and libzmq I/O thread (they share the cores with the node);
   ``cpu_seconds_per_packet_bench`` is this process's whole CPU time over the phase.
 
-The generator sends the pre-encoded PACKET frames back to back on one CURVE link (the send blocks
-at the link's high-water mark: the node sets the pace). The sink counts PACKET frames; after
-draining what arrived it sleeps 1 ms instead of waiting in poll, so libzmq's I/O thread does not
-wake it for every few packets (the time of the last packet is then late by at most 1 ms).
+The generator sends pre-encoded frames back to back on one CURVE link (the send blocks at the
+link's high-water mark: the node sets the pace): in the saturation phase PACKETS frames of
+``--batch`` packets (32, the most a frame holds: what a neighbour forwarding at the node's own
+rate sends, ``packets_per_frame_out`` shows how full the node's own frames are at saturation),
+in the loss phase one PACKET per packet. The sink counts the packets of PACKET and PACKETS
+frames, reading each message without copying it; after draining what arrived it sleeps 1 ms
+instead of waiting in poll, so libzmq's I/O thread does not wake it for every few packets (the
+time of the last packet is then late by at most 1 ms).
 
 The saturation phase runs in ``--rounds`` rounds (5), each a share of the packets; the figures
 are summed over them, and ``forwarded_per_second_rounds`` gives each round's packets/s.
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5,
                         help="the saturation phase in this many rounds; with several profiles "
                              "their rounds take turns (default 5)")
+    parser.add_argument("--batch", type=int, default=wire.MAX_PACKETS_PER_FRAME,
+                        choices=range(1, wire.MAX_PACKETS_PER_FRAME + 1), metavar="N",
+                        help="packets per frame the generator sends at saturation, 1 to "
+                             f"{wire.MAX_PACKETS_PER_FRAME} (default "
+                             f"{wire.MAX_PACKETS_PER_FRAME})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     return parser
 
@@ -131,7 +140,9 @@ class _Sink:
         self.sock = links.bind_router(ctx, spec.endpoint, me.curve_public, me.curve_private,
                                       topology.network,
                                       max_frame=wire.node_frame_limit(topology.sphinx))
-        self.count = 0
+        self.packet_length = topology.sphinx.packet_length
+        self.count = 0  # packets
+        self.frames = 0  # the frames that carried them
         self.first = 0.0
         self.last = 0.0
         self._stop = threading.Event()
@@ -149,24 +160,32 @@ class _Sink:
         # about 1 us less of the sink's CPU a packet), a napping one finds the packets of a
         # millisecond queued. The last packet's time is then late by at most the nap: 0.05 %
         # of a 2-second saturation phase.
-        recv = self.sock.recv
+        # Frames are read without a copy (a PACKETS frame is up to 80 KB): only their type and
+        # length are looked at.
+        recv, length = self.sock.recv, self.packet_length
+        packet, packets = wire.FrameType.PACKET, wire.FrameType.PACKETS
         while not self._stop.is_set():
             if not self.sock.poll(50):
                 continue
             time.sleep(SINK_NAP)
-            got = 0
+            got = frames = 0
             while True:
                 try:
                     recv(zmq.NOBLOCK)  # the routing id; the node sends one-part messages
                 except zmq.Again:
                     break
-                if recv(zmq.NOBLOCK)[1:2] == b"\x01":  # a PACKET frame (heartbeats do not count)
-                    got += 1
+                frame = recv(zmq.NOBLOCK, copy=False).buffer
+                kind = frame[1] if len(frame) > 1 else 0
+                if kind == packet:  # heartbeats do not count
+                    got, frames = got + 1, frames + 1
+                elif kind == packets:
+                    got, frames = got + (len(frame) - 2) // length, frames + 1
             if got:
                 now = time.perf_counter()
                 if self.count == 0:
                     self.first = now
                 self.count += got
+                self.frames += frames
                 self.last = now
 
     def wait_for(self, count: int, timeout: float) -> bool:
@@ -320,29 +339,31 @@ class _Saturation:
 
     sent: int = 0
     got: int = 0
+    frames_out: int = 0  # the frames the node sent the packets in
     elapsed: float = 0.0
     bench_cpu: float = 0.0
     by_thread: dict[str, float] = field(default_factory=dict)
     rates: list[float] = field(default_factory=list)  # packets/s of each round
 
 
-def _saturate(bench: _Bench, frames: list[bytes], into: _Saturation) -> None:
-    """Send ``frames`` as fast as the node takes them; add what it forwarded, the time it took
-    and the CPU spent to ``into``."""
+def _saturate(bench: _Bench, frames: list[bytes], packets: int, into: _Saturation) -> None:
+    """Send ``frames`` (``packets`` packets in all) as fast as the node takes them; add what it
+    forwarded, the time it took and the CPU spent to ``into``."""
     sink, gen = bench.sink, bench.gen
-    base = sink.count
+    base, frames_base = sink.count, sink.frames
     bench_cpu = _process_cpu()
     threads = _thread_cpu(bench.node_pid, sink.tid)
     t0 = time.perf_counter()
     for frame in frames:
         gen.send(frame)  # blocks at the high-water mark: the node sets the pace
-    sink.wait_for(base + len(frames), 60)
+    sink.wait_for(base + packets, 60)
     got = sink.count - base
+    into.frames_out += sink.frames - frames_base
     elapsed = sink.last - t0 if got else 0.0
     into.bench_cpu += _process_cpu() - bench_cpu
     for where, seconds in _thread_cpu(bench.node_pid, sink.tid, since=threads).items():
         into.by_thread[where] = into.by_thread.get(where, 0.0) + seconds
-    into.sent += len(frames)
+    into.sent += packets
     into.got += got
     into.elapsed += elapsed
     into.rates.append(got / elapsed if elapsed > 0 else 0.0)
@@ -358,16 +379,28 @@ def _measure(args: argparse.Namespace, benches: list[_Bench]) -> list[dict[str, 
     samples = [_sphinx_samples(b.topology, b.key, b.packets[:1_000]) for b in benches]
     rounds = max(1, args.rounds)
     saturations = [_Saturation() for _ in benches]
+    # Each round's frames, made before anything is timed: PACKETS frames of --batch packets.
+    batches = []
+    for bench in benches:
+        saturated = bench.packets[1:args.packets]
+        chunks = [saturated[len(saturated) * index // rounds:
+                            len(saturated) * (index + 1) // rounds] for index in range(rounds)]
+        batches.append([(_frames(bench.topology, chunk, args.batch), len(chunk))
+                        for chunk in chunks])
     for index in range(rounds):
-        for bench, saturation in zip(benches, saturations, strict=True):
-            saturated = bench.frames[1:args.packets]
-            chunk = len(saturated) * index // rounds, len(saturated) * (index + 1) // rounds
-            _saturate(bench, saturated[chunk[0]:chunk[1]], saturation)
+        for bench, saturation, made in zip(benches, saturations, batches, strict=True):
+            _saturate(bench, *made[index], saturation)
     for bench, sample in zip(benches, samples, strict=True):
         sample += _sphinx_samples(bench.topology, bench.key, bench.packets[:1_000])
     after = [_node_counters(b.state, name) for b, name in zip(benches, names, strict=True)]
     return [_figures(args, *each) for each in zip(benches, saturations, before, after, samples,
                                                    strict=True)]
+
+
+def _frames(topology: Topology, packets: list[bytes], batch: int) -> list[bytes]:
+    """Return ``packets`` in frames of ``batch`` (the last one may hold fewer)."""
+    return [wire.encode_packets(packets[at:at + batch], params=topology.sphinx)
+            for at in range(0, len(packets), batch)]
 
 
 def _figures(args: argparse.Namespace, bench: _Bench, saturation: _Saturation,
@@ -393,6 +426,8 @@ def _figures(args: argparse.Namespace, bench: _Bench, saturation: _Saturation,
         "workers": args.workers, "payload_bytes": args.payload,
         "packet_bytes": topology.sphinx.packet_length,
         "saturation_sent": saturation.sent, "saturation_forwarded": got,
+        "packets_per_frame_in": args.batch,
+        "packets_per_frame_out": got / saturation.frames_out if saturation.frames_out else 0.0,
         "forwarded_per_second": rate,
         "saturation_rounds": len(saturation.rates),
         "forwarded_per_second_rounds": saturation.rates,
@@ -579,6 +614,8 @@ def show(result: dict[str, Any]) -> None:
     print(f"  forwarded at saturation   {result['forwarded_per_second']:10.0f} packets/s "
           f"({result['saturation_forwarded']}/{result['saturation_sent']}); "
           f"x{result['forwarded_per_second'] / 570:.1f} the Loopix reference (570/s)")
+    print(f"  packets per frame         {result['packets_per_frame_in']:10d} in (the generator's), "
+          f"{result['packets_per_frame_out']:.1f} out (the node's) at saturation")
     print(f"  loss below saturation     {int(result['paced_lost']):10d} of {result['paced_sent']} "
           f"at {result['paced_rate']:.0f} packets/s")
     print(f"  CPU per forwarded packet  {result['cpu_seconds_per_packet'] * 1e6:10.1f} us "
