@@ -93,6 +93,7 @@ _WORDS = 1 << 16  # a hash word is 16 bits, of which the low 9 pick a bit of the
 _WORD_BIT = _BIT * (_WORDS // BLOCK_BITS)
 _WORD_BYTE = bytes((w % BLOCK_BITS) >> 3 for w in range(_WORDS))
 _WORD_BIT_IN_BYTE = bytes(1 << (w & 7) for w in range(_WORDS))
+_from_bytes = int.from_bytes  # bound once: ``int.from_bytes`` binds the classmethod per call
 _HASH_KEY_BYTES = 32
 _PAGE = 4096  # bytes in a memory page (a smaller step than the real page size is as good)
 
@@ -210,10 +211,10 @@ class BloomFilter:
         if older is not None:
             array = older._array
             if (array[offset + _WORD_BYTE[first]] & _WORD_BIT_IN_BYTE[first]
-                    and int.from_bytes(array[offset:end], "little") & mask == mask):
+                    and _from_bytes(array[offset:end], "little") & mask == mask):
                 return True
         array = self._array
-        held = int.from_bytes(array[offset:end], "little")
+        held = _from_bytes(array[offset:end], "little")
         merged = held | mask
         if merged == held:
             return True
@@ -224,14 +225,14 @@ class BloomFilter:
     def has(self, where: tuple[int, int]) -> bool:
         """Return True if every bit of ``where`` is set (the item is probably present)."""
         offset, mask = where
-        block = int.from_bytes(self._array[offset:offset + _BLOCK_BYTES], "little")
+        block = _from_bytes(self._array[offset:offset + _BLOCK_BYTES], "little")
         return block & mask == mask
 
     def put(self, where: tuple[int, int]) -> bool:
         """Set the bits of ``where``; return True if they all were already set."""
         offset, mask = where
         array = self._array
-        block = int.from_bytes(array[offset:offset + _BLOCK_BYTES], "little")
+        block = _from_bytes(array[offset:offset + _BLOCK_BYTES], "little")
         if block & mask == mask:
             return True
         array[offset:offset + _BLOCK_BYTES] = (block | mask).to_bytes(_BLOCK_BYTES, "little")
@@ -495,8 +496,8 @@ class ReplayCache:
         self._epochs: dict[int, _EpochTags] = {}
         self._floor = 0  # epochs below this were forgotten
         self._dropped: set[int] = set()  # epochs at or above the floor forgotten by drop()
-        self._counts = {"checked": 0, "replays": 0, "stale_epoch": 0, "rollovers": 0,
-                        "flushes": 0}
+        self._checked = 0  # apart from the other counts: it is counted for every packet
+        self._counts = {"replays": 0, "stale_epoch": 0, "rollovers": 0, "flushes": 0}
         self._store = None if directory is None else _Store(directory)
         if self._store is None:
             self._tags(0)  # allocate now: the memory a node needs shows at start, not under load
@@ -568,11 +569,10 @@ class ReplayCache:
             tags = self._unheld(epoch)
             if tags is None:
                 return True
-        counts = self._counts
-        counts["checked"] += 1
+        self._checked += 1
         current = tags.current
         if current.check_and_add(tag, tags.previous):  # an epoch's filters share key and size
-            counts["replays"] += 1
+            self._counts["replays"] += 1
             return True
         if current.count >= current.capacity:
             self._roll_over(epoch, tags)
@@ -582,13 +582,13 @@ class ReplayCache:
         """Return the filters of an epoch not held, made now; or count a tag of a forgotten
         epoch as checked and stale and return None."""
         if epoch < self._floor or epoch in self._dropped:
-            self._counts["checked"] += 1
+            self._checked += 1
             self._counts["stale_epoch"] += 1
             return None
         try:
             return self._tags(epoch)
         except BaseException:
-            self._counts["checked"] += 1  # as when the tag is checked after the filter is made
+            self._checked += 1  # as when the tag is checked after the filter is made
             raise
 
     def _roll_over(self, epoch: int, tags: _EpochTags) -> None:
@@ -663,7 +663,7 @@ class ReplayCache:
         """Return tags checked, replays detected, stale-epoch refusals, filter rollovers,
         flushes to disk, tags held, live epochs and memory held in bytes (for file-backed
         filters: mapped, and the same on disk plus one header page per filter)."""
-        stats = dict(self._counts)
+        stats = {"checked": self._checked, **self._counts}
         stats["tags"] = sum(t.count() for t in self._epochs.values())
         stats["epochs"] = len(self._epochs)
         stats["bytes"] = sum(t.size_bytes() for t in self._epochs.values())
