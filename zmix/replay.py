@@ -140,7 +140,8 @@ class BloomFilter:
     """A fixed-size blocked Bloom filter over byte strings (see the module docstring).
 
     :meth:`locate` hashes an item once; filters of the same size and key share locations, so a
-    cache looks a tag up in two filters for the price of one hash. The bit array is in memory, or
+    cache looks a tag up in two filters for the price of one hash (:meth:`check_and_add` does
+    that whole lookup in one call: the cache's per-packet path). The bit array is in memory, or
     a shared file mapping given as ``array`` (see :class:`ReplayCache`).
     """
 
