@@ -3,10 +3,14 @@ documented."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zmix.errors import LocalMisuse
 from zmix.replay import (
@@ -184,3 +188,90 @@ def test_each_epoch_hashes_with_its_own_key() -> None:
     assert cache.statistics()["flushes"] == 0
     keys = {bloom.key for tags_ in cache._epochs.values() for _, bloom in tags_.filters()}
     assert len(keys) == 2
+
+
+def documented_location(key: bytes, blocks: int, hashes: int, tag: bytes) -> tuple[int, int]:
+    """A tag's block offset and bit mask by the module docstring's formula: one BLAKE2b digest
+    of 8 + 2k bytes keyed by the filter's key; its first little-endian 64-bit word modulo the
+    blocks picks the block, each of the k 16-bit words after it one bit, by its low 9 bits."""
+    digest = hashlib.blake2b(tag, digest_size=8 + 2 * hashes, key=key).digest()
+    block = int.from_bytes(digest[:8], "little") % blocks
+    words = struct.unpack(f"<{hashes}H", digest[8:])
+    mask = 0
+    for word in words:
+        mask |= 1 << (word % 512)
+    return block * 64, mask
+
+
+PINNED_KEY = bytes(range(32))
+PINNED_TAGS = [b"", b"zmix replay tag", bytes(32), bytes(range(255, 0, -1))]
+
+
+@pytest.mark.parametrize("capacity", [1_000, 1_000_000])
+@pytest.mark.parametrize("hashes", [HASHES, 5])
+def test_a_tags_block_and_bits_are_those_of_the_documented_formula(capacity: int,
+                                                                   hashes: int) -> None:
+    bloom = BloomFilter(capacity, hashes=hashes, key=PINNED_KEY)
+    fast = BloomFilter(capacity, hashes=hashes, key=PINNED_KEY)
+    for tag in PINNED_TAGS:
+        offset, mask = documented_location(PINNED_KEY, bloom.blocks, hashes, tag)
+        assert bloom.locate(tag) == (offset, mask)
+        assert not fast.check_and_add(tag)
+        block = fast._array[offset:offset + 64]
+        # bit p of the block is bit p % 8 of its byte p // 8 (little-endian), so a file's bits
+        # read the same whichever way they are tested
+        assert all(block[p // 8] >> (p % 8) & 1 for p in range(512) if mask >> p & 1)
+    set_bits = sum(bin(byte).count("1") for byte in fast._array)
+    assert set_bits == sum(bin(documented_location(PINNED_KEY, bloom.blocks, hashes, t)[1])
+                           .count("1") for t in PINNED_TAGS)  # nothing else was set
+
+
+def test_pinned_locations_are_those_of_the_release_before_the_fast_path() -> None:
+    # Computed by zmix.replay.BloomFilter.locate at commit 9900038 (locate, has, put only):
+    # filters written by that release must answer identically.
+    bloom = BloomFilter(1_000_000, key=PINNED_KEY)
+    assert bloom.locate(b"zmix replay tag") == (2449280, int(
+        "8000400000000000000000000000100000000001408000000000000000000000000000000000000000"
+        "00000000400000000000001000000", 16))
+    assert bloom.locate(b"") == (2540160, int(
+        "8000000000040000000000000010000008000000000000000000000000000080000000000000000000"
+        "000000000048080000000000000000", 16))
+
+
+def reference_check_and_add(bloom: BloomFilter, older: BloomFilter | None, tag: bytes) -> bool:
+    """What BloomFilter.check_and_add promises: locate, then has in the older filter or put."""
+    where = bloom.locate(tag)
+    return (older is not None and older.has(where)) or bloom.put(where)
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 40), hashes=st.sampled_from([HASHES, HASHES, 1, 5, 16]),
+       key=st.binary(min_size=32, max_size=32),
+       pool=st.lists(st.binary(max_size=40), min_size=1, max_size=30, unique=True),
+       older_tags=st.lists(st.integers(0, 29), max_size=40),
+       sequence=st.lists(st.integers(0, 29), max_size=120), with_older=st.booleans())
+def test_the_fast_path_agrees_with_locate_has_and_put_on_any_tag_sequence(
+        capacity: int, hashes: int, key: bytes, pool: list[bytes], older_tags: list[int],
+        sequence: list[int], with_older: bool) -> None:
+    # Small filters (down to one block) fill up, so "all bits already set" is common too.
+    fast, ref = (BloomFilter(capacity, hashes=hashes, key=key) for _ in range(2))
+    fast_older, ref_older = (BloomFilter(capacity, hashes=hashes, key=key) for _ in range(2))
+    for i in older_tags:
+        assert fast_older.add(pool[i % len(pool)]) == ref_older.add(pool[i % len(pool)])
+    for i in sequence:
+        tag = pool[i % len(pool)]
+        expected = reference_check_and_add(ref, ref_older if with_older else None, tag)
+        assert fast.check_and_add(tag, fast_older if with_older else None) == expected
+        assert fast.count == ref.count
+    assert bytes(fast._array) == bytes(ref._array)
+    assert bytes(fast_older._array) == bytes(ref_older._array)  # the older one is only read
+
+
+def test_the_fast_path_finds_a_tag_held_only_by_the_older_filter() -> None:
+    older, current = (BloomFilter(1_000, key=PINNED_KEY) for _ in range(2))
+    tag, other = tags(2, 16)
+    older.add(tag)
+    assert current.check_and_add(tag, older)
+    assert current.count == 0 and not any(current._array)  # a replay sets nothing
+    assert not current.check_and_add(other, older)  # control: a tag the older one lacks
+    assert current.count == 1 and other in current

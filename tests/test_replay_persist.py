@@ -1,5 +1,6 @@
 """The replay cache's files: tags survive a new cache and a SIGKILLed process, damaged files are
-refused by name, files follow the epochs' filters (rollover, rotate, drop), sizes as documented."""
+refused by name, files follow the epochs' filters (rollover, rotate, drop), sizes as documented;
+the per-packet fast path answers, counts and writes exactly as locate, has and put do."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from zmix import crypto
 from zmix.replay import HEADER_BYTES, ReplayCache, ReplayFileError
 
 
@@ -232,3 +239,78 @@ def test_the_benchmark_reports_both_caches_and_the_flush_cost(tmp_path: Path) ->
     assert figures["file_to_memory_ratio"] == pytest.approx(ratio, abs=1e-3)
     assert figures["flush_ms"] > 0 and figures["create_file_ms"] > 0 and figures["load_ms"] > 0
     assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+
+
+class ReferenceCache(ReplayCache):
+    """A cache whose seen_or_add is the release's before the fast path (commit 9900038; only
+    the "checked" count's home moved): one locate, then has on the previous generation and put
+    on the current one."""
+
+    def seen_or_add(self, tag: bytes, epoch: int = 0) -> bool:
+        self._checked += 1
+        if epoch < self._floor or epoch in self._dropped:
+            self._counts["stale_epoch"] += 1
+            return True
+        tags_ = self._tags(epoch)
+        where = tags_.current.locate(tag)
+        if (tags_.previous is not None and tags_.previous.has(where)) or tags_.current.put(where):
+            self._counts["replays"] += 1
+            return True
+        if tags_.current.count >= tags_.current.capacity:
+            self._roll_over(epoch, tags_)
+        return False
+
+
+def replay_run(kind: type[ReplayCache], ops: list[tuple[Any, ...]], pool: list[bytes],
+               capacity: int, directory: Path | None, key_seed: int) -> list[Any]:
+    """Run ``ops`` on a fresh cache whose epoch keys come from ``key_seed``; return every answer
+    and the statistics after each operation."""
+    keys = random.Random(key_seed)
+    seen: list[Any] = []
+    with mock.patch.object(crypto, "random_bytes", new=keys.randbytes), \
+            kind(capacity, epochs=2, directory=directory) as cache:
+        for op, arg, epoch in ops:
+            if op == "tag":
+                seen.append(cache.seen_or_add(pool[arg % len(pool)], epoch))
+            elif op == "flush":
+                cache.flush()
+            else:
+                getattr(cache, op)(epoch)
+            seen.append(cache.statistics())
+    return seen
+
+
+def directory_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.bloom"))}
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("tag"), st.integers(0, 29), st.integers(0, 4)),
+    st.tuples(st.sampled_from(["rotate", "drop", "prepare", "flush"]), st.just(0),
+              st.integers(0, 4))),
+    max_size=120)
+POOL = st.lists(st.binary(max_size=40), min_size=1, max_size=30, unique=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=OPS, pool=POOL, capacity=st.integers(1, 12), key_seed=st.integers(0, 2**32))
+def test_the_fast_path_answers_and_counts_as_locate_has_and_put_in_memory(
+        ops: list[tuple[Any, ...]], pool: list[bytes], capacity: int, key_seed: int) -> None:
+    # Tiny capacities roll over every few tags; epochs 0-4 with two held push epochs out.
+    assert replay_run(ReplayCache, ops, pool, capacity, None, key_seed) == \
+        replay_run(ReferenceCache, ops, pool, capacity, None, key_seed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ops=OPS, pool=POOL, capacity=st.integers(1, 12), key_seed=st.integers(0, 2**32))
+def test_the_fast_path_writes_the_same_files_and_loads_the_reference_files_alike(
+        ops: list[tuple[Any, ...]], pool: list[bytes], capacity: int, key_seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fast_dir, ref_dir = Path(tmp) / "fast", Path(tmp) / "reference"
+        assert replay_run(ReplayCache, ops, pool, capacity, fast_dir, key_seed) == \
+            replay_run(ReferenceCache, ops, pool, capacity, ref_dir, key_seed)
+        assert directory_bytes(fast_dir) == directory_bytes(ref_dir)
+        # Each kind loads the other's files: every tag answers alike in every epoch.
+        lookups = [("tag", i, epoch) for epoch in range(5) for i in range(len(pool))]
+        assert replay_run(ReplayCache, lookups, pool, capacity, ref_dir, key_seed + 1) == \
+            replay_run(ReferenceCache, lookups, pool, capacity, fast_dir, key_seed + 1)

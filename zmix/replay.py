@@ -86,6 +86,14 @@ _CHECKSUM_BYTES = 16  # BLAKE2b of the packed fields, after them
 _FILE_NAME = re.compile(r"^(\d+)-(\d+)\.bloom$")
 _BLOCK_BYTES = BLOCK_BITS // 8
 _BIT = tuple(1 << i for i in range(BLOCK_BITS))  # a bit of a block, as an int mask
+_WORDS = 1 << 16  # a hash word is 16 bits, of which the low 9 pick a bit of the block
+# Tables indexed by a whole hash word, so a lookup skips masking it to 9 bits: the word's bit as
+# a block mask (512 KiB of references to the 512 masks above), and its byte in the block and bit
+# in that byte (the block is a little-endian int: bit p is bit p % 8 of byte p // 8).
+_WORD_BIT = _BIT * (_WORDS // BLOCK_BITS)
+_WORD_BYTE = bytes((w % BLOCK_BITS) >> 3 for w in range(_WORDS))
+_WORD_BIT_IN_BYTE = bytes(1 << (w & 7) for w in range(_WORDS))
+_from_bytes = int.from_bytes  # bound once: ``int.from_bytes`` binds the classmethod per call
 _HASH_KEY_BYTES = 32
 _PAGE = 4096  # bytes in a memory page (a smaller step than the real page size is as good)
 
@@ -132,7 +140,8 @@ class BloomFilter:
     """A fixed-size blocked Bloom filter over byte strings (see the module docstring).
 
     :meth:`locate` hashes an item once; filters of the same size and key share locations, so a
-    cache looks a tag up in two filters for the price of one hash. The bit array is in memory, or
+    cache looks a tag up in two filters for the price of one hash (:meth:`check_and_add` does
+    that whole lookup in one call: the cache's per-packet path). The bit array is in memory, or
     a shared file mapping given as ``array`` (see :class:`ReplayCache`).
     """
 
@@ -148,8 +157,11 @@ class BloomFilter:
         self.hashes = hashes
         self.key = crypto.random_bytes(_HASH_KEY_BYTES) if key is None else key
         self.count = 0  # items added that set at least one new bit
-        self._hasher = hashlib.blake2b(digest_size=8 + 2 * hashes, key=self.key)
+        # Copying a keyed hasher skips hashing the key block again: faster than a new keyed
+        # blake2b per item (about 330 against 470 ns here).
+        self._copy_hasher = hashlib.blake2b(digest_size=8 + 2 * hashes, key=self.key).copy
         self._unpack = struct.Struct(f"<Q{hashes}H").unpack
+        self._unrolled = hashes == 8  # check_and_add spells out eight words (the default k)
         self._array: bytearray | mmap.mmap
         if array is None:
             self._array = bytearray(blocks * _BLOCK_BYTES)
@@ -164,25 +176,64 @@ class BloomFilter:
     def locate(self, item: bytes) -> tuple[int, int]:
         """Return where ``item`` lives in this filter: its block's byte offset and its bits in
         the block, as an int mask."""
-        h = self._hasher.copy()
+        h = self._copy_hasher()
         h.update(item)
         block, *words = self._unpack(h.digest())
         mask = 0
         for word in words:
-            mask |= _BIT[word & (BLOCK_BITS - 1)]
+            mask |= _WORD_BIT[word]
         return block % self.blocks * _BLOCK_BYTES, mask
+
+    def check_and_add(self, item: bytes, older: BloomFilter | None = None) -> bool:
+        """Return True if ``item`` is (probably) in ``older`` or already in this filter, setting
+        nothing; otherwise add it to this filter and return False.
+
+        The answer, the bits set and the count are those of ``older.has(where) or
+        self.put(where)`` with ``where = self.locate(item)``; ``older`` must locate items as
+        this filter does (:meth:`same_hashing`), as an epoch's generations do. This is the
+        replay cache's per-packet path, so it is spelled out: one hash, no location tuple, and
+        the older filter's block read only when the tag's first bit is set there (most fresh
+        tags miss it: a full filter has about one bit in nine set).
+        """
+        h = self._copy_hasher()
+        h.update(item)
+        if self._unrolled:
+            block, first, w1, w2, w3, w4, w5, w6, w7 = self._unpack(h.digest())
+            bit = _WORD_BIT
+            mask = (bit[first] | bit[w1] | bit[w2] | bit[w3] | bit[w4] | bit[w5] | bit[w6]
+                    | bit[w7])
+        else:
+            block, first, *words = self._unpack(h.digest())
+            mask = _WORD_BIT[first]
+            for word in words:
+                mask |= _WORD_BIT[word]
+        offset = block % self.blocks * _BLOCK_BYTES
+        end = offset + _BLOCK_BYTES
+        if older is not None:
+            array = older._array
+            if (array[offset + _WORD_BYTE[first]] & _WORD_BIT_IN_BYTE[first]
+                    and _from_bytes(array[offset:end], "little") & mask == mask):
+                return True
+        array = self._array
+        held = _from_bytes(array[offset:end], "little")
+        merged = held | mask
+        if merged == held:
+            return True
+        array[offset:end] = merged.to_bytes(_BLOCK_BYTES, "little")
+        self.count += 1
+        return False
 
     def has(self, where: tuple[int, int]) -> bool:
         """Return True if every bit of ``where`` is set (the item is probably present)."""
         offset, mask = where
-        block = int.from_bytes(self._array[offset:offset + _BLOCK_BYTES], "little")
+        block = _from_bytes(self._array[offset:offset + _BLOCK_BYTES], "little")
         return block & mask == mask
 
     def put(self, where: tuple[int, int]) -> bool:
         """Set the bits of ``where``; return True if they all were already set."""
         offset, mask = where
         array = self._array
-        block = int.from_bytes(array[offset:offset + _BLOCK_BYTES], "little")
+        block = _from_bytes(array[offset:offset + _BLOCK_BYTES], "little")
         if block & mask == mask:
             return True
         array[offset:offset + _BLOCK_BYTES] = (block | mask).to_bytes(_BLOCK_BYTES, "little")
@@ -446,8 +497,8 @@ class ReplayCache:
         self._epochs: dict[int, _EpochTags] = {}
         self._floor = 0  # epochs below this were forgotten
         self._dropped: set[int] = set()  # epochs at or above the floor forgotten by drop()
-        self._counts = {"checked": 0, "replays": 0, "stale_epoch": 0, "rollovers": 0,
-                        "flushes": 0}
+        self._checked = 0  # apart from the other counts: it is counted for every packet
+        self._counts = {"replays": 0, "stale_epoch": 0, "rollovers": 0, "flushes": 0}
         self._store = None if directory is None else _Store(directory)
         if self._store is None:
             self._tags(0)  # allocate now: the memory a node needs shows at start, not under load
@@ -514,18 +565,32 @@ class ReplayCache:
         :meth:`drop`, or pushed out by newer epochs) also returns True: without its memory the
         cache cannot vouch for it, and a node no longer holds that epoch's key anyway.
         """
-        self._counts["checked"] += 1
-        if epoch < self._floor or epoch in self._dropped:
-            self._counts["stale_epoch"] += 1
-            return True
-        tags = self._tags(epoch)
-        where = tags.current.locate(tag)  # an epoch's filters share the key and size
-        if (tags.previous is not None and tags.previous.has(where)) or tags.current.put(where):
+        tags = self._epochs.get(epoch)  # a held epoch is never below the floor nor dropped
+        if tags is None:
+            tags = self._unheld(epoch)
+            if tags is None:
+                return True
+        self._checked += 1
+        current = tags.current
+        if current.check_and_add(tag, tags.previous):  # an epoch's filters share key and size
             self._counts["replays"] += 1
             return True
-        if tags.current.count >= tags.current.capacity:
+        if current.count >= current.capacity:
             self._roll_over(epoch, tags)
         return False
+
+    def _unheld(self, epoch: int) -> _EpochTags | None:
+        """Return the filters of an epoch not held, made now; or count a tag of a forgotten
+        epoch as checked and stale and return None."""
+        if epoch < self._floor or epoch in self._dropped:
+            self._checked += 1
+            self._counts["stale_epoch"] += 1
+            return None
+        try:
+            return self._tags(epoch)
+        except BaseException:
+            self._checked += 1  # as when the tag is checked after the filter is made
+            raise
 
     def _roll_over(self, epoch: int, tags: _EpochTags) -> None:
         """Start ``epoch``'s next generation; the new file exists before the oldest is deleted,
@@ -599,7 +664,7 @@ class ReplayCache:
         """Return tags checked, replays detected, stale-epoch refusals, filter rollovers,
         flushes to disk, tags held, live epochs and memory held in bytes (for file-backed
         filters: mapped, and the same on disk plus one header page per filter)."""
-        stats = dict(self._counts)
+        stats = {"checked": self._checked, **self._counts}
         stats["tags"] = sum(t.count() for t in self._epochs.values())
         stats["epochs"] = len(self._epochs)
         stats["bytes"] = sum(t.size_bytes() for t in self._epochs.values())
