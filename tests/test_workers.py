@@ -47,6 +47,8 @@ from zmix.workframes import (
     is_forward,
     is_keys,
     join_results,
+    result_parts,
+    results_head,
     split_results,
 )
 
@@ -139,6 +141,37 @@ def test_a_forward_result_reads_the_same_by_the_fast_path() -> None:
               encode_invalid(1.0, DropReason.BAD_MAC),
               encode_stats(WorkerStats(0, 0.0, 0, 1, 0.0))]
     assert not any(is_forward(other) for other in others)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(arrivals, st.integers(0, 2**32 - 1), st.builds(
+    ForwardHop, st.binary(min_size=16, max_size=16), st.integers(0, 2**64 - 1),
+    st.binary(max_size=300), st.binary(max_size=64)) | st.builds(
+    SurbReply, st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16),
+    st.integers(0, 2**64 - 1), st.binary(max_size=300), st.binary(max_size=64))), max_size=20))
+def test_a_result_message_joined_from_parts_is_the_one_join_results_makes(
+        results: list[tuple[float, int, ForwardHop | SurbReply]]) -> None:
+    # The worker joins each result's parts straight into the message (one copy of a packet).
+    parts = [results_head(2, 99)]
+    for arrival, epoch, value in results:
+        parts += result_parts(arrival, epoch, value)
+    assert b"".join(parts) == join_results(2, 99, [encode_result(*r) for r in results])
+
+
+def test_results_and_jobs_read_from_a_view_of_the_message_as_from_its_bytes() -> None:
+    # The node and the workers read their messages without a copy (memoryviews of libzmq's).
+    hop = ForwardHop(os.urandom(16), 7, os.urandom(100), os.urandom(32))
+    message = join_results(1, 5, [encode_result(2.5, 3, hop), encode_invalid(1.0,
+                                                                             DropReason.BAD_MAC)])
+    index, pid, results = split_results(memoryview(message))
+    assert (index, pid) == (1, 5) and all(type(r) is memoryview for r in results)
+    arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(results[0])
+    assert (arrival, epoch, next_hop, delay_us, tag) == (2.5, 3, hop.next_hop, 7, hop.replay_tag)
+    assert type(tag) is bytes and type(packet) is memoryview and packet == hop.packet
+    assert decode_forward(bytes(results[0]))[5] == hop.packet  # and from bytes, as bytes
+    jobs = [(1.5, os.urandom(PACKET)), (2.5, os.urandom(PACKET))]
+    decoded = decode_jobs(memoryview(encode_jobs(jobs)), PACKET)
+    assert decoded == jobs and all(type(p) is bytes for _, p in decoded)
 
 
 @pytest.mark.parametrize("body", [b"\x05", b"\x05\0\0\0abcd", b"\x01\0\0\0a\xff\xff\xff\xff"])

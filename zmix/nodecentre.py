@@ -42,6 +42,7 @@ from zmix.nodetap import NodeTap
 from zmix.provider import ProviderCore
 from zmix.scheduler import DelayQueue
 from zmix.sphinx import ForwardHop, SphinxParams
+from zmix.wire import Buffer
 from zmix.workframes import (
     WorkerStats,
     decode_forward,
@@ -133,7 +134,8 @@ class NodeCentre:
         self.tap = tap  # the node's tap (topology node.taps; zmix.nodetap), or None
         self.dispatch = Dispatcher(workers)
         self.queue: DelayQueue[Scheduled] = DelayQueue(queue_limit)
-        self.outbox: list[tuple[bytes, bytes]] = []  # (next hop, packet) to send now
+        # (next hop, packet) to send now; a packet may be a view of a worker's result message
+        self.outbox: list[tuple[bytes, Buffer]] = []
         self.replies: list[tuple[bytes, bytes]] = []  # (routing id, frame) for the ROUTER
         self.admitted: list[tuple[bytes, bytes]] = []  # (CURVE key, id) to let through the gate
         self.reports: list[WorkerStats] = []  # the workers' statistics frames, for the pool
@@ -154,7 +156,7 @@ class NodeCentre:
     # ------------------------------------------------------------------ inbound frames
 
     def on_frame(self, now: float, route: bytes, peer: bytes | None, uid: str,
-                 data: wire.Buffer) -> None:
+                 data: Buffer) -> None:
         """Admit or drop one frame that arrived on the ROUTER from routing id ``route``, whose
         link authenticated the key with ZAP User-Id ``uid``, known to the gate as ``peer``
         (None: a stranger). See :data:`ADMISSION`. ``data`` may be a memoryview of the message
@@ -271,12 +273,15 @@ class NodeCentre:
 
     # ------------------------------------------------------------------ worker results
 
-    def on_results(self, now: float, message: bytes) -> None:
+    def on_results(self, now: float, message: Buffer) -> None:
         """Take one result message of a worker: schedule its packets, keep its statistics
         report in :attr:`reports`, and credit the dispatcher with the packets it returned.
 
-        A result that raises is a bug: it is logged and counted in ``internal_errors`` and costs
-        that packet, not the node. A provider's deliveries wait for :meth:`commit`."""
+        ``message`` may be a memoryview of the message read: a packet due now goes to the outbox
+        as a view of it (copied once, into the frame to the next hop), one that must wait is
+        copied into bytes. A result that raises is a bug: it is logged and counted in
+        ``internal_errors`` and costs that packet, not the node. A provider's deliveries wait
+        for :meth:`commit`."""
         index, pid, frames = split_results(message)
         packets = 0
         handle = self._on_result if self.tap is None else self._tapped_result(index)
@@ -289,7 +294,7 @@ class NodeCentre:
                 packets += 1  # a packet's: statistics are one fixed struct
         self.dispatch.returned(index, pid, packets)
 
-    def _on_result(self, now: float, frame: bytes) -> bool:
+    def _on_result(self, now: float, frame: Buffer) -> bool:
         """Handle one result; return True if it was a packet's (not a worker's statistics)."""
         if is_forward(frame):  # the hot path: nearly every packet goes on to another node
             arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
@@ -297,7 +302,7 @@ class NodeCentre:
             if due is not None:
                 self._schedule(now, due, next_hop, packet)
             return True
-        arrival, epoch, value = decode_result(frame)
+        arrival, epoch, value = decode_result(bytes(frame))
         if isinstance(value, WorkerStats):
             self.reports.append(value)
             if self.dispatch.wants_keys(value.index, value.pid):
@@ -309,15 +314,17 @@ class NodeCentre:
         self._schedule_all(now, self.core.on_result(arrival, value, epoch))
         return True
 
-    def _tapped_result(self, index: int) -> Callable[[float, bytes], bool]:
+    def _tapped_result(self, index: int) -> Callable[[float, Buffer], bool]:
         """:meth:`_on_result` for a node with a tap: each packet's result is matched with the
         packet worker ``index`` was given (its oldest job), and what became of it is told."""
         tap = self.tap
         assert tap is not None
 
-        def handle(now: float, frame: bytes) -> bool:
+        def handle(now: float, view: Buffer) -> bool:
+            frame = bytes(view)  # the tap keeps packets as keys: bytes, not views
             if is_forward(frame):
                 arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
+                assert isinstance(packet, bytes)
                 parent = tap.result(index)
                 due = self.core.on_forward(arrival, next_hop, delay_us, tag, epoch)
                 if due is None:
@@ -383,14 +390,15 @@ class NodeCentre:
         for item in items:
             self._schedule(now, item.due, item.next_hop, item.packet)
 
-    def _schedule(self, now: float, due: float, next_hop: bytes, packet: bytes) -> None:
-        """Put ``packet`` for ``next_hop`` in the outbox if ``due`` has passed, else queue it."""
+    def _schedule(self, now: float, due: float, next_hop: bytes, packet: Buffer) -> None:
+        """Put ``packet`` for ``next_hop`` in the outbox if ``due`` has passed, else queue it
+        (as bytes: a view would hold its whole result message while it waits)."""
         if due <= now:
             self.outbox.append((next_hop, packet))
-        elif not self.queue.push(due, Scheduled(due, next_hop, packet)):
+        elif not self.queue.push(due, Scheduled(due, next_hop, bytes(packet))):
             self.core.on_invalid(DropReason.QUEUE_FULL)
             if self.tap is not None:
-                self.tap.dropped(now, [packet])
+                self.tap.dropped(now, [bytes(packet)])
 
     def worker_replaced(self, index: int, pid: int | None) -> int:
         """Write off the packets the dead worker at ``index`` held (``worker_lost``), record its
@@ -404,7 +412,7 @@ class NodeCentre:
 
     # ------------------------------------------------------------------ outbound and timers
 
-    def take_outbox(self, now: float | None = None) -> list[tuple[bytes, bytes]]:
+    def take_outbox(self, now: float | None = None) -> list[tuple[bytes, Buffer]]:
         """Return the (next hop, packet) pairs to send now (``now``: for the tap's lines), and
         forget them."""
         outbox, self.outbox = self.outbox, []

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from zmix.provider import mailbox_payload
 from zmix.sphinx import FinalDelivery, SphinxParams, SurbReply
+from zmix.wire import Buffer
 
 Write = Callable[[str], None]
 
@@ -117,9 +118,10 @@ class NodeTap:
 
     # ------------------------------------------------------------------ packets out
 
-    def sent(self, now: float, sends: Sequence[tuple[bytes, bytes]]) -> None:
-        """``(next hop id, packet)`` pairs leave now."""
-        for next_hop, packet in sends:
+    def sent(self, now: float, sends: Sequence[tuple[bytes, Buffer]]) -> None:
+        """``(next hop id, packet)`` pairs leave now (a packet may be a view)."""
+        for next_hop, view in sends:
+            packet = bytes(view)
             name = self._names(next_hop)
             parent = self._parents.pop(packet, None)
             if name is not None:

@@ -31,7 +31,7 @@ from zmix.errors import DropReason, LocalMisuse, WireError
 
 # 2: one length for every client frame, acknowledgements inside FETCH; 3: PACKETS between nodes
 WIRE_VERSION = 3
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview  # a message as read (a memoryview: without a copy)
 AUTHORITY_VERSION = 2  # the authority frames' first byte (docs/pki.md); they did not change
 # The most Sphinx packets one PACKETS frame carries: 80 KB at the default geometry, and what a
 # node sends one next hop at once at 20,000 packets/s is rarely more (docs/protocol.md).

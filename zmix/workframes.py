@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from zmix.errors import DropReason, LocalMisuse
 from zmix.sphinx import FinalDelivery, ForwardHop, SurbReply
+from zmix.wire import Buffer
 
 Result = ForwardHop | FinalDelivery | SurbReply
 
@@ -65,15 +66,16 @@ def encode_jobs(jobs: list[tuple[float, bytes]]) -> bytes:
     return b"".join([JOBS, *(part for arrival, packet in jobs for part in (pack(arrival), packet))])
 
 
-def decode_jobs(message: bytes, packet_length: int) -> list[tuple[float, bytes]]:
-    """Return the ``(arrival, packet)`` pairs of a job message; ValueError if it is not one, or
-    not a whole number of jobs."""
+def decode_jobs(message: Buffer, packet_length: int) -> list[tuple[float, bytes]]:
+    """Return the ``(arrival, packet)`` pairs of a job message (a memoryview of the message
+    read: each packet is then copied once, into bytes); ValueError if it is not one, or not a
+    whole number of jobs."""
     size = _ARRIVAL.size + packet_length
-    if message[:1] != JOBS or len(message) == 1 or (len(message) - 1) % size:
+    if bytes(message[:1]) != JOBS or len(message) == 1 or (len(message) - 1) % size:
         raise ValueError(f"a job message is b'J' and a multiple of {size} bytes, "
                          f"got {len(message)} bytes")
     unpack = _ARRIVAL.unpack_from
-    return [(unpack(message, at)[0], message[at + 8:at + size])
+    return [(unpack(message, at)[0], bytes(message[at + 8:at + size]))
             for at in range(1, len(message), size)]
 
 
@@ -113,8 +115,32 @@ def join_results(index: int, pid: int, results: list[bytes]) -> bytes:
                      *(part for result in results for part in (pack(len(result)), result))])
 
 
-def split_results(message: bytes) -> tuple[int, int, list[bytes]]:
-    """Return ``(index, pid, results)`` from a result message; ValueError if it is cut short."""
+def results_head(index: int, pid: int) -> bytes:
+    """Return the start of worker ``index``'s (process ``pid``) result message; the results
+    follow as :func:`result_parts` (``join_results`` of encoded results, without building each
+    result's bytes first: a forwarded packet is copied once into the message, not twice)."""
+    return _FROM.pack(index, pid)
+
+
+def result_parts(arrival: float, epoch: int, result: Result) -> list[bytes]:
+    """Return :func:`encode_result`'s frame with its length prefix, as parts to join."""
+    tag = result.replay_tag
+    if isinstance(result, ForwardHop):
+        head = _HEAD.pack(b"F", arrival, epoch, result.delay_us, result.next_hop)
+        body, extra = result.packet, b""
+    elif isinstance(result, FinalDelivery):
+        head = _HEAD.pack(b"D", arrival, epoch, result.delay_us, result.recipient)
+        body, extra = result.message, b""
+    else:
+        head = _HEAD.pack(b"R", arrival, epoch, result.delay_us, result.recipient)
+        body, extra = result.payload, result.surb_id
+    size = len(head) + len(extra) + 1 + len(tag) + len(body)
+    return [_LENGTH.pack(size), head, extra, bytes((len(tag),)), tag, body]
+
+
+def split_results(message: Buffer) -> tuple[int, int, list[Buffer]]:
+    """Return ``(index, pid, results)`` from a result message; ValueError if it is cut short.
+    The results are slices of ``message``: memoryviews of a message read without a copy."""
     if len(message) < _FROM.size:
         raise ValueError("a result message starts with the worker's index and pid")
     index, pid = _FROM.unpack_from(message)
@@ -134,15 +160,7 @@ def split_results(message: bytes) -> tuple[int, int, list[bytes]]:
 
 def encode_result(arrival: float, epoch: int, result: Result) -> bytes:
     """Return the result frame for a packet that the key of ``epoch`` opened."""
-    tag = result.replay_tag
-    if isinstance(result, ForwardHop):
-        head = _HEAD.pack(b"F", arrival, epoch, result.delay_us, result.next_hop)
-        return b"".join((head, bytes((len(tag),)), tag, result.packet))
-    if isinstance(result, FinalDelivery):
-        head = _HEAD.pack(b"D", arrival, epoch, result.delay_us, result.recipient)
-        return b"".join((head, bytes((len(tag),)), tag, result.message))
-    head = _HEAD.pack(b"R", arrival, epoch, result.delay_us, result.recipient)
-    return b"".join((head, result.surb_id, bytes((len(tag),)), tag, result.payload))
+    return b"".join(result_parts(arrival, epoch, result)[1:])
 
 
 def encode_invalid(arrival: float, reason: DropReason) -> bytes:
@@ -156,19 +174,22 @@ def encode_stats(stats: WorkerStats) -> bytes:
                        stats.sphinx_seconds)
 
 
-def is_forward(frame: bytes) -> bool:
+def is_forward(frame: Buffer) -> bool:
     """Return True if ``frame`` is the result of a forward hop (read it with
     :func:`decode_forward`)."""
     return frame[:1] == b"F"
 
 
-def decode_forward(frame: bytes) -> tuple[float, int, bytes, int, bytes, bytes]:
+def decode_forward(frame: Buffer) -> tuple[float, int, bytes, int, bytes, Buffer]:
     """Return ``(arrival, epoch, next_hop, delay_us, replay_tag, packet)`` of a forward hop's
     result frame: :func:`decode_result` without building a :class:`ForwardHop`, for the node
-    loop's hot path (nearly every result is one)."""
+    loop's hot path (nearly every result is one). The packet is a slice of ``frame`` (a
+    memoryview of one read without a copy: the node copies it once, into the frame to the next
+    hop, or into bytes if it must wait)."""
     _, arrival, epoch, delay_us, next_hop = _HEAD.unpack_from(frame)
-    tag, packet = _tag_and_body(frame, _HEAD.size)
-    return arrival, epoch, next_hop, delay_us, tag, packet
+    tag_end = _HEAD.size + 1 + frame[_HEAD.size]
+    return arrival, epoch, next_hop, delay_us, bytes(frame[_HEAD.size + 1:tag_end]), \
+        frame[tag_end:]
 
 
 def _tag_and_body(frame: bytes, offset: int) -> tuple[bytes, bytes]:

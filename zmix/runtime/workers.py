@@ -38,10 +38,11 @@ from zmix.workframes import (
     decode_jobs,
     decode_keys,
     encode_invalid,
-    encode_result,
     encode_stats,
     is_keys,
     join_results,
+    result_parts,
+    results_head,
 )
 
 __all__ = ["WorkerPool", "main", "run_worker"]
@@ -90,11 +91,13 @@ def run_worker(
                 if is_keys(frame.buffer):
                     keys = _replace_keys(keys, frame.buffer)
                     continue
-                jobs = decode_jobs(frame.bytes, params.packet_length)
+                jobs = decode_jobs(frame.buffer, params.packet_length)
                 started = time.thread_time()
-                answers = [_process(params, keys, a, packet) for a, packet in jobs]
+                parts = [results_head(index, pid)]
+                for arrival, packet in jobs:
+                    parts += _process(params, keys, arrival, packet)
                 sphinx += time.thread_time() - started
-                _send(push, join_results(index, pid, answers), parent)
+                _send(push, b"".join(parts), parent)
                 processed += len(jobs)
     finally:
         _zero(keys)
@@ -132,13 +135,19 @@ def _send(push: zmq.Socket[bytes], message: bytes, parent: int) -> None:
 
 
 def _process(params: SphinxParams, keys: list[tuple[int, bytearray]], arrival: float,
-             packet: bytes) -> bytes:
+             packet: bytes) -> list[bytes]:
+    """Return the result of one job as the parts of a result message (length and frame)."""
     if not keys:  # never: the node sends the key set before any job (docs/architecture.md)
-        return encode_invalid(arrival, DropReason.WORKER_LOST)
+        return _invalid(arrival, DropReason.WORKER_LOST)
     try:
-        return encode_result(arrival, *process_packet_keys(params, keys, packet))
+        return result_parts(arrival, *process_packet_keys(params, keys, packet))
     except InvalidPacket as exc:
-        return encode_invalid(arrival, exc.reason)
+        return _invalid(arrival, exc.reason)
+
+
+def _invalid(arrival: float, reason: DropReason) -> list[bytes]:
+    frame = encode_invalid(arrival, reason)
+    return [len(frame).to_bytes(4, "little"), frame]
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
