@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from simnet import SimNet
 
 from zmix import crypto, wire
@@ -44,6 +46,7 @@ from zmix.stats_schema import STATISTICS
 from zmix.topology import Topology
 from zmix.workframes import (
     WorkerStats,
+    decode_jobs,
     encode_invalid,
     encode_result,
     encode_stats,
@@ -249,15 +252,16 @@ def test_a_client_may_not_send_a_packets_frame(world: World) -> None:
 # ---------------------------------------------------------------------------- dispatch
 
 
-def sender(accept: Sequence[int] | None = None
+def sender(accept: Sequence[int] | None = None, length: int = 100,
            ) -> tuple[list[tuple[int, int]], Callable[[int, bytes], bool]]:
-    """A ``send`` for Dispatcher.dispatch that records (worker, jobs) and takes only ``accept``."""
+    """A ``send`` for Dispatcher.dispatch that records (worker, jobs) and takes only ``accept``
+    (the packets are ``length`` bytes)."""
     sent: list[tuple[int, int]] = []
 
     def send(index: int, message: bytes) -> bool:
         if accept is not None and index not in accept:
             return False
-        sent.append((index, (len(message) - 1) // (8 + 100)))
+        sent.append((index, len(decode_jobs(message, length))))
         return True
     return sent, send
 
@@ -282,13 +286,41 @@ def test_a_batch_goes_to_the_least_loaded_worker() -> None:
 
 def test_packets_are_cut_into_batches_that_fit_what_each_worker_may_hold() -> None:
     dispatch = keyed(2)
-    for _ in range(200):
+    total = 2 * WORKER_QUEUE + 72  # more than the two may hold
+    for _ in range(total):
         dispatch.add(0.0, bytes(100))
     sent, send = sender()
     handed = dispatch.dispatch(send)
     assert all(size == JOB_BATCH for _, size in sent)
     assert dispatch.outstanding == [WORKER_QUEUE, WORKER_QUEUE] and handed == 2 * WORKER_QUEUE
-    assert len(dispatch.jobs) == 200 - handed and dispatch.in_flight == 200
+    assert len(dispatch.jobs) == total - handed == 72 and dispatch.in_flight == total
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=30),
+       st.lists(st.integers(0, 2), max_size=40))
+def test_frames_cut_into_batches_reach_the_workers_whole_in_order_and_counted(
+        frames: list[int], answers: list[int]) -> None:
+    # A frame's packets wait as one group; batches cut groups at packet ends. Whatever the
+    # frames and whatever the workers answer meanwhile, every packet goes out once, in order.
+    dispatch = keyed(3)
+    packets = [bytes([n % 251]) * 100 for n in range(sum(frames))]
+    at = 0
+    for count in frames:
+        dispatch.add_frame(float(count), memoryview(b"".join(packets[at:at + count])), count)
+        at += count
+    out: list[bytes] = []
+
+    def send(index: int, message: bytes) -> bool:
+        out.extend(packet for _, packet in decode_jobs(message, 100))
+        return True
+    for worker in [*answers, *[0, 1, 2] * 200]:  # then each in turn, until none waits
+        dispatch.returned(worker, PID + worker, dispatch.outstanding[worker])  # it answered all
+        dispatch.dispatch(send)
+        assert dispatch.waiting == len(packets) - len(out) == len(dispatch.jobs)
+        if not dispatch.waiting:
+            break
+    assert out == packets and dispatch.waiting == 0 and not dispatch.jobs
 
 
 def test_a_busy_worker_gets_only_whole_batches_and_one_running_low_gets_what_waits() -> None:
@@ -332,7 +364,7 @@ def test_a_dead_workers_packets_are_written_off_and_its_late_results_not_credite
         centre.on_frame(0.0, b"r", world.id("provider-1"), "uid",
                         wire.encode_packet(bytes(world.topology.sphinx.packet_length),
                                            params=world.topology.sphinx))
-    _, send = sender()
+    _, send = sender(length=world.topology.sphinx.packet_length)
     centre.dispatch.dispatch(send)
     held = centre.dispatch.outstanding[:]
     assert sum(held) == 10 and centre.dispatch.in_flight == 10
@@ -490,7 +522,7 @@ def test_a_worker_gets_no_job_until_it_reported_and_was_sent_the_key_set(world: 
         centre.on_frame(0.0, b"r", world.id("provider-1"), "uid",
                         wire.encode_packet(bytes(world.topology.sphinx.packet_length),
                                            params=world.topology.sphinx))
-    sent, send = sender()
+    sent, send = sender(length=world.topology.sphinx.packet_length)
     assert centre.dispatch.dispatch(send) == 0 and not sent
     report = encode_stats(WorkerStats(1, 0.0, 0, PID + 1, 0.0))
     stale = encode_stats(WorkerStats(0, 0.0, 0, PID + 50, 0.0))  # not the process at index 0

@@ -39,6 +39,7 @@ from zmix.workframes import (
     decode_jobs,
     decode_keys,
     decode_result,
+    encode_groups,
     encode_invalid,
     encode_jobs,
     encode_keys,
@@ -64,11 +65,47 @@ def test_a_job_batch_round_trips(jobs: list[tuple[float, bytes]]) -> None:
     assert decode_jobs(encode_jobs(jobs), PACKET) == jobs
 
 
-@pytest.mark.parametrize("length", [0, 1, PACKET + 7, 2 * (PACKET + 8) - 1])
-def test_a_job_message_that_is_not_whole_jobs_is_refused(length: int) -> None:
+GROUP_HEAD = 10  # arrival f64, count u16
+
+
+def _group(count: int, packets: int | None = None) -> bytes:
+    """A group head saying ``count`` packets, followed by ``packets`` (default: as many)."""
+    return bytes(8) + count.to_bytes(2, "little") + bytes(PACKET * (
+        count if packets is None else packets))
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\0" * (GROUP_HEAD - 1),  # no group, a group's head cut short
+    _group(0),  # a group of no packet
+    _group(2, 1), _group(1) + _group(3, 2),  # packets missing
+    _group(1) + b"\0" * 5,  # bytes after the last group: not a whole head
+])
+def test_a_job_message_that_is_not_whole_groups_of_jobs_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_jobs(b"J" + b"\0" * length, PACKET)
-    assert decode_jobs(b"J" + b"\0" * (PACKET + 8), PACKET) == [(0.0, bytes(PACKET))]  # control
+        decode_jobs(b"J" + body, PACKET)
+    assert decode_jobs(b"J" + _group(2) + _group(1), PACKET) == [(0.0, bytes(PACKET))] * 3
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(arrivals, st.lists(st.binary(min_size=PACKET, max_size=PACKET),
+                                            min_size=1, max_size=40)), min_size=1, max_size=8))
+def test_groups_of_packets_read_back_as_one_job_per_packet_in_order(
+        groups: list[tuple[float, list[bytes]]]) -> None:
+    # The node hands a frame's packets on as one group (a view of the frame), arrival once.
+    message = encode_groups([(arrival, memoryview(b"".join(packets)), len(packets))
+                             for arrival, packets in groups])
+    assert decode_jobs(memoryview(message), PACKET) == [
+        (arrival, packet) for arrival, packets in groups for packet in packets]
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3 * (PACKET + GROUP_HEAD)))
+def test_any_job_message_reads_as_jobs_or_a_value_error(body: bytes) -> None:
+    try:
+        jobs = decode_jobs(b"J" + body, PACKET)
+    except ValueError:
+        return
+    assert jobs and all(len(packet) == PACKET for _, packet in jobs)
 
 
 def test_a_work_message_says_whether_it_carries_jobs_or_keys() -> None:

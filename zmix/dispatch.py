@@ -17,14 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from zmix.workframes import encode_jobs
+from zmix.wire import Buffer
+from zmix.workframes import JobGroup, encode_groups
 
 MAX_IN_FLIGHT = 4_096  # packets handed to workers and not yet back
 JOB_BATCH = 32  # packets in one message to a worker, at most
-WORKER_QUEUE = 64  # packets given to one worker and not yet answered, at most
+# packets given to one worker and not yet answered, at most: about 18 ms of kem1 work, so a
+# worker does not run dry while the node loop waits for a core (docs/performance.md)
+WORKER_QUEUE = 256
 LOW_WATER = 8  # a worker holding fewer packets than this is about to run dry: it gets any batch
 
 Job = tuple[float, bytes]  # (arrival, packet)
+Cursor = tuple[int, int]  # (group, packets of it already taken)
 SendJobs = Callable[[int, bytes], bool]  # (worker index, job message) -> sent?
 
 
@@ -34,7 +38,10 @@ class Dispatcher:
     def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError("a node needs at least one worker")
-        self.jobs: list[Job] = []  # packets read, not yet given to a worker
+        # Packets read, not yet given to a worker: the packets of a frame stay together, one
+        # group, and go to a worker as they are (no object per packet on the node loop).
+        self._groups: list[JobGroup] = []
+        self.waiting = 0  # packets in them
         self.outstanding = [0] * workers  # packets each worker holds
         self.in_flight = 0  # packets read and not yet back from a worker (or written off)
         self.pids: list[int | None] = [None] * workers  # the process now at each index
@@ -46,15 +53,23 @@ class Dispatcher:
         its inbound socket only then, so an overloaded node pushes back on its upstream links."""
         return self.in_flight < MAX_IN_FLIGHT
 
-    def add(self, now: float, packet: bytes) -> None:
-        """Take a packet that arrived at ``now``; it waits until :meth:`dispatch` hands it on."""
-        self.jobs.append((now, packet))
-        self.in_flight += 1
+    @property
+    def jobs(self) -> list[Job]:
+        """The packets waiting, in order, as ``(arrival, packet)`` (a copy, to look at)."""
+        return [(arrival, bytes(packets[at:at + len(packets) // count]))
+                for arrival, packets, count in self._groups
+                for at in range(0, len(packets), len(packets) // count)]
 
-    def add_all(self, now: float, packets: list[bytes]) -> None:
-        """Take the packets of one frame that arrived at ``now``, as :meth:`add` each."""
-        self.jobs.extend([(now, packet) for packet in packets])
-        self.in_flight += len(packets)
+    def add(self, now: float, packet: Buffer) -> None:
+        """Take a packet that arrived at ``now``; it waits until :meth:`dispatch` hands it on."""
+        self.add_frame(now, packet, 1)
+
+    def add_frame(self, now: float, packets: Buffer, count: int) -> None:
+        """Take ``count`` packets of one length, back to back in ``packets`` (a view of the
+        frame they came in), that arrived at ``now``, as :meth:`add` each."""
+        self._groups.append((now, packets, count))
+        self.waiting += count
+        self.in_flight += count
 
     def dispatch(self, send: SendJobs) -> int:
         """Hand the waiting packets to the workers, each batch to the worker holding the fewest;
@@ -71,13 +86,13 @@ class Dispatcher:
         up to ``JOB_BATCH`` each. A batch the chosen worker cannot take goes to the next one
         that can; if none can, the packets wait for the next call."""
         ready = [i for i, keyed in enumerate(self.has_keys) if keyed]
-        jobs, start = self.jobs, 0
         outstanding = self.outstanding
         low = sum(1 for i in ready if outstanding[i] < LOW_WATER)
-        share = min(JOB_BATCH, -(-len(jobs) // max(1, low)))  # ceil(waiting / workers low)
-        while start < len(jobs) and ready:
+        share = min(JOB_BATCH, -(-self.waiting // max(1, low)))  # ceil(waiting / workers low)
+        cursor, handed = (0, 0), 0
+        while handed < self.waiting and ready:
             index = min(ready, key=outstanding.__getitem__)
-            held, waiting = outstanding[index], len(jobs) - start
+            held, waiting = outstanding[index], self.waiting - handed
             if held < LOW_WATER:  # running low: it takes its share of what waits
                 size = min(share, waiting)
             elif waiting >= JOB_BATCH:  # busy: a whole batch, or nothing
@@ -86,20 +101,50 @@ class Dispatcher:
                 break
             if WORKER_QUEUE - held < size:
                 break
-            if not self._send(index, ready, jobs[start:start + size], send):
+            chunk, after = self._cut(cursor, size)
+            if not self._send(index, ready, chunk, size, send):
                 break
-            start += size
-        if start:
-            self.jobs = jobs[start:]
-        return start
+            cursor, handed = after, handed + size
+        if handed:
+            self._drop_taken(cursor)
+            self.waiting -= handed
+        return handed
 
-    def _send(self, first: int, ready: list[int], chunk: list[Job], send: SendJobs) -> bool:
-        """Send ``chunk`` to worker ``first``, or else to the first other ``ready`` worker that
-        takes it."""
-        message = encode_jobs(chunk)
+    def _cut(self, cursor: Cursor, size: int) -> tuple[list[JobGroup], Cursor]:
+        """Return the groups of the next ``size`` waiting packets from ``cursor`` (a group cut
+        at a packet's end where the batch ends) and the cursor after them."""
+        groups, chunk = self._groups, []
+        index, taken = cursor
+        while size:
+            arrival, packets, count = groups[index]
+            length = len(packets) // count
+            part = min(size, count - taken)
+            chunk.append((arrival, packets[taken * length:(taken + part) * length]
+                          if part < count else packets, part))
+            size -= part
+            taken += part
+            if taken == count:
+                index, taken = index + 1, 0
+        return chunk, (index, taken)
+
+    def _drop_taken(self, cursor: Cursor) -> None:
+        """Forget the groups before ``cursor`` and the packets taken from the one at it."""
+        index, taken = cursor
+        rest = self._groups[index:]
+        if taken:
+            arrival, packets, count = rest[0]
+            length = len(packets) // count
+            rest[0] = (arrival, packets[taken * length:], count - taken)
+        self._groups = rest
+
+    def _send(self, first: int, ready: list[int], chunk: list[JobGroup], size: int,
+              send: SendJobs) -> bool:
+        """Send ``chunk`` (``size`` packets) to worker ``first``, or else to the first other
+        ``ready`` worker that takes it."""
+        message = encode_groups(chunk)
         for index in (first, *(i for i in ready if i != first)):
             if send(index, message):
-                self.outstanding[index] += len(chunk)
+                self.outstanding[index] += size
                 return True
         return False
 
@@ -141,4 +186,4 @@ class Dispatcher:
 
     def timeout_cap_ms(self) -> int | None:
         """Return how soon the loop should try again when packets wait for a worker, or None."""
-        return 10 if self.jobs else None
+        return 10 if self.waiting else None

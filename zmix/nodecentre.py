@@ -169,10 +169,10 @@ class NodeCentre:
             self._last_seen[peer] = now
             if data[1:2] == _PACKETS_TYPE and (self._provider is None
                                                 or not self._provider.serves(peer)):
-                packets = wire.packets_of(data, params=self._params)
-                if packets is not None:  # the hot path between nodes: ADMISSION's PACKETS row
-                    self._counts["received"] += len(packets)
-                    self.dispatch.add_all(now, packets)
+                count = wire.packets_count(data, params=self._params)
+                if count:  # the hot path between nodes: ADMISSION's PACKETS row
+                    self._counts["received"] += count
+                    self.dispatch.add_frame(now, memoryview(data)[2:], count)
                     return
             data = bytes(data)
             packet = wire.packet_of(data, params=self._params)
@@ -233,10 +233,11 @@ class NodeCentre:
             assert isinstance(frame, wire.Packet)
             self._counts["received"] += 1
             self.dispatch.add(now, frame.packet)
-        elif action is Handler.PACKETS:  # packets_of takes every well-formed one first
+        elif action is Handler.PACKETS:  # packets_count takes every well-formed one first
             assert isinstance(frame, wire.Packets)
             self._counts["received"] += len(frame.packets)
-            self.dispatch.add_all(now, list(frame.packets))
+            for packet in frame.packets:
+                self.dispatch.add(now, packet)
         elif action is Handler.HEARTBEAT:
             self._counts["heartbeats_received"] += 1
         elif action is Handler.REGISTER:

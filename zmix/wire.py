@@ -391,15 +391,15 @@ def packet_of(data: bytes, *, params: Geometry) -> bytes | None:
     return None
 
 
-def packets_of(data: Buffer, *, params: Geometry) -> list[bytes] | None:
-    """Return the Sphinx packets if ``data`` is a well-formed PACKETS frame, else None (then
-    :func:`decode` says why it is refused). The node loop's hot path, as :func:`packet_of`;
-    ``data`` may be a memoryview of the received message, so that each packet is copied once."""
-    length = params.packet_length
-    count, rest = divmod(len(data) - 2, length)
+def packets_count(data: Buffer, *, params: Geometry) -> int:
+    """Return how many Sphinx packets ``data`` carries if it is a well-formed PACKETS frame
+    (they are ``data[2:]``, back to back), else 0 (then :func:`decode` says why it is refused).
+    The node loop's hot path, as :func:`packet_of`: it looks at the head and the length only,
+    so the node hands the packets on as a view of the message, copying none of them."""
+    count, rest = divmod(len(data) - 2, params.packet_length)
     if rest or not 2 <= count <= MAX_PACKETS_PER_FRAME or data[:2] != _PACKETS_HEAD:
-        return None
-    return [bytes(data[at:at + length]) for at in range(2, len(data), length)]
+        return 0
+    return count
 
 
 def decode(data: bytes, *, params: Geometry, slots: int) -> Frame:

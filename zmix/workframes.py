@@ -5,9 +5,10 @@ Pure functions over bytes (no sockets), so the node's sans-IO centre (:mod:`zmix
 reads results and builds job batches itself; :mod:`zmix.runtime.workers` moves them. The layout
 (docs/architecture.md, "Worker frames"):
 
-    work message    = b"J" || job*                           jobs (as many as fit the batch)
+    work message    = b"J" || group*                         jobs (as many as fit the batch)
                     | b"K" || (epoch u32-le || private key 32)*   the Sphinx keys, in trial order
-    job             = arrival (f64 little-endian) || packet    (8 + packet_length bytes)
+    group           = arrival (f64 little-endian) || count (u16-le) || count x packet
+                                                (packets that arrived at one moment, in one frame)
     result message  = index u32-le || pid u32-le || (length u32-le || result)*
                                                 (the worker's index and pid; one result per job)
     result          = kind (1 byte) || arrival (f64) || fields...
@@ -37,6 +38,7 @@ from zmix.wire import Buffer
 Result = ForwardHop | FinalDelivery | SurbReply
 
 _ARRIVAL = struct.Struct("<d")
+_GROUP = struct.Struct("<dH")  # arrival, packets
 _LENGTH = struct.Struct("<I")
 _FROM = struct.Struct("<II")  # worker index, worker pid
 _HEAD = struct.Struct("<cdIQ16s")  # kind, arrival, key epoch, delay_us, recipient-or-next-hop
@@ -60,23 +62,43 @@ class WorkerStats:
     sphinx_seconds: float
 
 
+JobGroup = tuple[float, Buffer, int]  # (arrival, count packets back to back, count)
+
+
 def encode_jobs(jobs: list[tuple[float, bytes]]) -> bytes:
-    """Return the work message for packets given as ``(arrival, packet)``, all of one length."""
-    pack = _ARRIVAL.pack
-    return b"".join([JOBS, *(part for arrival, packet in jobs for part in (pack(arrival), packet))])
+    """Return the work message for packets given as ``(arrival, packet)``, all of one length:
+    one group per packet (the node groups the packets of a frame: :func:`encode_groups`)."""
+    return encode_groups([(arrival, packet, 1) for arrival, packet in jobs])
+
+
+def encode_groups(groups: Sequence[JobGroup]) -> bytes:
+    """Return the work message for ``groups``: each ``(arrival, packets, count)``, ``packets``
+    being ``count`` packets back to back (the packets of one frame, a view of it), 1 to 65,535."""
+    pack = _GROUP.pack
+    return b"".join([JOBS, *(part for arrival, packets, count in groups
+                             for part in (pack(arrival, count), packets))])
 
 
 def decode_jobs(message: Buffer, packet_length: int) -> list[tuple[float, bytes]]:
     """Return the ``(arrival, packet)`` pairs of a job message (a memoryview of the message
-    read: each packet is then copied once, into bytes); ValueError if it is not one, or not a
-    whole number of jobs."""
-    size = _ARRIVAL.size + packet_length
-    if bytes(message[:1]) != JOBS or len(message) == 1 or (len(message) - 1) % size:
-        raise ValueError(f"a job message is b'J' and a multiple of {size} bytes, "
-                         f"got {len(message)} bytes")
-    unpack = _ARRIVAL.unpack_from
-    return [(unpack(message, at)[0], bytes(message[at + 8:at + size]))
-            for at in range(1, len(message), size)]
+    read: each packet is then copied once, into bytes); ValueError if it is not one: not
+    ``b"J"``, no group, or a group whose packets run past the end or short of it."""
+    if bytes(message[:1]) != JOBS or len(message) == 1:
+        raise ValueError("a job message is b'J' and at least one group")
+    unpack, head, end = _GROUP.unpack_from, _GROUP.size, len(message)
+    jobs, at = [], 1
+    while at < end:
+        if end - at < head:
+            raise ValueError("a job message ends inside a group's head")
+        arrival, count = unpack(message, at)
+        at += head
+        stop = at + count * packet_length
+        if count == 0 or stop > end:
+            raise ValueError(f"a group of {count} packets of {packet_length} bytes does not fit")
+        jobs += [(arrival, bytes(message[p:p + packet_length]))
+                 for p in range(at, stop, packet_length)]
+        at = stop
+    return jobs
 
 
 def encode_keys(keys: Sequence[tuple[int, bytes | bytearray]]) -> bytearray:

@@ -44,7 +44,9 @@ REDIAL_MAX = 30.0  # ... doubling up to this while the peer keeps refusing
 CONNECT_TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
 LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
 LINK_HOLD = 50_000  # packets a link without a connection takes, at most (Links.send_frames)
-INBOUND_HWM = 1_000  # frames queued per inbound link before libzmq stops reading its TCP
+# frames queued per inbound link before libzmq stops reading its TCP: 100 PACKETS frames of 32
+# are 3,200 packets, 7.3 MB at the default geometry
+INBOUND_HWM = 100
 NODE_LINK_RCVHWM = 16  # frames a next hop sent back wait this many deep to be read and discarded
 # What CURVE adds to a frame on the wire, where libzmq checks its size limit: the MESSAGE
 # command's name (8 bytes), its nonce (8), a flags byte and the Poly1305 tag (16).

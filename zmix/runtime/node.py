@@ -509,7 +509,7 @@ class _Loop:
                 centre.guarded("directory", self.directory.on_readable, time.time())
             if self.n.sphinx_keys_version != self._keys_version:
                 self._send_new_keys()
-            if dispatch.jobs:  # left over when no worker could take them
+            if dispatch.waiting:  # left over when no worker could take them
                 dispatch.dispatch(self._job_sender)
             now = time.monotonic()
             centre.pop_due(now)
@@ -545,7 +545,7 @@ class _Loop:
             if not accepting():
                 break
         self._send_replies()
-        if self.centre.dispatch.jobs:
+        if self.centre.dispatch.waiting:
             self.centre.dispatch.dispatch(self._job_sender)
         self._send_outbox(time.monotonic())  # relayed packets
 
