@@ -131,14 +131,19 @@ class NodeCore:
         :meth:`on_result` of a :class:`ForwardHop`, for the node loop's hot path: the loop keeps
         the packet, and most packets are due at once, so no :class:`Scheduled` is built for them.
         """
-        due = self._admit(arrival, replay_tag, delay_us, epoch)
-        if due is None:
+        # _admit's checks, in its order, written out: this runs once per forwarded packet.
+        if self._replay.seen_or_add(replay_tag, epoch):
+            self._drop(DropReason.REPLAY)
             return None
-        if next_hop not in self._view.current.node_ids or next_hop == self._id:
+        current = self._view.current
+        if delay_us > current.max_delay_us:
+            self._drop(DropReason.DELAY_TOO_LONG)
+            return None
+        if next_hop not in current.node_ids or next_hop == self._id:
             self._drop(DropReason.UNKNOWN_NEXT_HOP)
             return None
         self._counts["forwarded"] += 1
-        return due
+        return arrival + delay_us / 1_000_000
 
     def on_invalid(self, reason: DropReason) -> None:
         """Count a packet that a worker rejected, or a frame that did not parse."""
