@@ -92,3 +92,25 @@ def test_ed25519_functions_refuse_wrong_lengths_as_local_misuse() -> None:
         crypto.ed25519_seed_keypair(bytes(31))
     with pytest.raises(LocalMisuse):
         crypto.ed25519_public(secret[:63])
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 700, 2016])
+def test_chacha20_through_its_own_binding_is_libsodiums_through_pysodium(length: int) -> None:
+    # zmix calls crypto_stream_chacha20_xor on a handle with its argument types declared;
+    # pysodium's own wrapper is the reference, on bytes, bytearrays and views alike.
+    import pysodium
+    key, data = bytes(range(32)), bytes((7 * i) % 256 for i in range(length))
+    expected = pysodium.crypto_stream_chacha20_xor(data, bytes(8), key)
+    assert crypto.chacha20_xor(key, data) == expected
+    assert crypto.chacha20_xor(bytearray(key), bytearray(data)) == expected
+    assert crypto.chacha20_xor(key, memoryview(data)) == expected
+    assert crypto.chacha20_stream(key, length) == pysodium.crypto_stream_chacha20_xor(
+        bytes(length), bytes(8), key)
+    with pytest.raises(LocalMisuse):
+        crypto.chacha20_xor(key[:31], data)
+
+
+def test_the_unchecked_blake2b_256_is_the_checked_one() -> None:
+    data = bytes(range(200))
+    for key in (bytes(32), bytes(range(64))):
+        assert crypto.blake2b_256(data, key) == crypto.blake2b(data, size=32, key=key)

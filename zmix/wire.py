@@ -274,12 +274,16 @@ def encode_packets(packets: Sequence[Buffer], *, params: Geometry) -> bytes:
     The node loop's hot path; the packets may be any bytes-like objects. Raises
     :class:`LocalMisuse` for a count out of range or a packet of the wrong length."""
     length = params.packet_length
-    if not 1 <= len(packets) <= MAX_PACKETS_PER_FRAME or any(
-            len(memoryview(p)) != length for p in packets):
+    # A memoryview's len() is its bytes only if it is one of bytes: the views the node sends
+    # are (memoryview.nbytes would be right for any); others are refused by the join below.
+    if not 1 <= len(packets) <= MAX_PACKETS_PER_FRAME or set(map(len, packets)) != {length}:
         raise LocalMisuse(f"a frame carries 1 to {MAX_PACKETS_PER_FRAME} packets of {length} "
                           "bytes")
     head = _PACKET_HEAD if len(packets) == 1 else _PACKETS_HEAD
-    return head + b"".join(packets)
+    frame = head + b"".join(packets)
+    if len(frame) != 2 + len(packets) * length:  # a view of items wider than a byte
+        raise LocalMisuse(f"a frame carries packets of {length} bytes")
+    return frame
 
 
 def encode_client(frame: ClientFrame, *, params: Geometry) -> bytes:
