@@ -110,7 +110,8 @@ def test_chacha20_through_its_own_binding_is_libsodiums_through_pysodium(length:
         crypto.chacha20_xor(key[:31], data)
 
 
-def test_the_unchecked_blake2b_256_is_the_checked_one() -> None:
+def test_the_unchecked_keyed_blake2b_is_the_checked_one() -> None:
     data = bytes(range(200))
-    for key in (bytes(32), bytes(range(64))):
-        assert crypto.blake2b_256(data, key) == crypto.blake2b(data, size=32, key=key)
+    for size in (16, 32, 64):
+        for key in (bytes(32), bytes(range(64))):
+            assert crypto.blake2b_keyed(data, size, key) == crypto.blake2b(data, size=size, key=key)

@@ -599,10 +599,10 @@ def test_a_hop_costs_what_docs_sphinx_md_says(
     params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
     calls: dict[str, int] = {}
-    for name in ("x25519", "blake2b", "blake2b_256", "chacha20_stream", "chacha20_xor"):
-        def counted(*args: object, _name: str = name.removesuffix("_256"),
+    for name in ("x25519", "blake2b", "blake2b_keyed", "chacha20_stream", "chacha20_xor"):
+        def counted(*args: object, _name: str = name.removesuffix("_keyed"),
                     _real: object = getattr(crypto, name), **kwargs: object) -> object:
-            calls[_name] = calls.get(_name, 0) + 1  # BLAKE2b-256 (LIONESS's) is a BLAKE2b
+            calls[_name] = calls.get(_name, 0) + 1  # unchecked or not, a BLAKE2b
             return _real(*args, **kwargs)  # type: ignore[operator]
         monkeypatch.setattr(crypto, name, counted)
     forward = process_packet(params, KEYS[0][1], packet)
@@ -633,10 +633,10 @@ EXIT_COST = {
 def _count_crypto(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count the calls of the primitives a hop costs, from now on, in the returned dict."""
     calls: dict[str, int] = {}
-    for name in ("x25519", "blake2b", "blake2b_256", "chacha20_stream", "chacha20_xor"):
-        def counted(*args: object, _name: str = name.removesuffix("_256"),
+    for name in ("x25519", "blake2b", "blake2b_keyed", "chacha20_stream", "chacha20_xor"):
+        def counted(*args: object, _name: str = name.removesuffix("_keyed"),
                     _real: object = getattr(crypto, name), **kwargs: object) -> object:
-            calls[_name] = calls.get(_name, 0) + 1  # BLAKE2b-256 (LIONESS's) is a BLAKE2b
+            calls[_name] = calls.get(_name, 0) + 1  # unchecked or not, a BLAKE2b
             return _real(*args, **kwargs)  # type: ignore[operator]
         monkeypatch.setattr(crypto, name, counted)
     return calls

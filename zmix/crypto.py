@@ -210,11 +210,12 @@ def blake2b(data: bytes, *, size: int, key: bytes = b"") -> bytes:
     return hashlib.blake2b(data, digest_size=size, key=key).digest()
 
 
-def blake2b_256(data: bytes, key: bytes) -> bytes:
-    """Return the 32-byte BLAKE2b digest of ``data`` keyed with ``key`` (1 to 64 bytes):
-    :func:`blake2b` without its argument checks, for LIONESS's rounds (their subkeys are 32 and
-    64 bytes by construction), once per round of every hop."""
-    return _blake2b(data, digest_size=32, key=key).digest()
+def blake2b_keyed(data: bytes, size: int, key: bytes) -> bytes:
+    """Return the ``size``-byte BLAKE2b digest of ``data`` keyed with ``key``: :func:`blake2b`
+    without its argument checks, for the hop's hot path, whose sizes and keys are fixed by
+    construction (LIONESS's rounds, kem1's hop keys and MAC). hashlib's ValueError for a size
+    or key out of range is not turned into LocalMisuse."""
+    return _blake2b(data, digest_size=size, key=key).digest()
 
 
 _blake2b = hashlib.blake2b

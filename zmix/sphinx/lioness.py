@@ -37,9 +37,9 @@ def encrypt(key: bytes, block: bytes) -> bytes:
     k1, k2, k3, k4 = _split(key, block)
     left, right = block[:L_BYTES], block[L_BYTES:]
     right = crypto.chacha20_xor(_xor32(left, k1), right)
-    left = _xor32(left, crypto.blake2b_256(right, k2))
+    left = _xor32(left, crypto.blake2b_keyed(right, 32, k2))
     right = crypto.chacha20_xor(_xor32(left, k3), right)
-    left = _xor32(left, crypto.blake2b_256(right, k4))
+    left = _xor32(left, crypto.blake2b_keyed(right, 32, k4))
     return left + right
 
 
@@ -47,8 +47,8 @@ def decrypt(key: bytes, block: bytes) -> bytes:
     """Return the LIONESS decryption of ``block`` under ``key`` (the inverse of :func:`encrypt`)."""
     k1, k2, k3, k4 = _split(key, block)
     left, right = block[:L_BYTES], block[L_BYTES:]
-    left = _xor32(left, crypto.blake2b_256(right, k4))
+    left = _xor32(left, crypto.blake2b_keyed(right, 32, k4))
     right = crypto.chacha20_xor(_xor32(left, k3), right)
-    left = _xor32(left, crypto.blake2b_256(right, k2))
+    left = _xor32(left, crypto.blake2b_keyed(right, 32, k2))
     right = crypto.chacha20_xor(_xor32(left, k1), right)
     return left + right

@@ -183,8 +183,9 @@ class KEM1:
 
     @staticmethod
     def hop_keys(s: bytes) -> bytes:
-        """``mu || rho`` (64 bytes): ``BLAKE2b-512(key = s, input = "zmix-kem1 hop keys")``."""
-        return crypto.blake2b(KEM1_LABEL_KEYS, size=64, key=s)
+        """``mu || rho`` (64 bytes): ``BLAKE2b-512(key = s, input = "zmix-kem1 hop keys")``
+        (``s`` is an X25519 output: 32 bytes, a valid key, so no checks)."""
+        return crypto.blake2b_keyed(KEM1_LABEL_KEYS, 64, s)
 
     @staticmethod
     def stream_key(s: bytes) -> bytes:
@@ -217,7 +218,8 @@ class KEM1:
 
     @staticmethod
     def mac(key: bytes, header_without_gamma: bytes) -> bytes:
-        return crypto.blake2b(header_without_gamma, size=GAMMA_BYTES, key=key)
+        """``BLAKE2b-128(key = mu, input = header without gamma)`` (``mu`` is 32 bytes)."""
+        return crypto.blake2b_keyed(header_without_gamma, GAMMA_BYTES, key)
 
     @staticmethod
     def forward_slot(next_id: bytes, delay_us: int, gamma: bytes, next_alpha: bytes) -> bytes:
