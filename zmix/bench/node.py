@@ -41,14 +41,22 @@ in the loss phase one PACKET per packet. The sink counts the packets of PACKET a
 frames, reading each message without copying it, blocked in recv between them.
 
 The saturation phase runs in ``--rounds`` rounds (5), each a share of the packets; the figures
-are summed over them, and ``forwarded_per_second_rounds`` gives each round's packets/s.
+are summed over them. ``forwarded_per_second`` is the steady rate: in each round, the packets
+the sink counted between the frame that brought it past 10% of the round's packets and the one
+that brought it past 90%, over the time between them (``forwarded_per_second_rounds``, round by
+round), so that the pipeline filling at a round's start and draining at its end (a worker
+finishing its last batch while the other core idles) does not count: a fixed few milliseconds
+that weigh more on a profile whose rounds are shorter. ``forwarded_per_second_whole`` (and
+``_whole_rounds``) is the older figure, from each round's first packet sent to its last one
+forwarded.
 
 ``--profile`` picks the Sphinx profile of the network (docs/sphinx.md); ``--profile all`` runs one
 network per wire profile, all at once, their saturation rounds taking turns (v1's first round,
 kem1's first round, v1's second ...) so that the shared machine's drift falls on every profile
 alike; the rest of the benchmark follows one profile after the other. It adds each profile's
-saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``, and round by round in
-``forwarded_ratio_to_v1_rounds``) and its CPU per packet over all those threads as a ratio too
+saturated packets/s as a ratio to v1's (``forwarded_ratio_to_v1``, round by round in
+``forwarded_ratio_to_v1_rounds``, whole rounds in ``forwarded_ratio_to_v1_whole``) and its CPU
+per packet over all those threads as a ratio too
 (``cpu_ratio_to_v1``: v1's CPU per packet over this profile's, the packets/s ratio a machine with
 nothing else to run would show while the run is CPU-bound; on a shared machine the packets/s
 swing with the other load, the CPU much less).
@@ -138,6 +146,7 @@ class _Sink:
         self.packet_length = topology.sphinx.packet_length
         self.count = 0  # packets
         self.frames = 0  # the frames that carried them
+        self.marks: list[tuple[float, int]] = []  # (arrival time, count) after each frame
         self.first = 0.0
         self.last = 0.0
         self._stop = threading.Event()
@@ -176,6 +185,7 @@ class _Sink:
             self.count += got
             self.frames += 1
             self.last = now
+            self.marks.append((now, self.count))
 
     def wait_for(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -333,6 +343,9 @@ class _Saturation:
     bench_cpu: float = 0.0
     by_thread: dict[str, float] = field(default_factory=dict)
     rates: list[float] = field(default_factory=list)  # packets/s of each round
+    steady_packets: int = 0  # the middle of each round: from 10% to 90% of its packets
+    steady_seconds: float = 0.0
+    steady_rates: list[float] = field(default_factory=list)
 
 
 def _saturate(bench: _Bench, frames: list[zmq.Frame], packets: int,
@@ -357,6 +370,25 @@ def _saturate(bench: _Bench, frames: list[zmq.Frame], packets: int,
     into.got += got
     into.elapsed += elapsed
     into.rates.append(got / elapsed if elapsed > 0 else 0.0)
+    steady = _steady(sink.marks, base, packets) or (got, elapsed)  # too few frames: whole
+    into.steady_packets += steady[0]
+    into.steady_seconds += steady[1]
+    into.steady_rates.append(steady[0] / steady[1] if steady[1] > 0 else 0.0)
+
+
+STEADY = (0.1, 0.9)  # the share of a round's packets between which its steady rate is taken
+
+
+def _steady(marks: list[tuple[float, int]], base: int, packets: int) -> tuple[int, float] | None:
+    """Return ``(packets, seconds)`` between the frames that brought the sink past ``STEADY``'s
+    shares of a round's packets (the count was ``base`` before it), or None if they are too few:
+    the round's rate without the pipeline filling at its start and draining at its end."""
+    low, high = (base + share * packets for share in STEADY)
+    first = next((m for m in marks if m[1] >= low), None)
+    last = next((m for m in marks if m[1] >= high), None)
+    if first is None or last is None or last[0] <= first[0]:
+        return None
+    return last[1] - first[1], last[0] - first[0]
 
 
 def _measure(args: argparse.Namespace, benches: list[_Bench]) -> list[dict[str, Any]]:
@@ -402,7 +434,9 @@ def _figures(args: argparse.Namespace, bench: _Bench, saturation: _Saturation,
     """Finish the measurements of one network (after its saturation rounds); return them."""
     topology, key, packets = bench.topology, bench.key, bench.packets
     got = saturation.got
-    rate = got / saturation.elapsed if saturation.elapsed > 0 else 0.0
+    whole = got / saturation.elapsed if saturation.elapsed > 0 else 0.0
+    rate = (saturation.steady_packets / saturation.steady_seconds
+            if saturation.steady_seconds > 0 else whole)
     forwarded = max(1.0, after["forwarded"] - before["forwarded"])
     per_packet = {key: (after[key] - before[key]) / forwarded for key in _COUNTERS}
     node_per_packet = per_packet["cpu_seconds_node"]
@@ -423,7 +457,9 @@ def _figures(args: argparse.Namespace, bench: _Bench, saturation: _Saturation,
         "packets_per_frame_out": got / saturation.frames_out if saturation.frames_out else 0.0,
         "forwarded_per_second": rate,
         "saturation_rounds": len(saturation.rates),
-        "forwarded_per_second_rounds": saturation.rates,
+        "forwarded_per_second_rounds": saturation.steady_rates,
+        "forwarded_per_second_whole": whole,
+        "forwarded_per_second_whole_rounds": saturation.rates,
         "paced_rate": paced["rate"], "paced_sent": paced["sent"], "paced_lost": paced["lost"],
         "cpu_seconds_per_packet": cpu_per_packet,
         "cpu_seconds_per_packet_node_loop": node_per_packet,
@@ -581,6 +617,8 @@ def main(argv: list[str]) -> int:
         if base is not None and result is not base:
             result["forwarded_ratio_to_v1"] = (result["forwarded_per_second"]
                                                / base["forwarded_per_second"])
+            result["forwarded_ratio_to_v1_whole"] = (result["forwarded_per_second_whole"]
+                                                     / base["forwarded_per_second_whole"])
             result["forwarded_ratio_to_v1_rounds"] = [
                 mine / theirs if theirs else 0.0 for mine, theirs in
                 zip(result["forwarded_per_second_rounds"], base["forwarded_per_second_rounds"],
@@ -607,6 +645,8 @@ def show(result: dict[str, Any]) -> None:
     print(f"  forwarded at saturation   {result['forwarded_per_second']:10.0f} packets/s "
           f"({result['saturation_forwarded']}/{result['saturation_sent']}); "
           f"x{result['forwarded_per_second'] / 570:.1f} the Loopix reference (570/s)")
+    print(f"  whole rounds              {result['forwarded_per_second_whole']:10.0f} packets/s "
+          "(from each round's first packet sent to its last one forwarded)")
     print(f"  packets per frame         {result['packets_per_frame_in']:10d} in (the generator's), "
           f"{result['packets_per_frame_out']:.1f} out (the node's) at saturation")
     print(f"  loss below saturation     {int(result['paced_lost']):10d} of {result['paced_sent']} "
@@ -638,7 +678,8 @@ def show(result: dict[str, Any]) -> None:
     if "forwarded_ratio_to_v1" in result:
         print(f"  packets/s against v1      {result['forwarded_ratio_to_v1']:10.2f}  x v1's "
               "forwarded at saturation in this run; round by round "
-              + " ".join(f"{ratio:.2f}" for ratio in result["forwarded_ratio_to_v1_rounds"]))
+              + " ".join(f"{ratio:.2f}" for ratio in result["forwarded_ratio_to_v1_rounds"])
+              + f"; whole rounds {result['forwarded_ratio_to_v1_whole']:.2f}")
         print(f"  CPU per packet against v1 {result['cpu_ratio_to_v1']:10.2f}  v1's CPU per "
               "packet (all threads) over this profile's")
 
