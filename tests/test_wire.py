@@ -282,7 +282,7 @@ def test_the_fast_packet_check_agrees_with_decode_on_any_bytes(
                         wire.encode_client(wire.Packet(expected), params=params))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(hostile_frames())
 def test_the_fast_packets_check_agrees_with_decode_on_any_bytes(
     case: tuple[tuple[SphinxParams, int], bytes],
