@@ -339,6 +339,22 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
                   "bench libzmq I/O"):
         assert by_thread[where] > 0, where
     assert figures["cpu_seconds_per_packet_bench"] >= by_thread["bench generator"]
+    # The generator sent frames of 32 (the default --batch); the node sent its own, never more.
+    assert figures["packets_per_frame_in"] == 32
+    assert 1.0 <= figures["packets_per_frame_out"] <= 32.0
+    assert len(figures["forwarded_per_second_whole_rounds"]) == 5
+    assert figures["forwarded_per_second_whole"] > 0
+
+
+def test_the_steady_rate_of_a_round_leaves_out_its_fill_and_drain() -> None:
+    from zmix.bench.node import _steady
+
+    # 100 packets after 50 counted before the round: a slow start (10 in 1 s), then 80 in 1 s,
+    # then a slow end; the steady rate is taken between the marks past 10% and past 90%.
+    marks = [(0.0, 50), (1.0, 60), (1.5, 100), (2.0, 140), (5.0, 150)]
+    assert _steady(marks, 50, 100) == (80, 1.0)  # 80 packets/s, not 100 in 5 s
+    assert _steady(marks[:2], 50, 100) is None  # the round never got past 90%
+    assert _steady([(1.0, 60), (1.0, 150)], 50, 100) is None  # no time between the marks
 
 
 @pytest.mark.slow  # two networks: about 25 s
@@ -358,5 +374,7 @@ def test_the_node_benchmark_on_every_profile_takes_turns_and_gives_ratios_to_v1(
     assert kem1["forwarded_ratio_to_v1_rounds"] == pytest.approx([k / v for k, v in rounds])
     assert kem1["forwarded_ratio_to_v1"] == pytest.approx(
         kem1["forwarded_per_second"] / v1["forwarded_per_second"])
+    assert kem1["forwarded_ratio_to_v1_whole"] == pytest.approx(
+        kem1["forwarded_per_second_whole"] / v1["forwarded_per_second_whole"])
     cpu = [sum(f["cpu_seconds_per_packet_by_thread"].values()) for f in (v1, kem1)]
     assert kem1["cpu_ratio_to_v1"] == pytest.approx(cpu[0] / cpu[1])
