@@ -364,8 +364,6 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | 
         packet = _as_bytes("a packet", packet)
     if len(packet) != params.packet_length:
         raise InvalidPacket(DropReason.WRONG_SIZE)
-    if params.profile is Profile.KEM1:
-        return _process_kem1(params, keys, packet)
     version = _VERSIONS[params.profile]
     start = len(version)
     if start and packet[0] != version[0]:
@@ -374,34 +372,18 @@ def process_packet_keys(params: SphinxParams, keys: Sequence[tuple[int, bytes | 
     beta_end = start + ALPHA_BYTES + params.beta_length
     alpha = packet[start:start + ALPHA_BYTES]
     header, gamma = packet[:beta_end], packet[beta_end:beta_end + GAMMA_BYTES]
+    kem1 = impl is KEM1
     for epoch, key in keys:
         try:
             s = crypto.x25519(key, alpha)
         except crypto.LowOrderPoint:  # all zeros under every key: the sender's doing
             raise InvalidPacket(DropReason.BAD_POINT) from None
-        if crypto.equal(impl.mac(impl.mac_key(s), header), gamma):
+        if kem1:  # mu and rho come out of one BLAKE2b: keep rho for the unwrap
+            hop_keys = KEM1.hop_keys(s)
+            if crypto.equal(KEM1.mac(hop_keys[:32], header), gamma):
+                return epoch, _unwrap_kem1(params, packet, hop_keys[32:])
+        elif crypto.equal(impl.mac(impl.mac_key(s), header), gamma):
             return epoch, _unwrap(params, impl, packet, start, alpha, s)
-    raise InvalidPacket(DropReason.BAD_MAC)
-
-
-def _process_kem1(params: SphinxParams, keys: Sequence[tuple[int, bytes | bytearray]],
-                  packet: bytes) -> tuple[int, ForwardHop | FinalDelivery | SurbReply]:
-    """:func:`process_packet_keys` of a kem1 packet of the right length: the same checks in
-    the same order, written out for the workers' hot path (one X25519 a hop leaves the
-    Python around it a third of the hop)."""
-    if packet[0] != KEM1_VERSION:
-        raise InvalidPacket(DropReason.BAD_VERSION)
-    beta_end = 1 + ALPHA_BYTES + params.beta_length
-    alpha = packet[1:1 + ALPHA_BYTES]
-    header, gamma = packet[:beta_end], packet[beta_end:beta_end + GAMMA_BYTES]
-    for epoch, key in keys:
-        try:
-            s = crypto.x25519(key, alpha)
-        except crypto.LowOrderPoint:  # all zeros under every key: the sender's doing
-            raise InvalidPacket(DropReason.BAD_POINT) from None
-        hop_keys = KEM1.hop_keys(s)  # mu || rho from one BLAKE2b: rho is kept for the unwrap
-        if crypto.equal(KEM1.mac(hop_keys[:32], header), gamma):
-            return epoch, _unwrap_kem1(params, packet, hop_keys[32:])
     raise InvalidPacket(DropReason.BAD_MAC)
 
 
