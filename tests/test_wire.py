@@ -286,7 +286,7 @@ def test_the_fast_packet_checks_agree_with_decode_on_any_bytes(
     assert count == (0 if packets is None else len(packets))
     if packets is not None:  # in its one form, the packets back to back after the head
         assert data == wire.encode_packets(packets, params=params)
-        assert data[2:] == b"".join(expected)
+        assert data[2:] == b"".join(packets)
 
 
 def test_a_node_sends_one_packet_as_a_packet_and_more_as_one_packets_frame() -> None:
