@@ -45,6 +45,7 @@ from zmix.workframes import (
     encode_keys,
     encode_result,
     encode_stats,
+    invalid_parts,
     is_forward,
     is_keys,
     join_results,
@@ -200,6 +201,8 @@ def test_results_and_jobs_read_from_a_view_of_the_message_as_from_its_bytes() ->
     hop = ForwardHop(os.urandom(16), 7, os.urandom(100), os.urandom(32))
     message = join_results(1, 5, [encode_result(2.5, 3, hop), encode_invalid(1.0,
                                                                              DropReason.BAD_MAC)])
+    assert message == b"".join([results_head(1, 5), *result_parts(2.5, 3, hop),
+                                *invalid_parts(1.0, DropReason.BAD_MAC)])
     index, pid, results = split_results(memoryview(message))
     assert (index, pid) == (1, 5) and all(type(r) is memoryview for r in results)
     arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(results[0])

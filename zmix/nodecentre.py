@@ -160,8 +160,9 @@ class NodeCentre:
         """Admit or drop one frame that arrived on the ROUTER from routing id ``route``, whose
         link authenticated the key with ZAP User-Id ``uid``, known to the gate as ``peer``
         (None: a stranger). See :data:`ADMISSION`. ``data`` may be a memoryview of the message
-        (a PACKETS frame's packets are then copied once each). A bug met here is logged and
-        counted in ``internal_errors`` and costs that frame, not the node."""
+        (a PACKETS frame's packets then wait for a worker as a view of it, copied into the job
+        message only). A bug met here is logged and counted in ``internal_errors`` and costs
+        that frame, not the node."""
         try:
             if peer is None:
                 self._on_stranger(now, route, uid, bytes(data))

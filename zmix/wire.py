@@ -33,8 +33,8 @@ from zmix.errors import DropReason, LocalMisuse, WireError
 WIRE_VERSION = 3
 Buffer = bytes | bytearray | memoryview  # a message as read (a memoryview: without a copy)
 AUTHORITY_VERSION = 2  # the authority frames' first byte (docs/pki.md); they did not change
-# The most Sphinx packets one PACKETS frame carries: 80 KB at the default geometry, and what a
-# node sends one next hop at once at 20,000 packets/s is rarely more (docs/protocol.md).
+# The most Sphinx packets one PACKETS frame carries: 73.5 KB at the default geometry (78.6 on
+# kem1); a saturated node fills them (31.8 packets a frame in zmix-bench node; docs/protocol.md).
 MAX_PACKETS_PER_FRAME = 32
 ID_BYTES = 16  # node, client and SURB ids
 KEY_BYTES = 32  # X25519 and CURVE public keys

@@ -190,6 +190,12 @@ def encode_invalid(arrival: float, reason: DropReason) -> bytes:
     return b"X" + _ARRIVAL.pack(arrival) + reason.value.encode()
 
 
+def invalid_parts(arrival: float, reason: DropReason) -> list[bytes]:
+    """Return :func:`encode_invalid`'s frame with its length prefix, as :func:`result_parts`."""
+    frame = encode_invalid(arrival, reason)
+    return [_LENGTH.pack(len(frame)), frame]
+
+
 def encode_stats(stats: WorkerStats) -> bytes:
     """Return a worker's statistics frame."""
     return _STATS.pack(b"S", 0.0, stats.index, stats.cpu_seconds, stats.processed, stats.pid,

@@ -539,7 +539,7 @@ class _Loop:
             if part.more:
                 self._discard_rest()
                 self.centre.on_multipart()
-            else:  # a view of the message: a PACKETS frame's packets are copied once each
+            else:  # a view of the message: a PACKETS frame's packets go on as a view of it
                 uid = str(part.get("User-Id"))
                 on_frame(time.monotonic(), route, entity(uid), uid, part.buffer)
             if not accepting():

@@ -37,8 +37,8 @@ from zmix.workframes import (
     WorkerStats,
     decode_jobs,
     decode_keys,
-    encode_invalid,
     encode_stats,
+    invalid_parts,
     is_keys,
     join_results,
     result_parts,
@@ -138,16 +138,11 @@ def _process(params: SphinxParams, keys: list[tuple[int, bytearray]], arrival: f
              packet: bytes) -> list[bytes]:
     """Return the result of one job as the parts of a result message (length and frame)."""
     if not keys:  # never: the node sends the key set before any job (docs/architecture.md)
-        return _invalid(arrival, DropReason.WORKER_LOST)
+        return invalid_parts(arrival, DropReason.WORKER_LOST)
     try:
         return result_parts(arrival, *process_packet_keys(params, keys, packet))
     except InvalidPacket as exc:
-        return _invalid(arrival, exc.reason)
-
-
-def _invalid(arrival: float, reason: DropReason) -> list[bytes]:
-    frame = encode_invalid(arrival, reason)
-    return [len(frame).to_bytes(4, "little"), frame]
+        return invalid_parts(arrival, exc.reason)
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
