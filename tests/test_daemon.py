@@ -248,7 +248,12 @@ def test_hostile_callers_leave_the_daemon_serving_and_its_messages_pending(
         deadline = time.monotonic() + 20
         while True:  # the daemon notices the held connections close, and serves again
             with Raw(path) as api:
-                answer = api.call("status")
+                try:
+                    answer = api.call("status")
+                except (BrokenPipeError, ConnectionResetError):
+                    # Still over the bound: told "busy" and closed before the request was
+                    # written (the answer comes at once, on connecting).
+                    answer = {"ok": False, "error": "busy"}
             if answer["ok"]:
                 break
             assert answer["error"] == "busy" and time.monotonic() < deadline, answer
