@@ -65,6 +65,7 @@ swing with the other load, the CPU much less).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -145,9 +146,8 @@ class _Sink:
                                       max_frame=wire.node_frame_limit(topology.sphinx))
         self.packet_length = topology.sphinx.packet_length
         self.count = 0  # packets
-        self.frames = 0  # the frames that carried them
-        self.marks: list[tuple[float, int]] = []  # (arrival time, count) after each frame
-        self.first = 0.0
+        # (arrival time, count) after each frame that carried packets: len() is the frames
+        self.marks: list[tuple[float, int]] = []
         self.last = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -180,10 +180,7 @@ class _Sink:
             else:  # a HEARTBEAT does not count
                 continue
             now = clock()
-            if self.count == 0:
-                self.first = now
             self.count += got
-            self.frames += 1
             self.last = now
             self.marks.append((now, self.count))
 
@@ -353,7 +350,7 @@ def _saturate(bench: _Bench, frames: list[zmq.Frame], packets: int,
     """Send ``frames`` (``packets`` packets in all) as fast as the node takes them; add what it
     forwarded, the time it took and the CPU spent to ``into``."""
     sink, gen = bench.sink, bench.gen
-    base, frames_base = sink.count, sink.frames
+    base, frames_base = sink.count, len(sink.marks)
     bench_cpu = _process_cpu()
     threads = _thread_cpu(bench.node_pid, sink.tid)
     t0 = time.perf_counter()
@@ -361,7 +358,7 @@ def _saturate(bench: _Bench, frames: list[zmq.Frame], packets: int,
         gen.send(frame)  # blocks at the high-water mark: the node sets the pace
     sink.wait_for(base + packets, 60)
     got = sink.count - base
-    into.frames_out += sink.frames - frames_base
+    into.frames_out += len(sink.marks) - frames_base
     elapsed = sink.last - t0 if got else 0.0
     into.bench_cpu += _process_cpu() - bench_cpu
     for where, seconds in _thread_cpu(bench.node_pid, sink.tid, since=threads).items():
@@ -383,12 +380,15 @@ def _steady(marks: list[tuple[float, int]], base: int, packets: int) -> tuple[in
     """Return ``(packets, seconds)`` between the frames that brought the sink past ``STEADY``'s
     shares of a round's packets (the count was ``base`` before it), or None if they are too few:
     the round's rate without the pipeline filling at its start and draining at its end."""
-    low, high = (base + share * packets for share in STEADY)
-    first = next((m for m in marks if m[1] >= low), None)
-    last = next((m for m in marks if m[1] >= high), None)
-    if first is None or last is None or last[0] <= first[0]:
+    low, high = (bisect.bisect_left(marks, base + share * packets, key=_count) for share in STEADY)
+    if high >= len(marks) or marks[high][0] <= marks[low][0]:  # the counts only grow
         return None
-    return last[1] - first[1], last[0] - first[0]
+    (start, first), (end, last) = marks[low], marks[high]
+    return last - first, end - start
+
+
+def _count(mark: tuple[float, int]) -> int:
+    return mark[1]
 
 
 def _measure(args: argparse.Namespace, benches: list[_Bench]) -> list[dict[str, Any]]:
