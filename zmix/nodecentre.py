@@ -291,7 +291,7 @@ class NodeCentre:
         for frame in frames:
             try:
                 if self.tap is None and frame[:1] == b"F":
-                    # _on_result's hot path written out: it runs once per forwarded packet.
+                    # The hot path, written out: it runs once per forwarded packet.
                     arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
                     due = forward(arrival, next_hop, delay_us, tag, epoch)
                     if due is not None:
@@ -309,13 +309,8 @@ class NodeCentre:
         self.dispatch.returned(index, pid, packets)
 
     def _on_result(self, now: float, frame: Buffer) -> bool:
-        """Handle one result; return True if it was a packet's (not a worker's statistics)."""
-        if is_forward(frame):  # the hot path: nearly every packet goes on to another node
-            arrival, epoch, next_hop, delay_us, tag, packet = decode_forward(frame)
-            due = self.core.on_forward(arrival, next_hop, delay_us, tag, epoch)
-            if due is not None:
-                self._schedule(now, due, next_hop, packet)
-            return True
+        """Handle one result that is not a forward hop's (:meth:`on_results` takes those, nearly
+        every packet's, itself); return True if it was a packet's (not a worker's statistics)."""
         arrival, epoch, value = decode_result(bytes(frame))
         if isinstance(value, WorkerStats):
             self.reports.append(value)
