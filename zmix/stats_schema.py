@@ -91,7 +91,9 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("loops_unbuilt", C, "the node's own mix loops not sent because the network "
               "document in use has no Sphinx key of a hop for the epoch it would process the "
               "loop in (the document expired and no newer one came from the authorities)"),
-    Statistic("link_send_failed", C, "frames not sent because a link's queue was full"),
+    Statistic("link_send_failed", C, "packets a link refused: its queue was full (50,000 "
+              "frames), it held 50,000 packets already while without a connection, or the "
+              "next hop is no node of the topology"),
     Statistic("link_disconnects", C, "connections of outbound links that were lost after their "
               "handshake (the next hop stalled past the 5 s heartbeat timeout, closed the "
               "connection, restarted or became unreachable); each is re-dialled at once, and the "

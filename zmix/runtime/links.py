@@ -42,7 +42,7 @@ REDIAL_MAX = 30.0  # ... doubling up to this while the peer keeps refusing
 # again (the defaults, about 2 minutes of SYN retries and 30 s, would keep a link down that long
 # after a partition heals).
 CONNECT_TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
-LINK_HWM = 50_000  # frames queued per link before sends fail (then counted as queue_full)
+LINK_HWM = 50_000  # frames queued per link before sends fail (link_send_failed)
 LINK_HOLD = 50_000  # packets a link without a connection takes, at most (Links.send_frames)
 # frames queued per inbound link before libzmq stops reading its TCP: 100 PACKETS frames of 32
 # are 3,200 packets, 7.3 MB at the default geometry
