@@ -122,6 +122,7 @@ def _send(state: Path, *args: str, timeout: float = 60.0) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.slow  # about 27 s, the default run's longest: the document must expire
 @pytest.mark.epochs({"length": 6, "grace": 2})
 def test_with_every_authority_stopped_the_network_delivers_until_the_document_expires(
         network: tuple[Topology, Path, subprocess.Popen[str]]) -> None:
