@@ -346,6 +346,51 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
     assert figures["forwarded_per_second_whole"] > 0
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow  # a node benchmark's network started, then stopped: about 5 s
+def test_a_benchmark_stopped_by_sigterm_stops_what_it_started_and_removes_its_folder(
+        tmp_path: Path) -> None:
+    temporary, out, err = tmp_path / "tmp", tmp_path / "out", tmp_path / "err"
+    temporary.mkdir()
+    with out.open("w") as stdout, err.open("w") as stderr:  # (pipes would be held by orphans)
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "zmix.cli.bench", "node", "--packets", "200000",
+             "--workers", "1"], env={**os.environ, "TMPDIR": str(temporary)},
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+    everything: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up to the node under test answering: then it builds its 200,000 packets
+            states = list(temporary.glob("zmix-bench-node-*/state"))
+            if states and metrics.query(states[0], "mix-0", "ping", 0.2) == "pong":
+                break
+            assert bench.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.1)
+        started = child_pids(bench.pid)  # the node under test and the authorities
+        everything = started + [pid for child in started for pid in child_pids(child)]
+        assert len(started) >= 2 and len(everything) > len(started)  # the node's workers
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        left = [pid for pid in everything if _alive(pid)]
+        for pid in left:  # what an unmended benchmark leaves behind
+            os.kill(pid, signal.SIGKILL)
+    assert bench.returncode == 1, err.read_text()
+    assert "error: zmix-bench node: stopped by SIGTERM" in err.read_text()
+    assert out.read_text() == "" and left == [] and list(temporary.iterdir()) == []
+
+
 def test_the_steady_rate_of_a_round_leaves_out_its_fill_and_drain() -> None:
     from zmix.bench.node import _steady
 

@@ -66,8 +66,8 @@ def _phase(args: argparse.Namespace, mean_delay: float, with_file: bool) -> dict
                     "fetch_interval": args.fetch_interval, "max_delay": 60.0})
         # The authority first (every node on its allowlist), then every node, as zmix-up does.
         launcher = network_launcher(state, topology, verbosity=0)
-        launcher.start()
-        try:
+        try:  # (started inside: stop() also stops a start cut short by a failure or a signal)
+            launcher.start()
             bob_runtime = ClientRuntime(state, "bob", drain=True)
             with ClientRuntime(state, "alice") as alice, bob_runtime as bob:
                 latencies = _messages(alice, bob, args.messages)

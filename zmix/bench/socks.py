@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           "payload_rate": args.payload_rate,
                                           "fetch_interval": 0.05})
         launcher = network_launcher(state, topology, verbosity=0)
-        launcher.start()
         started: list[subprocess.Popen[str]] = []
-        try:
+        try:  # (started inside: stop() also stops a start cut short by a failure or a signal)
+            launcher.start()
             process, _ = _start("exit", state, "exit", "--allow", f"127.0.0.1:{http_port}")
             started.append(process)
             [socks_port] = free_ports(1)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
+from types import FrameType
 
 from zmix.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, exit_status_help, fail
 from zmix.errors import ZmixError
@@ -36,7 +39,10 @@ def help_text() -> str:
     lines += exit_status_help(
         (EXIT_OK, "the benchmark ran and printed its figures"),
         (EXIT_FAILURE, "the benchmark failed (e.g. its network did not start, a message "
-                       "did not arrive in time, or an installed --peers library failed)"),
+                       "did not arrive in time, or an installed --peers library failed), or "
+                       "SIGTERM or SIGINT stopped it (after it stopped every process it "
+                       "started and removed its temporary folder; a second one stops it at "
+                       "once)"),
         usage="bad usage: an unknown benchmark or option; nothing ran").splitlines()
     return "\n".join(lines)
 
@@ -55,11 +61,37 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"no benchmark named {name!r}; choose one of {', '.join(BENCHMARKS)}",
                     EXIT_USAGE)
     module = importlib.import_module(BENCHMARKS[name][0])
+    # SIGTERM's default action would end the process without unwinding, leaving the nodes,
+    # authorities and servers a benchmark started running, and its temporary folder behind.
+    handled = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _stop) for sig in _STOP_SIGNALS} if handled else {}
     try:
         status: int = module.main(rest)
+    except Stopped as exc:
+        return fail(f"zmix-bench {name}: stopped by {exc}; the processes it started were "
+                    "stopped", EXIT_FAILURE)
     except (ZmixError, RuntimeError, OSError) as exc:
         return fail(f"zmix-bench {name}: {exc}", EXIT_FAILURE)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return status
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT came: raised where the benchmark is, so that its ``finally`` blocks
+    stop what it started (a BaseException, as KeyboardInterrupt is: no ``except Exception``
+    on the way takes it for a failure to handle)."""
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    """Raise Stopped, once: a second signal during the clean-up ends the process at once."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    raise Stopped(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
