@@ -60,13 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if name not in BENCHMARKS:
         return fail(f"no benchmark named {name!r}; choose one of {', '.join(BENCHMARKS)}",
                     EXIT_USAGE)
-    module = importlib.import_module(BENCHMARKS[name][0])
     # SIGTERM's default action would end the process without unwinding, leaving the nodes,
     # authorities and servers a benchmark started running, and its temporary folder behind.
     handled = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _stop) for sig in _STOP_SIGNALS} if handled else {}
     try:
-        status: int = module.main(rest)
+        status: int = importlib.import_module(BENCHMARKS[name][0]).main(rest)
     except Stopped as exc:
         return fail(f"zmix-bench {name}: stopped by {exc}; the processes it started were "
                     "stopped", EXIT_FAILURE)
