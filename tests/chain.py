@@ -167,6 +167,15 @@ def child_pids(pid: int) -> list[int]:
     return kids
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def read_until_ready(proc: subprocess.Popen[str], ready: str = "ready") -> list[str]:
     """Return what ``proc`` printed up to its first line holding ``ready``; fail loudly with
     all it printed if it exits first (zmix-up gives up on a process after 60 s)."""

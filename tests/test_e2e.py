@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chain import stop_process
+from chain import alive, stop_process
 from test_launch import start_up
 
 from zmix.bench.common import make_network
@@ -191,10 +191,10 @@ def test_zmix_up_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     pids = [int((metrics.statistics(tmp_path / "state", n) or {})["pid"]) for n in nodes]
     pids += _descendants_of(pids)  # the workers
     assert len(pids) == 2 * len(nodes)
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     assert stop_process(up) == 0
     deadline = time.monotonic() + 5  # zmix-up reaped the nodes; their workers follow them
-    while survivors := [p for p in pids if _alive(p)]:
+    while survivors := [p for p in pids if alive(p)]:
         assert time.monotonic() < deadline, f"still running 5 s after zmix-up stopped: {survivors}"
         time.sleep(0.05)
 
@@ -216,14 +216,6 @@ def _topology_nodes(directory: Path) -> list[Any]:
     from zmix.topology import load_topology
 
     return list(load_topology(directory / "state" / "topology.yaml").nodes())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _descendants_of(pids: list[int]) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chain import read_until_ready, stop_process
+from chain import alive, read_until_ready, stop_process
 
 from zmix.bench.common import (
     HOST,
@@ -68,14 +68,6 @@ def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def running_state(state: Path) -> dict[str, object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from chain import Chain, child_pids, start_chain
+from chain import Chain, alive, child_pids, start_chain
 from zmq.utils.monitor import recv_monitor_message
 
 from zmix import crypto, wire
@@ -346,15 +346,6 @@ def test_the_node_benchmark_runs_a_real_node_and_reports_its_figures(
     assert figures["forwarded_per_second_whole"] > 0
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, waiting to be reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.slow  # a node benchmark's network started, then stopped: about 5 s
 def test_a_benchmark_stopped_by_sigterm_stops_what_it_started_and_removes_its_folder(
         tmp_path: Path) -> None:
@@ -383,7 +374,7 @@ def test_a_benchmark_stopped_by_sigterm_stops_what_it_started_and_removes_its_fo
         if bench.poll() is None:
             bench.kill()
             bench.wait()
-        left = [pid for pid in everything if _alive(pid)]
+        left = [pid for pid in everything if alive(pid)]
         for pid in left:  # what an unmended benchmark leaves behind
             os.kill(pid, signal.SIGKILL)
     assert bench.returncode == 1, err.read_text()
