@@ -323,8 +323,8 @@ def test_zmix_send_and_zmix_recv_work_through_a_running_daemon_of_their_client(
                    "1", "through the daemon", timeout=60)
     assert sent.returncode == 0, sent.stderr
     assert "every one acknowledged by the recipient's provider" in sent.stdout
-    # Should an earlier test's message to bob still come (one of more than a FETCH answer
-    # holds), it comes before this one, and is shown and acknowledged no later than it.
+    # Should an earlier test's message to bob still come after drain_inbox (there were more
+    # than one FETCH answer carries), it comes before this one: shown and acknowledged with it.
     deadline = time.monotonic() + 30
     shown: list[dict[str, Any]] = []
     while not any(m.get("text") == "through the daemon" for m in shown):
