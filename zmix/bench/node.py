@@ -145,10 +145,9 @@ class _Sink:
                                       topology.network,
                                       max_frame=wire.node_frame_limit(topology.sphinx))
         self.packet_length = topology.sphinx.packet_length
-        self.count = 0  # packets
-        # (arrival time, count) after each frame that carried packets: len() is the frames
+        # (arrival time, packets so far) after each frame that carried packets: len() is the
+        # frames, the last mark the count and the last packet's time
         self.marks: list[tuple[float, int]] = []
-        self.last = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -164,7 +163,7 @@ class _Sink:
         # 2.0-2.5 with a 1 ms nap, measured with PACKETS frames).
         recv, length = self.sock.recv, self.packet_length
         packet, packets = wire.FrameType.PACKET, wire.FrameType.PACKETS
-        clock = time.perf_counter
+        clock, mark, count = time.perf_counter, self.marks.append, 0
         self.sock.rcvtimeo = 50  # to look at the stop flag
         while not self._stop.is_set():
             try:
@@ -179,10 +178,18 @@ class _Sink:
                 got = (len(frame) - 2) // length
             else:  # a HEARTBEAT does not count
                 continue
-            now = clock()
-            self.count += got
-            self.last = now
-            self.marks.append((now, self.count))
+            count += got
+            mark((clock(), count))
+
+    @property
+    def count(self) -> int:
+        """The packets counted so far."""
+        return self.marks[-1][1] if self.marks else 0
+
+    @property
+    def last(self) -> float:
+        """When the last packet counted arrived (perf_counter; 0.0 before any)."""
+        return self.marks[-1][0] if self.marks else 0.0
 
     def wait_for(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
