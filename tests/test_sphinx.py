@@ -598,13 +598,7 @@ def test_a_hop_costs_what_docs_sphinx_md_says(
         profile: Profile, monkeypatch: pytest.MonkeyPatch) -> None:
     params = SphinxParams(profile=profile)
     packet = create_forward_packet(params, route(2), RECIPIENT, b"m")
-    calls: dict[str, int] = {}
-    for name in ("x25519", "blake2b", "blake2b_keyed", "chacha20_stream", "chacha20_xor"):
-        def counted(*args: object, _name: str = name.removesuffix("_keyed"),
-                    _real: object = getattr(crypto, name), **kwargs: object) -> object:
-            calls[_name] = calls.get(_name, 0) + 1  # unchecked or not, a BLAKE2b
-            return _real(*args, **kwargs)  # type: ignore[operator]
-        monkeypatch.setattr(crypto, name, counted)
+    calls = _count_crypto(monkeypatch)
     forward = process_packet(params, KEYS[0][1], packet)
     assert isinstance(forward, ForwardHop)
     assert calls == HOP_COST[profile]
